@@ -1,0 +1,196 @@
+// info, forward, generate, demo: run a model token by token with its routing exposed.
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "common.hpp"
+#include "error.hpp"
+#include "generate.hpp"
+#include "params.hpp"
+#include "safetensors.hpp"
+#include "tokenizer.hpp"
+
+namespace moelab::cli {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct RunOptions {
+  std::string model = "builtin";
+  std::string device = "auto";
+  std::string tokens;
+  std::string prompt;
+  std::string token_ids;
+  std::string trace;
+  int64_t n_new = 32;
+  float temperature = 0.0f;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  bool json_out = false;
+  bool show_routing = false;
+};
+RunOptions g;
+
+// "L0 e3:.61 e1:.39 | L1 ..." — the routing of one token position in every MoE layer.
+std::string routing_line(const RoutingTrace& trace, int64_t pos) {
+  std::string s;
+  char buf[32];
+  for (const auto& L : trace.layers()) {
+    if (pos >= L.tokens()) continue;
+    s += (s.empty() ? "" : " | ") + std::string("L") + std::to_string(L.layer);
+    for (int64_t k = 0; k < L.top_k; ++k) {
+      std::snprintf(buf, sizeof buf, " e%d:%.2f", L.ids[size_t(pos * L.top_k + k)], L.weights[size_t(pos * L.top_k + k)]);
+      s += buf;
+    }
+  }
+  return s;
+}
+
+std::vector<int32_t> prompt_ids(const Model& m) {
+  if (!g.token_ids.empty()) return parse_token_ids(g.token_ids, "--token-ids");
+  if (m.config().tokenizer != "bytes")
+    fail(g.model, "this model has no tokenizer the lab knows; pass --token-ids instead of --prompt");
+  return encode_bytes(g.prompt, true);
+}
+
+void run_generate(bool demo) {
+  Model m = open_model(g.model, make_backend(g.device));
+  if (demo && g.prompt.empty()) g.prompt = "The router sends each token to two experts. ";
+  const std::vector<int32_t> prompt = prompt_ids(m);
+  const bool bytes = m.config().tokenizer == "bytes";
+  RoutingTrace trace;
+  SamplingOptions opt{g.temperature, g.top_p, g.seed};
+  if (demo) {
+    std::fprintf(stderr, "%s: %d layers, %d experts, top-%d; %s sampling (seed %llu)\n",
+                 g.model == "builtin" ? "built-in lab model (untrained)" : g.model.c_str(), int(m.config().num_layers),
+                 int(m.config().num_experts), int(m.config().top_k), opt.temperature > 0 ? "temperature" : "greedy",
+                 (unsigned long long)opt.seed);
+    std::fprintf(stderr, "each line: the token, then per MoE layer the chosen experts and their gate weights\n");
+  }
+  int64_t pos = int64_t(prompt.size()) - 1;
+  auto on_token = [&](int32_t id) {
+    if (demo || g.show_routing) {
+      // The routing shown is the one that produced this token: the previous position's.
+      std::printf("%-8s %s\n", bytes ? ("'" + token_label(id) + "'").c_str() : std::to_string(id).c_str(),
+                  routing_line(trace, pos).c_str());
+    } else if (bytes && id < 256) {
+      std::fputc(id, stdout);
+    } else {
+      std::printf("%d ", id);
+    }
+    std::fflush(stdout);
+    ++pos;
+  };
+  const int32_t stop = bytes ? kEosToken : -1;
+  const std::vector<int32_t> out = generate(m, prompt, g.n_new, opt, &trace, on_token, stop);
+  if (!demo && !g.show_routing) std::printf("\n");
+  if (demo && bytes) std::printf("\ntext: %s%s\n", g.prompt.c_str(), decode_bytes(out).c_str());
+  if (!g.trace.empty()) {
+    std::vector<int32_t> all = prompt;
+    all.insert(all.end(), out.begin(), out.end());
+    json labels = json::array();
+    for (int32_t id : all) labels.push_back(bytes ? token_label(id) : std::to_string(id));
+    json j = {{"model", g.model},
+              {"architecture", m.config().architecture},
+              {"tokens", all},
+              {"token_text", labels},
+              {"prompt_length", prompt.size()},
+              {"sampling", {{"temperature", opt.temperature}, {"top_p", opt.top_p}, {"seed", opt.seed}}},
+              {"routing", routing_to_json(trace)}};
+    write_json_file(g.trace, j);
+    std::fprintf(stderr, "routing trace of %zu tokens written to %s\n", all.size(), g.trace.c_str());
+  }
+}
+
+void run_forward() {
+  Model m = open_model(g.model, make_backend(g.device));
+  const std::vector<int32_t> ids = parse_token_ids(g.tokens, "--tokens");
+  RoutingTrace trace;
+  const std::vector<float> logits = m.forward_full(ids, &trace);
+  const int64_t V = m.config().vocab_size, T = int64_t(ids.size());
+  if (g.json_out) {
+    json lj = json::array();
+    for (int64_t t = 0; t < T; ++t) lj.push_back(std::vector<float>(logits.begin() + t * V, logits.begin() + (t + 1) * V));
+    std::cout << json{{"logits", lj}, {"routing", routing_to_json(trace)}}.dump() << "\n";
+    return;
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    const float* row = logits.data() + t * V;
+    const int64_t best = std::max_element(row, row + V) - row;
+    std::printf("pos %-3d token %-6d next %-6d (logit %.3f)  %s\n", int(t), ids[size_t(t)], int(best), row[best],
+                routing_line(trace, t).c_str());
+  }
+}
+
+void run_info() {
+  const ModelConfig c = load_config(g.model == "builtin" ? "" : g.model);
+  const ParamCount p = count_params(c);
+  std::printf("architecture      %s (%s)\n", c.architecture.c_str(), c.runnable() ? "runs in the lab" : "count only");
+  std::printf("layers            %d (%d MoE, %d dense)\n", int(c.num_layers), int(c.num_moe_layers()),
+              int(c.num_layers - c.num_moe_layers()));
+  std::printf("hidden / heads    %d / %d query, %d key-value, head dim %d\n", int(c.hidden_size), int(c.num_heads),
+              int(c.num_kv_heads), int(c.head_dim));
+  std::printf("experts           %d routed, top-%d%s, expert hidden %d%s\n", int(c.num_experts), int(c.top_k),
+              c.norm_topk_prob ? " (renormalised)" : "", int(c.expert_ffn_size),
+              c.shared_ffn_size ? (", shared expert hidden " + std::to_string(c.shared_ffn_size)).c_str() : "");
+  std::printf("vocabulary        %d\n", int(c.vocab_size));
+  std::printf("dtype             %s\n", c.dtype.c_str());
+  std::printf("parameters        %s total, %s active per token (%.1f%%)\n", human_count(double(p.total)).c_str(),
+              human_count(double(p.active)).c_str(), 100.0 * double(p.active) / double(p.total));
+  std::printf("memory (weights)  %s as fp32, %s as bf16\n", human_bytes(double(p.total) * 4).c_str(),
+              human_bytes(double(p.total) * 2).c_str());
+  std::error_code ec;
+  if (fs::is_directory(g.model, ec)) {
+    const bool has = fs::exists(fs::path(g.model) / "model.safetensors") ||
+                     fs::exists(fs::path(g.model) / "model.safetensors.index.json");
+    if (has) {
+      Checkpoint ck(g.model);
+      std::printf("checkpoint        %zu tensors, %s on disk\n", ck.all().size(), human_bytes(double(ck.total_bytes())).c_str());
+    }
+  }
+}
+
+}  // namespace
+
+void add_run_commands(CLI::App& app) {
+  auto* info = app.add_subcommand("info", "Describe a model: architecture, sizes, parameters, memory");
+  info->add_option("--model", g.model, "Model directory or config.json")->required();
+  info->callback(run_info);
+
+  auto* fwd = app.add_subcommand("forward", "Run a full forward pass and print logits and routing");
+  fwd->add_option("--model", g.model, "Model directory (or 'builtin')")->required();
+  fwd->add_option("--tokens", g.tokens, "Comma-separated token ids, e.g. 3,1,4,1")->required();
+  fwd->add_option("--device", g.device, "cpu, cuda or auto");
+  fwd->add_flag("--json", g.json_out, "JSON on stdout: {logits, routing}");
+  fwd->callback(run_forward);
+
+  auto* gen = app.add_subcommand("generate", "Generate token by token (greedy or sampled) with the routing trace");
+  gen->add_option("--model", g.model, "Model directory, or 'builtin' (default)");
+  auto* p = gen->add_option("--prompt", g.prompt, "Prompt text (byte-level lab models)");
+  gen->add_option("--token-ids", g.token_ids, "Prompt as token ids, for models without a lab tokenizer")->excludes(p);
+  gen->add_option("--tokens", g.n_new, "How many tokens to generate")->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+  gen->add_option("--temperature", g.temperature, "0 = greedy")->check(CLI::Range(0.0f, 100.0f));
+  gen->add_option("--top-p", g.top_p, "Nucleus sampling mass")->check(CLI::Range(0.0f, 1.0f));
+  gen->add_option("--seed", g.seed, "Sampling seed");
+  gen->add_option("--trace", g.trace, "Write the routing of every prompt and generated token to this JSON file");
+  gen->add_option("--device", g.device, "cpu, cuda or auto");
+  gen->add_flag("--show-routing", g.show_routing, "Print each token with its routing");
+  gen->callback([] { run_generate(false); });
+
+  auto* demo = app.add_subcommand("demo", "Generate from the built-in model, printing each token's routing");
+  demo->add_option("--prompt", g.prompt, "Prompt text");
+  demo->add_option("--tokens", g.n_new, "How many tokens to generate")->check(CLI::Range(int64_t(0), int64_t(4096)));
+  demo->add_option("--temperature", g.temperature, "0 = greedy")->check(CLI::Range(0.0f, 100.0f));
+  demo->add_option("--seed", g.seed, "Sampling seed");
+  demo->callback([] {
+    g.n_new = std::min<int64_t>(g.n_new, 64);
+    run_generate(true);
+  });
+}
+
+}  // namespace moelab::cli

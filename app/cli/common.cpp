@@ -1,0 +1,66 @@
+#include "common.hpp"
+
+#include <unistd.h>
+
+#include "error.hpp"
+#include "safetensors.hpp"
+#include "tokenizer.hpp"
+
+namespace moelab::cli {
+
+ModelConfig builtin_config() {
+  ModelConfig c;
+  c.family = Family::Mixtral;
+  c.architecture = "MixtralForCausalLM";
+  c.model_type = "mixtral";
+  c.vocab_size = kByteVocab;
+  c.hidden_size = 128;
+  c.num_layers = 4;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 32;
+  c.max_positions = 1024;
+  c.rope_theta = 10000.0;
+  c.rms_norm_eps = 1e-5;
+  c.num_experts = 8;
+  c.top_k = 2;
+  c.expert_ffn_size = 256;
+  c.norm_topk_prob = true;
+  c.tokenizer = "bytes";
+  return c;
+}
+
+std::shared_ptr<Backend> make_backend(const std::string& device) {
+  if (device == "cpu" || device == "auto" || device.empty()) return make_eigen_backend();
+  fail("--device", "'" + device + "' is not available in this build (the CUDA backend arrives with the GPU work)");
+}
+
+Model open_model(const std::string& dir, std::shared_ptr<Backend> backend) {
+  if (dir.empty() || dir == "builtin") return Model::random(builtin_config(), kBuiltinSeed, std::move(backend), 0.08f);
+  return Model::load(dir, std::move(backend));
+}
+
+nlohmann::json routing_to_json(const RoutingTrace& trace, bool with_logits) {
+  using nlohmann::json;
+  json out = json::array();
+  for (const auto& L : trace.layers()) {
+    const int64_t T = L.tokens(), E = L.experts, K = L.top_k;
+    json experts = json::array(), weights = json::array(), probs = json::array(), logits = json::array();
+    for (int64_t t = 0; t < T; ++t) {
+      experts.push_back(std::vector<int32_t>(L.ids.begin() + t * K, L.ids.begin() + (t + 1) * K));
+      weights.push_back(std::vector<float>(L.weights.begin() + t * K, L.weights.begin() + (t + 1) * K));
+      probs.push_back(std::vector<float>(L.probs.begin() + t * E, L.probs.begin() + (t + 1) * E));
+      if (with_logits) logits.push_back(std::vector<float>(L.logits.begin() + t * E, L.logits.begin() + (t + 1) * E));
+    }
+    json l = {{"layer", L.layer}, {"experts", experts}, {"weights", weights}, {"probs", probs}};
+    if (with_logits) l["router_logits"] = logits;
+    out.push_back(l);
+  }
+  return out;
+}
+
+void write_json_file(const std::string& path, const nlohmann::json& j) { write_text_atomic(path, j.dump() + "\n"); }
+
+bool stdout_is_terminal() { return ::isatty(1) == 1; }
+
+}  // namespace moelab::cli

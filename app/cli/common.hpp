@@ -1,0 +1,34 @@
+// Shared pieces of the command line: the built-in model, model opening, JSON of a routing trace.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "backend.hpp"
+#include "config.hpp"
+#include "model.hpp"
+#include "routing.hpp"
+
+namespace moelab::cli {
+
+// The built-in lab model (Mixtral family, byte tokenizer): what `moelab-cli demo` and a model
+// argument of "builtin" run. Its weights are made from a fixed seed, so it is the same
+// everywhere; it is untrained until the trainer ships a trained one.
+ModelConfig builtin_config();
+constexpr uint64_t kBuiltinSeed = 20261123;
+
+std::shared_ptr<Backend> make_backend(const std::string& device);
+// "builtin" (or empty) means the built-in model; otherwise a model directory.
+Model open_model(const std::string& dir, std::shared_ptr<Backend> backend);
+
+// {"layer": L, "experts": [[..] per position], "weights": [[..]], "probs": [[..]], "logits": [[..]]}
+nlohmann::json routing_to_json(const RoutingTrace& trace, bool with_logits = false);
+
+// Write JSON to a file atomically (temporary + rename).
+void write_json_file(const std::string& path, const nlohmann::json& j);
+
+bool stdout_is_terminal();
+
+}  // namespace moelab::cli

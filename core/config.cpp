@@ -1,0 +1,382 @@
+#include "config.hpp"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "error.hpp"
+
+namespace moelab {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// Caps on what a config may ask for (validate before allocating anything).
+constexpr int64_t kMaxVocab = 4 << 20;
+constexpr int64_t kMaxHidden = 1 << 16;
+constexpr int64_t kMaxLayers = 1024;
+constexpr int64_t kMaxHeads = 1024;
+constexpr int64_t kMaxExperts = 4096;
+constexpr int64_t kMaxFfn = 1 << 20;
+constexpr int64_t kMaxPositions = 1 << 24;
+
+int64_t get_int(const json& j, const char* key, int64_t dflt, const std::string& src) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return dflt;
+  if (it->is_number_integer() || it->is_number_unsigned()) return it->get<int64_t>();
+  if (it->is_number_float()) {
+    double v = it->get<double>();
+    if (v == static_cast<double>(static_cast<int64_t>(v))) return static_cast<int64_t>(v);
+  }
+  fail(src, std::string("'") + key + "' must be an integer, got " + it->dump());
+}
+
+double get_double(const json& j, const char* key, double dflt, const std::string& src) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return dflt;
+  if (!it->is_number()) fail(src, std::string("'") + key + "' must be a number, got " + it->dump());
+  return it->get<double>();
+}
+
+bool get_bool(const json& j, const char* key, bool dflt, const std::string& src) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return dflt;
+  if (!it->is_boolean()) fail(src, std::string("'") + key + "' must be true or false, got " + it->dump());
+  return it->get<bool>();
+}
+
+std::string get_string(const json& j, const char* key, const std::string& dflt, const std::string& src) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return dflt;
+  if (!it->is_string()) fail(src, std::string("'") + key + "' must be a string, got " + it->dump());
+  return it->get<std::string>();
+}
+
+void check_range(int64_t v, int64_t lo, int64_t hi, const char* what, const std::string& src) {
+  if (v < lo || v > hi)
+    fail(src, std::string(what) + " = " + std::to_string(v) + " is outside [" + std::to_string(lo) +
+                  ", " + std::to_string(hi) + "]");
+}
+
+struct ArchInfo {
+  const char* architecture;
+  const char* model_type;
+  Family family;
+};
+constexpr ArchInfo kArchs[] = {
+    {"MixtralForCausalLM", "mixtral", Family::Mixtral},
+    {"Qwen2MoeForCausalLM", "qwen2_moe", Family::Qwen2Moe},
+    {"Qwen3MoeForCausalLM", "qwen3_moe", Family::Qwen3Moe},
+    {"OlmoeForCausalLM", "olmoe", Family::Olmoe},
+    {"DeepseekV3ForCausalLM", "deepseek_v3", Family::DeepseekV3},
+    {"GptOssForCausalLM", "gpt_oss", Family::GptOss},
+    {"GraniteMoeForCausalLM", "granitemoe", Family::GraniteMoe},
+};
+
+}  // namespace
+
+const char* family_name(Family f) {
+  for (const auto& a : kArchs)
+    if (a.family == f) return a.architecture;
+  return "?";
+}
+
+bool ModelConfig::is_moe_layer(int64_t layer) const {
+  if (num_experts <= 0) return false;
+  switch (family) {
+    case Family::Qwen2Moe:
+    case Family::Qwen3Moe:
+      if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) != mlp_only_layers.end())
+        return false;
+      return decoder_sparse_step > 0 && (layer + 1) % decoder_sparse_step == 0;
+    case Family::DeepseekV3:
+      return layer >= first_dense_layers;
+    default:
+      return true;
+  }
+}
+
+int64_t ModelConfig::num_moe_layers() const {
+  int64_t n = 0;
+  for (int64_t l = 0; l < num_layers; ++l) n += is_moe_layer(l) ? 1 : 0;
+  return n;
+}
+
+bool ModelConfig::runnable() const {
+  return family == Family::Mixtral || family == Family::Qwen2Moe || family == Family::Qwen3Moe ||
+         family == Family::Olmoe;
+}
+
+std::string read_text_file(const std::string& path, int64_t max_bytes) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) fail(path, "no such file");
+  if (fs::is_directory(path, ec)) fail(path, "is a directory, expected a file");
+  auto size = fs::file_size(path, ec);
+  if (ec) fail(path, "cannot read size: " + ec.message());
+  if (static_cast<int64_t>(size) > max_bytes)
+    fail(path, "file is " + human_bytes(double(size)) + ", more than the " + human_bytes(double(max_bytes)) + " allowed");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, "cannot open for reading");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string config_path_of(const std::string& path) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    auto p = fs::path(path) / "config.json";
+    if (!fs::exists(p, ec)) fail(path, "model directory has no config.json");
+    return p.string();
+  }
+  return path;
+}
+
+ModelConfig load_config(const std::string& path) {
+  std::string file = config_path_of(path);
+  std::string text = read_text_file(file, 16 << 20);
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    std::string what = e.what();
+    fail(file, "malformed JSON (" + what.substr(what.find(']') + 2) + ")");
+  }
+  return parse_config(j, file);
+}
+
+ModelConfig parse_config(const json& j, const std::string& src) {
+  if (!j.is_object()) fail(src, "config must be a JSON object");
+  ModelConfig c;
+  std::string arch;
+  if (auto it = j.find("architectures"); it != j.end() && it->is_array() && !it->empty() && (*it)[0].is_string())
+    arch = (*it)[0].get<std::string>();
+  std::string model_type = get_string(j, "model_type", "", src);
+  const ArchInfo* info = nullptr;
+  for (const auto& a : kArchs)
+    if (arch == a.architecture || (arch.empty() && model_type == a.model_type)) info = &a;
+  if (!info) {
+    std::string known;
+    for (const auto& a : kArchs) known += std::string(known.empty() ? "" : ", ") + a.architecture;
+    fail(src, "unknown architecture '" + (arch.empty() ? model_type : arch) + "' (known: " + known + ")");
+  }
+  c.family = info->family;
+  c.architecture = info->architecture;
+  c.model_type = info->model_type;
+  c.dtype = get_string(j, "torch_dtype", get_string(j, "dtype", "float32", src), src);
+  if (j.contains("dtype") && j["dtype"].is_string()) c.dtype = j["dtype"].get<std::string>();
+
+  c.vocab_size = get_int(j, "vocab_size", 0, src);
+  c.hidden_size = get_int(j, "hidden_size", 0, src);
+  c.num_layers = get_int(j, "num_hidden_layers", 0, src);
+  c.num_heads = get_int(j, "num_attention_heads", 0, src);
+  c.num_kv_heads = get_int(j, "num_key_value_heads", c.num_heads, src);
+  c.max_positions = get_int(j, "max_position_embeddings", 4096, src);
+  c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-6, src);
+  c.rope_theta = get_double(j, "rope_theta", 10000.0, src);
+  c.tokenizer = "";
+  if (auto it = j.find("moelab"); it != j.end() && it->is_object())
+    c.tokenizer = get_string(*it, "tokenizer", "", src);
+
+  const int64_t default_head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
+  c.head_dim = get_int(j, "head_dim", default_head_dim, src);
+  const int64_t n_experts_key = get_int(j, "num_local_experts", get_int(j, "num_experts", 0, src), src);
+
+  switch (c.family) {
+    case Family::Mixtral:
+      c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
+      c.num_experts = n_experts_key;
+      c.top_k = get_int(j, "num_experts_per_tok", 2, src);
+      c.expert_ffn_size = get_int(j, "intermediate_size", 0, src);
+      c.norm_topk_prob = true;  // Mixtral always renormalises the chosen weights
+      c.rope_theta = get_double(j, "rope_theta", 1e6, src);
+      c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-5, src);
+      break;
+    case Family::Qwen2Moe:
+    case Family::Qwen3Moe:
+      c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
+      c.num_experts = n_experts_key;
+      c.top_k = get_int(j, "num_experts_per_tok", 2, src);
+      c.dense_ffn_size = get_int(j, "intermediate_size", 0, src);
+      c.expert_ffn_size = get_int(j, "moe_intermediate_size", 0, src);
+      c.norm_topk_prob = get_bool(j, "norm_topk_prob", false, src);
+      c.decoder_sparse_step = get_int(j, "decoder_sparse_step", 1, src);
+      if (auto it = j.find("mlp_only_layers"); it != j.end() && !it->is_null()) {
+        if (!it->is_array()) fail(src, "'mlp_only_layers' must be a list of layer numbers");
+        for (const auto& v : *it) {
+          if (!v.is_number_integer()) fail(src, "'mlp_only_layers' must be a list of layer numbers");
+          c.mlp_only_layers.push_back(v.get<int64_t>());
+        }
+      }
+      if (c.family == Family::Qwen2Moe) {
+        c.qkv_bias = true;  // Qwen2-MoE attention always has q/k/v biases
+        c.shared_ffn_size = get_int(j, "shared_expert_intermediate_size", 0, src);
+        c.shared_expert_gate = c.shared_ffn_size > 0;
+        c.head_dim = default_head_dim;
+      } else {
+        c.qkv_bias = get_bool(j, "attention_bias", false, src);
+        c.o_bias = c.qkv_bias;
+        c.qk_norm = QkNorm::PerHead;
+      }
+      break;
+    case Family::Olmoe:
+      c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
+      c.num_experts = n_experts_key;
+      c.top_k = get_int(j, "num_experts_per_tok", 8, src);
+      c.expert_ffn_size = get_int(j, "intermediate_size", 0, src);
+      c.norm_topk_prob = get_bool(j, "norm_topk_prob", false, src);
+      c.qkv_bias = get_bool(j, "attention_bias", false, src);
+      c.o_bias = c.qkv_bias;
+      c.qk_norm = QkNorm::Whole;
+      c.clip_qkv = get_double(j, "clip_qkv", 0.0, src);
+      c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-5, src);
+      c.head_dim = default_head_dim;
+      break;
+    case Family::DeepseekV3:
+      c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
+      c.mla = true;
+      c.q_lora_rank = get_int(j, "q_lora_rank", 0, src);
+      c.kv_lora_rank = get_int(j, "kv_lora_rank", 0, src);
+      c.qk_rope_head_dim = get_int(j, "qk_rope_head_dim", 0, src);
+      c.qk_nope_head_dim = get_int(j, "qk_nope_head_dim", 0, src);
+      c.v_head_dim = get_int(j, "v_head_dim", 0, src);
+      c.head_dim = c.qk_rope_head_dim + c.qk_nope_head_dim;
+      c.qkv_bias = get_bool(j, "attention_bias", false, src);
+      c.num_experts = get_int(j, "n_routed_experts", 0, src);
+      c.top_k = get_int(j, "num_experts_per_tok", 8, src);
+      c.dense_ffn_size = get_int(j, "intermediate_size", 0, src);
+      c.expert_ffn_size = get_int(j, "moe_intermediate_size", 0, src);
+      c.shared_ffn_size = c.expert_ffn_size * get_int(j, "n_shared_experts", 0, src);
+      c.first_dense_layers = get_int(j, "first_k_dense_replace", 0, src);
+      c.norm_topk_prob = get_bool(j, "norm_topk_prob", true, src);
+      c.scoring = get_string(j, "scoring_func", "sigmoid", src) == "softmax" ? RouterScoring::Softmax
+                                                                            : RouterScoring::Sigmoid;
+      c.score_correction_bias = get_string(j, "topk_method", "noaux_tc", src) == "noaux_tc";
+      c.n_group = get_int(j, "n_group", 1, src);
+      c.topk_group = get_int(j, "topk_group", 1, src);
+      break;
+    case Family::GptOss:
+      c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
+      c.num_experts = n_experts_key;
+      c.top_k = get_int(j, "num_experts_per_tok", get_int(j, "experts_per_token", 4, src), src);
+      c.expert_ffn_size = get_int(j, "intermediate_size", 0, src);
+      c.qkv_bias = get_bool(j, "attention_bias", true, src);
+      c.o_bias = c.qkv_bias;
+      c.attention_sinks = true;
+      c.router_bias = true;
+      c.expert_bias = true;
+      break;
+    case Family::GraniteMoe:
+      c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", true, src);
+      c.num_experts = n_experts_key;
+      c.top_k = get_int(j, "num_experts_per_tok", 2, src);
+      c.expert_ffn_size = get_int(j, "intermediate_size", 0, src);
+      c.qkv_bias = get_bool(j, "attention_bias", false, src);
+      c.o_bias = c.qkv_bias;
+      break;
+  }
+  validate_config(c, src);
+  return c;
+}
+
+void validate_config(const ModelConfig& c, const std::string& src) {
+  check_range(c.vocab_size, 1, kMaxVocab, "vocab_size", src);
+  check_range(c.hidden_size, 1, kMaxHidden, "hidden_size", src);
+  check_range(c.num_layers, 1, kMaxLayers, "num_hidden_layers", src);
+  check_range(c.num_heads, 1, kMaxHeads, "num_attention_heads", src);
+  check_range(c.num_kv_heads, 1, c.num_heads, "num_key_value_heads", src);
+  check_range(c.max_positions, 1, kMaxPositions, "max_position_embeddings", src);
+  if (c.num_heads % c.num_kv_heads != 0)
+    fail(src, "num_attention_heads (" + std::to_string(c.num_heads) + ") is not a multiple of num_key_value_heads (" +
+                  std::to_string(c.num_kv_heads) + ")");
+  check_range(c.head_dim, 1, 4096, "head_dim", src);
+  if (!c.mla && c.head_dim % 2 != 0) fail(src, "head_dim must be even for rotary embeddings");
+  if (!(c.rms_norm_eps > 0.0 && c.rms_norm_eps < 1.0)) fail(src, "rms_norm_eps must be in (0, 1)");
+  if (!(c.rope_theta > 1.0 && c.rope_theta < 1e12)) fail(src, "rope_theta must be in (1, 1e12)");
+  check_range(c.num_experts, 0, kMaxExperts, "number of experts", src);
+  if (c.num_experts > 0) {
+    if (c.top_k < 1) fail(src, "num_experts_per_tok must be at least 1");
+    if (c.top_k > c.num_experts)
+      fail(src, "num_experts_per_tok (" + std::to_string(c.top_k) + ") is larger than the number of experts (" +
+                    std::to_string(c.num_experts) + ")");
+    check_range(c.expert_ffn_size, 1, kMaxFfn, "expert intermediate size", src);
+  } else if (c.family != Family::Qwen2Moe && c.family != Family::Qwen3Moe) {
+    fail(src, "a " + std::string(family_name(c.family)) + " model needs at least one expert");
+  }
+  check_range(c.dense_ffn_size, 0, kMaxFfn, "intermediate_size", src);
+  check_range(c.shared_ffn_size, 0, kMaxFfn, "shared expert intermediate size", src);
+  if (c.decoder_sparse_step < 1) fail(src, "decoder_sparse_step must be at least 1");
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    if (!c.is_moe_layer(l) && c.dense_ffn_size <= 0)
+      fail(src, "layer " + std::to_string(l) + " is dense but intermediate_size is 0");
+  if (c.clip_qkv < 0.0) fail(src, "clip_qkv must be positive");
+  if (c.mla) {
+    check_range(c.kv_lora_rank, 1, kMaxHidden, "kv_lora_rank", src);
+    check_range(c.q_lora_rank, 0, kMaxHidden, "q_lora_rank", src);
+    check_range(c.v_head_dim, 1, 4096, "v_head_dim", src);
+  }
+}
+
+json config_to_json(const ModelConfig& c) {
+  MOELAB_ASSERT(c.runnable(), "only runnable families are written");
+  json j;
+  j["architectures"] = json::array({c.architecture});
+  j["model_type"] = c.model_type;
+  j["dtype"] = c.dtype;
+  j["torch_dtype"] = c.dtype;
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["num_hidden_layers"] = c.num_layers;
+  j["num_attention_heads"] = c.num_heads;
+  j["num_key_value_heads"] = c.num_kv_heads;
+  j["max_position_embeddings"] = c.max_positions;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["rope_theta"] = c.rope_theta;
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["num_experts_per_tok"] = c.top_k;
+  j["hidden_act"] = "silu";
+  j["attention_dropout"] = 0.0;
+  j["use_cache"] = true;
+  switch (c.family) {
+    case Family::Mixtral:
+      j["num_local_experts"] = c.num_experts;
+      j["intermediate_size"] = c.expert_ffn_size;
+      j["head_dim"] = c.head_dim;
+      j["sliding_window"] = nullptr;
+      j["router_aux_loss_coef"] = 0.0;
+      break;
+    case Family::Qwen2Moe:
+    case Family::Qwen3Moe:
+      j["num_experts"] = c.num_experts;
+      j["moe_intermediate_size"] = c.expert_ffn_size;
+      j["intermediate_size"] = c.dense_ffn_size;
+      j["norm_topk_prob"] = c.norm_topk_prob;
+      j["decoder_sparse_step"] = c.decoder_sparse_step;
+      j["mlp_only_layers"] = c.mlp_only_layers;
+      j["use_sliding_window"] = false;
+      if (c.family == Family::Qwen2Moe) {
+        j["shared_expert_intermediate_size"] = c.shared_ffn_size;
+      } else {
+        j["head_dim"] = c.head_dim;
+        j["attention_bias"] = c.qkv_bias;
+      }
+      break;
+    case Family::Olmoe:
+      j["num_experts"] = c.num_experts;
+      j["intermediate_size"] = c.expert_ffn_size;
+      j["norm_topk_prob"] = c.norm_topk_prob;
+      j["clip_qkv"] = c.clip_qkv > 0 ? json(c.clip_qkv) : json(nullptr);
+      j["attention_bias"] = c.qkv_bias;
+      break;
+    default:
+      break;
+  }
+  if (!c.tokenizer.empty()) j["moelab"] = {{"tokenizer", c.tokenizer}};
+  return j;
+}
+
+}  // namespace moelab

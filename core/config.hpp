@@ -1,0 +1,100 @@
+// Model configuration: what a Hugging Face config.json says, normalised into one struct for the
+// families the lab runs (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) and the ones it only counts
+// (DeepSeek-V3, gpt-oss, GraniteMoE). Dimension letters used across core/:
+//   T tokens, H hidden, E experts, K top-k, F expert hidden, V vocab, L layers, NH heads,
+//   NKV key/value heads, D head dim.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace moelab {
+
+enum class Family { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe, DeepseekV3, GptOss, GraniteMoe };
+
+enum class QkNorm {
+  None,
+  PerHead,  // Qwen3-MoE: RMSNorm over each head's D values, before RoPE
+  Whole,    // OLMoE: RMSNorm over the whole q (NH*D) and k (NKV*D) projection
+};
+
+enum class RouterScoring { Softmax, Sigmoid };
+
+struct ModelConfig {
+  Family family = Family::Mixtral;
+  std::string architecture = "MixtralForCausalLM";  // HF `architectures[0]`
+  std::string model_type = "mixtral";              // HF `model_type`
+  std::string dtype = "float32";                   // storage dtype named by the config
+
+  int64_t vocab_size = 0;         // V
+  int64_t hidden_size = 0;        // H
+  int64_t num_layers = 0;         // L
+  int64_t num_heads = 0;          // NH
+  int64_t num_kv_heads = 0;       // NKV (grouped-query attention when < NH)
+  int64_t head_dim = 0;           // D (defaults to H / NH)
+  int64_t max_positions = 4096;   // max_position_embeddings
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  bool tie_word_embeddings = false;  // lm_head shares embed_tokens
+
+  // Attention details
+  bool qkv_bias = false;    // q/k/v projections have biases (Qwen2-MoE, gpt-oss)
+  bool o_bias = false;      // output projection has a bias (gpt-oss)
+  QkNorm qk_norm = QkNorm::None;
+  double clip_qkv = 0.0;    // OLMoE: clamp q, k, v to [-clip, clip]; 0 = off
+  bool attention_sinks = false;  // gpt-oss: one learned logit per head
+
+  // DeepSeek multi-head latent attention (count-only)
+  bool mla = false;
+  int64_t q_lora_rank = 0;  // 0 = plain q_proj
+  int64_t kv_lora_rank = 0;
+  int64_t qk_rope_head_dim = 0;
+  int64_t qk_nope_head_dim = 0;
+  int64_t v_head_dim = 0;
+
+  // Feed-forward blocks
+  int64_t dense_ffn_size = 0;   // intermediate size of dense (non-MoE) layers
+  int64_t expert_ffn_size = 0;  // F: intermediate size of one routed expert
+  int64_t num_experts = 0;      // E routed experts per MoE layer
+  int64_t top_k = 0;            // K experts chosen per token
+  bool norm_topk_prob = true;   // renormalise the K chosen weights to sum to 1
+  RouterScoring scoring = RouterScoring::Softmax;
+  int64_t shared_ffn_size = 0;  // intermediate size of the always-on shared expert(s), 0 = none
+  bool shared_expert_gate = false;  // Qwen2-MoE: shared output scaled by sigmoid(w·x)
+  int64_t decoder_sparse_step = 1;  // Qwen: layer l is MoE when (l+1) % step == 0
+  std::vector<int64_t> mlp_only_layers;  // Qwen: these layers stay dense
+  int64_t first_dense_layers = 0;        // DeepSeek: first_k_dense_replace
+  bool router_bias = false;              // gpt-oss router has a bias
+  bool expert_bias = false;              // gpt-oss experts have biases
+  bool score_correction_bias = false;    // DeepSeek-V3 e_score_correction_bias
+  int64_t n_group = 0, topk_group = 0;   // DeepSeek group-limited routing (counted only)
+
+  // Lab extension: byte-level tokenizer known to the lab ("bytes") or none.
+  std::string tokenizer;
+
+  bool is_moe_layer(int64_t layer) const;
+  int64_t num_moe_layers() const;
+  // True for the families the model can run; the others are parameter-count only.
+  bool runnable() const;
+};
+
+const char* family_name(Family f);
+
+// Parse a Hugging Face config.json object. `source` names the file in error messages.
+ModelConfig parse_config(const nlohmann::json& j, const std::string& source);
+// PATH is a config.json or a model directory holding one.
+ModelConfig load_config(const std::string& path);
+// The config.json a model the lab writes carries (both dtype and torch_dtype).
+nlohmann::json config_to_json(const ModelConfig& c);
+// Throws when the config is impossible (top-k > experts, heads not dividing, absurd sizes).
+void validate_config(const ModelConfig& c, const std::string& source);
+
+// Read a whole small text file (configs, indexes) with a size cap; errors name the file.
+std::string read_text_file(const std::string& path, int64_t max_bytes);
+// Resolve PATH (file or directory) to the config.json file path.
+std::string config_path_of(const std::string& path);
+
+}  // namespace moelab

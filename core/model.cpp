@@ -1,0 +1,329 @@
+#include "model.hpp"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
+#include "error.hpp"
+#include "params.hpp"
+#include "random.hpp"
+#include "registry.hpp"
+
+namespace moelab {
+namespace fs = std::filesystem;
+
+int64_t weight_bytes_fp32(const ModelConfig& c) { return checked_mul(count_params(c).total, 4, "model size"); }
+
+int64_t physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? int64_t(pages) * int64_t(page) : int64_t(1) << 34;
+}
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+// Refuse before allocating when the weights cannot fit in memory (a config asking 500 GiB).
+void check_fits(const ModelConfig& c, const std::string& where) {
+  const int64_t need = weight_bytes_fp32(c), have = physical_memory_bytes();
+  if (need > have / 10 * 8)
+    fail(where, "the model needs " + human_bytes(double(need)) + " to hold its " + human_count(double(need / 4)) +
+                    " parameters as fp32, more than this machine's " + human_bytes(double(have)) + " of memory");
+}
+
+}  // namespace
+
+Model::Model(const ModelConfig& config, std::shared_ptr<Backend> backend)
+    : config_(config), backend_(std::move(backend)) {
+  if (!config_.runnable())
+    fail(config_.architecture, "the lab counts this architecture's parameters but cannot run it");
+  validate_config(config_, config_.architecture);
+  check_fits(config_, config_.architecture);
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, E = c.num_experts, F = c.expert_ffn_size;
+  Backend& b = *backend_;
+  layers_.resize(size_t(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    LayerWeights& L = layers_[size_t(l)];
+    L.moe = c.is_moe_layer(l);
+    if (L.moe) {
+      L.experts.gate = b.alloc({E, F, H});
+      L.experts.up = b.alloc({E, F, H});
+      L.experts.down = b.alloc({E, H, F});
+    }
+  }
+  // Every other tensor is allocated from its registry shape.
+  for (const TensorSpec& s : tensor_specs(c)) {
+    int64_t off = 0;
+    Tensor* t = slot_for(s, &off);
+    if (t->empty()) *t = b.alloc(s.shape);
+  }
+  lm_head_ = c.tie_word_embeddings ? embed_ : lm_head_;
+}
+
+// Where a registry tensor lives in this model: the Tensor, and the element offset inside it
+// (routed experts are stacked [E, ...] so expert e starts at e · per-expert size).
+Tensor* Model::slot_for(const TensorSpec& s, int64_t* off) {
+  *off = 0;
+  if (s.layer < 0) {
+    switch (s.role) {
+      case Role::Embed: return &embed_;
+      case Role::FinalNorm: return &final_norm_;
+      case Role::LmHead: return &lm_head_;
+      default: break;
+    }
+  } else {
+    LayerWeights& L = layers_[size_t(s.layer)];
+    const int64_t per_expert = s.numel();
+    switch (s.role) {
+      case Role::InputNorm: return &L.input_norm;
+      case Role::PostAttnNorm: return &L.post_attn_norm;
+      case Role::Q: return &L.q;
+      case Role::K: return &L.k;
+      case Role::V: return &L.v;
+      case Role::O: return &L.o;
+      case Role::QBias: return &L.q_bias;
+      case Role::KBias: return &L.k_bias;
+      case Role::VBias: return &L.v_bias;
+      case Role::OBias: return &L.o_bias;
+      case Role::QNorm: return &L.q_norm;
+      case Role::KNorm: return &L.k_norm;
+      case Role::Router: return &L.router;
+      case Role::ExpertGate: *off = s.expert * per_expert; return &L.experts.gate;
+      case Role::ExpertUp: *off = s.expert * per_expert; return &L.experts.up;
+      case Role::ExpertDown: *off = s.expert * per_expert; return &L.experts.down;
+      case Role::SharedGate: return &L.shared_gate;
+      case Role::SharedUp: return &L.shared_up;
+      case Role::SharedDown: return &L.shared_down;
+      case Role::SharedExpertGate: return &L.shared_expert_gate;
+      case Role::DenseGate: return &L.dense_gate;
+      case Role::DenseUp: return &L.dense_up;
+      case Role::DenseDown: return &L.dense_down;
+      default: break;
+    }
+  }
+  fail(s.name, "tensor role not supported by the runnable model");
+}
+
+Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend) {
+  const ModelConfig config = load_config(dir);
+  const std::string cfg_file = config_path_of(dir);
+  if (!config.runnable())
+    fail(cfg_file, std::string(config.architecture) + " is supported for parameter counts only, not for running");
+  check_fits(config, cfg_file);
+  const std::string model_dir = fs::is_directory(dir) ? dir : fs::path(dir).parent_path().string();
+  Checkpoint ckpt(model_dir);
+  Model m(config, std::move(backend));
+  std::vector<float> staging;
+  for (const TensorSpec& s : tensor_specs(config)) {
+    const TensorView* t = ckpt.find(s.name);
+    if (!t) fail(model_dir, "checkpoint has no tensor '" + s.name + "' that " + config.architecture + " needs");
+    if (t->shape != s.shape)
+      fail(*t->file, "tensor '" + s.name + "' has shape " + shape_str(t->shape) + " but config.json implies " +
+                         shape_str(s.shape));
+    int64_t off = 0;
+    Tensor* dst = m.slot_for(s, &off);
+    if (m.backend_->host_accessible() && !(config.tie_word_embeddings && s.role == Role::LmHead)) {
+      tensor_to_float(*t, dst->f32() + off);  // straight from the memory map into the weights
+    } else {
+      staging.resize(size_t(t->numel()));
+      tensor_to_float(*t, staging.data());
+      m.backend_->upload(*dst, staging.data(), off, t->numel());
+    }
+  }
+  return m;
+}
+
+Model Model::random(const ModelConfig& config, uint64_t seed, std::shared_ptr<Backend> backend, float init_std) {
+  Model m(config, std::move(backend));
+  Rng rng(seed);
+  std::vector<float> host;
+  for (const TensorSpec& s : tensor_specs(config)) {
+    host.resize(size_t(s.numel()));
+    const bool is_norm = s.component == Component::Norms;
+    const bool is_bias = s.role == Role::QBias || s.role == Role::KBias || s.role == Role::VBias || s.role == Role::OBias;
+    for (float& v : host) v = is_norm ? 1.0f : is_bias ? 0.0f : float(rng.normal()) * init_std;
+    int64_t off = 0;
+    Tensor* dst = m.slot_for(s, &off);
+    m.backend_->upload(*dst, host.data(), off, s.numel());
+  }
+  return m;
+}
+
+std::vector<std::pair<std::string, std::vector<float>>> Model::export_weights() const {
+  std::vector<std::pair<std::string, std::vector<float>>> out;
+  for (const TensorSpec& s : tensor_specs(config_)) {
+    int64_t off = 0;
+    Tensor* src = const_cast<Model*>(this)->slot_for(s, &off);
+    std::vector<float> host(size_t(s.numel()));
+    backend_->download(*src, host.data(), off, s.numel());
+    out.emplace_back(s.name, std::move(host));
+  }
+  return out;
+}
+
+void Model::save(const std::string& dir, DType dtype, int64_t max_shard_bytes) const {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) fail(dir, "cannot create directory: " + ec.message());
+  const auto weights = export_weights();
+  const auto specs = tensor_specs(config_);
+  std::vector<TensorToWrite> tw;
+  for (size_t i = 0; i < specs.size(); ++i) tw.push_back({specs[i].name, specs[i].shape, weights[i].second.data(), dtype});
+  ModelConfig c = config_;
+  c.dtype = dtype == DType::F32 ? "float32" : dtype == DType::F16 ? "float16" : "bfloat16";
+  write_checkpoint_weights(dir, tw, max_shard_bytes);
+  write_text_atomic((fs::path(dir) / "config.json").string(), config_to_json(c).dump(2) + "\n");
+}
+
+KvCache Model::new_cache(int64_t capacity) const {
+  if (capacity < 1 || capacity > config_.max_positions)
+    fail(config_.architecture, "a context of " + std::to_string(capacity) + " tokens is outside [1, " +
+                                   std::to_string(config_.max_positions) + "] (max_position_embeddings)");
+  KvCache cache;
+  cache.capacity = capacity;
+  const int64_t kv = config_.num_kv_heads * config_.head_dim;
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    cache.k.push_back(backend_->alloc({capacity, kv}));
+    cache.v.push_back(backend_->alloc({capacity, kv}));
+  }
+  return cache;
+}
+
+std::vector<float> Model::forward_full(const std::vector<int32_t>& tokens, RoutingObserver* observer) {
+  KvCache cache = new_cache(std::max<int64_t>(1, int64_t(tokens.size())));
+  return forward(tokens, cache, observer);
+}
+
+void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, RoutingObserver* observer,
+                    const RoutingOverrides* ov) {
+  const ModelConfig& c = config_;
+  Backend& b = *backend_;
+  const LayerWeights& L = layers_[size_t(l)];
+  const int64_t T = h.rows();
+  auto swiglu_mlp = [&](const Tensor& g_w, const Tensor& u_w, const Tensor& d_w) {
+    const int64_t Fm = g_w.rows();
+    Tensor g = b.alloc({T, Fm}), u = b.alloc({T, Fm});
+    b.linear(h, g_w, nullptr, g);
+    b.linear(h, u_w, nullptr, u);
+    b.swiglu(g, u, g);
+    Tensor y = b.alloc({T, c.hidden_size});
+    b.linear(g, d_w, nullptr, y);
+    return y;
+  };
+  if (!L.moe) {
+    b.add(x, swiglu_mlp(L.dense_gate, L.dense_up, L.dense_down));
+    return;
+  }
+  const int64_t E = c.num_experts;
+  RouterSpec spec;
+  spec.top_k = ov && ov->top_k > 0 ? std::min(ov->top_k, E) : c.top_k;
+  spec.renormalize = ov && ov->renormalize >= 0 ? ov->renormalize == 1 : c.norm_topk_prob;
+  spec.sigmoid = c.scoring == RouterScoring::Sigmoid;
+  Tensor bias;
+  if (ov && (!ov->banned.empty() || ov->forced >= 0)) {
+    std::vector<float> hb(size_t(E), 0.0f);
+    for (int64_t e : ov->banned)
+      if (e >= 0 && e < E) hb[size_t(e)] = -std::numeric_limits<float>::infinity();
+    if (ov->forced >= 0 && ov->forced < E) hb[size_t(ov->forced)] = std::numeric_limits<float>::infinity();
+    bias = b.alloc({E});
+    b.upload(bias, hb.data());
+    spec.selection_bias = &bias;
+  }
+  const int64_t K = spec.top_k;
+  Tensor logits = b.alloc({T, E}), probs = b.alloc({T, E}), ids = b.alloc({T, K}, TType::I32),
+         weights = b.alloc({T, K});
+  b.linear(h, L.router, nullptr, logits);  // [T,E] router logits
+  b.route(logits, spec, probs, ids, weights);
+  if (observer) {
+    RoutingEvent ev;
+    ev.layer = l;
+    ev.pos0 = pos0;
+    ev.tokens = T;
+    ev.experts = E;
+    ev.top_k = K;
+    ev.logits.resize(size_t(T * E));
+    ev.probs.resize(size_t(T * E));
+    ev.ids.resize(size_t(T * K));
+    ev.weights.resize(size_t(T * K));
+    b.download(logits, ev.logits.data());
+    b.download(probs, ev.probs.data());
+    b.download(ids, ev.ids.data());
+    b.download(weights, ev.weights.data());
+    observer->on_routing(ev);
+  }
+  b.moe_experts(h, ids, weights, L.experts, x);  // x += Σ_k w · expert(h)
+  if (!L.shared_gate.empty()) {
+    Tensor s = swiglu_mlp(L.shared_gate, L.shared_up, L.shared_down);
+    if (!L.shared_expert_gate.empty()) {
+      Tensor g = b.alloc({T, 1});
+      b.linear(h, L.shared_expert_gate, nullptr, g);
+      b.add_sigmoid_gated(x, s, g);
+    } else {
+      b.add(x, s);
+    }
+  }
+}
+
+std::vector<float> Model::forward(const std::vector<int32_t>& tokens, KvCache& cache, RoutingObserver* observer,
+                                  const RoutingOverrides* ov) {
+  const ModelConfig& c = config_;
+  Backend& b = *backend_;
+  const int64_t T = int64_t(tokens.size()), H = c.hidden_size, NH = c.num_heads, NKV = c.num_kv_heads,
+                D = c.head_dim, V = c.vocab_size, pos0 = cache.length;
+  if (T == 0) return {};
+  for (int32_t id : tokens)
+    if (id < 0 || id >= V)
+      fail(c.architecture, "token id " + std::to_string(id) + " is out of range for a vocabulary of " + std::to_string(V));
+  if (pos0 + T > cache.capacity)
+    fail(c.architecture, "sequence of " + std::to_string(pos0 + T) + " tokens exceeds the context of " +
+                             std::to_string(cache.capacity));
+  Tensor ids = b.alloc({T}, TType::I32);
+  b.upload(ids, tokens.data());
+  Tensor x = b.alloc({T, H});  // [T,H] residual stream
+  b.embedding(embed_, ids, x);
+  Tensor h = b.alloc({T, H}), q = b.alloc({T, NH * D}), k = b.alloc({T, NKV * D}), v = b.alloc({T, NKV * D}),
+         att = b.alloc({T, NH * D});
+  const float eps = float(c.rms_norm_eps), clip = float(c.clip_qkv);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& L = layers_[size_t(l)];
+    b.rmsnorm(x, L.input_norm, eps, h);
+    b.linear(h, L.q, L.q_bias.empty() ? nullptr : &L.q_bias, q);
+    b.linear(h, L.k, L.k_bias.empty() ? nullptr : &L.k_bias, k);
+    b.linear(h, L.v, L.v_bias.empty() ? nullptr : &L.v_bias, v);
+    if (c.qk_norm != QkNorm::None) {  // per head (C = D) or over the whole projection
+      b.rmsnorm(q, L.q_norm, eps, q);
+      b.rmsnorm(k, L.k_norm, eps, k);
+    }
+    if (clip > 0.0f) {  // OLMoE clip_qkv, after the q/k norms as transformers does
+      b.clamp(q, -clip, clip);
+      b.clamp(k, -clip, clip);
+      b.clamp(v, -clip, clip);
+    }
+    b.rope(q, NH, D, pos0, c.rope_theta);
+    b.rope(k, NKV, D, pos0, c.rope_theta);
+    b.copy_rows(k, cache.k[size_t(l)], pos0);
+    b.copy_rows(v, cache.v[size_t(l)], pos0);
+    b.attention(q, cache.k[size_t(l)], cache.v[size_t(l)], pos0, NH, NKV, D, att);
+    b.linear(att, L.o, L.o_bias.empty() ? nullptr : &L.o_bias, x, /*accumulate=*/true);  // x += o(att)
+    b.rmsnorm(x, L.post_attn_norm, eps, h);
+    run_ffn(l, h, x, pos0, observer, ov);
+  }
+  cache.length = pos0 + T;
+  b.rmsnorm(x, final_norm_, eps, h);
+  Tensor logits = b.alloc({T, V});
+  b.linear(h, lm_head_, nullptr, logits);
+  std::vector<float> out(size_t(T * V));
+  b.download(logits, out.data());
+  return out;
+}
+
+}  // namespace moelab

@@ -1,0 +1,83 @@
+// The decoder-only MoE transformer: pre-norm RMSNorm, RoPE, grouped-query attention (dense),
+// and a feed-forward block that is either a dense SwiGLU MLP or router + top-k SwiGLU experts
+// (+ an optional shared expert). It computes what Hugging Face `transformers` computes for
+// Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE. All math goes through a Backend.
+//
+// One code path serves the full forward and token-by-token decode: forward() runs T new tokens
+// after the `cache.length` tokens already in the KV cache.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+#include "config.hpp"
+#include "routing.hpp"
+#include "safetensors.hpp"
+
+namespace moelab {
+
+struct LayerWeights {
+  Tensor input_norm, post_attn_norm;                 // [H]
+  Tensor q, k, v, o;                                 // [NH·D,H] [NKV·D,H] [NKV·D,H] [H,NH·D]
+  Tensor q_bias, k_bias, v_bias, o_bias;             // optional
+  Tensor q_norm, k_norm;                             // optional: [D] per head or [NH·D]/[NKV·D]
+  bool moe = false;
+  Tensor router;                                     // [E,H]
+  ExpertWeights experts;                             // [E,F,H] [E,F,H] [E,H,F]
+  Tensor shared_gate, shared_up, shared_down;        // [Fs,H] [Fs,H] [H,Fs], optional
+  Tensor shared_expert_gate;                         // [1,H], optional
+  Tensor dense_gate, dense_up, dense_down;           // dense layers: [Fd,H] [Fd,H] [H,Fd]
+};
+
+struct KvCache {
+  std::vector<Tensor> k, v;  // per layer [S_max, NKV·D]
+  int64_t length = 0;        // tokens already cached
+  int64_t capacity = 0;
+};
+
+class Model {
+ public:
+  Model(const ModelConfig& config, std::shared_ptr<Backend> backend);
+
+  // Load config.json + safetensors from a model directory. Checks memory before allocating,
+  // shapes against the config, and values for NaN/Inf; errors name the file and tensor.
+  static Model load(const std::string& dir, std::shared_ptr<Backend> backend);
+  // A freshly initialised model (normal(0, init_std) weights, unit norms), deterministic in seed.
+  static Model random(const ModelConfig& config, uint64_t seed, std::shared_ptr<Backend> backend,
+                      float init_std = 0.02f);
+  // Write config.json + model.safetensors (or shards) in the Hugging Face layout.
+  void save(const std::string& dir, DType dtype = DType::F32, int64_t max_shard_bytes = 0) const;
+
+  const ModelConfig& config() const { return config_; }
+  Backend& backend() const { return *backend_; }
+
+  KvCache new_cache(int64_t capacity) const;
+  // Run tokens at positions cache.length.., append them to the cache, return logits [T,V] (host).
+  // Routing of every MoE layer goes to `observer` when given; `overrides` changes routing.
+  std::vector<float> forward(const std::vector<int32_t>& tokens, KvCache& cache, RoutingObserver* observer = nullptr,
+                             const RoutingOverrides* overrides = nullptr);
+  // Convenience: a fresh cache, the whole sequence at once.
+  std::vector<float> forward_full(const std::vector<int32_t>& tokens, RoutingObserver* observer = nullptr);
+
+  // Host copies of every weight by registry name (for saving and tests).
+  std::vector<std::pair<std::string, std::vector<float>>> export_weights() const;
+
+ private:
+  Tensor* slot_for(const struct TensorSpec& spec, int64_t* expert_offset);
+  void run_ffn(int64_t layer, const Tensor& x, Tensor& out, int64_t pos0, RoutingObserver* observer,
+               const RoutingOverrides* overrides);
+
+  ModelConfig config_;
+  std::shared_ptr<Backend> backend_;
+  Tensor embed_, final_norm_, lm_head_;  // lm_head_ shares embed_ when tied
+  std::vector<LayerWeights> layers_;
+};
+
+// Bytes needed to hold the weights as fp32, and the memory this machine has.
+int64_t weight_bytes_fp32(const ModelConfig& c);
+int64_t physical_memory_bytes();
+
+}  // namespace moelab

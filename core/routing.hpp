@@ -1,0 +1,56 @@
+// Named intermediates of the router, reported per MoE layer to an observer: the routing trace
+// the visualiser draws comes from here, never from inside the math.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <vector>
+
+namespace moelab {
+
+// One MoE layer's routing for T tokens starting at position pos0.
+struct RoutingEvent {
+  int64_t layer = 0;
+  int64_t pos0 = 0;
+  int64_t tokens = 0;       // T
+  int64_t experts = 0;      // E
+  int64_t top_k = 0;        // K
+  std::vector<float> logits;   // [T,E] router logits
+  std::vector<float> probs;    // [T,E] softmax (or sigmoid) scores over all experts
+  std::vector<int32_t> ids;    // [T,K] chosen experts, best first
+  std::vector<float> weights;  // [T,K] final gate weights (renormalised when the model does)
+};
+
+class RoutingObserver {
+ public:
+  virtual ~RoutingObserver() = default;
+  virtual void on_routing(const RoutingEvent& e) = 0;
+};
+
+// Collects every event: the routing trace of a prompt and its generated tokens.
+class RoutingTrace : public RoutingObserver {
+ public:
+  struct Layer {
+    int64_t layer = 0, experts = 0, top_k = 0;
+    std::vector<float> logits, probs, weights;  // rows appended per token
+    std::vector<int32_t> ids;
+    int64_t tokens() const { return top_k ? int64_t(ids.size()) / top_k : 0; }
+  };
+  void on_routing(const RoutingEvent& e) override;
+  const std::vector<Layer>& layers() const { return layers_; }
+  void clear() { layers_.clear(); }
+
+ private:
+  std::vector<Layer> layers_;  // MoE layers in layer order
+};
+
+// Inference-time exploration knobs (GUI "what if"): change K, ban or force experts, switch
+// renormalisation. Defaults leave the model's own routing.
+struct RoutingOverrides {
+  int64_t top_k = 0;               // 0 = the model's K
+  int renormalize = -1;            // -1 = the model's choice, 0 off, 1 on
+  std::set<int64_t> banned;        // experts never chosen (logit set to -inf) in every layer
+  int64_t forced = -1;             // expert always chosen first, -1 = none
+};
+
+}  // namespace moelab

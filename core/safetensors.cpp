@@ -1,0 +1,472 @@
+#include "safetensors.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "config.hpp"
+#include "error.hpp"
+
+namespace moelab {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct DTypeInfo {
+  DType d;
+  const char* name;
+  int64_t size;
+  const char* torch_name;
+};
+constexpr DTypeInfo kDTypes[] = {
+    {DType::F32, "F32", 4, "float32"}, {DType::F16, "F16", 2, "float16"}, {DType::BF16, "BF16", 2, "bfloat16"},
+    {DType::F64, "F64", 8, "float64"}, {DType::I64, "I64", 8, "int64"},   {DType::I32, "I32", 4, "int32"},
+    {DType::I16, "I16", 2, "int16"},   {DType::I8, "I8", 1, "int8"},      {DType::U8, "U8", 1, "uint8"},
+    {DType::BOOL, "BOOL", 1, "bool"},
+};
+
+uint64_t read_le_u64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+}  // namespace
+
+int64_t dtype_size(DType d) {
+  for (const auto& i : kDTypes)
+    if (i.d == d) return i.size;
+  return 0;
+}
+const char* dtype_name(DType d) {
+  for (const auto& i : kDTypes)
+    if (i.d == d) return i.name;
+  return "?";
+}
+bool dtype_is_float(DType d) { return d == DType::F32 || d == DType::F16 || d == DType::BF16 || d == DType::F64; }
+
+DType dtype_from_torch_name(const std::string& s, const std::string& where) {
+  for (const auto& i : kDTypes)
+    if (s == i.torch_name || s == i.name) return i.d;
+  fail(where, "unknown dtype '" + s + "'");
+}
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;  // validated against overflow when the header was read
+  return n;
+}
+
+// ---- half and bfloat16 conversions (IEEE 754 binary16; bfloat16 = top half of a float) ----
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400) == 0) {
+        mant <<= 1;
+        --exp;
+      }
+      bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t float_to_half(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000);
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) return sign | (ax > 0x7f800000u ? 0x7e00 : 0x7c00);  // NaN / Inf
+  if (ax >= 0x477ff000u) return sign | 0x7c00;                                 // overflow -> Inf
+  if (ax < 0x38800000u) {                                                      // subnormal or zero
+    float a;
+    std::memcpy(&a, &ax, 4);
+    return sign | uint16_t(std::nearbyint(a * 16777216.0f));  // a / 2^-24, round to nearest even
+  }
+  uint32_t r = ax + 0xfff + ((ax >> 13) & 1);  // round to nearest even at bit 13
+  return sign | uint16_t((r - 0x38000000u) >> 13);
+}
+
+float bf16_to_float(uint16_t b) {
+  uint32_t bits = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t float_to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x40);  // quiet NaN
+  x += 0x7fff + ((x >> 16) & 1);
+  return uint16_t(x >> 16);
+}
+
+// ---- reading ----
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(path, "not a regular file");
+  }
+  map_size_ = size_t(st.st_size);
+  if (map_size_ < 8) {
+    ::close(fd);
+    fail(path, "truncated safetensors file (" + std::to_string(map_size_) + " bytes, no header)");
+  }
+  map_ = ::mmap(nullptr, map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map_ == MAP_FAILED) {
+    map_ = nullptr;
+    fail(path, std::string("cannot map: ") + std::strerror(errno));
+  }
+  try {
+    const auto* bytes = static_cast<const uint8_t*>(map_);
+    const uint64_t header_len = read_le_u64(bytes);
+    if (header_len > uint64_t(kMaxHeaderBytes)) fail(path, "safetensors header length " + std::to_string(header_len) + " is over the 100 MB limit");
+    if (header_len > map_size_ - 8)
+      fail(path, "truncated safetensors file: header says " + std::to_string(header_len) + " bytes, file has " +
+                     std::to_string(map_size_ - 8) + " after the length");
+    json h;
+    try {
+      h = json::parse(reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8 + header_len));
+    } catch (const json::exception&) {
+      fail(path, "safetensors header is not valid JSON");
+    }
+    if (!h.is_object()) fail(path, "safetensors header is not a JSON object");
+    if (h.size() > size_t(kMaxTensors)) fail(path, "safetensors header lists too many tensors");
+    const uint8_t* data = bytes + 8 + header_len;
+    const int64_t data_size = int64_t(map_size_ - 8 - header_len);
+    struct Range {
+      int64_t begin, end;
+      size_t idx;
+    };
+    std::vector<Range> ranges;
+    for (auto it = h.begin(); it != h.end(); ++it) {
+      const std::string& name = it.key();
+      if (name == "__metadata__") {
+        if (!it->is_object()) fail(path, "__metadata__ must be an object");
+        for (auto m = it->begin(); m != it->end(); ++m)
+          if (m->is_string()) metadata_[m.key()] = m->get<std::string>();
+        continue;
+      }
+      const std::string where = path + ": tensor '" + name + "'";
+      const json& e = *it;
+      if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") || !e.contains("data_offsets"))
+        throw Error(where + " needs dtype, shape and data_offsets");
+      if (!e["dtype"].is_string()) throw Error(where + ": dtype must be a string");
+      TensorView t;
+      t.name = name;
+      bool known = false;
+      for (const auto& d : kDTypes)
+        if (e["dtype"].get<std::string>() == d.name) {
+          t.dtype = d.d;
+          known = true;
+        }
+      if (!known) throw Error(where + ": unsupported dtype " + e["dtype"].dump());
+      const json& shape = e["shape"];
+      if (!shape.is_array() || shape.size() > size_t(kMaxRank)) throw Error(where + ": shape must be a list of at most 8 sizes");
+      int64_t numel = 1;
+      for (const auto& d : shape) {
+        if (!d.is_number_unsigned() && !(d.is_number_integer() && d.get<int64_t>() >= 0))
+          throw Error(where + ": shape entries must be non-negative integers");
+        t.shape.push_back(d.get<int64_t>());
+        numel = checked_mul(numel, t.shape.back(), where);
+      }
+      const json& off = e["data_offsets"];
+      if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+        throw Error(where + ": data_offsets must be two non-negative integers");
+      const uint64_t b = off[0].get<uint64_t>(), en = off[1].get<uint64_t>();
+      if (b > en) throw Error(where + ": data_offsets end before they begin");
+      if (en > uint64_t(data_size))
+        throw Error(where + ": data_offsets point past the end of the file (" + std::to_string(en) + " > " +
+                    std::to_string(data_size) + " data bytes)");
+      const int64_t expect = checked_mul(numel, dtype_size(t.dtype), where);
+      if (int64_t(en - b) != expect)
+        throw Error(where + ": byte range holds " + std::to_string(en - b) + " bytes but " + dtype_name(t.dtype) +
+                    " x shape needs " + std::to_string(expect));
+      t.data = data + b;
+      t.nbytes = expect;
+      t.file = &path_;
+      ranges.push_back({int64_t(b), int64_t(en), tensors_.size()});
+      tensors_.push_back(std::move(t));
+    }
+    // Sorted by offset, the byte ranges must tile the data exactly: no holes, no overlaps.
+    std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
+      return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+    });
+    int64_t pos = 0;
+    for (const Range& r : ranges) {
+      const std::string& name = tensors_[r.idx].name;
+      if (r.begin < pos) fail(path, "tensor '" + name + "' overlaps the tensor before it");
+      if (r.begin > pos) fail(path, "hole in the data before tensor '" + name + "'");
+      pos = r.end;
+    }
+    if (pos != data_size)
+      fail(path, "file has " + std::to_string(data_size) + " data bytes but the tensors cover " + std::to_string(pos) +
+                     (pos > data_size ? " (truncated file)" : " (trailing bytes)"));
+    for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
+  } catch (...) {
+    ::munmap(map_, map_size_);
+    map_ = nullptr;
+    throw;
+  }
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (map_) ::munmap(map_, map_size_);
+}
+
+const TensorView* SafetensorsFile::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) fail(dir, "not a model directory");
+  const fs::path single = fs::path(dir) / "model.safetensors";
+  const fs::path index = fs::path(dir) / "model.safetensors.index.json";
+  std::vector<std::string> files;
+  if (fs::exists(single, ec)) {
+    files.push_back(single.string());
+  } else if (fs::exists(index, ec)) {
+    json j;
+    try {
+      j = json::parse(read_text_file(index.string(), 64 << 20));
+    } catch (const json::exception&) {
+      fail(index.string(), "malformed JSON");
+    }
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+      fail(index.string(), "has no weight_map object");
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      if (!it->is_string()) fail(index.string(), "weight_map values must be file names");
+      const std::string f = it->get<std::string>();
+      if (f.find('/') != std::string::npos || f == "..") fail(index.string(), "shard name '" + f + "' leaves the model directory");
+      if (std::find(files.begin(), files.end(), (fs::path(dir) / f).string()) == files.end())
+        files.push_back((fs::path(dir) / f).string());
+    }
+  } else {
+    fail(dir, "no model.safetensors or model.safetensors.index.json");
+  }
+  for (const std::string& f : files) {
+    files_.push_back(std::make_unique<SafetensorsFile>(f));
+    for (const TensorView& t : files_.back()->tensors()) {
+      if (by_name_.count(t.name)) fail(f, "tensor '" + t.name + "' appears in two shards");
+      by_name_[t.name] = &t;
+    }
+  }
+}
+
+const TensorView* Checkpoint::find(const std::string& name) const {
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : it->second;
+}
+
+std::vector<const TensorView*> Checkpoint::all() const {
+  std::vector<const TensorView*> v;
+  for (const auto& [n, t] : by_name_) v.push_back(t);
+  return v;
+}
+
+int64_t Checkpoint::total_bytes() const {
+  int64_t n = 0;
+  for (const auto& [name, t] : by_name_) n += t->nbytes;
+  return n;
+}
+
+void tensor_to_float(const TensorView& t, float* dst) {
+  const int64_t n = t.numel();
+  const std::string where = (t.file ? *t.file : std::string("checkpoint")) + ": tensor '" + t.name + "'";
+  switch (t.dtype) {
+    case DType::F32:
+      std::memcpy(dst, t.data, size_t(n) * 4);
+      break;
+    case DType::F16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, t.data + 2 * i, 2);
+        dst[i] = half_to_float(h);
+      }
+      break;
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, t.data + 2 * i, 2);
+        dst[i] = bf16_to_float(h);
+      }
+      break;
+    case DType::F64:
+      for (int64_t i = 0; i < n; ++i) {
+        double d;
+        std::memcpy(&d, t.data + 8 * i, 8);
+        dst[i] = float(d);
+      }
+      break;
+    default:
+      throw Error(where + ": dtype " + dtype_name(t.dtype) + " is not a floating type the lab can compute with");
+  }
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(dst[i]))
+      throw Error(where + ": holds " + (std::isnan(dst[i]) ? "NaN" : "Inf") + " at element " + std::to_string(i));
+}
+
+// ---- writing ----
+
+namespace {
+
+// Write bytes to path through a temporary file in the same folder, fsync, rename.
+class AtomicFile {
+ public:
+  explicit AtomicFile(const std::string& path) : path_(path), tmp_(path + ".tmp-" + std::to_string(::getpid())) {
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail(path, std::string("cannot write: ") + std::strerror(errno));
+  }
+  ~AtomicFile() {
+    if (fd_ >= 0) {
+      ::close(fd_);
+      ::unlink(tmp_.c_str());
+    }
+  }
+  void write(const void* p, size_t n) {
+    const char* c = static_cast<const char*>(p);
+    while (n > 0) {
+      ssize_t w = ::write(fd_, c, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) fail(path_, std::string("write failed: ") + std::strerror(w < 0 ? errno : ENOSPC));
+      c += w;
+      n -= size_t(w);
+    }
+  }
+  void commit() {
+    if (::fsync(fd_) != 0) fail(path_, std::string("fsync failed: ") + std::strerror(errno));
+    if (::close(fd_) != 0) {
+      fd_ = -1;
+      ::unlink(tmp_.c_str());
+      fail(path_, std::string("close failed: ") + std::strerror(errno));
+    }
+    fd_ = -1;
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+      ::unlink(tmp_.c_str());
+      fail(path_, std::string("rename failed: ") + std::strerror(errno));
+    }
+  }
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+};
+
+int64_t bytes_of(const TensorToWrite& t) {
+  int64_t n = 1;
+  for (int64_t d : t.shape) n = checked_mul(n, d, t.name);
+  return checked_mul(n, dtype_size(t.dtype), t.name);
+}
+
+}  // namespace
+
+void write_text_atomic(const std::string& path, const std::string& text) {
+  AtomicFile f(path);
+  f.write(text.data(), text.size());
+  f.commit();
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  json h = json::object();
+  json meta = json::object();
+  for (const auto& [k, v] : metadata) meta[k] = v;
+  meta["format"] = "pt";
+  h["__metadata__"] = meta;
+  int64_t offset = 0;
+  for (const auto& t : tensors) {
+    if (!dtype_is_float(t.dtype) || t.dtype == DType::F64) fail(path, "can only write F32, F16 or BF16 tensors");
+    const int64_t n = bytes_of(t);
+    h[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
+    offset += n;
+  }
+  std::string header = h.dump();
+  header.append((8 - header.size() % 8) % 8, ' ');
+  AtomicFile f(path);
+  uint8_t len[8];
+  for (int i = 0; i < 8; ++i) len[i] = uint8_t((uint64_t(header.size()) >> (8 * i)) & 0xff);
+  f.write(len, 8);
+  f.write(header.data(), header.size());
+  std::vector<uint8_t> buf;
+  for (const auto& t : tensors) {  // same order as the offsets above
+    const int64_t n = bytes_of(t) / dtype_size(t.dtype);
+    if (t.dtype == DType::F32) {
+      f.write(t.data, size_t(n) * 4);
+      continue;
+    }
+    buf.resize(size_t(n) * 2);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint16_t v = t.dtype == DType::F16 ? float_to_half(t.data[i]) : float_to_bf16(t.data[i]);
+      std::memcpy(&buf[size_t(2 * i)], &v, 2);
+    }
+    f.write(buf.data(), buf.size());
+  }
+  f.commit();
+}
+
+void write_checkpoint_weights(const std::string& dir, const std::vector<TensorToWrite>& tensors,
+                              int64_t max_shard_bytes) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) fail(dir, "cannot create directory: " + ec.message());
+  int64_t total = 0;
+  for (const auto& t : tensors) total = checked_add(total, bytes_of(t), t.name);
+  if (max_shard_bytes <= 0 || total <= max_shard_bytes) {
+    write_safetensors((fs::path(dir) / "model.safetensors").string(), tensors);
+    fs::remove(fs::path(dir) / "model.safetensors.index.json", ec);
+    return;
+  }
+  std::vector<std::vector<TensorToWrite>> shards(1);
+  int64_t in_shard = 0;
+  for (const auto& t : tensors) {
+    const int64_t n = bytes_of(t);
+    if (in_shard > 0 && in_shard + n > max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(t);
+    in_shard += n;
+  }
+  json weight_map = json::object();
+  char name[64];
+  for (size_t s = 0; s < shards.size(); ++s) {
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+    write_safetensors((fs::path(dir) / name).string(), shards[s]);
+    for (const auto& t : shards[s]) weight_map[t.name] = name;
+  }
+  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  write_text_atomic((fs::path(dir) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+  fs::remove(fs::path(dir) / "model.safetensors", ec);
+}
+
+}  // namespace moelab

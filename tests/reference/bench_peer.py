@@ -1,0 +1,340 @@
+#!/usr/bin/python3
+"""Plain eager PyTorch speed peer for `moelab-cli bench`.
+
+Builds a Mixtral-style model (random fp32 weights, HF-like modules and the
+HF-style MoE forward: softmax -> top-k -> renormalise -> loop over the experts
+that were hit, index_add_ back) and measures
+
+  prefill_tokens_per_s  one forward over --prefill tokens (best of --repeats
+                        after a warm-up), logits for all positions
+  decode_tokens_per_s   --decode tokens generated one at a time (greedy) with a
+                        KV cache after a --prompt token prompt (the prompt is not
+                        timed); best of --decode-repeats after a warm-up
+
+and prints ONE JSON line on stdout.
+
+    /usr/bin/python3 tests/reference/bench_peer.py --layers 4 --hidden 256 --heads 8 \
+        --kv-heads 8 --experts 8 --expert-hidden 512 --topk 2 --vocab 260 \
+        --prefill 128 --decode 64 --threads 1
+
+--check-fixture DIR loads a mixtral fixture written by make_fixtures.py into
+this module (fp32) and compares its logits with DIR/expected.json instead of
+benchmarking; it proves the peer computes the same thing as the reference.
+"""
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import re
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, n, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.eps = eps
+
+    def forward(self, x):
+        dt = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dt)
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden, heads, kv_heads, head_dim):
+        super().__init__()
+        self.nh, self.nkv, self.d = heads, kv_heads, head_dim
+        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
+
+    def forward(self, x, cos, sin, past):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.nh, self.d).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.nkv, self.d).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.nkv, self.d).transpose(1, 2)
+        c, s = cos[None, None], sin[None, None]  # [1, 1, T, D]
+        q = q * c + rotate_half(q) * s
+        k = k * c + rotate_half(k) * s
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        present = (k, v)
+        rep = self.nh // self.nkv
+        if rep > 1:
+            k = k[:, :, None].expand(b, self.nkv, rep, k.shape[2], self.d).reshape(b, self.nh, -1, self.d)
+            v = v[:, :, None].expand(b, self.nkv, rep, v.shape[2], self.d).reshape(b, self.nh, -1, self.d)
+        s_len = k.shape[2]
+        scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.d)
+        if t > 1:
+            mask = torch.full((t, s_len), float("-inf")).triu(s_len - t + 1)
+            scores = scores + mask
+        p = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(p, v).transpose(1, 2).reshape(b, t, self.nh * self.d)
+        return self.o_proj(out), present
+
+
+class Expert(nn.Module):
+    def __init__(self, hidden, inter):
+        super().__init__()
+        self.w1 = nn.Linear(hidden, inter, bias=False)
+        self.w2 = nn.Linear(inter, hidden, bias=False)
+        self.w3 = nn.Linear(hidden, inter, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class SparseMoe(nn.Module):
+    def __init__(self, hidden, inter, experts, topk):
+        super().__init__()
+        self.e, self.k = experts, topk
+        self.gate = nn.Linear(hidden, experts, bias=False)
+        self.experts = nn.ModuleList([Expert(hidden, inter) for _ in range(experts)])
+
+    def forward(self, x):
+        b, t, h = x.shape
+        x = x.view(-1, h)
+        probs = F.softmax(self.gate(x), dim=1, dtype=torch.float)
+        w, sel = torch.topk(probs, self.k, dim=-1)
+        w = (w / w.sum(dim=-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(x)
+        mask = F.one_hot(sel, num_classes=self.e).permute(2, 1, 0)
+        for e in (mask.sum(dim=(-1, -2)) > 0).nonzero(as_tuple=True)[0].tolist():
+            idx, rows = torch.where(mask[e])
+            y = self.experts[e](x[rows]) * w[rows, idx, None]
+            out.index_add_(0, rows, y.to(x.dtype))
+        return out.view(b, t, h)
+
+
+class Layer(nn.Module):
+    def __init__(self, a):
+        super().__init__()
+        self.input_layernorm = RMSNorm(a.hidden, a.eps)
+        self.self_attn = Attention(a.hidden, a.heads, a.kv_heads, a.head_dim)
+        self.post_attention_layernorm = RMSNorm(a.hidden, a.eps)
+        self.block_sparse_moe = SparseMoe(a.hidden, a.expert_hidden, a.experts, a.topk)
+
+    def forward(self, x, cos, sin, past):
+        a, present = self.self_attn(self.input_layernorm(x), cos, sin, past)
+        x = x + a
+        x = x + self.block_sparse_moe(self.post_attention_layernorm(x))
+        return x, present
+
+
+class Backbone(nn.Module):
+    def __init__(self, a):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(a.vocab, a.hidden)
+        self.layers = nn.ModuleList([Layer(a) for _ in range(a.layers)])
+        self.norm = RMSNorm(a.hidden, a.eps)
+
+
+class MixtralLike(nn.Module):
+    def __init__(self, a):
+        super().__init__()
+        self.model = Backbone(a)
+        self.lm_head = nn.Linear(a.hidden, a.vocab, bias=False)
+        self.inv_freq = 1.0 / (a.theta ** (torch.arange(0, a.head_dim, 2, dtype=torch.int64).float() / a.head_dim))
+
+    def forward(self, ids, past=None):
+        start = 0 if past is None else past[0][0].shape[2]
+        pos = torch.arange(start, start + ids.shape[1]).float()
+        freqs = pos[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+        x = self.model.embed_tokens(ids)
+        presents = []
+        for i, layer in enumerate(self.model.layers):
+            x, pr = layer(x, cos, sin, None if past is None else past[i])
+            presents.append(pr)
+        return self.lm_head(self.model.norm(x)), presents
+
+
+def blas_report():
+    info = {}
+    shown = torch.__config__.show()
+    for key in ("BLAS_INFO", "LAPACK_INFO"):
+        m = re.search(key + r"=([^,\s]+)", shown)
+        info[key.lower()] = m.group(1) if m else None
+    libs = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                p = line.split()[-1] if len(line.split()) >= 6 else ""
+                low = os.path.basename(p).lower()
+                if any(s in low for s in ("blas", "lapack", "mkl", "gomp", "iomp")) and p not in libs:
+                    libs.append(p)
+    except OSError:
+        pass
+    info["libopenblas_loaded"] = any("openblas" in p.lower() for p in libs)
+    info["loaded_libs"] = libs
+    ob = _openblas()
+    if ob is not None:
+        try:
+            ob.openblas_get_config.restype = ctypes.c_char_p
+            info["openblas_config"] = ob.openblas_get_config().decode()
+            info["openblas_threads"] = int(ob.openblas_get_num_threads())
+        except (AttributeError, OSError):
+            pass
+    return info
+
+
+def _openblas():
+    """ctypes handle of the libopenblas mapped into this process, if any."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = [l.split()[-1] for l in f if "libopenblas" in l and len(l.split()) >= 6]
+        return ctypes.CDLL(paths[0]) if paths else None
+    except (OSError, IndexError):
+        return None
+
+
+def pin_openblas_threads(n):
+    """torch.set_num_threads does not reach a BLAS_INFO=generic OpenBLAS (Debian's
+    libblas.so.3 alternative), which otherwise uses one thread per core. Unless
+    OPENBLAS_NUM_THREADS was given explicitly, make OpenBLAS use --threads too."""
+    if os.environ.get("OPENBLAS_NUM_THREADS"):
+        return
+    ob = _openblas()
+    if ob is not None:
+        try:
+            ob.openblas_set_num_threads(int(n))
+        except AttributeError:
+            pass
+
+
+def random_init(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(0.8 + 0.4 * torch.rand(p.shape, generator=g))
+            elif name.endswith("embed_tokens.weight"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+
+
+def check_fixture(d):
+    with open(os.path.join(d, "config.json")) as f:
+        cfg = json.load(f)
+    with open(os.path.join(d, "expected.json")) as f:
+        exp = json.load(f)
+    if cfg["model_type"] != "mixtral":
+        raise SystemExit("--check-fixture needs a mixtral fixture")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import moe_reference as ref
+    a = argparse.Namespace(layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"],
+                           heads=cfg["num_attention_heads"], kv_heads=cfg["num_key_value_heads"],
+                           head_dim=cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
+                           experts=cfg["num_local_experts"], expert_hidden=cfg["intermediate_size"],
+                           topk=cfg["num_experts_per_tok"], vocab=cfg["vocab_size"],
+                           eps=cfg["rms_norm_eps"], theta=cfg["rope_theta"])
+    m = MixtralLike(a).eval()
+    sd = {k: v.float() for k, v in ref.load_checkpoint(d).items()}
+    m.load_state_dict(sd, strict=True)
+    toks = exp["tokens"]
+    with torch.no_grad():
+        full, _ = m(torch.tensor([toks]))
+        # prompt + token-by-token with the KV cache, as in the benchmark
+        lg, past = m(torch.tensor([toks[:4]]))
+        rows = [lg[0]]
+        for t in toks[4:]:
+            lg, past = m(torch.tensor([[t]]), past)
+            rows.append(lg[0])
+    e = torch.tensor(exp["logits"], dtype=torch.float64)
+    scale = float(e.abs().max())
+    d_full = float((full[0].double() - e).abs().max()) / scale
+    d_inc = float((torch.cat(rows).double() - e).abs().max()) / scale
+    ok = d_full < 1e-4 and d_inc < 1e-4
+    print(json.dumps({"fixture": d, "max_rel_diff_full": d_full, "max_rel_diff_kv": d_inc, "ok": ok}))
+    return 0 if ok else 1
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--experts", type=int, default=8)
+    ap.add_argument("--expert-hidden", type=int, default=512)
+    ap.add_argument("--topk", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=260)
+    ap.add_argument("--prefill", type=int, default=128)
+    ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--prompt", type=int, default=8, help="prompt length before timed decoding")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5, help="timed prefill repeats (best is kept)")
+    ap.add_argument("--decode-repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rope-theta", type=float, default=1e6)
+    ap.add_argument("--eps", type=float, default=1e-5)
+    ap.add_argument("--check-fixture", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(max(1, a.threads))
+    pin_openblas_threads(max(1, a.threads))
+    if a.check_fixture:
+        with torch.no_grad():
+            return check_fixture(a.check_fixture)
+    if a.hidden % a.heads or a.heads % a.kv_heads:
+        raise SystemExit("hidden must divide by heads and heads by kv-heads")
+    a.head_dim = a.hidden // a.heads
+    a.theta = a.rope_theta
+    model = MixtralLike(a).eval()
+    random_init(model, a.seed)
+    g = torch.Generator().manual_seed(a.seed + 1)
+    prefill_ids = torch.randint(0, a.vocab, (1, a.prefill), generator=g)
+    prompt_ids = torch.randint(0, a.vocab, (1, a.prompt), generator=g)
+
+    def decode_run(steps):
+        logits, past = model(prompt_ids)
+        nxt = logits[:, -1:].argmax(-1)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            logits, past = model(nxt, past)
+            nxt = logits[:, -1:].argmax(-1)
+        return time.perf_counter() - t0
+
+    with torch.no_grad():
+        model(prefill_ids)  # warm-up
+        best_p = float("inf")
+        for _ in range(max(1, a.repeats)):
+            t0 = time.perf_counter()
+            model(prefill_ids)
+            best_p = min(best_p, time.perf_counter() - t0)
+        decode_run(min(8, a.decode))  # warm-up
+        best_d = min(decode_run(a.decode) for _ in range(max(1, a.decode_repeats)))
+
+    print(json.dumps({
+        "prefill_tokens_per_s": a.prefill / best_p,
+        "decode_tokens_per_s": a.decode / best_d,
+        "torch_threads": torch.get_num_threads(),
+        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "blas": blas_report(),
+        "torch_version": torch.__version__,
+        "prefill_tokens": a.prefill,
+        "decode_tokens": a.decode,
+        "prompt_tokens": a.prompt,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
