@@ -72,6 +72,7 @@ constexpr ArchInfo kArchs[] = {
     {"Qwen2MoeForCausalLM", "qwen2_moe", Family::Qwen2Moe},
     {"Qwen3MoeForCausalLM", "qwen3_moe", Family::Qwen3Moe},
     {"OlmoeForCausalLM", "olmoe", Family::Olmoe},
+    {"DeepseekV2ForCausalLM", "deepseek_v2", Family::DeepseekV2},
     {"DeepseekV3ForCausalLM", "deepseek_v3", Family::DeepseekV3},
     {"GptOssForCausalLM", "gpt_oss", Family::GptOss},
     {"GraniteMoeForCausalLM", "granitemoe", Family::GraniteMoe},
@@ -93,6 +94,7 @@ bool ModelConfig::is_moe_layer(int64_t layer) const {
       if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) != mlp_only_layers.end())
         return false;
       return decoder_sparse_step > 0 && (layer + 1) % decoder_sparse_step == 0;
+    case Family::DeepseekV2:
     case Family::DeepseekV3:
       return layer >= first_dense_layers;
     default:
@@ -236,6 +238,7 @@ ModelConfig parse_config(const json& j, const std::string& src) {
       c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-5, src);
       c.head_dim = default_head_dim;
       break;
+    case Family::DeepseekV2:
     case Family::DeepseekV3:
       c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
       c.mla = true;
@@ -253,9 +256,12 @@ ModelConfig parse_config(const json& j, const std::string& src) {
       c.shared_ffn_size = c.expert_ffn_size * get_int(j, "n_shared_experts", 0, src);
       c.first_dense_layers = get_int(j, "first_k_dense_replace", 0, src);
       c.norm_topk_prob = get_bool(j, "norm_topk_prob", true, src);
-      c.scoring = get_string(j, "scoring_func", "sigmoid", src) == "softmax" ? RouterScoring::Softmax
-                                                                            : RouterScoring::Sigmoid;
-      c.score_correction_bias = get_string(j, "topk_method", "noaux_tc", src) == "noaux_tc";
+      c.scoring = get_string(j, "scoring_func", c.family == Family::DeepseekV3 ? "sigmoid" : "softmax", src) == "softmax"
+                      ? RouterScoring::Softmax
+                      : RouterScoring::Sigmoid;
+      // V3's selection bias (a buffer, not a parameter) exists with the "noaux_tc" top-k method.
+      c.score_correction_bias =
+          get_string(j, "topk_method", c.family == Family::DeepseekV3 ? "noaux_tc" : "greedy", src) == "noaux_tc";
       c.n_group = get_int(j, "n_group", 1, src);
       c.topk_group = get_int(j, "topk_group", 1, src);
       break;

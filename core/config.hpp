@@ -13,7 +13,7 @@
 
 namespace moelab {
 
-enum class Family { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe, DeepseekV3, GptOss, GraniteMoe };
+enum class Family { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe, DeepseekV2, DeepseekV3, GptOss, GraniteMoe };
 
 enum class QkNorm {
   None,

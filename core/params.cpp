@@ -7,6 +7,7 @@ namespace moelab {
 ParamCount count_params(const ModelConfig& c) {
   ParamCount p;
   for (const TensorSpec& s : tensor_specs(c)) {
+    if (s.buffer) continue;
     const int64_t n = s.numel();
     const auto k = static_cast<size_t>(s.component);
     p.total_by[k] = checked_add(p.total_by[k], n, s.name);

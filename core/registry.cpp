@@ -114,12 +114,16 @@ void add_ffn(Builder& b, const ModelConfig& c) {
       break;
     default:  // Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3
       b.add("mlp.gate.weight", {E, H}, Role::Router, Component::Router);
-      if (c.score_correction_bias) b.add("mlp.gate.e_score_correction_bias", {E}, Role::ScoreCorrectionBias, Component::Router);
+      if (c.score_correction_bias) {
+        // A persistent buffer in transformers: in the checkpoint, not in parameters().
+        b.add("mlp.gate.e_score_correction_bias", {E}, Role::ScoreCorrectionBias, Component::Router);
+        b.out.back().buffer = true;
+      }
       for (int64_t e = 0; e < E; ++e)
         add_swiglu(b, "mlp.experts." + std::to_string(e) + ".", H, F, Role::ExpertGate, Role::ExpertUp,
                    Role::ExpertDown, Component::RoutedExperts, e);
       if (c.shared_ffn_size > 0) {
-        const std::string p = c.family == Family::DeepseekV3 ? "mlp.shared_experts." : "mlp.shared_expert.";
+        const std::string p = c.mla ? "mlp.shared_experts." : "mlp.shared_expert.";
         add_swiglu(b, p, H, c.shared_ffn_size, Role::SharedGate, Role::SharedUp, Role::SharedDown,
                    Component::SharedExperts);
         if (c.shared_expert_gate)

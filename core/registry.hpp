@@ -35,6 +35,7 @@ struct TensorSpec {
   int64_t layer = -1;   // -1 for embeddings, final norm, lm_head
   int64_t expert = -1;  // routed expert index, -1 otherwise
   int64_t experts_in_tensor = 0;  // >0 when one tensor holds all experts (fused layouts)
+  bool buffer = false;  // stored in checkpoints but not a trained parameter (not counted)
   int64_t numel() const;
 };
 

@@ -1,0 +1,198 @@
+// The model's own invariants and its handling of bad input: routing invariants, determinism,
+// inference-time overrides, and clear one-line errors for broken configs and checkpoints.
+#include <filesystem>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "check.hpp"
+#include "generate.hpp"
+#include "model.hpp"
+#include "params.hpp"
+#include "test_util.hpp"
+
+using namespace moelab;
+using testutil::TempDir;
+using testutil::tiny_config;
+using testutil::write_file;
+namespace fs = std::filesystem;
+
+static const std::vector<int32_t> kTokens = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5};
+
+TEST(routing_invariants_hold_for_every_family) {
+  for (Family f : {Family::Mixtral, Family::Qwen2Moe, Family::Qwen3Moe, Family::Olmoe}) {
+    ModelConfig c = tiny_config(f);
+    if (f == Family::Qwen2Moe) {
+      c.qkv_bias = true;
+      c.shared_ffn_size = 20;
+      c.shared_expert_gate = true;
+      c.norm_topk_prob = false;
+    }
+    if (f == Family::Qwen3Moe) c.qk_norm = QkNorm::PerHead;
+    if (f == Family::Olmoe) {
+      c.qk_norm = QkNorm::Whole;
+      c.clip_qkv = 0.5;
+    }
+    Model m = Model::random(c, 11, make_eigen_backend(), 0.2f);
+    RoutingTrace trace;
+    m.forward_full(kTokens, &trace);
+    CHECK_EQ(int64_t(trace.layers().size()), c.num_moe_layers());
+    for (const auto& L : trace.layers()) {
+      CHECK_EQ(L.tokens(), int64_t(kTokens.size()));
+      for (int64_t t = 0; t < L.tokens(); ++t) {
+        const float* p = &L.probs[size_t(t * L.experts)];
+        double psum = 0;
+        for (int64_t e = 0; e < L.experts; ++e) psum += p[e];
+        CHECK_NEAR(psum, 1.0, 1e-5);
+        std::set<int32_t> chosen;
+        double wsum = 0, pk = 0;
+        float kth = 2.0f;
+        for (int64_t k = 0; k < L.top_k; ++k) {
+          const int32_t e = L.ids[size_t(t * L.top_k + k)];
+          chosen.insert(e);
+          wsum += L.weights[size_t(t * L.top_k + k)];
+          pk += p[e];
+          kth = std::min(kth, p[e]);
+        }
+        CHECK_EQ(int64_t(chosen.size()), L.top_k);  // distinct experts
+        for (int64_t e = 0; e < L.experts; ++e)     // the chosen are the most probable
+          if (!chosen.count(int32_t(e))) CHECK(p[e] <= kth);
+        CHECK_NEAR(wsum, c.norm_topk_prob ? 1.0 : pk, 1e-5);
+      }
+    }
+  }
+}
+
+TEST(same_seed_same_model_same_outputs) {
+  const ModelConfig c = tiny_config();
+  Model a = Model::random(c, 5, make_eigen_backend()), b = Model::random(c, 5, make_eigen_backend()),
+        d = Model::random(c, 6, make_eigen_backend());
+  CHECK(a.forward_full(kTokens) == b.forward_full(kTokens));
+  CHECK(a.forward_full(kTokens) != d.forward_full(kTokens));
+  SamplingOptions opt{0.9f, 0.95f, 42};
+  CHECK(generate(a, {1, 2, 3}, 12, opt) == generate(b, {1, 2, 3}, 12, opt));
+}
+
+TEST(overrides_ban_force_and_change_top_k) {
+  ModelConfig c = tiny_config();
+  c.num_experts = 6;
+  Model m = Model::random(c, 3, make_eigen_backend(), 0.3f);
+  KvCache cache = m.new_cache(32);
+  RoutingOverrides ov;
+  ov.banned = {0, 2};
+  RoutingTrace trace;
+  m.forward(kTokens, cache, &trace, &ov);
+  for (const auto& L : trace.layers())
+    for (int32_t e : L.ids) CHECK(e != 0 && e != 2);
+  RoutingOverrides force;
+  force.forced = 4;
+  force.top_k = 3;
+  RoutingTrace t2;
+  KvCache c2 = m.new_cache(32);
+  m.forward(kTokens, c2, &t2, &force);
+  for (const auto& L : t2.layers()) {
+    CHECK_EQ(L.top_k, int64_t(3));
+    for (int64_t t = 0; t < L.tokens(); ++t) CHECK_EQ(L.ids[size_t(t * 3)], 4);
+  }
+}
+
+// ---- bad input: each a clear error naming the file and the problem ----
+
+static void save_tiny(const std::string& dir) { Model::random(tiny_config(), 1, make_eigen_backend()).save(dir); }
+
+static nlohmann::json read_json(const std::string& path) { return nlohmann::json::parse(testutil::read_file(path)); }
+
+TEST(config_errors_name_file_and_problem) {
+  TempDir tmp("cfg");
+  CHECK_THROWS_WITH(load_config(tmp / "nope"), "no such file");
+  CHECK_THROWS_WITH(load_config(tmp.path.string()), "has no config.json");
+  write_file(tmp / "bad.json", "{\"architectures\": [\"MixtralForCausalLM\"], ");
+  CHECK_THROWS_WITH(load_config(tmp / "bad.json"), "malformed JSON");
+  CHECK_THROWS_WITH(load_config(tmp / "bad.json"), tmp / "bad.json");
+  write_file(tmp / "unknown.json", R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})");
+  CHECK_THROWS_WITH(load_config(tmp / "unknown.json"), "unknown architecture 'LlamaForCausalLM'");
+  nlohmann::json j = config_to_json(tiny_config());
+  j["num_experts_per_tok"] = 9;
+  write_file(tmp / "topk.json", j.dump());
+  CHECK_THROWS_WITH(load_config(tmp / "topk.json"), "larger than the number of experts");
+  j = config_to_json(tiny_config());
+  j["num_local_experts"] = 0;
+  write_file(tmp / "zero.json", j.dump());
+  CHECK_THROWS_WITH(load_config(tmp / "zero.json"), "at least one expert");
+  j = config_to_json(tiny_config());
+  j["hidden_size"] = "wide";
+  write_file(tmp / "type.json", j.dump());
+  CHECK_THROWS_WITH(load_config(tmp / "type.json"), "'hidden_size' must be an integer");
+}
+
+TEST(absurd_size_is_refused_before_allocating) {
+  TempDir tmp("absurd");
+  // About 500 GiB of fp32 weights: every dimension is within its cap, the total is not.
+  nlohmann::json j = config_to_json(tiny_config());
+  j["hidden_size"] = 8192;
+  j["intermediate_size"] = 16384;
+  j["num_local_experts"] = 8;
+  j["num_hidden_layers"] = 40;
+  j["num_attention_heads"] = 64;
+  j["num_key_value_heads"] = 8;
+  j["head_dim"] = 128;
+  fs::create_directories(tmp / "m");
+  write_file(tmp / "m/config.json", j.dump());
+  const double gib = double(count_params(load_config(tmp / "m")).total) * 4 / double(1ull << 30);
+  CHECK(gib > 450 && gib < 550);
+  CHECK_THROWS_WITH(Model::load(tmp / "m", make_eigen_backend()), "more than this machine's");
+  CHECK_THROWS_WITH(Model::load(tmp / "m", make_eigen_backend()), "config.json");
+}
+
+TEST(checkpoint_errors_name_file_and_tensor) {
+  TempDir tmp("ckpt");
+  save_tiny(tmp / "good");
+  // Shape that disagrees with the config.
+  fs::copy(tmp / "good", tmp / "shape");
+  nlohmann::json j = read_json(tmp / "shape/config.json");
+  j["intermediate_size"] = 20;
+  write_file(tmp / "shape/config.json", j.dump());
+  CHECK_THROWS_WITH(Model::load(tmp / "shape", make_eigen_backend()), "has shape [16, 32] but config.json implies [20, 32]");
+  // Missing tensor.
+  fs::copy(tmp / "good", tmp / "layers");
+  j = read_json(tmp / "layers/config.json");
+  j["num_hidden_layers"] = 3;
+  write_file(tmp / "layers/config.json", j.dump());
+  CHECK_THROWS_WITH(Model::load(tmp / "layers", make_eigen_backend()), "no tensor 'model.layers.2.input_layernorm.weight'");
+  // NaN in a weight: the error names the tensor.
+  ModelConfig c = tiny_config();
+  Model m = Model::random(c, 1, make_eigen_backend());
+  auto w = m.export_weights();
+  std::vector<TensorToWrite> tw;
+  const auto specs = tensor_specs(c);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (specs[i].name == "model.layers.1.self_attn.k_proj.weight") w[i].second[5] = std::nanf("");
+    tw.push_back({specs[i].name, specs[i].shape, w[i].second.data(), DType::BF16});
+  }
+  fs::create_directories(tmp / "nan");
+  fs::copy(tmp / "good/config.json", tmp / "nan/config.json");
+  write_safetensors(tmp / "nan/model.safetensors", tw);
+  CHECK_THROWS_WITH(Model::load(tmp / "nan", make_eigen_backend()), "'model.layers.1.self_attn.k_proj.weight': holds NaN");
+  // Truncated weights file.
+  fs::copy(tmp / "good", tmp / "trunc");
+  const std::string bytes = testutil::read_file(tmp / "trunc/model.safetensors");
+  write_file(tmp / "trunc/model.safetensors", bytes.substr(0, bytes.size() / 2));
+  CHECK_THROWS_WITH(Model::load(tmp / "trunc", make_eigen_backend()), "model.safetensors");
+  // No weights at all.
+  fs::create_directories(tmp / "empty");
+  fs::copy(tmp / "good/config.json", tmp / "empty/config.json");
+  CHECK_THROWS_WITH(Model::load(tmp / "empty", make_eigen_backend()), "no model.safetensors");
+  // Count-only architectures are refused for running, with the reason.
+  CHECK_THROWS_WITH(Model::load(std::string(MOELAB_SOURCE_DIR) + "/tests/data/params/deepseek-v3", make_eigen_backend()),
+                    "parameter counts only");
+}
+
+TEST(token_ids_out_of_range_are_refused) {
+  Model m = Model::random(tiny_config(), 1, make_eigen_backend());
+  CHECK_THROWS_WITH(m.forward_full({1, 2, 40}), "token id 40 is out of range for a vocabulary of 40");
+  CHECK_THROWS_WITH(m.forward_full({-1}), "token id -1");
+  KvCache cache = m.new_cache(4);
+  CHECK_THROWS_WITH(m.forward({1, 2, 3, 4, 5}, cache), "exceeds the context of 4");
+}
+
+CHECK_MAIN()

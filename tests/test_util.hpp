@@ -1,0 +1,66 @@
+// Helpers shared by the core test suites: a tiny lab config and a scratch folder.
+#pragma once
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "config.hpp"
+
+namespace testutil {
+
+inline moelab::ModelConfig tiny_config(moelab::Family family = moelab::Family::Mixtral) {
+  moelab::ModelConfig c;
+  c.family = family;
+  switch (family) {
+    case moelab::Family::Qwen2Moe: c.architecture = "Qwen2MoeForCausalLM"; c.model_type = "qwen2_moe"; break;
+    case moelab::Family::Qwen3Moe: c.architecture = "Qwen3MoeForCausalLM"; c.model_type = "qwen3_moe"; break;
+    case moelab::Family::Olmoe: c.architecture = "OlmoeForCausalLM"; c.model_type = "olmoe"; break;
+    default: break;
+  }
+  c.vocab_size = 40;
+  c.hidden_size = 32;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 8;
+  c.max_positions = 64;
+  c.num_experts = 4;
+  c.top_k = 2;
+  c.expert_ffn_size = 16;
+  c.dense_ffn_size = 24;
+  return c;
+}
+
+// A fresh folder under the system temp dir, removed when the object goes away.
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& tag) {
+    path = std::filesystem::temp_directory_path() / ("moelab-test-" + tag + "-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+inline void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), std::streamsize(bytes.size()));
+}
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A safetensors file from a raw header string and data bytes.
+inline std::string safetensors_bytes(const std::string& header, const std::string& data) {
+  std::string s(8, '\0');
+  const uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) s[size_t(i)] = char((n >> (8 * i)) & 0xff);
+  return s + header + data;
+}
+
+}  // namespace testutil
