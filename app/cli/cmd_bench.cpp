@@ -1,8 +1,260 @@
+// moelab-cli bench: prefill (a 128-token forward) and token-by-token decode of a fixed lab model
+// (4 layers, width 256, 8 experts of 512, top-2), then the same model in eager PyTorch
+// (tests/reference/bench_peer.py) in the same run, with ratios and each figure as a fraction of
+// this machine's measured limits (memory bandwidth for decode, GEMM peak for prefill).
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include <Eigen/Dense>
+#include <nlohmann/json.hpp>
+
 #include "commands.hpp"
+#include "common.hpp"
+#include "error.hpp"
+#include "model.hpp"
+#include "params.hpp"
+#include "random.hpp"
 
 namespace moelab::cli {
-void add_bench_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("bench", "Benchmark prefill and decode against PyTorch");
-  cmd->callback([] {});
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+struct BenchOptions {
+  int64_t layers = 4, hidden = 256, heads = 8, kv_heads = 8, experts = 8, expert_hidden = 512, top_k = 2;
+  int64_t prefill = 128, decode = 64, prompt = 8, repeats = 5;
+  std::string python = "/usr/bin/python3";
+  std::string peer = std::string(MOELAB_SOURCE_DIR) + "/tests/reference/bench_peer.py";
+  bool no_peer = false, json_out = false;
+};
+BenchOptions o;
+
+ModelConfig bench_config() {
+  ModelConfig c = builtin_config();
+  c.num_layers = o.layers;
+  c.hidden_size = o.hidden;
+  c.num_heads = o.heads;
+  c.num_kv_heads = o.kv_heads;
+  c.head_dim = o.hidden / o.heads;
+  c.num_experts = o.experts;
+  c.expert_ffn_size = o.expert_hidden;
+  c.top_k = o.top_k;
+  c.rope_theta = 1e6;
+  c.max_positions = std::max<int64_t>(4096, o.prefill + o.prompt + o.decode);
+  return c;
 }
+
+// Sustained read bandwidth over a working set of `bytes` on every thread (bytes/s). With a
+// working set the size of the model's weights this is the limit decode actually meets (caches
+// included); with 512 MiB it is main memory.
+double measure_bandwidth(size_t bytes) {
+  const size_t n = std::max<size_t>(bytes / 4, 1 << 16) / 64 * 64;
+  std::unique_ptr<float[]> a(new float[n]);
+#pragma omp parallel for
+  for (size_t i = 0; i < n; ++i) a[i] = float(i & 1023);
+  const int reps = int(std::max<size_t>(1, (size_t(1) << 30) / (n * 4)));
+  double best = 0;
+  for (int r = 0; r < 3; ++r) {
+    float total = 0;
+    const auto t = Clock::now();
+    for (int k = 0; k < reps; ++k) {
+      float sum = 0;
+#pragma omp parallel reduction(+ : sum)
+      {  // each thread sums its contiguous share with Eigen's unrolled vector reduction
+        const size_t nt = size_t(omp_get_num_threads()), id = size_t(omp_get_thread_num());
+        const size_t chunk = n / nt, begin = id * chunk, len = id + 1 == nt ? n - begin : chunk;
+        sum += Eigen::Map<const Eigen::VectorXf>(a.get() + begin, Eigen::Index(len)).sum();
+      }
+      total += sum;
+    }
+    const double s = seconds_since(t);
+    if (total < 0) std::printf("%f", double(total));  // keep the loop
+    best = std::max(best, double(n) * 4 * reps / s);
+  }
+  return best;
+}
+
+// GEMM peak: a 1024³ fp32 Eigen product on all threads (FLOP/s).
+double measure_gemm_peak() {
+  const int n = 1024;
+  Eigen::MatrixXf a = Eigen::MatrixXf::Random(n, n), b = Eigen::MatrixXf::Random(n, n), c(n, n);
+  c.noalias() = a * b;
+  double best = 0;
+  for (int r = 0; r < 3; ++r) {
+    const auto t = Clock::now();
+    c.noalias() = a * b;
+    best = std::max(best, 2.0 * n * n * double(n) / seconds_since(t));
+  }
+  return best;
+}
+
+nlohmann::json run_peer(const std::string& env, int threads) {
+  const std::string cmd = env + " " + o.python + " " + o.peer + " --layers " + std::to_string(o.layers) + " --hidden " +
+                          std::to_string(o.hidden) + " --heads " + std::to_string(o.heads) + " --kv-heads " +
+                          std::to_string(o.kv_heads) + " --experts " + std::to_string(o.experts) + " --expert-hidden " +
+                          std::to_string(o.expert_hidden) + " --topk " + std::to_string(o.top_k) + " --prefill " +
+                          std::to_string(o.prefill) + " --decode " + std::to_string(o.decode) + " --prompt " +
+                          std::to_string(o.prompt) + " --threads " + std::to_string(threads) + " 2>/dev/null";
+  std::unique_ptr<FILE, int (*)(FILE*)> p(::popen(cmd.c_str(), "r"), ::pclose);
+  if (!p) return nullptr;
+  std::string out;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof buf, p.get())) out.append(buf, n);
+  try {
+    return nlohmann::json::parse(out.substr(0, out.find('\n')));
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void run_bench() {
+  const ModelConfig c = bench_config();
+  Model m = Model::random(c, 1, make_eigen_backend(), 0.05f);
+  Rng rng(7);
+  std::vector<int32_t> tokens(size_t(o.prefill + o.prompt));
+  for (auto& t : tokens) t = int32_t(rng.next_u64() % 256);
+  const std::vector<int32_t> prefill_tokens(tokens.begin(), tokens.begin() + o.prefill);
+
+  // Prefill: best of `repeats` after a warm-up.
+  m.forward_full(prefill_tokens);
+  double prefill_best = 1e30;
+  for (int64_t r = 0; r < o.repeats; ++r) {
+    const auto t = Clock::now();
+    m.forward_full(prefill_tokens);
+    prefill_best = std::min(prefill_best, seconds_since(t));
+  }
+  const double prefill_tps = double(o.prefill) / prefill_best;
+
+  // Decode: a short prompt, then `decode` tokens one at a time (greedy), best of 3.
+  double decode_best = 1e30;
+  for (int r = 0; r < 3; ++r) {
+    KvCache cache = m.new_cache(o.prompt + o.decode + 1);
+    std::vector<float> logits = m.forward({tokens.begin(), tokens.begin() + o.prompt}, cache);
+    const auto t = Clock::now();
+    for (int64_t i = 0; i < o.decode; ++i) {
+      const float* last = logits.data() + logits.size() - size_t(c.vocab_size);
+      const int32_t next = int32_t(std::max_element(last, last + c.vocab_size) - last);
+      logits = m.forward({next}, cache);
+    }
+    decode_best = std::min(decode_best, seconds_since(t));
+  }
+  const double decode_tps = double(o.decode) / decode_best;
+
+  const ParamCount p = count_params(c);
+  const double dram = measure_bandwidth(size_t(512) << 20), peak = measure_gemm_peak();
+  const double bandwidth = measure_bandwidth(size_t(p.total) * 4);
+  // Bytes a decoded token must read: every active weight once (one embedding row only).
+  const double active_bytes =
+      4.0 * double(p.active - p.active_by[size_t(Component::Embeddings)] + c.hidden_size);
+  const double decode_fraction = active_bytes * decode_tps / bandwidth;
+  const double flops_per_token = forward_flops_per_token(c, o.prefill / 2);
+  const double prefill_fraction = flops_per_token * prefill_tps / peak;
+
+  nlohmann::json peer = nullptr;
+  if (!o.no_peer) {
+    std::error_code ec;
+    if (!std::filesystem::exists(o.peer, ec)) {
+      std::fprintf(stderr, "bench: peer script %s not found, PyTorch comparison skipped\n", o.peer.c_str());
+    } else {
+      // The peer at its best on this machine: OpenBLAS's threads can fight torch's, so try
+      // 1 and 2 threads and OPENBLAS_NUM_THREADS=1 with 2 torch threads; keep the fastest of each.
+      for (auto [env, th] : std::array<std::pair<const char*, int>, 3>{
+               {{"OPENBLAS_NUM_THREADS=1", 1}, {"", 2}, {"OPENBLAS_NUM_THREADS=1", 2}}}) {
+        nlohmann::json r = run_peer(env, th);
+        if (r.is_null()) continue;
+        r["setting"] = std::string(env) + (env[0] ? " " : "") + "torch threads " + std::to_string(th);
+        if (peer.is_null()) {
+          peer = {{"prefill", r}, {"decode", r}};
+          continue;
+        }
+        if (r["prefill_tokens_per_s"].get<double>() > peer["prefill"]["prefill_tokens_per_s"].get<double>())
+          peer["prefill"] = r;
+        if (r["decode_tokens_per_s"].get<double>() > peer["decode"]["decode_tokens_per_s"].get<double>())
+          peer["decode"] = r;
+      }
+      if (peer.is_null()) std::fprintf(stderr, "bench: the PyTorch peer did not run (is python3-torch installed?)\n");
+    }
+  }
+
+  nlohmann::json j = {
+      {"model", {{"layers", c.num_layers}, {"hidden", c.hidden_size}, {"experts", c.num_experts},
+                 {"expert_hidden", c.expert_ffn_size}, {"top_k", c.top_k}, {"total_params", p.total},
+                 {"active_params", p.active}}},
+      {"threads", omp_get_max_threads()},
+      {"prefill_tokens_per_s", prefill_tps},
+      {"decode_tokens_per_s", decode_tps},
+      {"decode_us_per_token", 1e6 / decode_tps},
+      {"memory_bandwidth_gb_s", dram / 1e9},
+      {"bandwidth_at_model_size_gb_s", bandwidth / 1e9},
+      {"gemm_peak_gflop_s", peak / 1e9},
+      {"decode_fraction_of_bandwidth", decode_fraction},
+      {"prefill_fraction_of_gemm_peak", prefill_fraction}};
+  if (!peer.is_null()) {
+    const double pp = peer["prefill"]["prefill_tokens_per_s"], pd = peer["decode"]["decode_tokens_per_s"];
+    j["pytorch"] = {{"prefill_tokens_per_s", pp},
+                    {"decode_tokens_per_s", pd},
+                    {"prefill_setting", peer["prefill"]["setting"]},
+                    {"decode_setting", peer["decode"]["setting"]},
+                    {"blas", peer["prefill"]["blas"]},
+                    {"torch_version", peer["prefill"]["torch_version"]}};
+    j["prefill_ratio"] = prefill_tps / pp;
+    j["decode_ratio"] = decode_tps / pd;
+  }
+  if (o.json_out) {
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  std::printf("model: %d layers, width %d, %d experts of %d, top-%d (%s params, %s active), fp32, %d threads\n",
+              int(c.num_layers), int(c.hidden_size), int(c.num_experts), int(c.expert_ffn_size), int(c.top_k),
+              human_count(double(p.total)).c_str(), human_count(double(p.active)).c_str(), omp_get_max_threads());
+  std::printf("machine (measured now): %.1f GB/s main-memory read, %.1f GB/s over a %s working set (the model's\n"
+              "  weights, caches included), %.1f GFLOP/s fp32 GEMM peak\n",
+              dram / 1e9, bandwidth / 1e9, human_bytes(double(p.total) * 4).c_str(), peak / 1e9);
+  std::printf("%-8s %14s %14s %8s  %s\n", "", "moelab tok/s", "pytorch tok/s", "ratio", "fraction of machine limit");
+  auto row = [&](const char* name, double ours, const char* key, double frac, const char* limit) {
+    if (!peer.is_null()) {
+      const double theirs = peer[name][key];
+      std::printf("%-8s %14.0f %14.0f %7.2fx  %.0f%% of %s\n", name, ours, theirs, ours / theirs, 100 * frac, limit);
+    } else {
+      std::printf("%-8s %14.0f %14s %8s  %.0f%% of %s\n", name, ours, "-", "-", 100 * frac, limit);
+    }
+  };
+  row("prefill", prefill_tps, "prefill_tokens_per_s", prefill_fraction, "GEMM peak");
+  row("decode", decode_tps, "decode_tokens_per_s", decode_fraction, "read bandwidth at model size");
+  if (!peer.is_null())
+    std::printf("pytorch %s, BLAS: %s; best settings: prefill %s, decode %s\n",
+                peer["prefill"]["torch_version"].get<std::string>().c_str(),
+                peer["prefill"]["blas"].value("openblas_config", std::string("generic")).c_str(),
+                peer["prefill"]["setting"].get<std::string>().c_str(),
+                peer["decode"]["setting"].get<std::string>().c_str());
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("bench", "Benchmark prefill and decode of a fixed lab model against PyTorch");
+  cmd->add_option("--layers", o.layers)->check(CLI::Range(1, 64));
+  cmd->add_option("--hidden", o.hidden)->check(CLI::Range(16, 8192));
+  cmd->add_option("--experts", o.experts)->check(CLI::Range(1, 1024));
+  cmd->add_option("--expert-hidden", o.expert_hidden)->check(CLI::Range(8, 65536));
+  cmd->add_option("--top-k", o.top_k)->check(CLI::Range(1, 1024));
+  cmd->add_option("--prefill", o.prefill, "Tokens in the timed forward")->check(CLI::Range(1, 4096));
+  cmd->add_option("--decode", o.decode, "Tokens decoded one at a time")->check(CLI::Range(1, 4096));
+  cmd->add_option("--python", o.python, "Python with torch for the peer");
+  cmd->add_option("--peer", o.peer, "The PyTorch peer script");
+  cmd->add_flag("--no-peer", o.no_peer, "Skip the PyTorch comparison");
+  cmd->add_flag("--json", o.json_out, "JSON on stdout");
+  cmd->callback(run_bench);
+}
+
 }  // namespace moelab::cli

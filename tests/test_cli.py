@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""moelab-cli end to end: JSON outputs against independent figures and the PyTorch fixtures,
+exit codes (0 ok, 1 error, 2 usage) and one-line errors naming the file for bad input.
+Usage: test_cli.py MOELAB_CLI SOURCE_DIR FIXTURE_DIR"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+cli, src, fixtures = sys.argv[1:4]
+failures = []
+passed = 0
+
+
+def run(*args):
+    return subprocess.run([cli, *args], capture_output=True, text=True, errors="replace", timeout=120)
+
+
+def check(name, cond, detail=""):
+    global passed
+    if cond:
+        passed += 1
+    else:
+        failures.append(f"{name}: {detail}")
+        print(f"FAILED {name}: {detail}", file=sys.stderr)
+
+
+def check_error(name, r, code, needles):
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    ok = r.returncode == code and len(lines) == 1 and all(n in r.stderr for n in needles)
+    check(name, ok, f"exit {r.returncode}, stderr {r.stderr!r}")
+
+
+params_dir = os.path.join(src, "tests/data/params")
+figures = {f["name"]: f for f in json.load(open(os.path.join(params_dir, "figures.json")))}
+
+# params --json: exact totals for every model with a published figure
+for name, f in figures.items():
+    if f["total"] is None:
+        continue
+    r = run("params", "--config", os.path.join(params_dir, name, "config.json"), "--json")
+    out = json.loads(r.stdout) if r.returncode == 0 else {}
+    check(f"params {name}", out.get("total") == f["total"], f"{out.get('total')} vs {f['total']}")
+    comps = out.get("components", {})
+    check(f"params {name} components add up", sum(c["total"] for c in comps.values()) == out.get("total"))
+r = run("params", "--config", os.path.join(params_dir, "mixtral-8x7b"))
+check("params table", r.returncode == 0 and "46,702,792,704" in r.stdout, r.stdout)
+
+# forward --json against the reference fixture
+fx = os.path.join(fixtures, "qwen2_moe_f32")
+exp = json.load(open(os.path.join(fx, "expected.json")))
+r = run("forward", "--model", fx, "--tokens", ",".join(map(str, exp["tokens"])), "--json")
+out = json.loads(r.stdout)
+scale = max(abs(v) for row in exp["logits"] for v in row)
+err = max(abs(a - b) for ra, rb in zip(out["logits"], exp["logits"]) for a, b in zip(ra, rb)) / scale
+check("forward logits", err < 1e-4, f"relative error {err}")
+check("forward routing", [l["experts"] for l in out["routing"]] == [l["experts"] for l in exp["routing"]]
+      and [l["layer"] for l in out["routing"]] == [l["layer"] for l in exp["routing"]])
+
+with tempfile.TemporaryDirectory() as tmp:
+    # generate with a trace: the routing of every prompt and generated token
+    trace = os.path.join(tmp, "trace.json")
+    r = run("generate", "--prompt", "abc", "--tokens", "5", "--temperature", "0.8", "--seed", "3", "--trace", trace)
+    check("generate exit", r.returncode == 0, r.stderr)
+    t = json.load(open(trace))
+    n = len(t["tokens"])
+    check("trace covers prompt", t["prompt_length"] == 4 and t["tokens"][:4] == [256, 97, 98, 99], str(t["tokens"][:4]))
+    # The last generated token is never fed back, so the trace has n-1 routed positions... unless
+    # generation stopped early; every routed position must be a real token.
+    for layer in t["routing"]:
+        check("trace rows", len(layer["experts"]) in (n - 1, n), f"{len(layer['experts'])} rows for {n} tokens")
+    r2 = run("generate", "--prompt", "abc", "--tokens", "5", "--temperature", "0.8", "--seed", "3")
+    r3 = run("generate", "--prompt", "abc", "--tokens", "5", "--temperature", "0.8", "--seed", "3")
+    check("seeded sampling is deterministic", r2.stdout == r3.stdout)
+    r = run("generate", "--model", fx, "--prompt", "hi", "--tokens", "2")
+    check_error("model without tokenizer", r, 1, ["--token-ids"])
+    r = run("generate", "--model", fx, "--token-ids", "1,2,3", "--tokens", "3")
+    check("generate with token ids", r.returncode == 0 and len(r.stdout.split()) == 3, r.stdout + r.stderr)
+
+    # bad input: one line, names the file, exit 1
+    bad = os.path.join(tmp, "bad.json")
+    open(bad, "w").write("{not json")
+    check_error("malformed config", run("params", "--config", bad), 1, [bad, "malformed JSON"])
+    check_error("missing config", run("params", "--config", os.path.join(tmp, "nope.json")), 1, ["nope.json", "no such file"])
+    check_error("bad token list", run("forward", "--model", fx, "--tokens", "1,x"), 1, ["--tokens", "'x'"])
+    check_error("token out of range", run("forward", "--model", fx, "--tokens", "1,100000"), 1, ["100000", "out of range"])
+    check_error("not a model dir", run("forward", "--model", tmp, "--tokens", "1"), 1, [tmp])
+    r = run("info", "--model", os.path.join(params_dir, "deepseek-v3"))
+    check("info count-only model", r.returncode == 0 and "count only" in r.stdout and "671.0B" in r.stdout, r.stdout)
+    check_error("run count-only model", run("forward", "--model", os.path.join(params_dir, "deepseek-v3"), "--tokens", "1"),
+                1, ["config.json", "parameter counts only"])
+
+# usage errors: exit 2
+check("no subcommand", run().returncode == 2)
+check("unknown option", run("params", "--bogus").returncode == 2)
+check("help", run("forward", "--help").returncode == 0)
+
+r = run("demo", "--tokens", "4")
+check("demo", r.returncode == 0 and r.stdout.count(" L0 e") == 4, r.stdout + r.stderr)
+
+print(f"{passed} passed, {len(failures)} failed")
+sys.exit(1 if failures else 0)
