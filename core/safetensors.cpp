@@ -396,8 +396,12 @@ void write_text_atomic(const std::string& path, const std::string& text) {
   f.commit();
 }
 
-void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& unsorted,
                        const std::map<std::string, std::string>& metadata) {
+  // Data in name order, so the header's (sorted) keys list the tensors in offset order, as the
+  // reference implementation's files do.
+  std::vector<TensorToWrite> tensors = unsorted;
+  std::sort(tensors.begin(), tensors.end(), [](const TensorToWrite& a, const TensorToWrite& b) { return a.name < b.name; });
   json h = json::object();
   json meta = json::object();
   for (const auto& [k, v] : metadata) meta[k] = v;
