@@ -11,13 +11,15 @@
 
 namespace moelab {
 
-enum class TType { F32, I32 };
+// Real: the backend's compute scalar (fp32 on the normal backends, fp64 on the gradient-check
+// backend). I32: token ids and expert ids.
+enum class TType { Real, I32 };
 
 // A buffer owned by a backend plus its shape (row-major). Copying a Tensor shares the buffer.
 class Tensor {
  public:
   std::vector<int64_t> shape;
-  TType type = TType::F32;
+  TType type = TType::Real;
   std::shared_ptr<void> storage;  // keeps the buffer alive; freed by the backend's deleter
   void* ptr = nullptr;            // host pointer (CPU) or device pointer (CUDA)
 
@@ -29,7 +31,8 @@ class Tensor {
   }
   int64_t rows() const { return shape.empty() ? 0 : shape[0]; }
   int64_t cols() const { return shape.empty() ? 0 : numel() / shape[0]; }
-  float* f32() const { return static_cast<float*>(ptr); }
+  template <class S>
+  S* as() const { return static_cast<S*>(ptr); }
   int32_t* i32() const { return static_cast<int32_t*>(ptr); }
 };
 
@@ -47,22 +50,36 @@ struct RouterSpec {
   const Tensor* selection_bias = nullptr;
 };
 
+// Expert capacity (Switch/GShard): each expert takes at most `capacity` of the N·K slots, first
+// come first served in order of choice rank, then token order. Overflow is dropped (id -1: the
+// token passes through the residual only) or re-routed to its next-best expert with room.
+struct CapacitySpec {
+  int64_t capacity = 0;  // 0 = no limit
+  bool reroute = false;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
 
   // ---- memory ----
-  virtual Tensor alloc(std::vector<int64_t> shape, TType type = TType::F32) = 0;  // zero-filled
-  // Copy `count` elements (default: all) between host memory and the tensor, starting at
-  // element `offset` of the tensor.
-  virtual void upload(Tensor& dst, const void* host, int64_t offset = 0, int64_t count = -1) = 0;
-  virtual void download(const Tensor& src, void* host, int64_t offset = 0, int64_t count = -1) = 0;
-  // True when Tensor::ptr is ordinary host memory (loaders then convert straight into it).
-  virtual bool host_accessible() const = 0;
+  virtual Tensor alloc(std::vector<int64_t> shape, TType type = TType::Real) = 0;  // zero-filled
+  // Copy `count` elements (default: all from `offset`) between host memory and the tensor,
+  // converting between float/double and the backend's scalar.
+  virtual void upload(Tensor& dst, const float* host, int64_t offset = 0, int64_t count = -1) = 0;
+  virtual void download(const Tensor& src, float* host, int64_t offset = 0, int64_t count = -1) = 0;
+  virtual void upload(Tensor& dst, const double* host, int64_t offset = 0, int64_t count = -1) = 0;
+  virtual void download(const Tensor& src, double* host, int64_t offset = 0, int64_t count = -1) = 0;
+  virtual void upload(Tensor& dst, const int32_t* host) = 0;  // I32 tensors
+  virtual void download(const Tensor& src, int32_t* host) = 0;
+  // Where a loader may write fp32 values directly (host memory, fp32 scalar), else nullptr.
+  virtual float* host_f32(Tensor& t) = 0;
   virtual void synchronize() {}
+  virtual void fill(Tensor& t, float value) = 0;
+  virtual void copy(const Tensor& src, Tensor& dst) = 0;  // same numel
 
-  // ---- ops ----
+  // ---- forward ops ----
   // out [T,H] = table [V,H] rows ids [T] (I32). Ids are validated by the caller.
   virtual void embedding(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
   // out [T,N] = x [T,K] · w[N,K]ᵀ (+ bias [N]); accumulate adds to out instead of overwriting.
@@ -71,17 +88,25 @@ class Backend {
   // x holds R·C values ([T,H] rows, or [T, NH·D] per head when C = D). out may alias x.
   virtual void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
   virtual void clamp(Tensor& x, float lo, float hi) = 0;
-  // Rotary embedding, rotate-half convention, in place on x [T, n·D]; row t is position pos0+t.
-  virtual void rope(Tensor& x, int64_t n_heads, int64_t head_dim, int64_t pos0, double theta) = 0;
+  // Rotary embedding, rotate-half convention, in place on x [R, n·D]: row r is position
+  // pos0 + r % seq_len. inverse rotates back (the backward pass of rope).
+  virtual void rope(Tensor& x, int64_t n_heads, int64_t head_dim, int64_t pos0, int64_t seq_len, double theta,
+                    bool inverse = false) = 0;
   // dst rows [row0, row0 + src.rows) = src (KV-cache append).
   virtual void copy_rows(const Tensor& src, Tensor& dst, int64_t row0) = 0;
-  // Causal attention. q [T, NH·D] at positions past..past+T-1; k_cache, v_cache [S_max, NKV·D]
-  // hold positions 0..past+T-1. Head h reads kv head h / (NH/NKV). out [T, NH·D].
-  virtual void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t past,
+  // Causal attention over `batch` independent sequences. q [B·T, NH·D], sequence b's queries are
+  // rows b·T.. at positions past..past+T-1; k, v [B·S, NKV·D], sequence b's keys start at row
+  // b·S and hold positions 0..past+T-1. Head h reads kv head h / (NH/NKV). out [B·T, NH·D].
+  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t batch, int64_t past,
                          int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, Tensor& out) = 0;
   // Router: logits [T,E] → probs [T,E] (softmax or sigmoid), ids [T,K] (I32, best first),
   // weights [T,K] (the chosen probs, renormalised if asked).
   virtual void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) = 0;
+  // Apply expert capacity to a routing (see CapacitySpec); ids/weights are rewritten (weights
+  // recomputed from probs over the slots that remain). dropped [T,K] (Real) = 1 where a slot was
+  // dropped, 2 where re-routed, 0 otherwise. sel_bias as in RouterSpec (for next-best choice).
+  virtual void limit_capacity(const Tensor& probs, const RouterSpec& spec, const CapacitySpec& cap, Tensor& ids,
+                              Tensor& weights, Tensor& dropped) = 0;
   // Routed experts: out [T,H] += Σ_k weights[t,k] · down_e(silu(gate_e x_t) ⊙ up_e x_t), e = ids[t,k].
   // Grouped by expert inside the backend (tokens sorted by expert, one GEMM per expert group).
   // An id < 0 means the slot was dropped and contributes nothing.
@@ -93,9 +118,60 @@ class Backend {
   virtual void add(Tensor& y, const Tensor& x) = 0;
   // y [T,H] += sigmoid(g [T,1]) · x [T,H]  (Qwen2-MoE shared-expert gate).
   virtual void add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) = 0;
+  // Noisy top-k gating (Shazeer et al. 2017): out = clean + noise ⊙ softplus(raw), all [T,E];
+  // noise is standard normal, drawn by the caller.
+  virtual void noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out) = 0;
+
+  // ---- training ----
+  // Mean cross-entropy of logits [N,V] against targets [N] (I32, -1 = ignore); writes
+  // dlogits = d(mean loss)/dlogits · scale. Returns the mean loss (summed in double).
+  virtual double cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& dlogits, float scale) = 0;
+  // Backward of linear: dx (+)= dy · w (skipped when dx is null), dw += dyᵀ · x, db += Σ_rows dy.
+  virtual void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool accumulate_dx,
+                               Tensor& dw, Tensor* db) = 0;
+  // Backward of rmsnorm: dx (+)= ∂/∂x, dw += ∂/∂w.
+  virtual void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx,
+                                bool accumulate_dx, Tensor& dw) = 0;
+  // dtable [V,H] += scatter of dout [T,H] rows by ids.
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) = 0;
+  // Backward of attention (past = 0): dq, dk, dv overwritten.
+  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                                  int64_t batch, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, Tensor& dq,
+                                  Tensor& dk, Tensor& dv) = 0;
+  // dgate, dup from dout for out = silu(gate) ⊙ up.
+  virtual void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate,
+                               Tensor& dup) = 0;
+  // Backward of route through the final gate weights: dlogits (+)= ∂L/∂logits given dweights
+  // [T,K]; slots with id < 0 carry nothing. Selection itself has no gradient.
+  virtual void route_backward(const Tensor& logits, const Tensor& probs, const Tensor& ids, const Tensor& dweights,
+                              const RouterSpec& spec, Tensor& dlogits, bool accumulate) = 0;
+  // Balancing losses of one MoE layer from its logits [N,E] and choices ids [N,K]:
+  //   aux = E · Σ_i f_i · P_i  (Switch Transformer, Fedus et al. 2021, eq. 4; f_i = share of the N·K
+  //         choices that went to expert i, a constant; P_i = mean softmax probability of expert i),
+  //   z   = mean_t (logsumexp_e logits[t,e])²  (router z-loss, ST-MoE, Zoph et al. 2022, eq. 5).
+  // dlogits += aux_coef · ∂aux + z_coef · ∂z. Returns {aux, z}.
+  virtual std::pair<double, double> router_losses(const Tensor& logits, const Tensor& ids, float aux_coef,
+                                                  float z_coef, Tensor& dlogits) = 0;
+  // Backward of moe_experts: dx += ∂/∂x, dweights [T,K] = ∂/∂weights, expert weight grads +=.
+  virtual void moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                                    const ExpertWeights& w, const Tensor& dout, Tensor& dx, Tensor& dweights,
+                                    ExpertWeights& dw) = 0;
+  // Backward of y += sigmoid(g) · x: dx = sigmoid(g) · dy, dg = Σ_c dy · x · σ'(g).
+  virtual void sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) = 0;
+  // Backward of noisy_logits with respect to raw (the clean part passes dout through).
+  virtual void noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) = 0;
+  // Σ x² (in double), and x *= s — for the global gradient norm and clipping.
+  virtual double sum_squares(const Tensor& x) = 0;
+  virtual void scale(Tensor& x, float s) = 0;
+  // AdamW (Loshchilov & Hutter 2019), bias-corrected, decoupled weight decay:
+  //   m = b1·m + (1-b1)·g; v = b2·v + (1-b2)·g²; p -= lr·(m̂/(sqrt(v̂)+eps) + wd·p), step >= 1.
+  virtual void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps,
+                     float wd, int64_t step) = 0;
 };
 
-// The CPU reference backend (Eigen); always available.
+// The CPU reference backend (Eigen, fp32); always available.
 std::shared_ptr<Backend> make_eigen_backend();
+// The same in double precision: for finite-difference gradient checks.
+std::shared_ptr<Backend> make_eigen_backend_f64();
 
 }  // namespace moelab

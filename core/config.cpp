@@ -180,9 +180,6 @@ ModelConfig parse_config(const json& j, const std::string& src) {
   c.max_positions = get_int(j, "max_position_embeddings", 4096, src);
   c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-6, src);
   c.rope_theta = get_double(j, "rope_theta", 10000.0, src);
-  c.tokenizer = "";
-  if (auto it = j.find("moelab"); it != j.end() && it->is_object())
-    c.tokenizer = get_string(*it, "tokenizer", "", src);
 
   const int64_t default_head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
   c.head_dim = get_int(j, "head_dim", default_head_dim, src);
@@ -194,7 +191,7 @@ ModelConfig parse_config(const json& j, const std::string& src) {
       c.num_experts = n_experts_key;
       c.top_k = get_int(j, "num_experts_per_tok", 2, src);
       c.expert_ffn_size = get_int(j, "intermediate_size", 0, src);
-      c.norm_topk_prob = true;  // Mixtral always renormalises the chosen weights
+      c.norm_topk_prob = true;  // Mixtral always renormalises (the lab may switch it off, below)
       c.rope_theta = get_double(j, "rope_theta", 1e6, src);
       c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-5, src);
       break;
@@ -284,6 +281,23 @@ ModelConfig parse_config(const json& j, const std::string& src) {
       c.qkv_bias = get_bool(j, "attention_bias", false, src);
       c.o_bias = c.qkv_bias;
       break;
+  }
+  if (auto it = j.find("moelab"); it != j.end()) {
+    if (!it->is_object()) fail(src, "'moelab' must be an object");
+    const json& m = *it;
+    c.tokenizer = get_string(m, "tokenizer", "", src);
+    c.preset = get_string(m, "preset", "", src);
+    c.fine_grained = get_int(m, "fine_grained", 1, src);
+    const std::string router = get_string(m, "router", "softmax", src);
+    if (router == "noisy") {
+      c.router_noise = true;
+    } else if (router == "sigmoid") {
+      c.scoring = RouterScoring::Sigmoid;
+      c.score_correction_bias = true;
+    } else if (router != "softmax") {
+      fail(src, "moelab.router must be softmax, noisy or sigmoid, not '" + router + "'");
+    }
+    if (m.contains("norm_topk_prob")) c.norm_topk_prob = get_bool(m, "norm_topk_prob", true, src);
   }
   validate_config(c, src);
   return c;
@@ -381,7 +395,15 @@ json config_to_json(const ModelConfig& c) {
     default:
       break;
   }
-  if (!c.tokenizer.empty()) j["moelab"] = {{"tokenizer", c.tokenizer}};
+  json lab = json::object();
+  if (!c.tokenizer.empty()) lab["tokenizer"] = c.tokenizer;
+  if (!c.preset.empty()) lab["preset"] = c.preset;
+  if (c.fine_grained > 1) lab["fine_grained"] = c.fine_grained;
+  if (c.router_noise) lab["router"] = "noisy";
+  if (c.scoring == RouterScoring::Sigmoid) lab["router"] = "sigmoid";
+  // Mixtral always renormalises in transformers; the lab's switch lives here.
+  if (c.family == Family::Mixtral && !c.norm_topk_prob) lab["norm_topk_prob"] = false;
+  if (!lab.empty()) j["moelab"] = lab;
   return j;
 }
 

@@ -72,8 +72,12 @@ struct ModelConfig {
   bool score_correction_bias = false;    // DeepSeek-V3 e_score_correction_bias
   int64_t n_group = 0, topk_group = 0;   // DeepSeek group-limited routing (counted only)
 
-  // Lab extension: byte-level tokenizer known to the lab ("bytes") or none.
-  std::string tokenizer;
+  // Lab extensions, saved under the "moelab" key of config.json (a model that uses the noisy or
+  // sigmoid router is outside its Hugging Face family; the others stay loadable by transformers).
+  std::string tokenizer;        // "bytes": the lab's byte-level tokenizer; "" = none known
+  bool router_noise = false;    // noisy top-k gating (Shazeer et al. 2017): learned noise scale
+  int64_t fine_grained = 1;     // m: experts split m ways (for display; E, F, K already scaled)
+  std::string preset;           // the preset a lab model was made from, for display
 
   bool is_moe_layer(int64_t layer) const;
   int64_t num_moe_layers() const;

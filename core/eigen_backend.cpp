@@ -1,5 +1,6 @@
-// The CPU reference backend: Eigen for matrix products, plain loops for the rest. Host memory,
-// 64-byte aligned. Parallel over heads / experts / rows with OpenMP where there is enough work.
+// The CPU reference backend: Eigen for matrix products, plain loops for the rest, host memory
+// 64-byte aligned, parallel over heads / experts / rows with OpenMP where there is enough work.
+// Templated on the scalar: fp32 for use, fp64 for finite-difference gradient checks.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -17,24 +18,32 @@
 namespace moelab {
 namespace {
 
-using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using MapMat = Eigen::Map<RowMat, Eigen::Aligned64>;
-using MapMatU = Eigen::Map<RowMat>;
-using CMapMatU = Eigen::Map<const RowMat>;
-using StridedC = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
-using Strided = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
-
-inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
-
+template <class S>
 class EigenBackend final : public Backend {
- public:
-  std::string name() const override { return "cpu"; }
+  using Mat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Vec = Eigen::Matrix<S, Eigen::Dynamic, 1>;
+  using RowVec = Eigen::Matrix<S, 1, Eigen::Dynamic>;
+  using MapM = Eigen::Map<Mat>;
+  using CMapM = Eigen::Map<const Mat>;
+  using Strided = Eigen::Map<Mat, 0, Eigen::OuterStride<>>;
+  using CStrided = Eigen::Map<const Mat, 0, Eigen::OuterStride<>>;
 
+  static S* P(const Tensor& t) { return static_cast<S*>(t.ptr); }
+  static S silu(S x) { return x / (S(1) + std::exp(-x)); }
+  static S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }
+  static CMapM cmat(const Tensor& t, int64_t r, int64_t c) { return CMapM(P(t), r, c); }
+  static MapM mat(const Tensor& t, int64_t r, int64_t c) { return MapM(P(t), r, c); }
+
+ public:
+  std::string name() const override { return sizeof(S) == 4 ? "cpu" : "cpu-f64"; }
+
+  // ---- memory ----
   Tensor alloc(std::vector<int64_t> shape, TType type) override {
     Tensor t;
     t.shape = std::move(shape);
     t.type = type;
-    const size_t bytes = std::max<size_t>(64, (size_t(t.numel()) * 4 + 63) / 64 * 64);
+    const size_t elem = type == TType::I32 ? 4 : sizeof(S);
+    const size_t bytes = std::max<size_t>(64, (size_t(t.numel()) * elem + 63) / 64 * 64);
     void* p = std::aligned_alloc(64, bytes);
     if (!p) throw Error("out of memory allocating " + human_bytes(double(bytes)));
     std::memset(p, 0, bytes);
@@ -42,73 +51,88 @@ class EigenBackend final : public Backend {
     t.ptr = p;
     return t;
   }
-  void upload(Tensor& dst, const void* host, int64_t offset, int64_t count) override {
+  template <class H>
+  void up(Tensor& dst, const H* host, int64_t offset, int64_t count) {
     if (count < 0) count = dst.numel() - offset;
     MOELAB_ASSERT(offset >= 0 && offset + count <= dst.numel(), "upload range");
-    std::memcpy(static_cast<char*>(dst.ptr) + offset * 4, host, size_t(count) * 4);
+    S* d = P(dst) + offset;
+    for (int64_t i = 0; i < count; ++i) d[i] = S(host[i]);
   }
-  void download(const Tensor& src, void* host, int64_t offset, int64_t count) override {
+  template <class H>
+  void down(const Tensor& src, H* host, int64_t offset, int64_t count) {
     if (count < 0) count = src.numel() - offset;
     MOELAB_ASSERT(offset >= 0 && offset + count <= src.numel(), "download range");
-    std::memcpy(host, static_cast<const char*>(src.ptr) + offset * 4, size_t(count) * 4);
+    const S* s = P(src) + offset;
+    for (int64_t i = 0; i < count; ++i) host[i] = H(s[i]);
   }
-  bool host_accessible() const override { return true; }
+  void upload(Tensor& d, const float* h, int64_t o, int64_t c) override { up(d, h, o, c); }
+  void download(const Tensor& s, float* h, int64_t o, int64_t c) override { down(s, h, o, c); }
+  void upload(Tensor& d, const double* h, int64_t o, int64_t c) override { up(d, h, o, c); }
+  void download(const Tensor& s, double* h, int64_t o, int64_t c) override { down(s, h, o, c); }
+  void upload(Tensor& d, const int32_t* h) override { std::memcpy(d.ptr, h, size_t(d.numel()) * 4); }
+  void download(const Tensor& s, int32_t* h) override { std::memcpy(h, s.ptr, size_t(s.numel()) * 4); }
+  float* host_f32(Tensor& t) override { return sizeof(S) == 4 ? static_cast<float*>(t.ptr) : nullptr; }
+  void fill(Tensor& t, float value) override { std::fill(P(t), P(t) + t.numel(), S(value)); }
+  void copy(const Tensor& src, Tensor& dst) override {
+    MOELAB_ASSERT(src.numel() == dst.numel(), "copy sizes");
+    std::memcpy(dst.ptr, src.ptr, size_t(src.numel()) * sizeof(S));
+  }
 
+  // ---- forward ----
   void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
     const int64_t T = ids.numel(), H = table.cols();
-    for (int64_t t = 0; t < T; ++t)
-      std::memcpy(out.f32() + t * H, table.f32() + int64_t(ids.i32()[t]) * H, size_t(H) * 4);
+    for (int64_t t = 0; t < T; ++t) std::memcpy(P(out) + t * H, P(table) + int64_t(ids.i32()[t]) * H, size_t(H) * sizeof(S));
   }
 
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) override {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
     MOELAB_ASSERT(w.cols() == K && out.rows() == T && out.cols() == N, "linear shapes");
-    CMapMatU X(x.f32(), T, K), W(w.f32(), N, K);
-    MapMatU Y(out.f32(), T, N);
+    MapM Y = mat(out, T, N);
     if (T == 1) {
-      // Decode: one row, a matrix-vector product; split output rows across threads.
-      gemv(w.f32(), x.f32(), out.f32(), N, K, accumulate);
+      gemv(P(w), P(x), P(out), N, K, accumulate);  // decode: a matrix-vector product
     } else if (accumulate) {
-      Y.noalias() += X * W.transpose();
+      Y.noalias() += cmat(x, T, K) * cmat(w, N, K).transpose();
     } else {
-      Y.noalias() = X * W.transpose();
+      Y.noalias() = cmat(x, T, K) * cmat(w, N, K).transpose();
     }
-    if (bias) Y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias->f32(), N);
+    if (bias) Y.rowwise() += Eigen::Map<const RowVec>(P(*bias), N);
   }
 
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
     const int64_t C = w.numel(), R = x.numel() / C;
-    const float* wp = w.f32();
+    const S* wp = P(w);
     for (int64_t r = 0; r < R; ++r) {
-      const float* xr = x.f32() + r * C;
-      float* yr = out.f32() + r * C;
+      const S* xr = P(x) + r * C;
+      S* yr = P(out) + r * C;
       double ss = 0.0;
-      for (int64_t c = 0; c < C; ++c) ss += double(xr[c]) * xr[c];
-      const float inv = float(1.0 / std::sqrt(ss / double(C) + double(eps)));
+      for (int64_t c = 0; c < C; ++c) ss += double(xr[c]) * double(xr[c]);
+      const S inv = S(1.0 / std::sqrt(ss / double(C) + double(eps)));
       for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * inv * wp[c];
     }
   }
 
   void clamp(Tensor& x, float lo, float hi) override {
-    float* p = x.f32();
-    for (int64_t i = 0, n = x.numel(); i < n; ++i) p[i] = std::min(hi, std::max(lo, p[i]));
+    S* p = P(x);
+    for (int64_t i = 0, n = x.numel(); i < n; ++i) p[i] = std::min(S(hi), std::max(S(lo), p[i]));
   }
 
-  void rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, double theta) override {
-    const int64_t T = x.rows(), half = D / 2, stride = n_heads * D;
-    std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
-    for (int64_t t = 0; t < T; ++t) {
+  void rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta, bool inverse) override {
+    const int64_t R = x.rows(), half = D / 2, stride = n_heads * D;
+    std::vector<S> inv_freq(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i)  // theta^(-2i/D), in fp32 like the reference implementations
+      inv_freq[size_t(i)] = S(1.0f / float(std::pow(theta, double(2 * i) / double(D))));
+    std::vector<S> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t pos = pos0 + r % seq_len;
       for (int64_t i = 0; i < half; ++i) {
-        // inv_freq_i = theta^(-2i/D), computed in fp32 like the reference implementations.
-        const float inv_freq = 1.0f / float(std::pow(theta, double(2 * i) / double(D)));
-        const float ang = float(pos0 + t) * inv_freq;
+        const S ang = S(float(pos) * float(inv_freq[size_t(i)]));
         cs[size_t(i)] = std::cos(ang);
-        sn[size_t(i)] = std::sin(ang);
+        sn[size_t(i)] = inverse ? -std::sin(ang) : std::sin(ang);
       }
       for (int64_t h = 0; h < n_heads; ++h) {
-        float* v = x.f32() + t * stride + h * D;
+        S* v = P(x) + r * stride + h * D;
         for (int64_t i = 0; i < half; ++i) {
-          const float a = v[i], b = v[i + half];
+          const S a = v[i], b = v[i + half];
           v[i] = a * cs[size_t(i)] - b * sn[size_t(i)];
           v[i + half] = b * cs[size_t(i)] + a * sn[size_t(i)];
         }
@@ -118,138 +142,492 @@ class EigenBackend final : public Backend {
 
   void copy_rows(const Tensor& src, Tensor& dst, int64_t row0) override {
     MOELAB_ASSERT(src.cols() == dst.cols() && row0 + src.rows() <= dst.rows(), "copy_rows shapes");
-    std::memcpy(dst.f32() + row0 * dst.cols(), src.f32(), size_t(src.numel()) * 4);
+    std::memcpy(P(dst) + row0 * dst.cols(), P(src), size_t(src.numel()) * sizeof(S));
   }
 
-  void attention(const Tensor& q, const Tensor& kc, const Tensor& vc, int64_t past, int64_t NH, int64_t NKV,
-                 int64_t D, Tensor& out) override {
-    const int64_t T = q.rows(), S = past + T, group = NH / NKV;
-    const float scale = 1.0f / std::sqrt(float(D));
-#pragma omp parallel for schedule(static) if (T * S * NH > 32768)
-    for (int64_t h = 0; h < NH; ++h) {
-      const int64_t g = h / group;
-      StridedC Q(q.f32() + h * D, T, D, Eigen::OuterStride<>(NH * D));
-      StridedC Kh(kc.f32() + g * D, S, D, Eigen::OuterStride<>(NKV * D));
-      StridedC Vh(vc.f32() + g * D, S, D, Eigen::OuterStride<>(NKV * D));
-      RowMat P = (Q * Kh.transpose()) * scale;  // [T,S]
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t visible = past + t + 1;  // causal: keys 0..past+t
-        float m = -INFINITY;
-        for (int64_t s = 0; s < visible; ++s) m = std::max(m, P(t, s));
-        float sum = 0.0f;
-        for (int64_t s = 0; s < visible; ++s) sum += (P(t, s) = std::exp(P(t, s) - m));
-        const float inv = 1.0f / sum;
-        for (int64_t s = 0; s < visible; ++s) P(t, s) *= inv;
-        for (int64_t s = visible; s < S; ++s) P(t, s) = 0.0f;
-      }
-      Strided O(out.f32() + h * D, T, D, Eigen::OuterStride<>(NH * D));
-      O.noalias() = P * Vh;
+  // Scores of one (sequence, head), softmaxed with the causal mask: P [T,S].
+  static Mat attention_probs(const CStrided& Q, const CStrided& K, int64_t past, S scale) {
+    const int64_t T = Q.rows(), Sn = K.rows();
+    Mat Pm = (Q * K.transpose()) * scale;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t visible = past + t + 1;  // causal: keys 0..past+t
+      S m = -std::numeric_limits<S>::infinity();
+      for (int64_t s = 0; s < visible; ++s) m = std::max(m, Pm(t, s));
+      S sum = 0;
+      for (int64_t s = 0; s < visible; ++s) sum += (Pm(t, s) = std::exp(Pm(t, s) - m));
+      const S inv = S(1) / sum;
+      for (int64_t s = 0; s < visible; ++s) Pm(t, s) *= inv;
+      for (int64_t s = visible; s < Sn; ++s) Pm(t, s) = 0;
     }
+    return Pm;
+  }
+
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t past, int64_t NH,
+                 int64_t NKV, int64_t D, Tensor& out) override {
+    const int64_t T = q.rows() / B, Skv = k.rows() / B, S_used = past + T, group = NH / NKV;
+    const S scale = S(1) / std::sqrt(S(D));
+#pragma omp parallel for collapse(2) schedule(static) if (B * T * S_used * NH > 32768)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < NH; ++h) {
+        const int64_t g = h / group;
+        CStrided Q(P(q) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
+        CStrided Kh(P(k) + b * Skv * NKV * D + g * D, S_used, D, Eigen::OuterStride<>(NKV * D));
+        CStrided Vh(P(v) + b * Skv * NKV * D + g * D, S_used, D, Eigen::OuterStride<>(NKV * D));
+        const Mat Pm = attention_probs(Q, Kh, past, scale);
+        Strided O(P(out) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
+        O.noalias() = Pm * Vh;
+      }
+  }
+
+  // Scores for one token: softmax or sigmoid of the logits.
+  static void scores(const S* l, int64_t E, bool sig, S* p) {
+    if (sig) {
+      for (int64_t e = 0; e < E; ++e) p[e] = sigmoid(l[e]);
+      return;
+    }
+    const S m = *std::max_element(l, l + E);
+    S sum = 0;
+    for (int64_t e = 0; e < E; ++e) sum += (p[e] = std::exp(l[e] - m));
+    for (int64_t e = 0; e < E; ++e) p[e] /= sum;
+  }
+
+  // Experts of one token in selection order (score + bias, highest first, ties to lower index).
+  static void selection_order(const S* p, const float* bias, int64_t E, int64_t K, std::vector<int32_t>& order,
+                              std::vector<S>& sel) {
+    for (int64_t e = 0; e < E; ++e) sel[size_t(e)] = bias ? p[e] + S(bias[e]) : p[e];
+    order.resize(size_t(E));
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + K, order.end(), [&sel](int32_t a, int32_t b) {
+      return sel[size_t(a)] > sel[size_t(b)] || (sel[size_t(a)] == sel[size_t(b)] && a < b);
+    });
+  }
+
+  std::vector<float> host_bias(const RouterSpec& spec) {
+    std::vector<float> b;
+    if (spec.selection_bias) {
+      b.resize(size_t(spec.selection_bias->numel()));
+      download(*spec.selection_bias, b.data(), 0, -1);
+    }
+    return b;
+  }
+
+  // Final gate weights of token t's valid slots: the chosen scores, renormalised if asked.
+  static void gate_weights(const S* p, const int32_t* ids, int64_t K, bool renorm, S* w) {
+    S sum = 0;
+    for (int64_t k = 0; k < K; ++k)
+      if (ids[k] >= 0) sum += p[ids[k]];
+    for (int64_t k = 0; k < K; ++k) w[k] = ids[k] < 0 ? S(0) : renorm ? p[ids[k]] / sum : p[ids[k]];
   }
 
   void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) override {
     const int64_t T = logits.rows(), E = logits.cols(), K = spec.top_k;
-    std::vector<int32_t> order(static_cast<size_t>(E));
-    std::vector<float> sel(static_cast<size_t>(E));
-    const float* bias = spec.selection_bias ? spec.selection_bias->f32() : nullptr;
+    const std::vector<float> bias = host_bias(spec);
+    std::vector<int32_t> order;
+    std::vector<S> sel(static_cast<size_t>(E));
     for (int64_t t = 0; t < T; ++t) {
-      const float* l = logits.f32() + t * E;
-      float* p = probs.f32() + t * E;
-      if (spec.sigmoid) {
-        for (int64_t e = 0; e < E; ++e) p[e] = 1.0f / (1.0f + std::exp(-l[e]));
-      } else {
-        const float m = *std::max_element(l, l + E);
-        float sum = 0.0f;
-        for (int64_t e = 0; e < E; ++e) sum += (p[e] = std::exp(l[e] - m));
-        for (int64_t e = 0; e < E; ++e) p[e] /= sum;
-      }
-      // Choose by score (+ selection bias); highest first, equal scores keep the lower index.
-      for (int64_t e = 0; e < E; ++e) sel[size_t(e)] = bias ? p[e] + bias[e] : p[e];
-      std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + K, order.end(), [&sel](int32_t a, int32_t b) {
-        return sel[size_t(a)] > sel[size_t(b)] || (sel[size_t(a)] == sel[size_t(b)] && a < b);
-      });
-      float sum = 0.0f;
-      for (int64_t k = 0; k < K; ++k) sum += p[order[size_t(k)]];
-      for (int64_t k = 0; k < K; ++k) {
-        ids.i32()[t * K + k] = order[size_t(k)];
-        weights.f32()[t * K + k] = spec.renormalize ? p[order[size_t(k)]] / sum : p[order[size_t(k)]];
-      }
+      S* p = P(probs) + t * E;
+      scores(P(logits) + t * E, E, spec.sigmoid, p);
+      selection_order(p, bias.empty() ? nullptr : bias.data(), E, K, order, sel);
+      for (int64_t k = 0; k < K; ++k) ids.i32()[t * K + k] = order[size_t(k)];
+      gate_weights(p, ids.i32() + t * K, K, spec.renormalize, P(weights) + t * K);
     }
+  }
+
+  void limit_capacity(const Tensor& probs, const RouterSpec& spec, const CapacitySpec& cap, Tensor& ids,
+                      Tensor& weights, Tensor& dropped) override {
+    const int64_t T = probs.rows(), E = probs.cols(), K = spec.top_k;
+    fill(dropped, 0.0f);
+    if (cap.capacity <= 0) return;
+    const std::vector<float> bias = host_bias(spec);
+    std::vector<int64_t> load(static_cast<size_t>(E), 0);
+    int32_t* id = ids.i32();
+    std::vector<int32_t> order;
+    std::vector<S> sel(static_cast<size_t>(E));
+    // Choice rank first (every token's first choice before any second choice), then token order.
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t t = 0; t < T; ++t) {
+        int32_t& e = id[t * K + k];
+        if (load[size_t(e)] < cap.capacity) {
+          ++load[size_t(e)];
+          continue;
+        }
+        P(dropped)[t * K + k] = 1;
+        const int32_t wanted = e;
+        e = -1;
+        if (!cap.reroute) continue;
+        selection_order(P(probs) + t * E, bias.empty() ? nullptr : bias.data(), E, E, order, sel);
+        for (int32_t cand : order) {
+          bool taken = cand == wanted;
+          for (int64_t j = 0; j < K; ++j) taken = taken || id[t * K + j] == cand;
+          if (!taken && load[size_t(cand)] < cap.capacity) {
+            e = cand;
+            ++load[size_t(cand)];
+            P(dropped)[t * K + k] = 2;
+            break;
+          }
+        }
+      }
+    for (int64_t t = 0; t < T; ++t) gate_weights(P(probs) + t * E, id + t * K, K, spec.renormalize, P(weights) + t * K);
+  }
+
+  // Slots of each expert: counting sort of the T·K slots by expert id (id < 0 skipped).
+  struct Groups {
+    std::vector<int64_t> begin, order, active;
+  };
+  static Groups group_by_expert(const Tensor& ids, int64_t E) {
+    const int64_t n = ids.numel();
+    Groups g;
+    g.begin.assign(size_t(E + 1), 0);
+    g.order.resize(size_t(n));
+    for (int64_t s = 0; s < n; ++s)
+      if (ids.i32()[s] >= 0) ++g.begin[size_t(ids.i32()[s]) + 1];
+    for (int64_t e = 0; e < E; ++e) g.begin[size_t(e + 1)] += g.begin[size_t(e)];
+    std::vector<int64_t> fill(g.begin.begin(), g.begin.end() - 1);
+    for (int64_t s = 0; s < n; ++s)
+      if (ids.i32()[s] >= 0) g.order[size_t(fill[size_t(ids.i32()[s])]++)] = s;
+    for (int64_t e = 0; e < E; ++e)
+      if (g.begin[size_t(e + 1)] > g.begin[size_t(e)]) g.active.push_back(e);
+    return g;
   }
 
   void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
                    Tensor& out) override {
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
-    // Counting sort of the T·K slots by expert: slots of expert e are order[begin[e]..begin[e+1]).
-    std::vector<int64_t> begin(size_t(E + 1), 0), order(size_t(T * K));
-    for (int64_t s = 0; s < T * K; ++s)
-      if (ids.i32()[s] >= 0) ++begin[size_t(ids.i32()[s]) + 1];
-    for (int64_t e = 0; e < E; ++e) begin[size_t(e + 1)] += begin[size_t(e)];
-    std::vector<int64_t> fill(begin.begin(), begin.end() - 1);
-    for (int64_t s = 0; s < T * K; ++s)
-      if (ids.i32()[s] >= 0) order[size_t(fill[size_t(ids.i32()[s])]++)] = s;
-    const int64_t used = begin[size_t(E)];
+    const Groups g = group_by_expert(ids, E);
+    const int64_t used = g.begin[size_t(E)];
     slot_out_.resize(size_t(used * H));
-    std::vector<int64_t> active;
-    for (int64_t e = 0; e < E; ++e)
-      if (begin[size_t(e + 1)] > begin[size_t(e)]) active.push_back(e);
-    // Each active expert: gather its tokens, three GEMMs, write its slots' outputs.
-#pragma omp parallel for schedule(dynamic) if (active.size() > 1)
-    for (size_t ai = 0; ai < active.size(); ++ai) {
-      const int64_t e = active[ai], b = begin[size_t(e)], n = begin[size_t(e + 1)] - b;
-      RowMat Xe(n, H);
-      for (int64_t i = 0; i < n; ++i) Xe.row(i) = CMapMatU(x.f32() + (order[size_t(b + i)] / K) * H, 1, H);
-      CMapMatU Wg(w.gate.f32() + e * F * H, F, H), Wu(w.up.f32() + e * F * H, F, H), Wd(w.down.f32() + e * H * F, H, F);
-      RowMat A(n, F), U(n, F);
-      if (n == 1) {
+#pragma omp parallel for schedule(dynamic) if (g.active.size() > 1)
+    for (size_t ai = 0; ai < g.active.size(); ++ai) {
+      const int64_t e = g.active[ai], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
+      Mat Xe(n, H);
+      for (int64_t i = 0; i < n; ++i) Xe.row(i) = CMapM(P(x) + (g.order[size_t(b + i)] / K) * H, 1, H);
+      CMapM Wg(P(w.gate) + e * F * H, F, H), Wu(P(w.up) + e * F * H, F, H), Wd(P(w.down) + e * H * F, H, F);
+      Mat A(n, F), U(n, F);
+      MapM Ye(slot_out_.data() + b * H, n, H);
+      if (n == 1) {  // one token: matrix-vector products
         gemv_serial(Wg.data(), Xe.data(), A.data(), F, H);
         gemv_serial(Wu.data(), Xe.data(), U.data(), F, H);
+        for (int64_t i = 0; i < F; ++i) A.data()[i] = silu(A.data()[i]) * U.data()[i];
+        gemv_serial(Wd.data(), A.data(), Ye.data(), H, F);
       } else {
         A.noalias() = Xe * Wg.transpose();
         U.noalias() = Xe * Wu.transpose();
-      }
-      for (int64_t i = 0; i < n * F; ++i) A.data()[i] = silu(A.data()[i]) * U.data()[i];
-      MapMatU Ye(slot_out_.data() + b * H, n, H);
-      if (n == 1)
-        gemv_serial(Wd.data(), A.data(), Ye.data(), H, F);
-      else
+        for (int64_t i = 0; i < n * F; ++i) A.data()[i] = silu(A.data()[i]) * U.data()[i];
         Ye.noalias() = A * Wd.transpose();
+      }
     }
     // Combine in slot order per token (deterministic): out[t] += w[t,k] · y[slot].
-    std::vector<int64_t> pos_of_slot(size_t(T * K), -1);
-    for (int64_t i = 0; i < used; ++i) pos_of_slot[size_t(order[size_t(i)])] = i;
+    std::vector<int64_t> pos(size_t(T * K), -1);
+    for (int64_t i = 0; i < used; ++i) pos[size_t(g.order[size_t(i)])] = i;
     for (int64_t t = 0; t < T; ++t)
       for (int64_t k = 0; k < K; ++k) {
-        const int64_t i = pos_of_slot[size_t(t * K + k)];
+        const int64_t i = pos[size_t(t * K + k)];
         if (i < 0) continue;
-        const float g = weights.f32()[t * K + k];
-        float* o = out.f32() + t * H;
-        const float* y = slot_out_.data() + i * H;
-        for (int64_t c = 0; c < H; ++c) o[c] += g * y[c];
+        const S gw = P(weights)[t * K + k];
+        S* o = P(out) + t * H;
+        const S* y = slot_out_.data() + i * H;
+        for (int64_t c = 0; c < H; ++c) o[c] += gw * y[c];
       }
   }
 
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
-    for (int64_t i = 0, n = gate.numel(); i < n; ++i) out.f32()[i] = silu(gate.f32()[i]) * up.f32()[i];
+    for (int64_t i = 0, n = gate.numel(); i < n; ++i) P(out)[i] = silu(P(gate)[i]) * P(up)[i];
   }
-
   void add(Tensor& y, const Tensor& x) override {
-    for (int64_t i = 0, n = y.numel(); i < n; ++i) y.f32()[i] += x.f32()[i];
+    for (int64_t i = 0, n = y.numel(); i < n; ++i) P(y)[i] += P(x)[i];
   }
-
   void add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) override {
     const int64_t T = y.rows(), H = y.cols();
     for (int64_t t = 0; t < T; ++t) {
-      const float s = 1.0f / (1.0f + std::exp(-g.f32()[t]));
-      for (int64_t c = 0; c < H; ++c) y.f32()[t * H + c] += s * x.f32()[t * H + c];
+      const S s = sigmoid(P(g)[t]);
+      for (int64_t c = 0; c < H; ++c) P(y)[t * H + c] += s * P(x)[t * H + c];
+    }
+  }
+  static S softplus(S x) { return x > S(20) ? x : std::log1p(std::exp(x)); }
+  void noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out) override {
+    for (int64_t i = 0, n = clean.numel(); i < n; ++i) P(out)[i] = P(clean)[i] + P(noise)[i] * softplus(P(raw)[i]);
+  }
+
+  // ---- training ----
+  double cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& dlogits, float scale) override {
+    const int64_t N = logits.rows(), V = logits.cols();
+    int64_t count = 0;
+    for (int64_t t = 0; t < N; ++t) count += targets.i32()[t] >= 0;
+    double loss = 0.0;
+    const S inv = count ? S(scale) / S(count) : S(0);
+    for (int64_t t = 0; t < N; ++t) {
+      const S* l = P(logits) + t * V;
+      S* d = P(dlogits) + t * V;
+      const int32_t y = targets.i32()[t];
+      if (y < 0) {
+        std::fill(d, d + V, S(0));
+        continue;
+      }
+      const S m = *std::max_element(l, l + V);
+      double sum = 0;
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(double(l[v] - m));
+      const double lse = double(m) + std::log(sum);
+      loss += lse - double(l[y]);
+      for (int64_t v = 0; v < V; ++v) d[v] = S(std::exp(double(l[v]) - lse)) * inv;
+      d[y] -= inv;
+    }
+    return count ? loss / double(count) : 0.0;
+  }
+
+  void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool acc, Tensor& dw,
+                       Tensor* db) override {
+    const int64_t T = x.rows(), K = x.cols(), N = w.rows();
+    CMapM X = cmat(x, T, K), W = cmat(w, N, K), DY = cmat(dy, T, N);
+    if (dx) {
+      if (acc)
+        mat(*dx, T, K).noalias() += DY * W;
+      else
+        mat(*dx, T, K).noalias() = DY * W;
+    }
+    mat(dw, N, K).noalias() += DY.transpose() * X;
+    if (db) Eigen::Map<RowVec>(P(*db), N) += DY.colwise().sum();
+  }
+
+  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool acc,
+                        Tensor& dw) override {
+    // y = x·r·w with r = (mean(x²)+eps)^-1/2:  dx = r·(dy⊙w) − x·r³·mean(dy⊙w⊙x),  dw += Σ dy⊙x·r.
+    const int64_t C = w.numel(), R = x.numel() / C;
+    for (int64_t r = 0; r < R; ++r) {
+      const S* xr = P(x) + r * C;
+      const S* g = P(dy) + r * C;
+      S* d = P(dx) + r * C;
+      double ss = 0, dot = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        ss += double(xr[c]) * double(xr[c]);
+        dot += double(g[c]) * double(P(w)[c]) * double(xr[c]);
+      }
+      const double rr = 1.0 / std::sqrt(ss / double(C) + double(eps));
+      const double k = rr * rr * rr * dot / double(C);
+      for (int64_t c = 0; c < C; ++c) {
+        const S v = S(rr * double(g[c]) * double(P(w)[c]) - double(xr[c]) * k);
+        d[c] = acc ? d[c] + v : v;
+        P(dw)[c] += S(double(g[c]) * double(xr[c]) * rr);
+      }
+    }
+  }
+
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+    const int64_t T = ids.numel(), H = dtable.cols();
+    for (int64_t t = 0; t < T; ++t) {
+      S* row = P(dtable) + int64_t(ids.i32()[t]) * H;
+      const S* g = P(dout) + t * H;
+      for (int64_t c = 0; c < H; ++c) row[c] += g[c];
+    }
+  }
+
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, int64_t B,
+                          int64_t NH, int64_t NKV, int64_t D, Tensor& dq, Tensor& dk, Tensor& dv) override {
+    const int64_t T = q.rows() / B, group = NH / NKV;
+    const S scale = S(1) / std::sqrt(S(D));
+    fill(dk, 0.0f);
+    fill(dv, 0.0f);
+    // Parallel over (sequence, kv head): the heads of one group accumulate into the same dk, dv.
+#pragma omp parallel for collapse(2) schedule(static) if (B * T * T * NH > 32768)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t g = 0; g < NKV; ++g) {
+        CStrided Kh(P(k) + b * T * NKV * D + g * D, T, D, Eigen::OuterStride<>(NKV * D));
+        CStrided Vh(P(v) + b * T * NKV * D + g * D, T, D, Eigen::OuterStride<>(NKV * D));
+        Strided dK(P(dk) + b * T * NKV * D + g * D, T, D, Eigen::OuterStride<>(NKV * D));
+        Strided dV(P(dv) + b * T * NKV * D + g * D, T, D, Eigen::OuterStride<>(NKV * D));
+        for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+          CStrided Q(P(q) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
+          CStrided dO(P(dout) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
+          Strided dQ(P(dq) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
+          const Mat Pm = attention_probs(Q, Kh, 0, scale);  // recomputed, [T,T]
+          dV.noalias() += Pm.transpose() * dO;
+          Mat dP = dO * Vh.transpose();
+          // softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P))
+          const Vec rowdot = (dP.array() * Pm.array()).rowwise().sum();
+          Mat dS = Pm.array() * (dP.colwise() - rowdot).array();
+          dQ.noalias() = dS * Kh * scale;
+          dK.noalias() += dS.transpose() * Q * scale;
+        }
+      }
+  }
+
+  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate, Tensor& dup) override {
+    for (int64_t i = 0, n = gate.numel(); i < n; ++i) {
+      const S g = P(gate)[i], s = sigmoid(g), d = P(dout)[i];
+      P(dup)[i] = d * g * s;
+      P(dgate)[i] = d * P(up)[i] * s * (S(1) + g * (S(1) - s));  // silu'(g) = s(1 + g(1-s))
+    }
+  }
+
+  void route_backward(const Tensor& logits, const Tensor& probs, const Tensor& ids, const Tensor& dweights,
+                      const RouterSpec& spec, Tensor& dlogits, bool acc) override {
+    const int64_t T = probs.rows(), E = probs.cols(), K = ids.cols();
+    std::vector<S> dp(static_cast<size_t>(E));
+    for (int64_t t = 0; t < T; ++t) {
+      const S* p = P(probs) + t * E;
+      const int32_t* id = ids.i32() + t * K;
+      const S* dw = P(dweights) + t * K;
+      std::fill(dp.begin(), dp.end(), S(0));
+      // w_k = p_{i_k} / Σ_j p_{i_j} (renormalised) or p_{i_k}:
+      //   ∂L/∂p_{i_k} = (dw_k − Σ_j dw_j w_j) / Σ  or  dw_k.
+      S sum = 0, dot = 0;
+      for (int64_t j = 0; j < K; ++j)
+        if (id[j] >= 0) sum += p[id[j]];
+      for (int64_t j = 0; j < K; ++j)
+        if (id[j] >= 0) dot += dw[j] * p[id[j]] / sum;
+      for (int64_t j = 0; j < K; ++j)
+        if (id[j] >= 0) dp[size_t(id[j])] += spec.renormalize ? (dw[j] - dot) / sum : dw[j];
+      S* d = P(dlogits) + t * E;
+      if (spec.sigmoid) {  // s = σ(z): ∂s/∂z = s(1−s)
+        for (int64_t e = 0; e < E; ++e) {
+          const S v = dp[size_t(e)] * p[e] * (S(1) - p[e]);
+          d[e] = acc ? d[e] + v : v;
+        }
+      } else {  // softmax: dz = p ⊙ (dp − p·dp)
+        S pdp = 0;
+        for (int64_t e = 0; e < E; ++e) pdp += p[e] * dp[size_t(e)];
+        for (int64_t e = 0; e < E; ++e) {
+          const S v = p[e] * (dp[size_t(e)] - pdp);
+          d[e] = acc ? d[e] + v : v;
+        }
+      }
+    }
+    (void)logits;
+  }
+
+  std::pair<double, double> router_losses(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
+                                          Tensor& dlogits) override {
+    const int64_t N = logits.rows(), E = logits.cols(), K = ids.cols();
+    std::vector<double> f(static_cast<size_t>(E), 0.0), Pm(static_cast<size_t>(E), 0.0);
+    int64_t slots = 0;
+    for (int64_t s = 0; s < N * K; ++s)
+      if (ids.i32()[s] >= 0) {
+        f[size_t(ids.i32()[s])] += 1.0;
+        ++slots;
+      }
+    for (double& v : f) v /= double(std::max<int64_t>(1, N * K));
+    std::vector<S> p(static_cast<size_t>(E));
+    double z_loss = 0.0;
+    for (int64_t t = 0; t < N; ++t) {
+      const S* l = P(logits) + t * E;
+      scores(l, E, false, p.data());
+      const S m = *std::max_element(l, l + E);
+      double se = 0;
+      for (int64_t e = 0; e < E; ++e) se += std::exp(double(l[e] - m));
+      const double lse = double(m) + std::log(se);
+      z_loss += lse * lse;
+      // aux: ∂/∂p[t,i] = E·f_i / N → through softmax: p ⊙ (g − p·g)
+      double pg = 0;
+      for (int64_t e = 0; e < E; ++e) {
+        Pm[size_t(e)] += double(p[size_t(e)]);
+        pg += double(p[size_t(e)]) * double(E) * f[size_t(e)] / double(N);
+      }
+      S* d = P(dlogits) + t * E;
+      for (int64_t e = 0; e < E; ++e) {
+        const double ga = double(p[size_t(e)]) * (double(E) * f[size_t(e)] / double(N) - pg);
+        const double gz = 2.0 * lse * double(p[size_t(e)]) / double(N);  // ∂(lse²)/∂z = 2·lse·softmax
+        d[e] += S(double(aux_coef) * ga + double(z_coef) * gz);
+      }
+    }
+    double aux = 0.0;
+    for (int64_t e = 0; e < E; ++e) aux += f[size_t(e)] * Pm[size_t(e)] / double(N);
+    (void)slots;
+    return {double(E) * aux, z_loss / double(N)};
+  }
+
+  void moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                            const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw) override {
+    const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
+    const Groups g = group_by_expert(ids, E);
+    const int64_t used = g.begin[size_t(E)];
+    slot_out_.assign(size_t(used * H), S(0));  // per-slot dx, combined below in a fixed order
+    fill(dweights, 0.0f);
+#pragma omp parallel for schedule(dynamic) if (g.active.size() > 1)
+    for (size_t ai = 0; ai < g.active.size(); ++ai) {
+      const int64_t e = g.active[ai], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
+      Mat Xe(n, H), dY(n, H);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t slot = g.order[size_t(b + i)], t = slot / K;
+        Xe.row(i) = CMapM(P(x) + t * H, 1, H);
+        dY.row(i) = CMapM(P(dout) + t * H, 1, H) * P(weights)[slot];
+      }
+      CMapM Wg(P(w.gate) + e * F * H, F, H), Wu(P(w.up) + e * F * H, F, H), Wd(P(w.down) + e * H * F, H, F);
+      const Mat G = Xe * Wg.transpose(), U = Xe * Wu.transpose();
+      Mat A(n, F), dG(n, F), dU(n, F);
+      for (int64_t i = 0; i < n * F; ++i) A.data()[i] = silu(G.data()[i]) * U.data()[i];
+      const Mat Y = A * Wd.transpose();  // unweighted expert output, for dweights
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t slot = g.order[size_t(b + i)], t = slot / K;
+        P(dweights)[slot] = CMapM(P(dout) + t * H, 1, H).row(0).dot(Y.row(i));
+      }
+      const Mat dA = dY * Wd;
+      for (int64_t i = 0; i < n * F; ++i) {
+        const S gv = G.data()[i], s = sigmoid(gv);
+        dU.data()[i] = dA.data()[i] * gv * s;
+        dG.data()[i] = dA.data()[i] * U.data()[i] * s * (S(1) + gv * (S(1) - s));
+      }
+      mat(dw.down, E * H, F).middleRows(e * H, H).noalias() += dY.transpose() * A;
+      mat(dw.gate, E * F, H).middleRows(e * F, F).noalias() += dG.transpose() * Xe;
+      mat(dw.up, E * F, H).middleRows(e * F, F).noalias() += dU.transpose() * Xe;
+      MapM(slot_out_.data() + b * H, n, H).noalias() = dG * Wg + dU * Wu;
+    }
+    std::vector<int64_t> pos(size_t(T * K), -1);
+    for (int64_t i = 0; i < used; ++i) pos[size_t(g.order[size_t(i)])] = i;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t i = pos[size_t(t * K + k)];
+        if (i < 0) continue;
+        S* o = P(dx) + t * H;
+        const S* y = slot_out_.data() + i * H;
+        for (int64_t c = 0; c < H; ++c) o[c] += y[c];
+      }
+  }
+
+  void sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
+    const int64_t T = x.rows(), H = x.cols();
+    for (int64_t t = 0; t < T; ++t) {
+      const S s = sigmoid(P(g)[t]);
+      S dot = 0;
+      for (int64_t c = 0; c < H; ++c) {
+        P(dx)[t * H + c] = s * P(dy)[t * H + c];
+        dot += P(dy)[t * H + c] * P(x)[t * H + c];
+      }
+      P(dg)[t] = dot * s * (S(1) - s);
+    }
+  }
+
+  void noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) override {
+    for (int64_t i = 0, n = raw.numel(); i < n; ++i)  // softplus' = sigmoid
+      P(draw)[i] = P(dout)[i] * P(noise)[i] * sigmoid(P(raw)[i]);
+  }
+
+  double sum_squares(const Tensor& x) override {
+    double s = 0;
+    for (int64_t i = 0, n = x.numel(); i < n; ++i) s += double(P(x)[i]) * double(P(x)[i]);
+    return s;
+  }
+  void scale(Tensor& x, float s) override {
+    for (int64_t i = 0, n = x.numel(); i < n; ++i) P(x)[i] *= S(s);
+  }
+  void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
+             int64_t step) override {
+    const double c1 = 1.0 - std::pow(double(b1), double(step)), c2 = 1.0 - std::pow(double(b2), double(step));
+    const S B1 = S(b1), B2 = S(b2);
+    for (int64_t i = 0, n = p.numel(); i < n; ++i) {
+      const S gi = P(g)[i];
+      S& mi = P(m)[i];
+      S& vi = P(v)[i];
+      mi = B1 * mi + (S(1) - B1) * gi;
+      vi = B2 * vi + (S(1) - B2) * gi * gi;
+      const double mhat = double(mi) / c1, vhat = double(vi) / c2;
+      // torch.optim.AdamW order: decay first (p *= 1 − lr·wd), then the Adam update.
+      P(p)[i] = S(double(P(p)[i]) * (1.0 - double(lr) * double(wd)) - double(lr) * mhat / (std::sqrt(vhat) + double(eps)));
     }
   }
 
  private:
   // y[N] = W[N,K] · x[K], rows split across threads (decode is memory-bound: both cores stream).
-  static void gemv(const float* W, const float* x, float* y, int64_t N, int64_t K, bool accumulate) {
-    Eigen::Map<const Eigen::VectorXf> xv(x, K);
+  static void gemv(const S* W, const S* x, S* y, int64_t N, int64_t K, bool accumulate) {
+    Eigen::Map<const Vec> xv(x, K);
 #pragma omp parallel if (N * K >= 65536)
     {
       int64_t nt = 1, id = 0;
@@ -259,8 +637,8 @@ class EigenBackend final : public Backend {
 #endif
       const int64_t chunk = (N + nt - 1) / nt, r0 = std::min(N, id * chunk), r1 = std::min(N, r0 + chunk);
       if (r1 > r0) {
-        CMapMatU Wp(W + r0 * K, r1 - r0, K);
-        Eigen::Map<Eigen::VectorXf> yv(y + r0, r1 - r0);
+        CMapM Wp(W + r0 * K, r1 - r0, K);
+        Eigen::Map<Vec> yv(y + r0, r1 - r0);
         if (accumulate)
           yv.noalias() += Wp * xv;
         else
@@ -268,15 +646,16 @@ class EigenBackend final : public Backend {
       }
     }
   }
-  static void gemv_serial(const float* W, const float* x, float* y, int64_t N, int64_t K) {
-    Eigen::Map<Eigen::VectorXf>(y, N).noalias() = CMapMatU(W, N, K) * Eigen::Map<const Eigen::VectorXf>(x, K);
+  static void gemv_serial(const S* W, const S* x, S* y, int64_t N, int64_t K) {
+    Eigen::Map<Vec>(y, N).noalias() = CMapM(W, N, K) * Eigen::Map<const Vec>(x, K);
   }
 
-  std::vector<float> slot_out_;  // [used slots, H] expert outputs before weighting
+  std::vector<S> slot_out_;  // [used slots, H] per-slot expert outputs (or input gradients)
 };
 
 }  // namespace
 
-std::shared_ptr<Backend> make_eigen_backend() { return std::make_shared<EigenBackend>(); }
+std::shared_ptr<Backend> make_eigen_backend() { return std::make_shared<EigenBackend<float>>(); }
+std::shared_ptr<Backend> make_eigen_backend_f64() { return std::make_shared<EigenBackend<double>>(); }
 
 }  // namespace moelab

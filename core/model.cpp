@@ -39,20 +39,13 @@ void check_fits(const ModelConfig& c, const std::string& where) {
                     " parameters as fp32, more than this machine's " + human_bytes(double(have)) + " of memory");
 }
 
-}  // namespace
-
-Model::Model(const ModelConfig& config, std::shared_ptr<Backend> backend)
-    : config_(config), backend_(std::move(backend)) {
-  if (!config_.runnable())
-    fail(config_.architecture, "the lab counts this architecture's parameters but cannot run it");
-  validate_config(config_, config_.architecture);
-  check_fits(config_, config_.architecture);
-  const ModelConfig& c = config_;
+// Allocate every tensor of a ParamSet from the registry (experts stacked per layer).
+ParamSet alloc_params(const ModelConfig& c, Backend& b) {
+  ParamSet p;
   const int64_t H = c.hidden_size, E = c.num_experts, F = c.expert_ffn_size;
-  Backend& b = *backend_;
-  layers_.resize(size_t(c.num_layers));
+  p.layers.resize(size_t(c.num_layers));
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    LayerWeights& L = layers_[size_t(l)];
+    LayerWeights& L = p.layers[size_t(l)];
     L.moe = c.is_moe_layer(l);
     if (L.moe) {
       L.experts.gate = b.alloc({E, F, H});
@@ -60,28 +53,28 @@ Model::Model(const ModelConfig& config, std::shared_ptr<Backend> backend)
       L.experts.down = b.alloc({E, H, F});
     }
   }
-  // Every other tensor is allocated from its registry shape.
   for (const TensorSpec& s : tensor_specs(c)) {
     int64_t off = 0;
-    Tensor* t = slot_for(s, &off);
+    Tensor* t = slot_for(p, s, &off);
     if (t->empty()) *t = b.alloc(s.shape);
   }
-  lm_head_ = c.tie_word_embeddings ? embed_ : lm_head_;
+  if (c.tie_word_embeddings) p.lm_head = p.embed;
+  return p;
 }
 
-// Where a registry tensor lives in this model: the Tensor, and the element offset inside it
-// (routed experts are stacked [E, ...] so expert e starts at e · per-expert size).
-Tensor* Model::slot_for(const TensorSpec& s, int64_t* off) {
+}  // namespace
+
+Tensor* slot_for(ParamSet& p, const TensorSpec& s, int64_t* off) {
   *off = 0;
   if (s.layer < 0) {
     switch (s.role) {
-      case Role::Embed: return &embed_;
-      case Role::FinalNorm: return &final_norm_;
-      case Role::LmHead: return &lm_head_;
+      case Role::Embed: return &p.embed;
+      case Role::FinalNorm: return &p.final_norm;
+      case Role::LmHead: return &p.lm_head;
       default: break;
     }
   } else {
-    LayerWeights& L = layers_[size_t(s.layer)];
+    LayerWeights& L = p.layers[size_t(s.layer)];
     const int64_t per_expert = s.numel();
     switch (s.role) {
       case Role::InputNorm: return &L.input_norm;
@@ -97,6 +90,8 @@ Tensor* Model::slot_for(const TensorSpec& s, int64_t* off) {
       case Role::QNorm: return &L.q_norm;
       case Role::KNorm: return &L.k_norm;
       case Role::Router: return &L.router;
+      case Role::RouterNoise: return &L.router_noise;
+      case Role::ScoreCorrectionBias: return &L.selection_bias;
       case Role::ExpertGate: *off = s.expert * per_expert; return &L.experts.gate;
       case Role::ExpertUp: *off = s.expert * per_expert; return &L.experts.up;
       case Role::ExpertDown: *off = s.expert * per_expert; return &L.experts.down;
@@ -112,6 +107,29 @@ Tensor* Model::slot_for(const TensorSpec& s, int64_t* off) {
   }
   fail(s.name, "tensor role not supported by the runnable model");
 }
+
+std::vector<ParamRef> trainable_params(const ModelConfig& c, ParamSet& p) {
+  std::vector<ParamRef> out;
+  for (const TensorSpec& s : tensor_specs(c)) {
+    if (s.buffer) continue;
+    int64_t off = 0;
+    Tensor* t = slot_for(p, s, &off);
+    if (off != 0) continue;  // experts 1..E-1 share the stacked tensor of expert 0
+    out.push_back({s.name, t, s.shape.size() >= 2});
+  }
+  return out;
+}
+
+Model::Model(const ModelConfig& config, std::shared_ptr<Backend> backend)
+    : config_(config), backend_(std::move(backend)) {
+  if (!config_.runnable())
+    fail(config_.architecture, "the lab counts this architecture's parameters but cannot run it");
+  validate_config(config_, config_.architecture);
+  check_fits(config_, config_.architecture);
+  w_ = alloc_params(config_, *backend_);
+}
+
+ParamSet Model::zeros_like() const { return alloc_params(config_, *backend_); }
 
 Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend) {
   const ModelConfig config = load_config(dir);
@@ -130,9 +148,9 @@ Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend) {
       fail(*t->file, "tensor '" + s.name + "' has shape " + shape_str(t->shape) + " but config.json implies " +
                          shape_str(s.shape));
     int64_t off = 0;
-    Tensor* dst = m.slot_for(s, &off);
-    if (m.backend_->host_accessible() && !(config.tie_word_embeddings && s.role == Role::LmHead)) {
-      tensor_to_float(*t, dst->f32() + off);  // straight from the memory map into the weights
+    Tensor* dst = slot_for(m.w_, s, &off);
+    if (float* host = m.backend_->host_f32(*dst)) {
+      tensor_to_float(*t, host + off);  // straight from the memory map into the weights
     } else {
       staging.resize(size_t(t->numel()));
       tensor_to_float(*t, staging.data());
@@ -149,10 +167,11 @@ Model Model::random(const ModelConfig& config, uint64_t seed, std::shared_ptr<Ba
   for (const TensorSpec& s : tensor_specs(config)) {
     host.resize(size_t(s.numel()));
     const bool is_norm = s.component == Component::Norms;
-    const bool is_bias = s.role == Role::QBias || s.role == Role::KBias || s.role == Role::VBias || s.role == Role::OBias;
-    for (float& v : host) v = is_norm ? 1.0f : is_bias ? 0.0f : float(rng.normal()) * init_std;
+    const bool zero = s.role == Role::QBias || s.role == Role::KBias || s.role == Role::VBias || s.role == Role::OBias ||
+                      s.role == Role::ScoreCorrectionBias || s.role == Role::RouterNoise;
+    for (float& v : host) v = is_norm ? 1.0f : zero ? 0.0f : float(rng.normal()) * init_std;
     int64_t off = 0;
-    Tensor* dst = m.slot_for(s, &off);
+    Tensor* dst = slot_for(m.w_, s, &off);
     m.backend_->upload(*dst, host.data(), off, s.numel());
   }
   return m;
@@ -160,9 +179,10 @@ Model Model::random(const ModelConfig& config, uint64_t seed, std::shared_ptr<Ba
 
 std::vector<std::pair<std::string, std::vector<float>>> Model::export_weights() const {
   std::vector<std::pair<std::string, std::vector<float>>> out;
+  ParamSet& w = const_cast<ParamSet&>(w_);
   for (const TensorSpec& s : tensor_specs(config_)) {
     int64_t off = 0;
-    Tensor* src = const_cast<Model*>(this)->slot_for(s, &off);
+    Tensor* src = slot_for(w, s, &off);
     std::vector<float> host(size_t(s.numel()));
     backend_->download(*src, host.data(), off, s.numel());
     out.emplace_back(s.name, std::move(host));
@@ -207,7 +227,7 @@ void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, Routing
                     const RoutingOverrides* ov) {
   const ModelConfig& c = config_;
   Backend& b = *backend_;
-  const LayerWeights& L = layers_[size_t(l)];
+  const LayerWeights& L = w_.layers[size_t(l)];
   const int64_t T = h.rows();
   auto swiglu_mlp = [&](const Tensor& g_w, const Tensor& u_w, const Tensor& d_w) {
     const int64_t Fm = g_w.rows();
@@ -228,9 +248,11 @@ void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, Routing
   spec.top_k = ov && ov->top_k > 0 ? std::min(ov->top_k, E) : c.top_k;
   spec.renormalize = ov && ov->renormalize >= 0 ? ov->renormalize == 1 : c.norm_topk_prob;
   spec.sigmoid = c.scoring == RouterScoring::Sigmoid;
+  if (!L.selection_bias.empty()) spec.selection_bias = &L.selection_bias;
   Tensor bias;
   if (ov && (!ov->banned.empty() || ov->forced >= 0)) {
     std::vector<float> hb(size_t(E), 0.0f);
+    if (!L.selection_bias.empty()) b.download(L.selection_bias, hb.data());
     for (int64_t e : ov->banned)
       if (e >= 0 && e < E) hb[size_t(e)] = -std::numeric_limits<float>::infinity();
     if (ov->forced >= 0 && ov->forced < E) hb[size_t(ov->forced)] = std::numeric_limits<float>::infinity();
@@ -241,7 +263,7 @@ void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, Routing
   const int64_t K = spec.top_k;
   Tensor logits = b.alloc({T, E}), probs = b.alloc({T, E}), ids = b.alloc({T, K}, TType::I32),
          weights = b.alloc({T, K});
-  b.linear(h, L.router, nullptr, logits);  // [T,E] router logits
+  b.linear(h, L.router, nullptr, logits);  // [T,E] router logits (no noise at inference)
   b.route(logits, spec, probs, ids, weights);
   if (observer) {
     RoutingEvent ev;
@@ -289,12 +311,12 @@ std::vector<float> Model::forward(const std::vector<int32_t>& tokens, KvCache& c
   Tensor ids = b.alloc({T}, TType::I32);
   b.upload(ids, tokens.data());
   Tensor x = b.alloc({T, H});  // [T,H] residual stream
-  b.embedding(embed_, ids, x);
+  b.embedding(w_.embed, ids, x);
   Tensor h = b.alloc({T, H}), q = b.alloc({T, NH * D}), k = b.alloc({T, NKV * D}), v = b.alloc({T, NKV * D}),
          att = b.alloc({T, NH * D});
   const float eps = float(c.rms_norm_eps), clip = float(c.clip_qkv);
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& L = layers_[size_t(l)];
+    const LayerWeights& L = w_.layers[size_t(l)];
     b.rmsnorm(x, L.input_norm, eps, h);
     b.linear(h, L.q, L.q_bias.empty() ? nullptr : &L.q_bias, q);
     b.linear(h, L.k, L.k_bias.empty() ? nullptr : &L.k_bias, k);
@@ -308,19 +330,19 @@ std::vector<float> Model::forward(const std::vector<int32_t>& tokens, KvCache& c
       b.clamp(k, -clip, clip);
       b.clamp(v, -clip, clip);
     }
-    b.rope(q, NH, D, pos0, c.rope_theta);
-    b.rope(k, NKV, D, pos0, c.rope_theta);
+    b.rope(q, NH, D, pos0, T, c.rope_theta);
+    b.rope(k, NKV, D, pos0, T, c.rope_theta);
     b.copy_rows(k, cache.k[size_t(l)], pos0);
     b.copy_rows(v, cache.v[size_t(l)], pos0);
-    b.attention(q, cache.k[size_t(l)], cache.v[size_t(l)], pos0, NH, NKV, D, att);
+    b.attention(q, cache.k[size_t(l)], cache.v[size_t(l)], 1, pos0, NH, NKV, D, att);
     b.linear(att, L.o, L.o_bias.empty() ? nullptr : &L.o_bias, x, /*accumulate=*/true);  // x += o(att)
     b.rmsnorm(x, L.post_attn_norm, eps, h);
     run_ffn(l, h, x, pos0, observer, ov);
   }
   cache.length = pos0 + T;
-  b.rmsnorm(x, final_norm_, eps, h);
+  b.rmsnorm(x, w_.final_norm, eps, h);
   Tensor logits = b.alloc({T, V});
-  b.linear(h, lm_head_, nullptr, logits);
+  b.linear(h, w_.lm_head, nullptr, logits);
   std::vector<float> out(size_t(T * V));
   b.download(logits, out.data());
   return out;

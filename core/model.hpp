@@ -15,6 +15,7 @@
 #include "backend.hpp"
 #include "config.hpp"
 #include "routing.hpp"
+#include "registry.hpp"
 #include "safetensors.hpp"
 
 namespace moelab {
@@ -26,11 +27,31 @@ struct LayerWeights {
   Tensor q_norm, k_norm;                             // optional: [D] per head or [NH·D]/[NKV·D]
   bool moe = false;
   Tensor router;                                     // [E,H]
+  Tensor router_noise;                               // [E,H] noisy top-k noise scale, optional
+  Tensor selection_bias;                             // [E] sigmoid router's bias (a buffer), optional
   ExpertWeights experts;                             // [E,F,H] [E,F,H] [E,H,F]
   Tensor shared_gate, shared_up, shared_down;        // [Fs,H] [Fs,H] [H,Fs], optional
   Tensor shared_expert_gate;                         // [1,H], optional
   Tensor dense_gate, dense_up, dense_down;           // dense layers: [Fd,H] [Fd,H] [H,Fd]
 };
+
+// Every weight of a model — or, with the same shapes, its gradients or optimizer moments.
+struct ParamSet {
+  Tensor embed, final_norm, lm_head;  // lm_head shares embed when tied
+  std::vector<LayerWeights> layers;
+};
+
+// One registry tensor's place in a ParamSet: the Tensor and the element offset inside it (routed
+// experts are stacked [E, ...], so expert e starts at e · per-expert size).
+Tensor* slot_for(ParamSet& p, const struct TensorSpec& spec, int64_t* offset);
+
+// A trainable tensor of a ParamSet (stacked experts once, tied lm_head not twice, buffers not).
+struct ParamRef {
+  std::string name;  // registry name of its first piece
+  Tensor* tensor;
+  bool decay;        // weight decay for matrices, not for norms and biases
+};
+std::vector<ParamRef> trainable_params(const ModelConfig& c, ParamSet& p);
 
 struct KvCache {
   std::vector<Tensor> k, v;  // per layer [S_max, NKV·D]
@@ -53,6 +74,10 @@ class Model {
 
   const ModelConfig& config() const { return config_; }
   Backend& backend() const { return *backend_; }
+  std::shared_ptr<Backend> backend_ptr() const { return backend_; }
+  ParamSet& params() { return w_; }
+  // Zero tensors shaped like every weight (gradients, Adam moments).
+  ParamSet zeros_like() const;
 
   KvCache new_cache(int64_t capacity) const;
   // Run tokens at positions cache.length.., append them to the cache, return logits [T,V] (host).
@@ -66,14 +91,12 @@ class Model {
   std::vector<std::pair<std::string, std::vector<float>>> export_weights() const;
 
  private:
-  Tensor* slot_for(const struct TensorSpec& spec, int64_t* expert_offset);
   void run_ffn(int64_t layer, const Tensor& x, Tensor& out, int64_t pos0, RoutingObserver* observer,
                const RoutingOverrides* overrides);
 
   ModelConfig config_;
   std::shared_ptr<Backend> backend_;
-  Tensor embed_, final_norm_, lm_head_;  // lm_head_ shares embed_ when tied
-  std::vector<LayerWeights> layers_;
+  ParamSet w_;
 };
 
 // Bytes needed to hold the weights as fp32, and the memory this machine has.

@@ -83,6 +83,17 @@ void add_swiglu(Builder& b, const std::string& p, int64_t H, int64_t F, Role g, 
   b.add(p + "down_proj.weight", {H, F}, d, comp, expert);
 }
 
+// Lab router extensions: the noise projection of noisy top-k gating, and the selection bias of
+// the sigmoid router (DeepSeek-V3's name for it; a buffer updated by the bias rule, not by gradients).
+void add_lab_router(Builder& b, const ModelConfig& c, const std::string& p) {
+  const int64_t E = c.num_experts, H = c.hidden_size;
+  if (c.router_noise) b.add(p + "gate_noise.weight", {E, H}, Role::RouterNoise, Component::Router);
+  if (c.score_correction_bias) {
+    b.add(p + "gate.e_score_correction_bias", {E}, Role::ScoreCorrectionBias, Component::Router);
+    b.out.back().buffer = true;
+  }
+}
+
 void add_ffn(Builder& b, const ModelConfig& c) {
   const int64_t H = c.hidden_size, E = c.num_experts, F = c.expert_ffn_size;
   if (!c.is_moe_layer(b.layer)) {
@@ -92,6 +103,7 @@ void add_ffn(Builder& b, const ModelConfig& c) {
   switch (c.family) {
     case Family::Mixtral:
       b.add("block_sparse_moe.gate.weight", {E, H}, Role::Router, Component::Router);
+      add_lab_router(b, c, "block_sparse_moe.");
       for (int64_t e = 0; e < E; ++e) {
         const std::string p = "block_sparse_moe.experts." + std::to_string(e) + ".";
         b.add(p + "w1.weight", {F, H}, Role::ExpertGate, Component::RoutedExperts, e);
@@ -114,7 +126,8 @@ void add_ffn(Builder& b, const ModelConfig& c) {
       break;
     default:  // Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3
       b.add("mlp.gate.weight", {E, H}, Role::Router, Component::Router);
-      if (c.score_correction_bias) {
+      if (!c.mla) add_lab_router(b, c, "mlp.");
+      if (c.score_correction_bias && c.mla) {
         // A persistent buffer in transformers: in the checkpoint, not in parameters().
         b.add("mlp.gate.e_score_correction_bias", {E}, Role::ScoreCorrectionBias, Component::Router);
         b.out.back().buffer = true;

@@ -20,7 +20,7 @@ enum class Role {
   InputNorm, PostAttnNorm,
   Q, K, V, O, QBias, KBias, VBias, OBias, QNorm, KNorm, Sinks,
   MlaQA, MlaQANorm, MlaQB, MlaKvA, MlaKvANorm, MlaKvB,  // DeepSeek latent attention
-  Router, RouterBias, ScoreCorrectionBias,
+  Router, RouterBias, ScoreCorrectionBias, RouterNoise,
   ExpertGate, ExpertUp, ExpertDown,       // one tensor per expert: [F,H], [F,H], [H,F]
   ExpertsFused,                           // all experts in one tensor (gpt-oss, GraniteMoE)
   SharedGate, SharedUp, SharedDown, SharedExpertGate,

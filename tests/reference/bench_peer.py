@@ -17,6 +17,21 @@ and prints ONE JSON line on stdout.
         --kv-heads 8 --experts 8 --expert-hidden 512 --topk 2 --vocab 260 \
         --prefill 128 --decode 64 --threads 1
 
+--train switches to a training benchmark of the same model (plain eager fp32,
+autograd, torch.optim.AdamW(lr 1e-3, betas (0.9, 0.95), eps 1e-8, weight decay
+0.1 on tensors of >= 2 dims only), clip_grad_norm_ 1.0, loss = mean CE +
+0.01 * sum over layers of the Switch aux loss E * sum_i f_i * P_i with
+f_i = top-k choices of expert i / (N*K), P_i = mean router probability) on
+random [--batch, --seq + 1] token batches (a new batch per step). It runs 2
+warm-up steps, times --train-steps steps (forward + backward + clip + step,
+each timed on its own; the median is reported) and prints ONE JSON line:
+
+    {"train_tokens_per_s", "train_step_ms" (median), "train_step_ms_min",
+     "batch", "seq", "train_steps", "torch_threads", "openblas_num_threads",
+     "blas", "torch_version", "loss_first", "loss_last"}
+
+    /usr/bin/python3 tests/reference/bench_peer.py --train --batch 8 --seq 64 --threads 1
+
 --check-fixture DIR loads a mixtral fixture written by make_fixtures.py into
 this module (fp32) and compares its logits with DIR/expected.json instead of
 benchmarking; it proves the peer computes the same thing as the reference.
@@ -113,6 +128,8 @@ class SparseMoe(nn.Module):
         probs = F.softmax(self.gate(x), dim=1, dtype=torch.float)
         w, sel = torch.topk(probs, self.k, dim=-1)
         w = (w / w.sum(dim=-1, keepdim=True)).to(x.dtype)
+        if self.training:  # router statistics for the aux loss of --train
+            self.last_probs, self.last_sel = probs, sel
         out = torch.zeros_like(x)
         mask = F.one_hot(sel, num_classes=self.e).permute(2, 1, 0)
         for e in (mask.sum(dim=(-1, -2)) > 0).nonzero(as_tuple=True)[0].tolist():
@@ -267,6 +284,64 @@ def check_fixture(d):
     return 0 if ok else 1
 
 
+def switch_aux_loss(model):
+    """Sum over MoE layers of E * sum_i f_i * P_i (f constant, no gradient)."""
+    total = 0.0
+    for layer in model.model.layers:
+        moe = layer.block_sparse_moe
+        probs, sel = moe.last_probs, moe.last_sel
+        n, k = sel.shape
+        f = torch.bincount(sel.reshape(-1), minlength=moe.e).to(probs.dtype) / (n * k)
+        total = total + moe.e * (f * probs.mean(0)).sum()
+    return total
+
+
+def train_bench(a):
+    model = MixtralLike(a)
+    random_init(model, a.seed)
+    model.train()
+    params = list(model.parameters())
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                            lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
+    g = torch.Generator().manual_seed(a.seed + 2)
+    warm = 2
+    batches = [torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=g)
+               for _ in range(warm + a.train_steps)]
+    times, losses = [], []
+    for i, tok in enumerate(batches):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        logits, _ = model(tok[:, :-1])
+        lm = F.cross_entropy(logits.reshape(-1, a.vocab), tok[:, 1:].reshape(-1))
+        loss = lm + a.aux_alpha * switch_aux_loss(model)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        dt = time.perf_counter() - t0
+        losses.append(float(loss))
+        if i >= warm:
+            times.append(dt)
+    times.sort()
+    mid = len(times) // 2
+    med = times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid])
+    print(json.dumps({
+        "train_tokens_per_s": a.batch * a.seq / med,
+        "train_step_ms": 1e3 * med,
+        "train_step_ms_min": 1e3 * times[0],
+        "batch": a.batch,
+        "seq": a.seq,
+        "train_steps": a.train_steps,
+        "torch_threads": torch.get_num_threads(),
+        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "blas": blas_report(),
+        "torch_version": torch.__version__,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+    }))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=4)
@@ -287,6 +362,12 @@ def main():
     ap.add_argument("--rope-theta", type=float, default=1e6)
     ap.add_argument("--eps", type=float, default=1e-5)
     ap.add_argument("--check-fixture", default=None)
+    ap.add_argument("--train", action="store_true", help="benchmark training steps instead of inference")
+    ap.add_argument("--batch", type=int, default=8, help="--train: sequences per step")
+    ap.add_argument("--seq", type=int, default=64, help="--train: tokens per sequence")
+    ap.add_argument("--train-steps", type=int, default=10, help="--train: timed steps (after 2 warm-up)")
+    ap.add_argument("--aux-alpha", type=float, default=0.01, help="--train: Switch aux loss weight")
+    ap.add_argument("--lr", type=float, default=1e-3, help="--train: AdamW learning rate")
     a = ap.parse_args()
     torch.set_num_threads(max(1, a.threads))
     pin_openblas_threads(max(1, a.threads))
@@ -297,6 +378,10 @@ def main():
         raise SystemExit("hidden must divide by heads and heads by kv-heads")
     a.head_dim = a.hidden // a.heads
     a.theta = a.rope_theta
+    if a.train:
+        if a.batch < 1 or a.seq < 1 or a.train_steps < 1:
+            raise SystemExit("--batch, --seq and --train-steps must be >= 1")
+        return train_bench(a)
     model = MixtralLike(a).eval()
     random_init(model, a.seed)
     g = torch.Generator().manual_seed(a.seed + 1)

@@ -1,0 +1,188 @@
+#!/usr/bin/python3
+"""Self-checks of train_reference.py (not part of its CLI).
+
+    /usr/bin/python3 tests/reference/check_train_reference.py DIR
+
+DIR is the output of make_train_fixture.py. For every fixture (and a tied-
+embedding variant of the Mixtral one) it checks:
+  * autograd gradients against float64 central finite differences, for the
+    total loss (the batch's coefficients) and for aux_loss and z_loss on their
+    own, at the largest-|g| entry and one random entry of every tensor; every
+    perturbed forward must make exactly the same top-k choices;
+  * with aux_loss_alpha = z_loss_coef = 0 the loss equals the mean
+    cross-entropy computed from moe_reference.forward's logits;
+  * aux_l equals HF's load_balancing_loss_func (one layer, one-hot over
+    (token, slot)) divided by K;
+  * the hand-written clip + AdamW equals torch.nn.utils.clip_grad_norm_ +
+    torch.optim.AdamW with a decay / no-decay parameter-group split;
+  * expected_train.json is reproduced exactly.
+Prints one line per check; exits 1 on failure.
+"""
+
+import json
+import math
+import os
+import sys
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import moe_reference as ref  # noqa: E402
+import train_reference as tr  # noqa: E402
+
+H_FD = 1e-5
+FAILED = []
+
+
+def report(name, ok, msg):
+    print("%-44s %s  %s" % (name, "ok  " if ok else "FAIL", msg))
+    if not ok:
+        FAILED.append(name)
+
+
+def choices(terms):
+    return [r["experts"].clone() for r in terms["routing"]]
+
+
+def fd_check(label, cfg, tensors, batch, which, alpha, zc, rng):
+    params = tr.make_params(cfg, tensors)
+    terms = tr.loss_terms(cfg, params, batch["tokens"], alpha, zc)
+    terms[which].backward()
+    base_choice = choices(terms)
+    worst_abs, worst_rel, n, flips, skipped_zero = 0.0, 0.0, 0, 0, 0
+    worst_at = None
+    for name, p in params.items():
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        gf = g.reshape(-1)
+        if float(gf.abs().max()) == 0.0:
+            skipped_zero += 1  # e.g. an expert no token chose: checked below for one entry anyway
+        idxs = {int(gf.abs().argmax()), int(torch.randint(0, gf.numel(), (1,), generator=rng))}
+        for i in idxs:
+            vals = []
+            for sgn in (1.0, -1.0):
+                q = OrderedDict((k, v.detach().clone()) for k, v in params.items())
+                q[name].reshape(-1)[i] += sgn * H_FD
+                t2 = tr.loss_terms(cfg, q, batch["tokens"], alpha, zc)
+                if any(not torch.equal(a, b) for a, b in zip(choices(t2), base_choice)):
+                    flips += 1
+                vals.append(float(t2[which]))
+            fd = (vals[0] - vals[1]) / (2 * H_FD)
+            ad = float(gf[i])
+            err = abs(fd - ad)
+            rel = err / max(abs(ad), 1e-3)
+            n += 1
+            if err > worst_abs:
+                worst_abs = err
+            if rel > worst_rel:
+                worst_rel, worst_at = rel, "%s[%d] ad=%.6e fd=%.6e" % (name, i, ad, fd)
+    ok = flips == 0 and worst_rel < 1e-6
+    report("%s FD d(%s)" % (label, which), ok,
+           "%d entries in %d tensors, max|fd-ad|=%.2e max rel=%.2e (worst %s), top-k flips=%d" % (
+               n, len(params), worst_abs, worst_rel, worst_at, flips))
+
+
+def ce_check(label, cfg, tensors, batch):
+    params = tr.make_params(cfg, tensors)
+    with torch.no_grad():
+        terms = tr.loss_terms(cfg, params, batch["tokens"], 0.0, 0.0)
+        tot, cnt = 0.0, 0
+        for seq in batch["tokens"]:
+            logits, _ = ref.forward(cfg, tensors, seq[:-1])
+            lp = logits.log_softmax(-1)
+            for t, y in enumerate(seq[1:]):
+                tot -= float(lp[t, y])
+                cnt += 1
+    ce = tot / cnt
+    err = abs(float(terms["loss"]) - ce)
+    report("%s loss(a=0,z=0) == mean CE" % label, err < 1e-12,
+           "loss=%.15f ce=%.15f diff=%.1e" % (float(terms["loss"]), ce, err))
+
+
+def aux_hf_check(label, cfg, tensors, batch):
+    s = ref.model_spec(cfg)
+    params = tr.make_params(cfg, tensors)
+    with torch.no_grad():
+        terms = tr.loss_terms(cfg, params, batch["tokens"], 1.0, 0.0)
+        ours = 0.0
+        for r in terms["routing"]:
+            probs, sel = r["probs"], r["experts"]
+            expert_mask = F.one_hot(sel, s["experts"]).to(torch.float64)   # [N, K, E]
+            tokens_per_expert = expert_mask.mean(0)                         # [K, E]
+            router_prob = probs.mean(0)                                     # [E]
+            hf = float((tokens_per_expert * router_prob[None]).sum()) * s["experts"]
+            ours += hf / s["topk"]
+    err = abs(ours - float(terms["aux_loss"]))
+    report("%s aux == sum_l HF_lbl_l / K" % label, err < 1e-12,
+           "aux=%.15f hf/K=%.15f diff=%.1e" % (float(terms["aux_loss"]), ours, err))
+
+
+def adamw_check(label, cfg, tensors, batch, res):
+    params = tr.make_params(cfg, tensors)
+    decay = [p for p in params.values() if p.dim() >= 2]
+    nodecay = [p for p in params.values() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": batch["weight_decay"]},
+                             {"params": nodecay, "weight_decay": 0.0}],
+                            lr=batch["lr"], betas=tuple(batch["betas"]), eps=batch["eps"], foreach=False)
+    worst_loss = 0.0
+    for step in range(batch["steps"]):
+        opt.zero_grad(set_to_none=True)
+        terms = tr.loss_terms(cfg, params, batch["tokens"], batch["aux_loss_alpha"], batch["z_loss_coef"])
+        terms["loss"].backward()
+        for p in params.values():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        norm = float(torch.nn.utils.clip_grad_norm_(list(params.values()), batch["clip"]))
+        worst_loss = max(worst_loss, abs(float(terms["loss"]) - res["loss"][step]),
+                         abs(norm - res["grad_norm"][step]) / norm)
+        opt.step()
+    worst_w = 0.0
+    for n, p in params.items():
+        w = torch.tensor(res["weights_after"][n], dtype=torch.float64)
+        worst_w = max(worst_w, float((p.detach().reshape(-1) - w).abs().max()))
+    report("%s AdamW == torch.optim.AdamW" % label, worst_w < 1e-12 and worst_loss < 1e-12,
+           "max|w diff|=%.1e max loss/norm diff=%.1e" % (worst_w, worst_loss))
+
+
+def main():
+    torch.set_num_threads(1)
+    root = sys.argv[1]
+    rng = torch.Generator().manual_seed(7)
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if not os.path.exists(os.path.join(d, "expected_train.json")):
+            continue
+        cfg, tensors = ref.load_model_dir(d)
+        batch = tr.load_batch(os.path.join(d, "batch.json"))
+        with open(os.path.join(d, "expected_train.json")) as f:
+            exp = json.load(f)
+        res = json.loads(json.dumps(tr.train(cfg, tensors, batch)))
+        report("%s expected_train.json reproduced" % name, res == exp,
+               "steps=%d loss=%s" % (batch["steps"], ["%.6f" % x for x in exp["loss"]]))
+        variants = [(name, cfg, tensors)]
+        if cfg["model_type"] == "mixtral":
+            tcfg = dict(cfg, tie_word_embeddings=True)
+            tt = OrderedDict((k, v) for k, v in tensors.items() if k != "lm_head.weight")
+            variants.append((name + "+tied", tcfg, tt))
+        for label, c, t in variants:
+            fd_check(label, c, t, batch, "loss", batch["aux_loss_alpha"], batch["z_loss_coef"], rng)
+            if label == name:
+                fd_check(label, c, t, batch, "aux_loss", 1.0, 0.0, rng)
+                fd_check(label, c, t, batch, "z_loss", 0.0, 1.0, rng)
+                ce_check(label, c, t, batch)
+                aux_hf_check(label, c, t, batch)
+                adamw_check(label, c, t, batch, exp)
+            else:
+                r2 = tr.train(c, t, batch)
+                g = r2["grads"]
+                report("%s names" % label, "lm_head.weight" not in g and "model.embed_tokens.weight" in g,
+                       "%d tensors, embed grad norm %.6f" % (
+                           len(g), math.sqrt(sum(x * x for x in g["model.embed_tokens.weight"]))))
+                adamw_check(label, c, t, batch, r2)
+    print("FAILED: %s" % FAILED if FAILED else "all train reference checks passed")
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+#!/usr/bin/python3
+"""Independent float64 reference for MoE Lab training steps.
+
+    /usr/bin/python3 tests/reference/train_reference.py --model DIR --batch BATCH.json --out OUT.json
+
+DIR holds config.json + safetensors (Mixtral or Qwen2-MoE family, Hugging Face
+tensor names; single file or sharded). The forward pass is moe_reference.forward
+(imported, not duplicated) run on float64 leaf copies of every checkpoint
+tensor, so autograd follows exactly the HF computation (gate weights = chosen
+softmax probabilities, renormalised over the K chosen when the family says so;
+gradients flow through the chosen gate weights into the router; no noise, no
+capacity limit, no straight-through).
+
+BATCH.json
+    {"tokens": [[T+1 ints], ... B sequences], "aux_loss_alpha": a, "z_loss_coef": c,
+     "lr": lr, "betas": [b1, b2], "eps": eps, "weight_decay": wd,
+     "clip": clip (0 = none), "steps": S}
+    inputs = tokens[:, :-1], targets = tokens[:, 1:]; every sequence is run on
+    its own (causal attention inside the sequence, positions 0..T-1).
+
+Loss (N = B*T tokens, for each MoE layer l: router logits z [N,E], p = softmax(z),
+chosen = top-K of p per token)
+    lm_loss  = mean cross-entropy over the N predictions
+    f_i      = #(token, slot) choices of expert i / (N*K)        (constant, no grad)
+    P_i      = mean_t p[t, i]
+    aux_l    = E * sum_i f_i * P_i                               (1 at perfect balance)
+    z_l      = mean_t (logsumexp_e z[t, e])^2
+    aux_loss = sum_l aux_l,  z_loss = sum_l z_l                  (sums over MoE layers)
+    loss     = lm_loss + a * aux_loss + c * z_loss
+    (For one layer, HF's load_balancing_loss_func with top-K equals K * aux_l.)
+
+Optimizer, per step s = 1..S on the same batch:
+    g = d loss / d w for every tensor (tied embeddings: one tensor, both uses summed)
+    norm = sqrt(sum over all tensors of sum g^2)                 -> grad_norm[s-1]
+    if clip > 0 and norm > clip: g *= clip / (norm + 1e-6)
+    AdamW (torch.optim.AdamW, single-tensor form), wd_t = wd if w.dim() >= 2 else 0:
+        w *= 1 - lr * wd_t
+        m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
+        w -= lr / (1 - b1^s) * m / (sqrt(v) / sqrt(1 - b2^s) + eps)
+
+OUT.json
+    {"loss": [S], "lm_loss": [S], "aux_loss": [S], "z_loss": [S],   (before each update)
+     "grad_norm": [S],                                             (before clipping)
+     "grads": {name: [flat row-major step-0 gradient, unclipped]},
+     "weights_after": {name: [flat row-major weights after S steps]}}
+Names are the checkpoint's HF names (tied embeddings: only
+"model.embed_tokens.weight"). All numbers are float64, written with repr
+precision (round-trip exact).
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+from collections import OrderedDict
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import moe_reference as ref  # noqa: E402
+
+TRAIN_FAMILIES = ("mixtral", "qwen2_moe")
+
+
+@contextlib.contextmanager
+def record_router_logits(store):
+    """moe_reference.forward calls the module-level ``route(x, gate_w, ...)``
+    once per MoE layer, in layer order. Wrap it to also keep the router logits
+    x @ gate_w^T (needed for the z-loss); the routing itself is untouched."""
+    orig = ref.route
+
+    def route(x, gate_w, topk, renorm):
+        store.append(x @ gate_w.t())
+        return orig(x, gate_w, topk, renorm)
+
+    ref.route = route
+    try:
+        yield store
+    finally:
+        ref.route = orig
+
+
+def make_params(cfg, tensors):
+    """float64 leaf copies (requires_grad) of every checkpoint tensor, in model
+    order (moe_reference.tensor_shapes), whatever the order in the file; the
+    global grad norm is summed tensor by tensor in this order."""
+    return OrderedDict((n, tensors[n].detach().to(torch.float64).clone().requires_grad_(True))
+                       for n in ref.tensor_shapes(cfg))
+
+
+def loss_terms(cfg, params, tokens, aux_alpha, z_coef):
+    """Forward over every sequence; returns dict of 0-dim tensors loss, lm_loss,
+    aux_loss, z_loss plus 'routing' (per MoE layer, concatenated over the batch:
+    probs [N,E], experts [N,K]) for diagnostics."""
+    s = ref.model_spec(cfg)
+    tok = torch.as_tensor(tokens, dtype=torch.long)
+    if tok.dim() != 2 or tok.shape[1] < 2:
+        raise ValueError("tokens must be [B, T+1] with T >= 1")
+    inputs, targets = tok[:, :-1], tok[:, 1:]
+    logits_all, layers = [], None
+    for b in range(tok.shape[0]):
+        zs = []
+        with record_router_logits(zs):
+            logits, routing = ref.forward(cfg, params, inputs[b], dtype=torch.float64)
+        logits_all.append(logits)
+        per = [dict(layer=r["layer"], probs=r["probs"], experts=r["experts"], z=z)
+               for r, z in zip(routing, zs)]
+        if layers is None:
+            layers = [[p] for p in per]
+        else:
+            for acc, p in zip(layers, per):
+                acc.append(p)
+    logits = torch.cat(logits_all, 0)
+    lm = torch.nn.functional.cross_entropy(logits, targets.reshape(-1), reduction="mean")
+    zero = logits.new_zeros(())
+    aux, zl = zero, zero
+    routing = []
+    E, K = s["experts"], s["topk"]
+    for acc in layers or []:
+        probs = torch.cat([p["probs"] for p in acc], 0)   # [N, E]
+        chosen = torch.cat([p["experts"] for p in acc], 0)  # [N, K]
+        z = torch.cat([p["z"] for p in acc], 0)           # [N, E]
+        N = probs.shape[0]
+        counts = torch.bincount(chosen.reshape(-1), minlength=E).to(torch.float64)
+        f = counts / (N * K)                               # constant
+        P = probs.mean(0)
+        aux = aux + E * (f * P).sum()
+        zl = zl + (torch.logsumexp(z, dim=-1) ** 2).mean()
+        routing.append(dict(layer=acc[0]["layer"], probs=probs.detach(), experts=chosen))
+    loss = lm + aux_alpha * aux + z_coef * zl
+    return dict(loss=loss, lm_loss=lm, aux_loss=aux, z_loss=zl, routing=routing)
+
+
+def weight_decay_applies(t):
+    return t.dim() >= 2
+
+
+def train(cfg, tensors, batch, keep_routing=False):
+    """Run batch['steps'] steps; returns the OUT.json dict (plus '_routing':
+    list per step of the per-layer routing when keep_routing)."""
+    s = ref.model_spec(cfg)
+    if s["family"] not in TRAIN_FAMILIES:
+        raise ValueError("training reference supports %s, not %s" % (TRAIN_FAMILIES, s["family"]))
+    ref.check_tensors(cfg, tensors, strict=True)
+    params = make_params(cfg, tensors)
+    lr = float(batch["lr"])
+    b1, b2 = (float(x) for x in batch["betas"])
+    eps = float(batch["eps"])
+    wd = float(batch["weight_decay"])
+    clip = float(batch.get("clip", 0.0))
+    steps = int(batch["steps"])
+    alpha = float(batch["aux_loss_alpha"])
+    zc = float(batch["z_loss_coef"])
+    m = OrderedDict((n, torch.zeros_like(p)) for n, p in params.items())
+    v = OrderedDict((n, torch.zeros_like(p)) for n, p in params.items())
+    out = OrderedDict((k, []) for k in ("loss", "lm_loss", "aux_loss", "z_loss", "grad_norm"))
+    out["grads"] = OrderedDict()
+    routings = []
+    for step in range(1, steps + 1):
+        for p in params.values():
+            p.grad = None
+        terms = loss_terms(cfg, params, batch["tokens"], alpha, zc)
+        terms["loss"].backward()
+        for k in ("loss", "lm_loss", "aux_loss", "z_loss"):
+            out[k].append(float(terms[k]))
+        if keep_routing:
+            routings.append(terms["routing"])
+        grads = OrderedDict((n, p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+                            for n, p in params.items())
+        if step == 1:
+            for n, g in grads.items():
+                out["grads"][n] = g.reshape(-1).tolist()
+        norm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+        out["grad_norm"].append(norm)
+        if clip > 0 and norm > clip:
+            scale = clip / (norm + 1e-6)
+            for g in grads.values():
+                g.mul_(scale)
+        bc1 = 1.0 - b1 ** step
+        bc2 = 1.0 - b2 ** step
+        with torch.no_grad():
+            for n, p in params.items():
+                g = grads[n]
+                if weight_decay_applies(p):
+                    p.mul_(1.0 - lr * wd)
+                m[n].mul_(b1).add_(g, alpha=1.0 - b1)
+                v[n].mul_(b2).addcmul_(g, g, value=1.0 - b2)
+                denom = (v[n].sqrt() / math.sqrt(bc2)).add_(eps)
+                p.addcdiv_(m[n], denom, value=-(lr / bc1))
+    out["weights_after"] = OrderedDict((n, p.detach().reshape(-1).tolist()) for n, p in params.items())
+    if keep_routing:
+        out["_routing"] = routings
+    return out
+
+
+def load_batch(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="checkpoint directory (config.json + safetensors)")
+    ap.add_argument("--batch", required=True, help="batch / hyper-parameter JSON")
+    ap.add_argument("--out", required=True, help="output JSON")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg, tensors = ref.load_model_dir(a.model)
+    res = train(cfg, tensors, load_batch(a.batch))
+    with open(a.out, "w") as f:
+        json.dump(res, f)
+        f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
