@@ -1,11 +1,15 @@
 // The CPU reference backend: Eigen for matrix products, plain loops for the rest, host memory
 // 64-byte aligned, parallel over heads / experts / rows with OpenMP where there is enough work.
 // Templated on the scalar: fp32 for use, fp64 for finite-difference gradient checks.
+#include <malloc.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <numeric>
+#include <unordered_map>
 
 #include <Eigen/Dense>
 #ifdef _OPENMP
@@ -38,16 +42,45 @@ class EigenBackend final : public Backend {
   std::string name() const override { return sizeof(S) == 4 ? "cpu" : "cpu-f64"; }
 
   // ---- memory ----
+  // Buffers are recycled through a free list by size: a training step allocates the same
+  // activations every step, and fresh pages would cost a page fault each.
+  struct Pool {
+    std::mutex mu;
+    std::unordered_map<size_t, std::vector<void*>> free;
+    ~Pool() {
+      for (auto& [n, v] : free)
+        for (void* p : v) std::free(p);
+    }
+  };
+  std::shared_ptr<Pool> pool_ = std::make_shared<Pool>();
+
   Tensor alloc(std::vector<int64_t> shape, TType type) override {
     Tensor t;
     t.shape = std::move(shape);
     t.type = type;
     const size_t elem = type == TType::I32 ? 4 : sizeof(S);
     const size_t bytes = std::max<size_t>(64, (size_t(t.numel()) * elem + 63) / 64 * 64);
-    void* p = std::aligned_alloc(64, bytes);
+    void* p = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(pool_->mu);
+      auto it = pool_->free.find(bytes);
+      if (it != pool_->free.end() && !it->second.empty()) {
+        p = it->second.back();
+        it->second.pop_back();
+      }
+    }
+    if (!p) p = std::aligned_alloc(64, bytes);
     if (!p) throw Error("out of memory allocating " + human_bytes(double(bytes)));
     std::memset(p, 0, bytes);
-    t.storage = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+    std::weak_ptr<Pool> pool = pool_;
+    t.storage = std::shared_ptr<void>(p, [pool, bytes](void* q) {
+      if (auto pl = pool.lock(); pl && bytes <= (size_t(64) << 20)) {
+        std::lock_guard<std::mutex> lock(pl->mu);
+        pl->free[bytes].push_back(q);
+      } else {
+        std::free(q);
+      }
+    });
     t.ptr = p;
     return t;
   }
@@ -116,25 +149,48 @@ class EigenBackend final : public Backend {
     for (int64_t i = 0, n = x.numel(); i < n; ++i) p[i] = std::min(S(hi), std::max(S(lo), p[i]));
   }
 
+  // cos/sin of position p and frequency i, computed once per (D, theta) and extended as needed.
+  struct RopeTable {
+    int64_t D = 0, positions = 0;
+    double theta = 0;
+    std::vector<S> cos, sin;  // [positions, D/2]
+  };
+  RopeTable rope_;
+  const RopeTable& rope_table(int64_t D, double theta, int64_t positions) {
+    if (rope_.D != D || rope_.theta != theta || rope_.positions < positions) {
+      const int64_t half = D / 2, n = std::max<int64_t>(positions, 256);
+      rope_.D = D;
+      rope_.theta = theta;
+      rope_.positions = n;
+      rope_.cos.resize(size_t(n * half));
+      rope_.sin.resize(size_t(n * half));
+      for (int64_t i = 0; i < half; ++i) {
+        // theta^(-2i/D) and the angle in fp32, like the reference implementations
+        const float inv_freq = 1.0f / float(std::pow(theta, double(2 * i) / double(D)));
+        for (int64_t p = 0; p < n; ++p) {
+          const S ang = S(float(p) * inv_freq);
+          rope_.cos[size_t(p * half + i)] = std::cos(ang);
+          rope_.sin[size_t(p * half + i)] = std::sin(ang);
+        }
+      }
+    }
+    return rope_;
+  }
+
   void rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta, bool inverse) override {
     const int64_t R = x.rows(), half = D / 2, stride = n_heads * D;
-    std::vector<S> inv_freq(static_cast<size_t>(half));
-    for (int64_t i = 0; i < half; ++i)  // theta^(-2i/D), in fp32 like the reference implementations
-      inv_freq[size_t(i)] = S(1.0f / float(std::pow(theta, double(2 * i) / double(D))));
-    std::vector<S> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+    const RopeTable& tab = rope_table(D, theta, pos0 + std::min(seq_len, R));
+    const S sign = inverse ? S(-1) : S(1);
     for (int64_t r = 0; r < R; ++r) {
       const int64_t pos = pos0 + r % seq_len;
-      for (int64_t i = 0; i < half; ++i) {
-        const S ang = S(float(pos) * float(inv_freq[size_t(i)]));
-        cs[size_t(i)] = std::cos(ang);
-        sn[size_t(i)] = inverse ? -std::sin(ang) : std::sin(ang);
-      }
+      const S* cs = tab.cos.data() + pos * half;
+      const S* sn = tab.sin.data() + pos * half;
       for (int64_t h = 0; h < n_heads; ++h) {
         S* v = P(x) + r * stride + h * D;
         for (int64_t i = 0; i < half; ++i) {
-          const S a = v[i], b = v[i + half];
-          v[i] = a * cs[size_t(i)] - b * sn[size_t(i)];
-          v[i + half] = b * cs[size_t(i)] + a * sn[size_t(i)];
+          const S a = v[i], b = v[i + half], sgn = sign * sn[i];
+          v[i] = a * cs[i] - b * sgn;
+          v[i + half] = b * cs[i] + a * sgn;
         }
       }
     }
@@ -364,11 +420,11 @@ class EigenBackend final : public Backend {
         continue;
       }
       const S m = *std::max_element(l, l + V);
-      double sum = 0;
-      for (int64_t v = 0; v < V; ++v) sum += std::exp(double(l[v] - m));
-      const double lse = double(m) + std::log(sum);
-      loss += lse - double(l[y]);
-      for (int64_t v = 0; v < V; ++v) d[v] = S(std::exp(double(l[v]) - lse)) * inv;
+      S sum = 0;
+      for (int64_t v = 0; v < V; ++v) sum += (d[v] = std::exp(l[v] - m));
+      loss += double(m) + std::log(double(sum)) - double(l[y]);
+      const S k = inv / sum;
+      for (int64_t v = 0; v < V; ++v) d[v] *= k;  // softmax · scale / count
       d[y] -= inv;
     }
     return count ? loss / double(count) : 0.0;
@@ -601,26 +657,41 @@ class EigenBackend final : public Backend {
   }
 
   double sum_squares(const Tensor& x) override {
-    double s = 0;
-    for (int64_t i = 0, n = x.numel(); i < n; ++i) s += double(P(x)[i]) * double(P(x)[i]);
-    return s;
+    const int64_t n = x.numel();
+    const S* p = P(x);
+    double total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static) if (n > 65536)
+    for (int64_t c = 0; c < n; c += 4096) {  // fp32 partial sums of 4096, added in double
+      S part = 0;
+      const int64_t end = std::min(n, c + 4096);
+#pragma omp simd reduction(+ : part)
+      for (int64_t i = c; i < end; ++i) part += p[i] * p[i];
+      total += double(part);
+    }
+    return total;
   }
   void scale(Tensor& x, float s) override {
     for (int64_t i = 0, n = x.numel(); i < n; ++i) P(x)[i] *= S(s);
   }
   void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
              int64_t step) override {
+    // torch.optim.AdamW: p *= 1 − lr·wd, then p −= lr/c1 · m / (sqrt(v)/sqrt(c2) + eps).
     const double c1 = 1.0 - std::pow(double(b1), double(step)), c2 = 1.0 - std::pow(double(b2), double(step));
-    const S B1 = S(b1), B2 = S(b2);
-    for (int64_t i = 0, n = p.numel(); i < n; ++i) {
-      const S gi = P(g)[i];
-      S& mi = P(m)[i];
-      S& vi = P(v)[i];
-      mi = B1 * mi + (S(1) - B1) * gi;
-      vi = B2 * vi + (S(1) - B2) * gi * gi;
-      const double mhat = double(mi) / c1, vhat = double(vi) / c2;
-      // torch.optim.AdamW order: decay first (p *= 1 − lr·wd), then the Adam update.
-      P(p)[i] = S(double(P(p)[i]) * (1.0 - double(lr) * double(wd)) - double(lr) * mhat / (std::sqrt(vhat) + double(eps)));
+    const S B1 = S(b1), B2 = S(b2), step_size = S(double(lr) / c1), inv_sqrt_c2 = S(1.0 / std::sqrt(c2)),
+            decay = S(1.0 - double(lr) * double(wd)), E = S(eps);
+    S* pp = P(p);
+    const S* gp = P(g);
+    S* mp = P(m);
+    S* vp = P(v);
+    const int64_t n = p.numel();
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) {
+      const S gi = gp[i];
+      const S mi = B1 * mp[i] + (S(1) - B1) * gi;
+      const S vi = B2 * vp[i] + (S(1) - B2) * gi * gi;
+      mp[i] = mi;
+      vp[i] = vi;
+      pp[i] = pp[i] * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_c2 + E);
     }
   }
 
@@ -655,7 +726,24 @@ class EigenBackend final : public Backend {
 
 }  // namespace
 
-std::shared_ptr<Backend> make_eigen_backend() { return std::make_shared<EigenBackend<float>>(); }
-std::shared_ptr<Backend> make_eigen_backend_f64() { return std::make_shared<EigenBackend<double>>(); }
+// Keep freed buffers in the heap instead of returning them to the kernel: Eigen's temporaries in
+// the expert GEMMs are the same sizes every step, and fresh pages cost a fault each.
+void tune_malloc_once() {
+  static const bool done = [] {
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 512 << 20);
+    return true;
+  }();
+  (void)done;
+}
+
+std::shared_ptr<Backend> make_eigen_backend() {
+  tune_malloc_once();
+  return std::make_shared<EigenBackend<float>>();
+}
+std::shared_ptr<Backend> make_eigen_backend_f64() {
+  tune_malloc_once();
+  return std::make_shared<EigenBackend<double>>();
+}
 
 }  // namespace moelab

@@ -115,7 +115,7 @@ std::vector<ParamRef> trainable_params(const ModelConfig& c, ParamSet& p) {
     int64_t off = 0;
     Tensor* t = slot_for(p, s, &off);
     if (off != 0) continue;  // experts 1..E-1 share the stacked tensor of expert 0
-    out.push_back({s.name, t, s.shape.size() >= 2});
+    out.push_back({s.name, t, s.shape.size() >= 2, s.component == Component::Router});
   }
   return out;
 }

@@ -50,6 +50,7 @@ struct ParamRef {
   std::string name;  // registry name of its first piece
   Tensor* tensor;
   bool decay;        // weight decay for matrices, not for norms and biases
+  bool router;       // a router tensor (its learning rate can be scaled for the collapse lesson)
 };
 std::vector<ParamRef> trainable_params(const ModelConfig& c, ParamSet& p);
 

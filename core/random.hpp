@@ -31,6 +31,19 @@ class Rng {
     return r * std::cos(a);
   }
 
+ // The whole state, for checkpoints (a resumed run continues the same stream).
+  struct State {
+    uint64_t state;
+    double spare;
+    bool has_spare;
+  };
+  State save() const { return {state_, spare_, has_spare_}; }
+  void restore(const State& s) {
+    state_ = s.state;
+    spare_ = s.spare;
+    has_spare_ = s.has_spare;
+  }
+
  private:
   uint64_t state_;
   double spare_ = 0.0;

@@ -23,6 +23,8 @@
 #include "model.hpp"
 #include "params.hpp"
 #include "random.hpp"
+#include "corpus.hpp"
+#include "trainer.hpp"
 
 namespace moelab::cli {
 namespace {
@@ -36,6 +38,8 @@ struct BenchOptions {
   std::string python = "/usr/bin/python3";
   std::string peer = std::string(MOELAB_SOURCE_DIR) + "/tests/reference/bench_peer.py";
   bool no_peer = false, json_out = false;
+  bool train = false;
+  int64_t train_batch = 8, train_seq = 64, train_steps = 10;
 };
 BenchOptions o;
 
@@ -99,7 +103,10 @@ double measure_gemm_peak() {
 }
 
 nlohmann::json run_peer(const std::string& env, int threads) {
-  const std::string cmd = env + " " + o.python + " " + o.peer + " --layers " + std::to_string(o.layers) + " --hidden " +
+  const std::string train_args = o.train ? " --train --batch " + std::to_string(o.train_batch) + " --seq " +
+                                               std::to_string(o.train_seq) + " --train-steps " + std::to_string(o.train_steps)
+                                         : "";
+  const std::string cmd = env + " " + o.python + " " + o.peer + train_args + " --layers " + std::to_string(o.layers) + " --hidden " +
                           std::to_string(o.hidden) + " --heads " + std::to_string(o.heads) + " --kv-heads " +
                           std::to_string(o.kv_heads) + " --experts " + std::to_string(o.experts) + " --expert-hidden " +
                           std::to_string(o.expert_hidden) + " --topk " + std::to_string(o.top_k) + " --prefill " +
@@ -117,7 +124,87 @@ nlohmann::json run_peer(const std::string& env, int threads) {
   }
 }
 
+// The best PyTorch result over its thread settings for one metric.
+nlohmann::json best_peer(const char* key) {
+  nlohmann::json best = nullptr;
+  std::error_code ec;
+  if (o.no_peer) return best;
+  if (!std::filesystem::exists(o.peer, ec)) {
+    std::fprintf(stderr, "bench: peer script %s not found, PyTorch comparison skipped\n", o.peer.c_str());
+    return best;
+  }
+  // OpenBLAS's threads can fight torch's on 2 cores: try 1 and 2 threads, and
+  // OPENBLAS_NUM_THREADS=1 with 2 torch threads; keep the fastest.
+  for (auto [env, th] : std::array<std::pair<const char*, int>, 3>{
+           {{"OPENBLAS_NUM_THREADS=1", 1}, {"", 2}, {"OPENBLAS_NUM_THREADS=1", 2}}}) {
+    nlohmann::json r = run_peer(env, th);
+    if (r.is_null() || !r.contains(key)) continue;
+    r["setting"] = std::string(env) + (env[0] ? " " : "") + "torch threads " + std::to_string(th);
+    if (best.is_null() || r[key].get<double>() > best[key].get<double>()) best = r;
+  }
+  if (best.is_null()) std::fprintf(stderr, "bench: the PyTorch peer did not run (is python3-torch installed?)\n");
+  return best;
+}
+
+void run_train_bench() {
+  const ModelConfig c = bench_config();
+  Model m = Model::random(c, 1, make_eigen_backend(), 0.05f);
+  const auto corpus = open_corpus("builtin:domains");
+  TrainConfig tc;
+  tc.batch = o.train_batch;
+  tc.seq_len = o.train_seq;
+  tc.steps = o.train_steps + 2;
+  tc.lr = 1e-3f;
+  tc.warmup = 0;
+  tc.aux_alpha = 0.01f;
+  tc.clip = 1.0f;
+  tc.eval_every = 0;
+  tc.probe_every = 0;
+  Trainer trainer(m, *corpus, tc);
+  std::vector<double> times;
+  for (int64_t i = 0; i < tc.steps; ++i) {
+    const auto t = Clock::now();
+    trainer.step();
+    if (i >= 2) times.push_back(seconds_since(t));
+  }
+  std::sort(times.begin(), times.end());
+  const double median = times[times.size() / 2];
+  const double tps = double(tc.batch * tc.seq_len) / median;
+  const double peak = measure_gemm_peak();
+  // A training step costs about 3 forward passes (forward, and backward for inputs and weights).
+  const double flops = 3.0 * forward_flops_per_token(c, tc.seq_len / 2) * tps;
+  const nlohmann::json peer = best_peer("train_tokens_per_s");
+  nlohmann::json j = {{"train_tokens_per_s", tps},
+                      {"train_step_ms", median * 1e3},
+                      {"batch", tc.batch},
+                      {"seq", tc.seq_len},
+                      {"gflop_s", flops / 1e9},
+                      {"gemm_peak_gflop_s", peak / 1e9},
+                      {"fraction_of_gemm_peak", flops / peak}};
+  if (!peer.is_null()) {
+    j["pytorch"] = peer;
+    j["train_ratio"] = tps / peer["train_tokens_per_s"].get<double>();
+  }
+  if (o.json_out) {
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  std::printf("training: %d layers, width %d, %d experts of %d, top-2, batch %d x %d tokens, AdamW, aux loss, clip\n",
+              int(c.num_layers), int(c.hidden_size), int(c.num_experts), int(c.expert_ffn_size), int(tc.batch),
+              int(tc.seq_len));
+  std::printf("moelab   %8.0f tokens/s  (%.1f ms/step, %.1f GFLOP/s = %.0f%% of the %.0f GFLOP/s GEMM peak)\n", tps,
+              median * 1e3, flops / 1e9, 100 * flops / peak, peak / 1e9);
+  if (!peer.is_null())
+    std::printf("pytorch  %8.0f tokens/s  (%s, %s)\nratio    %8.2fx\n", peer["train_tokens_per_s"].get<double>(),
+                peer["setting"].get<std::string>().c_str(), peer["torch_version"].get<std::string>().c_str(),
+                j["train_ratio"].get<double>());
+}
+
 void run_bench() {
+  if (o.train) {
+    run_train_bench();
+    return;
+  }
   const ModelConfig c = bench_config();
   Model m = Model::random(c, 1, make_eigen_backend(), 0.05f);
   Rng rng(7);
@@ -254,6 +341,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--peer", o.peer, "The PyTorch peer script");
   cmd->add_flag("--no-peer", o.no_peer, "Skip the PyTorch comparison");
   cmd->add_flag("--json", o.json_out, "JSON on stdout");
+  cmd->add_flag("--train", o.train, "Benchmark training steps instead of inference");
+  cmd->add_option("--batch", o.train_batch, "Training: sequences per step")->check(CLI::Range(1, 1024));
+  cmd->add_option("--seq", o.train_seq, "Training: tokens per sequence")->check(CLI::Range(2, 4096));
+  cmd->add_option("--train-steps", o.train_steps, "Training: timed steps")->check(CLI::Range(3, 10000));
   cmd->callback(run_bench);
 }
 

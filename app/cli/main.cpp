@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   moelab::cli::add_params_command(app);
   moelab::cli::add_run_commands(app);
   moelab::cli::add_bench_command(app);
+  moelab::cli::add_train_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

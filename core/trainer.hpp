@@ -1,0 +1,103 @@
+// Training a lab model: AdamW with warmup + cosine schedule, gradient clipping and accumulation,
+// the balancing methods (auxiliary loss, z-loss, DeepSeek-V3's bias update), capacity, and
+// checkpoints that resume exactly. One step() = one optimizer update; it returns everything the
+// run log and the GUI plot.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "corpus.hpp"
+#include "metrics.hpp"
+#include "model.hpp"
+#include "train_step.hpp"
+
+namespace moelab {
+
+struct TrainConfig {
+  int64_t steps = 300;           // optimizer steps
+  int64_t batch = 16;            // sequences per micro-batch
+  int64_t seq_len = 64;          // tokens per sequence
+  int64_t grad_accum = 1;        // micro-batches per step
+  float lr = 3e-3f;              // peak learning rate
+  float min_lr_ratio = 0.1f;     // cosine decays to lr · min_lr_ratio
+  int64_t warmup = 20;           // linear warmup steps
+  float weight_decay = 0.1f;     // AdamW, matrices only
+  float beta1 = 0.9f, beta2 = 0.95f, adam_eps = 1e-8f;
+  float clip = 1.0f;             // global gradient-norm clip, 0 = off
+  float router_lr_scale = 1.0f;  // router learning rate multiplier (collapse lesson: 10)
+  // Balancing, each combinable
+  float aux_alpha = 0.0f;        // Switch/GShard auxiliary loss coefficient
+  float z_coef = 0.0f;           // router z-loss coefficient
+  float bias_gamma = 0.0f;       // DeepSeek-V3 bias update speed (sigmoid router)
+  double capacity_factor = 0.0;  // 0 = no limit
+  bool reroute = false;          // overflow to the next-best expert instead of dropping
+  uint64_t seed = 0;
+  // Recording
+  int64_t eval_every = 50;       // validation loss every N steps (0 = never)
+  int64_t eval_batches = 2;
+  int64_t probe_every = 25;      // probe batch routing and drop-by-position every N steps
+  int64_t checkpoint_every = 0;  // 0 = only at the end
+};
+
+nlohmann::json train_config_to_json(const TrainConfig& c);
+// Fields missing from j keep their values in `base`; errors name `source`.
+TrainConfig train_config_from_json(const nlohmann::json& j, TrainConfig base, const std::string& source);
+
+struct StepRecord {
+  int64_t step = 0;  // 1-based: the update just made
+  double loss = 0, lm_loss = 0, aux_loss = 0, z_loss = 0, lr = 0, grad_norm = 0;
+  double tokens_per_s = 0, elapsed_s = 0;
+  double val_loss = NAN;  // when evaluated this step
+  std::vector<LayerStats> layers;
+  std::vector<std::vector<float>> bias;  // per MoE layer, when the router has a selection bias
+  std::vector<std::string> domain_names;
+  std::vector<std::vector<std::vector<double>>> domain_matrix;  // per MoE layer [D][E]
+  std::vector<double> specialisation;                           // per MoE layer
+  std::vector<std::vector<int32_t>> probe_ids;                  // per MoE layer [P·K], probe steps only
+  std::vector<double> drop_by_position;                         // [T], probe steps only
+  std::vector<StepRouting> routing;                             // the step's raw routing (not logged)
+};
+
+nlohmann::json step_record_to_json(const StepRecord& r);
+
+class Trainer {
+ public:
+  Trainer(Model& model, const Corpus& corpus, const TrainConfig& config);
+
+  StepRecord step();
+  int64_t steps_done() const { return step_; }
+  const TrainConfig& config() const { return cfg_; }
+  // Balancing can change mid-run (the GUI's live switch); takes effect at the next step.
+  void set_config(const TrainConfig& c) { cfg_ = c; }
+  double learning_rate(int64_t step) const;  // schedule for the 1-based step
+
+  // Checkpoint: the model (Hugging Face layout), optimizer moments and trainer state.
+  void save_checkpoint(const std::string& dir) const;
+  // Restore a checkpoint written by save_checkpoint into this trainer and its model.
+  void load_checkpoint(const std::string& dir);
+
+ private:
+  void optimizer_step(int64_t step, float lr);
+  void update_bias(const std::vector<StepRouting>& routing);
+
+  Model& model_;
+  const Corpus& corpus_;
+  TrainConfig cfg_;
+  ParamSet grads_, m_, v_;
+  Rng data_rng_, noise_rng_;
+  int64_t step_ = 0;
+  double elapsed_ = 0;
+  Batch probe_;
+};
+
+// One AdamW update of every trainable tensor (with optional clipping); returns the gradient
+// norm before clipping. Exposed for the PyTorch comparison test.
+double adamw_update(Model& model, ParamSet& grads, ParamSet& m, ParamSet& v, int64_t step, float lr,
+                    const TrainConfig& cfg);
+
+}  // namespace moelab
