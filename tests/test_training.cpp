@@ -1,0 +1,200 @@
+// Training behaviour: capacity drops exactly the expected slots, the bias rule moves load toward
+// the mean, a resumed run continues exactly, the schedule, and bad input (corpora, NaN losses, a
+// full disk) gives clear errors without losing work.
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <filesystem>
+
+#include "check.hpp"
+#include "corpus.hpp"
+#include "presets.hpp"
+#include "runlog.hpp"
+#include "test_util.hpp"
+#include "trainer.hpp"
+
+using namespace moelab;
+using testutil::TempDir;
+using testutil::write_file;
+namespace fs = std::filesystem;
+
+TEST(capacity_drops_exactly_the_overflow) {
+  auto b = make_eigen_backend();
+  // 5 tokens, 3 experts, top-1. Expert 0 is everyone's first choice; capacity 2.
+  const std::vector<float> probs = {0.7f, 0.2f, 0.1f, 0.6f, 0.1f, 0.3f, 0.5f, 0.4f, 0.1f,
+                                    0.8f, 0.05f, 0.15f, 0.1f, 0.2f, 0.7f};
+  Tensor p = b->alloc({5, 3}), ids = b->alloc({5, 1}, TType::I32), w = b->alloc({5, 1}), dropped = b->alloc({5, 1});
+  b->upload(p, probs.data());
+  RouterSpec spec;
+  spec.top_k = 1;
+  spec.renormalize = false;
+  for (bool reroute : {false, true}) {
+    const std::vector<int32_t> first = {0, 0, 0, 0, 2};
+    b->upload(ids, first.data());
+    CapacitySpec cap{2, reroute};
+    b->limit_capacity(p, spec, cap, ids, w, dropped);
+    std::vector<int32_t> got(5);
+    std::vector<float> gw(5), gd(5);
+    b->download(ids, got.data());
+    b->download(w, gw.data());
+    b->download(dropped, gd.data());
+    // First come, first served: tokens 0 and 1 keep expert 0; tokens 2 and 3 overflow.
+    const std::vector<int32_t> want = reroute ? std::vector<int32_t>{0, 0, 1, 2, 2} : std::vector<int32_t>{0, 0, -1, -1, 2};
+    CHECK(got == want);
+    CHECK(gd == (reroute ? std::vector<float>{0, 0, 2, 2, 0} : std::vector<float>{0, 0, 1, 1, 0}));
+    if (reroute) {
+      CHECK_NEAR(gw[2], 0.4, 1e-6);  // the re-routed slot is weighted by its new expert's probability
+      CHECK_NEAR(gw[3], 0.15, 1e-6);
+    } else {
+      CHECK_EQ(gw[2], 0.0f);
+    }
+  }
+}
+
+TEST(bias_update_moves_load_toward_the_mean) {
+  Preset p = load_preset("lesson-collapse-bias");
+  auto corpus = open_corpus("builtin:domains");
+  Model m = Model::random(p.model, 4, make_eigen_backend());
+  TrainConfig tc = p.train;
+  tc.eval_every = 0;
+  tc.bias_gamma = 0.01f;
+  Trainer t(m, *corpus, tc);
+  const StepRecord r = t.step();
+  // After one step: experts loaded above the mean got bias -gamma, below the mean +gamma.
+  for (size_t l = 0; l < r.layers.size(); ++l) {
+    const double mean = 1.0 / double(r.layers[l].load.size());
+    for (size_t e = 0; e < r.layers[l].load.size(); ++e) {
+      const double want = r.layers[l].load[e] > mean ? -0.01 : r.layers[l].load[e] < mean ? 0.01 : 0.0;
+      CHECK_NEAR(r.bias[l][e], want, 1e-7);
+    }
+  }
+}
+
+TEST(resumed_run_continues_exactly) {
+  TempDir tmp("resume");
+  const Preset p = load_preset("moe-8x-top2");
+  auto corpus = open_corpus("builtin:domains");
+  TrainConfig tc = p.train;
+  tc.steps = 12;
+  tc.batch = 4;
+  tc.seq_len = 16;
+  tc.eval_every = 0;
+  tc.z_coef = 0.001f;
+  std::vector<double> straight, resumed;
+  {
+    Model m = Model::random(p.model, 9, make_eigen_backend());
+    Trainer t(m, *corpus, tc);
+    for (int i = 0; i < 12; ++i) straight.push_back(t.step().loss);
+  }
+  {
+    Model m = Model::random(p.model, 9, make_eigen_backend());
+    Trainer t(m, *corpus, tc);
+    for (int i = 0; i < 6; ++i) resumed.push_back(t.step().loss);
+    t.save_checkpoint(tmp / "ckpt");
+  }
+  {
+    Model m = Model::random(p.model, 123, make_eigen_backend());  // different weights, overwritten
+    Trainer t(m, *corpus, tc);
+    t.load_checkpoint(tmp / "ckpt");
+    CHECK_EQ(t.steps_done(), int64_t(6));
+    for (int i = 0; i < 6; ++i) resumed.push_back(t.step().loss);
+  }
+  CHECK(straight == resumed);  // bit for bit
+}
+
+TEST(learning_rate_schedule_warms_up_then_decays) {
+  const Preset p = load_preset("moe-4x-top1");
+  auto corpus = open_corpus("builtin:domains");
+  Model m = Model::random(p.model, 1, make_eigen_backend());
+  TrainConfig tc;
+  tc.steps = 110;
+  tc.warmup = 10;
+  tc.lr = 1.0f;
+  tc.min_lr_ratio = 0.1f;
+  Trainer t(m, *corpus, tc);
+  CHECK_NEAR(t.learning_rate(5), 0.5, 1e-9);
+  CHECK_NEAR(t.learning_rate(10), 1.0, 1e-9);
+  CHECK_NEAR(t.learning_rate(60), 0.55, 1e-7);  // half way down the cosine: 0.1 + 0.9/2
+  CHECK_NEAR(t.learning_rate(110), 0.1, 1e-7);
+}
+
+TEST(corpus_errors_are_clear) {
+  TempDir tmp("corpus");
+  write_file(tmp / "empty.txt", "");
+  CHECK_THROWS_WITH(open_corpus(tmp / "empty.txt"), "empty");
+  write_file(tmp / "binary.bin", std::string("\x7f" "ELF\x02\x01\x01\0\0\0", 10));
+  CHECK_THROWS_WITH(open_corpus(tmp / "binary.bin"), "not UTF-8 text");
+  write_file(tmp / "latin1.txt", "caf\xe9 au lait");
+  CHECK_THROWS_WITH(open_corpus(tmp / "latin1.txt"), "at offset 3");
+  CHECK_THROWS_WITH(open_corpus(tmp / "missing.txt"), "no such file");
+  CHECK_THROWS_WITH(open_corpus("builtin:nope"), "unknown built-in corpus");
+  write_file(tmp / "short.txt", "tiny text");
+  auto c = open_corpus(tmp / "short.txt");
+  Rng r(1);
+  CHECK_THROWS_WITH(c->sample(2, 64, r, false), "too short");
+  write_file(tmp / "ok.txt", std::string(5000, 'a') + "\xc3\xa9t\xc3\xa9");
+  auto ok = open_corpus(tmp / "ok.txt");
+  const Batch b = ok->sample(3, 32, r, false);
+  CHECK_EQ(b.inputs.size(), size_t(96));
+}
+
+TEST(preset_errors_are_clear) {
+  TempDir tmp("preset");
+  write_file(tmp / "bad.json", R"({"model": {"experts": 4, "top_k": 5}})");
+  CHECK_THROWS_WITH(load_preset(tmp / "bad.json"), "larger than the number of experts");
+  write_file(tmp / "typo.json", R"({"model": {}, "train": {"stpes": 10}})");
+  CHECK_THROWS_WITH(load_preset(tmp / "typo.json"), "unknown training setting 'stpes'");
+  write_file(tmp / "neg.json", R"({"model": {}, "train": {"lr": -1}})");
+  CHECK_THROWS_WITH(load_preset(tmp / "neg.json"), "lr = ");
+  CHECK_THROWS_WITH(load_preset("no-such-preset"), "no such preset");
+}
+
+TEST(nan_loss_stops_before_the_update) {
+  const Preset p = load_preset("moe-4x-top1");
+  auto corpus = open_corpus("builtin:domains");
+  Model m = Model::random(p.model, 1, make_eigen_backend());
+  TrainConfig tc = p.train;
+  tc.lr = 1e30f;  // the first update blows the weights up
+  tc.warmup = 0;
+  tc.clip = 0;
+  tc.eval_every = 0;
+  Trainer t(m, *corpus, tc);
+  std::string msg;
+  for (int i = 0; i < 5 && msg.empty(); ++i) msg = check::error_of([&] { t.step(); });
+  CHECK(msg.find("not finite") != std::string::npos || msg.find("NaN") != std::string::npos ||
+        msg.find("infinite") != std::string::npos);
+  CHECK(msg.find("step ") == 0);
+}
+
+TEST(full_disk_keeps_the_previous_checkpoint) {
+  TempDir tmp("disk");
+  const Preset p = load_preset("moe-4x-top1");
+  auto corpus = open_corpus("builtin:domains");
+  Model m = Model::random(p.model, 1, make_eigen_backend());
+  TrainConfig tc = p.train;
+  tc.batch = 2;
+  tc.seq_len = 8;
+  tc.eval_every = 0;
+  Trainer t(m, *corpus, tc);
+  t.step();
+  t.save_checkpoint(tmp / "ckpt");
+  t.step();
+  // Simulate a full disk: files may not grow past 4 KiB (writes fail with EFBIG).
+  signal(SIGXFSZ, SIG_IGN);
+  rlimit old{};
+  getrlimit(RLIMIT_FSIZE, &old);
+  rlimit small = old;
+  small.rlim_cur = 4096;
+  setrlimit(RLIMIT_FSIZE, &small);
+  const std::string msg = check::error_of([&] { t.save_checkpoint(tmp / "ckpt"); });
+  setrlimit(RLIMIT_FSIZE, &old);
+  CHECK(msg.find("write failed") != std::string::npos);
+  CHECK(msg.find(tmp.path.string()) != std::string::npos);
+  // The previous checkpoint is intact and loads.
+  Model again = Model::random(p.model, 2, make_eigen_backend());
+  Trainer t2(again, *corpus, tc);
+  t2.load_checkpoint(tmp / "ckpt");
+  CHECK_EQ(t2.steps_done(), int64_t(1));
+}
+
+CHECK_MAIN()
