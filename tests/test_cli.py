@@ -91,6 +91,64 @@ with tempfile.TemporaryDirectory() as tmp:
     check_error("run count-only model", run("forward", "--model", os.path.join(params_dir, "deepseek-v3"), "--tokens", "1"),
                 1, ["config.json", "parameter counts only"])
 
+# train: run log, checkpoints, resume, CSV, errors
+with tempfile.TemporaryDirectory() as tmp:
+    run_dir = os.path.join(tmp, "run")
+    r = run("train", "--config", "moe-8x-top2", "--steps", "6", "--batch", "4", "--seq-len", "16",
+            "--checkpoint-every", "3", "--out", run_dir)
+    check("train exit", r.returncode == 0, r.stderr)
+    records = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    check("one record per step", [x["step"] for x in records] == [1, 2, 3, 4, 5, 6], str([x["step"] for x in records]))
+    layer = records[-1]["layers"][0]
+    check("record has per-expert load", len(layer["load"]) == 8 and abs(sum(layer["load"]) - 1) < 1e-6)
+    for key in ("loss", "lm_loss", "aux_loss", "z_loss", "lr", "tokens_per_s", "elapsed_s"):
+        check(f"record has {key}", key in records[-1])
+    check("domain matrix", len(layer["domain_matrix"]) == 4 and "specialisation" in layer)
+    info = json.load(open(os.path.join(run_dir, "run.json")))
+    check("run.json", info["preset"] == "moe-8x-top2" and info["model"]["architectures"] == ["MixtralForCausalLM"])
+    csv_lines = open(os.path.join(run_dir, "metrics.csv")).read().splitlines()
+    check("csv rows", len(csv_lines) == 7 and csv_lines[0].startswith("step,loss"), csv_lines[0])
+    ck = os.path.join(run_dir, "checkpoints", "step-000006")
+    r = run("forward", "--model", ck, "--tokens", "72,105")
+    check("checkpoint loads in forward", r.returncode == 0, r.stderr)
+    r = run("train", "--out", run_dir, "--resume", "--steps", "8")
+    check("resume", r.returncode == 0 and "resumed from" in r.stderr, r.stderr)
+    records = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    check("resume appends", [x["step"] for x in records] == list(range(1, 9)), str([x["step"] for x in records]))
+    # NaN: a learning rate that blows up: exit 1, the message names the last good checkpoint
+    nan_dir = os.path.join(tmp, "nan")
+    r = run("train", "--config", "moe-4x-top1", "--steps", "20", "--batch", "2", "--seq-len", "8", "--lr", "9",
+            "--router-lr-scale", "1000", "--checkpoint-every", "1", "--out", nan_dir)
+    last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+    check("NaN loss", r.returncode == 1 and "NaN" in last and "last good checkpoint is" in last, r.stderr)
+    good = last.split("last good checkpoint is ")[-1].strip()
+    check("last good checkpoint loads", run("forward", "--model", good, "--tokens", "1,2").returncode == 0, good)
+    # bad corpora
+    empty = os.path.join(tmp, "empty.txt")
+    open(empty, "w").close()
+    check_error("empty corpus", run("train", "--config", "moe-4x-top1", "--corpus", empty, "--out", os.path.join(tmp, "e")),
+                1, [empty, "empty"])
+    binary = os.path.join(tmp, "blob.bin")
+    open(binary, "wb").write(bytes(range(256)))
+    check_error("binary corpus", run("train", "--config", "moe-4x-top1", "--corpus", binary, "--out", os.path.join(tmp, "b")),
+                1, [binary, "not UTF-8"])
+    check_error("unknown preset", run("train", "--config", "nope", "--out", os.path.join(tmp, "n")), 1, ["no such preset"])
+    # Ctrl-C saves a checkpoint and stops cleanly
+    import signal
+    import time
+    int_dir = os.path.join(tmp, "int")
+    proc = subprocess.Popen([cli, "train", "--config", "moe-8x-top2", "--steps", "100000", "--out", int_dir],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (os.path.exists(os.path.join(int_dir, "metrics.jsonl"))
+                                          and os.path.getsize(os.path.join(int_dir, "metrics.jsonl")) > 0):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    check("ctrl-c exit", proc.returncode == 0 and "interrupted at step" in err, err)
+    cks = os.listdir(os.path.join(int_dir, "checkpoints"))
+    check("ctrl-c checkpoint", len(cks) == 1 and cks[0].startswith("step-"), str(cks))
+
 # usage errors: exit 2
 check("no subcommand", run().returncode == 2)
 check("unknown option", run("params", "--bogus").returncode == 2)
