@@ -60,14 +60,14 @@ std::vector<int32_t> prompt_ids(const Model& m) {
 
 void run_generate(bool demo) {
   Model m = open_model(g.model, make_backend(g.device));
-  if (demo && g.prompt.empty()) g.prompt = "The router sends each token to two experts. ";
+  if (demo && g.prompt.empty()) g.prompt = "the quiet river ";
   const std::vector<int32_t> prompt = prompt_ids(m);
   const bool bytes = m.config().tokenizer == "bytes";
   RoutingTrace trace;
   SamplingOptions opt{g.temperature, g.top_p, g.seed};
   if (demo) {
     std::fprintf(stderr, "%s: %d layers, %d experts, top-%d; %s sampling (seed %llu)\n",
-                 g.model == "builtin" ? "built-in lab model (untrained)" : g.model.c_str(), int(m.config().num_layers),
+                 g.model == "builtin" ? "built-in lab model" : g.model.c_str(), int(m.config().num_layers),
                  int(m.config().num_experts), int(m.config().top_k), opt.temperature > 0 ? "temperature" : "greedy",
                  (unsigned long long)opt.seed);
     std::fprintf(stderr, "each line: the token, then per MoE layer the chosen experts and their gate weights\n");
@@ -128,7 +128,7 @@ void run_forward() {
 }
 
 void run_info() {
-  const ModelConfig c = load_config(g.model == "builtin" ? "" : g.model);
+  const ModelConfig c = load_config(g.model == "builtin" ? builtin_model_dir() : g.model);
   const ParamCount p = count_params(c);
   std::printf("architecture      %s (%s)\n", c.architecture.c_str(), c.runnable() ? "runs in the lab" : "count only");
   std::printf("layers            %d (%d MoE, %d dense)\n", int(c.num_layers), int(c.num_moe_layers()),

@@ -39,6 +39,7 @@ struct TrainOptions {
   double lr = -1, aux_alpha = -1, z_coef = -1, bias_gamma = -1, capacity_factor = -1, router_lr_scale = -1;
   int64_t batch = 0, seq_len = 0;
   bool reroute = false;
+  std::string export_dir, export_dtype = "f32";
 };
 TrainOptions o;
 
@@ -160,6 +161,11 @@ void run_train() {
   if (tty) std::fprintf(stderr, "\n");
   checkpoint();
   export_metrics_csv(o.out, o.out + "/metrics.csv");
+  if (!o.export_dir.empty()) {
+    const DType d = o.export_dtype == "bf16" ? DType::BF16 : o.export_dtype == "f16" ? DType::F16 : DType::F32;
+    model.save(o.export_dir, d);
+    std::fprintf(stderr, "model exported to %s (%s)\n", o.export_dir.c_str(), o.export_dtype.c_str());
+  }
   std::fprintf(stderr, "done: %lld steps; model in %s (loads with moelab-cli forward%s)\n",
                (long long)trainer.steps_done(), last_checkpoint.c_str(),
                mc.router_noise || mc.scoring == RouterScoring::Sigmoid || (mc.family == Family::Mixtral && !mc.norm_topk_prob) ? "; it uses lab router extensions, so not transformers" : " and transformers");
@@ -187,6 +193,8 @@ void add_train_commands(CLI::App& app) {
   cmd->add_option("--checkpoint-every", o.checkpoint_every, "Checkpoint every N steps (0 = only at the end)");
   cmd->add_option("--device", o.device, "cpu, cuda or auto");
   cmd->add_flag("--quiet", o.quiet, "No progress output");
+  cmd->add_option("--export", o.export_dir, "Also write the final model (config.json + model.safetensors) here");
+  cmd->add_option("--export-dtype", o.export_dtype, "f32, bf16 or f16")->check(CLI::IsMember({"f32", "bf16", "f16"}));
   cmd->callback(run_train);
 
   auto* list = app.add_subcommand("presets", "List the lab presets");

@@ -2,7 +2,10 @@
 
 #include <unistd.h>
 
+#include <filesystem>
+
 #include "error.hpp"
+#include "presets.hpp"
 #include "safetensors.hpp"
 #include "tokenizer.hpp"
 
@@ -35,8 +38,14 @@ std::shared_ptr<Backend> make_backend(const std::string& device) {
   fail("--device", "'" + device + "' is not available in this build (the CUDA backend arrives with the GPU work)");
 }
 
+std::string builtin_model_dir() { return resources_dir() + "/models/builtin"; }
+
 Model open_model(const std::string& dir, std::shared_ptr<Backend> backend) {
-  if (dir.empty() || dir == "builtin") return Model::random(builtin_config(), kBuiltinSeed, std::move(backend), 0.08f);
+  if (dir.empty() || dir == "builtin") {
+    std::error_code ec;
+    if (std::filesystem::exists(builtin_model_dir() + "/config.json", ec)) return Model::load(builtin_model_dir(), std::move(backend));
+    return Model::random(builtin_config(), kBuiltinSeed, std::move(backend), 0.08f);  // not shipped: untrained
+  }
   return Model::load(dir, std::move(backend));
 }
 

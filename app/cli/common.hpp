@@ -20,6 +20,8 @@ ModelConfig builtin_config();
 constexpr uint64_t kBuiltinSeed = 20261123;
 
 std::shared_ptr<Backend> make_backend(const std::string& device);
+// Where the trained built-in model lives (resources/models/builtin).
+std::string builtin_model_dir();
 // "builtin" (or empty) means the built-in model; otherwise a model directory.
 Model open_model(const std::string& dir, std::shared_ptr<Backend> backend);
 
