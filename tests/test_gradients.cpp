@@ -127,7 +127,9 @@ TEST(finite_differences_match_backward_for_every_tensor_and_variant) {
           continue;
         }
         const double fd = (lp - lm) / (2 * h), an = g[size_t(j)];
-        const double err = std::fabs(fd - an) / (1e-7 + std::max(std::fabs(fd), std::fabs(an)));
+        // Relative error, judged absolutely (against 1e-6) for near-zero gradients where the
+        // finite difference is mostly rounding noise of the loss (~1e-11 here).
+        const double err = std::fabs(fd - an) / (1e-6 + std::max(std::fabs(fd), std::fabs(an)));
         if (err > worst) {
           worst = err;
           worst_i = int(i);

@@ -102,6 +102,32 @@ TEST(resumed_run_continues_exactly) {
   CHECK(straight == resumed);  // bit for bit
 }
 
+TEST(gradient_accumulation_adds_scaled_micro_batches) {
+  const Preset p = load_preset("moe-8x-top2");
+  Model m = Model::random(p.model, 3, make_eigen_backend());
+  auto corpus = open_corpus("builtin:domains");
+  Rng r(2);
+  const Batch b = corpus->sample(2, 12, r, false);
+  StepKnobs k;
+  k.aux_alpha = 0.01f;
+  ParamSet once = m.zeros_like(), twice = m.zeros_like();
+  Rng n1(0), n2(0);
+  forward_backward(m, once, b, k, n1, 1.0f);
+  forward_backward(m, twice, b, k, n2, 0.5f);
+  forward_backward(m, twice, b, k, n2, 0.5f);
+  auto a = trainable_params(m.config(), once), c = trainable_params(m.config(), twice);
+  for (size_t i = 0; i < a.size(); ++i) {
+    std::vector<float> x(static_cast<size_t>(a[i].tensor->numel())), y(x.size());
+    m.backend().download(*a[i].tensor, x.data());
+    m.backend().download(*c[i].tensor, y.data());
+    for (size_t j = 0; j < x.size(); ++j)
+      if (std::fabs(x[j] - y[j]) > 1e-6f * (1 + std::fabs(x[j]))) {
+        check::report(__FILE__, __LINE__, a[i].name + " differs under accumulation");
+        break;
+      }
+  }
+}
+
 TEST(learning_rate_schedule_warms_up_then_decays) {
   const Preset p = load_preset("moe-4x-top1");
   auto corpus = open_corpus("builtin:domains");
