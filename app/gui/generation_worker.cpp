@@ -1,0 +1,148 @@
+#include "generation_worker.hpp"
+
+#include <QDir>
+#include <QFileInfo>
+#include <algorithm>
+#include <cmath>
+
+#include "error.hpp"
+#include "generate.hpp"
+#include "presets.hpp"
+#include "random.hpp"
+#include "tokenizer.hpp"
+
+using namespace moelab;
+
+// Keeps every routing event of the current text.
+class RoutingCollector : public RoutingObserver {
+ public:
+  void on_routing(const RoutingEvent& e) override { trace.on_routing(e); }
+  RoutingTrace trace;
+};
+
+GenerationWorker::GenerationWorker(QObject* parent) : QObject(parent), m_trace(std::make_unique<RoutingCollector>()) {
+  qRegisterMetaType<SnapshotPtr>("SnapshotPtr");
+  qRegisterMetaType<GenerationSettings>("GenerationSettings");
+  qRegisterMetaType<moelab::ModelConfig>("moelab::ModelConfig");
+}
+
+GenerationWorker::~GenerationWorker() = default;
+
+void GenerationWorker::loadModel(const QString& path) {
+  try {
+    const std::string p = path.toStdString();
+    std::unique_ptr<Model> m;
+    if (path.isEmpty() || path == QLatin1String("builtin")) {
+      m = std::make_unique<Model>(Model::load(resources_dir() + "/models/builtin", make_eigen_backend()));
+      m_name = tr("built-in model");
+    } else {
+      const std::string cfg = config_path_of(p);
+      const QFileInfo cfgInfo(QString::fromStdString(cfg));
+      const bool hasWeights = QFileInfo::exists(cfgInfo.dir().filePath("model.safetensors")) ||
+                              QFileInfo::exists(cfgInfo.dir().filePath("model.safetensors.index.json"));
+      if (hasWeights) {
+        m = std::make_unique<Model>(Model::load(cfgInfo.dir().path().toStdString(), make_eigen_backend()));
+      } else {
+        // A bare config.json: the architecture with random weights, so its routing can be explored.
+        m = std::make_unique<Model>(Model::random(load_config(cfg), 1, make_eigen_backend(), 0.05f));
+      }
+      m_name = cfgInfo.dir().dirName() + (hasWeights ? QString() : tr(" (random weights)"));
+    }
+    m_model = std::move(m);
+    m_cache.reset();
+    m_tokens.clear();
+    emit modelLoaded(m_name, m_model->config());
+  } catch (const std::exception& e) {
+    emit errorOccurred(QString::fromUtf8(e.what()));
+  }
+}
+
+void GenerationWorker::runTokens(const std::vector<int32_t>& ids) {
+  m_lastLogits = m_model->forward(ids, *m_cache, m_trace.get(), &m_settings.overrides);
+  m_tokens.insert(m_tokens.end(), ids.begin(), ids.end());
+}
+
+void GenerationWorker::reset(const GenerationSettings& settings, int regenerate) {
+  if (!m_model) return;
+  try {
+    m_settings = settings;
+    const ModelConfig& c = m_model->config();
+    std::vector<int32_t> prompt;
+    if (c.tokenizer == "bytes") {
+      prompt = encode_bytes(settings.prompt.toStdString(), true);
+    } else {
+      // Models without the lab's tokenizer: the prompt is a list of token ids.
+      prompt = parse_token_ids(settings.prompt.trimmed().isEmpty() ? "1" : settings.prompt.toStdString(), "prompt");
+    }
+    const int64_t capacity = std::min<int64_t>(c.max_positions, 512);
+    if (int64_t(prompt.size()) >= capacity) throw Error("the prompt is longer than the " + std::to_string(capacity) + " tokens shown");
+    m_cache.emplace(m_model->new_cache(capacity));
+    m_trace->trace.clear();
+    m_tokens.clear();
+    m_rng = std::make_unique<Rng>(settings.seed);
+    runTokens(prompt);
+    m_promptLength = int(prompt.size());
+    if (regenerate > 0) {
+      step(regenerate);
+      return;
+    }
+    emitSnapshot();
+  } catch (const std::exception& e) {
+    emit errorOccurred(QString::fromUtf8(e.what()));
+  }
+}
+
+void GenerationWorker::step(int n) {
+  if (!m_model || !m_cache) return;
+  try {
+    const int64_t V = m_model->config().vocab_size;
+    SamplingOptions opt;
+    opt.temperature = m_settings.temperature;
+    for (int i = 0; i < n && m_cache->length < m_cache->capacity; ++i) {
+      const float* last = m_lastLogits.data() + (int64_t(m_lastLogits.size()) / V - 1) * V;
+      const int32_t next = sample_token(last, V, opt, *m_rng);
+      runTokens({next});
+    }
+    emitSnapshot();
+  } catch (const std::exception& e) {
+    emit errorOccurred(QString::fromUtf8(e.what()));
+  }
+}
+
+void GenerationWorker::emitSnapshot() {
+  auto s = std::make_shared<TokensSnapshot>();
+  const ModelConfig& c = m_model->config();
+  s->modelName = m_name;
+  s->config = c;
+  s->promptLength = m_promptLength;
+  const bool bytes = c.tokenizer == "bytes";
+  for (int32_t id : m_tokens) {
+    s->tokens.push_back(id);
+    s->labels.push_back(bytes ? QString::fromStdString(token_label(id)) : QString::number(id));
+  }
+  for (const auto& L : m_trace->trace.layers()) {
+    TokensSnapshot::Layer l;
+    l.layer = L.layer;
+    l.logits = QVector<float>(L.logits.begin(), L.logits.end());
+    l.probs = QVector<float>(L.probs.begin(), L.probs.end());
+    l.ids = QVector<int>(L.ids.begin(), L.ids.end());
+    l.weights = QVector<float>(L.weights.begin(), L.weights.end());
+    s->topK = L.top_k;
+    s->layers.push_back(std::move(l));
+  }
+  // Next-token distribution after the last token (softmax of the last logits row).
+  const int64_t V = c.vocab_size;
+  if (int64_t(m_lastLogits.size()) >= V) {
+    const float* last = m_lastLogits.data() + (int64_t(m_lastLogits.size()) / V - 1) * V;
+    const float mx = *std::max_element(last, last + V);
+    double sum = 0;
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(last[v] - mx));
+    std::vector<int> order(static_cast<size_t>(V));
+    for (int64_t v = 0; v < V; ++v) order[size_t(v)] = int(v);
+    std::partial_sort(order.begin(), order.begin() + std::min<int64_t>(10, V), order.end(),
+                      [last](int a, int b) { return last[a] > last[b]; });
+    for (int64_t i = 0; i < std::min<int64_t>(10, V); ++i)
+      s->next.push_back(qMakePair(order[size_t(i)], float(std::exp(double(last[order[size_t(i)]] - mx)) / sum)));
+  }
+  emit snapshotReady(std::move(s));
+}

@@ -1,0 +1,203 @@
+#include "main_window.hpp"
+
+#include <QAction>
+#include <QApplication>
+#include <QCloseEvent>
+#include <QDir>
+#include <QFileDialog>
+#include <QFileInfo>
+#include <QKeySequence>
+#include <QLabel>
+#include <QMenuBar>
+#include <QScreen>
+#include <QSettings>
+#include <QShortcut>
+#include <QStatusBar>
+#include <QTabWidget>
+#include <QThread>
+#include <QVBoxLayout>
+#include <qcustomplot.h>
+
+#include "chart_panel.hpp"
+#include "model_view.hpp"
+#include "theme.hpp"
+#include "tokens_view.hpp"
+
+MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
+  setWindowTitle(tr("MoE Lab"));
+  auto* central = new QWidget(this);
+  auto* layout = new QVBoxLayout(central);
+  layout->setContentsMargins(4, 4, 4, 4);
+  m_errorBanner = new QLabel(central);
+  m_errorBanner->setWordWrap(true);
+  m_errorBanner->setStyleSheet(QStringLiteral("QLabel { background: #fbe3d6; color: #7a1f00; padding: 6px; border: 1px solid #D55E00; }"));
+  m_errorBanner->setToolTip(tr("Click to dismiss"));
+  m_errorBanner->hide();
+  m_errorBanner->installEventFilter(this);
+  layout->addWidget(m_errorBanner);
+  m_tabs = new QTabWidget(central);
+  m_model = new ModelView(m_tabs);
+  m_tokens = new TokensView(m_tabs);
+  m_tabs->addTab(m_model, tr("Model"));
+  m_tabs->addTab(m_tokens, tr("Tokens"));
+  layout->addWidget(m_tabs, 1);
+  setCentralWidget(central);
+
+  m_modelLabel = new QLabel(this);
+  m_deviceLabel = new QLabel(tr("CPU (Eigen, %1 threads)").arg(QThread::idealThreadCount()), this);
+  statusBar()->addWidget(m_modelLabel, 1);
+  statusBar()->addPermanentWidget(m_deviceLabel);
+
+  connect(m_model, &ModelView::errorOccurred, this, &MainWindow::showError);
+  connect(m_tokens, &TokensView::errorOccurred, this, &MainWindow::showError);
+  connect(m_tokens, &TokensView::modelChanged, this, [this](const QString& name, const moelab::ModelConfig& c) {
+    m_modelLabel->setText(tr("Model: %1 — %2, %3 layers, %4 experts, top-%5")
+                              .arg(name, QString::fromStdString(c.architecture))
+                              .arg(c.num_layers)
+                              .arg(c.num_experts)
+                              .arg(c.top_k));
+    m_model->showConfig(c, name);
+  });
+  connect(m_tokens, &TokensView::lastTokenRouting, m_model, &ModelView::setHighlightedExperts);
+  for (ChartPanel* c : m_model->charts() + m_tokens->charts())
+    connect(c, &ChartPanel::errorOccurred, this, &MainWindow::showError);
+
+  createActions();
+  readSettings();
+  m_tokens->openModel(QStringLiteral("builtin"));
+}
+
+void MainWindow::createActions() {
+  QMenu* file = menuBar()->addMenu(tr("&File"));
+  QAction* open = file->addAction(tr("&Open Model Folder…"), this, [this] {
+    const QString dir = QFileDialog::getExistingDirectory(this, tr("Open a model folder (config.json + safetensors)"));
+    if (!dir.isEmpty()) openModel(dir);
+  });
+  open->setShortcut(QKeySequence::Open);
+  open->setStatusTip(tr("Open a Hugging Face model folder or a lab checkpoint"));
+  file->addAction(tr("Open &config.json…"), this, [this] {
+    const QString f = QFileDialog::getOpenFileName(this, tr("Open a config.json"), QString(), tr("JSON (*.json)"));
+    if (!f.isEmpty()) openModel(f);
+  })->setStatusTip(tr("Open a Hugging Face config.json: its architecture runs with random weights"));
+  file->addAction(tr("Built-in Model"), this, [this] { openModel(QStringLiteral("builtin")); });
+  m_recentMenu = file->addMenu(tr("Open &Recent"));
+  file->addSeparator();
+  QAction* exp = file->addAction(tr("&Export All Charts…"), this, &MainWindow::exportAll);
+  exp->setShortcut(QKeySequence(Qt::CTRL | Qt::Key_E));
+  exp->setStatusTip(tr("Write every chart of this view as PNG, SVG, PDF and CSV into a folder"));
+  file->addSeparator();
+  QAction* quit = file->addAction(tr("&Quit"), this, &QWidget::close);
+  quit->setShortcut(QKeySequence::Quit);
+
+  QMenu* view = menuBar()->addMenu(tr("&View"));
+  m_presentationAction = view->addAction(tr("&Presentation Mode"));
+  m_presentationAction->setCheckable(true);
+  m_presentationAction->setShortcut(Qt::Key_F11);
+  m_presentationAction->setStatusTip(tr("Large fonts and thick lines for a projector"));
+  connect(m_presentationAction, &QAction::toggled, this, &MainWindow::setPresentation);
+
+  // Space steps a token while the Tokens view is showing.
+  auto* step = new QShortcut(QKeySequence(Qt::Key_Space), this);
+  connect(step, &QShortcut::activated, this, [this] {
+    if (m_tabs->currentWidget() == m_tokens) m_tokens->stepOnce();
+  });
+}
+
+void MainWindow::setPresentation(bool on) {
+  Theme::setCurrent(on ? Theme::projector() : Theme::normal());
+  QFont f = QApplication::font();
+  f.setPointSizeF(on ? 15 : 10);
+  QApplication::setFont(f);
+  if (m_presentationAction->isChecked() != on) m_presentationAction->setChecked(on);
+  m_model->applyTheme(Theme::current());
+  m_tokens->applyTheme(Theme::current());
+}
+
+bool MainWindow::presentation() const { return Theme::current().presentation; }
+
+void MainWindow::openModel(const QString& path) {
+  m_errorBanner->hide();
+  if (path != QLatin1String("builtin")) addRecent(path);
+  m_tokens->openModel(path);
+  m_tabs->setCurrentWidget(m_tokens);
+}
+
+void MainWindow::showError(const QString& message) {
+  m_lastError = message;
+  m_errorBanner->setText(message);
+  m_errorBanner->show();
+  statusBar()->showMessage(message, 10000);
+}
+
+void MainWindow::exportAll() {
+  const QString dir = QFileDialog::getExistingDirectory(this, tr("Export every chart of this view into…"));
+  if (dir.isEmpty()) return;
+  const QList<ChartPanel*> charts = m_tabs->currentWidget() == m_tokens ? m_tokens->charts() : m_model->charts();
+  for (ChartPanel* c : charts)
+    if (const QString err = c->exportAll(dir, QSize(1280, 800)); !err.isEmpty()) return showError(err);
+  statusBar()->showMessage(tr("%1 charts exported to %2").arg(charts.size()).arg(dir), 8000);
+}
+
+QString MainWindow::saveScreenshots(const QString& dir, QSize size) {
+  if (!QDir().mkpath(dir)) return tr("%1: cannot create the folder").arg(dir);
+  resize(size);
+  const bool was = presentation();
+  for (bool pres : {false, true}) {
+    setPresentation(pres);
+    for (int i = 0; i < m_tabs->count(); ++i) {
+      m_tabs->setCurrentIndex(i);
+      QApplication::processEvents();
+      for (ChartPanel* c : m_model->charts() + m_tokens->charts())
+        if (c->plot()) c->plot()->replot(QCustomPlot::rpImmediateRefresh);
+      QApplication::processEvents();
+      const QString name = QStringLiteral("%1-%2.png").arg(m_tabs->tabText(i).toLower(), pres ? "presentation" : "normal");
+      if (!grab().save(QDir(dir).filePath(name))) return tr("%1: cannot write").arg(QDir(dir).filePath(name));
+    }
+  }
+  setPresentation(was);
+  return {};
+}
+
+void MainWindow::addRecent(const QString& path) {
+  QSettings s;
+  QStringList recent = s.value(QStringLiteral("recentModels")).toStringList();
+  recent.removeAll(path);
+  recent.prepend(path);
+  while (recent.size() > 8) recent.removeLast();
+  s.setValue(QStringLiteral("recentModels"), recent);
+  rebuildRecentMenu();
+}
+
+void MainWindow::rebuildRecentMenu() {
+  m_recentMenu->clear();
+  const QStringList recent = QSettings().value(QStringLiteral("recentModels")).toStringList();
+  for (const QString& p : recent) m_recentMenu->addAction(p, this, [this, p] { openModel(p); });
+  m_recentMenu->setEnabled(!recent.isEmpty());
+}
+
+void MainWindow::readSettings() {
+  QSettings s;
+  const QByteArray geometry = s.value(QStringLiteral("geometry")).toByteArray();
+  if (geometry.isEmpty() || !restoreGeometry(geometry)) resize(1280, 800);
+  setPresentation(s.value(QStringLiteral("presentation"), false).toBool());
+  rebuildRecentMenu();
+}
+
+void MainWindow::writeSettings() {
+  QSettings s;
+  s.setValue(QStringLiteral("geometry"), saveGeometry());
+  s.setValue(QStringLiteral("presentation"), presentation());
+}
+
+bool MainWindow::eventFilter(QObject* watched, QEvent* e) {
+  if (watched == m_errorBanner && e->type() == QEvent::MouseButtonPress) {
+    m_errorBanner->hide();
+    return true;
+  }
+  return QMainWindow::eventFilter(watched, e);
+}
+
+void MainWindow::closeEvent(QCloseEvent* e) {
+  writeSettings();
+  e->accept();
+}

@@ -1,0 +1,894 @@
+#include "model_view.hpp"
+
+#include <QComboBox>
+#include <QFormLayout>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QLineEdit>
+#include <QRegularExpression>
+#include <QRegularExpressionValidator>
+#include <QScrollArea>
+#include <QScrollBar>
+#include <QSpinBox>
+#include <QSplitter>
+#include <QTimer>
+#include <QVBoxLayout>
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <qcustomplot.h>
+
+#include "block_diagram.hpp"
+#include "chart_panel.hpp"
+#include "error.hpp"
+#include "presets.hpp"
+#include "registry.hpp"
+
+namespace {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr int64_t kContext = 1024;  // context length for "compute per token"
+
+// 46.7B, 1.25M, 900: three significant digits with the largest unit under 1000.
+QString scaled(double v, const QStringList& units) {
+  int u = 0;
+  while (std::abs(v) >= 999.5 && u + 1 < units.size()) {
+    v /= 1000.0;
+    ++u;
+  }
+  return QString::number(v, 'g', 3) + units[u];
+}
+QString countText(double n) { return scaled(n, {"", "K", "M", "B", "T"}); }
+QString bytesText(double b) { return scaled(b, {" B", " kB", " MB", " GB", " TB", " PB"}); }
+
+// Tick labels in the units above instead of QCustomPlot's "1.2·10^6".
+class FormattedTicker : public QCPAxisTicker {
+ public:
+  explicit FormattedTicker(std::function<QString(double)> f) : m_format(std::move(f)) {}
+
+ protected:
+  QString getTickLabel(double tick, const QLocale&, QChar, int) override { return m_format(tick); }
+
+ private:
+  std::function<QString(double)> m_format;
+};
+// A log axis with a tick and grid line at every power of ten ("each step is 10×"). Over more
+// than three decades only 1K, 1M, 1B, 1T… carry a label, so narrow charts and projector fonts
+// never crowd the axis with overlapping numbers.
+class DecadeTicker : public QCPAxisTicker {
+ public:
+  explicit DecadeTicker(std::function<QString(double)> f) : m_format(std::move(f)) {}
+
+ protected:
+  int getSubTickCount(double) override { return 0; }
+  QVector<double> createTickVector(double, const QCPRange& range) override {
+    QVector<double> ticks;
+    if (range.lower <= 0) return ticks;
+    const int lo = int(std::ceil(std::log10(range.lower) - 1e-9)), hi = int(std::floor(std::log10(range.upper) + 1e-9));
+    m_labelEvery = hi - lo > 3 ? 3 : 1;
+    for (int e = lo; e <= hi; ++e) ticks << std::pow(10.0, e);
+    return ticks;
+  }
+  QString getTickLabel(double tick, const QLocale&, QChar, int) override {
+    const int e = int(std::lround(std::log10(tick)));
+    return ((e % m_labelEvery) + m_labelEvery) % m_labelEvery == 0 ? m_format(tick) : QString();
+  }
+
+ private:
+  std::function<QString(double)> m_format;
+  int m_labelEvery = 1;
+};
+
+void setLogAxis(QCPAxis* axis, std::function<QString(double)> format) {
+  axis->setScaleType(QCPAxis::stLogarithmic);
+  axis->setTicker(QSharedPointer<DecadeTicker>::create(std::move(format)));
+}
+
+// Whole decades around [lo, hi], so the log axis starts and ends on a labelled tick.
+QCPRange decades(double lo, double hi) {
+  lo = std::max(lo, 1.0);
+  hi = std::max(hi, lo * 10);
+  return QCPRange(std::pow(10.0, std::floor(std::log10(lo))), std::pow(10.0, std::ceil(std::log10(hi))));
+}
+
+QString componentLabel(int i) {
+  QString s = QString::fromLatin1(moelab::component_name(moelab::Component(i))).replace('_', ' ');
+  return s.replace(QStringLiteral("ffn"), QStringLiteral("FFN")).replace(QStringLiteral("lm head"), QStringLiteral("LM head"));
+}
+
+// The legend as a row of the plot layout (above or below the axes), outside the data.
+void legendRow(QCustomPlot* plot, int row) {
+  plot->legend->setVisible(true);
+  if (plot->legend->layout() != plot->plotLayout()) {
+    if (auto* inset = qobject_cast<QCPLayoutInset*>(plot->legend->layout())) inset->take(plot->legend);
+    plot->plotLayout()->addElement(row, 0, plot->legend);
+    plot->plotLayout()->setRowStretchFactor(row, 0.001);
+  }
+  plot->legend->setFillOrder(QCPLayoutGrid::foColumnsFirst);
+  plot->legend->setMargins(QMargins(6, 2, 6, 2));
+}
+
+// A label whose x is a fraction of the axis rect (1 = its right edge) and y a data key: used
+// for the number column right of the bars, outside the plotting area.
+QCPItemText* rowLabel(QCustomPlot* plot, QCPAxisRect* rect, double key, const QString& text, const QFont& font,
+                      const QColor& color) {
+  auto* label = new QCPItemText(plot);
+  label->setClipToAxisRect(false);
+  label->position->setAxisRect(rect);
+  label->position->setAxes(rect->axis(QCPAxis::atBottom), rect->axis(QCPAxis::atLeft));
+  label->position->setTypeX(QCPItemPosition::ptAxisRectRatio);
+  label->position->setTypeY(QCPItemPosition::ptPlotCoords);
+  label->position->setCoords(1.0, key);
+  label->setPositionAlignment(Qt::AlignLeft | Qt::AlignVCenter);
+  label->setPadding(QMargins(6, 0, 0, 0));
+  label->setText(text);
+  label->setFont(font);
+  label->setColor(color);
+  return label;
+}
+
+// A thick outline around one row of a horizontal bar chart (the compared model).
+void outlineRow(QCustomPlot* plot, QCPAxisRect* rect, double key, const QPen& pen) {
+  auto* box = new QCPItemRect(plot);
+  box->setClipToAxisRect(false);
+  for (QCPItemPosition* pos : {box->topLeft, box->bottomRight}) {
+    pos->setAxisRect(rect);
+    pos->setAxes(rect->axis(QCPAxis::atBottom), rect->axis(QCPAxis::atLeft));
+    pos->setTypeX(QCPItemPosition::ptAxisRectRatio);
+    pos->setTypeY(QCPItemPosition::ptPlotCoords);
+  }
+  box->topLeft->setCoords(0.0, key + 0.48);
+  box->bottomRight->setCoords(1.0, key - 0.48);
+  box->setPen(pen);
+  box->setBrush(Qt::NoBrush);
+}
+
+// The right margin an axis rect needs for a column of labels.
+void reserveRightMargin(QCPAxisRect* rect, const QFont& font, const QStringList& labels) {
+  const QFontMetrics fm(font);
+  int w = 0;
+  for (const QString& s : labels) w = std::max(w, fm.horizontalAdvance(s));
+  rect->setAutoMargins(QCP::msLeft | QCP::msTop | QCP::msBottom);
+  QMargins m = rect->margins();
+  m.setRight(w + 14);
+  rect->setMargins(m);
+}
+
+QString stripSource(QString message) {
+  if (message.startsWith(QLatin1String("knobs: "))) message.remove(0, 7);
+  return message;
+}
+
+}  // namespace
+
+ModelView::ModelView(QWidget* parent)
+    : QWidget(parent), m_theme(Theme::current()), m_extraSpec(std::make_unique<json>(json::object())) {
+  m_splitter = new QSplitter(Qt::Horizontal, this);
+  auto* layout = new QHBoxLayout(this);
+  layout->setContentsMargins(0, 0, 0, 0);
+  layout->addWidget(m_splitter);
+
+  m_knobScroll = new QScrollArea(m_splitter);
+  m_knobScroll->setWidgetResizable(true);
+  m_knobScroll->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
+  m_knobScroll->setWidget(buildKnobs());
+  buildCharts();
+  m_splitter->addWidget(m_knobScroll);
+  m_splitter->addWidget(m_chartScroll);
+  m_splitter->setStretchFactor(0, 0);
+  m_splitter->setStretchFactor(1, 1);
+  m_splitter->setCollapsible(1, false);
+
+  loadRealModels();
+  const std::vector<std::string> presets = moelab::list_presets();
+  for (const std::string& name : presets) m_preset->addItem(QString::fromStdString(name));
+  const int builtin = m_preset->findText(QStringLiteral("builtin-model"));
+  m_preset->setCurrentIndex(builtin >= 0 ? builtin : (m_preset->count() > 1 ? 1 : 0));
+  // activated, not currentIndexChanged: only a person's choice fills the knobs (choosing the
+  // same preset again resets them); showConfig moves the combo without refilling.
+  connect(m_preset, &QComboBox::activated, this, &ModelView::choosePreset);
+  choosePreset(m_preset->currentIndex());
+  applyTheme(m_theme);
+}
+
+ModelView::~ModelView() = default;
+
+QWidget* ModelView::buildKnobs() {
+  m_knobs = new QWidget;
+  auto* form = new QFormLayout(m_knobs);
+  form->setFieldGrowthPolicy(QFormLayout::FieldsStayAtSizeHint);
+  auto spin = [&](int lo, int hi, int step, const QString& tip) {
+    auto* s = new QSpinBox(m_knobs);
+    s->setRange(lo, hi);
+    s->setSingleStep(step);
+    s->setToolTip(tip);
+    s->setStatusTip(tip);
+    connect(s, &QSpinBox::valueChanged, this, &ModelView::onKnobChanged);
+    return s;
+  };
+  auto section = [&](const QString& text) {
+    auto* l = new QLabel(text, m_knobs);
+    QFont f = l->font();
+    f.setBold(true);
+    l->setFont(f);
+    l->setProperty("section", true);
+    form->addRow(l);
+  };
+  m_preset = new QComboBox(m_knobs);
+  m_preset->setSizeAdjustPolicy(QComboBox::AdjustToMinimumContentsLengthWithIcon);
+  m_preset->setMinimumContentsLength(12);
+  m_preset->addItem(tr("(from the knobs)"));
+  m_preset->setToolTip(tr("Fill the knobs from one of the lab's presets"));
+  form->addRow(tr("Preset"), m_preset);
+
+  section(tr("Shape"));
+  m_layers = spin(1, 256, 1, tr("Number of transformer blocks (L)"));
+  m_hidden = spin(8, 16384, 16, tr("Width of the token vectors (H); a multiple of the heads"));
+  m_heads = spin(1, 256, 1, tr("Attention heads (NH); the hidden width is split among them"));
+  m_kvHeads = spin(1, 256, 1, tr("Key/value heads (NKV); fewer than the heads = grouped-query attention"));
+  form->addRow(tr("Layers"), m_layers);
+  form->addRow(tr("Hidden width"), m_hidden);
+  form->addRow(tr("Heads"), m_heads);
+  form->addRow(tr("KV heads"), m_kvHeads);
+
+  section(tr("Experts"));
+  m_experts = spin(0, 512, 1, tr("Routed experts per MoE layer (E); 0 makes a dense model"));
+  m_topK = spin(1, 64, 1, tr("Experts each token is sent to (K)"));
+  m_expertHidden = spin(1, 65536, 16, tr("Hidden size inside one expert (F)"));
+  m_fineGrained = spin(1, 64, 1,
+                       tr("Fine-grained factor m (DeepSeekMoE): m times more experts, each 1/m as wide, top-k times m: "
+                          "same parameters and compute, many more combinations"));
+  m_shared = spin(0, 16, 1, tr("Always-on shared experts, each as wide as one routed expert"));
+  m_denseLayers = new QLineEdit(m_knobs);
+  m_denseLayers->setPlaceholderText(tr("none, e.g. 0,2"));
+  m_denseLayers->setValidator(new QRegularExpressionValidator(QRegularExpression(QStringLiteral("[0-9, ]*")), m_denseLayers));
+  m_denseLayers->setToolTip(tr("Layers (numbered from 0) that keep one dense FFN instead of experts"));
+  connect(m_denseLayers, &QLineEdit::textChanged, this, &ModelView::onKnobChanged);
+  m_router = new QComboBox(m_knobs);
+  m_router->addItem(tr("softmax"), QStringLiteral("softmax"));
+  m_router->addItem(tr("noisy top-k"), QStringLiteral("noisy"));
+  m_router->addItem(tr("sigmoid + bias"), QStringLiteral("sigmoid"));
+  m_router->setToolTip(tr("How the router scores experts: softmax (Mixtral), noisy top-k (Shazeer 2017), "
+                          "sigmoid with a balancing bias (DeepSeek-V3)"));
+  connect(m_router, &QComboBox::currentIndexChanged, this, &ModelView::onKnobChanged);
+  form->addRow(tr("Experts"), m_experts);
+  form->addRow(tr("Top-k"), m_topK);
+  form->addRow(tr("Expert hidden"), m_expertHidden);
+  form->addRow(tr("Fine-grained m"), m_fineGrained);
+  form->addRow(tr("Shared experts"), m_shared);
+  form->addRow(tr("Dense layers"), m_denseLayers);
+  form->addRow(tr("Router"), m_router);
+
+  section(tr("Charts"));
+  m_compare = new QComboBox(m_knobs);
+  m_compare->setSizeAdjustPolicy(QComboBox::AdjustToMinimumContentsLengthWithIcon);
+  m_compare->setMinimumContentsLength(12);
+  m_compare->setToolTip(tr("A published model to mark in the comparison charts"));
+  connect(m_compare, &QComboBox::currentIndexChanged, this, [this] {
+    updateRealModelsChart();
+    updateMemoryChart();
+  });
+  form->addRow(tr("Compare with"), m_compare);
+  m_blockLayer = new QSpinBox(m_knobs);
+  m_blockLayer->setToolTip(tr("Which layer the block drawing shows (numbered from 0)"));
+  connect(m_blockLayer, &QSpinBox::valueChanged, this, &ModelView::updateBlock);
+  form->addRow(tr("Layer drawn"), m_blockLayer);
+
+  m_summary = new QLabel(m_knobs);
+  m_summary->setWordWrap(true);
+  form->addRow(m_summary);
+  m_source = new QLabel(m_knobs);
+  m_source->setWordWrap(true);
+  form->addRow(m_source);
+  m_error = new QLabel(m_knobs);
+  m_error->setWordWrap(true);
+  m_error->setTextInteractionFlags(Qt::TextSelectableByMouse);
+  m_error->hide();
+  form->addRow(m_error);
+  return m_knobs;
+}
+
+void ModelView::buildCharts() {
+  // The 2×2 grid is made of splitters: a teacher can drag one chart larger, and the rows share
+  // the height equally (a grid layout would follow the panels' word-wrapped preferred heights).
+  m_chartRows = new QSplitter(Qt::Vertical);
+  m_chartRows->setChildrenCollapsible(false);
+  m_paramsChart = new ChartPanel(
+      QStringLiteral("params"), tr("Parameters: total vs used per token"),
+      tr("Top bar: every weight the model stores. Bottom bar: the weights one token passes through. A token uses all of "
+         "attention but only K of the E experts in each MoE layer, so the experts make the gap."),
+      nullptr, nullptr);
+  m_realChart = new ChartPanel(
+      QStringLiteral("real-models"), tr("Your model beside real MoE models"),
+      tr("Log scale: each grid line is 10×. Totals checked against the checkpoints' safetensors headers/index; see "
+         "tests/data/params/SOURCES.md."),
+      nullptr, nullptr);
+  m_memoryChart = new ChartPanel(
+      QStringLiteral("memory-compute"), tr("Memory vs. compute per token"),
+      tr("Left: memory to hold the weights at 4, 2, 1 and ½ bytes each, which grows with the total. Right: the work "
+         "for one token (context 1024), which grows only with the active parameters."),
+      nullptr, nullptr);
+  m_block = new BlockDiagram;
+  m_blockChart = new ChartPanel(
+      QStringLiteral("block"), tr("One transformer block"),
+      tr("Attention stays dense: every token uses all of it. In an MoE layer the router sends each token to its top-k "
+         "experts (outlined: the last token's choice); shared experts are always on."),
+      m_block, nullptr);
+  for (auto [left, right] : {std::pair{m_paramsChart, m_realChart}, std::pair{m_memoryChart, m_blockChart}}) {
+    auto* row = new QSplitter(Qt::Horizontal, m_chartRows);
+    row->setChildrenCollapsible(false);
+    row->addWidget(left);
+    row->addWidget(right);
+    row->setStretchFactor(0, 1);
+    row->setStretchFactor(1, 1);
+    row->setSizes({1000, 1000});
+  }
+  m_chartRows->setStretchFactor(0, 1);
+  m_chartRows->setStretchFactor(1, 1);
+  m_chartRows->setSizes({1000, 1000});
+  for (ChartPanel* c : charts()) connect(c, &ChartPanel::errorOccurred, this, &ModelView::errorOccurred);
+  m_paramsChart->setCsvProvider([this] { return paramsCsv(); });
+  m_realChart->setCsvProvider([this] { return realModelsCsv(); });
+  m_memoryChart->setCsvProvider([this] { return memoryCsv(); });
+  m_blockChart->setCsvProvider([this] { return blockCsv(); });
+
+  // params: a headline row above the bars and the legend below.
+  QCustomPlot* plot = m_paramsChart->plot();
+  plot->plotLayout()->insertRow(0);
+  plot->plotLayout()->addElement(0, 0, new QCPTextElement(plot, QString()));
+  legendRow(plot, 2);
+  m_realChart->plot()->plotLayout()->insertRow(0);
+  legendRow(m_realChart->plot(), 0);
+
+  // memory-compute: two axis rects side by side sharing the model rows.
+  plot = m_memoryChart->plot();
+  QCPAxisRect* mem = plot->axisRect();
+  plot->plotLayout()->take(mem);
+  auto* pair = new QCPLayoutGrid;
+  plot->plotLayout()->addElement(0, 0, pair);
+  pair->addElement(0, 0, mem);
+  pair->addElement(0, 1, new QCPAxisRect(plot));
+  pair->setColumnStretchFactor(0, 1.6);
+  pair->setColumnSpacing(4);
+  auto* rows = new QCPMarginGroup(plot);
+  for (QCPAxisRect* r : plot->axisRects()) r->setMarginGroup(QCP::msTop | QCP::msBottom, rows);
+  plot->plotLayout()->insertRow(0);
+  legendRow(plot, 0);
+
+  m_chartScroll = new QScrollArea;
+  m_chartScroll->setWidgetResizable(true);
+  m_chartScroll->setFrameShape(QFrame::NoFrame);
+  m_chartScroll->setWidget(m_chartRows);
+}
+
+QList<ChartPanel*> ModelView::charts() const { return {m_paramsChart, m_realChart, m_memoryChart, m_blockChart}; }
+
+const moelab::ModelConfig& ModelView::labConfig() const { return m_config; }
+
+void ModelView::loadRealModels() {
+  const fs::path dir = fs::path(moelab::resources_dir()) / "real-models";
+  QStringList errors;
+  try {
+    const json index = json::parse(moelab::read_text_file((dir / "index.json").string(), 1 << 20));
+    if (!index.is_array()) moelab::fail((dir / "index.json").string(), "expected a list of models");
+    for (const json& e : index) {
+      const std::string id = e.value("id", std::string());
+      try {
+        RealModel m;
+        m.id = QString::fromStdString(id);
+        m.name = QString::fromStdString(e.value("name", id));
+        m.headline = QString::fromStdString(e.value("headline", std::string()));
+        m.config = moelab::load_config((dir / id / "config.json").string());
+        m.params = moelab::count_params(m.config);
+        m.flops = moelab::forward_flops_per_token(m.config, kContext);
+        m_real << m;
+      } catch (const std::exception& ex) {
+        errors << QString::fromStdString(ex.what());
+      }
+    }
+  } catch (const std::exception& ex) {
+    errors << QString::fromStdString(ex.what());
+  }
+  m_compare->addItem(tr("(none)"));
+  for (const RealModel& m : m_real) {
+    m_compare->addItem(m.name, m.id);
+    m_compare->setItemData(m_compare->count() - 1, m.headline, Qt::ToolTipRole);
+  }
+  m_compare->setCurrentIndex(std::max(0, m_compare->findData(QStringLiteral("mixtral-8x7b"))));
+  if (!errors.isEmpty()) {
+    // Nobody is connected yet while the constructor runs: report once the event loop turns.
+    const QString msg = tr("Real models: %1").arg(errors.join(QStringLiteral("; ")));
+    QTimer::singleShot(0, this, [this, msg] { emit errorOccurred(msg); });
+  }
+}
+
+void ModelView::choosePreset(int index) {
+  if (index <= 0) return;  // "(from the knobs)"
+  const QString name = m_preset->itemText(index);
+  const std::string path = (fs::path(moelab::resources_dir()) / "presets" / (name.toStdString() + ".json")).string();
+  try {
+    const json j = json::parse(moelab::read_text_file(path, 1 << 20));
+    if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) moelab::fail(path, "a preset needs a \"model\" object");
+    const json& s = j["model"];
+    m_preset->setItemData(index, QString::fromStdString(j.value("description", std::string())), Qt::ToolTipRole);
+    auto get = [&](const char* k, int d) { return s.contains(k) && s[k].is_number_integer() ? s[k].get<int>() : d; };
+    m_settingKnobs = true;
+    // The defaults are lab_model_from_json's, so an absent key means the same here and there.
+    m_layers->setValue(get("layers", 4));
+    m_hidden->setValue(get("hidden", 128));
+    m_heads->setValue(get("heads", 4));
+    m_kvHeads->setValue(get("kv_heads", m_heads->value()));
+    m_experts->setValue(get("experts", 8));
+    m_topK->setValue(get("top_k", 2));
+    m_expertHidden->setValue(get("expert_hidden", 256));
+    m_fineGrained->setValue(get("fine_grained", 1));
+    m_shared->setValue(get("shared_experts", 0));
+    QStringList dense;
+    if (s.contains("dense_layers") && s["dense_layers"].is_array())
+      for (const json& v : s["dense_layers"]) dense << QString::number(v.get<int>());
+    m_denseLayers->setText(dense.join(QStringLiteral(",")));
+    m_router->setCurrentIndex(std::max(0, m_router->findData(QString::fromStdString(s.value("router", std::string("softmax"))))));
+    // Keys without a knob stay as the preset sets them.
+    json extra = json::object();
+    for (const char* k : {"dense_hidden", "renormalize", "vocab", "max_positions", "rope_theta"})
+      if (s.contains(k)) extra[k] = s[k];
+    *m_extraSpec = extra;
+    m_settingKnobs = false;
+    m_source->setText(QString::fromStdString(j.value("title", name.toStdString())));
+    onKnobChanged();
+  } catch (const std::exception& ex) {
+    m_settingKnobs = false;
+    m_error->setText(QString::fromStdString(ex.what()));
+    m_error->show();
+    emit errorOccurred(QString::fromStdString(ex.what()));
+  }
+}
+
+void ModelView::updateKnobStates() {
+  const bool moe = m_experts->value() > 0;
+  for (QWidget* w : std::initializer_list<QWidget*>{m_fineGrained, m_shared, m_denseLayers, m_router}) w->setEnabled(moe);
+}
+
+void ModelView::onKnobChanged() {
+  if (m_settingKnobs) return;
+  updateKnobStates();
+  json spec = *m_extraSpec;
+  spec["layers"] = m_layers->value();
+  spec["hidden"] = m_hidden->value();
+  spec["heads"] = m_heads->value();
+  spec["kv_heads"] = m_kvHeads->value();
+  spec["experts"] = m_experts->value();
+  spec["top_k"] = m_topK->value();
+  spec["expert_hidden"] = m_expertHidden->value();
+  QString error;
+  if (m_experts->value() > 0) {
+    spec["fine_grained"] = m_fineGrained->value();
+    spec["shared_experts"] = m_shared->value();
+    spec["router"] = m_router->currentData().toString().toStdString();
+    json dense = json::array();
+    for (const QString& part : m_denseLayers->text().split(QRegularExpression(QStringLiteral("[,\\s]+")), Qt::SkipEmptyParts)) {
+      bool ok = false;
+      const int l = part.toInt(&ok);
+      if (!ok || l < 0 || l >= m_layers->value())
+        error = tr("Dense layers: there is no layer %1 (the layers are 0 to %2)").arg(part).arg(m_layers->value() - 1);
+      else
+        dense.push_back(l);
+    }
+    if (!dense.empty()) spec["dense_layers"] = dense;
+  }
+  if (error.isEmpty()) {
+    try {
+      moelab::ModelConfig c = moelab::lab_model_from_json(spec, "knobs");
+      const QString name = m_preset->currentIndex() > 0 ? m_preset->currentText() : tr("lab model");
+      c.preset = name.toStdString();
+      m_error->hide();
+      setConfig(c, name);
+      return;
+    } catch (const std::exception& ex) {
+      error = stripSource(QString::fromStdString(ex.what()));
+    }
+  }
+  m_error->setText(tr("Impossible model: %1. The charts still show the last valid model.").arg(error));
+  m_error->show();
+}
+
+void ModelView::setKnobsFromConfig(const moelab::ModelConfig& c) {
+  m_settingKnobs = true;
+  const int64_t m = std::max<int64_t>(1, c.fine_grained);
+  m_preset->setCurrentIndex(std::max(0, m_preset->findText(QString::fromStdString(c.preset))));
+  m_layers->setValue(int(c.num_layers));
+  m_hidden->setValue(int(c.hidden_size));
+  m_heads->setValue(int(c.num_heads));
+  m_kvHeads->setValue(int(c.num_kv_heads));
+  m_experts->setValue(int(c.num_experts / m));
+  m_topK->setValue(int(std::max<int64_t>(1, c.top_k / m)));
+  m_fineGrained->setValue(int(m));
+  if (c.expert_ffn_size > 0) m_expertHidden->setValue(int(c.expert_ffn_size * m));
+  m_shared->setValue(c.expert_ffn_size > 0 ? int(std::lround(double(c.shared_ffn_size) / double(c.expert_ffn_size))) : 0);
+  QStringList dense;
+  if (c.num_experts > 0)
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      if (!c.is_moe_layer(l)) dense << QString::number(l);
+  m_denseLayers->setText(dense.join(QStringLiteral(",")));
+  m_router->setCurrentIndex(c.router_noise ? 1 : c.scoring == moelab::RouterScoring::Sigmoid ? 2 : 0);
+  json extra = {{"vocab", c.vocab_size}, {"renormalize", c.norm_topk_prob}, {"max_positions", c.max_positions},
+                {"rope_theta", c.rope_theta}};
+  if (c.dense_ffn_size > 0) extra["dense_hidden"] = c.dense_ffn_size;
+  *m_extraSpec = extra;
+  m_settingKnobs = false;
+  updateKnobStates();
+}
+
+void ModelView::showConfig(const moelab::ModelConfig& c, const QString& name) {
+  setKnobsFromConfig(c);
+  m_error->hide();
+  m_source->setText(tr("Showing %1 as opened. Moving a knob builds a lab model from the knobs instead.").arg(name));
+  setConfig(c, name);
+}
+
+void ModelView::setConfig(const moelab::ModelConfig& c, const QString& name) {
+  moelab::ParamCount params;
+  double flops = 0;
+  try {
+    params = moelab::count_params(c);
+    flops = moelab::forward_flops_per_token(c, kContext);
+  } catch (const std::exception& ex) {
+    m_error->setText(tr("Cannot count this model: %1").arg(QString::fromStdString(ex.what())));
+    m_error->show();
+    return;
+  }
+  if (c.num_experts != m_config.num_experts || c.num_layers != m_config.num_layers) m_highlights.clear();
+  m_config = c;
+  m_name = name;
+  m_params = params;
+  m_flops = flops;
+  const QString family = QString::fromLatin1(moelab::family_name(c.family));
+  m_summary->setText(c.num_experts > 0
+                         ? tr("%1: %2 of %3 layers are MoE, %4 experts of width %5, top-%6. %7 parameters, %8 per token.")
+                               .arg(family)
+                               .arg(c.num_moe_layers())
+                               .arg(c.num_layers)
+                               .arg(c.num_experts)
+                               .arg(c.expert_ffn_size)
+                               .arg(c.top_k)
+                               .arg(countText(double(params.total)), countText(double(params.active)))
+                         : tr("%1: a dense model, FFN width %2. %3 parameters, all used by every token.")
+                               .arg(family)
+                               .arg(c.dense_ffn_size)
+                               .arg(countText(double(params.total))));
+  {
+    const QSignalBlocker block(m_blockLayer);
+    m_blockLayer->setRange(0, int(std::max<int64_t>(1, c.num_layers)) - 1);
+  }
+  m_block->setConfig(c);
+  updateCharts();
+  emit configChanged();
+}
+
+void ModelView::setHighlightedExperts(int layer, QVector<int> experts) {
+  m_highlights[layer] = experts;
+  if (layer < 0 || layer >= m_config.num_layers) return;
+  if (m_blockLayer->value() != layer)
+    m_blockLayer->setValue(layer);  // updateBlock runs from valueChanged
+  else
+    updateBlock();
+}
+
+void ModelView::updateCharts() {
+  updateParamsChart();
+  updateRealModelsChart();
+  updateMemoryChart();
+  updateBlock();
+}
+
+void ModelView::updateBlock() {
+  m_block->setLayer(m_blockLayer->value());
+  m_block->setHighlighted(m_highlights.value(m_blockLayer->value()));
+  m_blockChart->replot();
+}
+
+QVector<ModelView::Row> ModelView::rows() const {
+  QVector<Row> rows;
+  const QString compared = m_compare->currentData().toString();
+  for (const RealModel& m : m_real)
+    rows << Row{m.name, double(m.params.total), double(m.params.active), m.flops, false, m.id == compared};
+  rows << Row{QStringLiteral("★ ") + (m_name.isEmpty() ? tr("lab model") : m_name), double(m_params.total),
+              double(m_params.active), m_flops, true, false};
+  std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.total < b.total; });
+  for (Row& r : rows)
+    if (r.compared) r.name = QStringLiteral("▶ ") + r.name;
+  return rows;
+}
+
+void ModelView::updateParamsChart() {
+  const Theme& t = m_theme;
+  QCustomPlot* plot = m_paramsChart->plot();
+  plot->clearPlottables();
+  plot->clearItems();
+  QCPAxis* keys = plot->yAxis;
+  QCPAxis* values = plot->xAxis;
+  const double total = double(m_params.total), active = double(m_params.active);
+  QCPBars* below = nullptr;
+  for (int i = 0; i < moelab::kNumComponents; ++i) {
+    if (m_params.total_by[i] == 0) continue;
+    auto* bars = new QCPBars(keys, values);
+    const double share = total > 0 ? 100.0 * double(m_params.total_by[i]) / total : 0;
+    bars->setName(QStringLiteral("%1 (%2)").arg(componentLabel(i),
+                                                share < 1 ? QStringLiteral("<1%") : QString::number(share, 'f', 0) + '%'));
+    bars->setWidth(0.6);
+    bars->setBrush(Theme::component(i));
+    bars->setPen(QPen(t.foreground, t.presentation ? 1.5 : 1));
+    bars->setData({1, 2}, {double(m_params.active_by[i]), double(m_params.total_by[i])}, true);
+    if (below) bars->moveAbove(below);
+    below = bars;
+  }
+  auto ticker = QSharedPointer<QCPAxisTickerText>::create();
+  ticker->addTick(2, tr("Total"));
+  ticker->addTick(1, tr("Active\nper token"));
+  keys->setTicker(ticker);
+  keys->setRange(0.4, 2.6);
+  keys->grid()->setVisible(false);
+  auto countTicker = QSharedPointer<FormattedTicker>::create(countText);
+  countTicker->setTickCount(t.presentation ? 3 : 4);
+  values->setTicker(countTicker);
+  values->setLabel(tr("parameters"));
+  values->setRange(0, std::max(1.0, total) * 1.22);
+  for (const auto& [key, v] : {std::pair{2.0, total}, std::pair{1.0, active}}) {
+    auto* label = new QCPItemText(plot);
+    label->position->setCoords(v, key);
+    label->setPositionAlignment(Qt::AlignLeft | Qt::AlignVCenter);
+    label->setPadding(QMargins(6, 0, 0, 0));
+    label->setText(countText(v));
+    label->setFont(t.axisLabel);
+    label->setColor(t.foreground);
+  }
+  if (auto* head = qobject_cast<QCPTextElement*>(plot->plotLayout()->element(0, 0))) {
+    head->setText(tr("%1 total / %2 active per token (%3%)")
+                      .arg(countText(total), countText(active))
+                      .arg(total > 0 ? QString::number(100.0 * active / total, 'f', 0) : QStringLiteral("0")));
+    head->setFont(t.axisLabel);
+    head->setTextColor(t.foreground);
+  }
+  plot->legend->setWrap(2);
+  m_paramsChart->replot();
+}
+
+void ModelView::updateRealModelsChart() {
+  const Theme& t = m_theme;
+  QCustomPlot* plot = m_realChart->plot();
+  plot->clearPlottables();
+  plot->clearItems();
+  const QVector<Row> rows = this->rows();
+  auto* totalBars = new QCPBars(plot->yAxis, plot->xAxis);
+  auto* activeBars = new QCPBars(plot->yAxis, plot->xAxis);
+  totalBars->setName(tr("total parameters"));
+  activeBars->setName(tr("active per token"));
+  auto names = QSharedPointer<QCPAxisTickerText>::create();
+  QStringList numbers;
+  double lo = 1e300, hi = 0;
+  for (int i = 0; i < int(rows.size()); ++i) {
+    // Two bars per model, total above active, around the model's row.
+    totalBars->addData(i + 0.2, rows[i].total);
+    activeBars->addData(i - 0.2, rows[i].active);
+    names->addTick(i, rows[i].name);
+    numbers << countText(rows[i].total) + QStringLiteral(" / ") + countText(rows[i].active);
+    lo = std::min(lo, rows[i].active);
+    hi = std::max(hi, rows[i].total);
+  }
+  for (auto [bars, color] : {std::pair{totalBars, Theme::series(0)}, std::pair{activeBars, Theme::series(1)}}) {
+    bars->setWidth(0.4);
+    bars->setBrush(color);
+    bars->setPen(QPen(t.foreground, 1));
+    bars->setBaseValue(1);  // a log axis has no zero: bars start left of the visible range
+  }
+  plot->yAxis->setTicker(names);
+  plot->yAxis->setRange(-0.6, rows.size() - 0.4);
+  plot->yAxis->grid()->setVisible(false);
+  setLogAxis(plot->xAxis, countText);
+  plot->xAxis->setRange(decades(lo, hi));
+  plot->xAxis->setLabel(tr("parameters (log scale)"));
+  for (int i = 0; i < int(rows.size()); ++i) {
+    rowLabel(plot, plot->axisRect(), i, numbers[i], t.tickLabel, t.foreground);
+    if (rows[i].compared) outlineRow(plot, plot->axisRect(), i, QPen(t.foreground, t.presentation ? 4 : 2.5));
+  }
+  numbers << tr("total / active");
+  auto* header = rowLabel(plot, plot->axisRect(), rows.size() - 0.4, tr("total / active"), t.tickLabel, t.subtle);
+  header->setPositionAlignment(Qt::AlignLeft | Qt::AlignBottom);
+  reserveRightMargin(plot->axisRect(), t.tickLabel, numbers);
+  plot->legend->setWrap(2);
+  m_realChart->replot();
+}
+
+void ModelView::updateMemoryChart() {
+  const Theme& t = m_theme;
+  QCustomPlot* plot = m_memoryChart->plot();
+  plot->clearPlottables();
+  plot->clearItems();
+  const QList<QCPAxisRect*> rects = plot->axisRects();
+  if (rects.size() < 2) return;
+  QCPAxisRect* mem = rects[0];
+  QCPAxisRect* flop = rects[1];
+  const QVector<Row> rows = this->rows();
+  auto names = QSharedPointer<QCPAxisTickerText>::create();
+  for (int i = 0; i < int(rows.size()); ++i) names->addTick(i, rows[i].name);
+  for (QCPAxisRect* r : {mem, flop}) {
+    QCPAxis* y = r->axis(QCPAxis::atLeft);
+    y->setTicker(names);
+    y->setRange(-0.6, rows.size() - 0.4);
+    y->grid()->setVisible(false);
+  }
+  flop->axis(QCPAxis::atLeft)->setTickLabels(false);
+
+  // Left: one dumbbell per model from int4 to fp32, a marker per precision.
+  struct Precision {
+    QString name;
+    double bytes;
+    QCPScatterStyle::ScatterShape shape;
+  };
+  const Precision precisions[] = {{tr("fp32"), 4, QCPScatterStyle::ssSquare},
+                                  {tr("bf16"), 2, QCPScatterStyle::ssDisc},
+                                  {tr("int8"), 1, QCPScatterStyle::ssTriangle},
+                                  {tr("int4"), 0.5, QCPScatterStyle::ssDiamond}};
+  QCPAxis* memX = mem->axis(QCPAxis::atBottom);
+  QCPAxis* memY = mem->axis(QCPAxis::atLeft);
+  for (int i = 0; i < int(rows.size()); ++i) {
+    auto* bar = new QCPItemLine(plot);
+    bar->setClipAxisRect(mem);
+    bar->start->setAxes(memX, memY);
+    bar->end->setAxes(memX, memY);
+    bar->start->setCoords(rows[i].total * 0.5, i);
+    bar->end->setCoords(rows[i].total * 4, i);
+    bar->setPen(QPen(t.subtle, t.presentation ? 3 : 2));
+  }
+  const double size = t.markerSize + (t.presentation ? 4 : 3);
+  for (int p = 0; p < 4; ++p) {
+    QCPGraph* g = plot->addGraph(memY, memX);
+    g->setName(precisions[p].name);
+    g->setLineStyle(QCPGraph::lsNone);
+    g->setScatterStyle(QCPScatterStyle(precisions[p].shape, QPen(t.foreground, 1), Theme::series(p), size));
+    for (int i = 0; i < int(rows.size()); ++i) g->addData(i, rows[i].total * precisions[p].bytes);
+  }
+  double lo = 1e300, hi = 0, flo = 1e300, fhi = 0;
+  for (const Row& r : rows) {
+    lo = std::min(lo, r.total * 0.5);
+    hi = std::max(hi, r.total * 4);
+    flo = std::min(flo, r.flops);
+    fhi = std::max(fhi, r.flops);
+  }
+  setLogAxis(memX, bytesText);
+  memX->setRange(decades(lo, hi));
+  memX->setLabel(tr("weights in memory"));
+  auto* gpu = new QCPItemStraightLine(plot);
+  gpu->setClipAxisRect(mem);
+  gpu->point1->setAxes(memX, memY);
+  gpu->point2->setAxes(memX, memY);
+  gpu->point1->setCoords(80e9, 0);
+  gpu->point2->setCoords(80e9, 1);
+  gpu->setPen(QPen(t.foreground, t.presentation ? 3 : 2, Qt::DashLine));
+  // The largest models sit at the top, right of the line, so its label goes top left of it.
+  auto* gpuLabel = new QCPItemText(plot);
+  gpuLabel->setClipAxisRect(mem);
+  gpuLabel->position->setAxisRect(mem);
+  gpuLabel->position->setAxes(memX, memY);
+  gpuLabel->position->setTypeY(QCPItemPosition::ptAxisRectRatio);
+  gpuLabel->position->setCoords(80e9, 0.0);
+  gpuLabel->setPositionAlignment(Qt::AlignRight | Qt::AlignTop);
+  gpuLabel->setPadding(QMargins(0, 2, 6, 0));
+  gpuLabel->setText(tr("one 80 GB GPU"));
+  gpuLabel->setFont(t.tickLabel);
+  gpuLabel->setColor(t.foreground);
+  gpuLabel->setBrush(QColor(255, 255, 255, 210));
+
+  // Right: compute per token, one bar per model, the number beside it.
+  QCPAxis* flopX = flop->axis(QCPAxis::atBottom);
+  auto* bars = new QCPBars(flop->axis(QCPAxis::atLeft), flopX);
+  bars->setWidth(0.6);
+  bars->setBrush(Theme::series(2));
+  bars->setPen(QPen(t.foreground, 1));
+  bars->setBaseValue(1);
+  bars->setName(tr("compute per token"));
+  bars->removeFromLegend();
+  for (int i = 0; i < int(rows.size()); ++i) bars->addData(i, rows[i].flops);
+  setLogAxis(flopX, countText);
+  flopX->setRange(decades(flo, fhi));
+  flopX->setLabel(tr("FLOP per token"));
+  for (int i = 0; i < int(rows.size()); ++i)
+    if (rows[i].compared)
+      for (QCPAxisRect* r : {mem, flop}) outlineRow(plot, r, i, QPen(t.foreground, t.presentation ? 4 : 2.5));
+  plot->legend->setWrap(4);
+  m_memoryChart->replot();
+}
+
+void ModelView::applyMinimumSizes() {
+  // Charts keep a size a room can read; below it the chart grid scrolls instead of shrinking.
+  const QSize chart = m_theme.presentation ? QSize(560, 470) : QSize(320, 270);
+  for (ChartPanel* c : charts()) c->setMinimumSize(chart);
+  m_knobs->adjustSize();
+  const int w = m_knobs->minimumSizeHint().width() + m_knobScroll->verticalScrollBar()->sizeHint().width() + 4;
+  m_knobScroll->setMinimumWidth(w);
+  m_splitter->setSizes({w, std::max(400, width() - w)});
+}
+
+void ModelView::applyTheme(const Theme& t) {
+  m_theme = t;
+  m_knobs->setFont(t.text);
+  for (QLabel* l : m_knobs->findChildren<QLabel*>())
+    if (l->property("section").toBool()) {
+      QFont f = t.text;
+      f.setBold(true);
+      l->setFont(f);
+    }
+  QPalette pal = m_source->palette();
+  pal.setColor(QPalette::WindowText, t.subtle);
+  m_source->setPalette(pal);
+  m_summary->setPalette(pal);
+  QFont bold = t.text;
+  bold.setBold(true);
+  m_error->setFont(bold);
+  pal.setColor(QPalette::WindowText, QColor(0xc0, 0x00, 0x00));
+  m_error->setPalette(pal);
+  for (ChartPanel* c : charts()) c->applyTheme(t);
+  updateCharts();
+  applyMinimumSizes();
+}
+
+QString ModelView::paramsCsv() const {
+  QString s = QStringLiteral("component,total_params,active_params_per_token\n");
+  for (int i = 0; i < moelab::kNumComponents; ++i)
+    s += QStringLiteral("%1,%2,%3\n")
+             .arg(QString::fromLatin1(moelab::component_name(moelab::Component(i))))
+             .arg(m_params.total_by[i])
+             .arg(m_params.active_by[i]);
+  s += QStringLiteral("all,%1,%2\n").arg(m_params.total).arg(m_params.active);
+  return s;
+}
+
+QString ModelView::realModelsCsv() const {
+  QString s = QStringLiteral("model,total_params,active_params,headline,compared\n");
+  for (const RealModel& m : m_real)
+    s += QStringLiteral("\"%1\",%2,%3,\"%4\",%5\n")
+             .arg(m.name)
+             .arg(m.params.total)
+             .arg(m.params.active)
+             .arg(QString(m.headline).replace('"', '\''))
+             .arg(m.id == m_compare->currentData().toString() ? 1 : 0);
+  s += QStringLiteral("\"%1 (lab)\",%2,%3,,0\n").arg(m_name).arg(m_params.total).arg(m_params.active);
+  return s;
+}
+
+QString ModelView::memoryCsv() const {
+  QString s = QStringLiteral("model,total_params,active_params,bytes_fp32,bytes_bf16,bytes_int8,bytes_int4,flops_per_token_ctx%1\n")
+                  .arg(kContext);
+  for (const Row& r : rows())
+    s += QStringLiteral("\"%1\",%2,%3,%4,%5,%6,%7,%8\n")
+             .arg(r.name)
+             .arg(r.total, 0, 'f', 0)
+             .arg(r.active, 0, 'f', 0)
+             .arg(r.total * 4, 0, 'f', 0)
+             .arg(r.total * 2, 0, 'f', 0)
+             .arg(r.total, 0, 'f', 0)
+             .arg(r.total * 0.5, 0, 'f', 0)
+             .arg(r.flops, 0, 'f', 0);
+  return s;
+}
+
+QString ModelView::blockCsv() const {
+  QString s = QStringLiteral("layer,kind,routed_experts,top_k,shared_ffn_size,dense_ffn_size,highlighted_experts\n");
+  for (int64_t l = 0; l < m_config.num_layers; ++l) {
+    const bool moe = m_config.is_moe_layer(l);
+    QStringList hi;
+    for (int e : m_highlights.value(int(l))) hi << QString::number(e);
+    s += QStringLiteral("%1,%2,%3,%4,%5,%6,\"%7\"\n")
+             .arg(l)
+             .arg(moe ? "moe" : "dense")
+             .arg(moe ? m_config.num_experts : 0)
+             .arg(moe ? m_config.top_k : 0)
+             .arg(moe ? m_config.shared_ffn_size : 0)
+             .arg(moe ? 0 : m_config.dense_ffn_size)
+             .arg(hi.join(' '));
+  }
+  return s;
+}

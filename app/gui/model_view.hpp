@@ -1,0 +1,126 @@
+// The Model view: the knobs of a lab model on the left (a preset, layers, width, experts, top-k,
+// fine-grained factor, shared experts, dense layers, router) and four charts on the right that
+// follow them live: total vs active parameters by component, the lab model beside real MoE
+// models (log scale), memory vs compute per token, and a drawing of one transformer block.
+#pragma once
+
+#include <QHash>
+#include <QList>
+#include <QVector>
+#include <QWidget>
+#include <memory>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "config.hpp"
+#include "params.hpp"
+#include "theme.hpp"
+
+class BlockDiagram;
+class ChartPanel;
+class QComboBox;
+class QLabel;
+class QLineEdit;
+class QScrollArea;
+class QSpinBox;
+class QSplitter;
+
+class ModelView : public QWidget {
+  Q_OBJECT
+ public:
+  explicit ModelView(QWidget* parent = nullptr);
+  ~ModelView() override;
+
+  QList<ChartPanel*> charts() const;
+  void applyTheme(const Theme& t);
+  // The model the charts show: built from the knobs, or the one given to showConfig.
+  const moelab::ModelConfig& labConfig() const;
+  // Shows a model that did not come from the knobs (e.g. a model opened from disk); the knobs
+  // move to match it as far as they can, and moving one builds a lab model from them again.
+  void showConfig(const moelab::ModelConfig& c, const QString& name);
+
+ public slots:
+  // The experts the last token chose in `layer` (from the Tokens view): highlighted in the
+  // block drawing, which turns to that layer.
+  void setHighlightedExperts(int layer, QVector<int> experts);
+
+ signals:
+  // A file the view needs (a preset, a real model's config.json) could not be read. Impossible
+  // knob combinations are not errors of this kind: they are shown in red under the knobs.
+  void errorOccurred(const QString& message);
+  void configChanged();
+
+ private:
+  // A published model from resources/real-models, counted once at start.
+  struct RealModel {
+    QString id, name, headline;
+    moelab::ModelConfig config;
+    moelab::ParamCount params;
+    double flops = 0;  // forward FLOPs per token at a context of 1024
+  };
+  // One row of the comparison charts (real models and the lab model), sorted by total.
+  struct Row {
+    QString name;
+    double total = 0, active = 0, flops = 0;
+    bool lab = false, compared = false;
+  };
+
+  QWidget* buildKnobs();
+  void buildCharts();
+  void loadRealModels();
+  void choosePreset(int index);
+  void onKnobChanged();
+  void setKnobsFromConfig(const moelab::ModelConfig& c);
+  void setConfig(const moelab::ModelConfig& c, const QString& name);
+  void updateKnobStates();
+  void updateCharts();
+  void updateParamsChart();
+  void updateRealModelsChart();
+  void updateMemoryChart();
+  void updateBlock();
+  void applyMinimumSizes();
+  QVector<Row> rows() const;
+  QString paramsCsv() const;
+  QString realModelsCsv() const;
+  QString memoryCsv() const;
+  QString blockCsv() const;
+
+  Theme m_theme;
+  moelab::ModelConfig m_config;
+  moelab::ParamCount m_params;
+  double m_flops = 0;
+  QString m_name;
+  std::unique_ptr<nlohmann::json> m_extraSpec;  // preset keys without a knob (vocab, dense_hidden…)
+  QVector<RealModel> m_real;
+  QHash<int, QVector<int>> m_highlights;  // layer → experts the last token chose
+  bool m_settingKnobs = false;
+
+  QSplitter* m_splitter = nullptr;
+  QScrollArea* m_knobScroll = nullptr;
+  QWidget* m_knobs = nullptr;
+  QComboBox* m_preset = nullptr;
+  QSpinBox* m_layers = nullptr;
+  QSpinBox* m_hidden = nullptr;
+  QSpinBox* m_heads = nullptr;
+  QSpinBox* m_kvHeads = nullptr;
+  QSpinBox* m_experts = nullptr;
+  QSpinBox* m_topK = nullptr;
+  QSpinBox* m_expertHidden = nullptr;
+  QSpinBox* m_fineGrained = nullptr;
+  QSpinBox* m_shared = nullptr;
+  QLineEdit* m_denseLayers = nullptr;
+  QComboBox* m_router = nullptr;
+  QComboBox* m_compare = nullptr;
+  QSpinBox* m_blockLayer = nullptr;
+  QLabel* m_summary = nullptr;
+  QLabel* m_source = nullptr;
+  QLabel* m_error = nullptr;
+
+  QScrollArea* m_chartScroll = nullptr;
+  QSplitter* m_chartRows = nullptr;  // two rows of two charts
+  ChartPanel* m_paramsChart = nullptr;
+  ChartPanel* m_realChart = nullptr;
+  ChartPanel* m_memoryChart = nullptr;
+  ChartPanel* m_blockChart = nullptr;
+  BlockDiagram* m_block = nullptr;
+};

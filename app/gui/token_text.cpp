@@ -1,0 +1,94 @@
+#include "token_text.hpp"
+
+#include <QMouseEvent>
+#include <QPainter>
+
+#include "theme.hpp"
+
+TokenText::TokenText(QWidget* parent) : QWidget(parent) { setMinimumHeight(120); }
+
+QColor TokenText::expertColor(int e, int64_t E) {
+  if (E <= 8) return Theme::series(e);
+  return viridisColor(E > 1 ? double(e) / double(E - 1) : 0.0);
+}
+
+void TokenText::setSnapshot(SnapshotPtr s, int layerIndex, int selected) {
+  m_snap = std::move(s);
+  m_layer = layerIndex;
+  m_selected = selected;
+  update();
+}
+
+void TokenText::paintEvent(QPaintEvent*) {
+  QPainter p(this);
+  const Theme& t = Theme::current();
+  p.fillRect(rect(), t.background);
+  p.setRenderHint(QPainter::Antialiasing);
+  m_boxes.clear();
+  if (!m_snap || m_snap->layers.isEmpty()) {
+    p.setPen(t.subtle);
+    p.setFont(t.text);
+    p.drawText(rect(), Qt::AlignCenter, tr("Type a prompt and press Step (Space)."));
+    return;
+  }
+  const auto& L = m_snap->layers[std::clamp(m_layer, 0, int(m_snap->layers.size()) - 1)];
+  const int64_t E = m_snap->experts(), K = m_snap->topK;
+  QFont mono = t.text;
+  mono.setFamily(QStringLiteral("DejaVu Sans Mono"));
+  p.setFont(mono);
+  const QFontMetrics fm(mono);
+  const int lineH = fm.height() + 10, legendH = lineH + 4;
+  int x = 6, y = 6;
+  for (int i = 0; i < m_snap->count(); ++i) {
+    QString label = m_snap->labels[i];
+    if (label == QLatin1String(" ")) label = QStringLiteral("␣");
+    const int w = fm.horizontalAdvance(label) + 8;
+    if (x + w > width() - 6) {
+      x = 6;
+      y += lineH;
+    }
+    const QRect box(x, y, w, lineH - 4);
+    m_boxes.push_back(box);
+    if (i < L.ids.size() / std::max<int64_t>(1, K)) {
+      const int top = L.ids[i * int(K)];
+      QColor c = top >= 0 ? expertColor(top, E) : QColor("#bbbbbb");
+      p.setBrush(c);
+      p.setPen(QPen(i == m_selected ? t.foreground : c.darker(130), i == m_selected ? 3 : 1));
+      p.drawRoundedRect(box, 4, 4);
+      p.setPen(c.lightnessF() < 0.55 ? Qt::white : Qt::black);
+    } else {
+      p.setPen(t.foreground);
+    }
+    if (i < m_snap->promptLength) {  // prompt tokens underlined
+      p.drawLine(box.bottomLeft() + QPoint(3, -3), box.bottomRight() + QPoint(-3, -3));
+    }
+    p.drawText(box, Qt::AlignCenter, label);
+    x += w + 3;
+  }
+  // Legend: expert colours (top expert in this layer).
+  y = std::max(y + lineH + 6, height() - legendH);
+  x = 6;
+  p.setFont(t.text);
+  const QFontMetrics lf(t.text);
+  p.setPen(t.foreground);
+  const QString head = tr("Layer %1, colour = first-choice expert:").arg(L.layer);
+  p.drawText(QPoint(x, y + lf.ascent()), head);
+  x += lf.horizontalAdvance(head) + 8;
+  for (int e = 0; e < E && e < 64; ++e) {
+    const QString s = QString::number(e);
+    const int w = lf.horizontalAdvance(s) + 10;
+    if (x + w > width() - 4) break;
+    const QColor c = expertColor(e, E);
+    p.setBrush(c);
+    p.setPen(Qt::NoPen);
+    p.drawRoundedRect(QRect(x, y, w, lf.height()), 3, 3);
+    p.setPen(c.lightnessF() < 0.55 ? Qt::white : Qt::black);
+    p.drawText(QRect(x, y, w, lf.height()), Qt::AlignCenter, s);
+    x += w + 3;
+  }
+}
+
+void TokenText::mousePressEvent(QMouseEvent* e) {
+  for (int i = 0; i < m_boxes.size(); ++i)
+    if (m_boxes[i].contains(e->pos())) emit tokenClicked(i);
+}

@@ -1,0 +1,438 @@
+#include "tokens_view.hpp"
+
+#include <QComboBox>
+#include <QCoreApplication>
+#include <QDeadlineTimer>
+#include <QDoubleSpinBox>
+#include <QFormLayout>
+#include <QGridLayout>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QLineEdit>
+#include <QPushButton>
+#include <QSlider>
+#include <QSpinBox>
+#include <QSplitter>
+#include <QTimer>
+#include <QToolTip>
+#include <QVBoxLayout>
+#include <numeric>
+#include <qcustomplot.h>
+
+#include "chart_panel.hpp"
+#include "theme.hpp"
+#include "token_text.hpp"
+#include "tokenizer.hpp"
+
+namespace {
+QString csvEscape(QString s) {
+  if (s.contains(',') || s.contains('"') || s.contains('\n')) s = '"' + s.replace('"', "\"\"") + '"';
+  return s;
+}
+}  // namespace
+
+TokensView::TokensView(QWidget* parent) : QWidget(parent) {
+  m_worker = new GenerationWorker;
+  m_worker->moveToThread(&m_thread);
+  connect(&m_thread, &QThread::finished, m_worker, &QObject::deleteLater);
+  connect(m_worker, &GenerationWorker::snapshotReady, this, &TokensView::onSnapshot);
+  connect(m_worker, &GenerationWorker::modelLoaded, this, &TokensView::onModelLoaded);
+  connect(m_worker, &GenerationWorker::errorOccurred, this, [this](const QString& m) {
+    m_pending = std::max(0, m_pending - 1);
+    pause();
+    emit errorOccurred(m);
+  });
+  m_thread.start();
+
+  // ---- controls ----
+  auto* controls = new QWidget(this);
+  auto* form = new QFormLayout(controls);
+  m_prompt = new QLineEdit(QStringLiteral("the quiet river "), controls);
+  m_prompt->setToolTip(tr("The prompt; press Enter to start again from it"));
+  form->addRow(tr("Prompt"), m_prompt);
+  auto* buttons = new QHBoxLayout;
+  m_step = new QPushButton(tr("Step"), controls);
+  m_step->setToolTip(tr("Generate one token (Space)"));
+  m_run = new QPushButton(tr("Run"), controls);
+  m_pause = new QPushButton(tr("Pause"), controls);
+  m_reset = new QPushButton(tr("Reset"), controls);
+  for (auto* b : {m_step, m_run, m_pause, m_reset}) buttons->addWidget(b);
+  form->addRow(buttons);
+  m_speed = new QSlider(Qt::Horizontal, controls);
+  m_speed->setRange(1, 30);
+  m_speed->setValue(8);
+  m_speed->setToolTip(tr("Tokens per second while running"));
+  form->addRow(tr("Speed"), m_speed);
+  m_temperature = new QDoubleSpinBox(controls);
+  m_temperature->setRange(0.0, 2.0);
+  m_temperature->setSingleStep(0.1);
+  m_temperature->setToolTip(tr("0 = always the most likely token (greedy)"));
+  form->addRow(tr("Temperature"), m_temperature);
+  m_seed = new QSpinBox(controls);
+  m_seed->setRange(0, 1000000);
+  m_seed->setValue(1);
+  form->addRow(tr("Seed"), m_seed);
+  m_layer = new QComboBox(controls);
+  form->addRow(tr("Layer"), m_layer);
+  m_topk = new QSpinBox(controls);
+  m_topk->setRange(0, 64);
+  m_topk->setSpecialValueText(tr("model's"));
+  m_topk->setToolTip(tr("Experts per token at inference (the model was trained with its own top-k)"));
+  form->addRow(tr("Top-k"), m_topk);
+  m_renorm = new QComboBox(controls);
+  m_renorm->addItems({tr("model's choice"), tr("off"), tr("on")});
+  m_renorm->setToolTip(tr("Divide the chosen experts' probabilities by their sum"));
+  form->addRow(tr("Renormalise"), m_renorm);
+  m_ban = new QLineEdit(controls);
+  m_ban->setPlaceholderText(tr("e.g. 0,3"));
+  m_ban->setToolTip(tr("Experts the router may never choose"));
+  form->addRow(tr("Ban experts"), m_ban);
+  m_force = new QSpinBox(controls);
+  m_force->setRange(-1, 4095);
+  m_force->setValue(-1);
+  m_force->setSpecialValueText(tr("none"));
+  m_force->setToolTip(tr("An expert every token must use"));
+  form->addRow(tr("Force expert"), m_force);
+  m_status = new QLabel(controls);
+  m_status->setWordWrap(true);
+  form->addRow(m_status);
+
+  // ---- charts ----
+  m_heatmap = new ChartPanel(QStringLiteral("routing-heatmap"), tr("Routing: tokens × experts"),
+                             tr("Each column is a token, each row an expert; colour is the router's probability. "
+                                "Circles mark the top-k experts the token was actually sent to."));
+  m_tokenText = new TokenText;
+  m_text = new ChartPanel(QStringLiteral("token-text"), tr("The text, coloured by expert"),
+                          tr("Each token is coloured by the expert its router ranked first in the selected layer. "
+                             "Click a token to see why."),
+                          m_tokenText);
+  m_load = new ChartPanel(QStringLiteral("expert-load"), tr("Expert load in this text"),
+                          tr("Share of the top-k choices each expert received. The dashed line is a perfectly even "
+                             "split (1/E); tall bars are busy experts, empty ones are idle."));
+  m_whyLabel = new QLabel;
+  m_whyLabel->setTextFormat(Qt::RichText);
+  m_whyLabel->setAlignment(Qt::AlignTop | Qt::AlignLeft);
+  m_whyLabel->setWordWrap(true);
+  m_whyLabel->setAutoFillBackground(true);
+  m_why = new ChartPanel(QStringLiteral("why"), tr("Why this expert? The router's arithmetic"),
+                         tr("Router scores → probabilities → the top-k → gate weights that mix the experts' outputs, "
+                            "for the selected token and layer."),
+                         m_whyLabel);
+  m_coact = new ChartPanel(QStringLiteral("coactivation"), tr("Which experts work together"),
+                           tr("How often experts i and j were chosen for the same token in this text (the diagonal: "
+                              "how often each was chosen at all)."));
+  m_next = new ChartPanel(QStringLiteral("next-token"), tr("What comes next"),
+                          tr("The model's probabilities for the next token after the text so far."));
+
+  auto* grid = new QGridLayout;
+  grid->addWidget(m_heatmap, 0, 0, 1, 2);
+  grid->addWidget(m_text, 1, 0);
+  grid->addWidget(m_why, 1, 1);
+  grid->addWidget(m_load, 2, 0);
+  grid->addWidget(m_coact, 2, 1);
+  grid->setRowStretch(0, 3);
+  grid->setRowStretch(1, 3);
+  grid->setRowStretch(2, 2);
+  auto* chartsHost = new QWidget(this);
+  chartsHost->setLayout(grid);
+  auto* left = new QWidget(this);
+  auto* leftLayout = new QVBoxLayout(left);
+  leftLayout->addWidget(controls);
+  leftLayout->addWidget(m_next, 1);
+  auto* split = new QSplitter(this);
+  split->addWidget(left);
+  split->addWidget(chartsHost);
+  split->setStretchFactor(1, 4);
+  auto* outer = new QHBoxLayout(this);
+  outer->setContentsMargins(0, 0, 0, 0);
+  outer->addWidget(split);
+
+  m_runTimer = new QTimer(this);
+  connect(m_runTimer, &QTimer::timeout, this, [this] {
+    if (m_pending == 0) request(1), QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->step(1); });
+  });
+  connect(m_speed, &QSlider::valueChanged, this, [this](int v) { m_runTimer->setInterval(1000 / std::max(1, v)); });
+  m_runTimer->setInterval(1000 / m_speed->value());
+  connect(m_step, &QPushButton::clicked, this, &TokensView::stepOnce);
+  connect(m_run, &QPushButton::clicked, this, &TokensView::run);
+  connect(m_pause, &QPushButton::clicked, this, &TokensView::pause);
+  connect(m_reset, &QPushButton::clicked, this, &TokensView::resetText);
+  connect(m_prompt, &QLineEdit::returnPressed, this, &TokensView::resetText);
+  connect(m_layer, &QComboBox::currentIndexChanged, this, [this] { redraw(); });
+  connect(m_topk, &QSpinBox::valueChanged, this, &TokensView::routingKnobsChanged);
+  connect(m_force, &QSpinBox::valueChanged, this, &TokensView::routingKnobsChanged);
+  connect(m_renorm, &QComboBox::currentIndexChanged, this, &TokensView::routingKnobsChanged);
+  connect(m_ban, &QLineEdit::editingFinished, this, &TokensView::routingKnobsChanged);
+  connect(m_tokenText, &TokenText::tokenClicked, this, [this](int i) {
+    m_token = i;
+    redraw();
+  });
+  connect(m_heatmap->plot(), &QCustomPlot::mouseMove, this, [this](QMouseEvent* e) {
+    auto* map = qobject_cast<QCPColorMap*>(m_heatmap->plot()->plottable(0));
+    const TokensSnapshot::Layer* L = layerData();
+    if (!map || !L || !m_snap) return;
+    int key = 0, value = 0;
+    map->data()->coordToCell(map->keyAxis()->pixelToCoord(e->pos().x()), map->valueAxis()->pixelToCoord(e->pos().y()),
+                             &key, &value);
+    const int64_t E = m_snap->experts(), K = m_snap->topK;
+    if (key < 0 || key >= m_snap->count() || value < 0 || value >= E) return;
+    QString chosen = tr("not chosen");
+    for (int k = 0; k < K; ++k)
+      if (L->ids[key * int(K) + k] == value)
+        chosen = tr("choice %1, gate weight %2").arg(k + 1).arg(L->weights[key * int(K) + k], 0, 'f', 3);
+    QToolTip::showText(e->globalPosition().toPoint(),
+                       tr("token %1 '%2', expert %3\nprobability %4 (logit %5)\n%6")
+                           .arg(key)
+                           .arg(m_snap->labels[key])
+                           .arg(value)
+                           .arg(L->probs[key * int(E) + value], 0, 'f', 4)
+                           .arg(L->logits[key * int(E) + value], 0, 'f', 3)
+                           .arg(chosen),
+                       m_heatmap->plot());
+  });
+  connect(m_heatmap->plot(), &QCustomPlot::mousePress, this, [this](QMouseEvent* e) {
+    auto* map = qobject_cast<QCPColorMap*>(m_heatmap->plot()->plottable(0));
+    if (!map || !m_snap) return;
+    const int t = int(std::lround(map->keyAxis()->pixelToCoord(e->pos().x())));
+    if (t >= 0 && t < m_snap->count()) {
+      m_token = t;
+      redraw();
+    }
+  });
+
+  // CSV of every chart's data.
+  m_heatmap->setCsvProvider([this] {
+    QString s = QStringLiteral("layer,token_index,token,expert,probability,logit,chosen_rank,gate_weight\n");
+    if (!m_snap) return s;
+    const int64_t E = m_snap->experts(), K = m_snap->topK;
+    for (const auto& L : m_snap->layers)
+      for (int t = 0; t < L.ids.size() / int(K); ++t)
+        for (int e = 0; e < E; ++e) {
+          int rank = 0;
+          float w = 0;
+          for (int k = 0; k < K; ++k)
+            if (L.ids[t * int(K) + k] == e) rank = k + 1, w = L.weights[t * int(K) + k];
+          s += QStringLiteral("%1,%2,%3,%4,%5,%6,%7,%8\n")
+                   .arg(L.layer)
+                   .arg(t)
+                   .arg(csvEscape(m_snap->labels[t]))
+                   .arg(e)
+                   .arg(double(L.probs[t * int(E) + e]), 0, 'g', 9)
+                   .arg(double(L.logits[t * int(E) + e]), 0, 'g', 9)
+                   .arg(rank)
+                   .arg(double(w), 0, 'g', 9);
+        }
+    return s;
+  });
+  m_text->setCsvProvider([this] {
+    QString s = QStringLiteral("token_index,token,first_choice_expert\n");
+    const auto* L = layerData();
+    if (!m_snap || !L) return s;
+    for (int t = 0; t < m_snap->count() && t * m_snap->topK < L->ids.size(); ++t)
+      s += QStringLiteral("%1,%2,%3\n").arg(t).arg(csvEscape(m_snap->labels[t])).arg(L->ids[t * int(m_snap->topK)]);
+    return s;
+  });
+  m_load->setCsvProvider([this] {
+    QString s = QStringLiteral("expert,share_of_choices\n");
+    if (auto* bars = m_load->plot()->plottableCount() ? qobject_cast<QCPBars*>(m_load->plot()->plottable(0)) : nullptr)
+      for (auto it = bars->data()->constBegin(); it != bars->data()->constEnd(); ++it)
+        s += QStringLiteral("%1,%2\n").arg(int(it->key)).arg(it->value, 0, 'g', 9);
+    return s;
+  });
+  m_why->setCsvProvider([this] {
+    QString s = QStringLiteral("expert,logit,probability,chosen_rank,gate_weight\n");
+    const auto* L = layerData();
+    if (!m_snap || !L || m_snap->count() == 0) return s;
+    const int t = std::clamp(m_token < 0 ? m_snap->count() - 1 : m_token, 0, m_snap->count() - 1);
+    const int64_t E = m_snap->experts(), K = m_snap->topK;
+    if (t * K >= L->ids.size()) return s;
+    for (int e = 0; e < E; ++e) {
+      int rank = 0;
+      float w = 0;
+      for (int k = 0; k < K; ++k)
+        if (L->ids[t * int(K) + k] == e) rank = k + 1, w = L->weights[t * int(K) + k];
+      s += QStringLiteral("%1,%2,%3,%4,%5\n").arg(e).arg(L->logits[t * int(E) + e]).arg(L->probs[t * int(E) + e]).arg(rank).arg(w);
+    }
+    return s;
+  });
+  m_coact->setCsvProvider([this] {
+    QString s = QStringLiteral("expert_i,expert_j,tokens_with_both\n");
+    auto* map = m_coact->plot()->plottableCount() ? qobject_cast<QCPColorMap*>(m_coact->plot()->plottable(0)) : nullptr;
+    if (!map) return s;
+    for (int i = 0; i < map->data()->keySize(); ++i)
+      for (int j = 0; j < map->data()->valueSize(); ++j)
+        s += QStringLiteral("%1,%2,%3\n").arg(i).arg(j).arg(map->data()->cell(i, j));
+    return s;
+  });
+  m_next->setCsvProvider([this] {
+    QString s = QStringLiteral("token_id,token,probability\n");
+    if (!m_snap) return s;
+    for (const auto& [id, p] : m_snap->next)
+      s += QStringLiteral("%1,%2,%3\n").arg(id).arg(csvEscape(m_snap->config.tokenizer == "bytes" ? QString::fromStdString(moelab::token_label(id)) : QString::number(id))).arg(p, 0, 'g', 9);
+    return s;
+  });
+  applyTheme(Theme::current());
+}
+
+TokensView::~TokensView() {
+  m_thread.quit();
+  m_thread.wait();
+}
+
+QList<ChartPanel*> TokensView::charts() const { return {m_heatmap, m_text, m_load, m_why, m_coact, m_next}; }
+
+void TokensView::applyTheme(const Theme& t) {
+  for (ChartPanel* c : charts()) c->applyTheme(t);
+  QPalette pal = m_whyLabel->palette();
+  pal.setColor(QPalette::Window, t.background);
+  pal.setColor(QPalette::WindowText, t.foreground);
+  m_whyLabel->setPalette(pal);
+  m_whyLabel->setFont(t.text);
+  redraw();
+}
+
+void TokensView::request(int pendingDelta) { m_pending += pendingDelta; }
+
+GenerationSettings TokensView::settings() const {
+  GenerationSettings s;
+  s.prompt = m_prompt->text();
+  s.temperature = float(m_temperature->value());
+  s.seed = quint64(m_seed->value());
+  s.overrides.top_k = m_topk->value();
+  s.overrides.renormalize = m_renorm->currentIndex() == 0 ? -1 : m_renorm->currentIndex() == 1 ? 0 : 1;
+  s.overrides.forced = m_force->value();
+  for (const QString& part : m_ban->text().split(',', Qt::SkipEmptyParts)) {
+    bool ok = false;
+    const int e = part.trimmed().toInt(&ok);
+    if (ok && e >= 0) s.overrides.banned.insert(e);
+  }
+  return s;
+}
+
+void TokensView::openModel(const QString& path) {
+  pause();
+  request(1);
+  QMetaObject::invokeMethod(m_worker, [w = m_worker, path] { w->loadModel(path); });
+}
+
+void TokensView::onModelLoaded(const QString& name, const moelab::ModelConfig& config) {
+  m_pending = std::max(0, m_pending - 1);
+  m_config = config;
+  m_layer->blockSignals(true);
+  m_layer->clear();
+  m_layer->addItem(tr("All layers"));
+  for (int64_t l = 0; l < config.num_layers; ++l)
+    if (config.is_moe_layer(l)) m_layer->addItem(tr("Layer %1").arg(l), int(l));
+  m_layer->setCurrentIndex(m_layer->count() > 1 ? 1 : 0);
+  m_layer->blockSignals(false);
+  m_topk->setMaximum(int(std::max<int64_t>(1, config.num_experts)));
+  m_force->setMaximum(int(std::max<int64_t>(0, config.num_experts - 1)));
+  m_token = -1;
+  emit modelChanged(name, config);
+  resetText();
+}
+
+void TokensView::resetText() {
+  pause();
+  m_token = -1;
+  request(1);
+  const GenerationSettings s = settings();
+  QMetaObject::invokeMethod(m_worker, [w = m_worker, s] { w->reset(s, 0); });
+}
+
+void TokensView::routingKnobsChanged() {
+  if (!m_snap) return;
+  // Recompute the same amount of text with the new routing: it may now read differently.
+  const int generated = m_snap->count() - m_snap->promptLength;
+  request(1);
+  const GenerationSettings s = settings();
+  QMetaObject::invokeMethod(m_worker, [w = m_worker, s, generated] { w->reset(s, generated); });
+}
+
+void TokensView::stepOnce() {
+  request(1);
+  QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->step(1); });
+}
+
+void TokensView::run() {
+  m_running = true;
+  m_runTimer->start();
+}
+
+void TokensView::pause() {
+  m_running = false;
+  m_runTimer->stop();
+}
+
+bool TokensView::waitForIdle(int timeoutMs) {
+  QDeadlineTimer deadline(timeoutMs);
+  while (m_pending > 0 && !deadline.hasExpired()) QCoreApplication::processEvents(QEventLoop::AllEvents, 20);
+  return m_pending == 0;
+}
+
+void TokensView::onSnapshot(SnapshotPtr s) {
+  m_pending = std::max(0, m_pending - 1);
+  m_snap = std::move(s);
+  if (m_snap->count() >= std::min<int64_t>(m_snap->config.max_positions, 512)) pause();
+  m_status->setText(tr("%1: %2 tokens (%3 generated), top-%4 of %5 experts")
+                        .arg(m_snap->modelName)
+                        .arg(m_snap->count())
+                        .arg(m_snap->count() - m_snap->promptLength)
+                        .arg(m_snap->topK)
+                        .arg(m_snap->experts()));
+  redraw();
+  if (const auto* L = layerData(); L && m_snap->topK > 0 && !L->ids.isEmpty()) {
+    const int K = int(m_snap->topK);
+    emit lastTokenRouting(int(L->layer), L->ids.mid(L->ids.size() - K, K));
+  }
+}
+
+void TokensView::setPrompt(const QString& text) {
+  m_prompt->setText(text);
+  resetText();
+}
+void TokensView::setTopKOverride(int k) { m_topk->setValue(k); }
+void TokensView::setBannedExperts(const QString& list) {
+  m_ban->setText(list);
+  routingKnobsChanged();
+}
+void TokensView::setForcedExpert(int e) { m_force->setValue(e); }
+void TokensView::setRenormalize(int mode) { m_renorm->setCurrentIndex(mode < 0 ? 0 : mode == 0 ? 1 : 2); }
+void TokensView::selectLayer(int index) { m_layer->setCurrentIndex(index < 0 ? 0 : index + 1); }
+
+int TokensView::selectedLayer() const { return m_layer->currentIndex() - 1; }
+
+const TokensSnapshot::Layer* TokensView::layerData() const {
+  if (!m_snap || m_snap->layers.isEmpty()) return nullptr;
+  const int i = selectedLayer();
+  return &m_snap->layers[std::clamp(i < 0 ? 0 : i, 0, int(m_snap->layers.size()) - 1)];
+}
+
+double TokensView::heatmapValue(int token, int expert) const {
+  auto* map = m_heatmap->plot()->plottableCount() ? qobject_cast<QCPColorMap*>(m_heatmap->plot()->plottable(0)) : nullptr;
+  return map ? map->data()->cell(token, expert) : std::nan("");
+}
+
+bool TokensView::heatmapMarked(int token, int expert) const {
+  for (int i = 0; i < m_heatmap->plot()->graphCount(); ++i)
+    for (auto it = m_heatmap->plot()->graph(i)->data()->constBegin(); it != m_heatmap->plot()->graph(i)->data()->constEnd(); ++it)
+      if (int(std::lround(it->key)) == token && int(std::lround(it->value)) == expert) return true;
+  return false;
+}
+
+int TokensView::markedPerToken(int token) const {
+  int n = 0;
+  for (int i = 0; i < m_heatmap->plot()->graphCount(); ++i)
+    for (auto it = m_heatmap->plot()->graph(i)->data()->constBegin(); it != m_heatmap->plot()->graph(i)->data()->constEnd(); ++it)
+      n += int(std::lround(it->key)) == token;
+  return n;
+}
+
+void TokensView::redraw() {
+  drawHeatmap();
+  m_tokenText->setSnapshot(m_snap, std::max(0, selectedLayer()), m_token);
+  drawLoad();
+  drawWhy();
+  drawCoactivation();
+  drawNext();
+}

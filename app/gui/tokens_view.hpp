@@ -1,0 +1,99 @@
+// The Tokens view: type a prompt, step through generation token by token and watch the router:
+// the routing heatmap (tokens x experts), the text coloured by expert, the expert load, the
+// router's arithmetic for one token ("why"), expert co-activation, and the next-token
+// probabilities; knobs to change top-k, ban or force an expert, and switch renormalisation.
+#pragma once
+
+#include <QThread>
+#include <QWidget>
+
+#include "generation_worker.hpp"
+
+class ChartPanel;
+class QComboBox;
+class QDoubleSpinBox;
+class QLabel;
+class QLineEdit;
+class QPushButton;
+class QSlider;
+class QSpinBox;
+class QTimer;
+class TokenText;
+struct Theme;
+
+class TokensView : public QWidget {
+  Q_OBJECT
+ public:
+  explicit TokensView(QWidget* parent = nullptr);
+  ~TokensView() override;
+
+  QList<ChartPanel*> charts() const;
+  void applyTheme(const Theme& t);
+  SnapshotPtr snapshot() const { return m_snap; }
+  int selectedLayer() const;      // index into snapshot()->layers, or -1 for all layers
+  int selectedToken() const { return m_token; }
+  // Blocks until the worker has answered every request sent so far (tests, screenshots).
+  bool waitForIdle(int timeoutMs = 20000);
+  // Knobs, for tests and the GUI alike.
+  void setPrompt(const QString& text);
+  void setTopKOverride(int k);  // 0 = the model's
+  void setBannedExperts(const QString& list);
+  void setForcedExpert(int e);  // -1 = none
+  void setRenormalize(int mode);  // -1 model, 0 off, 1 on
+  void selectLayer(int index);    // -1 = all layers
+  // Data of the heatmap as drawn: value at (token, expert) of the selected layer, and whether
+  // the cell is marked as chosen.
+  double heatmapValue(int token, int expert) const;
+  bool heatmapMarked(int token, int expert) const;
+  int markedPerToken(int token) const;
+
+ public slots:
+  void openModel(const QString& path);
+  void stepOnce();
+  void run();
+  void pause();
+  void resetText();
+
+ signals:
+  void errorOccurred(const QString& message);
+  void modelChanged(const QString& name, const moelab::ModelConfig& config);
+  void lastTokenRouting(int layer, QVector<int> experts);  // for the Model view's block drawing
+
+ private slots:
+  void onSnapshot(SnapshotPtr s);
+  void onModelLoaded(const QString& name, const moelab::ModelConfig& config);
+  void routingKnobsChanged();
+
+ private:
+  GenerationSettings settings() const;
+  void request(int pendingDelta);
+  void redraw();
+  void drawHeatmap();
+  void drawLoad();
+  void drawWhy();
+  void drawCoactivation();
+  void drawNext();
+  const TokensSnapshot::Layer* layerData() const;
+
+  QThread m_thread;
+  GenerationWorker* m_worker = nullptr;
+  SnapshotPtr m_snap;
+  int m_pending = 0;
+  int m_token = -1;
+  bool m_running = false;
+  moelab::ModelConfig m_config;
+
+  QLineEdit* m_prompt = nullptr;
+  QPushButton *m_step = nullptr, *m_run = nullptr, *m_pause = nullptr, *m_reset = nullptr;
+  QSlider* m_speed = nullptr;
+  QDoubleSpinBox* m_temperature = nullptr;
+  QSpinBox *m_seed = nullptr, *m_topk = nullptr, *m_force = nullptr;
+  QLineEdit* m_ban = nullptr;
+  QComboBox *m_renorm = nullptr, *m_layer = nullptr;
+  QLabel* m_status = nullptr;
+  QTimer* m_runTimer = nullptr;
+  ChartPanel *m_heatmap = nullptr, *m_text = nullptr, *m_load = nullptr, *m_why = nullptr, *m_coact = nullptr,
+             *m_next = nullptr;
+  TokenText* m_tokenText = nullptr;
+  QLabel* m_whyLabel = nullptr;
+};

@@ -1,0 +1,167 @@
+// The lab window driven like a student would, offscreen: the heatmap shows exactly the core's
+// routing trace, top-k and bans change routing as the core says, and every export is a valid
+// file of its kind.
+#include <QImage>
+#include <QStandardPaths>
+#include <QTemporaryDir>
+#include <QXmlStreamReader>
+#include <QtTest>
+#include <set>
+
+#include "chart_panel.hpp"
+#include "main_window.hpp"
+#include "model.hpp"
+#include "model_view.hpp"
+#include "params.hpp"
+#include "presets.hpp"
+#include "tokens_view.hpp"
+
+using namespace moelab;
+
+class TestGui : public QObject {
+  Q_OBJECT
+ private:
+  // The core's own trace for the snapshot's tokens, with the same overrides.
+  RoutingTrace coreTrace(const TokensSnapshot& s, const RoutingOverrides* ov = nullptr) {
+    Model m = Model::load(resources_dir() + "/models/builtin", make_eigen_backend());
+    RoutingTrace trace;
+    KvCache cache = m.new_cache(s.count());
+    m.forward(std::vector<int32_t>(s.tokens.begin(), s.tokens.end()), cache, &trace, ov);
+    return trace;
+  }
+  MainWindow* window() {
+    auto* w = new MainWindow;
+    w->resize(1280, 800);
+    w->show();
+    w->tabs()->setCurrentWidget(w->tokensView());
+    TokensView* t = w->tokensView();
+    t->waitForIdle();
+    t->setPrompt(QStringLiteral("12+7=19; "));
+    t->waitForIdle();
+    for (int i = 0; i < 6; ++i) t->stepOnce();
+    t->waitForIdle();
+    return w;
+  }
+
+ private slots:
+  void initTestCase() { QStandardPaths::setTestModeEnabled(true); }
+
+  void heatmapCellsEqualTheCoreTrace() {
+    std::unique_ptr<MainWindow> w(window());
+    TokensView* t = w->tokensView();
+    SnapshotPtr s = t->snapshot();
+    QVERIFY(s);
+    QCOMPARE(s->count(), 10 + 6);  // <bos> + 9 prompt bytes + 6 generated
+    const RoutingTrace trace = coreTrace(*s);
+    for (int li = 0; li < int(trace.layers().size()); ++li) {
+      t->selectLayer(li);
+      const auto& L = trace.layers()[size_t(li)];
+      const int E = int(L.experts), K = int(L.top_k);
+      // The last generated token is not fed back yet: the trace covers count() - 1 positions.
+      for (int tok = 0; tok < s->count() - 1; ++tok)
+        for (int e = 0; e < E; ++e) {
+          QVERIFY(std::abs(t->heatmapValue(tok, e) - L.probs[size_t(tok * E + e)]) < 1e-5);
+          const bool chosen = std::find(L.ids.begin() + tok * K, L.ids.begin() + (tok + 1) * K, e) != L.ids.begin() + (tok + 1) * K;
+          QCOMPARE(t->heatmapMarked(tok, e), chosen);
+        }
+    }
+  }
+
+  void topKChangesTheActiveCount() {
+    std::unique_ptr<MainWindow> w(window());
+    TokensView* t = w->tokensView();
+    t->setTopKOverride(4);
+    QVERIFY(t->waitForIdle());
+    SnapshotPtr s = t->snapshot();
+    QCOMPARE(s->topK, int64_t(4));
+    RoutingOverrides ov;
+    ov.top_k = 4;
+    const RoutingTrace trace = coreTrace(*s, &ov);
+    t->selectLayer(0);
+    for (int tok = 0; tok < s->count() - 1; ++tok) QCOMPARE(t->markedPerToken(tok), int(trace.layers()[0].top_k));
+    QCOMPARE(std::vector<int>(s->layers[0].ids.begin(), s->layers[0].ids.end()),
+             std::vector<int>(trace.layers()[0].ids.begin(), trace.layers()[0].ids.end()));
+  }
+
+  void aBannedExpertIsNeverChosen() {
+    std::unique_ptr<MainWindow> w(window());
+    TokensView* t = w->tokensView();
+    // Ban the expert the model uses most in layer 0.
+    SnapshotPtr before = t->snapshot();
+    std::vector<int> counts(size_t(before->experts()), 0);
+    for (int id : before->layers[0].ids) counts[size_t(id)]++;
+    const int busiest = int(std::max_element(counts.begin(), counts.end()) - counts.begin());
+    t->setBannedExperts(QString::number(busiest));
+    QVERIFY(t->waitForIdle());
+    for (const auto& L : t->snapshot()->layers)
+      for (int id : L.ids) QVERIFY(id != busiest);
+    t->selectLayer(0);
+    for (int tok = 0; tok < t->snapshot()->count() - 1; ++tok) QVERIFY(!t->heatmapMarked(tok, busiest));
+  }
+
+  void everyExportIsAValidFile() {
+    std::unique_ptr<MainWindow> w(window());
+    QTemporaryDir dir;
+    QList<ChartPanel*> charts = w->tokensView()->charts() + w->modelView()->charts();
+    QVERIFY(charts.size() >= 8);
+    for (ChartPanel* c : charts) {
+      const QString base = dir.filePath(c->id());
+      QCOMPARE(c->exportPng(base + ".png", QSize(900, 560), 192), QString());
+      QImage img(base + ".png");
+      QCOMPARE(img.size(), QSize(1800, 1120));
+      std::set<QRgb> colours;
+      for (int y = 0; y < img.height(); y += 7)
+        for (int x = 0; x < img.width(); x += 7) colours.insert(img.pixel(x, y));
+      QVERIFY2(colours.size() > 8, qPrintable(c->id() + " PNG looks blank"));
+      QCOMPARE(c->exportSvg(base + ".svg", QSize(900, 560)), QString());
+      QFile svg(base + ".svg");
+      QVERIFY(svg.open(QIODevice::ReadOnly));
+      QXmlStreamReader xml(&svg);
+      int drawing = 0;
+      while (!xml.atEnd())
+        if (xml.readNext() == QXmlStreamReader::StartElement &&
+            (xml.name() == u"path" || xml.name() == u"rect" || xml.name() == u"polyline" || xml.name() == u"text" ||
+             xml.name() == u"image"))
+          ++drawing;
+      QVERIFY2(!xml.hasError(), qPrintable(c->id() + ": " + xml.errorString()));
+      QVERIFY2(drawing > 3, qPrintable(c->id() + " SVG has no drawing"));
+      QCOMPARE(c->exportPdf(base + ".pdf", QSize(900, 560)), QString());
+      QFile pdf(base + ".pdf");
+      QVERIFY(pdf.open(QIODevice::ReadOnly));
+      const QByteArray p = pdf.readAll();
+      QVERIFY(p.startsWith("%PDF-") && p.contains("/Type /Page") && p.size() > 1000);
+      QCOMPARE(c->exportCsv(base + ".csv"), QString());
+      QFile csv(base + ".csv");
+      QVERIFY(csv.open(QIODevice::ReadOnly));
+      QCOMPARE(QString::fromUtf8(csv.readAll()), c->csv());
+    }
+    // The heatmap's CSV holds exactly the snapshot: one row per (layer, token, expert).
+    SnapshotPtr s = w->tokensView()->snapshot();
+    const QStringList rows = w->tokensView()->charts()[0]->csv().split('\n', Qt::SkipEmptyParts);
+    QCOMPARE(rows.size(), 1 + int(s->layers.size()) * s->count() * int(s->experts()));
+    const QStringList first = rows[1].split(',');
+    QCOMPARE(float(first[4].toDouble()), s->layers[0].probs[0]);  // 9 digits round-trip a float
+  }
+
+  void modelViewCountsWhatTheCoreCounts() {
+    std::unique_ptr<MainWindow> w(window());
+    const ModelConfig& c = w->modelView()->labConfig();
+    const ParamCount p = count_params(c);
+    const QString csv = w->modelView()->charts()[0]->csv();
+    QVERIFY2(csv.contains(QString::number(p.total)), qPrintable(csv));
+    QVERIFY2(csv.contains(QString::number(p.active)), qPrintable(csv));
+  }
+
+  void aBadModelIsAMessageNotACrash() {
+    std::unique_ptr<MainWindow> w(window());
+    w->openModel(QStringLiteral("/nonexistent/model"));
+    w->tokensView()->waitForIdle();
+    QVERIFY2(w->lastError().contains(QStringLiteral("/nonexistent/model")), qPrintable(w->lastError()));
+    // Still usable: the previous model keeps generating.
+    w->tokensView()->stepOnce();
+    QVERIFY(w->tokensView()->waitForIdle());
+  }
+};
+
+QTEST_MAIN(TestGui)
+#include "test_gui.moc"
