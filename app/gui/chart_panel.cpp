@@ -61,6 +61,7 @@ void ChartPanel::applyTheme(const Theme& t) {
   m_title->setFont(t.title);
   QFont c = t.text;
   c.setItalic(!t.presentation);
+  if (t.presentation) c.setPointSizeF(t.text.pointSizeF() - 2);  // captions: large, but below the chart
   m_caption->setFont(c);
   QPalette pal = m_caption->palette();
   pal.setColor(QPalette::WindowText, t.subtle);

@@ -146,12 +146,19 @@ QString MainWindow::saveScreenshots(const QString& dir, QSize size) {
     setPresentation(pres);
     for (int i = 0; i < m_tabs->count(); ++i) {
       m_tabs->setCurrentIndex(i);
-      QApplication::processEvents();
-      for (ChartPanel* c : m_model->charts() + m_tokens->charts())
-        if (c->plot()) c->plot()->replot(QCustomPlot::rpImmediateRefresh);
-      QApplication::processEvents();
-      const QString name = QStringLiteral("%1-%2.png").arg(m_tabs->tabText(i).toLower(), pres ? "presentation" : "normal");
-      if (!grab().save(QDir(dir).filePath(name))) return tr("%1: cannot write").arg(QDir(dir).filePath(name));
+      const int pages = m_tabs->widget(i) == m_tokens ? m_tokens->pages()->count() : 1;
+      for (int page = 0; page < pages; ++page) {
+        if (m_tabs->widget(i) == m_tokens) m_tokens->pages()->setCurrentIndex(page);
+        QApplication::processEvents();
+        for (ChartPanel* c : m_model->charts() + m_tokens->charts())
+          if (c->plot()) c->plot()->replot(QCustomPlot::rpImmediateRefresh);
+        QApplication::processEvents();
+        const QString name = QStringLiteral("%1%2-%3.png")
+                                 .arg(m_tabs->tabText(i).toLower(), pages > 1 ? QStringLiteral("-%1").arg(page + 1) : QString(),
+                                      pres ? "presentation" : "normal");
+        if (!grab().save(QDir(dir).filePath(name))) return tr("%1: cannot write").arg(QDir(dir).filePath(name));
+      }
+      if (m_tabs->widget(i) == m_tokens) m_tokens->pages()->setCurrentIndex(0);
     }
   }
   setPresentation(was);

@@ -111,22 +111,41 @@ void legendRow(QCustomPlot* plot, int row) {
   plot->legend->setMargins(QMargins(6, 2, 6, 2));
 }
 
-// A label whose x is a fraction of the axis rect (1 = its right edge) and y a data key: used
-// for the number column right of the bars, outside the plotting area.
-QCPItemText* rowLabel(QCustomPlot* plot, QCPAxisRect* rect, double key, const QString& text, const QFont& font,
-                      const QColor& color) {
+// Horizontal bars along a vertical key axis, outlined so neighbours stay apart in greyscale.
+QCPBars* horizontalBars(QCPAxis* keys, QCPAxis* values, const QColor& fill, double width, const Theme& t) {
+  auto* bars = new QCPBars(keys, values);
+  bars->setWidth(width);
+  bars->setBrush(fill);
+  bars->setPen(QPen(t.foreground, t.presentation ? 1.5 : 1));
+  bars->setBaseValue(values->scaleType() == QCPAxis::stLogarithmic ? 1 : 0);  // a log axis has no zero
+  return bars;
+}
+
+QCPItemText* textItem(QCustomPlot* plot, const QString& text, const QFont& font, const QColor& color, Qt::Alignment align) {
   auto* label = new QCPItemText(plot);
-  label->setClipToAxisRect(false);
-  label->position->setAxisRect(rect);
-  label->position->setAxes(rect->axis(QCPAxis::atBottom), rect->axis(QCPAxis::atLeft));
-  label->position->setTypeX(QCPItemPosition::ptAxisRectRatio);
-  label->position->setTypeY(QCPItemPosition::ptPlotCoords);
-  label->position->setCoords(1.0, key);
-  label->setPositionAlignment(Qt::AlignLeft | Qt::AlignVCenter);
-  label->setPadding(QMargins(6, 0, 0, 0));
   label->setText(text);
   label->setFont(font);
   label->setColor(color);
+  label->setPositionAlignment(align);
+  return label;
+}
+
+// A point whose x is a fraction of the axis rect (0 = left edge, 1 = right edge) and y a row.
+void placeInRow(QCPItemPosition* pos, QCPAxisRect* rect, double x, double key) {
+  pos->setAxisRect(rect);
+  pos->setAxes(rect->axis(QCPAxis::atBottom), rect->axis(QCPAxis::atLeft));
+  pos->setTypeX(QCPItemPosition::ptAxisRectRatio);
+  pos->setTypeY(QCPItemPosition::ptPlotCoords);
+  pos->setCoords(x, key);
+}
+
+// The number column right of the bars, outside the plotting area.
+QCPItemText* rowLabel(QCustomPlot* plot, QCPAxisRect* rect, double key, const QString& text, const QFont& font,
+                      const QColor& color) {
+  auto* label = textItem(plot, text, font, color, Qt::AlignLeft | Qt::AlignVCenter);
+  label->setClipToAxisRect(false);
+  placeInRow(label->position, rect, 1.0, key);
+  label->setPadding(QMargins(6, 0, 0, 0));
   return label;
 }
 
@@ -134,14 +153,8 @@ QCPItemText* rowLabel(QCustomPlot* plot, QCPAxisRect* rect, double key, const QS
 void outlineRow(QCustomPlot* plot, QCPAxisRect* rect, double key, const QPen& pen) {
   auto* box = new QCPItemRect(plot);
   box->setClipToAxisRect(false);
-  for (QCPItemPosition* pos : {box->topLeft, box->bottomRight}) {
-    pos->setAxisRect(rect);
-    pos->setAxes(rect->axis(QCPAxis::atBottom), rect->axis(QCPAxis::atLeft));
-    pos->setTypeX(QCPItemPosition::ptAxisRectRatio);
-    pos->setTypeY(QCPItemPosition::ptPlotCoords);
-  }
-  box->topLeft->setCoords(0.0, key + 0.48);
-  box->bottomRight->setCoords(1.0, key - 0.48);
+  placeInRow(box->topLeft, rect, 0.0, key + 0.48);
+  placeInRow(box->bottomRight, rect, 1.0, key - 0.48);
   box->setPen(pen);
   box->setBrush(Qt::NoBrush);
 }
@@ -156,6 +169,10 @@ void reserveRightMargin(QCPAxisRect* rect, const QFont& font, const QStringList&
   m.setRight(w + 14);
   rect->setMargins(m);
 }
+
+// CSV cells: whole numbers, and text in quotes.
+QString num(double v) { return QString::number(v, 'f', 0); }
+QString quoted(QString text) { return '"' + text.replace('"', '\'') + '"'; }
 
 QString stripSource(QString message) {
   if (message.startsWith(QLatin1String("knobs: "))) message.remove(0, 7);
@@ -196,25 +213,31 @@ ModelView::ModelView(QWidget* parent)
 
 ModelView::~ModelView() = default;
 
+void ModelView::resizeEvent(QResizeEvent* e) {
+  QWidget::resizeEvent(e);
+  if (m_theme.presentation) {
+    const int high = std::max(480, m_chartScroll->viewport()->height() - 12);
+    for (ChartPanel* c : charts()) c->setMinimumHeight(high);
+  }
+}
+
 QWidget* ModelView::buildKnobs() {
   m_knobs = new QWidget;
   auto* form = new QFormLayout(m_knobs);
   form->setFieldGrowthPolicy(QFormLayout::FieldsStayAtSizeHint);
-  auto spin = [&](int lo, int hi, int step, const QString& tip) {
+  auto spin = [&](const QString& label, int lo, int hi, int step, const QString& tip) {
     auto* s = new QSpinBox(m_knobs);
     s->setRange(lo, hi);
     s->setSingleStep(step);
     s->setToolTip(tip);
     s->setStatusTip(tip);
     connect(s, &QSpinBox::valueChanged, this, &ModelView::onKnobChanged);
+    form->addRow(label, s);
     return s;
   };
   auto section = [&](const QString& text) {
     auto* l = new QLabel(text, m_knobs);
-    QFont f = l->font();
-    f.setBold(true);
-    l->setFont(f);
-    l->setProperty("section", true);
+    l->setProperty("section", true);  // bold, set with the theme's font
     form->addRow(l);
   };
   m_preset = new QComboBox(m_knobs);
@@ -225,23 +248,19 @@ QWidget* ModelView::buildKnobs() {
   form->addRow(tr("Preset"), m_preset);
 
   section(tr("Shape"));
-  m_layers = spin(1, 256, 1, tr("Number of transformer blocks (L)"));
-  m_hidden = spin(8, 16384, 16, tr("Width of the token vectors (H); a multiple of the heads"));
-  m_heads = spin(1, 256, 1, tr("Attention heads (NH); the hidden width is split among them"));
-  m_kvHeads = spin(1, 256, 1, tr("Key/value heads (NKV); fewer than the heads = grouped-query attention"));
-  form->addRow(tr("Layers"), m_layers);
-  form->addRow(tr("Hidden width"), m_hidden);
-  form->addRow(tr("Heads"), m_heads);
-  form->addRow(tr("KV heads"), m_kvHeads);
+  m_layers = spin(tr("Layers"), 1, 256, 1, tr("Number of transformer blocks (L)"));
+  m_hidden = spin(tr("Hidden width"), 8, 16384, 16, tr("Width of the token vectors (H); a multiple of the heads"));
+  m_heads = spin(tr("Heads"), 1, 256, 1, tr("Attention heads (NH); the hidden width is split among them"));
+  m_kvHeads = spin(tr("KV heads"), 1, 256, 1, tr("Key/value heads (NKV); fewer than the heads = grouped-query attention"));
 
   section(tr("Experts"));
-  m_experts = spin(0, 512, 1, tr("Routed experts per MoE layer (E); 0 makes a dense model"));
-  m_topK = spin(1, 64, 1, tr("Experts each token is sent to (K)"));
-  m_expertHidden = spin(1, 65536, 16, tr("Hidden size inside one expert (F)"));
-  m_fineGrained = spin(1, 64, 1,
+  m_experts = spin(tr("Experts"), 0, 512, 1, tr("Routed experts per MoE layer (E); 0 makes a dense model"));
+  m_topK = spin(tr("Top-k"), 1, 64, 1, tr("Experts each token is sent to (K)"));
+  m_expertHidden = spin(tr("Expert hidden"), 1, 65536, 16, tr("Hidden size inside one expert (F)"));
+  m_fineGrained = spin(tr("Fine-grained m"), 1, 64, 1,
                        tr("Fine-grained factor m (DeepSeekMoE): m times more experts, each 1/m as wide, top-k times m: "
                           "same parameters and compute, many more combinations"));
-  m_shared = spin(0, 16, 1, tr("Always-on shared experts, each as wide as one routed expert"));
+  m_shared = spin(tr("Shared experts"), 0, 16, 1, tr("Always-on shared experts, each as wide as one routed expert"));
   m_denseLayers = new QLineEdit(m_knobs);
   m_denseLayers->setPlaceholderText(tr("none, e.g. 0,2"));
   m_denseLayers->setValidator(new QRegularExpressionValidator(QRegularExpression(QStringLiteral("[0-9, ]*")), m_denseLayers));
@@ -254,11 +273,6 @@ QWidget* ModelView::buildKnobs() {
   m_router->setToolTip(tr("How the router scores experts: softmax (Mixtral), noisy top-k (Shazeer 2017), "
                           "sigmoid with a balancing bias (DeepSeek-V3)"));
   connect(m_router, &QComboBox::currentIndexChanged, this, &ModelView::onKnobChanged);
-  form->addRow(tr("Experts"), m_experts);
-  form->addRow(tr("Top-k"), m_topK);
-  form->addRow(tr("Expert hidden"), m_expertHidden);
-  form->addRow(tr("Fine-grained m"), m_fineGrained);
-  form->addRow(tr("Shared experts"), m_shared);
   form->addRow(tr("Dense layers"), m_denseLayers);
   form->addRow(tr("Router"), m_router);
 
@@ -414,18 +428,10 @@ void ModelView::choosePreset(int index) {
     if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) moelab::fail(path, "a preset needs a \"model\" object");
     const json& s = j["model"];
     m_preset->setItemData(index, QString::fromStdString(j.value("description", std::string())), Qt::ToolTipRole);
-    auto get = [&](const char* k, int d) { return s.contains(k) && s[k].is_number_integer() ? s[k].get<int>() : d; };
     m_settingKnobs = true;
     // The defaults are lab_model_from_json's, so an absent key means the same here and there.
-    m_layers->setValue(get("layers", 4));
-    m_hidden->setValue(get("hidden", 128));
-    m_heads->setValue(get("heads", 4));
-    m_kvHeads->setValue(get("kv_heads", m_heads->value()));
-    m_experts->setValue(get("experts", 8));
-    m_topK->setValue(get("top_k", 2));
-    m_expertHidden->setValue(get("expert_hidden", 256));
-    m_fineGrained->setValue(get("fine_grained", 1));
-    m_shared->setValue(get("shared_experts", 0));
+    const int heads = s.value("heads", 4);
+    for (auto [key, box, fallback] : knobTable(heads)) box->setValue(s.contains(key) ? s[key].get<int>() : fallback);
     QStringList dense;
     if (s.contains("dense_layers") && s["dense_layers"].is_array())
       for (const json& v : s["dense_layers"]) dense << QString::number(v.get<int>());
@@ -447,6 +453,12 @@ void ModelView::choosePreset(int index) {
   }
 }
 
+QVector<ModelView::Knob> ModelView::knobTable(int heads) const {
+  return {{"layers", m_layers, 4},           {"hidden", m_hidden, 128},         {"heads", m_heads, 4},
+          {"kv_heads", m_kvHeads, heads},    {"experts", m_experts, 8},         {"top_k", m_topK, 2},
+          {"expert_hidden", m_expertHidden, 256}, {"fine_grained", m_fineGrained, 1}, {"shared_experts", m_shared, 0}};
+}
+
 void ModelView::updateKnobStates() {
   const bool moe = m_experts->value() > 0;
   for (QWidget* w : std::initializer_list<QWidget*>{m_fineGrained, m_shared, m_denseLayers, m_router}) w->setEnabled(moe);
@@ -456,17 +468,10 @@ void ModelView::onKnobChanged() {
   if (m_settingKnobs) return;
   updateKnobStates();
   json spec = *m_extraSpec;
-  spec["layers"] = m_layers->value();
-  spec["hidden"] = m_hidden->value();
-  spec["heads"] = m_heads->value();
-  spec["kv_heads"] = m_kvHeads->value();
-  spec["experts"] = m_experts->value();
-  spec["top_k"] = m_topK->value();
-  spec["expert_hidden"] = m_expertHidden->value();
+  for (auto [key, box, fallback] : knobTable(0))
+    if (m_experts->value() > 0 || (box != m_fineGrained && box != m_shared)) spec[key] = box->value();
   QString error;
   if (m_experts->value() > 0) {
-    spec["fine_grained"] = m_fineGrained->value();
-    spec["shared_experts"] = m_shared->value();
     spec["router"] = m_router->currentData().toString().toStdString();
     json dense = json::array();
     for (const QString& part : m_denseLayers->text().split(QRegularExpression(QStringLiteral("[,\\s]+")), Qt::SkipEmptyParts)) {
@@ -546,19 +551,13 @@ void ModelView::setConfig(const moelab::ModelConfig& c, const QString& name) {
   m_params = params;
   m_flops = flops;
   const QString family = QString::fromLatin1(moelab::family_name(c.family));
-  m_summary->setText(c.num_experts > 0
-                         ? tr("%1: %2 of %3 layers are MoE, %4 experts of width %5, top-%6. %7 parameters, %8 per token.")
-                               .arg(family)
-                               .arg(c.num_moe_layers())
-                               .arg(c.num_layers)
-                               .arg(c.num_experts)
-                               .arg(c.expert_ffn_size)
-                               .arg(c.top_k)
-                               .arg(countText(double(params.total)), countText(double(params.active)))
-                         : tr("%1: a dense model, FFN width %2. %3 parameters, all used by every token.")
-                               .arg(family)
-                               .arg(c.dense_ffn_size)
-                               .arg(countText(double(params.total))));
+  const QString total = countText(double(params.total)), active = countText(double(params.active));
+  m_summary->setText(c.num_experts > 0 ? tr("%1: %2 of %3 layers are MoE, %4 experts of width %5, top-%6. %7 parameters, "
+                                            "%8 per token.")
+                                             .arg(family, num(c.num_moe_layers()), num(c.num_layers), num(c.num_experts),
+                                                  num(c.expert_ffn_size), num(c.top_k), total, active)
+                                       : tr("%1: a dense model, FFN width %2. %3 parameters, all used by every token.")
+                                             .arg(family, num(c.dense_ffn_size), total));
   {
     const QSignalBlocker block(m_blockLayer);
     m_blockLayer->setRange(0, int(std::max<int64_t>(1, c.num_layers)) - 1);
@@ -595,11 +594,9 @@ QVector<ModelView::Row> ModelView::rows() const {
   const QString compared = m_compare->currentData().toString();
   for (const RealModel& m : m_real)
     rows << Row{m.name, double(m.params.total), double(m.params.active), m.flops, false, m.id == compared};
-  rows << Row{QStringLiteral("★ ") + (m_name.isEmpty() ? tr("lab model") : m_name), double(m_params.total),
-              double(m_params.active), m_flops, true, false};
+  rows << Row{m_name.isEmpty() ? tr("lab model") : m_name, double(m_params.total), double(m_params.active), m_flops,
+              true, false};
   std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.total < b.total; });
-  for (Row& r : rows)
-    if (r.compared) r.name = QStringLiteral("▶ ") + r.name;
   return rows;
 }
 
@@ -614,13 +611,10 @@ void ModelView::updateParamsChart() {
   QCPBars* below = nullptr;
   for (int i = 0; i < moelab::kNumComponents; ++i) {
     if (m_params.total_by[i] == 0) continue;
-    auto* bars = new QCPBars(keys, values);
+    auto* bars = horizontalBars(keys, values, Theme::component(i), 0.6, t);
     const double share = total > 0 ? 100.0 * double(m_params.total_by[i]) / total : 0;
     bars->setName(QStringLiteral("%1 (%2)").arg(componentLabel(i),
                                                 share < 1 ? QStringLiteral("<1%") : QString::number(share, 'f', 0) + '%'));
-    bars->setWidth(0.6);
-    bars->setBrush(Theme::component(i));
-    bars->setPen(QPen(t.foreground, t.presentation ? 1.5 : 1));
     bars->setData({1, 2}, {double(m_params.active_by[i]), double(m_params.total_by[i])}, true);
     if (below) bars->moveAbove(below);
     below = bars;
@@ -637,13 +631,9 @@ void ModelView::updateParamsChart() {
   values->setLabel(tr("parameters"));
   values->setRange(0, std::max(1.0, total) * 1.22);
   for (const auto& [key, v] : {std::pair{2.0, total}, std::pair{1.0, active}}) {
-    auto* label = new QCPItemText(plot);
+    auto* label = textItem(plot, countText(v), t.axisLabel, t.foreground, Qt::AlignLeft | Qt::AlignVCenter);
     label->position->setCoords(v, key);
-    label->setPositionAlignment(Qt::AlignLeft | Qt::AlignVCenter);
     label->setPadding(QMargins(6, 0, 0, 0));
-    label->setText(countText(v));
-    label->setFont(t.axisLabel);
-    label->setColor(t.foreground);
   }
   if (auto* head = qobject_cast<QCPTextElement*>(plot->plotLayout()->element(0, 0))) {
     head->setText(tr("%1 total / %2 active per token (%3%)")
@@ -662,8 +652,9 @@ void ModelView::updateRealModelsChart() {
   plot->clearPlottables();
   plot->clearItems();
   const QVector<Row> rows = this->rows();
-  auto* totalBars = new QCPBars(plot->yAxis, plot->xAxis);
-  auto* activeBars = new QCPBars(plot->yAxis, plot->xAxis);
+  setLogAxis(plot->xAxis, countText);
+  auto* totalBars = horizontalBars(plot->yAxis, plot->xAxis, Theme::series(0), 0.4, t);
+  auto* activeBars = horizontalBars(plot->yAxis, plot->xAxis, Theme::series(1), 0.4, t);
   totalBars->setName(tr("total parameters"));
   activeBars->setName(tr("active per token"));
   auto names = QSharedPointer<QCPAxisTickerText>::create();
@@ -673,21 +664,14 @@ void ModelView::updateRealModelsChart() {
     // Two bars per model, total above active, around the model's row.
     totalBars->addData(i + 0.2, rows[i].total);
     activeBars->addData(i - 0.2, rows[i].active);
-    names->addTick(i, rows[i].name);
+    names->addTick(i, rows[i].label());
     numbers << countText(rows[i].total) + QStringLiteral(" / ") + countText(rows[i].active);
     lo = std::min(lo, rows[i].active);
     hi = std::max(hi, rows[i].total);
   }
-  for (auto [bars, color] : {std::pair{totalBars, Theme::series(0)}, std::pair{activeBars, Theme::series(1)}}) {
-    bars->setWidth(0.4);
-    bars->setBrush(color);
-    bars->setPen(QPen(t.foreground, 1));
-    bars->setBaseValue(1);  // a log axis has no zero: bars start left of the visible range
-  }
   plot->yAxis->setTicker(names);
   plot->yAxis->setRange(-0.6, rows.size() - 0.4);
   plot->yAxis->grid()->setVisible(false);
-  setLogAxis(plot->xAxis, countText);
   plot->xAxis->setRange(decades(lo, hi));
   plot->xAxis->setLabel(tr("parameters (log scale)"));
   for (int i = 0; i < int(rows.size()); ++i) {
@@ -713,7 +697,7 @@ void ModelView::updateMemoryChart() {
   QCPAxisRect* flop = rects[1];
   const QVector<Row> rows = this->rows();
   auto names = QSharedPointer<QCPAxisTickerText>::create();
-  for (int i = 0; i < int(rows.size()); ++i) names->addTick(i, rows[i].name);
+  for (int i = 0; i < int(rows.size()); ++i) names->addTick(i, rows[i].label());
   for (QCPAxisRect* r : {mem, flop}) {
     QCPAxis* y = r->axis(QCPAxis::atLeft);
     y->setTicker(names);
@@ -769,30 +753,21 @@ void ModelView::updateMemoryChart() {
   gpu->point2->setCoords(80e9, 1);
   gpu->setPen(QPen(t.foreground, t.presentation ? 3 : 2, Qt::DashLine));
   // The largest models sit at the top, right of the line, so its label goes top left of it.
-  auto* gpuLabel = new QCPItemText(plot);
+  auto* gpuLabel = textItem(plot, tr("one 80 GB GPU"), t.tickLabel, t.foreground, Qt::AlignRight | Qt::AlignTop);
   gpuLabel->setClipAxisRect(mem);
   gpuLabel->position->setAxisRect(mem);
   gpuLabel->position->setAxes(memX, memY);
   gpuLabel->position->setTypeY(QCPItemPosition::ptAxisRectRatio);
   gpuLabel->position->setCoords(80e9, 0.0);
-  gpuLabel->setPositionAlignment(Qt::AlignRight | Qt::AlignTop);
   gpuLabel->setPadding(QMargins(0, 2, 6, 0));
-  gpuLabel->setText(tr("one 80 GB GPU"));
-  gpuLabel->setFont(t.tickLabel);
-  gpuLabel->setColor(t.foreground);
   gpuLabel->setBrush(QColor(255, 255, 255, 210));
 
-  // Right: compute per token, one bar per model, the number beside it.
+  // Right: compute per token, one bar per model.
   QCPAxis* flopX = flop->axis(QCPAxis::atBottom);
-  auto* bars = new QCPBars(flop->axis(QCPAxis::atLeft), flopX);
-  bars->setWidth(0.6);
-  bars->setBrush(Theme::series(2));
-  bars->setPen(QPen(t.foreground, 1));
-  bars->setBaseValue(1);
-  bars->setName(tr("compute per token"));
+  setLogAxis(flopX, countText);
+  auto* bars = horizontalBars(flop->axis(QCPAxis::atLeft), flopX, Theme::series(2), 0.6, t);
   bars->removeFromLegend();
   for (int i = 0; i < int(rows.size()); ++i) bars->addData(i, rows[i].flops);
-  setLogAxis(flopX, countText);
   flopX->setRange(decades(flo, fhi));
   flopX->setLabel(tr("FLOP per token"));
   for (int i = 0; i < int(rows.size()); ++i)
@@ -803,9 +778,18 @@ void ModelView::updateMemoryChart() {
 }
 
 void ModelView::applyMinimumSizes() {
-  // Charts keep a size a room can read; below it the chart grid scrolls instead of shrinking.
-  const QSize chart = m_theme.presentation ? QSize(560, 470) : QSize(320, 270);
-  for (ChartPanel* c : charts()) c->setMinimumSize(chart);
+  // Normal: a 2×2 grid. Presentation: projector fonts need about a screen per chart, so the
+  // charts stack in one column, each as high as the visible area, and the column scrolls.
+  const QList<QSplitter*> rows = m_chartRows->findChildren<QSplitter*>(QString(), Qt::FindDirectChildrenOnly);
+  const QList<ChartPanel*> panels = charts();
+  if (m_theme.presentation) {
+    for (int i = 0; i < int(panels.size()); ++i) m_chartRows->insertWidget(i, panels[i]);
+  } else if (rows.size() == 2) {
+    for (int i = 0; i < int(panels.size()); ++i) rows[i / 2]->addWidget(panels[i]);
+  }
+  for (QSplitter* r : rows) r->setVisible(!m_theme.presentation);
+  const int high = std::max(480, m_chartScroll->viewport()->height() - 12);
+  for (ChartPanel* c : panels) c->setMinimumSize(m_theme.presentation ? QSize(520, high) : QSize(320, 270));
   m_knobs->adjustSize();
   const int w = m_knobs->minimumSizeHint().width() + m_knobScroll->verticalScrollBar()->sizeHint().width() + 4;
   m_knobScroll->setMinimumWidth(w);
@@ -836,59 +820,46 @@ void ModelView::applyTheme(const Theme& t) {
 }
 
 QString ModelView::paramsCsv() const {
-  QString s = QStringLiteral("component,total_params,active_params_per_token\n");
+  QStringList lines{QStringLiteral("component,total_params,active_params_per_token")};
   for (int i = 0; i < moelab::kNumComponents; ++i)
-    s += QStringLiteral("%1,%2,%3\n")
-             .arg(QString::fromLatin1(moelab::component_name(moelab::Component(i))))
-             .arg(m_params.total_by[i])
-             .arg(m_params.active_by[i]);
-  s += QStringLiteral("all,%1,%2\n").arg(m_params.total).arg(m_params.active);
-  return s;
+    lines << QStringList{QString::fromLatin1(moelab::component_name(moelab::Component(i))), num(m_params.total_by[i]),
+                         num(m_params.active_by[i])}
+                 .join(',');
+  lines << QStringList{QStringLiteral("all"), num(m_params.total), num(m_params.active)}.join(',');
+  return lines.join('\n') + '\n';
 }
 
 QString ModelView::realModelsCsv() const {
-  QString s = QStringLiteral("model,total_params,active_params,headline,compared\n");
+  QStringList lines{QStringLiteral("model,total_params,active_params,headline,compared")};
   for (const RealModel& m : m_real)
-    s += QStringLiteral("\"%1\",%2,%3,\"%4\",%5\n")
-             .arg(m.name)
-             .arg(m.params.total)
-             .arg(m.params.active)
-             .arg(QString(m.headline).replace('"', '\''))
-             .arg(m.id == m_compare->currentData().toString() ? 1 : 0);
-  s += QStringLiteral("\"%1 (lab)\",%2,%3,,0\n").arg(m_name).arg(m_params.total).arg(m_params.active);
-  return s;
+    lines << QStringList{quoted(m.name), num(m.params.total), num(m.params.active), quoted(m.headline),
+                         m.id == m_compare->currentData().toString() ? QStringLiteral("1") : QStringLiteral("0")}
+                 .join(',');
+  lines << QStringList{quoted(m_name + tr(" (lab)")), num(m_params.total), num(m_params.active), QString(), QStringLiteral("0")}
+               .join(',');
+  return lines.join('\n') + '\n';
 }
 
 QString ModelView::memoryCsv() const {
-  QString s = QStringLiteral("model,total_params,active_params,bytes_fp32,bytes_bf16,bytes_int8,bytes_int4,flops_per_token_ctx%1\n")
-                  .arg(kContext);
+  QStringList lines{QStringLiteral("model,total_params,active_params,bytes_fp32,bytes_bf16,bytes_int8,bytes_int4,"
+                                   "flops_per_token_ctx%1").arg(kContext)};
   for (const Row& r : rows())
-    s += QStringLiteral("\"%1\",%2,%3,%4,%5,%6,%7,%8\n")
-             .arg(r.name)
-             .arg(r.total, 0, 'f', 0)
-             .arg(r.active, 0, 'f', 0)
-             .arg(r.total * 4, 0, 'f', 0)
-             .arg(r.total * 2, 0, 'f', 0)
-             .arg(r.total, 0, 'f', 0)
-             .arg(r.total * 0.5, 0, 'f', 0)
-             .arg(r.flops, 0, 'f', 0);
-  return s;
+    lines << QStringList{quoted(r.name), num(r.total), num(r.active), num(r.total * 4), num(r.total * 2), num(r.total),
+                         num(r.total / 2), num(r.flops)}
+                 .join(',');
+  return lines.join('\n') + '\n';
 }
 
 QString ModelView::blockCsv() const {
-  QString s = QStringLiteral("layer,kind,routed_experts,top_k,shared_ffn_size,dense_ffn_size,highlighted_experts\n");
+  QStringList lines{QStringLiteral("layer,kind,routed_experts,top_k,shared_ffn_size,dense_ffn_size,highlighted_experts")};
   for (int64_t l = 0; l < m_config.num_layers; ++l) {
     const bool moe = m_config.is_moe_layer(l);
     QStringList hi;
     for (int e : m_highlights.value(int(l))) hi << QString::number(e);
-    s += QStringLiteral("%1,%2,%3,%4,%5,%6,\"%7\"\n")
-             .arg(l)
-             .arg(moe ? "moe" : "dense")
-             .arg(moe ? m_config.num_experts : 0)
-             .arg(moe ? m_config.top_k : 0)
-             .arg(moe ? m_config.shared_ffn_size : 0)
-             .arg(moe ? 0 : m_config.dense_ffn_size)
-             .arg(hi.join(' '));
+    lines << QStringList{num(l), moe ? QStringLiteral("moe") : QStringLiteral("dense"), num(moe ? m_config.num_experts : 0),
+                         num(moe ? m_config.top_k : 0), num(moe ? m_config.shared_ffn_size : 0),
+                         num(moe ? 0 : m_config.dense_ffn_size), quoted(hi.join(' '))}
+                 .join(',');
   }
-  return s;
+  return lines.join('\n') + '\n';
 }

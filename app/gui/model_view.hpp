@@ -50,6 +50,9 @@ class ModelView : public QWidget {
   void errorOccurred(const QString& message);
   void configChanged();
 
+ protected:
+  void resizeEvent(QResizeEvent* e) override;
+
  private:
   // A published model from resources/real-models, counted once at start.
   struct RealModel {
@@ -63,8 +66,16 @@ class ModelView : public QWidget {
     QString name;
     double total = 0, active = 0, flops = 0;
     bool lab = false, compared = false;
+    QString label() const { return (lab ? QStringLiteral("★ ") : compared ? QStringLiteral("▶ ") : QString()) + name; }
   };
 
+  // A spin-box knob, its key in the model spec (presets.hpp) and lab_model_from_json's default.
+  struct Knob {
+    const char* key;
+    QSpinBox* box;
+    int fallback;
+  };
+  QVector<Knob> knobTable(int heads) const;  // heads: the default of kv_heads
   QWidget* buildKnobs();
   void buildCharts();
   void loadRealModels();

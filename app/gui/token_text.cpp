@@ -37,7 +37,7 @@ void TokenText::paintEvent(QPaintEvent*) {
   mono.setFamily(QStringLiteral("DejaVu Sans Mono"));
   p.setFont(mono);
   const QFontMetrics fm(mono);
-  const int lineH = fm.height() + 10, legendH = lineH + 4;
+  const int lineH = fm.height() + 10;
   int x = 6, y = 6;
   for (int i = 0; i < m_snap->count(); ++i) {
     QString label = m_snap->labels[i];
@@ -65,26 +65,30 @@ void TokenText::paintEvent(QPaintEvent*) {
     p.drawText(box, Qt::AlignCenter, label);
     x += w + 3;
   }
-  // Legend: expert colours (top expert in this layer).
-  y = std::max(y + lineH + 6, height() - legendH);
-  x = 6;
+  // Legend: expert colours (top expert in this layer), wrapping onto more lines as needed.
   p.setFont(t.text);
   const QFontMetrics lf(t.text);
-  p.setPen(t.foreground);
   const QString head = tr("Layer %1, colour = first-choice expert:").arg(L.layer);
+  int cellW = lf.horizontalAdvance(QString::number(std::max<int64_t>(0, E - 1))) + 10;
+  const int perLine = std::max(1, (width() - 12) / (cellW + 3));
+  const int lines = 1 + int((std::min<int64_t>(E, 64) + perLine - 1) / perLine);
+  y = std::max(y + lineH + 6, height() - lines * (lf.height() + 4) - 4);
+  x = 6;
+  p.setPen(t.foreground);
   p.drawText(QPoint(x, y + lf.ascent()), head);
-  x += lf.horizontalAdvance(head) + 8;
+  y += lf.height() + 4;
   for (int e = 0; e < E && e < 64; ++e) {
-    const QString s = QString::number(e);
-    const int w = lf.horizontalAdvance(s) + 10;
-    if (x + w > width() - 4) break;
+    if (x + cellW > width() - 4) {
+      x = 6;
+      y += lf.height() + 4;
+    }
     const QColor c = expertColor(e, E);
     p.setBrush(c);
     p.setPen(Qt::NoPen);
-    p.drawRoundedRect(QRect(x, y, w, lf.height()), 3, 3);
+    p.drawRoundedRect(QRect(x, y, cellW, lf.height()), 3, 3);
     p.setPen(c.lightnessF() < 0.55 ? Qt::white : Qt::black);
-    p.drawText(QRect(x, y, w, lf.height()), Qt::AlignCenter, s);
-    x += w + 3;
+    p.drawText(QRect(x, y, cellW, lf.height()), Qt::AlignCenter, QString::number(e));
+    x += cellW + 3;
   }
 }
 

@@ -14,10 +14,24 @@ namespace {
 constexpr int kMaxSmallMultiples = 8;
 
 // Token labels on the x axis: all of them when they fit, else every n-th.
-QSharedPointer<QCPAxisTickerText> tokenTicker(const TokensSnapshot& s, int maxLabels) {
+// Axis labels: one character where possible (specials as symbols), so they need no rotation.
+QString axisLabel(const QString& label) {
+  if (label == QLatin1String(" ")) return QStringLiteral("␣");
+  if (label == QLatin1String("<bos>")) return QStringLiteral("▶");
+  if (label == QLatin1String("<eos>")) return QStringLiteral("■");
+  return label;
+}
+
+QSharedPointer<QCPAxisTickerText> tokenTicker(const TokensSnapshot& s, int maxLabels, bool* needsRotation = nullptr) {
   QSharedPointer<QCPAxisTickerText> t(new QCPAxisTickerText);
   const int every = std::max(1, (s.count() + maxLabels - 1) / maxLabels);
-  for (int i = 0; i < s.count(); i += every) t->addTick(i, s.labels[i] == " " ? QStringLiteral("␣") : s.labels[i]);
+  bool longLabel = false;
+  for (int i = 0; i < s.count(); i += every) {
+    const QString l = axisLabel(s.labels[i]);
+    longLabel = longLabel || l.size() > 2;
+    t->addTick(i, l);
+  }
+  if (needsRotation) *needsRotation = longLabel;
   return t;
 }
 
@@ -65,7 +79,7 @@ void TokensView::drawHeatmap() {
   auto* scale = new QCPColorScale(plot);
   scale->setGradient(viridisGradient());
   scale->setDataRange(QCPRange(0, 1));
-  scale->axis()->setLabel(tr("router probability"));
+  scale->axis()->setLabel(tr("probability"));
   const int sel = selectedLayer();
   if (sel >= 0 || nLayers == 1) {
     const auto& L = m_snap->layers[std::clamp(sel, 0, nLayers - 1)];
@@ -74,10 +88,11 @@ void TokensView::drawHeatmap() {
     plot->plotLayout()->addElement(0, 1, scale);
     addMap(plot, rect, T, E, L.probs);
     addMarks(plot, rect, L, L.ids.size() / K, K);
-    rect->axis(QCPAxis::atBottom)->setTicker(tokenTicker(*m_snap, th.presentation ? 24 : 48));
-    rect->axis(QCPAxis::atBottom)->setTickLabelRotation(T > 24 ? 60 : 0);
-    rect->axis(QCPAxis::atBottom)->setLabel(tr("token"));
-    rect->axis(QCPAxis::atLeft)->setLabel(tr("expert (layer %1)").arg(L.layer));
+    bool rotate = false;
+    rect->axis(QCPAxis::atBottom)->setTicker(tokenTicker(*m_snap, th.presentation ? 24 : 48, &rotate));
+    rect->axis(QCPAxis::atBottom)->setTickLabelRotation(rotate ? 60 : 0);
+    rect->axis(QCPAxis::atBottom)->setLabel(th.presentation ? QString() : tr("token"));
+    rect->axis(QCPAxis::atLeft)->setLabel(tr("expert"));
     rect->axis(QCPAxis::atBottom)->setRange(-0.5, T - 0.5);
     rect->axis(QCPAxis::atLeft)->setRange(-0.5, E - 0.5);
     if (E <= 16) {
@@ -181,10 +196,12 @@ void TokensView::drawLoad() {
   label->setText(tr("even split 1/%1").arg(E));
   label->setFont(Theme::current().text);
   label->setColor(Theme::series(3));
+  label->setBrush(QColor(255, 255, 255, 210));
   plot->xAxis->setLabel(tr("expert (layer %1)").arg(L->layer));
-  plot->yAxis->setLabel(tr("share of choices"));
+  plot->yAxis->setLabel(tr("share"));
   plot->xAxis->setRange(-0.6, E - 0.4);
   plot->yAxis->setRange(0, std::max(*std::max_element(shares.begin(), shares.end()), 1.0 / E) * 1.25);
+  plot->yAxis->ticker()->setTickCount(Theme::current().presentation ? 3 : 5);
   if (E <= 16) {
     QSharedPointer<QCPAxisTickerFixed> fixed(new QCPAxisTickerFixed);
     fixed->setTickStep(1);
@@ -212,7 +229,7 @@ void TokensView::drawWhy() {
   double chosenSum = 0;
   for (int k = 0; k < K; ++k)
     if (L->ids[t * K + k] >= 0) chosenSum += L->probs[t * E + L->ids[t * K + k]];
-  for (int i = 0; i < std::min<int64_t>(E, 6); ++i) {
+  for (int i = 0; i < std::min<int64_t>(E, Theme::current().presentation ? 4 : 6); ++i) {
     const int e = order[i];
     int rank = 0;
     double w = 0;
@@ -224,7 +241,7 @@ void TokensView::drawWhy() {
                 .arg(e)
                 .arg(L->logits[t * E + e], 0, 'f', 2)
                 .arg(L->probs[t * E + e], 0, 'f', 3)
-                .arg(rank ? tr("#%1 → weight %2").arg(rank).arg(w, 0, 'f', 3) : QStringLiteral("–"));
+                .arg(rank ? tr("#%1, w = %2").arg(rank).arg(w, 0, 'f', 2) : QStringLiteral("–"));
   }
   QString mix;
   for (int k = 0; k < K; ++k)
@@ -307,24 +324,23 @@ void TokensView::drawNext() {
   const bool bytes = m_snap->config.tokenizer == "bytes";
   QVector<double> keys, values;
   QSharedPointer<QCPAxisTickerText> ticker(new QCPAxisTickerText);
-  for (int i = 0; i < m_snap->next.size(); ++i) {
+  const int shown = std::min<int>(int(m_snap->next.size()), Theme::current().presentation ? 5 : 10);
+  for (int i = 0; i < shown; ++i) {
     const auto& [id, p] = m_snap->next[i];
     keys << i;
     values << p;
-    QString label = bytes ? QString::fromStdString(moelab::token_label(id)) : QString::number(id);
-    if (label == " ") label = QStringLiteral("␣");
-    ticker->addTick(i, label);
+    ticker->addTick(i, axisLabel(bytes ? QString::fromStdString(moelab::token_label(id)) : QString::number(id)));
   }
   auto* bars = new QCPBars(plot->yAxis, plot->xAxis);  // horizontal bars, most likely on top
-  for (double& k : keys) k = double(m_snap->next.size() - 1) - k;
+  for (double& k : keys) k = double(shown - 1) - k;
   QSharedPointer<QCPAxisTickerText> flipped(new QCPAxisTickerText);
   for (auto it = ticker->ticks().constBegin(); it != ticker->ticks().constEnd(); ++it)
-    flipped->addTick(double(m_snap->next.size() - 1) - it.key(), it.value());
+    flipped->addTick(double(shown - 1) - it.key(), it.value());
   bars->setData(keys, values);
   bars->setBrush(Theme::series(2));
   bars->setPen(QPen(Theme::series(2).darker(140)));
   plot->yAxis->setTicker(flipped);
-  plot->yAxis->setRange(-0.6, m_snap->next.size() - 0.4);
+  plot->yAxis->setRange(-0.6, shown - 0.4);
   plot->xAxis->setRange(0, 1);
   plot->xAxis->setLabel(tr("probability of the next token"));
   Theme::current().applyTo(plot);

@@ -13,6 +13,7 @@
 #include <QSlider>
 #include <QSpinBox>
 #include <QSplitter>
+#include <QTabWidget>
 #include <QTimer>
 #include <QToolTip>
 #include <QVBoxLayout>
@@ -124,21 +125,33 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   m_next = new ChartPanel(QStringLiteral("next-token"), tr("What comes next"),
                           tr("The model's probabilities for the next token after the text so far."));
 
-  auto* grid = new QGridLayout;
+  // Two pages, so every chart stays large enough to read on a projector.
+  auto* routingPage = new QWidget(this);
+  auto* grid = new QGridLayout(routingPage);
   grid->addWidget(m_heatmap, 0, 0, 1, 2);
   grid->addWidget(m_text, 1, 0);
-  grid->addWidget(m_why, 1, 1);
-  grid->addWidget(m_load, 2, 0);
-  grid->addWidget(m_coact, 2, 1);
+  grid->addWidget(m_load, 1, 1);
   grid->setRowStretch(0, 3);
-  grid->setRowStretch(1, 3);
-  grid->setRowStretch(2, 2);
-  auto* chartsHost = new QWidget(this);
-  chartsHost->setLayout(grid);
+  grid->setRowStretch(1, 2);
+  grid->setColumnStretch(0, 1);
+  grid->setColumnStretch(1, 1);
+  auto* detailsPage = new QWidget(this);
+  auto* grid2 = new QGridLayout(detailsPage);
+  grid2->addWidget(m_why, 0, 0, 2, 1);
+  grid2->addWidget(m_coact, 0, 1);
+  grid2->addWidget(m_next, 1, 1);
+  grid2->setRowStretch(0, 3);
+  grid2->setRowStretch(1, 2);
+  grid2->setColumnStretch(0, 1);
+  grid2->setColumnStretch(1, 1);
+  m_pages = new QTabWidget(this);
+  m_pages->addTab(routingPage, tr("Routing"));
+  m_pages->addTab(detailsPage, tr("Why, co-activation, next token"));
+  auto* chartsHost = m_pages;
   auto* left = new QWidget(this);
   auto* leftLayout = new QVBoxLayout(left);
   leftLayout->addWidget(controls);
-  leftLayout->addWidget(m_next, 1);
+  leftLayout->addStretch(1);
   auto* split = new QSplitter(this);
   split->addWidget(left);
   split->addWidget(chartsHost);
@@ -283,6 +296,8 @@ QList<ChartPanel*> TokensView::charts() const { return {m_heatmap, m_text, m_loa
 
 void TokensView::applyTheme(const Theme& t) {
   for (ChartPanel* c : charts()) c->applyTheme(t);
+  m_heatmap->plot()->setMinimumHeight(t.presentation ? 220 : 180);
+  m_coact->plot()->setMinimumHeight(t.presentation ? 170 : 130);
   QPalette pal = m_whyLabel->palette();
   pal.setColor(QPalette::Window, t.background);
   pal.setColor(QPalette::WindowText, t.foreground);

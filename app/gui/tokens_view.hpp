@@ -17,6 +17,7 @@ class QLineEdit;
 class QPushButton;
 class QSlider;
 class QSpinBox;
+class QTabWidget;
 class QTimer;
 class TokenText;
 struct Theme;
@@ -46,6 +47,8 @@ class TokensView : public QWidget {
   double heatmapValue(int token, int expert) const;
   bool heatmapMarked(int token, int expert) const;
   int markedPerToken(int token) const;
+  // The chart pages (for screenshots).
+  QTabWidget* pages() const { return m_pages; }
 
  public slots:
   void openModel(const QString& path);
@@ -95,5 +98,6 @@ class TokensView : public QWidget {
   ChartPanel *m_heatmap = nullptr, *m_text = nullptr, *m_load = nullptr, *m_why = nullptr, *m_coact = nullptr,
              *m_next = nullptr;
   TokenText* m_tokenText = nullptr;
+  QTabWidget* m_pages = nullptr;
   QLabel* m_whyLabel = nullptr;
 };
