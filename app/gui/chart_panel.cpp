@@ -90,6 +90,11 @@ void ChartPanel::paintContent(QPaintDevice* device, QSize size, double scale) co
     p.scale(scale, scale);
     m_plot->toPainter(&p, size.width(), size.height());
   } else {
+    // A chart on a page not shown yet has no layout size: give it the export size first.
+    if (!m_content->isVisible()) {
+      m_content->resize(size);
+      m_content->ensurePolished();
+    }
     QPainter p(device);
     p.setRenderHint(QPainter::Antialiasing);
     p.scale(scale * double(size.width()) / std::max(1, m_content->width()),

@@ -30,7 +30,8 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr int64_t kContext = 1024;  // context length for "compute per token"
+constexpr int64_t kContext = 1024;           // context length for "compute per token"
+constexpr int64_t kMaxExpertBlocks = 65536;  // layers × experts the knobs may ask to count
 
 // 46.7B, 1.25M, 900: three significant digits with the largest unit under 1000.
 QString scaled(double v, const QStringList& units) {
@@ -484,6 +485,10 @@ void ModelView::onKnobChanged() {
     }
     if (!dense.empty()) spec["dense_layers"] = dense;
   }
+  // Counting walks every expert tensor: keep it instant (DeepSeek-V3 has 61 × 256 = 15,616).
+  const int64_t blocks = int64_t(m_layers->value()) * m_experts->value() * m_fineGrained->value();
+  if (error.isEmpty() && blocks > kMaxExpertBlocks)
+    error = tr("layers × experts × m is %1; the view counts live up to %2").arg(blocks).arg(kMaxExpertBlocks);
   if (error.isEmpty()) {
     try {
       moelab::ModelConfig c = moelab::lab_model_from_json(spec, "knobs");
