@@ -151,6 +151,15 @@ ModelConfig load_config(const std::string& path) {
   return parse_config(j, file);
 }
 
+void set_router_kind(ModelConfig& c, const std::string& kind, const std::string& src) {
+  c.router_noise = kind == "noisy";
+  const bool sigmoid = kind == "sigmoid";
+  c.scoring = sigmoid ? RouterScoring::Sigmoid : RouterScoring::Softmax;
+  c.score_correction_bias = sigmoid;
+  if (kind != "softmax" && kind != "noisy" && !sigmoid)
+    fail(src, "the router must be softmax, noisy or sigmoid, not '" + kind + "'");
+}
+
 ModelConfig parse_config(const json& j, const std::string& src) {
   if (!j.is_object()) fail(src, "config must be a JSON object");
   ModelConfig c;
@@ -288,15 +297,7 @@ ModelConfig parse_config(const json& j, const std::string& src) {
     c.tokenizer = get_string(m, "tokenizer", "", src);
     c.preset = get_string(m, "preset", "", src);
     c.fine_grained = get_int(m, "fine_grained", 1, src);
-    const std::string router = get_string(m, "router", "softmax", src);
-    if (router == "noisy") {
-      c.router_noise = true;
-    } else if (router == "sigmoid") {
-      c.scoring = RouterScoring::Sigmoid;
-      c.score_correction_bias = true;
-    } else if (router != "softmax") {
-      fail(src, "moelab.router must be softmax, noisy or sigmoid, not '" + router + "'");
-    }
+    set_router_kind(c, get_string(m, "router", "softmax", src), src);
     if (m.contains("norm_topk_prob")) c.norm_topk_prob = get_bool(m, "norm_topk_prob", true, src);
   }
   validate_config(c, src);

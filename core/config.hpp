@@ -93,6 +93,9 @@ ModelConfig parse_config(const nlohmann::json& j, const std::string& source);
 ModelConfig load_config(const std::string& path);
 // The config.json a model the lab writes carries (both dtype and torch_dtype).
 nlohmann::json config_to_json(const ModelConfig& c);
+// The lab's router kinds: "softmax" (top-k of softmax), "noisy" (noisy top-k gating), "sigmoid"
+// (sigmoid scores + selection-only bias).
+void set_router_kind(ModelConfig& c, const std::string& kind, const std::string& source);
 // Throws when the config is impossible (top-k > experts, heads not dividing, absurd sizes).
 void validate_config(const ModelConfig& c, const std::string& source);
 

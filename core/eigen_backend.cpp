@@ -346,6 +346,22 @@ class EigenBackend final : public Backend {
     return g;
   }
 
+  // Add the per-slot rows of slot_out_ into out [T,H], token by token in slot order
+  // (deterministic, no write races), each scaled by its gate weight when given.
+  void combine_slots(const Groups& g, int64_t T, int64_t K, int64_t H, const S* weights, S* out) const {
+    std::vector<int64_t> pos(static_cast<size_t>(T * K), -1);
+    for (int64_t i = 0, used = g.begin.back(); i < used; ++i) pos[size_t(g.order[size_t(i)])] = i;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t i = pos[size_t(t * K + k)];
+        if (i < 0) continue;
+        const S gw = weights ? weights[t * K + k] : S(1);
+        S* o = out + t * H;
+        const S* y = slot_out_.data() + i * H;
+        for (int64_t c = 0; c < H; ++c) o[c] += gw * y[c];
+      }
+  }
+
   void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
                    Tensor& out) override {
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
@@ -372,18 +388,7 @@ class EigenBackend final : public Backend {
         Ye.noalias() = A * Wd.transpose();
       }
     }
-    // Combine in slot order per token (deterministic): out[t] += w[t,k] · y[slot].
-    std::vector<int64_t> pos(size_t(T * K), -1);
-    for (int64_t i = 0; i < used; ++i) pos[size_t(g.order[size_t(i)])] = i;
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t i = pos[size_t(t * K + k)];
-        if (i < 0) continue;
-        const S gw = P(weights)[t * K + k];
-        S* o = P(out) + t * H;
-        const S* y = slot_out_.data() + i * H;
-        for (int64_t c = 0; c < H; ++c) o[c] += gw * y[c];
-      }
+    combine_slots(g, T, K, H, P(weights), P(out));  // out[t] += w[t,k] · y[slot]
   }
 
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
@@ -626,16 +631,7 @@ class EigenBackend final : public Backend {
       mat(dw.up, E * F, H).middleRows(e * F, F).noalias() += dU.transpose() * Xe;
       MapM(slot_out_.data() + b * H, n, H).noalias() = dG * Wg + dU * Wu;
     }
-    std::vector<int64_t> pos(size_t(T * K), -1);
-    for (int64_t i = 0; i < used; ++i) pos[size_t(g.order[size_t(i)])] = i;
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t i = pos[size_t(t * K + k)];
-        if (i < 0) continue;
-        S* o = P(dx) + t * H;
-        const S* y = slot_out_.data() + i * H;
-        for (int64_t c = 0; c < H; ++c) o[c] += y[c];
-      }
+    combine_slots(g, T, K, H, nullptr, P(dx));  // dx[t] += dx_slot
   }
 
   void sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {

@@ -69,15 +69,7 @@ ModelConfig lab_model_from_json(const json& s, const std::string& src) {
   c.mlp_only_layers = dense;
   c.dense_ffn_size = get("dense_hidden", experts == 0 ? get("expert_hidden", 256) * get("top_k", 2) : c.expert_ffn_size * c.top_k);
   c.tokenizer = "bytes";
-  const std::string router = s.value("router", std::string("softmax"));
-  if (router == "noisy") {
-    c.router_noise = true;
-  } else if (router == "sigmoid") {
-    c.scoring = RouterScoring::Sigmoid;
-    c.score_correction_bias = true;
-  } else if (router != "softmax") {
-    fail(src, "model.router must be softmax, noisy or sigmoid, not '" + router + "'");
-  }
+  set_router_kind(c, s.value("router", std::string("softmax")), src);
   if (c.hidden_size % std::max<int64_t>(1, c.num_heads) != 0) fail(src, "model.hidden must be a multiple of model.heads");
   validate_config(c, src);
   return c;

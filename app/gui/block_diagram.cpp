@@ -1,7 +1,6 @@
 #include "block_diagram.hpp"
 
 #include <QPainter>
-#include <QPainterPath>
 #include <algorithm>
 #include <cmath>
 

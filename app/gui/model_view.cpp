@@ -12,7 +12,6 @@
 #include <QSpinBox>
 #include <QSplitter>
 #include <QTimer>
-#include <QVBoxLayout>
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -31,7 +30,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 constexpr int64_t kContext = 1024;           // context length for "compute per token"
-constexpr int64_t kMaxExpertBlocks = 65536;  // layers × experts the knobs may ask to count
+constexpr int64_t kMaxExpertBlocks = 32768;  // layers × experts the knobs may ask to count (~0.15 s)
 
 // 46.7B, 1.25M, 900: three significant digits with the largest unit under 1000.
 QString scaled(double v, const QStringList& units) {
@@ -323,8 +322,8 @@ void ModelView::buildCharts() {
       nullptr, nullptr);
   m_memoryChart = new ChartPanel(
       QStringLiteral("memory-compute"), tr("Memory vs. compute per token"),
-      tr("Left: memory to hold the weights at 4, 2, 1 and ½ bytes each, which grows with the total. Right: the work "
-         "for one token (context 1024), which grows only with the active parameters."),
+      tr("Left: memory to hold the weights at 4, 2, 1 and ½ bytes each, which grows with the total (dashed: one 80 GB "
+         "GPU). Right: the work for one token (context 1024), which grows only with the active parameters."),
       nullptr, nullptr);
   m_block = new BlockDiagram;
   m_blockChart = new ChartPanel(
@@ -332,18 +331,14 @@ void ModelView::buildCharts() {
       tr("Attention stays dense: every token uses all of it. In an MoE layer the router sends each token to its top-k "
          "experts (outlined: the last token's choice); shared experts are always on."),
       m_block, nullptr);
-  for (auto [left, right] : {std::pair{m_paramsChart, m_realChart}, std::pair{m_memoryChart, m_blockChart}}) {
-    auto* row = new QSplitter(Qt::Horizontal, m_chartRows);
+  for (int i = 0; i < 2; ++i) {
+    auto* row = new QSplitter(Qt::Horizontal);
+    row->setObjectName(QStringLiteral("chartRow%1").arg(i));
     row->setChildrenCollapsible(false);
-    row->addWidget(left);
-    row->addWidget(right);
+    m_chartRows->addWidget(row);
     row->setStretchFactor(0, 1);
     row->setStretchFactor(1, 1);
-    row->setSizes({1000, 1000});
   }
-  m_chartRows->setStretchFactor(0, 1);
-  m_chartRows->setStretchFactor(1, 1);
-  m_chartRows->setSizes({1000, 1000});
   for (ChartPanel* c : charts()) connect(c, &ChartPanel::errorOccurred, this, &ModelView::errorOccurred);
   m_paramsChart->setCsvProvider([this] { return paramsCsv(); });
   m_realChart->setCsvProvider([this] { return realModelsCsv(); });
@@ -758,7 +753,7 @@ void ModelView::updateMemoryChart() {
   gpu->point2->setCoords(80e9, 1);
   gpu->setPen(QPen(t.foreground, t.presentation ? 3 : 2, Qt::DashLine));
   // The largest models sit at the top, right of the line, so its label goes top left of it.
-  auto* gpuLabel = textItem(plot, tr("one 80 GB GPU"), t.tickLabel, t.foreground, Qt::AlignRight | Qt::AlignTop);
+  auto* gpuLabel = textItem(plot, tr("80 GB GPU"), t.tickLabel, t.foreground, Qt::AlignRight | Qt::AlignTop);
   gpuLabel->setClipAxisRect(mem);
   gpuLabel->position->setAxisRect(mem);
   gpuLabel->position->setAxes(memX, memY);
@@ -785,14 +780,20 @@ void ModelView::updateMemoryChart() {
 void ModelView::applyMinimumSizes() {
   // Normal: a 2×2 grid. Presentation: projector fonts need about a screen per chart, so the
   // charts stack in one column, each as high as the visible area, and the column scrolls.
-  const QList<QSplitter*> rows = m_chartRows->findChildren<QSplitter*>(QString(), Qt::FindDirectChildrenOnly);
+  const QList<QSplitter*> rows{m_chartRows->findChild<QSplitter*>(QStringLiteral("chartRow0")),
+                               m_chartRows->findChild<QSplitter*>(QStringLiteral("chartRow1"))};
   const QList<ChartPanel*> panels = charts();
-  if (m_theme.presentation) {
-    for (int i = 0; i < int(panels.size()); ++i) m_chartRows->insertWidget(i, panels[i]);
-  } else if (rows.size() == 2) {
-    for (int i = 0; i < int(panels.size()); ++i) rows[i / 2]->addWidget(panels[i]);
+  for (int i = 0; i < int(panels.size()); ++i) {
+    if (m_theme.presentation)
+      m_chartRows->insertWidget(i, panels[i]);
+    else
+      rows[i / 2]->insertWidget(i % 2, panels[i]);
   }
-  for (QSplitter* r : rows) r->setVisible(!m_theme.presentation);
+  for (QSplitter* r : rows) {
+    r->setVisible(!m_theme.presentation);
+    r->setSizes({1000, 1000});
+  }
+  m_chartRows->setSizes(QList<int>(m_chartRows->count(), 1000));
   const int high = std::max(480, m_chartScroll->viewport()->height() - 12);
   for (ChartPanel* c : panels) c->setMinimumSize(m_theme.presentation ? QSize(520, high) : QSize(320, 270));
   m_knobs->adjustSize();
