@@ -233,7 +233,8 @@ void BlockDiagram::paintDiagram(QPainter& p, const QRectF& area) const {
     pl.normB = QRectF(xB, pl.normA.top(), wB, box);
     double yb = pl.normB.bottom() + arrow;
     // The shared expert gets a column right of the router and the routed experts.
-    const double sharedW = hasShared ? std::clamp(wB * 0.24, textWidth(bold, tr("always on")) + 0.8 * u, wB * 0.4) : 0.0;
+    const double sharedW =
+        hasShared ? std::min(std::max(wB * 0.24, textWidth(bold, tr("always on")) + 0.8 * u), wB * 0.4) : 0.0;
     const double bx = xB, bw = wB - (hasShared ? sharedW + 0.6 * u : 0.0);
     bool wideEnough = wA >= textWidth(bold, tr("RMSNorm")) + 0.4 * u && bw > 4 * u;
     if (moe) {

@@ -107,10 +107,11 @@ QString ChartPanel::exportPng(const QString& path, QSize size, double dpi) const
   // Render at `dpi` (96 = screen): a 1280x800 chart at 192 DPI is 2560x1600 pixels.
   const double scale = dpi / 96.0;
   QImage img(QSize(int(size.width() * scale), int(size.height() * scale)), QImage::Format_ARGB32);
-  img.setDotsPerMeterX(int(dpi / 0.0254));
-  img.setDotsPerMeterY(int(dpi / 0.0254));
   img.fill(Theme::current().background);
   paintContent(&img, size, scale);
+  // The DPI is metadata for slide software; set after painting so fonts are not scaled twice.
+  img.setDotsPerMeterX(int(dpi / 0.0254));
+  img.setDotsPerMeterY(int(dpi / 0.0254));
   QSaveFile f(path);
   if (!f.open(QIODevice::WriteOnly) || !img.save(&f, "PNG") || !f.commit())
     return tr("%1: cannot write the PNG (%2)").arg(path, f.errorString());

@@ -440,6 +440,7 @@ void ModelView::choosePreset(int index) {
     *m_extraSpec = extra;
     m_settingKnobs = false;
     m_source->setText(QString::fromStdString(j.value("title", name.toStdString())));
+    m_showingOpened = false;
     onKnobChanged();
   } catch (const std::exception& ex) {
     m_settingKnobs = false;
@@ -490,6 +491,10 @@ void ModelView::onKnobChanged() {
       const QString name = m_preset->currentIndex() > 0 ? m_preset->currentText() : tr("lab model");
       c.preset = name.toStdString();
       m_error->hide();
+      if (m_showingOpened) {  // the knobs no longer describe the model that was opened
+        m_showingOpened = false;
+        m_source->setText(tr("A lab model built from the knobs."));
+      }
       setConfig(c, name);
       return;
     } catch (const std::exception& ex) {
@@ -531,6 +536,7 @@ void ModelView::showConfig(const moelab::ModelConfig& c, const QString& name) {
   setKnobsFromConfig(c);
   m_error->hide();
   m_source->setText(tr("Showing %1 as opened. Moving a knob builds a lab model from the knobs instead.").arg(name));
+  m_showingOpened = true;
   setConfig(c, name);
 }
 

@@ -104,7 +104,8 @@ class ModelView : public QWidget {
   std::unique_ptr<nlohmann::json> m_extraSpec;  // preset keys without a knob (vocab, dense_hidden…)
   QVector<RealModel> m_real;
   QHash<int, QVector<int>> m_highlights;  // layer → experts the last token chose
-  bool m_settingKnobs = false;
+  bool m_settingKnobs = false;   // filling the knobs: their signals must not rebuild the model
+  bool m_showingOpened = false;  // the charts show a model given to showConfig
 
   QSplitter* m_splitter = nullptr;
   QScrollArea* m_knobScroll = nullptr;

@@ -346,3 +346,46 @@ void TokensView::drawNext() {
   Theme::current().applyTo(plot);
   plot->replot(QCustomPlot::rpQueuedReplot);
 }
+
+void TokensView::drawTokenLayers() {
+  QCustomPlot* plot = m_tokenLayers->plot();
+  plot->clearPlottables();
+  plot->plotLayout()->clear();
+  auto* rect = new QCPAxisRect(plot);
+  plot->plotLayout()->addElement(0, 0, rect);
+  if (!m_snap || m_snap->layers.isEmpty() || m_snap->count() == 0) {
+    plot->replot(QCustomPlot::rpQueuedReplot);
+    return;
+  }
+  const int t = std::clamp(m_token < 0 ? m_snap->count() - 1 : m_token, 0, m_snap->count() - 1);
+  const int E = int(m_snap->experts()), K = int(m_snap->topK), nL = int(m_snap->layers.size());
+  auto* map = new QCPColorMap(rect->axis(QCPAxis::atBottom), rect->axis(QCPAxis::atLeft));
+  map->data()->setSize(E, nL);
+  map->data()->setRange(QCPRange(0, E - 1), QCPRange(0, nL - 1));
+  auto* marks = plot->addGraph(rect->axis(QCPAxis::atBottom), rect->axis(QCPAxis::atLeft));
+  marks->setLineStyle(QCPGraph::lsNone);
+  marks->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, QPen(Qt::black, 1.5), QBrush(Qt::white),
+                                         Theme::current().markerSize));
+  QSharedPointer<QCPAxisTickerText> rows(new QCPAxisTickerText);
+  for (int i = 0; i < nL; ++i) {
+    const auto& L = m_snap->layers[i];
+    for (int e = 0; e < E; ++e) map->data()->setCell(e, i, L.probs[t * E + e]);
+    for (int k = 0; k < K; ++k)
+      if (L.ids[t * K + k] >= 0 && nL * E <= 4096) marks->addData(L.ids[t * K + k], i);
+    if (nL <= 16 || i % (nL / 12 + 1) == 0) rows->addTick(i, tr("L%1").arg(L.layer));
+  }
+  map->setInterpolate(false);
+  map->setGradient(viridisGradient());
+  map->setDataRange(QCPRange(0, 1));
+  rect->axis(QCPAxis::atLeft)->setTicker(rows);
+  rect->axis(QCPAxis::atBottom)->setLabel(tr("expert (token %1 '%2')").arg(t).arg(axisLabel(m_snap->labels[t])));
+  rect->axis(QCPAxis::atBottom)->setRange(-0.5, E - 0.5);
+  rect->axis(QCPAxis::atLeft)->setRange(-0.5, nL - 0.5);
+  if (E <= 16) {
+    QSharedPointer<QCPAxisTickerFixed> fixed(new QCPAxisTickerFixed);
+    fixed->setTickStep(1);
+    rect->axis(QCPAxis::atBottom)->setTicker(fixed);
+  }
+  Theme::current().applyTo(plot);
+  plot->replot(QCustomPlot::rpQueuedReplot);
+}

@@ -122,6 +122,9 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   m_coact = new ChartPanel(QStringLiteral("coactivation"), tr("Which experts work together"),
                            tr("How often experts i and j were chosen for the same token in this text (the diagonal: "
                               "how often each was chosen at all)."));
+  m_tokenLayers = new ChartPanel(QStringLiteral("token-layers"), tr("One token through every layer"),
+                                 tr("The selected token's router probabilities in each MoE layer (rows); circles mark "
+                                    "the experts it was sent to. Click a token in the text or the heatmap."));
   m_next = new ChartPanel(QStringLiteral("next-token"), tr("What comes next"),
                           tr("The model's probabilities for the next token after the text so far."));
 
@@ -137,7 +140,8 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   grid->setColumnStretch(1, 1);
   auto* detailsPage = new QWidget(this);
   auto* grid2 = new QGridLayout(detailsPage);
-  grid2->addWidget(m_why, 0, 0, 2, 1);
+  grid2->addWidget(m_why, 0, 0);
+  grid2->addWidget(m_tokenLayers, 1, 0);
   grid2->addWidget(m_coact, 0, 1);
   grid2->addWidget(m_next, 1, 1);
   grid2->setRowStretch(0, 3);
@@ -277,6 +281,20 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
         s += QStringLiteral("%1,%2,%3\n").arg(i).arg(j).arg(map->data()->cell(i, j));
     return s;
   });
+  m_tokenLayers->setCsvProvider([this] {
+    QString s = QStringLiteral("layer,expert,probability,chosen_rank\n");
+    if (!m_snap || m_snap->count() == 0) return s;
+    const int t = std::clamp(m_token < 0 ? m_snap->count() - 1 : m_token, 0, m_snap->count() - 1);
+    const int64_t E = m_snap->experts(), K = m_snap->topK;
+    for (const auto& L : m_snap->layers)
+      for (int e = 0; e < E; ++e) {
+        int rank = 0;
+        for (int k = 0; k < K; ++k)
+          if (L.ids[t * int(K) + k] == e) rank = k + 1;
+        s += QStringLiteral("%1,%2,%3,%4\n").arg(L.layer).arg(e).arg(double(L.probs[t * int(E) + e]), 0, 'g', 9).arg(rank);
+      }
+    return s;
+  });
   m_next->setCsvProvider([this] {
     QString s = QStringLiteral("token_id,token,probability\n");
     if (!m_snap) return s;
@@ -292,7 +310,9 @@ TokensView::~TokensView() {
   m_thread.wait();
 }
 
-QList<ChartPanel*> TokensView::charts() const { return {m_heatmap, m_text, m_load, m_why, m_coact, m_next}; }
+QList<ChartPanel*> TokensView::charts() const {
+  return {m_heatmap, m_text, m_load, m_why, m_tokenLayers, m_coact, m_next};
+}
 
 void TokensView::applyTheme(const Theme& t) {
   for (ChartPanel* c : charts()) c->applyTheme(t);
@@ -450,4 +470,5 @@ void TokensView::redraw() {
   drawWhy();
   drawCoactivation();
   drawNext();
+  drawTokenLayers();
 }

@@ -76,6 +76,7 @@ class TokensView : public QWidget {
   void drawWhy();
   void drawCoactivation();
   void drawNext();
+  void drawTokenLayers();
   const TokensSnapshot::Layer* layerData() const;
 
   QThread m_thread;
@@ -96,7 +97,7 @@ class TokensView : public QWidget {
   QLabel* m_status = nullptr;
   QTimer* m_runTimer = nullptr;
   ChartPanel *m_heatmap = nullptr, *m_text = nullptr, *m_load = nullptr, *m_why = nullptr, *m_coact = nullptr,
-             *m_next = nullptr;
+             *m_next = nullptr, *m_tokenLayers = nullptr;
   TokenText* m_tokenText = nullptr;
   QTabWidget* m_pages = nullptr;
   QLabel* m_whyLabel = nullptr;
