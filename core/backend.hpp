@@ -116,6 +116,8 @@ class Backend {
   virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // y += x (same shape).
   virtual void add(Tensor& y, const Tensor& x) = 0;
+  // out [R] = the L2 norm of each row of x [R,C] (for the routing trace: the router's input).
+  virtual void row_norms(const Tensor& x, Tensor& out) = 0;
   // y [T,H] += sigmoid(g [T,1]) · x [T,H]  (Qwen2-MoE shared-expert gate).
   virtual void add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) = 0;
   // Noisy top-k gating (Shazeer et al. 2017): out = clean + noise ⊙ softplus(raw), all [T,E];

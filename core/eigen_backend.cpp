@@ -397,6 +397,10 @@ class EigenBackend final : public Backend {
   void add(Tensor& y, const Tensor& x) override {
     for (int64_t i = 0, n = y.numel(); i < n; ++i) P(y)[i] += P(x)[i];
   }
+  void row_norms(const Tensor& x, Tensor& out) override {
+    const int64_t R = x.rows(), C = x.cols();
+    for (int64_t r = 0; r < R; ++r) P(out)[r] = CMapM(P(x) + r * C, 1, C).norm();
+  }
   void add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) override {
     const int64_t T = y.rows(), H = y.cols();
     for (int64_t t = 0; t < T; ++t) {

@@ -272,6 +272,10 @@ void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, Routing
     ev.tokens = T;
     ev.experts = E;
     ev.top_k = K;
+    Tensor norms = b.alloc({T});
+    b.row_norms(h, norms);
+    ev.input_norm.resize(size_t(T));
+    b.download(norms, ev.input_norm.data());
     ev.logits.resize(size_t(T * E));
     ev.probs.resize(size_t(T * E));
     ev.ids.resize(size_t(T * K));

@@ -7,9 +7,10 @@ void RoutingTrace::on_routing(const RoutingEvent& e) {
   for (auto& l : layers_)
     if (l.layer == e.layer) L = &l;
   if (!L) {
-    layers_.push_back(Layer{e.layer, e.experts, e.top_k, {}, {}, {}, {}});
+    layers_.push_back(Layer{e.layer, e.experts, e.top_k, {}, {}, {}, {}, {}});
     L = &layers_.back();
   }
+  L->input_norm.insert(L->input_norm.end(), e.input_norm.begin(), e.input_norm.end());
   L->logits.insert(L->logits.end(), e.logits.begin(), e.logits.end());
   L->probs.insert(L->probs.end(), e.probs.begin(), e.probs.end());
   L->ids.insert(L->ids.end(), e.ids.begin(), e.ids.end());

@@ -15,6 +15,7 @@ struct RoutingEvent {
   int64_t tokens = 0;       // T
   int64_t experts = 0;      // E
   int64_t top_k = 0;        // K
+  std::vector<float> input_norm;  // [T] L2 norm of the router's input (the RMS-normed hidden state)
   std::vector<float> logits;   // [T,E] router logits
   std::vector<float> probs;    // [T,E] softmax (or sigmoid) scores over all experts
   std::vector<int32_t> ids;    // [T,K] chosen experts, best first
@@ -32,7 +33,7 @@ class RoutingTrace : public RoutingObserver {
  public:
   struct Layer {
     int64_t layer = 0, experts = 0, top_k = 0;
-    std::vector<float> logits, probs, weights;  // rows appended per token
+    std::vector<float> input_norm, logits, probs, weights;  // rows appended per token
     std::vector<int32_t> ids;
     int64_t tokens() const { return top_k ? int64_t(ids.size()) / top_k : 0; }
   };

@@ -39,6 +39,8 @@ TEST(routing_invariants_hold_for_every_family) {
     CHECK_EQ(int64_t(trace.layers().size()), c.num_moe_layers());
     for (const auto& L : trace.layers()) {
       CHECK_EQ(L.tokens(), int64_t(kTokens.size()));
+      // The router's input is RMSNorm output with unit weights: RMS 1, so length sqrt(H).
+      for (float n : L.input_norm) CHECK_NEAR(n, std::sqrt(double(c.hidden_size)), 1e-3);
       for (int64_t t = 0; t < L.tokens(); ++t) {
         const float* p = &L.probs[size_t(t * L.experts)];
         double psum = 0;

@@ -123,6 +123,7 @@ void GenerationWorker::emitSnapshot() {
   for (const auto& L : m_trace->trace.layers()) {
     TokensSnapshot::Layer l;
     l.layer = L.layer;
+    l.inputNorm = QVector<float>(L.input_norm.begin(), L.input_norm.end());
     l.logits = QVector<float>(L.logits.begin(), L.logits.end());
     l.probs = QVector<float>(L.probs.begin(), L.probs.end());
     l.ids = QVector<int>(L.ids.begin(), L.ids.end());

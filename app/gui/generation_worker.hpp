@@ -23,6 +23,7 @@ struct TokensSnapshot {
   int64_t topK = 0;          // K used for this text (after overrides)
   struct Layer {
     int64_t layer = 0;
+    QVector<float> inputNorm;      // [T] norm of the router's input
     QVector<float> logits, probs;  // [T,E]
     QVector<int> ids;              // [T,K]
     QVector<float> weights;        // [T,K]

@@ -250,7 +250,8 @@ void TokensView::drawWhy() {
   const bool renorm = std::abs(std::accumulate(L->weights.begin() + t * K, L->weights.begin() + (t + 1) * K, 0.0) - 1.0) < 1e-4 &&
                       std::abs(chosenSum - 1.0) > 1e-4;
   m_whyLabel->setText(
-      tr("<b>Token %1 '%2', layer %3.</b> Logits = router · RMSNorm(hidden state), one per expert; %4 "
+      tr("<b>Token %1 '%2', layer %3.</b> Its hidden state, RMS-normed (length %11), is scored against each expert "
+         "(logit = router row · state); %4 "
          "The top-%5 are kept%6.<table cellspacing=4><tr><th align=left>expert</th><th>logit</th><th>%7</th>"
          "<th align=left>chosen</th></tr>%8</table>Output: <b>%9</b>")
           .arg(t)
@@ -262,7 +263,8 @@ void TokensView::drawWhy() {
                       : tr("; their probabilities are the weights"))
           .arg(sigmoid ? tr("score") : tr("prob."))
           .arg(rows)
-          .arg(mix));
+          .arg(mix)
+          .arg(t < L->inputNorm.size() ? QString::number(L->inputNorm[t], 'f', 2) : QStringLiteral("?")));
 }
 
 void TokensView::drawCoactivation() {
