@@ -379,6 +379,11 @@ void TokensView::drawTokenLayers() {
   map->setInterpolate(false);
   map->setGradient(viridisGradient());
   map->setDataRange(QCPRange(0, 1));
+  auto* scale = new QCPColorScale(plot);
+  scale->setGradient(viridisGradient());
+  scale->setDataRange(QCPRange(0, 1));
+  scale->axis()->setLabel(tr("probability"));
+  plot->plotLayout()->addElement(0, 1, scale);
   rect->axis(QCPAxis::atLeft)->setTicker(rows);
   rect->axis(QCPAxis::atBottom)->setLabel(tr("expert (token %1 '%2')").arg(t).arg(axisLabel(m_snap->labels[t])));
   rect->axis(QCPAxis::atBottom)->setRange(-0.5, E - 0.5);
@@ -389,5 +394,7 @@ void TokensView::drawTokenLayers() {
     rect->axis(QCPAxis::atBottom)->setTicker(fixed);
   }
   Theme::current().applyTo(plot);
+  scale->axis()->setLabelFont(Theme::current().axisLabel);
+  scale->axis()->setTickLabelFont(Theme::current().tickLabel);
   plot->replot(QCustomPlot::rpQueuedReplot);
 }
