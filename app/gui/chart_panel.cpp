@@ -95,10 +95,15 @@ void ChartPanel::paintContent(QPaintDevice* device, QSize size, double scale) co
       m_content->resize(size);
       m_content->ensurePolished();
     }
+    // One scale for both directions (drawings keep their proportions), centred.
     QPainter p(device);
     p.setRenderHint(QPainter::Antialiasing);
-    p.scale(scale * double(size.width()) / std::max(1, m_content->width()),
-            scale * double(size.height()) / std::max(1, m_content->height()));
+    const double k = std::min(double(size.width()) / std::max(1, m_content->width()),
+                              double(size.height()) / std::max(1, m_content->height()));
+    p.scale(scale, scale);
+    p.fillRect(QRect(QPoint(0, 0), size), Theme::current().background);
+    p.translate((size.width() - k * m_content->width()) / 2, (size.height() - k * m_content->height()) / 2);
+    p.scale(k, k);
     m_content->render(&p, QPoint(), QRegion(), QWidget::DrawChildren);
   }
 }

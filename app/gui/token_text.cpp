@@ -2,6 +2,7 @@
 
 #include <QMouseEvent>
 #include <QPainter>
+#include <QTimer>
 
 #include "theme.hpp"
 
@@ -90,6 +91,10 @@ void TokenText::paintEvent(QPaintEvent*) {
     p.drawText(QRect(x, y, cellW, lf.height()), Qt::AlignCenter, QString::number(e));
     x += cellW + 3;
   }
+  // Ask the layout for room when the text and legend need more than we were given.
+  const int needed = y + lf.height() + 6;
+  if (needed > height() && needed != minimumHeight())
+    QTimer::singleShot(0, this, [this, needed] { setMinimumHeight(needed); });
 }
 
 void TokenText::mousePressEvent(QMouseEvent* e) {
