@@ -8,6 +8,9 @@
 
 #include "main_window.hpp"
 #include "tokens_view.hpp"
+#include "training_view.hpp"
+
+#include <QElapsedTimer>
 
 int main(int argc, char** argv) {
   QApplication app(argc, argv);
@@ -39,6 +42,16 @@ int main(int argc, char** argv) {
     t->waitForIdle();
     for (int i = 0; i < 16; ++i) t->stepOnce();
     t->waitForIdle();
+    // The collapse lesson, long enough to see it happen.
+    TrainingView* tr = w.trainingView();
+    tr->selectPreset(QStringLiteral("lesson-collapse"));
+    tr->startTraining();
+    QElapsedTimer clock;
+    clock.start();
+    while ((tr->history().isEmpty() || tr->history().back()->step < 150) && clock.elapsed() < 60000)
+      QCoreApplication::processEvents(QEventLoop::AllEvents, 20);
+    tr->pauseTraining();
+    QCoreApplication::processEvents();
     const QString err = w.saveScreenshots(parser.value(shot), QSize(1280, 800));
     if (!err.isEmpty() || !w.lastError().isEmpty()) {
       std::fprintf(stderr, "moelab: %s\n", qPrintable(err.isEmpty() ? w.lastError() : err));

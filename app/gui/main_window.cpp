@@ -22,6 +22,7 @@
 #include "model_view.hpp"
 #include "theme.hpp"
 #include "tokens_view.hpp"
+#include "training_view.hpp"
 
 MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
   setWindowTitle(tr("MoE Lab"));
@@ -40,6 +41,8 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
   m_tokens = new TokensView(m_tabs);
   m_tabs->addTab(m_model, tr("Model"));
   m_tabs->addTab(m_tokens, tr("Tokens"));
+  m_training = new TrainingView(m_tabs);
+  m_tabs->addTab(m_training, tr("Training"));
   layout->addWidget(m_tabs, 1);
   setCentralWidget(central);
 
@@ -50,6 +53,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
 
   connect(m_model, &ModelView::errorOccurred, this, &MainWindow::showError);
   connect(m_tokens, &TokensView::errorOccurred, this, &MainWindow::showError);
+  connect(m_training, &TrainingView::errorOccurred, this, &MainWindow::showError);
   connect(m_tokens, &TokensView::modelChanged, this, [this](const QString& name, const moelab::ModelConfig& c) {
     m_modelLabel->setText(tr("Model: %1 — %2, %3 layers, %4 experts, top-%5")
                               .arg(name, QString::fromStdString(c.architecture))
@@ -59,7 +63,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     m_model->showConfig(c, name);
   });
   connect(m_tokens, &TokensView::lastTokenRouting, m_model, &ModelView::setHighlightedExperts);
-  for (ChartPanel* c : m_model->charts() + m_tokens->charts())
+  for (ChartPanel* c : m_model->charts() + m_tokens->charts() + m_training->charts())
     connect(c, &ChartPanel::errorOccurred, this, &MainWindow::showError);
 
   createActions();
@@ -111,6 +115,7 @@ void MainWindow::setPresentation(bool on) {
   if (m_presentationAction->isChecked() != on) m_presentationAction->setChecked(on);
   m_model->applyTheme(Theme::current());
   m_tokens->applyTheme(Theme::current());
+  m_training->applyTheme(Theme::current());
 }
 
 bool MainWindow::presentation() const { return Theme::current().presentation; }
@@ -132,7 +137,9 @@ void MainWindow::showError(const QString& message) {
 void MainWindow::exportAll() {
   const QString dir = QFileDialog::getExistingDirectory(this, tr("Export every chart of this view into…"));
   if (dir.isEmpty()) return;
-  const QList<ChartPanel*> charts = m_tabs->currentWidget() == m_tokens ? m_tokens->charts() : m_model->charts();
+  const QList<ChartPanel*> charts = m_tabs->currentWidget() == m_tokens     ? m_tokens->charts()
+                                    : m_tabs->currentWidget() == m_training ? m_training->charts()
+                                                                            : m_model->charts();
   for (ChartPanel* c : charts)
     if (const QString err = c->exportAll(dir, QSize(1280, 800)); !err.isEmpty()) return showError(err);
   statusBar()->showMessage(tr("%1 charts exported to %2").arg(charts.size()).arg(dir), 8000);
@@ -150,7 +157,7 @@ QString MainWindow::saveScreenshots(const QString& dir, QSize size) {
       for (int page = 0; page < pages; ++page) {
         if (m_tabs->widget(i) == m_tokens) m_tokens->pages()->setCurrentIndex(page);
         QApplication::processEvents();
-        for (ChartPanel* c : m_model->charts() + m_tokens->charts())
+        for (ChartPanel* c : m_model->charts() + m_tokens->charts() + m_training->charts())
           if (c->plot()) c->plot()->replot(QCustomPlot::rpImmediateRefresh);
         QApplication::processEvents();
         const QString name = QStringLiteral("%1%2-%3.png")

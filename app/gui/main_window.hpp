@@ -6,6 +6,7 @@
 
 class ModelView;
 class TokensView;
+class TrainingView;
 class QLabel;
 class QMenu;
 class QTabWidget;
@@ -18,6 +19,7 @@ class MainWindow : public QMainWindow {
 
   ModelView* modelView() const { return m_model; }
   TokensView* tokensView() const { return m_tokens; }
+  TrainingView* trainingView() const { return m_training; }
   QTabWidget* tabs() const { return m_tabs; }
   // Render every view at `size` in the normal and the presentation theme, as PNGs in dir.
   QString saveScreenshots(const QString& dir, QSize size);
@@ -44,6 +46,7 @@ class MainWindow : public QMainWindow {
   QTabWidget* m_tabs = nullptr;
   ModelView* m_model = nullptr;
   TokensView* m_tokens = nullptr;
+  TrainingView* m_training = nullptr;
   QLabel* m_errorBanner = nullptr;
   QLabel* m_modelLabel = nullptr;
   QLabel* m_deviceLabel = nullptr;

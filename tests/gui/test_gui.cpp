@@ -17,6 +17,8 @@
 #include "params.hpp"
 #include "presets.hpp"
 #include "tokens_view.hpp"
+#include "training_view.hpp"
+#include <nlohmann/json.hpp>
 
 using namespace moelab;
 
@@ -186,6 +188,44 @@ class TestGui : public QObject {
     QCOMPARE(t->heatmapValue(3, 17), double(t->snapshot()->layers[59].probs[3 * 256 + 17]));
     qInfo("8 tokens through 60 layers x 256 experts, drawn, in %lld ms", static_cast<long long>(clock.elapsed()));
     QVERIFY2(clock.elapsed() < 20000, "generation and drawing at real-model scale took too long");
+  }
+
+  void trainingFromTheWindowMatchesTheRunLogAndStaysResponsive() {
+    std::unique_ptr<MainWindow> w(window());
+    TrainingView* tv = w->trainingView();
+    w->tabs()->setCurrentWidget(tv);
+    QTemporaryDir dir;
+    tv->selectPreset(QStringLiteral("lesson-collapse"));
+    tv->startTraining(dir.filePath(QStringLiteral("run")));
+    // Event-loop latency while training at full speed: a 5 ms timer must keep firing.
+    QElapsedTimer clock, gap;
+    clock.start();
+    gap.start();
+    qint64 worst = 0;
+    while ((tv->history().size() < 60) && clock.elapsed() < 60000) {
+      QTest::qWait(5);
+      worst = std::max(worst, gap.restart());
+    }
+    tv->pauseTraining();
+    QTest::qWait(300);  // let the last steps arrive and be drawn
+    QApplication::processEvents();
+    qInfo("%lld steps in %lld ms; worst event-loop gap %lld ms", static_cast<long long>(tv->history().size()),
+          static_cast<long long>(clock.elapsed()), static_cast<long long>(worst));
+    QVERIFY(tv->history().size() >= 60);
+    QVERIFY2(worst < 250, "the window froze while training");
+    // The collapse view's cells are the run log's loads, step by step.
+    QFile log(dir.filePath(QStringLiteral("run/metrics.jsonl")));
+    QVERIFY(log.open(QIODevice::ReadOnly));
+    const QList<QByteArray> lines = log.readAll().split('\n');
+    int checked = 0;
+    for (int i = 0; i < tv->history().size(); ++i) {
+      const auto rec = nlohmann::json::parse(lines[i].toStdString());
+      QCOMPARE(rec["step"].get<int64_t>(), tv->history()[i]->step);
+      const auto& load = rec["layers"][0]["load"];
+      for (int e = 0; e < int(load.size()); ++e, ++checked)
+        QCOMPARE(tv->collapseValue(i, e), load[size_t(e)].get<double>());
+    }
+    QVERIFY(checked >= 60 * 8);
   }
 
   void aBadModelIsAMessageNotACrash() {
