@@ -153,9 +153,12 @@ QString MainWindow::saveScreenshots(const QString& dir, QSize size) {
     setPresentation(pres);
     for (int i = 0; i < m_tabs->count(); ++i) {
       m_tabs->setCurrentIndex(i);
-      const int pages = m_tabs->widget(i) == m_tokens ? m_tokens->pages()->count() : 1;
+      QTabWidget* sub = m_tabs->widget(i) == m_tokens     ? m_tokens->pages()
+                        : m_tabs->widget(i) == m_training ? m_training->pages()
+                                                          : nullptr;
+      const int pages = sub ? sub->count() : 1;
       for (int page = 0; page < pages; ++page) {
-        if (m_tabs->widget(i) == m_tokens) m_tokens->pages()->setCurrentIndex(page);
+        if (sub) sub->setCurrentIndex(page);
         QApplication::processEvents();
         for (ChartPanel* c : m_model->charts() + m_tokens->charts() + m_training->charts())
           if (c->plot()) c->plot()->replot(QCustomPlot::rpImmediateRefresh);
@@ -165,7 +168,7 @@ QString MainWindow::saveScreenshots(const QString& dir, QSize size) {
                                       pres ? "presentation" : "normal");
         if (!grab().save(QDir(dir).filePath(name))) return tr("%1: cannot write").arg(QDir(dir).filePath(name));
       }
-      if (m_tabs->widget(i) == m_tokens) m_tokens->pages()->setCurrentIndex(0);
+      if (sub) sub->setCurrentIndex(0);
     }
   }
   setPresentation(was);

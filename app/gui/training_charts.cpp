@@ -67,7 +67,8 @@ void TrainingView::drawCollapse() {
   scale->axis()->setLabel(tr("share of tokens"));
   plot->plotLayout()->addElement(0, 1, scale);
   rect->axis(QCPAxis::atBottom)->setLabel(tr("training step"));
-  rect->axis(QCPAxis::atLeft)->setLabel(tr("expert (MoE layer %1)").arg(layer));
+  rect->axis(QCPAxis::atLeft)->setLabel(tr("expert"));
+  m_collapse->setTitle(tr("Collapse view: expert load over training (MoE layer %1)").arg(layer));
   rect->axis(QCPAxis::atBottom)->setRange(m_history.front()->step - 0.5, m_history.back()->step + 0.5);
   rect->axis(QCPAxis::atLeft)->setRange(-0.5, E - 0.5);
   if (E <= 16) {

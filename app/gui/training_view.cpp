@@ -9,6 +9,7 @@
 #include <QPushButton>
 #include <QSpinBox>
 #include <QSplitter>
+#include <QTabWidget>
 #include <QTimer>
 #include <QVBoxLayout>
 #include <qcustomplot.h>
@@ -106,16 +107,21 @@ TrainingView::TrainingView(QWidget* parent) : QWidget(parent) {
   m_balanceChart = new ChartPanel(QStringLiteral("balance"), tr("How uneven is the load?"),
                                   tr("Coefficient of variation of the load (0 = perfectly even) for every MoE layer, and "
                                      "the number of dead experts (almost no tokens)."));
-  auto* grid = new QGridLayout;
+  // Two pages, so each chart stays readable on a projector.
+  auto* collapsePage = new QWidget(this);
+  auto* grid = new QGridLayout(collapsePage);
   grid->addWidget(m_collapse, 0, 0, 1, 2);
-  grid->addWidget(m_loss, 1, 0);
-  grid->addWidget(m_loadNow, 1, 1);
-  grid->addWidget(m_balanceChart, 2, 0, 1, 2);
+  grid->addWidget(m_loadNow, 1, 0);
+  grid->addWidget(m_loss, 1, 1);
   grid->setRowStretch(0, 3);
   grid->setRowStretch(1, 2);
-  grid->setRowStretch(2, 2);
-  auto* chartsHost = new QWidget(this);
-  chartsHost->setLayout(grid);
+  auto* curvesPage = new QWidget(this);
+  auto* grid2 = new QVBoxLayout(curvesPage);
+  grid2->addWidget(m_balanceChart, 1);
+  m_pages = new QTabWidget(this);
+  m_pages->addTab(collapsePage, tr("Collapse"));
+  m_pages->addTab(curvesPage, tr("Unevenness over time"));
+  auto* chartsHost = m_pages;
   auto* split = new QSplitter(this);
   split->addWidget(controls);
   split->addWidget(chartsHost);

@@ -15,6 +15,7 @@ class QDoubleSpinBox;
 class QLabel;
 class QPushButton;
 class QSpinBox;
+class QTabWidget;
 class QTimer;
 struct Theme;
 
@@ -31,6 +32,7 @@ class TrainingView : public QWidget {
   int selectedLayer() const;
   double collapseValue(int stepIndex, int expert) const;  // the heatmap cell
   bool isRunning() const { return m_running; }
+  QTabWidget* pages() const { return m_pages; }
 
  public slots:
   // Start the selected preset (with the knobs' settings), logging into runDir when given.
@@ -66,5 +68,6 @@ class TrainingView : public QWidget {
   QPushButton *m_start = nullptr, *m_pause = nullptr, *m_resume = nullptr, *m_stop = nullptr;
   QLabel *m_status = nullptr, *m_description = nullptr;
   QTimer* m_frame = nullptr;
+  QTabWidget* m_pages = nullptr;
   ChartPanel *m_loss = nullptr, *m_collapse = nullptr, *m_loadNow = nullptr, *m_balanceChart = nullptr;
 };
