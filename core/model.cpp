@@ -218,9 +218,10 @@ KvCache Model::new_cache(int64_t capacity) const {
   return cache;
 }
 
-std::vector<float> Model::forward_full(const std::vector<int32_t>& tokens, RoutingObserver* observer) {
+std::vector<float> Model::forward_full(const std::vector<int32_t>& tokens, RoutingObserver* observer,
+                                       const RoutingOverrides* overrides) {
   KvCache cache = new_cache(std::max<int64_t>(1, int64_t(tokens.size())));
-  return forward(tokens, cache, observer);
+  return forward(tokens, cache, observer, overrides);
 }
 
 void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, RoutingObserver* observer,
@@ -265,6 +266,23 @@ void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, Routing
          weights = b.alloc({T, K});
   b.linear(h, L.router, nullptr, logits);  // [T,E] router logits (no noise at inference)
   b.route(logits, spec, probs, ids, weights);
+  // Expert capacity over these T tokens, as the trainer applies it over a batch: overflowing
+  // slots are dropped (id -1) or re-routed to the next-best expert with room.
+  CapacitySpec cap;
+  if (ov) {
+    cap.capacity = expert_capacity(ov->capacity_factor, T, K, E);
+    cap.reroute = ov->reroute;
+  }
+  std::vector<int32_t> wanted;  // [T,K] the router's own choices, for the observer
+  Tensor dropped;               // [T,K] 0 kept, 1 dropped, 2 re-routed
+  if (cap.capacity > 0) {
+    if (observer) {
+      wanted.resize(size_t(T * K));
+      b.download(ids, wanted.data());
+    }
+    dropped = b.alloc({T, K});
+    b.limit_capacity(probs, spec, cap, ids, weights, dropped);
+  }
   if (observer) {
     RoutingEvent ev;
     ev.layer = l;
@@ -284,6 +302,15 @@ void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, Routing
     b.download(probs, ev.probs.data());
     b.download(ids, ev.ids.data());
     b.download(weights, ev.weights.data());
+    ev.dropped.assign(size_t(T * K), 0);
+    if (dropped.empty()) {
+      ev.wanted = ev.ids;
+    } else {
+      ev.wanted = std::move(wanted);
+      std::vector<float> flags(size_t(T * K));
+      b.download(dropped, flags.data());
+      for (size_t i = 0; i < flags.size(); ++i) ev.dropped[i] = uint8_t(flags[i]);
+    }
     observer->on_routing(ev);
   }
   b.moe_experts(h, ids, weights, L.experts, x);  // x += Σ_k w · expert(h)

@@ -82,11 +82,14 @@ class Model {
 
   KvCache new_cache(int64_t capacity) const;
   // Run tokens at positions cache.length.., append them to the cache, return logits [T,V] (host).
-  // Routing of every MoE layer goes to `observer` when given; `overrides` changes routing.
+  // Routing of every MoE layer goes to `observer` when given; `overrides` changes routing (an
+  // expert capacity applies over these T tokens only).
   std::vector<float> forward(const std::vector<int32_t>& tokens, KvCache& cache, RoutingObserver* observer = nullptr,
                              const RoutingOverrides* overrides = nullptr);
-  // Convenience: a fresh cache, the whole sequence at once.
-  std::vector<float> forward_full(const std::vector<int32_t>& tokens, RoutingObserver* observer = nullptr);
+  // Convenience: a fresh cache, the whole sequence at once (so an expert capacity in `overrides`
+  // applies over the whole sequence as one batch).
+  std::vector<float> forward_full(const std::vector<int32_t>& tokens, RoutingObserver* observer = nullptr,
+                                  const RoutingOverrides* overrides = nullptr);
 
   // Host copies of every weight by registry name (for saving and tests).
   std::vector<std::pair<std::string, std::vector<float>>> export_weights() const;

@@ -1,13 +1,20 @@
 #include "routing.hpp"
 
+#include <cmath>
+
 namespace moelab {
+
+int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t top_k, int64_t experts) {
+  if (!(capacity_factor > 0) || experts <= 0) return 0;
+  return int64_t(std::ceil(capacity_factor * double(tokens * top_k) / double(experts)));
+}
 
 void RoutingTrace::on_routing(const RoutingEvent& e) {
   Layer* L = nullptr;
   for (auto& l : layers_)
     if (l.layer == e.layer) L = &l;
   if (!L) {
-    layers_.push_back(Layer{e.layer, e.experts, e.top_k, {}, {}, {}, {}, {}});
+    layers_.push_back(Layer{e.layer, e.experts, e.top_k, {}, {}, {}, {}, {}, {}, {}});
     L = &layers_.back();
   }
   L->input_norm.insert(L->input_norm.end(), e.input_norm.begin(), e.input_norm.end());
@@ -15,6 +22,8 @@ void RoutingTrace::on_routing(const RoutingEvent& e) {
   L->probs.insert(L->probs.end(), e.probs.begin(), e.probs.end());
   L->ids.insert(L->ids.end(), e.ids.begin(), e.ids.end());
   L->weights.insert(L->weights.end(), e.weights.begin(), e.weights.end());
+  L->wanted.insert(L->wanted.end(), e.wanted.begin(), e.wanted.end());
+  L->dropped.insert(L->dropped.end(), e.dropped.begin(), e.dropped.end());
 }
 
 }  // namespace moelab

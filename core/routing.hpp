@@ -18,8 +18,10 @@ struct RoutingEvent {
   std::vector<float> input_norm;  // [T] L2 norm of the router's input (the RMS-normed hidden state)
   std::vector<float> logits;   // [T,E] router logits
   std::vector<float> probs;    // [T,E] softmax (or sigmoid) scores over all experts
-  std::vector<int32_t> ids;    // [T,K] chosen experts, best first
-  std::vector<float> weights;  // [T,K] final gate weights (renormalised when the model does)
+  std::vector<int32_t> ids;    // [T,K] experts that ran each slot, best first (-1 = dropped by capacity)
+  std::vector<float> weights;  // [T,K] final gate weights (renormalised when the model does; 0 where dropped)
+  std::vector<int32_t> wanted;   // [T,K] the router's own top-k before capacity (equals ids where kept)
+  std::vector<uint8_t> dropped;  // [T,K] 0 kept, 1 dropped, 2 re-routed (zeros when there is no capacity)
 };
 
 class RoutingObserver {
@@ -34,7 +36,8 @@ class RoutingTrace : public RoutingObserver {
   struct Layer {
     int64_t layer = 0, experts = 0, top_k = 0;
     std::vector<float> input_norm, logits, probs, weights;  // rows appended per token
-    std::vector<int32_t> ids;
+    std::vector<int32_t> ids, wanted;
+    std::vector<uint8_t> dropped;
     int64_t tokens() const { return top_k ? int64_t(ids.size()) / top_k : 0; }
   };
   void on_routing(const RoutingEvent& e) override;
@@ -45,13 +48,22 @@ class RoutingTrace : public RoutingObserver {
   std::vector<Layer> layers_;  // MoE layers in layer order
 };
 
+// Expert capacity (Switch Transformer, Fedus et al. 2021, eq. 3): each expert takes at most
+// ceil(capacity_factor · tokens · K / E) of a batch's tokens·K slots. 0 when the factor is 0 (no limit).
+// The trainer and the inference overrides share this one formula.
+int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t top_k, int64_t experts);
+
 // Inference-time exploration knobs (GUI "what if"): change K, ban or force experts, switch
-// renormalisation. Defaults leave the model's own routing.
+// renormalisation, limit expert capacity. Defaults leave the model's own routing.
 struct RoutingOverrides {
   int64_t top_k = 0;               // 0 = the model's K
   int renormalize = -1;            // -1 = the model's choice, 0 off, 1 on
   std::set<int64_t> banned;        // experts never chosen (logit set to -inf) in every layer
   int64_t forced = -1;             // expert always chosen first, -1 = none
+  // Capacity over the T tokens of one forward call (see expert_capacity); 0 = no limit. In
+  // KV-cached decode T is 1, so a limit only means something when the text runs as one batch.
+  double capacity_factor = 0;
+  bool reroute = false;            // overflow goes to the next-best expert with room (else dropped)
 };
 
 }  // namespace moelab

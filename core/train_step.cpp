@@ -116,8 +116,7 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
     a.dropped = b.alloc({N, K});
     b.route(a.logits, spec, a.probs, a.ids, a.weights);
     CapacitySpec cap;
-    if (knobs.capacity_factor > 0)
-      cap.capacity = int64_t(std::ceil(knobs.capacity_factor * double(N * K) / double(E)));
+    cap.capacity = expert_capacity(knobs.capacity_factor, N, K, E);  // over the whole batch
     cap.reroute = knobs.reroute;
     b.limit_capacity(a.probs, spec, cap, a.ids, a.weights, a.dropped);
     b.moe_experts(a.h2, a.ids, a.weights, L.experts, x);

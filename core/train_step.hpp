@@ -22,7 +22,7 @@ struct Batch {
 struct StepKnobs {
   float aux_alpha = 0.0f;         // Switch/GShard auxiliary load-balancing loss coefficient
   float z_coef = 0.0f;            // router z-loss coefficient
-  double capacity_factor = 0.0;   // capacity = ceil(cf · tokens · K / E); 0 = no limit
+  double capacity_factor = 0.0;   // capacity = expert_capacity(cf, tokens, K, E); 0 = no limit
   bool reroute = false;           // overflow re-routed to the next-best expert (else dropped)
   bool noise = true;              // noisy top-k routers add noise (training only)
 };

@@ -98,6 +98,69 @@ TEST(overrides_ban_force_and_change_top_k) {
   }
 }
 
+// Capacity at inference: forward_full's drop flags are exactly what Backend::limit_capacity gives
+// on the same router output, every layer, in both overflow policies; factor 0 changes nothing.
+TEST(capacity_override_matches_limit_capacity) {
+  ModelConfig c = tiny_config();
+  c.num_experts = 6;
+  c.num_layers = 3;
+  Model m = Model::random(c, 3, make_eigen_backend(), 0.3f);
+  Backend& b = m.backend();
+  const int64_t T = int64_t(kTokens.size()), E = c.num_experts, K = c.top_k;
+  RoutingTrace plain;
+  const std::vector<float> plain_logits = m.forward_full(kTokens, &plain);
+  RoutingOverrides none;  // capacity_factor 0: no limit
+  RoutingTrace unlimited;
+  CHECK(m.forward_full(kTokens, &unlimited, &none) == plain_logits);
+  for (const auto& L : unlimited.layers()) {
+    CHECK(L.dropped == std::vector<uint8_t>(size_t(T * K), 0));
+    CHECK(L.wanted == L.ids);
+  }
+  for (bool reroute : {false, true}) {
+    RoutingOverrides ov;
+    ov.capacity_factor = 0.5;  // each expert takes ceil(0.5 · 11 · 2 / 6) = 2 of the 22 slots
+    ov.reroute = reroute;
+    CHECK_EQ(expert_capacity(ov.capacity_factor, T, K, E), int64_t(2));
+    RoutingTrace trace;
+    const std::vector<float> logits = m.forward_full(kTokens, &trace, &ov);
+    CHECK(logits != plain_logits);
+    CHECK_EQ(int64_t(trace.layers().size()), c.num_moe_layers());
+    for (const auto& L : trace.layers()) {
+      // The same router output through route + limit_capacity, by hand.
+      Tensor lg = b.alloc({T, E}), probs = b.alloc({T, E}), ids = b.alloc({T, K}, TType::I32), w = b.alloc({T, K}),
+             dropped = b.alloc({T, K});
+      b.upload(lg, L.logits.data());
+      RouterSpec spec;
+      spec.top_k = K;
+      spec.renormalize = c.norm_topk_prob;
+      b.route(lg, spec, probs, ids, w);
+      std::vector<int32_t> wanted(size_t(T * K)), got(size_t(T * K));
+      b.download(ids, wanted.data());
+      b.limit_capacity(probs, spec, CapacitySpec{expert_capacity(ov.capacity_factor, T, K, E), reroute}, ids, w,
+                       dropped);
+      std::vector<float> flags(size_t(T * K)), weights(size_t(T * K));
+      b.download(dropped, flags.data());
+      b.download(ids, got.data());
+      b.download(w, weights.data());
+      CHECK(L.wanted == wanted);
+      CHECK(L.ids == got);
+      int64_t drops = 0, reroutes = 0;
+      for (size_t i = 0; i < flags.size(); ++i) {
+        CHECK_EQ(int(L.dropped[i]), int(flags[i]));
+        CHECK_NEAR(L.weights[i], weights[i], 1e-6);
+        drops += L.dropped[i] == 1;
+        reroutes += L.dropped[i] == 2;
+        CHECK(L.dropped[i] == 1 ? L.ids[i] == -1 : L.ids[i] >= 0);
+      }
+      // 22 slots, 6 experts x 2 places = 12: at least 10 slots overflow. Re-routing fills the
+      // free places, so only the slots beyond the 12 places are still dropped.
+      CHECK(drops + reroutes >= 10);
+      if (reroute) CHECK(reroutes > 0);
+      else CHECK_EQ(reroutes, int64_t(0));
+    }
+  }
+}
+
 // ---- bad input: each a clear error naming the file and the problem ----
 
 static void save_tiny(const std::string& dir) { Model::random(tiny_config(), 1, make_eigen_backend()).save(dir); }

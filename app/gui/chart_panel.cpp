@@ -83,7 +83,13 @@ void ChartPanel::replot() {
 }
 
 void ChartPanel::paintContent(QPaintDevice* device, QSize size, double scale) const {
-  if (m_plot) {
+  if (m_painter) {
+    // Content that paints itself at any size (e.g. a table): straight onto the device.
+    QPainter p(device);
+    p.setRenderHint(QPainter::Antialiasing);
+    p.scale(scale, scale);
+    m_painter(p, size);
+  } else if (m_plot) {
     // Vector output: QCustomPlot draws itself onto any device at the requested size.
     QCPPainter p(device);
     p.setRenderHint(QPainter::Antialiasing);

@@ -8,6 +8,7 @@
 
 class QCustomPlot;
 class QLabel;
+class QPainter;
 class QToolButton;
 struct Theme;
 
@@ -28,6 +29,9 @@ class ChartPanel : public QWidget {
   // The chart's data as CSV text (header row first); used by exportCsv.
   void setCsvProvider(std::function<QString()> provider) { m_csv = std::move(provider); }
   QString csv() const { return m_csv ? m_csv() : QString(); }
+  // For custom content that can paint itself at any size: exports call this instead of
+  // rendering the widget (which paints nothing while its page has never been shown).
+  void setPainter(std::function<void(QPainter&, QSize)> painter) { m_painter = std::move(painter); }
 
   // Each returns an empty string on success, else the error (one line, naming the file).
   QString exportPng(const QString& path, QSize size, double dpi = 96) const;
@@ -59,4 +63,5 @@ class ChartPanel : public QWidget {
   QCustomPlot* m_plot = nullptr;
   QWidget* m_content = nullptr;
   std::function<QString()> m_csv;
+  std::function<void(QPainter&, QSize)> m_painter;
 };

@@ -58,6 +58,17 @@ void GenerationWorker::loadModel(const QString& path) {
 }
 
 void GenerationWorker::runTokens(const std::vector<int32_t>& ids) {
+  if (m_settings.overrides.capacity_factor > 0) {
+    std::vector<int32_t> text = m_tokens;
+    text.insert(text.end(), ids.begin(), ids.end());
+    KvCache fresh = m_model->new_cache(m_cache->capacity);
+    RoutingCollector trace;
+    m_lastLogits = m_model->forward(text, fresh, &trace, &m_settings.overrides);
+    m_cache.emplace(std::move(fresh));
+    m_trace->trace = std::move(trace.trace);
+    m_tokens = std::move(text);
+    return;
+  }
   m_lastLogits = m_model->forward(ids, *m_cache, m_trace.get(), &m_settings.overrides);
   m_tokens.insert(m_tokens.end(), ids.begin(), ids.end());
 }
@@ -115,6 +126,8 @@ void GenerationWorker::emitSnapshot() {
   s->modelName = m_name;
   s->config = c;
   s->promptLength = m_promptLength;
+  s->capacityFactor = m_settings.overrides.capacity_factor;
+  s->reroute = m_settings.overrides.reroute;
   const bool bytes = c.tokenizer == "bytes";
   for (int32_t id : m_tokens) {
     s->tokens.push_back(id);
@@ -128,9 +141,12 @@ void GenerationWorker::emitSnapshot() {
     l.probs = QVector<float>(L.probs.begin(), L.probs.end());
     l.ids = QVector<int>(L.ids.begin(), L.ids.end());
     l.weights = QVector<float>(L.weights.begin(), L.weights.end());
+    l.wanted = QVector<int>(L.wanted.begin(), L.wanted.end());
+    l.dropped = QVector<quint8>(L.dropped.begin(), L.dropped.end());
     s->topK = L.top_k;
     s->layers.push_back(std::move(l));
   }
+  if (s->topK > 0) s->capacity = expert_capacity(s->capacityFactor, int64_t(m_tokens.size()), s->topK, c.num_experts);
   // Next-token distribution after the last token (softmax of the last logits row).
   const int64_t V = c.vocab_size;
   if (int64_t(m_lastLogits.size()) >= V) {

@@ -6,6 +6,7 @@
 #include <QString>
 #include <QStringList>
 #include <QVector>
+#include <algorithm>
 #include <memory>
 #include <optional>
 
@@ -25,9 +26,46 @@ struct TokensSnapshot {
     int64_t layer = 0;
     QVector<float> inputNorm;      // [T] norm of the router's input
     QVector<float> logits, probs;  // [T,E]
-    QVector<int> ids;              // [T,K]
+    QVector<int> ids;              // [T,K] experts that ran each slot (-1 = dropped by capacity)
     QVector<float> weights;        // [T,K]
+    QVector<int> wanted;           // [T,K] the router's own choices before capacity
+    QVector<quint8> dropped;       // [T,K] 0 kept, 1 dropped, 2 re-routed
+    int droppedSlots() const { return int(std::count(dropped.begin(), dropped.end(), quint8(1))); }
+    int reroutedSlots() const { return int(std::count(dropped.begin(), dropped.end(), quint8(2))); }
+    // What happened at (token t, expert e) with top-K routing.
+    struct Cell {
+      int rank = 0;         // 1-based slot that ran on e (0: none)
+      float weight = 0;     // its gate weight
+      int wantedRank = 0;   // 1-based slot in which the router chose e before capacity (0: none)
+      int flag = 0;         // 1: the router chose e, e was full, the slot was dropped; 2: re-routed to e
+      int from = -1;        // flag 2: the full expert the slot was meant for
+      int movedTo = -1;     // e was chosen but full and the slot went to this expert instead
+    };
+    Cell cell(int t, int e, int K) const {
+      Cell c;
+      for (int k = 0; k < K; ++k) {
+        const int i = t * K + k;
+        const int flag = i < dropped.size() ? dropped[i] : 0;
+        const int want = i < wanted.size() ? wanted[i] : ids[i];
+        if (ids[i] == e) {
+          c.rank = k + 1;
+          c.weight = weights[i];
+          if (flag == 2) c.flag = 2, c.from = want;
+        }
+        if (want == e) {
+          c.wantedRank = k + 1;
+          if (flag == 1) c.flag = 1;
+          if (flag == 2) c.movedTo = ids[i];
+        }
+      }
+      return c;
+    }
   };
+  // Expert capacity (0 = no limit): applied over the whole text as one batch, so each expert
+  // takes at most `capacity` of the count()·K choices in every layer.
+  double capacityFactor = 0;
+  bool reroute = false;
+  int64_t capacity = 0;
   QVector<Layer> layers;             // MoE layers in order
   QVector<QPair<int, float>> next;   // most probable next tokens after the last one
   int64_t experts() const { return config.num_experts; }
@@ -65,6 +103,8 @@ class GenerationWorker : public QObject {
 
  private:
   void emitSnapshot();
+  // Run new tokens after the text so far. With an expert capacity the whole text runs again as
+  // one batch (capacity is a property of a batch; one token at a time could never overflow).
   void runTokens(const std::vector<int32_t>& ids);
 
   std::unique_ptr<moelab::Model> m_model;

@@ -7,7 +7,10 @@
 #include <QFileDialog>
 #include <QFileInfo>
 #include <QKeySequence>
+#include <QJsonArray>
+#include <QJsonObject>
 #include <QLabel>
+#include <QMessageBox>
 #include <QMenuBar>
 #include <QScreen>
 #include <QSettings>
@@ -19,6 +22,8 @@
 #include <qcustomplot.h>
 
 #include "chart_panel.hpp"
+#include "compare_view.hpp"
+#include "lab_session.hpp"
 #include "model_view.hpp"
 #include "theme.hpp"
 #include "tokens_view.hpp"
@@ -43,6 +48,8 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
   m_tabs->addTab(m_tokens, tr("Tokens"));
   m_training = new TrainingView(m_tabs);
   m_tabs->addTab(m_training, tr("Training"));
+  m_compare = new CompareView(m_tabs);
+  m_tabs->addTab(m_compare, tr("Compare"));
   layout->addWidget(m_tabs, 1);
   setCentralWidget(central);
 
@@ -54,6 +61,14 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
   connect(m_model, &ModelView::errorOccurred, this, &MainWindow::showError);
   connect(m_tokens, &TokensView::errorOccurred, this, &MainWindow::showError);
   connect(m_training, &TrainingView::errorOccurred, this, &MainWindow::showError);
+  connect(m_compare, &CompareView::errorOccurred, this, &MainWindow::showError);
+  connect(m_training, &TrainingView::openModelRequested, this, &MainWindow::openModel);
+  connect(m_training, &TrainingView::runChanged, this, &MainWindow::markUnsaved);
+  connect(m_compare, &CompareView::runsChanged, this, &MainWindow::markUnsaved);
+  connect(m_compare, &CompareView::addCurrentRunRequested, this, [this] {
+    if (m_training->run().history.isEmpty()) return showError(tr("The Training view has no run yet"));
+    m_compare->addRunData(m_training->run());
+  });
   connect(m_tokens, &TokensView::modelChanged, this, [this](const QString& name, const moelab::ModelConfig& c) {
     m_modelLabel->setText(tr("Model: %1 — %2, %3 layers, %4 experts, top-%5")
                               .arg(name, QString::fromStdString(c.architecture))
@@ -63,12 +78,18 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     m_model->showConfig(c, name);
   });
   connect(m_tokens, &TokensView::lastTokenRouting, m_model, &ModelView::setHighlightedExperts);
-  for (ChartPanel* c : m_model->charts() + m_tokens->charts() + m_training->charts())
+  for (ChartPanel* c : m_model->charts() + m_tokens->charts() + m_training->charts() + m_compare->charts())
     connect(c, &ChartPanel::errorOccurred, this, &MainWindow::showError);
 
   createActions();
   readSettings();
   m_tokens->openModel(QStringLiteral("builtin"));
+  updateTitle();
+}
+
+void MainWindow::updateTitle() {
+  setWindowTitle(tr("%1[*] — MoE Lab")
+                     .arg(m_sessionPath.isEmpty() ? tr("untitled session") : QFileInfo(m_sessionPath).fileName()));
 }
 
 void MainWindow::createActions() {
@@ -85,6 +106,27 @@ void MainWindow::createActions() {
   })->setStatusTip(tr("Open a Hugging Face config.json: its architecture runs with random weights"));
   file->addAction(tr("Built-in Model"), this, [this] { openModel(QStringLiteral("builtin")); });
   m_recentMenu = file->addMenu(tr("Open &Recent"));
+  file->addSeparator();
+  file->addAction(tr("Open &Run Folder…"), this, [this] {
+    const QString dir = QFileDialog::getExistingDirectory(this, tr("Open a run folder (run.json + metrics.jsonl)"),
+                                                          TrainingView::runsFolder());
+    if (dir.isEmpty()) return;
+    if (m_training->openRun(dir)) m_tabs->setCurrentWidget(m_training);
+  })->setStatusTip(tr("Replay a finished training run in the Training view"));
+  file->addSeparator();
+  QAction* openSessionAction = file->addAction(tr("Open Lab &Session…"), this, [this] {
+    if (!maybeSave()) return;
+    const QString f = QFileDialog::getOpenFileName(this, tr("Open a lab session"), QString(), tr("Lab sessions (*.moelab)"));
+    if (f.isEmpty()) return;
+    if (const QString err = openSession(f); !err.isEmpty()) showError(err);
+  });
+  openSessionAction->setShortcut(QKeySequence(Qt::CTRL | Qt::SHIFT | Qt::Key_O));
+  openSessionAction->setStatusTip(tr("Reopen the models, settings and runs of a saved lab session"));
+  QAction* save = file->addAction(tr("&Save Lab Session"), this, [this] { saveSessionInteractive(false); });
+  save->setShortcut(QKeySequence::Save);
+  save->setStatusTip(tr("Save the views' settings, the model and the runs' folders"));
+  QAction* saveAs = file->addAction(tr("Save Lab Session &As…"), this, [this] { saveSessionInteractive(true); });
+  saveAs->setShortcut(QKeySequence::SaveAs);
   file->addSeparator();
   QAction* exp = file->addAction(tr("&Export All Charts…"), this, &MainWindow::exportAll);
   exp->setShortcut(QKeySequence(Qt::CTRL | Qt::Key_E));
@@ -116,12 +158,15 @@ void MainWindow::setPresentation(bool on) {
   m_model->applyTheme(Theme::current());
   m_tokens->applyTheme(Theme::current());
   m_training->applyTheme(Theme::current());
+  m_compare->applyTheme(Theme::current());
 }
 
 bool MainWindow::presentation() const { return Theme::current().presentation; }
 
 void MainWindow::openModel(const QString& path) {
   m_errorBanner->hide();
+  if (path != m_modelPath) markUnsaved();
+  m_modelPath = path;
   if (path != QLatin1String("builtin")) addRecent(path);
   m_tokens->openModel(path);
   m_tabs->setCurrentWidget(m_tokens);
@@ -137,8 +182,10 @@ void MainWindow::showError(const QString& message) {
 void MainWindow::exportAll() {
   const QString dir = QFileDialog::getExistingDirectory(this, tr("Export every chart of this view into…"));
   if (dir.isEmpty()) return;
+  if (m_tabs->currentWidget() == m_training) m_training->redrawAll();
   const QList<ChartPanel*> charts = m_tabs->currentWidget() == m_tokens     ? m_tokens->charts()
                                     : m_tabs->currentWidget() == m_training ? m_training->charts()
+                                    : m_tabs->currentWidget() == m_compare  ? m_compare->charts()
                                                                             : m_model->charts();
   for (ChartPanel* c : charts)
     if (const QString err = c->exportAll(dir, QSize(1280, 800)); !err.isEmpty()) return showError(err);
@@ -160,7 +207,7 @@ QString MainWindow::saveScreenshots(const QString& dir, QSize size) {
       for (int page = 0; page < pages; ++page) {
         if (sub) sub->setCurrentIndex(page);
         QApplication::processEvents();
-        for (ChartPanel* c : m_model->charts() + m_tokens->charts() + m_training->charts())
+        for (ChartPanel* c : m_model->charts() + m_tokens->charts() + m_training->charts() + m_compare->charts())
           if (c->plot()) c->plot()->replot(QCustomPlot::rpImmediateRefresh);
         QApplication::processEvents();
         const QString name = QStringLiteral("%1%2-%3.png")
@@ -214,7 +261,67 @@ bool MainWindow::eventFilter(QObject* watched, QEvent* e) {
   return QMainWindow::eventFilter(watched, e);
 }
 
+bool MainWindow::maybeSave() {
+  if (!isWindowModified()) return true;
+  const auto answer = QMessageBox::warning(
+      this, tr("MoE Lab"), tr("This lab session has unsaved changes (runs, models or settings). Save it?"),
+      QMessageBox::Save | QMessageBox::Discard | QMessageBox::Cancel, QMessageBox::Save);
+  if (answer == QMessageBox::Save) return saveSessionInteractive(false);
+  return answer == QMessageBox::Discard;
+}
+
+bool MainWindow::saveSessionInteractive(bool askPath) {
+  QString path = m_sessionPath;
+  if (askPath || path.isEmpty()) {
+    path = QFileDialog::getSaveFileName(this, tr("Save the lab session"), path.isEmpty() ? tr("lesson.moelab") : path,
+                                        tr("Lab sessions (*.moelab)"));
+    if (path.isEmpty()) return false;
+    if (QFileInfo(path).suffix().isEmpty()) path += QStringLiteral(".moelab");
+  }
+  if (const QString err = saveSession(path); !err.isEmpty()) {
+    showError(err);
+    return false;
+  }
+  statusBar()->showMessage(tr("Session saved to %1").arg(path), 5000);
+  return true;
+}
+
+QString MainWindow::saveSession(const QString& path) {
+  QJsonObject s;
+  s.insert(QStringLiteral("tab"), m_tabs->currentIndex());
+  s.insert(QStringLiteral("presentation"), presentation());
+  s.insert(QStringLiteral("tokens"), QJsonObject{{"model", m_modelPath}});
+  s.insert(QStringLiteral("training"), m_training->state());
+  s.insert(QStringLiteral("compare"), QJsonArray::fromStringList(m_compare->runDirs()));
+  if (const QString err = LabSession::save(path, s); !err.isEmpty()) return err;
+  m_sessionPath = path;
+  setWindowModified(false);
+  updateTitle();
+  return {};
+}
+
+QString MainWindow::openSession(const QString& path) {
+  QString err;
+  const QJsonObject s = LabSession::load(path, &err);
+  if (!err.isEmpty()) return err;
+  const QString model = s.value(QStringLiteral("tokens")).toObject().value(QStringLiteral("model")).toString();
+  if (!model.isEmpty()) openModel(model);
+  m_training->restoreState(s.value(QStringLiteral("training")).toObject());
+  m_compare->clearRuns();
+  for (const QJsonValue& d : s.value(QStringLiteral("compare")).toArray()) m_compare->addRun(d.toString());
+  setPresentation(s.value(QStringLiteral("presentation")).toBool(presentation()));
+  m_tabs->setCurrentIndex(std::clamp(s.value(QStringLiteral("tab")).toInt(), 0, m_tabs->count() - 1));
+  m_sessionPath = path;
+  setWindowModified(false);
+  updateTitle();
+  return {};
+}
+
 void MainWindow::closeEvent(QCloseEvent* e) {
+  if (!maybeSave()) {
+    e->ignore();
+    return;
+  }
   writeSettings();
   e->accept();
 }

@@ -1,9 +1,10 @@
-// The lab's main window: it only wires the views together (Model, Tokens), the menus, the
-// settings and the status bar; each view lives in its own file.
+// The lab's main window: it only wires the views together (Model, Tokens, Training, Compare),
+// the menus, lab sessions, the settings and the status bar; each view lives in its own file.
 #pragma once
 
 #include <QMainWindow>
 
+class CompareView;
 class ModelView;
 class TokensView;
 class TrainingView;
@@ -20,17 +21,25 @@ class MainWindow : public QMainWindow {
   ModelView* modelView() const { return m_model; }
   TokensView* tokensView() const { return m_tokens; }
   TrainingView* trainingView() const { return m_training; }
+  CompareView* compareView() const { return m_compare; }
   QTabWidget* tabs() const { return m_tabs; }
   // Render every view at `size` in the normal and the presentation theme, as PNGs in dir.
   QString saveScreenshots(const QString& dir, QSize size);
   void setPresentation(bool on);
   bool presentation() const;
   QString lastError() const { return m_lastError; }
+  // Lab sessions: the views' settings, the model and the runs. "" on success, else the error.
+  QString saveSession(const QString& path);
+  QString openSession(const QString& path);
+  QString sessionPath() const { return m_sessionPath; }
+  bool hasUnsavedWork() const { return isWindowModified(); }
+  void markUnsaved() { setWindowModified(true); }
 
  public slots:
   void openModel(const QString& path);
   void showError(const QString& message);
   void exportAll();
+  bool saveSessionInteractive(bool askPath);
 
  protected:
   void closeEvent(QCloseEvent* e) override;
@@ -42,11 +51,15 @@ class MainWindow : public QMainWindow {
   void writeSettings();
   void addRecent(const QString& path);
   void rebuildRecentMenu();
+  bool maybeSave();  // true = go on (saved or discarded), false = cancel
+  void updateTitle();
 
   QTabWidget* m_tabs = nullptr;
   ModelView* m_model = nullptr;
   TokensView* m_tokens = nullptr;
   TrainingView* m_training = nullptr;
+  CompareView* m_compare = nullptr;
+  QString m_sessionPath, m_modelPath = QStringLiteral("builtin");
   QLabel* m_errorBanner = nullptr;
   QLabel* m_modelLabel = nullptr;
   QLabel* m_deviceLabel = nullptr;

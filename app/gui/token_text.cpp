@@ -6,6 +6,10 @@
 
 #include "theme.hpp"
 
+namespace {
+const QColor kDroppedColor("#bbbbbb");
+}  // namespace
+
 TokenText::TokenText(QWidget* parent) : QWidget(parent) { setMinimumHeight(120); }
 
 QColor TokenText::expertColor(int e, int64_t E) {
@@ -40,6 +44,7 @@ void TokenText::paintEvent(QPaintEvent*) {
   const QFontMetrics fm(mono);
   const int lineH = fm.height() + 10;
   int x = 6, y = 6;
+  bool anyDropped = false;
   for (int i = 0; i < m_snap->count(); ++i) {
     QString label = m_snap->labels[i];
     if (label == QLatin1String(" ")) label = QStringLiteral("␣");
@@ -52,7 +57,8 @@ void TokenText::paintEvent(QPaintEvent*) {
     m_boxes.push_back(box);
     if (i < L.ids.size() / std::max<int64_t>(1, K)) {
       const int top = L.ids[i * int(K)];
-      QColor c = top >= 0 ? expertColor(top, E) : QColor("#bbbbbb");
+      QColor c = top >= 0 ? expertColor(top, E) : kDroppedColor;  // first choice dropped (capacity)
+      anyDropped = anyDropped || top < 0;
       p.setBrush(c);
       p.setPen(QPen(i == m_selected ? t.foreground : c.darker(130), i == m_selected ? 3 : 1));
       p.drawRoundedRect(box, 4, 4);
@@ -72,7 +78,7 @@ void TokenText::paintEvent(QPaintEvent*) {
   const QString head = tr("Layer %1, colour = first-choice expert:").arg(L.layer);
   int cellW = lf.horizontalAdvance(QString::number(std::max<int64_t>(0, E - 1))) + 10;
   const int perLine = std::max(1, (width() - 12) / (cellW + 3));
-  const int lines = 1 + int((std::min<int64_t>(E, 64) + perLine - 1) / perLine);
+  const int lines = 1 + int((std::min<int64_t>(E, 64) + (anyDropped ? 3 : 0) + perLine - 1) / perLine);
   y = std::max(y + lineH + 6, height() - lines * (lf.height() + 4) - 4);
   x = 6;
   p.setPen(t.foreground);
@@ -90,6 +96,19 @@ void TokenText::paintEvent(QPaintEvent*) {
     p.setPen(c.lightnessF() < 0.55 ? Qt::white : Qt::black);
     p.drawText(QRect(x, y, cellW, lf.height()), Qt::AlignCenter, QString::number(e));
     x += cellW + 3;
+  }
+  if (anyDropped) {  // grey: the first choice was dropped, the token skipped its expert
+    const QString text = tr("dropped");
+    const int w = lf.horizontalAdvance(text) + 10;
+    if (x + w > width() - 4) {
+      x = 6;
+      y += lf.height() + 4;
+    }
+    p.setBrush(kDroppedColor);
+    p.setPen(Qt::NoPen);
+    p.drawRoundedRect(QRect(x, y, w, lf.height()), 3, 3);
+    p.setPen(Qt::black);
+    p.drawText(QRect(x, y, w, lf.height()), Qt::AlignCenter, text);
   }
   // Ask the layout for room when the text and legend need more than we were given.
   const int needed = y + lf.height() + 6;

@@ -1,5 +1,6 @@
 // The generated text drawn token by token, each token's box coloured by the expert its router
-// ranked first in the selected layer, with a legend. Clicking a token selects it.
+// ranked first in the selected layer (grey where that choice was dropped by an expert capacity),
+// with a legend. Clicking a token selects it.
 #pragma once
 
 #include <QWidget>

@@ -94,9 +94,24 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   m_force->setSpecialValueText(tr("none"));
   m_force->setToolTip(tr("An expert every token must use"));
   form->addRow(tr("Force expert"), m_force);
-  m_status = new QLabel(controls);
+  m_capacity = new QDoubleSpinBox(controls);
+  m_capacity->setRange(0.0, 8.0);
+  m_capacity->setSingleStep(0.25);
+  m_capacity->setDecimals(2);
+  m_capacity->setSpecialValueText(tr("no limit"));
+  m_capacity->setToolTip(tr("Expert capacity factor, as in training: each expert takes at most "
+                            "⌈factor × tokens × k ÷ experts⌉ of the choices. It applies over the whole text as one "
+                            "batch, so the whole text is recomputed at every step and a new token can change the "
+                            "routing of earlier ones."));
+  form->addRow(tr("Capacity"), m_capacity);
+  m_overflow = new QComboBox(controls);
+  m_overflow->addItems({tr("drop"), tr("re-route to next-best")});
+  m_overflow->setToolTip(tr("A choice of an expert that is already full is dropped (the token passes on through the "
+                            "residual only for it) or re-routed to the token's next-best expert with room"));
+  m_overflow->setEnabled(false);
+  form->addRow(tr("Overflow"), m_overflow);
+  m_status = new QLabel(this);
   m_status->setWordWrap(true);
-  form->addRow(m_status);
 
   // ---- charts ----
   m_heatmap = new ChartPanel(QStringLiteral("routing-heatmap"), tr("Routing: tokens × experts"),
@@ -155,6 +170,8 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   auto* left = new QWidget(this);
   auto* leftLayout = new QVBoxLayout(left);
   leftLayout->addWidget(controls);
+  m_status->setContentsMargins(form->contentsMargins().left(), 0, form->contentsMargins().right(), 0);
+  leftLayout->addWidget(m_status);  // here, not in the form: a wrapped label gets the height it needs
   leftLayout->addStretch(1);
   auto* split = new QSplitter(this);
   split->addWidget(left);
@@ -179,6 +196,11 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   connect(m_topk, &QSpinBox::valueChanged, this, &TokensView::routingKnobsChanged);
   connect(m_force, &QSpinBox::valueChanged, this, &TokensView::routingKnobsChanged);
   connect(m_renorm, &QComboBox::currentIndexChanged, this, &TokensView::routingKnobsChanged);
+  connect(m_capacity, &QDoubleSpinBox::valueChanged, this, [this](double v) {
+    m_overflow->setEnabled(v > 0);
+    routingKnobsChanged();
+  });
+  connect(m_overflow, &QComboBox::currentIndexChanged, this, &TokensView::routingKnobsChanged);
   connect(m_ban, &QLineEdit::editingFinished, this, &TokensView::routingKnobsChanged);
   connect(m_tokenText, &TokenText::tokenClicked, this, [this](int i) {
     m_token = i;
@@ -193,10 +215,21 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
                              &key, &value);
     const int64_t E = m_snap->experts(), K = m_snap->topK;
     if (key < 0 || key >= m_snap->count() || value < 0 || value >= E) return;
+    const auto c = L->cell(key, value, int(K));
     QString chosen = tr("not chosen");
-    for (int k = 0; k < K; ++k)
-      if (L->ids[key * int(K) + k] == value)
-        chosen = tr("choice %1, gate weight %2").arg(k + 1).arg(L->weights[key * int(K) + k], 0, 'f', 3);
+    if (c.flag == 1)
+      chosen = tr("choice %1, DROPPED: the expert was full (capacity %2),\nthe token passes on through the residual only")
+                   .arg(c.wantedRank)
+                   .arg(m_snap->capacity);
+    else if (c.movedTo >= 0)
+      chosen = tr("choice %1, but the expert was full: re-routed to expert %2").arg(c.wantedRank).arg(c.movedTo);
+    else if (c.flag == 2)
+      chosen = tr("choice %1 RE-ROUTED here (expert %2 was full), gate weight %3")
+                   .arg(c.rank)
+                   .arg(c.from)
+                   .arg(c.weight, 0, 'f', 3);
+    else if (c.rank)
+      chosen = tr("choice %1, gate weight %2").arg(c.rank).arg(c.weight, 0, 'f', 3);
     QToolTip::showText(e->globalPosition().toPoint(),
                        tr("token %1 '%2', expert %3\nprobability %4 (logit %5)\n%6")
                            .arg(key)
@@ -219,25 +252,26 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
 
   // CSV of every chart's data.
   m_heatmap->setCsvProvider([this] {
-    QString s = QStringLiteral("layer,token_index,token,expert,probability,logit,chosen_rank,gate_weight\n");
+    // chosen_rank: the slot that ran on this expert; wanted_rank: the router's own choice before
+    // capacity; dropped: 1 the router chose this expert but it was full, 2 a slot was re-routed here.
+    QString s = QStringLiteral("layer,token_index,token,expert,probability,logit,chosen_rank,gate_weight,wanted_rank,dropped\n");
     if (!m_snap) return s;
     const int64_t E = m_snap->experts(), K = m_snap->topK;
     for (const auto& L : m_snap->layers)
       for (int t = 0; t < L.ids.size() / int(K); ++t)
         for (int e = 0; e < E; ++e) {
-          int rank = 0;
-          float w = 0;
-          for (int k = 0; k < K; ++k)
-            if (L.ids[t * int(K) + k] == e) rank = k + 1, w = L.weights[t * int(K) + k];
-          s += QStringLiteral("%1,%2,%3,%4,%5,%6,%7,%8\n")
+          const auto c = L.cell(t, e, int(K));
+          s += QStringLiteral("%1,%2,%3,%4,%5,%6,%7,%8,%9,%10\n")
                    .arg(L.layer)
                    .arg(t)
                    .arg(csvEscape(m_snap->labels[t]))
                    .arg(e)
                    .arg(double(L.probs[t * int(E) + e]), 0, 'g', 9)
                    .arg(double(L.logits[t * int(E) + e]), 0, 'g', 9)
-                   .arg(rank)
-                   .arg(double(w), 0, 'g', 9);
+                   .arg(c.rank)
+                   .arg(double(c.weight), 0, 'g', 9)
+                   .arg(c.wantedRank)
+                   .arg(c.flag);
         }
     return s;
   });
@@ -250,25 +284,32 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
     return s;
   });
   m_load->setCsvProvider([this] {
-    QString s = QStringLiteral("expert,share_of_choices\n");
-    if (auto* bars = m_load->plot()->plottableCount() ? qobject_cast<QCPBars*>(m_load->plot()->plottable(0)) : nullptr)
-      for (auto it = bars->data()->constBegin(); it != bars->data()->constEnd(); ++it)
-        s += QStringLiteral("%1,%2\n").arg(int(it->key)).arg(it->value, 0, 'g', 9);
+    QString s = QStringLiteral("expert,share_of_choices,share_dropped\n");
+    const auto* L = layerData();
+    if (!m_snap || !L) return s;
+    QVector<double> ran, refused;
+    expertLoad(*L, int(m_snap->experts()), &ran, &refused);
+    for (int e = 0; e < ran.size(); ++e)
+      s += QStringLiteral("%1,%2,%3\n").arg(e).arg(ran[e], 0, 'g', 9).arg(refused[e], 0, 'g', 9);
     return s;
   });
   m_why->setCsvProvider([this] {
-    QString s = QStringLiteral("expert,logit,probability,chosen_rank,gate_weight\n");
+    QString s = QStringLiteral("expert,logit,probability,chosen_rank,gate_weight,wanted_rank,dropped\n");
     const auto* L = layerData();
     if (!m_snap || !L || m_snap->count() == 0) return s;
     const int t = std::clamp(m_token < 0 ? m_snap->count() - 1 : m_token, 0, m_snap->count() - 1);
     const int64_t E = m_snap->experts(), K = m_snap->topK;
     if (t * K >= L->ids.size()) return s;
     for (int e = 0; e < E; ++e) {
-      int rank = 0;
-      float w = 0;
-      for (int k = 0; k < K; ++k)
-        if (L->ids[t * int(K) + k] == e) rank = k + 1, w = L->weights[t * int(K) + k];
-      s += QStringLiteral("%1,%2,%3,%4,%5\n").arg(e).arg(L->logits[t * int(E) + e]).arg(L->probs[t * int(E) + e]).arg(rank).arg(w);
+      const auto c = L->cell(t, e, int(K));
+      s += QStringLiteral("%1,%2,%3,%4,%5,%6,%7\n")
+               .arg(e)
+               .arg(L->logits[t * int(E) + e])
+               .arg(L->probs[t * int(E) + e])
+               .arg(c.rank)
+               .arg(c.weight)
+               .arg(c.wantedRank)
+               .arg(c.flag);
     }
     return s;
   });
@@ -336,6 +377,8 @@ GenerationSettings TokensView::settings() const {
   s.overrides.top_k = m_topk->value();
   s.overrides.renormalize = m_renorm->currentIndex() == 0 ? -1 : m_renorm->currentIndex() == 1 ? 0 : 1;
   s.overrides.forced = m_force->value();
+  s.overrides.capacity_factor = m_capacity->value();
+  s.overrides.reroute = m_overflow->currentIndex() == 1;
   for (const QString& part : m_ban->text().split(',', Qt::SkipEmptyParts)) {
     bool ok = false;
     const int e = part.trimmed().toInt(&ok);
@@ -409,16 +452,35 @@ void TokensView::onSnapshot(SnapshotPtr s) {
   m_pending = std::max(0, m_pending - 1);
   m_snap = std::move(s);
   if (m_snap->count() >= std::min<int64_t>(m_snap->config.max_positions, 512)) pause();
-  m_status->setText(tr("%1: %2 tokens (%3 generated), top-%4 of %5 experts")
-                        .arg(m_snap->modelName)
-                        .arg(m_snap->count())
-                        .arg(m_snap->count() - m_snap->promptLength)
-                        .arg(m_snap->topK)
-                        .arg(m_snap->experts()));
+  QString status = tr("%1: %2 tokens (%3 generated), top-%4 of %5 experts")
+                       .arg(m_snap->modelName)
+                       .arg(m_snap->count())
+                       .arg(m_snap->count() - m_snap->promptLength)
+                       .arg(m_snap->topK)
+                       .arg(m_snap->experts());
+  if (m_snap->capacity > 0) {
+    int dropped = 0, rerouted = 0, choices = 0;
+    for (const auto& L : m_snap->layers) dropped += L.droppedSlots(), rerouted += L.reroutedSlots(), choices += int(L.ids.size());
+    status += QLatin1String("; ") + (m_snap->reroute ? tr("capacity %1 per expert (whole text as one batch): %2 of %3 "
+                                                          "choices re-routed, %4 dropped in all layers")
+                                                           .arg(m_snap->capacity)
+                                                           .arg(rerouted)
+                                                           .arg(choices)
+                                                           .arg(dropped)
+                                                     : tr("capacity %1 per expert (whole text as one batch): %2 of %3 "
+                                                          "choices dropped in all layers")
+                                                           .arg(m_snap->capacity)
+                                                           .arg(dropped)
+                                                           .arg(choices));
+  }
+  m_status->setText(status);
   redraw();
   if (const auto* L = layerData(); L && m_snap->topK > 0 && !L->ids.isEmpty()) {
     const int K = int(m_snap->topK);
-    emit lastTokenRouting(int(L->layer), L->ids.mid(L->ids.size() - K, K));
+    QVector<int> ran;  // the experts the last token ran on (a dropped slot has none)
+    for (int id : L->ids.mid(L->ids.size() - K, K))
+      if (id >= 0) ran.push_back(id);
+    emit lastTokenRouting(int(L->layer), ran);
   }
 }
 
@@ -433,6 +495,8 @@ void TokensView::setBannedExperts(const QString& list) {
 }
 void TokensView::setForcedExpert(int e) { m_force->setValue(e); }
 void TokensView::setRenormalize(int mode) { m_renorm->setCurrentIndex(mode < 0 ? 0 : mode == 0 ? 1 : 2); }
+void TokensView::setCapacityFactor(double factor) { m_capacity->setValue(factor); }
+void TokensView::setOverflowReroute(bool reroute) { m_overflow->setCurrentIndex(reroute ? 1 : 0); }
 void TokensView::selectLayer(int index) { m_layer->setCurrentIndex(index < 0 ? 0 : index + 1); }
 
 int TokensView::selectedLayer() const { return m_layer->currentIndex() - 1; }
@@ -448,18 +512,31 @@ double TokensView::heatmapValue(int token, int expert) const {
   return map ? map->data()->cell(token, expert) : std::nan("");
 }
 
+int TokensView::heatmapMark(int token, int expert) const {
+  QCustomPlot* plot = m_heatmap->plot();
+  for (int i = 0; i < plot->graphCount(); ++i) {
+    const QVariant kind = plot->graph(i)->property("mark");
+    if (!kind.isValid()) continue;
+    for (auto it = plot->graph(i)->data()->constBegin(); it != plot->graph(i)->data()->constEnd(); ++it)
+      if (int(std::lround(it->key)) == token && int(std::lround(it->value)) == expert) return kind.toInt();
+  }
+  return -1;
+}
+
 bool TokensView::heatmapMarked(int token, int expert) const {
-  for (int i = 0; i < m_heatmap->plot()->graphCount(); ++i)
-    for (auto it = m_heatmap->plot()->graph(i)->data()->constBegin(); it != m_heatmap->plot()->graph(i)->data()->constEnd(); ++it)
-      if (int(std::lround(it->key)) == token && int(std::lround(it->value)) == expert) return true;
-  return false;
+  const int kind = heatmapMark(token, expert);
+  return kind == 0 || kind == 2;  // a slot that ran there
 }
 
 int TokensView::markedPerToken(int token) const {
   int n = 0;
-  for (int i = 0; i < m_heatmap->plot()->graphCount(); ++i)
-    for (auto it = m_heatmap->plot()->graph(i)->data()->constBegin(); it != m_heatmap->plot()->graph(i)->data()->constEnd(); ++it)
+  QCustomPlot* plot = m_heatmap->plot();
+  for (int i = 0; i < plot->graphCount(); ++i) {
+    const int kind = plot->graph(i)->property("mark").toInt();
+    if (kind != 0 && kind != 2) continue;
+    for (auto it = plot->graph(i)->data()->constBegin(); it != plot->graph(i)->data()->constEnd(); ++it)
       n += int(std::lround(it->key)) == token;
+  }
   return n;
 }
 

@@ -1,7 +1,8 @@
 // The Tokens view: type a prompt, step through generation token by token and watch the router:
 // the routing heatmap (tokens x experts), the text coloured by expert, the expert load, the
 // router's arithmetic for one token ("why"), expert co-activation, and the next-token
-// probabilities; knobs to change top-k, ban or force an expert, and switch renormalisation.
+// probabilities; knobs to change top-k, ban or force an expert, switch renormalisation, and limit
+// expert capacity (dropped or re-routed choices are marked in the routing charts).
 #pragma once
 
 #include <QThread>
@@ -41,12 +42,16 @@ class TokensView : public QWidget {
   void setBannedExperts(const QString& list);
   void setForcedExpert(int e);  // -1 = none
   void setRenormalize(int mode);  // -1 model, 0 off, 1 on
+  void setCapacityFactor(double factor);  // 0 = no limit
+  void setOverflowReroute(bool reroute);  // overflow re-routed to the next-best expert, else dropped
   void selectLayer(int index);    // -1 = all layers
   // Data of the heatmap as drawn: value at (token, expert) of the selected layer, and whether
-  // the cell is marked as chosen.
+  // the cell is marked as chosen (a slot that ran there: kept or re-routed).
   double heatmapValue(int token, int expert) const;
   bool heatmapMarked(int token, int expert) const;
   int markedPerToken(int token) const;
+  // The mark drawn at a cell: -1 none, 0 chosen, 1 dropped (over capacity), 2 re-routed here.
+  int heatmapMark(int token, int expert) const;
   // The chart pages (for screenshots).
   QTabWidget* pages() const { return m_pages; }
 
@@ -92,6 +97,8 @@ class TokensView : public QWidget {
   QSlider* m_speed = nullptr;
   QDoubleSpinBox* m_temperature = nullptr;
   QSpinBox *m_seed = nullptr, *m_topk = nullptr, *m_force = nullptr;
+  QDoubleSpinBox* m_capacity = nullptr;
+  QComboBox* m_overflow = nullptr;
   QLineEdit* m_ban = nullptr;
   QComboBox *m_renorm = nullptr, *m_layer = nullptr;
   QLabel* m_status = nullptr;
@@ -102,3 +109,6 @@ class TokensView : public QWidget {
   QTabWidget* m_pages = nullptr;
   QLabel* m_whyLabel = nullptr;
 };
+
+// Share of a layer's T·K choices each expert ran, and the share it refused when full (dropped).
+void expertLoad(const TokensSnapshot::Layer& L, int E, QVector<double>* ran, QVector<double>* refused);

@@ -1,14 +1,22 @@
 #include "training_view.hpp"
 
 #include <QComboBox>
+#include <QDateTime>
+#include <QDir>
 #include <QDoubleSpinBox>
+#include <QFileDialog>
+#include <QFileInfo>
 #include <QFormLayout>
 #include <QGridLayout>
 #include <QHBoxLayout>
+#include <QJsonObject>
 #include <QLabel>
 #include <QPushButton>
+#include <QScrollArea>
+#include <QSlider>
 #include <QSpinBox>
 #include <QSplitter>
+#include <QStandardPaths>
 #include <QTabWidget>
 #include <QTimer>
 #include <QVBoxLayout>
@@ -16,6 +24,8 @@
 
 #include "chart_panel.hpp"
 #include "presets.hpp"
+#include "run_charts.hpp"
+#include "runlog.hpp"
 #include "theme.hpp"
 
 using moelab::TrainConfig;
@@ -25,29 +35,59 @@ TrainingView::TrainingView(QWidget* parent) : QWidget(parent) {
   m_worker->moveToThread(&m_thread);
   connect(&m_thread, &QThread::finished, m_worker, &QObject::deleteLater);
   connect(m_worker, &TrainingWorker::stepDone, this, [this](StepSummaryPtr s) {
-    m_history.push_back(std::move(s));
-    m_dirty = true;  // drawn by the frame timer, at most 20 times a second
+    m_run.history.push_back(std::move(s));
+    m_dirty = true;  // drawn by the frame timer, at most 25 times a second
   });
-  connect(m_worker, &TrainingWorker::started, this, [this](const QString& title, int64_t experts, int64_t moeLayers) {
-    m_experts = experts;
-    m_layer->blockSignals(true);
-    m_layer->clear();
-    for (int64_t l = 0; l < moeLayers; ++l) m_layer->addItem(tr("MoE layer %1").arg(l));
-    m_layer->blockSignals(false);
-    m_status->setText(tr("Training: %1").arg(title));
-  });
+  connect(m_worker, &TrainingWorker::started, this,
+          [this](const QString& title, const QString& runDir, int64_t experts, int64_t moeLayers, int64_t topK,
+                 int64_t stepsDone) {
+            if (stepsDone > 0) {  // continuing: the log was cut back to the checkpoint
+              try {
+                m_run = loadRun(runDir);
+              } catch (const std::exception& e) {
+                emit errorOccurred(QString::fromUtf8(e.what()));
+              }
+            } else {
+              m_run.dir = runDir;
+              m_run.name = runDir.isEmpty() ? title : QDir(runDir).dirName();
+            }
+            m_run.title = title;
+            m_run.experts = experts;
+            m_run.moeLayers = moeLayers;
+            m_run.topK = topK;
+            m_shown = -1;
+            m_layer->blockSignals(true);
+            const int keep = m_layer->currentIndex();
+            m_layer->clear();
+            for (int64_t l = 0; l < moeLayers; ++l) m_layer->addItem(tr("MoE layer %1").arg(l));
+            m_layer->setCurrentIndex(std::clamp(keep, 0, int(moeLayers) - 1));
+            m_layer->blockSignals(false);
+            m_status->setText(tr("Training: %1").arg(title));
+            m_dirty = true;
+            emit runChanged();
+          });
   connect(m_worker, &TrainingWorker::finished, this, [this](const QString& m) {
     m_running = false;
     m_status->setText(m);
+    m_dirty = true;
     emit trainingFinished(m);
+    emit runChanged();
+  });
+  connect(m_worker, &TrainingWorker::checkpointSaved, this, [this](const QString& dir, int64_t step) {
+    m_status->setText(tr("Checkpoint of step %1 saved").arg(step));
+    if (m_openWhenSaved) {
+      m_openWhenSaved = false;
+      emit openModelRequested(dir);
+    }
   });
   connect(m_worker, &TrainingWorker::errorOccurred, this, [this](const QString& m) {
     m_running = false;
+    m_openWhenSaved = false;
     emit errorOccurred(m);
   });
   m_thread.start();
 
-  auto* controls = new QWidget(this);
+  auto* controls = new QWidget;
   auto* form = new QFormLayout(controls);
   m_preset = new QComboBox(controls);
   for (const auto& n : moelab::list_presets())
@@ -56,6 +96,14 @@ TrainingView::TrainingView(QWidget* parent) : QWidget(parent) {
   m_description = new QLabel(controls);
   m_description->setWordWrap(true);
   form->addRow(m_description);
+  m_corpus = new QComboBox(controls);
+  m_corpus->addItems({tr("the preset's"), tr("built-in: 4 domains"), tr("a text file…")});
+  m_corpus->setToolTip(tr("What the model reads while it trains"));
+  form->addRow(tr("Corpus"), m_corpus);
+  m_router = new QComboBox(controls);
+  m_router->addItems({tr("the preset's"), tr("softmax"), tr("noisy top-k"), tr("sigmoid")});
+  m_router->setToolTip(tr("How the router scores the experts (sigmoid is needed for the bias method)"));
+  form->addRow(tr("Router"), m_router);
   m_balance = new QComboBox(controls);
   m_balance->addItems({tr("none"), tr("auxiliary loss"), tr("bias (sigmoid router)")});
   m_balance->setToolTip(tr("Change it while training: it takes effect at the next step"));
@@ -70,7 +118,12 @@ TrainingView::TrainingView(QWidget* parent) : QWidget(parent) {
   m_capacity->setRange(0, 8);
   m_capacity->setSingleStep(0.25);
   m_capacity->setSpecialValueText(tr("no limit"));
+  m_capacity->setToolTip(tr("Each expert takes at most factor × (tokens × k / experts) tokens a step"));
   form->addRow(tr("Capacity factor"), m_capacity);
+  m_overflow = new QComboBox(controls);
+  m_overflow->addItems({tr("dropped"), tr("re-routed to next best")});
+  m_overflow->setToolTip(tr("What happens to a token whose expert is full"));
+  form->addRow(tr("Overflow"), m_overflow);
   m_lr = new QDoubleSpinBox(controls);
   m_lr->setDecimals(4);
   m_lr->setRange(0.0001, 0.1);
@@ -85,74 +138,123 @@ TrainingView::TrainingView(QWidget* parent) : QWidget(parent) {
   m_start = new QPushButton(tr("Start"), controls);
   m_pause = new QPushButton(tr("Pause"), controls);
   m_resume = new QPushButton(tr("Resume"), controls);
+  m_step = new QPushButton(tr("Step"), controls);
   m_stop = new QPushButton(tr("Stop"), controls);
+  m_openRun = new QPushButton(tr("Open Run…"), controls);
+  m_continue = new QPushButton(tr("Continue Run"), controls);
+  m_toTokens = new QPushButton(tr("Open Model in Tokens"), controls);
+  m_start->setToolTip(tr("Train a new model from the preset with these settings"));
+  m_step->setToolTip(tr("One training step, then pause"));
+  m_openRun->setToolTip(tr("Open a finished run's folder and replay it"));
+  m_continue->setToolTip(tr("Continue the shown run from its newest checkpoint"));
+  m_toTokens->setToolTip(tr("Look at how this model routes text, in the Tokens view"));
   buttons->addWidget(m_start, 0, 0);
   buttons->addWidget(m_pause, 0, 1);
   buttons->addWidget(m_resume, 1, 0);
-  buttons->addWidget(m_stop, 1, 1);
+  buttons->addWidget(m_step, 1, 1);
+  buttons->addWidget(m_stop, 2, 0);
+  buttons->addWidget(m_openRun, 2, 1);
+  buttons->addWidget(m_continue, 3, 0);
+  buttons->addWidget(m_toTokens, 3, 1);
   form->addRow(buttons);
   m_status = new QLabel(controls);
   m_status->setWordWrap(true);
   form->addRow(m_status);
+  auto* scroll = new QScrollArea(this);
+  scroll->setWidget(controls);
+  scroll->setWidgetResizable(true);
+  scroll->setFrameShape(QFrame::NoFrame);
+  scroll->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
 
-  m_loss = new ChartPanel(QStringLiteral("loss"), tr("Loss"),
-                          tr("How wrong the model's next-token guesses are (lower is better); the balancing losses "
-                             "are the extra terms that push the router toward an even load."));
-  m_collapse = new ChartPanel(QStringLiteral("collapse"), tr("Collapse view: expert load over training"),
-                              tr("Each column is a training step, each row an expert; bright = that expert got a large "
-                                 "share of the tokens. Collapse looks like one or two bright rows and dark rest."));
-  m_loadNow = new ChartPanel(QStringLiteral("load-now"), tr("Load per expert now"),
-                             tr("Share of the tokens each expert got in the last step; the dashed line is an even "
-                                "split. Bars far above it are overloaded, empty ones are dead."));
-  m_balanceChart = new ChartPanel(QStringLiteral("balance"), tr("How uneven is the load?"),
-                                  tr("Coefficient of variation of the load (0 = perfectly even) for every MoE layer, and "
-                                     "the number of dead experts (almost no tokens)."));
-  // Two pages, so each chart stays readable on a projector.
-  auto* collapsePage = new QWidget(this);
-  auto* grid = new QGridLayout(collapsePage);
-  grid->addWidget(m_collapse, 0, 0, 1, 2);
-  grid->addWidget(m_loadNow, 1, 0);
-  grid->addWidget(m_loss, 1, 1);
-  grid->setRowStretch(0, 3);
-  grid->setRowStretch(1, 2);
-  auto* curvesPage = new QWidget(this);
-  auto* grid2 = new QVBoxLayout(curvesPage);
-  grid2->addWidget(m_balanceChart, 1);
-  m_pages = new QTabWidget(this);
-  m_pages->addTab(collapsePage, tr("Collapse"));
-  m_pages->addTab(curvesPage, tr("Unevenness over time"));
-  auto* chartsHost = m_pages;
+  // Replay bar: scrub through the steps, or play them at a chosen speed.
+  auto* replayBar = new QWidget(this);
+  auto* rb = new QHBoxLayout(replayBar);
+  rb->setContentsMargins(4, 0, 4, 0);
+  m_play = new QPushButton(tr("Play"), replayBar);
+  m_play->setCheckable(true);
+  m_play->setToolTip(tr("Replay the run from the position of the slider"));
+  m_scrub = new QSlider(Qt::Horizontal, replayBar);
+  m_scrub->setToolTip(tr("Drag to see the run at any step"));
+  m_position = new QLabel(replayBar);
+  m_speed = new QComboBox(replayBar);
+  for (int s : {5, 10, 25, 50, 100, 200}) m_speed->addItem(tr("%1 steps/s").arg(s), s);
+  m_speed->setCurrentIndex(3);
+  rb->addWidget(m_play);
+  rb->addWidget(m_scrub, 1);
+  rb->addWidget(m_position);
+  rb->addWidget(m_speed);
+
+  setupCharts();
+  auto* right = new QWidget(this);
+  auto* rv = new QVBoxLayout(right);
+  rv->setContentsMargins(0, 0, 0, 0);
+  rv->addWidget(replayBar);
+  rv->addWidget(m_pages, 1);
   auto* split = new QSplitter(this);
-  split->addWidget(controls);
-  split->addWidget(chartsHost);
+  split->addWidget(scroll);
+  split->addWidget(right);
   split->setStretchFactor(1, 4);
   auto* outer = new QHBoxLayout(this);
   outer->setContentsMargins(0, 0, 0, 0);
   outer->addWidget(split);
 
   m_frame = new QTimer(this);
-  m_frame->setInterval(50);
+  m_frame->setInterval(40);  // up to 25 frames a second
   connect(m_frame, &QTimer::timeout, this, [this] {
     if (m_dirty) redraw();
   });
   m_frame->start();
+  m_replay = new QTimer(this);
+  connect(m_replay, &QTimer::timeout, this, [this] {
+    const int n = shownSteps();
+    if (n >= m_run.history.size()) return playReplay(false);
+    setShownSteps(n + 1);
+  });
   connect(m_preset, &QComboBox::currentTextChanged, this, &TrainingView::selectPreset);
   connect(m_start, &QPushButton::clicked, this, [this] { startTraining(); });
   connect(m_pause, &QPushButton::clicked, this, &TrainingView::pauseTraining);
   connect(m_resume, &QPushButton::clicked, this, &TrainingView::resumeTraining);
+  connect(m_step, &QPushButton::clicked, this, &TrainingView::stepTraining);
   connect(m_stop, &QPushButton::clicked, this, &TrainingView::stopTraining);
+  connect(m_openRun, &QPushButton::clicked, this, [this] {
+    const QString dir = QFileDialog::getExistingDirectory(this, tr("Open a run folder (run.json + metrics.jsonl)"), runsFolder());
+    if (!dir.isEmpty()) openRun(dir);
+  });
+  connect(m_continue, &QPushButton::clicked, this, &TrainingView::continueRun);
+  connect(m_toTokens, &QPushButton::clicked, this, &TrainingView::openInTokens);
   connect(m_layer, &QComboBox::currentIndexChanged, this, [this] { redraw(); });
+  connect(m_pages, &QTabWidget::currentChanged, this, [this] { redraw(); });
+  connect(m_scrub, &QSlider::valueChanged, this, [this](int v) {
+    if (v != shownSteps()) setShownSteps(v);
+  });
+  connect(m_play, &QPushButton::toggled, this, &TrainingView::playReplay);
+  connect(m_speed, &QComboBox::currentIndexChanged, this, [this] { setReplaySpeed(m_speed->currentData().toInt()); });
+  connect(m_corpus, &QComboBox::activated, this, [this](int i) {
+    if (i != 2) return;
+    const QString f = QFileDialog::getOpenFileName(this, tr("A UTF-8 text file to train on"));
+    if (f.isEmpty()) {
+      m_corpus->setCurrentIndex(0);
+      return;
+    }
+    m_corpusFile = f;
+    m_corpus->setItemText(2, QFileInfo(f).fileName());
+  });
   auto live = [this] {
-    if (!m_running) return;
-    const TrainConfig c = configFromKnobs();
-    QMetaObject::invokeMethod(m_worker, [w = m_worker, c] { w->updateConfig(c); });
+    if (m_running) {
+      const TrainConfig c = configFromKnobs();
+      if (c.aux_alpha > 0) m_run.showAux = true;
+      QMetaObject::invokeMethod(m_worker, [w = m_worker, c] { w->updateConfig(c); });
+    }
   };
   connect(m_balance, &QComboBox::currentIndexChanged, this, live);
   connect(m_coef, &QDoubleSpinBox::valueChanged, this, live);
   connect(m_capacity, &QDoubleSpinBox::valueChanged, this, live);
+  connect(m_overflow, &QComboBox::currentIndexChanged, this, live);
   connect(m_lr, &QDoubleSpinBox::valueChanged, this, live);
   selectPreset(QStringLiteral("lesson-collapse"));
+  setReplaySpeed(m_speed->currentData().toInt());
   applyTheme(Theme::current());
+  updateReplayBar();
 }
 
 TrainingView::~TrainingView() {
@@ -161,7 +263,89 @@ TrainingView::~TrainingView() {
   m_thread.wait();
 }
 
-QList<ChartPanel*> TrainingView::charts() const { return {m_collapse, m_loss, m_loadNow, m_balanceChart}; }
+void TrainingView::setupCharts() {
+  m_loss = new ChartPanel(QStringLiteral("loss"), tr("Loss"),
+                          tr("How wrong the model's next-token guesses are (lower is better); dots are the validation "
+                             "loss on text it never trains on. The balancing losses are the extra terms that push the "
+                             "router toward an even load."));
+  m_collapse = new ChartPanel(QStringLiteral("collapse"), tr("Collapse view: expert load over training"),
+                              tr("Each column is a training step, each row an expert; bright = that expert got a large "
+                                 "share of the tokens. Collapse looks like one or two bright rows and dark rest."));
+  m_loadNow = new ChartPanel(QStringLiteral("load-now"), tr("Load per expert now"),
+                             tr("Share of the tokens each expert got in the step shown; the dashed line is an even "
+                                "split. Bars far above it are overloaded, empty ones are dead."));
+  m_balanceChart = new ChartPanel(QStringLiteral("balance"), tr("How uneven is the load?"),
+                                  tr("Coefficient of variation of the load (0 = perfectly even) for every MoE layer, and "
+                                     "the number of dead experts (almost no tokens)."));
+  m_entropy = new ChartPanel(QStringLiteral("entropy"), tr("How sure is the router? Are tokens dropped?"),
+                             tr("Router entropy: 1 = it cannot tell the experts apart, near 0 = it is certain. With a "
+                                "capacity limit, the dashed lines are the share of tokens an overfull expert turned away."));
+  m_bias = new ChartPanel(QStringLiteral("bias"), tr("Balancing bias per expert"),
+                          tr("DeepSeek-V3's method: a bias added to each expert's score for choosing only. It goes up "
+                             "for underused experts and down for busy ones, so the load evens out without a loss term."));
+  m_saturation = new ChartPanel(QStringLiteral("saturation"), tr("Router saturation: do the choices still change?"),
+                                tr("For the same probe text, the share of expert choices that are already the ones the "
+                                   "current model makes. Near 1 = routing has settled."));
+  m_special = new ChartPanel(QStringLiteral("specialisation"), tr("Which expert reads which kind of text?"),
+                             tr("Rows are kinds of text, columns experts; bright = that expert gets much of this "
+                                "domain's tokens. A bright cell per row means experts have specialised."));
+  m_specialScore = new ChartPanel(QStringLiteral("specialisation-score"), tr("Specialisation over training"),
+                                  tr("How much knowing the chosen expert tells about the kind of text (0 = nothing, "
+                                     "1 = every domain has its own experts)."));
+  m_dropPos = new ChartPanel(QStringLiteral("drop-by-position"), tr("Dropped tokens by position"),
+                             tr("With a capacity limit, the share of each position's choices an overfull expert turned "
+                                "away (on the probe text)."));
+  auto page = [](std::initializer_list<std::pair<ChartPanel*, QPoint>> cells, QList<int> rowStretch) {
+    auto* w = new QWidget;
+    auto* g = new QGridLayout(w);
+    g->setContentsMargins(0, 0, 0, 0);
+    for (const auto& [c, at] : cells) g->addWidget(c, at.y(), at.x(), 1, at.x() < 0 ? 2 : 1);
+    for (int r = 0; r < rowStretch.size(); ++r) g->setRowStretch(r, rowStretch[r]);
+    return w;
+  };
+  m_pages = new QTabWidget(this);
+  auto* p1 = new QWidget;
+  auto* g1 = new QGridLayout(p1);
+  g1->setContentsMargins(0, 0, 0, 0);
+  g1->addWidget(m_collapse, 0, 0, 1, 2);
+  g1->addWidget(m_loadNow, 1, 0);
+  g1->addWidget(m_loss, 1, 1);
+  g1->setRowStretch(0, 3);
+  g1->setRowStretch(1, 2);
+  m_pages->addTab(p1, tr("Collapse"));
+  m_pages->addTab(page({{m_balanceChart, {0, 0}}, {m_entropy, {0, 1}}}, {1, 1}), tr("Unevenness over time"));
+  m_pages->addTab(page({{m_bias, {0, 0}}, {m_saturation, {0, 1}}}, {1, 1}), tr("Router"));
+  auto* p4 = new QWidget;
+  auto* g4 = new QGridLayout(p4);
+  g4->setContentsMargins(0, 0, 0, 0);
+  g4->addWidget(m_special, 0, 0, 1, 2);
+  g4->addWidget(m_specialScore, 1, 0);
+  g4->addWidget(m_dropPos, 1, 1);
+  g4->setRowStretch(0, 3);
+  g4->setRowStretch(1, 2);
+  m_pages->addTab(p4, tr("Specialisation and drops"));
+
+  const auto shown = [this] { return shownSteps(); };
+  m_loss->setCsvProvider([this, shown] { return RunCharts::lossCsv(m_run, shown()); });
+  m_collapse->setCsvProvider([this, shown] { return RunCharts::collapseCsv(m_run, shown(), selectedLayer()); });
+  m_loadNow->setCsvProvider([this, shown] { return RunCharts::loadNowCsv(m_run, shown(), selectedLayer()); });
+  m_balanceChart->setCsvProvider([this, shown] { return RunCharts::balanceCsv(m_run, shown()); });
+  m_entropy->setCsvProvider([this, shown] { return RunCharts::entropyCsv(m_run, shown()); });
+  m_bias->setCsvProvider([this, shown] { return RunCharts::biasCsv(m_run, shown(), selectedLayer()); });
+  m_saturation->setCsvProvider([this, shown] { return RunCharts::saturationCsv(m_run, shown()); });
+  m_special->setCsvProvider([this, shown] { return RunCharts::specialisationCsv(m_run, shown(), selectedLayer()); });
+  m_specialScore->setCsvProvider([this, shown] { return RunCharts::specialisationScoreCsv(m_run, shown()); });
+  m_dropPos->setCsvProvider([this, shown] { return RunCharts::dropByPositionCsv(m_run, shown()); });
+}
+
+QList<ChartPanel*> TrainingView::charts() const {
+  return {m_collapse, m_loss,  m_loadNow,  m_balanceChart, m_entropy,
+          m_bias,     m_saturation, m_special, m_specialScore, m_dropPos};
+}
+
+QString TrainingView::runsFolder() {
+  return QDir(QStandardPaths::writableLocation(QStandardPaths::AppLocalDataLocation)).filePath(QStringLiteral("runs"));
+}
 
 void TrainingView::applyTheme(const Theme& t) {
   for (ChartPanel* c : charts()) c->applyTheme(t);
@@ -174,13 +358,13 @@ void TrainingView::selectPreset(const QString& name) {
     if (m_preset->currentText() != name) m_preset->setCurrentText(name);
     m_presetConfig = p.train;
     m_description->setText(QString::fromStdString(p.description));
-    m_balance->setItemData(2, p.model.scoring == moelab::RouterScoring::Sigmoid ? QVariant() : QVariant(0),
-                           Qt::UserRole - 1);  // the bias method needs the sigmoid router
     m_balance->setCurrentIndex(p.train.bias_gamma > 0 ? 2 : p.train.aux_alpha > 0 ? 1 : 0);
     m_coef->setValue(p.train.bias_gamma > 0 ? p.train.bias_gamma : p.train.aux_alpha);
     m_capacity->setValue(p.train.capacity_factor);
+    m_overflow->setCurrentIndex(p.train.reroute ? 1 : 0);
     m_lr->setValue(p.train.lr);
     m_steps->setValue(int(p.train.steps));
+    m_router->setCurrentIndex(0);
   } catch (const std::exception& e) {
     emit errorOccurred(QString::fromUtf8(e.what()));
   }
@@ -191,23 +375,58 @@ void TrainingView::setBalancing(int mode, double coefficient) {
   m_coef->setValue(coefficient);
 }
 
+void TrainingView::setSteps(int steps) { m_steps->setValue(steps); }
+
+void TrainingView::selectLayer(int index) { m_layer->setCurrentIndex(index); }
+
 TrainConfig TrainingView::configFromKnobs() const {
   TrainConfig c = m_presetConfig;
   c.aux_alpha = m_balance->currentIndex() == 1 ? float(m_coef->value()) : 0.0f;
   c.bias_gamma = m_balance->currentIndex() == 2 ? float(m_coef->value()) : 0.0f;
   c.capacity_factor = m_capacity->value();
+  c.reroute = m_overflow->currentIndex() == 1;
   c.lr = float(m_lr->value());
   c.steps = m_steps->value();
   c.eval_every = std::max<int64_t>(10, c.steps / 20);
+  // A checkpoint about every quarter of the run: replay can open the model at those steps, and a
+  // crash loses the log of nothing and the weights of at most a quarter.
+  c.checkpoint_every = std::max<int64_t>(25, c.steps / 4);
   return c;
 }
 
 void TrainingView::startTraining(const QString& runDir) {
-  m_history.clear();
+  playReplay(false);
+  TrainingRequest r;
+  r.preset = m_preset->currentText();
+  r.config = configFromKnobs();
+  static const char* routers[] = {"", "softmax", "noisy", "sigmoid"};
+  r.router = QString::fromLatin1(routers[std::clamp(m_router->currentIndex(), 0, 3)]);
+  if (r.config.bias_gamma > 0 && r.router.isEmpty()) {
+    // The bias method needs the sigmoid router: switch it on rather than train without balancing.
+    try {
+      if (moelab::load_preset(r.preset.toStdString()).model.scoring != moelab::RouterScoring::Sigmoid)
+        r.router = QStringLiteral("sigmoid");
+    } catch (const std::exception&) {
+    }
+  }
+  r.corpus = m_corpus->currentIndex() == 1 ? QStringLiteral("builtin:domains")
+             : m_corpus->currentIndex() == 2 ? m_corpusFile
+                                             : QString();
+  r.runDir = runDir;
+  if (r.runDir.isEmpty()) {
+    const QString name = QDateTime::currentDateTime().toString(QStringLiteral("yyyyMMdd-HHmmss-zzz-")) + r.preset;
+    r.runDir = QDir(runsFolder()).filePath(name);
+    QDir().mkpath(r.runDir);
+  }
+  m_run = RunData{};
+  m_run.train = r.config;
+  m_run.preset = r.preset;
+  m_run.showAux = r.config.aux_alpha > 0;
+  m_run.showZ = r.config.z_coef > 0;
+  m_shown = -1;
   m_running = true;
-  const TrainConfig c = configFromKnobs();
-  const QString preset = m_preset->currentText();
-  QMetaObject::invokeMethod(m_worker, [w = m_worker, preset, c, runDir] { w->start(preset, c, runDir); });
+  m_dirty = true;
+  QMetaObject::invokeMethod(m_worker, [w = m_worker, r] { w->start(r); });
 }
 
 void TrainingView::pauseTraining() {
@@ -218,7 +437,14 @@ void TrainingView::pauseTraining() {
 
 void TrainingView::resumeTraining() {
   m_running = true;
+  m_shown = -1;
   QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->resume(); });
+}
+
+void TrainingView::stepTraining() {
+  m_running = false;
+  m_shown = -1;
+  QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->stepOnce(); });
 }
 
 void TrainingView::stopTraining() {
@@ -226,21 +452,181 @@ void TrainingView::stopTraining() {
   QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->stop(); });
 }
 
+bool TrainingView::openRun(const QString& dir) {
+  try {
+    RunData run = loadRun(dir);
+    pauseTraining();
+    m_run = std::move(run);
+    m_layer->blockSignals(true);
+    m_layer->clear();
+    for (int64_t l = 0; l < m_run.moeLayers; ++l) m_layer->addItem(tr("MoE layer %1").arg(l));
+    m_layer->blockSignals(false);
+    m_shown = -1;
+    m_status->setText(tr("Opened %1: %2 steps of %3").arg(m_run.name).arg(m_run.history.size()).arg(m_run.train.steps));
+    redraw();
+    emit runChanged();
+    return true;
+  } catch (const std::exception& e) {
+    emit errorOccurred(QString::fromUtf8(e.what()));
+    return false;
+  }
+}
+
+void TrainingView::continueRun() {
+  if (m_run.dir.isEmpty()) return emit errorOccurred(tr("Open a run folder first (Open Run…)"));
+  playReplay(false);
+  m_running = true;
+  QMetaObject::invokeMethod(m_worker, [w = m_worker, d = m_run.dir] { w->continueRun(d); });
+}
+
+void TrainingView::openInTokens() {
+  if (m_run.history.isEmpty()) return emit errorOccurred(tr("No run yet: train one or open a run folder"));
+  const bool replaying = isReplaying() || m_run.history.back()->step < m_run.train.steps;
+  if (!m_running && !replaying) {
+    // The live run (paused or finished): save the weights as they are now, then open them.
+    m_openWhenSaved = true;
+    QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->saveCheckpoint(QString()); });
+    return;
+  }
+  if (m_running) {
+    pauseTraining();
+    m_openWhenSaved = true;
+    QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->saveCheckpoint(QString()); });
+    return;
+  }
+  // A replayed run: the newest checkpoint at or before the step shown.
+  const int64_t step = m_run.history[std::max(0, shownSteps() - 1)]->step;
+  QString best;
+  int64_t bestStep = -1;
+  for (const QFileInfo& f : QDir(QDir(m_run.dir).filePath(QStringLiteral("checkpoints"))).entryInfoList(QDir::Dirs)) {
+    if (!f.fileName().startsWith(QLatin1String("step-")) || f.fileName().contains('.')) continue;
+    const int64_t s = f.fileName().mid(5).toLongLong();
+    if (s <= step && s > bestStep && QFileInfo::exists(f.filePath() + "/config.json")) bestStep = s, best = f.filePath();
+  }
+  if (best.isEmpty()) {
+    const QString latest = QString::fromStdString(moelab::RunLog::latest_checkpoint(m_run.dir.toStdString()));
+    if (latest.isEmpty()) return emit errorOccurred(tr("%1: the run has no checkpoint").arg(m_run.dir));
+    best = latest;
+  }
+  m_status->setText(tr("Opening the model of %1").arg(QDir(best).dirName()));
+  emit openModelRequested(best);
+}
+
+int TrainingView::shownSteps() const {
+  return m_shown < 0 ? int(m_run.history.size()) : std::min(m_shown, int(m_run.history.size()));
+}
+
+bool TrainingView::isReplaying() const { return m_shown >= 0 || m_replay->isActive(); }
+
+void TrainingView::setShownSteps(int n) {
+  n = std::clamp(n, 0, int(m_run.history.size()));
+  m_shown = (n >= m_run.history.size() && !m_replay->isActive()) ? -1 : n;
+  redraw();
+}
+
+void TrainingView::playReplay(bool on) {
+  if (on && !m_running) {
+    if (shownSteps() >= m_run.history.size()) m_shown = 0;  // from the start
+    else m_shown = shownSteps();
+    m_replay->start();
+  } else {
+    m_replay->stop();
+    if (m_shown >= m_run.history.size()) m_shown = -1;
+  }
+  if (m_play->isChecked() != m_replay->isActive()) {
+    m_play->blockSignals(true);
+    m_play->setChecked(m_replay->isActive());
+    m_play->blockSignals(false);
+  }
+  m_play->setText(m_replay->isActive() ? tr("Pause replay") : tr("Play"));
+}
+
+void TrainingView::setReplaySpeed(int stepsPerSecond) {
+  m_replay->setInterval(std::max(1, 1000 / std::max(1, stepsPerSecond)));
+  const int i = m_speed->findData(stepsPerSecond);
+  if (i >= 0 && i != m_speed->currentIndex()) m_speed->setCurrentIndex(i);
+}
+
 int TrainingView::selectedLayer() const { return std::max(0, m_layer->currentIndex()); }
 
 double TrainingView::collapseValue(int stepIndex, int expert) const {
-  auto* map = m_collapse->plot()->plottableCount() ? qobject_cast<QCPColorMap*>(m_collapse->plot()->plottable(0)) : nullptr;
+  QCustomPlot* p = m_collapse->plot();
+  auto* map = p->plottableCount() ? qobject_cast<QCPColorMap*>(p->plottable(0)) : nullptr;
   return map ? map->data()->cell(stepIndex, expert) : std::nan("");
 }
 
-void TrainingView::redraw() {
+void TrainingView::updateReplayBar() {
+  const int n = int(m_run.history.size());
+  m_scrub->blockSignals(true);
+  m_scrub->setRange(std::min(1, n), n);
+  m_scrub->setValue(shownSteps());
+  m_scrub->blockSignals(false);
+  m_scrub->setEnabled(n > 0);
+  m_play->setEnabled(n > 0 && !m_running);
+  const int s = shownSteps();
+  m_position->setText(n == 0 ? tr("no steps") : tr("step %1 of %2").arg(s > 0 ? m_run.history[s - 1]->step : 0).arg(m_run.history.back()->step));
+  m_continue->setEnabled(!m_running && !m_run.dir.isEmpty() && !m_run.history.isEmpty() &&
+                         m_run.history.back()->step < m_run.train.steps);
+}
+
+void TrainingView::redraw(bool all) {
   m_dirty = false;
-  drawLoss();
-  drawCollapse();
-  drawLoadNow();
-  drawBalance();
-  if (!m_history.isEmpty() && m_running) {
-    const auto& s = *m_history.back();
+  ++m_frames;
+  const int n = shownSteps(), layer = selectedLayer();
+  RunCharts::drawLoss(m_loss->plot(), m_run, n);
+  RunCharts::drawCollapse(m_collapse->plot(), m_run, n, layer);
+  m_collapse->setTitle(tr("Collapse view: expert load over training (MoE layer %1)").arg(layer));
+  RunCharts::drawLoadNow(m_loadNow->plot(), m_run, n, layer);
+  // The other pages are drawn when they are showing (or all of them, before an export).
+  const int page = m_pages->currentIndex();
+  if (all || page == 1) {
+    RunCharts::drawBalance(m_balanceChart->plot(), m_run, n);
+    RunCharts::drawEntropy(m_entropy->plot(), m_run, n);
+  }
+  if (all || page == 2) {
+    RunCharts::drawBias(m_bias->plot(), m_run, n, layer);
+    RunCharts::drawSaturation(m_saturation->plot(), m_run, n);
+  }
+  if (all || page == 3) {
+    RunCharts::drawSpecialisation(m_special->plot(), m_run, n, layer);
+    RunCharts::drawSpecialisationScore(m_specialScore->plot(), m_run, n);
+    RunCharts::drawDropByPosition(m_dropPos->plot(), m_run, n);
+  }
+  updateReplayBar();
+  if (!m_run.history.isEmpty() && m_running) {
+    const auto& s = *m_run.history.back();
     m_status->setText(tr("Step %1 of %2, loss %3, %4 tokens/s").arg(s.step).arg(s.steps).arg(s.loss, 0, 'f', 3).arg(s.tokensPerS, 0, 'f', 0));
   }
+}
+
+QJsonObject TrainingView::state() const {
+  return {{"preset", m_preset->currentText()},   {"corpus", m_corpus->currentIndex()},
+          {"corpus_file", m_corpusFile},         {"router", m_router->currentIndex()},
+          {"balancing", m_balance->currentIndex()}, {"coefficient", m_coef->value()},
+          {"capacity", m_capacity->value()},     {"reroute", m_overflow->currentIndex() == 1},
+          {"lr", m_lr->value()},                 {"steps", m_steps->value()},
+          {"layer", m_layer->currentIndex()},    {"page", m_pages->currentIndex()},
+          {"run", m_run.dir},                    {"shown", m_shown}};
+}
+
+void TrainingView::restoreState(const QJsonObject& s) {
+  if (s.contains("preset")) selectPreset(s.value("preset").toString());
+  m_corpusFile = s.value("corpus_file").toString();
+  if (!m_corpusFile.isEmpty()) m_corpus->setItemText(2, QFileInfo(m_corpusFile).fileName());
+  m_corpus->setCurrentIndex(std::clamp(s.value("corpus").toInt(), 0, m_corpusFile.isEmpty() ? 1 : 2));
+  m_router->setCurrentIndex(std::clamp(s.value("router").toInt(), 0, 3));
+  m_balance->setCurrentIndex(std::clamp(s.value("balancing").toInt(), 0, 2));
+  m_coef->setValue(s.value("coefficient").toDouble());
+  m_capacity->setValue(s.value("capacity").toDouble());
+  m_overflow->setCurrentIndex(s.value("reroute").toBool() ? 1 : 0);
+  if (s.contains("lr")) m_lr->setValue(s.value("lr").toDouble());
+  if (s.contains("steps")) m_steps->setValue(s.value("steps").toInt());
+  const QString run = s.value("run").toString();
+  if (!run.isEmpty() && openRun(run)) {
+    m_layer->setCurrentIndex(std::clamp(s.value("layer").toInt(), 0, std::max(0, m_layer->count() - 1)));
+    const int shown = s.value("shown").toInt(-1);
+    if (shown >= 0) setShownSteps(shown);
+  }
+  m_pages->setCurrentIndex(std::clamp(s.value("page").toInt(), 0, m_pages->count() - 1));
+  redraw();
 }

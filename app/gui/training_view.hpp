@@ -1,12 +1,16 @@
-// The Training view: train a preset live and watch routing collapse or stay balanced — loss
-// curves, the collapse heatmap (step × expert load), the current load against the even split,
-// and the load's coefficient of variation and dead experts over steps. Balancing can be switched
-// while the run goes on.
+// The Training view: train a preset live and watch routing collapse or stay balanced, or open a
+// finished run and replay it. Four pages of charts (run_charts.hpp): the collapse view with the
+// load now and the loss; unevenness over time (CV, dead experts, entropy, dropped tokens); the
+// router (selection bias, saturation); specialisation and drops by position. Balancing can be
+// switched while the run goes on. Every live run logs into a run folder, so it can be replayed,
+// compared, continued after a crash, and opened in the Tokens view.
 #pragma once
 
+#include <QJsonObject>
 #include <QThread>
 #include <QWidget>
 
+#include "run_data.hpp"
 #include "training_worker.hpp"
 
 class ChartPanel;
@@ -14,6 +18,7 @@ class QComboBox;
 class QDoubleSpinBox;
 class QLabel;
 class QPushButton;
+class QSlider;
 class QSpinBox;
 class QTabWidget;
 class QTimer;
@@ -27,47 +32,79 @@ class TrainingView : public QWidget {
 
   QList<ChartPanel*> charts() const;
   void applyTheme(const Theme& t);
-  // The run so far, as the charts draw it.
-  const QVector<StepSummaryPtr>& history() const { return m_history; }
+  void redrawAll() { redraw(true); }  // every page, e.g. before exporting hidden ones
+  // The run shown (live or replayed), as the charts draw it.
+  const RunData& run() const { return m_run; }
+  const RunHistory& history() const { return m_run.history; }
+  int shownSteps() const;  // how many of the run's steps the charts show (replay scrubs this)
   int selectedLayer() const;
   double collapseValue(int stepIndex, int expert) const;  // the heatmap cell
   bool isRunning() const { return m_running; }
+  bool isReplaying() const;
   QTabWidget* pages() const { return m_pages; }
+  int framesDrawn() const { return m_frames; }
+  // Where runs started from the window are logged (one folder per run).
+  static QString runsFolder();
+
+  // Settings and the shown run, for lab sessions.
+  QJsonObject state() const;
+  void restoreState(const QJsonObject& s);
 
  public slots:
-  // Start the selected preset (with the knobs' settings), logging into runDir when given.
+  // Start the selected preset (with the knobs' settings), logging into runDir (default: a new
+  // folder under runsFolder()).
   void startTraining(const QString& runDir = QString());
   void pauseTraining();
   void resumeTraining();
+  void stepTraining();
   void stopTraining();
+  // Open a finished (or crashed) run from its folder and show it, ready to replay.
+  bool openRun(const QString& dir);
+  // Continue the shown run from its newest checkpoint.
+  void continueRun();
   void selectPreset(const QString& name);
   void setBalancing(int mode, double coefficient);  // 0 none, 1 auxiliary loss, 2 bias (sigmoid router)
+  void setSteps(int steps);
+  void selectLayer(int index);
+  void setShownSteps(int n);                        // replay position (n steps shown)
+  void playReplay(bool on);
+  void setReplaySpeed(int stepsPerSecond);
+  // Save a checkpoint of the live run (or use the replayed run's nearest one) and ask for it to
+  // be opened in the Tokens view.
+  void openInTokens();
 
  signals:
   void errorOccurred(const QString& message);
   void trainingFinished(const QString& message);
+  void runChanged();                            // a run started, finished, or was opened
+  void openModelRequested(const QString& dir);  // open this checkpoint in the Tokens view
 
  private:
   moelab::TrainConfig configFromKnobs() const;
-  void redraw();
-  void drawLoss();
-  void drawCollapse();
-  void drawLoadNow();
-  void drawBalance();
+  void redraw(bool all = false);
+  void updateReplayBar();
+  void setupCharts();
 
   QThread m_thread;
   TrainingWorker* m_worker = nullptr;
-  QVector<StepSummaryPtr> m_history;
-  bool m_dirty = false, m_running = false;
-  int64_t m_experts = 0;
+  RunData m_run;
+  int m_shown = -1;  // -1 = follow the end of the run
+  bool m_dirty = false, m_running = false, m_openWhenSaved = false;
+  int m_frames = 0;
   moelab::TrainConfig m_presetConfig;
+  QString m_corpusFile;
 
-  QComboBox *m_preset = nullptr, *m_balance = nullptr, *m_layer = nullptr;
+  QComboBox *m_preset = nullptr, *m_balance = nullptr, *m_layer = nullptr, *m_router = nullptr,
+            *m_corpus = nullptr, *m_overflow = nullptr, *m_speed = nullptr;
   QDoubleSpinBox *m_coef = nullptr, *m_capacity = nullptr, *m_lr = nullptr;
   QSpinBox* m_steps = nullptr;
-  QPushButton *m_start = nullptr, *m_pause = nullptr, *m_resume = nullptr, *m_stop = nullptr;
-  QLabel *m_status = nullptr, *m_description = nullptr;
-  QTimer* m_frame = nullptr;
+  QPushButton *m_start = nullptr, *m_pause = nullptr, *m_resume = nullptr, *m_step = nullptr, *m_stop = nullptr,
+              *m_openRun = nullptr, *m_continue = nullptr, *m_toTokens = nullptr, *m_play = nullptr;
+  QSlider* m_scrub = nullptr;
+  QLabel *m_status = nullptr, *m_description = nullptr, *m_position = nullptr;
+  QTimer *m_frame = nullptr, *m_replay = nullptr;
   QTabWidget* m_pages = nullptr;
-  ChartPanel *m_loss = nullptr, *m_collapse = nullptr, *m_loadNow = nullptr, *m_balanceChart = nullptr;
+  ChartPanel *m_loss = nullptr, *m_collapse = nullptr, *m_loadNow = nullptr, *m_balanceChart = nullptr,
+             *m_entropy = nullptr, *m_bias = nullptr, *m_saturation = nullptr, *m_special = nullptr,
+             *m_specialScore = nullptr, *m_dropPos = nullptr;
 };

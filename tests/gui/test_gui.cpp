@@ -103,6 +103,77 @@ class TestGui : public QObject {
     for (int tok = 0; tok < t->snapshot()->count() - 1; ++tok) QVERIFY(!t->heatmapMarked(tok, busiest));
   }
 
+  void capacityDropsAndReroutesAreMarkedAsTheCoreSays() {
+    std::unique_ptr<MainWindow> w(window());
+    TokensView* t = w->tokensView();
+    // Capacity factor 1: each expert takes its even share of the text's choices, and no more.
+    for (bool reroute : {false, true}) {
+      t->setOverflowReroute(reroute);
+      t->setCapacityFactor(1.0);
+      QVERIFY(t->waitForIdle());
+      SnapshotPtr s = t->snapshot();
+      QCOMPARE(s->count(), 10 + 6);
+      RoutingOverrides ov;
+      ov.capacity_factor = 1.0;
+      ov.reroute = reroute;
+      const RoutingTrace trace = coreTrace(*s, &ov);  // the whole text as one batch
+      QCOMPARE(int(trace.layers().size()), int(s->layers.size()));
+      const int E = int(s->experts()), K = int(s->topK);
+      QCOMPARE(s->capacity, expert_capacity(1.0, s->count(), K, E));
+      int dropped = 0, rerouted = 0;
+      for (int li = 0; li < int(trace.layers().size()); ++li) {
+        t->selectLayer(li);
+        const auto& L = trace.layers()[size_t(li)];
+        QCOMPARE(std::vector<uint8_t>(s->layers[li].dropped.begin(), s->layers[li].dropped.end()), L.dropped);
+        // Every cell's mark: what the core's flags say (a dropped choice at the expert it wanted).
+        std::vector<int> want(size_t(s->count() * E), -1);
+        for (int tok = 0; tok < s->count(); ++tok)
+          for (int k = 0; k < K; ++k) {
+            const size_t i = size_t(tok * K + k);
+            const int flag = L.dropped[i];
+            dropped += flag == 1;
+            rerouted += flag == 2;
+            want[size_t(tok * E + (flag == 1 ? L.wanted[i] : L.ids[i]))] = flag;
+          }
+        for (int tok = 0; tok < s->count(); ++tok)
+          for (int e = 0; e < E; ++e) QCOMPARE(t->heatmapMark(tok, e), want[size_t(tok * E + e)]);
+      }
+      if (!reroute) {
+        QVERIFY2(dropped > 0, "a capacity of the even share drops some choices of this text");
+        QCOMPARE(rerouted, 0);
+      } else {
+        // Re-routing: the overflow goes to experts with room; with room for every choice
+        // (E · capacity >= tokens · K) nothing is dropped.
+        QVERIFY(E * s->capacity >= s->count() * K);
+        QVERIFY(rerouted > 0);
+        QCOMPARE(dropped, 0);
+      }
+      // The heatmap's CSV carries the flags: one row per dropped (or re-routed) choice.
+      const QStringList rows = t->charts()[0]->csv().split('\n', Qt::SkipEmptyParts);
+      QVERIFY(rows[0].endsWith(QStringLiteral(",dropped")));
+      int csvDropped = 0, csvRerouted = 0;
+      for (int i = 1; i < rows.size(); ++i) {
+        const QString flag = rows[i].section(',', -1);
+        csvDropped += flag == QLatin1String("1");
+        csvRerouted += flag == QLatin1String("2");
+      }
+      QCOMPARE(csvDropped, dropped);
+      QCOMPARE(csvRerouted, rerouted);
+      if (qEnvironmentVariableIsSet("MOELAB_CAPACITY_SHOTS")) {  // for looking at the marks
+        t->selectLayer(0);
+        const QString dir = qEnvironmentVariable("MOELAB_CAPACITY_SHOTS") + (reroute ? "/reroute" : "/drop");
+        QCOMPARE(w->saveScreenshots(dir, QSize(1280, 800)), QString());
+      }
+    }
+    // No limit again: no drop marks.
+    t->setCapacityFactor(0);
+    QVERIFY(t->waitForIdle());
+    t->selectLayer(0);
+    QCOMPARE(t->snapshot()->capacity, int64_t(0));
+    for (int tok = 0; tok < t->snapshot()->count(); ++tok)
+      for (int e = 0; e < int(t->snapshot()->experts()); ++e) QVERIFY(t->heatmapMark(tok, e) != 1 && t->heatmapMark(tok, e) != 2);
+  }
+
   void everyExportIsAValidFile() {
     std::unique_ptr<MainWindow> w(window());
     QTemporaryDir dir;

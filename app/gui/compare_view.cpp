@@ -1,0 +1,337 @@
+#include "compare_view.hpp"
+
+#include <QComboBox>
+#include <QDir>
+#include <QFileDialog>
+#include <QGridLayout>
+#include <QHBoxLayout>
+#include <QHeaderView>
+#include <QLabel>
+#include <QListWidget>
+#include <QPushButton>
+#include <QSplitter>
+#include <QVBoxLayout>
+#include <qcustomplot.h>
+
+#include "chart_panel.hpp"
+#include "table_chart.hpp"
+#include "theme.hpp"
+#include "training_view.hpp"
+
+CompareView::CompareView(QWidget* parent) : QWidget(parent) {
+  auto* controls = new QWidget(this);
+  auto* cv = new QVBoxLayout(controls);
+  auto* intro = new QLabel(tr("Runs to compare. Train with different balancing in the Training view (or with "
+                              "moelab-cli train), then add their folders here."),
+                           controls);
+  intro->setWordWrap(true);
+  cv->addWidget(intro);
+  m_list = new QListWidget(controls);
+  m_list->setSelectionMode(QAbstractItemView::SingleSelection);
+  cv->addWidget(m_list, 1);
+  auto* add = new QPushButton(tr("Add Run Folder…"), controls);
+  auto* addCurrent = new QPushButton(tr("Add Training View's Run"), controls);
+  auto* remove = new QPushButton(tr("Remove"), controls);
+  cv->addWidget(add);
+  cv->addWidget(addCurrent);
+  cv->addWidget(remove);
+  cv->addWidget(new QLabel(tr("Layer shown"), controls));
+  m_layer = new QComboBox(controls);
+  cv->addWidget(m_layer);
+  connect(add, &QPushButton::clicked, this, [this] {
+    const QString dir = QFileDialog::getExistingDirectory(this, tr("Add a run folder (run.json + metrics.jsonl)"),
+                                                          TrainingView::runsFolder());
+    if (!dir.isEmpty()) addRun(dir);
+  });
+  connect(addCurrent, &QPushButton::clicked, this, &CompareView::addCurrentRunRequested);
+  connect(remove, &QPushButton::clicked, this, [this] { removeRun(m_list->currentRow()); });
+  connect(m_layer, &QComboBox::currentIndexChanged, this, [this] { redraw(); });
+
+  m_loss = new ChartPanel(QStringLiteral("compare-loss"), tr("Loss of each run"),
+                          tr("Language-model loss (lines) and validation loss (dots) of each run: does balancing cost "
+                             "quality, or help it?"));
+  m_cv = new ChartPanel(QStringLiteral("compare-cv"), tr("How uneven is each run's load?"),
+                        tr("Coefficient of variation of the load in the layer shown (0 = perfectly even)."));
+  m_collapse = new ChartPanel(QStringLiteral("compare-collapse"), tr("Collapse views side by side"),
+                              tr("Each run's expert load over training on the same colour scale: one bright row is "
+                                 "collapse, an even haze is balance."));
+  m_table = new TableChart;
+  m_figures = new ChartPanel(QStringLiteral("compare-figures"), tr("Final figures"),
+                             tr("At each run's last step; CV, busiest expert and collapse index of the worst layer, dead "
+                                "experts summed over layers, specialisation of the best layer."),
+                             m_table);
+  m_loss->setCsvProvider([this] {
+    QString out = QStringLiteral("run,step,lm_loss,val_loss\n");
+    for (const RunData& r : m_runs)
+      for (const auto& s : r.history)
+        out += QStringLiteral("%1,%2,%3,%4\n").arg(r.name).arg(s->step).arg(s->lmLoss, 0, 'g', 8).arg(std::isnan(s->valLoss) ? QString() : QString::number(s->valLoss, 'g', 8));
+    return out;
+  });
+  m_cv->setCsvProvider([this] {
+    QString out = QStringLiteral("run,step,cv\n");
+    const int l = selectedLayer();
+    for (const RunData& r : m_runs)
+      for (const auto& s : r.history)
+        if (l < s->layers.size()) out += QStringLiteral("%1,%2,%3\n").arg(r.name).arg(s->step).arg(s->layers[l].cv, 0, 'g', 8);
+    return out;
+  });
+  m_collapse->setCsvProvider([this] {
+    QString out = QStringLiteral("run,step,expert,load\n");
+    const int l = selectedLayer();
+    for (const RunData& r : m_runs)
+      for (const auto& s : r.history)
+        if (l < s->layers.size())
+          for (int e = 0; e < s->layers[l].load.size(); ++e)
+            out += QStringLiteral("%1,%2,%3,%4\n").arg(r.name).arg(s->step).arg(e).arg(s->layers[l].load[e], 0, 'g', 8);
+    return out;
+  });
+  m_figures->setCsvProvider([this] { return tableCsv(); });
+  m_figures->setPainter([this](QPainter& p, QSize size) { m_table->paintTable(p, size); });
+
+  auto* charts = new QWidget(this);
+  auto* grid = new QGridLayout(charts);
+  grid->setContentsMargins(0, 0, 0, 0);
+  grid->addWidget(m_collapse, 0, 0, 1, 2);
+  grid->addWidget(m_loss, 1, 0);
+  grid->addWidget(m_cv, 1, 1);
+  grid->addWidget(m_figures, 2, 0, 1, 2);
+  grid->setRowStretch(0, 3);
+  grid->setRowStretch(1, 3);
+  grid->setRowStretch(2, 2);
+  auto* split = new QSplitter(this);
+  split->addWidget(controls);
+  split->addWidget(charts);
+  split->setStretchFactor(1, 5);
+  auto* outer = new QHBoxLayout(this);
+  outer->setContentsMargins(0, 0, 0, 0);
+  outer->addWidget(split);
+  applyTheme(Theme::current());
+}
+
+QList<ChartPanel*> CompareView::charts() const { return {m_collapse, m_loss, m_cv, m_figures}; }
+
+void CompareView::applyTheme(const Theme& t) {
+  for (ChartPanel* c : charts()) c->applyTheme(t);
+  redraw();
+}
+
+QStringList CompareView::runDirs() const {
+  QStringList out;
+  for (const RunData& r : m_runs) out << r.dir;
+  return out;
+}
+
+int CompareView::selectedLayer() const { return std::max(0, m_layer->currentIndex()); }
+
+bool CompareView::addRun(const QString& dir) {
+  try {
+    addRunData(loadRun(dir));
+    return true;
+  } catch (const std::exception& e) {
+    emit errorOccurred(QString::fromUtf8(e.what()));
+    return false;
+  }
+}
+
+void CompareView::addRunData(const RunData& run) {
+  for (RunData& r : m_runs)
+    if (!run.dir.isEmpty() && r.dir == run.dir) {
+      r = run;  // refreshed: a run that went on since it was added
+      refreshList();
+      return;
+    }
+  m_runs.push_back(run);
+  refreshList();
+}
+
+void CompareView::removeRun(int index) {
+  if (index < 0 || index >= m_runs.size()) return;
+  m_runs.remove(index);
+  refreshList();
+}
+
+void CompareView::clearRuns() {
+  m_runs.clear();
+  refreshList();
+}
+
+void CompareView::refreshList() {
+  m_list->clear();
+  int64_t layers = 0;
+  for (int i = 0; i < m_runs.size(); ++i) {
+    const RunData& r = m_runs[i];
+    auto* item = new QListWidgetItem(QStringLiteral("%1\n%2 — %3").arg(r.name, r.title, RunCharts::balancingText(r.train)));
+    item->setForeground(Theme::series(i));
+    item->setToolTip(r.dir);
+    m_list->addItem(item);
+    layers = i == 0 ? r.moeLayers : std::min(layers, r.moeLayers);
+  }
+  const int keep = m_layer->currentIndex();
+  m_layer->blockSignals(true);
+  m_layer->clear();
+  for (int64_t l = 0; l < layers; ++l) m_layer->addItem(tr("MoE layer %1").arg(l));
+  m_layer->setCurrentIndex(std::clamp(keep, 0, int(layers) - 1));
+  m_layer->blockSignals(false);
+  redraw();
+  emit runsChanged();
+}
+
+void CompareView::redraw() {
+  drawLoss();
+  drawCv();
+  drawCollapse();
+  fillTable();
+}
+
+void CompareView::drawLoss() {
+  QCustomPlot* plot = m_loss->plot();
+  RunCharts::resetPlot(plot);
+  plot->legend->setVisible(!m_runs.isEmpty());
+  for (int i = 0; i < m_runs.size(); ++i) {
+    const RunData& r = m_runs[i];
+    QCPGraph* g = plot->addGraph();
+    g->setName(r.name);
+    g->setPen(QPen(Theme::series(i), Theme::current().lineWidth));
+    QCPGraph* v = plot->addGraph();
+    v->removeFromLegend();
+    v->setLineStyle(QCPGraph::lsNone);
+    v->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssDisc, Theme::series(i), Theme::current().markerSize + 2));
+    for (const auto& s : r.history) {
+      g->addData(double(s->step), s->lmLoss);
+      if (!std::isnan(s->valLoss)) v->addData(double(s->step), s->valLoss);
+    }
+  }
+  plot->xAxis->setLabel(tr("training step"));
+  plot->yAxis->setLabel(tr("language-model loss"));
+  plot->rescaleAxes();
+  plot->yAxis->setRangeLower(0);
+  Theme::current().applyTo(plot);
+  plot->replot(QCustomPlot::rpQueuedReplot);
+}
+
+void CompareView::drawCv() {
+  QCustomPlot* plot = m_cv->plot();
+  RunCharts::resetPlot(plot);
+  plot->legend->setVisible(!m_runs.isEmpty());
+  const int l = selectedLayer();
+  for (int i = 0; i < m_runs.size(); ++i) {
+    QCPGraph* g = plot->addGraph();
+    g->setName(m_runs[i].name);
+    g->setPen(QPen(Theme::series(i), Theme::current().lineWidth));
+    for (const auto& s : m_runs[i].history)
+      if (l < s->layers.size()) g->addData(double(s->step), s->layers[l].cv);
+  }
+  plot->xAxis->setLabel(tr("training step"));
+  plot->yAxis->setLabel(tr("CV of load, MoE layer %1").arg(l));
+  plot->rescaleAxes();
+  plot->yAxis->setRangeLower(0);
+  Theme::current().applyTo(plot);
+  plot->replot(QCustomPlot::rpQueuedReplot);
+}
+
+void CompareView::drawCollapse() {
+  QCustomPlot* plot = m_collapse->plot();
+  RunCharts::resetPlot(plot);
+  plot->plotLayout()->clear();
+  plot->legend = nullptr;
+  const int l = selectedLayer(), n = int(m_runs.size());
+  if (n == 0) {
+    auto* rect = RunCharts::resetPlot(plot);
+    Q_UNUSED(rect);
+    auto* label = new QCPItemText(plot);
+    label->position->setType(QCPItemPosition::ptAxisRectRatio);
+    label->position->setCoords(0.5, 0.5);
+    label->setText(tr("Add two or more runs to compare them"));
+    label->setFont(Theme::current().text);
+    label->setColor(Theme::current().subtle);
+    Theme::current().applyTo(plot);
+    plot->replot(QCustomPlot::rpQueuedReplot);
+    return;
+  }
+  auto* scale = new QCPColorScale(plot);
+  scale->setGradient(viridisGradient());
+  scale->setDataRange(QCPRange(0, 1));  // shared: share of the tokens, the same for every run
+  scale->axis()->setLabel(tr("share of tokens"));
+  auto* group = new QCPMarginGroup(plot);
+  for (int i = 0; i < n; ++i) {
+    const RunData& r = m_runs[i];
+    auto* title = new QCPTextElement(plot, QStringLiteral("%1\n%2").arg(r.name, RunCharts::balancingText(r.train)),
+                                     Theme::current().axisLabel);
+    title->setTextColor(Theme::series(i).darker(120));
+    plot->plotLayout()->addElement(0, i, title);
+    auto* rect = new QCPAxisRect(plot);
+    rect->setMarginGroup(QCP::msTop | QCP::msBottom, group);
+    plot->plotLayout()->addElement(1, i, rect);
+    const int E = int(r.experts), T = int(r.history.size());
+    rect->axis(QCPAxis::atBottom)->setLabel(tr("training step"));
+    if (i == 0) rect->axis(QCPAxis::atLeft)->setLabel(tr("expert (MoE layer %1)").arg(l));
+    if (T == 0 || l >= r.moeLayers) continue;
+    auto* map = new QCPColorMap(rect->axis(QCPAxis::atBottom), rect->axis(QCPAxis::atLeft));
+    map->data()->setSize(T, E);
+    map->data()->setRange(QCPRange(r.history.front()->step, r.history.back()->step), QCPRange(0, E - 1));
+    for (int t = 0; t < T; ++t)
+      for (int e = 0; e < E; ++e) map->data()->setCell(t, e, r.history[t]->layers[l].load.value(e));
+    map->setInterpolate(false);
+    map->setGradient(viridisGradient());
+    map->setDataRange(QCPRange(0, 1));
+    rect->axis(QCPAxis::atBottom)->setRange(r.history.front()->step - 0.5, r.history.back()->step + 0.5);
+    rect->axis(QCPAxis::atLeft)->setRange(-0.5, E - 0.5);
+    if (E <= 16) {
+      QSharedPointer<QCPAxisTickerFixed> fixed(new QCPAxisTickerFixed);
+      fixed->setTickStep(1);
+      rect->axis(QCPAxis::atLeft)->setTicker(fixed);
+    }
+  }
+  plot->plotLayout()->addElement(1, n, scale);
+  scale->setMarginGroup(QCP::msTop | QCP::msBottom, group);
+  plot->plotLayout()->setRowStretchFactor(0, 0.01);
+  Theme::current().applyTo(plot);
+  scale->axis()->setLabelFont(Theme::current().axisLabel);
+  scale->axis()->setTickLabelFont(Theme::current().tickLabel);
+  plot->replot(QCustomPlot::rpQueuedReplot);
+}
+
+double CompareView::collapseValue(int r, int i, int e) const {
+  QCustomPlot* plot = m_collapse->plot();
+  if (r < 0 || r >= plot->axisRectCount()) return std::nan("");
+  for (int p = 0; p < plot->plottableCount(); ++p)
+    if (auto* map = qobject_cast<QCPColorMap*>(plot->plottable(p)); map && map->keyAxis()->axisRect() == plot->axisRect(r))
+      return map->data()->cell(i, e);
+  return std::nan("");
+}
+
+namespace {
+QString fmt(double v, int digits) { return std::isnan(v) ? QStringLiteral("–") : QString::number(v, 'f', digits); }
+}  // namespace
+
+void CompareView::fillTable() {
+  const QStringList headers = {tr("run"), tr("balancing"), tr("steps"), tr("LM loss"), tr("validation loss"),
+                               tr("CV of load"), tr("busiest expert"), tr("dead experts"), tr("specialisation")};
+  QVector<QStringList> rows;
+  QVector<QColor> colors;
+  for (int i = 0; i < m_runs.size(); ++i) {
+    const RunCharts::FinalFigures f = RunCharts::finalFigures(m_runs[i]);
+    const QStringList cells = {m_runs[i].name, RunCharts::balancingText(m_runs[i].train), QString::number(f.step),
+                               fmt(f.lmLoss, 3), fmt(f.valLoss, 3), fmt(f.cv, 2),
+                               std::isnan(f.maxShare) ? QStringLiteral("–") : QStringLiteral("%1%").arg(100 * f.maxShare, 0, 'f', 0),
+                               QString::number(f.dead), fmt(f.specialisation, 2)};
+    rows.push_back(cells);
+    colors.push_back(Theme::series(i).darker(120));
+  }
+  m_table->setTable(headers, rows, colors);
+}
+
+QString CompareView::tableCsv() const {
+  QString out = QStringLiteral("run,balancing,steps,lm_loss,val_loss,cv,max_share,dead,specialisation,collapse\n");
+  auto n = [](double v) { return std::isnan(v) ? QString() : QString::number(v, 'g', 8); };
+  for (const RunData& r : m_runs) {
+    const RunCharts::FinalFigures f = RunCharts::finalFigures(r);
+    out += QStringLiteral("%1,\"%2\",%3,%4,%5,%6,%7,%8,%9,%10\n")
+               .arg(r.name, RunCharts::balancingText(r.train))
+               .arg(f.step)
+               .arg(n(f.lmLoss), n(f.valLoss), n(f.cv), n(f.maxShare))
+               .arg(f.dead)
+               .arg(n(f.specialisation), n(f.collapse));
+  }
+  return out;
+}

@@ -1,0 +1,144 @@
+#include "run_data.hpp"
+
+#include <QDir>
+#include <QFileInfo>
+#include <nlohmann/json.hpp>
+
+#include "error.hpp"
+#include "presets.hpp"
+#include "runlog.hpp"
+
+using nlohmann::json;
+
+namespace {
+
+template <class T>
+QVector<T> vec(const json& j, const char* key) {
+  QVector<T> out;
+  if (!j.contains(key)) return out;
+  const json& a = j.at(key);
+  out.reserve(qsizetype(a.size()));
+  for (const json& v : a) out.push_back(v.get<T>());
+  return out;
+}
+
+double num(const json& j, const char* key, double fallback = 0) {
+  auto it = j.find(key);
+  return it == j.end() || it->is_null() ? fallback : it->get<double>();
+}
+
+}  // namespace
+
+StepSummaryPtr summaryFromJson(const json& r, int64_t steps, int64_t topK, const QString& source) {
+  try {
+    auto s = std::make_shared<StepSummary>();
+    s->step = r.at("step").get<int64_t>();
+    s->steps = steps;
+    s->topK = topK;
+    s->loss = num(r, "loss");
+    s->lmLoss = num(r, "lm_loss");
+    s->auxLoss = num(r, "aux_loss");
+    s->zLoss = num(r, "z_loss");
+    s->valLoss = num(r, "val_loss", NAN);
+    s->lr = num(r, "lr");
+    s->gradNorm = num(r, "grad_norm");
+    s->tokensPerS = num(r, "tokens_per_s");
+    for (const json& L : r.at("layers")) {
+      StepSummary::Layer l;
+      l.layer = L.at("layer").get<int64_t>();
+      l.load = vec<double>(L, "load");
+      l.dropped = vec<double>(L, "dropped");
+      l.cv = num(L, "cv");
+      l.entropy = num(L, "entropy");
+      l.maxShare = num(L, "max_share");
+      l.collapse = num(L, "collapse");
+      l.droppedRate = num(L, "dropped_rate");
+      l.dead = int64_t(num(L, "dead"));
+      l.bias = vec<float>(L, "bias");
+      l.specialisation = num(L, "specialisation", NAN);
+      if (L.contains("domain_matrix"))
+        for (const json& row : L.at("domain_matrix")) {
+          QVector<double> v;
+          for (const json& x : row) v.push_back(x.get<double>());
+          l.domainMatrix.push_back(std::move(v));
+        }
+      l.probeExperts = vec<int32_t>(L, "probe_experts");
+      s->layers.push_back(std::move(l));
+    }
+    if (r.contains("domains"))
+      for (const json& d : r.at("domains")) s->domains.push_back(QString::fromStdString(d.get<std::string>()));
+    s->dropByPosition = vec<double>(r, "drop_by_position");
+    return s;
+  } catch (const json::exception& e) {
+    moelab::fail(source.toStdString(), std::string("malformed step record (") + e.what() + ")");
+  }
+}
+
+StepSummaryPtr summaryFromRecord(const moelab::StepRecord& r, int64_t steps, int64_t topK) {
+  // Through the very JSON the run log stores: the live view and the log cannot disagree.
+  return summaryFromJson(moelab::step_record_to_json(r), steps, topK, QStringLiteral("training step"));
+}
+
+bool RunData::hasBias() const {
+  for (const auto& s : history)
+    for (const auto& l : s->layers)
+      if (!l.bias.isEmpty()) return true;
+  return false;
+}
+
+bool RunData::hasDrops() const {
+  for (const auto& s : history)
+    for (const auto& l : s->layers)
+      if (l.droppedRate > 0) return true;
+  return train.capacity_factor > 0;
+}
+
+bool RunData::hasDomains() const {
+  for (const auto& s : history)
+    if (!s->domains.isEmpty()) return true;
+  return false;
+}
+
+RunData loadRun(const QString& dir) {
+  const std::string d = dir.toStdString();
+  if (!QFileInfo(dir).isDir()) moelab::fail(d, "not a run folder");
+  const json info = moelab::RunLog::read_run_info(d);
+  const std::string runJson = (QDir(dir).filePath(QStringLiteral("run.json"))).toStdString();
+  RunData run;
+  run.dir = QDir(dir).absolutePath();
+  run.name = QDir(run.dir).dirName();
+  try {
+    const moelab::ModelConfig mc = moelab::parse_config(info.at("model"), runJson);
+    run.experts = mc.num_experts;
+    run.moeLayers = mc.num_moe_layers();
+    run.topK = mc.top_k;
+    run.train = moelab::train_config_from_json(info.at("train"), moelab::TrainConfig{}, runJson);
+    run.showAux = run.train.aux_alpha > 0;
+    run.showZ = run.train.z_coef > 0;
+    run.preset = QString::fromStdString(info.value("preset", std::string()));
+    run.title = QString::fromStdString(mc.architecture);
+    if (!run.preset.isEmpty()) {
+      try {
+        run.title = QString::fromStdString(moelab::load_preset(run.preset.toStdString()).title);
+      } catch (const std::exception&) {
+        run.title = run.preset;  // a preset that is no longer installed: its name will do
+      }
+    }
+  } catch (const json::exception& e) {
+    moelab::fail(runJson, std::string("malformed run description (") + e.what() + ")");
+  }
+  const std::string metrics = QDir(dir).filePath(QStringLiteral("metrics.jsonl")).toStdString();
+  const QString src = QString::fromStdString(metrics);
+  for (const json& r : moelab::read_metrics(d)) {
+    run.history.push_back(summaryFromJson(r, run.train.steps, run.topK, src));
+    // Balancing switched on during a live run shows in the total loss.
+    const StepSummary& s = *run.history.back();
+    if (s.loss > s.lmLoss + 1e-9 && !run.showZ) run.showAux = true;
+    if (run.history.back()->layers.size() != run.moeLayers)
+      moelab::fail(metrics, "a step record has " + std::to_string(run.history.back()->layers.size()) +
+                                " MoE layers, the model " + std::to_string(run.moeLayers));
+    for (const auto& l : run.history.back()->layers)
+      if (l.load.size() != run.experts) moelab::fail(metrics, "a step record's load does not have one value per expert");
+  }
+  return run;
+}
