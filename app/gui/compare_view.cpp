@@ -10,6 +10,7 @@
 #include <QListWidget>
 #include <QPushButton>
 #include <QSplitter>
+#include <QTabWidget>
 #include <QVBoxLayout>
 #include <qcustomplot.h>
 
@@ -62,42 +63,47 @@ CompareView::CompareView(QWidget* parent) : QWidget(parent) {
                              m_table);
   m_loss->setCsvProvider([this] {
     QString out = QStringLiteral("run,step,lm_loss,val_loss\n");
-    for (const RunData& r : m_runs)
-      for (const auto& s : r.history)
-        out += QStringLiteral("%1,%2,%3,%4\n").arg(r.name).arg(s->step).arg(s->lmLoss, 0, 'g', 8).arg(std::isnan(s->valLoss) ? QString() : QString::number(s->valLoss, 'g', 8));
+    for (int i = 0; i < m_runs.size(); ++i)
+      for (const auto& s : m_runs[i].history)
+        out += QStringLiteral("%1,%2,%3,%4\n").arg(label(i)).arg(s->step).arg(s->lmLoss, 0, 'g', 8).arg(std::isnan(s->valLoss) ? QString() : QString::number(s->valLoss, 'g', 8));
     return out;
   });
   m_cv->setCsvProvider([this] {
     QString out = QStringLiteral("run,step,cv\n");
     const int l = selectedLayer();
-    for (const RunData& r : m_runs)
-      for (const auto& s : r.history)
-        if (l < s->layers.size()) out += QStringLiteral("%1,%2,%3\n").arg(r.name).arg(s->step).arg(s->layers[l].cv, 0, 'g', 8);
+    for (int i = 0; i < m_runs.size(); ++i)
+      for (const auto& s : m_runs[i].history)
+        if (l < s->layers.size()) out += QStringLiteral("%1,%2,%3\n").arg(label(i)).arg(s->step).arg(s->layers[l].cv, 0, 'g', 8);
     return out;
   });
   m_collapse->setCsvProvider([this] {
     QString out = QStringLiteral("run,step,expert,load\n");
     const int l = selectedLayer();
-    for (const RunData& r : m_runs)
-      for (const auto& s : r.history)
+    for (int i = 0; i < m_runs.size(); ++i)
+      for (const auto& s : m_runs[i].history)
         if (l < s->layers.size())
           for (int e = 0; e < s->layers[l].load.size(); ++e)
-            out += QStringLiteral("%1,%2,%3,%4\n").arg(r.name).arg(s->step).arg(e).arg(s->layers[l].load[e], 0, 'g', 8);
+            out += QStringLiteral("%1,%2,%3,%4\n").arg(label(i)).arg(s->step).arg(e).arg(s->layers[l].load[e], 0, 'g', 8);
     return out;
   });
   m_figures->setCsvProvider([this] { return tableCsv(); });
   m_figures->setPainter([this](QPainter& p, QSize size) { m_table->paintTable(p, size); });
 
-  auto* charts = new QWidget(this);
-  auto* grid = new QGridLayout(charts);
-  grid->setContentsMargins(0, 0, 0, 0);
-  grid->addWidget(m_collapse, 0, 0, 1, 2);
-  grid->addWidget(m_loss, 1, 0);
-  grid->addWidget(m_cv, 1, 1);
-  grid->addWidget(m_figures, 2, 0, 1, 2);
-  grid->setRowStretch(0, 3);
-  grid->setRowStretch(1, 3);
-  grid->setRowStretch(2, 2);
+  // Two pages, so each chart stays readable on a projector.
+  auto* page1 = new QWidget;
+  auto* g1 = new QVBoxLayout(page1);
+  g1->setContentsMargins(0, 0, 0, 0);
+  g1->addWidget(m_collapse, 3);
+  g1->addWidget(m_figures, 2);
+  auto* page2 = new QWidget;
+  auto* g2 = new QHBoxLayout(page2);
+  g2->setContentsMargins(0, 0, 0, 0);
+  g2->addWidget(m_loss);
+  g2->addWidget(m_cv);
+  m_pages = new QTabWidget(this);
+  m_pages->addTab(page1, tr("Collapse and final figures"));
+  m_pages->addTab(page2, tr("Loss and unevenness"));
+  auto* charts = m_pages;
   auto* split = new QSplitter(this);
   split->addWidget(controls);
   split->addWidget(charts);
@@ -155,14 +161,24 @@ void CompareView::clearRuns() {
   refreshList();
 }
 
+QString CompareView::label(int i) const {
+  // The preset names the run; a second run of the same preset gets its folder's time as well.
+  const RunData& r = m_runs[i];
+  const QString base = r.preset.isEmpty() ? r.name : r.preset;
+  for (int j = 0; j < m_runs.size(); ++j)
+    if (j != i && (m_runs[j].preset.isEmpty() ? m_runs[j].name : m_runs[j].preset) == base)
+      return QStringLiteral("%1 (%2)").arg(base).arg(i + 1);
+  return base;
+}
+
 void CompareView::refreshList() {
   m_list->clear();
   int64_t layers = 0;
   for (int i = 0; i < m_runs.size(); ++i) {
     const RunData& r = m_runs[i];
-    auto* item = new QListWidgetItem(QStringLiteral("%1\n%2 — %3").arg(r.name, r.title, RunCharts::balancingText(r.train)));
+    auto* item = new QListWidgetItem(QStringLiteral("%1\n%2").arg(label(i), RunCharts::balancingText(r.train)));
     item->setForeground(Theme::series(i));
-    item->setToolTip(r.dir);
+    item->setToolTip(QStringLiteral("%1\n%2").arg(r.title, r.dir));
     m_list->addItem(item);
     layers = i == 0 ? r.moeLayers : std::min(layers, r.moeLayers);
   }
@@ -190,7 +206,7 @@ void CompareView::drawLoss() {
   for (int i = 0; i < m_runs.size(); ++i) {
     const RunData& r = m_runs[i];
     QCPGraph* g = plot->addGraph();
-    g->setName(r.name);
+    g->setName(label(i));
     g->setPen(QPen(Theme::series(i), Theme::current().lineWidth));
     QCPGraph* v = plot->addGraph();
     v->removeFromLegend();
@@ -216,7 +232,7 @@ void CompareView::drawCv() {
   const int l = selectedLayer();
   for (int i = 0; i < m_runs.size(); ++i) {
     QCPGraph* g = plot->addGraph();
-    g->setName(m_runs[i].name);
+    g->setName(label(i));
     g->setPen(QPen(Theme::series(i), Theme::current().lineWidth));
     for (const auto& s : m_runs[i].history)
       if (l < s->layers.size()) g->addData(double(s->step), s->layers[l].cv);
@@ -255,7 +271,7 @@ void CompareView::drawCollapse() {
   auto* group = new QCPMarginGroup(plot);
   for (int i = 0; i < n; ++i) {
     const RunData& r = m_runs[i];
-    auto* title = new QCPTextElement(plot, QStringLiteral("%1\n%2").arg(r.name, RunCharts::balancingText(r.train)),
+    auto* title = new QCPTextElement(plot, QStringLiteral("%1\n%2").arg(label(i), RunCharts::balancingText(r.train)),
                                      Theme::current().axisLabel);
     title->setTextColor(Theme::series(i).darker(120));
     plot->plotLayout()->addElement(0, i, title);
@@ -305,13 +321,13 @@ QString fmt(double v, int digits) { return std::isnan(v) ? QStringLiteral("–")
 }  // namespace
 
 void CompareView::fillTable() {
-  const QStringList headers = {tr("run"), tr("balancing"), tr("steps"), tr("LM loss"), tr("validation loss"),
-                               tr("CV of load"), tr("busiest expert"), tr("dead experts"), tr("specialisation")};
+  const QStringList headers = {tr("run"), tr("balancing"), tr("steps"), tr("LM loss"), tr("val. loss"),
+                               tr("CV"), tr("top expert"), tr("dead"), tr("spec.")};
   QVector<QStringList> rows;
   QVector<QColor> colors;
   for (int i = 0; i < m_runs.size(); ++i) {
     const RunCharts::FinalFigures f = RunCharts::finalFigures(m_runs[i]);
-    const QStringList cells = {m_runs[i].name, RunCharts::balancingText(m_runs[i].train), QString::number(f.step),
+    const QStringList cells = {label(i), RunCharts::balancingText(m_runs[i].train), QString::number(f.step),
                                fmt(f.lmLoss, 3), fmt(f.valLoss, 3), fmt(f.cv, 2),
                                std::isnan(f.maxShare) ? QStringLiteral("–") : QStringLiteral("%1%").arg(100 * f.maxShare, 0, 'f', 0),
                                QString::number(f.dead), fmt(f.specialisation, 2)};
@@ -324,10 +340,11 @@ void CompareView::fillTable() {
 QString CompareView::tableCsv() const {
   QString out = QStringLiteral("run,balancing,steps,lm_loss,val_loss,cv,max_share,dead,specialisation,collapse\n");
   auto n = [](double v) { return std::isnan(v) ? QString() : QString::number(v, 'g', 8); };
-  for (const RunData& r : m_runs) {
+  for (int i = 0; i < m_runs.size(); ++i) {
+    const RunData& r = m_runs[i];
     const RunCharts::FinalFigures f = RunCharts::finalFigures(r);
     out += QStringLiteral("%1,\"%2\",%3,%4,%5,%6,%7,%8,%9,%10\n")
-               .arg(r.name, RunCharts::balancingText(r.train))
+               .arg(label(i), RunCharts::balancingText(r.train))
                .arg(f.step)
                .arg(n(f.lmLoss), n(f.valLoss), n(f.cv), n(f.maxShare))
                .arg(f.dead)

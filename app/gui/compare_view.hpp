@@ -12,6 +12,7 @@
 class ChartPanel;
 class QComboBox;
 class QListWidget;
+class QTabWidget;
 class TableChart;
 struct Theme;
 
@@ -26,6 +27,8 @@ class CompareView : public QWidget {
   QStringList runDirs() const;
   int selectedLayer() const;
   TableChart* table() const { return m_table; }
+  QTabWidget* pages() const { return m_pages; }
+  QString label(int run) const;  // the run's name in legends and the table
   // The collapse heatmap cell of run r (step index i, expert e), as drawn.
   double collapseValue(int r, int i, int e) const;
 
@@ -53,5 +56,6 @@ class CompareView : public QWidget {
   QListWidget* m_list = nullptr;
   QComboBox* m_layer = nullptr;
   TableChart* m_table = nullptr;
+  QTabWidget* m_pages = nullptr;
   ChartPanel *m_loss = nullptr, *m_cv = nullptr, *m_collapse = nullptr, *m_figures = nullptr;
 };

@@ -14,6 +14,7 @@
 #include "chart_panel.hpp"
 
 #include "export_run.hpp"
+#include "compare_view.hpp"
 #include "main_window.hpp"
 #include "tokens_view.hpp"
 #include "training_view.hpp"
@@ -121,18 +122,24 @@ int main(int argc, char** argv) {
     t->waitForIdle();
     for (int i = 0; i < 16; ++i) t->stepOnce();
     t->waitForIdle();
-    // The collapse lesson, long enough to see it happen.
+    // A balanced run, then the collapse lesson, long enough to see it happen; both go into the
+    // Compare view, and the Training view keeps the collapsed one.
     TrainingView* tr = w.trainingView();
-    tr->selectPreset(QStringLiteral("lesson-collapse"));
-    tr->startTraining();
-    QElapsedTimer clock;
-    clock.start();
-    while ((tr->history().isEmpty() || tr->history().back()->step < 150) && clock.elapsed() < 60000) {
-      QEventLoop loop;  // wait without spinning: the worker needs the cores
-      QTimer::singleShot(20, &loop, &QEventLoop::quit);
-      loop.exec();
-    }
-    tr->pauseTraining();
+    auto train = [&](const char* preset) {
+      tr->selectPreset(QString::fromLatin1(preset));
+      tr->setSteps(300);
+      tr->startTraining();
+      QElapsedTimer clock;
+      clock.start();
+      while ((tr->isRunning() || tr->history().size() < 300) && clock.elapsed() < 120000) {
+        QEventLoop loop;  // wait without spinning: the worker needs the cores
+        QTimer::singleShot(20, &loop, &QEventLoop::quit);
+        loop.exec();
+      }
+      w.compareView()->addRunData(tr->run());
+    };
+    train("lesson-collapse-aux");
+    train("lesson-collapse");
     QCoreApplication::processEvents();
     const QString err = w.saveScreenshots(parser.value(shot), QSize(1280, 800));
     if (!err.isEmpty() || !w.lastError().isEmpty()) {

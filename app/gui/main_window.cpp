@@ -202,6 +202,7 @@ QString MainWindow::saveScreenshots(const QString& dir, QSize size) {
       m_tabs->setCurrentIndex(i);
       QTabWidget* sub = m_tabs->widget(i) == m_tokens     ? m_tokens->pages()
                         : m_tabs->widget(i) == m_training ? m_training->pages()
+                        : m_tabs->widget(i) == m_compare  ? m_compare->pages()
                                                           : nullptr;
       const int pages = sub ? sub->count() : 1;
       for (int page = 0; page < pages; ++page) {

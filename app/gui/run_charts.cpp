@@ -63,6 +63,17 @@ void finish(QCustomPlot* plot, QCPColorScale* scale = nullptr) {
   plot->replot(QCustomPlot::rpQueuedReplot);
 }
 
+// The legend in a row under the axes, `columns` entries wide: it never covers the data.
+void legendBelow(QCustomPlot* plot, int columns) {
+  plot->legend->setVisible(true);
+  if (auto* inset = qobject_cast<QCPLayoutInset*>(plot->legend->layout())) inset->take(plot->legend);
+  plot->plotLayout()->addElement(1, 0, plot->legend);
+  plot->plotLayout()->setRowStretchFactor(1, 0.001);
+  plot->legend->setFillOrder(QCPLayoutGrid::foColumnsFirst);
+  plot->legend->setWrap(columns);
+  plot->legend->setMargins(QMargins(6, 2, 6, 2));
+}
+
 QString csvNum(double v) { return std::isnan(v) ? QString() : QString::number(v, 'g', 8); }
 
 bool validLayer(const RunData& run, int shown, int layer) {
@@ -231,7 +242,7 @@ QString loadNowCsv(const RunData& run, int shown, int layer) {
 void drawBalance(QCustomPlot* plot, const RunData& run, int shown) {
   resetPlot(plot);
   shown = clampShown(run, shown);
-  plot->legend->setVisible(true);
+  legendBelow(plot, 2);
   for (int l = 0; l < run.moeLayers; ++l) {
     QCPGraph* g = line(plot, plot->yAxis, tr("CV, layer %1").arg(l), Theme::series(l));
     QCPGraph* d = line(plot, plot->yAxis2, tr("dead experts, layer %1").arg(l), Theme::series(l), Qt::DotLine);
@@ -272,7 +283,7 @@ QString balanceCsv(const RunData& run, int shown) {
 void drawEntropy(QCustomPlot* plot, const RunData& run, int shown) {
   resetPlot(plot);
   shown = clampShown(run, shown);
-  plot->legend->setVisible(true);
+  legendBelow(plot, 2);
   const bool drops = run.hasDrops();
   for (int l = 0; l < run.moeLayers; ++l) {
     QCPGraph* g = line(plot, plot->yAxis, tr("entropy, layer %1").arg(l), Theme::series(l));
@@ -285,7 +296,7 @@ void drawEntropy(QCustomPlot* plot, const RunData& run, int shown) {
     }
   }
   plot->xAxis->setLabel(tr("training step"));
-  plot->yAxis->setLabel(tr("router entropy (1 = undecided)"));
+  plot->yAxis->setLabel(tr("router entropy"));
   plot->rescaleAxes();
   plot->yAxis->setRange(0, 1.05);
   if (drops) {
@@ -320,7 +331,7 @@ void drawBias(QCustomPlot* plot, const RunData& run, int shown, int layer) {
     return;
   }
   const int E = int(run.experts);
-  plot->legend->setVisible(E <= 8);
+  if (E <= 8) legendBelow(plot, 4);
   for (int e = 0; e < E; ++e) {
     QCPGraph* g = line(plot, plot->yAxis, tr("expert %1").arg(e), expertColor(e, E));
     for (int i = 0; i < shown; ++i) {
@@ -475,7 +486,7 @@ QCPColorMap* drawSpecialisation(QCustomPlot* plot, const RunData& run, int shown
       map->data()->setCell(e, d, rows[d].value(e));
       top = std::max(top, rows[d].value(e));
     }
-  QCPColorScale* scale = colorScale(plot, map, tr("share of the domain's tokens"), QCPRange(0, top));
+  QCPColorScale* scale = colorScale(plot, map, tr("share of domain"), QCPRange(0, top));
   QSharedPointer<QCPAxisTickerText> names(new QCPAxisTickerText);
   for (int d = 0; d < D; ++d) names->addTick(d, d < s->domains.size() ? s->domains[d] : QString::number(d));
   plot->yAxis->setTicker(names);
@@ -517,14 +528,13 @@ void drawSpecialisationScore(QCustomPlot* plot, const RunData& run, int shown) {
   plot->legend->setVisible(true);
   for (int l = 0; l < run.moeLayers; ++l) {
     QCPGraph* g = line(plot, plot->yAxis, tr("layer %1").arg(l), Theme::series(l));
-    g->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, Theme::current().markerSize));
     for (int i = 0; i < shown; ++i) {
       const StepSummary& s = *run.history[i];
       if (l < s.layers.size() && !std::isnan(s.layers[l].specialisation)) g->addData(double(s.step), s.layers[l].specialisation);
     }
   }
   plot->xAxis->setLabel(tr("training step"));
-  plot->yAxis->setLabel(tr("specialisation (0 = none, 1 = one expert per domain)"));
+  plot->yAxis->setLabel(tr("specialisation"));
   plot->rescaleAxes();
   plot->yAxis->setRange(0, std::max(0.6, plot->yAxis->range().upper * 1.1));
   finish(plot);
@@ -556,10 +566,9 @@ const StepSummary* lastDropProbe(const RunData& run, int shown) {
 
 void drawDropByPosition(QCustomPlot* plot, const RunData& run, int shown) {
   resetPlot(plot);
-  const StepSummary* s = lastDropProbe(run, shown);
+  const StepSummary* s = run.hasDrops() ? lastDropProbe(run, shown) : nullptr;
   if (!s) {
-    emptyMessage(plot, run.train.capacity_factor > 0 ? tr("No probe step yet")
-                                                     : tr("No capacity limit: no token is dropped"));
+    emptyMessage(plot, run.hasDrops() ? tr("No probe step yet") : tr("No capacity limit: no token is dropped"));
     finish(plot);
     return;
   }
@@ -579,7 +588,7 @@ void drawDropByPosition(QCustomPlot* plot, const RunData& run, int shown) {
 
 QString dropByPositionCsv(const RunData& run, int shown) {
   QString out = QStringLiteral("position,dropped_rate\n");
-  const StepSummary* s = lastDropProbe(run, shown);
+  const StepSummary* s = run.hasDrops() ? lastDropProbe(run, shown) : nullptr;
   if (!s) return out;
   for (int t = 0; t < s->dropByPosition.size(); ++t) out += QStringLiteral("%1,%2\n").arg(t).arg(csvNum(s->dropByPosition[t]));
   return out;

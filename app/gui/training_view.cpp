@@ -1,5 +1,6 @@
 #include "training_view.hpp"
 
+#include <QApplication>
 #include <QComboBox>
 #include <QDateTime>
 #include <QDir>
@@ -160,7 +161,8 @@ TrainingView::TrainingView(QWidget* parent) : QWidget(parent) {
   m_status = new QLabel(controls);
   m_status->setWordWrap(true);
   form->addRow(m_status);
-  auto* scroll = new QScrollArea(this);
+  m_scroll = new QScrollArea(this);
+  auto* scroll = m_scroll;
   scroll->setWidget(controls);
   scroll->setWidgetResizable(true);
   scroll->setFrameShape(QFrame::NoFrame);
@@ -299,7 +301,7 @@ void TrainingView::setupCharts() {
     auto* w = new QWidget;
     auto* g = new QGridLayout(w);
     g->setContentsMargins(0, 0, 0, 0);
-    for (const auto& [c, at] : cells) g->addWidget(c, at.y(), at.x(), 1, at.x() < 0 ? 2 : 1);
+    for (const auto& [c, at] : cells) g->addWidget(c, at.y(), at.x());
     for (int r = 0; r < rowStretch.size(); ++r) g->setRowStretch(r, rowStretch[r]);
     return w;
   };
@@ -313,8 +315,9 @@ void TrainingView::setupCharts() {
   g1->setRowStretch(0, 3);
   g1->setRowStretch(1, 2);
   m_pages->addTab(p1, tr("Collapse"));
-  m_pages->addTab(page({{m_balanceChart, {0, 0}}, {m_entropy, {0, 1}}}, {1, 1}), tr("Unevenness over time"));
-  m_pages->addTab(page({{m_bias, {0, 0}}, {m_saturation, {0, 1}}}, {1, 1}), tr("Router"));
+  // Side by side: each chart gets the page's full height.
+  m_pages->addTab(page({{m_balanceChart, {0, 0}}, {m_entropy, {1, 0}}}, {1}), tr("Unevenness over time"));
+  m_pages->addTab(page({{m_bias, {0, 0}}, {m_saturation, {1, 0}}}, {1}), tr("Router"));
   auto* p4 = new QWidget;
   auto* g4 = new QGridLayout(p4);
   g4->setContentsMargins(0, 0, 0, 0);
@@ -349,6 +352,8 @@ QString TrainingView::runsFolder() {
 
 void TrainingView::applyTheme(const Theme& t) {
   for (ChartPanel* c : charts()) c->applyTheme(t);
+  // The knobs keep their full width in both themes (the charts take what is left).
+  m_scroll->setMinimumWidth(QFontMetrics(QApplication::font()).horizontalAdvance(QLatin1Char('x')) * 34);
   redraw();
 }
 
@@ -414,7 +419,7 @@ void TrainingView::startTraining(const QString& runDir) {
                                              : QString();
   r.runDir = runDir;
   if (r.runDir.isEmpty()) {
-    const QString name = QDateTime::currentDateTime().toString(QStringLiteral("yyyyMMdd-HHmmss-zzz-")) + r.preset;
+    const QString name = QFileInfo(r.preset).baseName() + QDateTime::currentDateTime().toString(QStringLiteral("-yyyyMMdd-HHmmss-zzz"));
     r.runDir = QDir(runsFolder()).filePath(name);
     QDir().mkpath(r.runDir);
   }

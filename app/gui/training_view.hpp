@@ -18,6 +18,7 @@ class QComboBox;
 class QDoubleSpinBox;
 class QLabel;
 class QPushButton;
+class QScrollArea;
 class QSlider;
 class QSpinBox;
 class QTabWidget;
@@ -104,6 +105,7 @@ class TrainingView : public QWidget {
   QLabel *m_status = nullptr, *m_description = nullptr, *m_position = nullptr;
   QTimer *m_frame = nullptr, *m_replay = nullptr;
   QTabWidget* m_pages = nullptr;
+  QScrollArea* m_scroll = nullptr;
   ChartPanel *m_loss = nullptr, *m_collapse = nullptr, *m_loadNow = nullptr, *m_balanceChart = nullptr,
              *m_entropy = nullptr, *m_bias = nullptr, *m_saturation = nullptr, *m_special = nullptr,
              *m_specialScore = nullptr, *m_dropPos = nullptr;

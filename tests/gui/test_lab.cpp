@@ -126,7 +126,7 @@ class TestLab : public QObject {
     QCustomPlot* cvPlot = cv->charts()[2]->plot();
     for (int r = 0; r < 2; ++r) {
       const auto log = records(r == 0 ? a : b);
-      const QString name = r == 0 ? "none" : "aux";
+      const QString name = r == 0 ? "lesson-collapse" : "lesson-collapse-aux";  // the preset names the run
       QCPGraph* g = graphNamed(loss, name);
       QCPGraph* c = graphNamed(cvPlot, name);
       QVERIFY(g && c);
