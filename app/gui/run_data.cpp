@@ -133,7 +133,7 @@ RunData loadRun(const QString& dir) {
     run.history.push_back(summaryFromJson(r, run.train.steps, run.topK, src));
     // Balancing switched on during a live run shows in the total loss.
     const StepSummary& s = *run.history.back();
-    if (s.loss > s.lmLoss + 1e-9 && !run.showZ) run.showAux = true;
+    if (s.loss > s.lmLoss + 1e-9 && !run.showZ && run.train.bias_gamma <= 0) run.showAux = true;
     if (run.history.back()->layers.size() != run.moeLayers)
       moelab::fail(metrics, "a step record has " + std::to_string(run.history.back()->layers.size()) +
                                 " MoE layers, the model " + std::to_string(run.moeLayers));

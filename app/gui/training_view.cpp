@@ -115,6 +115,13 @@ TrainingView::TrainingView(QWidget* parent) : QWidget(parent) {
   m_coef->setSingleStep(0.001);
   m_coef->setToolTip(tr("alpha of the auxiliary loss, or gamma of the bias update"));
   form->addRow(tr("Coefficient"), m_coef);
+  m_z = new QDoubleSpinBox(controls);
+  m_z->setDecimals(4);
+  m_z->setRange(0, 1);
+  m_z->setSingleStep(0.001);
+  m_z->setSpecialValueText(tr("off"));
+  m_z->setToolTip(tr("Router z-loss (ST-MoE): keeps the router's logits small so its softmax stays stable"));
+  form->addRow(tr("z-loss"), m_z);
   m_capacity = new QDoubleSpinBox(controls);
   m_capacity->setRange(0, 8);
   m_capacity->setSingleStep(0.25);
@@ -245,12 +252,14 @@ TrainingView::TrainingView(QWidget* parent) : QWidget(parent) {
     if (m_running) {
       const TrainConfig c = configFromKnobs();
       if (c.aux_alpha > 0) m_run.showAux = true;
+      if (c.z_coef > 0) m_run.showZ = true;
       QMetaObject::invokeMethod(m_worker, [w = m_worker, c] { w->updateConfig(c); });
     }
   };
   connect(m_balance, &QComboBox::currentIndexChanged, this, live);
   connect(m_coef, &QDoubleSpinBox::valueChanged, this, live);
   connect(m_capacity, &QDoubleSpinBox::valueChanged, this, live);
+  connect(m_z, &QDoubleSpinBox::valueChanged, this, live);
   connect(m_overflow, &QComboBox::currentIndexChanged, this, live);
   connect(m_lr, &QDoubleSpinBox::valueChanged, this, live);
   selectPreset(QStringLiteral("lesson-collapse"));
@@ -366,6 +375,7 @@ void TrainingView::selectPreset(const QString& name) {
     m_balance->setCurrentIndex(p.train.bias_gamma > 0 ? 2 : p.train.aux_alpha > 0 ? 1 : 0);
     m_coef->setValue(p.train.bias_gamma > 0 ? p.train.bias_gamma : p.train.aux_alpha);
     m_capacity->setValue(p.train.capacity_factor);
+    m_z->setValue(p.train.z_coef);
     m_overflow->setCurrentIndex(p.train.reroute ? 1 : 0);
     m_lr->setValue(p.train.lr);
     m_steps->setValue(int(p.train.steps));
@@ -389,6 +399,7 @@ TrainConfig TrainingView::configFromKnobs() const {
   c.aux_alpha = m_balance->currentIndex() == 1 ? float(m_coef->value()) : 0.0f;
   c.bias_gamma = m_balance->currentIndex() == 2 ? float(m_coef->value()) : 0.0f;
   c.capacity_factor = m_capacity->value();
+  c.z_coef = float(m_z->value());
   c.reroute = m_overflow->currentIndex() == 1;
   c.lr = float(m_lr->value());
   c.steps = m_steps->value();
@@ -609,6 +620,7 @@ QJsonObject TrainingView::state() const {
           {"corpus_file", m_corpusFile},         {"router", m_router->currentIndex()},
           {"balancing", m_balance->currentIndex()}, {"coefficient", m_coef->value()},
           {"capacity", m_capacity->value()},     {"reroute", m_overflow->currentIndex() == 1},
+          {"z_loss", m_z->value()},
           {"lr", m_lr->value()},                 {"steps", m_steps->value()},
           {"layer", m_layer->currentIndex()},    {"page", m_pages->currentIndex()},
           {"run", m_run.dir},                    {"shown", m_shown}};
@@ -623,6 +635,7 @@ void TrainingView::restoreState(const QJsonObject& s) {
   m_balance->setCurrentIndex(std::clamp(s.value("balancing").toInt(), 0, 2));
   m_coef->setValue(s.value("coefficient").toDouble());
   m_capacity->setValue(s.value("capacity").toDouble());
+  m_z->setValue(s.value("z_loss").toDouble());
   m_overflow->setCurrentIndex(s.value("reroute").toBool() ? 1 : 0);
   if (s.contains("lr")) m_lr->setValue(s.value("lr").toDouble());
   if (s.contains("steps")) m_steps->setValue(s.value("steps").toInt());

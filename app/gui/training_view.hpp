@@ -97,7 +97,7 @@ class TrainingView : public QWidget {
 
   QComboBox *m_preset = nullptr, *m_balance = nullptr, *m_layer = nullptr, *m_router = nullptr,
             *m_corpus = nullptr, *m_overflow = nullptr, *m_speed = nullptr;
-  QDoubleSpinBox *m_coef = nullptr, *m_capacity = nullptr, *m_lr = nullptr;
+  QDoubleSpinBox *m_coef = nullptr, *m_capacity = nullptr, *m_lr = nullptr, *m_z = nullptr;
   QSpinBox* m_steps = nullptr;
   QPushButton *m_start = nullptr, *m_pause = nullptr, *m_resume = nullptr, *m_step = nullptr, *m_stop = nullptr,
               *m_openRun = nullptr, *m_continue = nullptr, *m_toTokens = nullptr, *m_play = nullptr;

@@ -1,0 +1,594 @@
+// The CUDA backend: every Backend operation on device buffers, enqueued on one stream of the
+// backend's own. Dense products go to cuBLAS (fp32, no TF32: the default math mode), the rest to
+// the kernels of kernels_*.cu. Memory comes from a cache of cudaMalloc buffers keyed by size, so
+// a training step that allocates the same activations every step does not call cudaMalloc.
+// Only downloads wait for the device (and the ops that return a number: cross_entropy,
+// router_losses, sum_squares, one small copy each).
+//
+// The semantics are the Eigen backend's (core/eigen_backend.cpp), op for op, including top-k tie
+// breaking, capacity order, -1 for dropped slots and the accumulate flags; tests/test_gpu_parity
+// compares the two.
+#include <climits>
+#include <cmath>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "cuda_backend.hpp"
+#include "cuda_check.hpp"
+#include "error.hpp"
+#include "kernels.hpp"
+
+namespace moelab {
+namespace {
+
+// Freed device buffers wait here, by size, for the next allocation of that size. A buffer goes
+// back to the cache as soon as its last Tensor is gone on the host, while kernels that use it may
+// still be queued: that is safe because every kernel of the backend runs on one stream, so the
+// next user of the buffer runs after them. cudaFree (on release) synchronises the device.
+class DevicePool {
+ public:
+  ~DevicePool() { release(); }
+
+  void* get(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(bytes);
+      if (it != free_.end() && !it->second.empty()) {
+        void* p = it->second.back();
+        it->second.pop_back();
+        return p;
+      }
+    }
+    void* p = nullptr;
+    cudaError_t err = cudaMalloc(&p, bytes);
+    if (err == cudaErrorMemoryAllocation) {  // give the cache back and try once more
+      (void)cudaGetLastError();
+      release();
+      err = cudaMalloc(&p, bytes);
+    }
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      (void)cudaMemGetInfo(&free_b, &total_b);
+      fail("cuda", "cannot allocate " + human_bytes(double(bytes)) + " of GPU memory (" + cudaGetErrorString(err) +
+                       "; " + human_bytes(double(free_b)) + " free of " + human_bytes(double(total_b)) + ")");
+    }
+    return p;
+  }
+
+  void put(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_[bytes].push_back(p);
+  }
+
+  // Errors are ignored: this also runs at exit, when the CUDA runtime may be shutting down.
+  void release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [bytes, list] : free_)
+      for (void* p : list) (void)cudaFree(p);
+    free_.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+};
+
+// Sizes are rounded so that nearby sizes share cache entries.
+size_t round_bytes(size_t n) {
+  if (n <= (size_t(1) << 20)) return std::max<size_t>(512, (n + 511) / 512 * 512);
+  const size_t step = size_t(128) << 10;
+  return (n + step - 1) / step * step;
+}
+
+int as_int(int64_t v, const char* what) {
+  MOELAB_ASSERT(v >= 0 && v <= INT_MAX, std::string(what) + " exceeds cuBLAS's int range");
+  return int(v);
+}
+
+float* f32(const Tensor& t) { return static_cast<float*>(t.ptr); }
+int32_t* s32(const Tensor& t) { return static_cast<int32_t*>(t.ptr); }
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    MOELAB_CUDA_CHECK(cudaSetDevice(device_));
+    MOELAB_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    MOELAB_CUBLAS_CHECK(cublasCreate(&blas_));
+    MOELAB_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
+    // fp32 products in fp32 (no TF32), so the results match the CPU backend to ~1e-6.
+    MOELAB_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));
+    cuda::attention_setup(device_);
+  }
+
+  ~CudaBackend() override {
+    (void)cudaSetDevice(device_);
+    (void)cudaStreamSynchronize(stream_);
+    (void)cublasDestroy(blas_);
+    (void)cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return "cuda"; }
+
+  // ---- memory ----
+  Tensor alloc(std::vector<int64_t> shape, TType type) override { return make_tensor(std::move(shape), type, true); }
+
+  void upload(Tensor& dst, const float* host, int64_t offset, int64_t count) override {
+    count = checked_range(dst, offset, count, "upload range");
+    if (count == 0) return;
+    // From pageable memory, cudaMemcpyAsync returns once the host data has been staged: the
+    // caller may free `host` right away.
+    MOELAB_CUDA_CHECK(
+        cudaMemcpyAsync(f32(dst) + offset, host, size_t(count) * sizeof(float), cudaMemcpyHostToDevice, st()));
+  }
+  void download(const Tensor& src, float* host, int64_t offset, int64_t count) override {
+    count = checked_range(src, offset, count, "download range");
+    if (count == 0) return;
+    const cudaStream_t s = st();
+    MOELAB_CUDA_CHECK(cudaMemcpyAsync(host, f32(src) + offset, size_t(count) * sizeof(float), cudaMemcpyDeviceToHost, s));
+    MOELAB_CUDA_CHECK(cudaStreamSynchronize(s));
+  }
+  void upload(Tensor& dst, const double* host, int64_t offset, int64_t count) override {
+    count = checked_range(dst, offset, count, "upload range");
+    std::vector<float> staging(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) staging[size_t(i)] = float(host[i]);
+    upload(dst, staging.data(), offset, count);
+  }
+  void download(const Tensor& src, double* host, int64_t offset, int64_t count) override {
+    count = checked_range(src, offset, count, "download range");
+    std::vector<float> staging(static_cast<size_t>(count));
+    download(src, staging.data(), offset, count);
+    for (int64_t i = 0; i < count; ++i) host[i] = double(staging[size_t(i)]);
+  }
+  void upload(Tensor& dst, const int32_t* host) override {
+    if (dst.numel() == 0) return;
+    MOELAB_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, host, size_t(dst.numel()) * 4, cudaMemcpyHostToDevice, st()));
+  }
+  void download(const Tensor& src, int32_t* host) override {
+    if (src.numel() == 0) return;
+    const cudaStream_t s = st();
+    MOELAB_CUDA_CHECK(cudaMemcpyAsync(host, src.ptr, size_t(src.numel()) * 4, cudaMemcpyDeviceToHost, s));
+    MOELAB_CUDA_CHECK(cudaStreamSynchronize(s));
+  }
+  float* host_f32(Tensor&) override { return nullptr; }  // device memory: loaders go through upload
+  void synchronize() override { MOELAB_CUDA_CHECK(cudaStreamSynchronize(st())); }
+  void fill(Tensor& t, float value) override { cuda::fill(f32(t), t.numel(), value, st()); }
+  void copy(const Tensor& src, Tensor& dst) override {
+    MOELAB_ASSERT(src.numel() == dst.numel(), "copy sizes");
+    if (src.numel() == 0 || src.ptr == dst.ptr) return;
+    MOELAB_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, size_t(src.numel()) * 4, cudaMemcpyDeviceToDevice, st()));
+  }
+
+  // ---- forward ----
+  void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
+    MOELAB_ASSERT(ids.type == TType::I32 && out.numel() == ids.numel() * table.cols(), "embedding shapes");
+    cuda::embedding(f32(table), s32(ids), ids.numel(), table.cols(), f32(out), st());
+  }
+
+  // out [T,N] = x [T,K] · w [N,K]ᵀ. cuBLAS is column-major: there out is [N,T] = wᵀ(as [K,N])ᵀ · x(as [K,T]).
+  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) override {
+    const int64_t T = x.rows(), K = x.cols(), N = w.rows();
+    MOELAB_ASSERT(w.cols() == K && out.rows() == T && out.cols() == N, "linear shapes");
+    const cudaStream_t s = st();
+    if (T == 0 || N == 0) return;
+    if (K == 0) {
+      if (!accumulate) cuda::fill(f32(out), out.numel(), 0.0f, s);
+    } else {
+      const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+      MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, as_int(N, "linear N"), as_int(T, "linear T"),
+                                      as_int(K, "linear K"), &one, f32(w), int(K), f32(x), int(K), &beta, f32(out), int(N)));
+    }
+    if (bias) cuda::add_bias_rows(f32(out), f32(*bias), T, N, s);
+  }
+
+  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    const int64_t C = w.numel(), R = C ? x.numel() / C : 0;
+    MOELAB_ASSERT(R * C == x.numel() && out.numel() == x.numel(), "rmsnorm shapes");
+    cuda::rmsnorm(f32(x), f32(w), R, C, eps, f32(out), st());
+  }
+
+  void clamp(Tensor& x, float lo, float hi) override { cuda::clamp(f32(x), x.numel(), lo, hi, st()); }
+
+  void rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta, bool inverse) override {
+    const int64_t R = x.rows();
+    MOELAB_ASSERT(x.cols() == n_heads * D && D % 2 == 0 && seq_len > 0, "rope shapes");
+    if (R == 0) return;
+    const cudaStream_t s = st();
+    ensure_rope_table(D, theta, pos0 + std::min(seq_len, R));
+    cuda::rope(f32(x), R, n_heads, D, pos0, seq_len, f32(rope_.cos), f32(rope_.sin), inverse, s);
+  }
+
+  void copy_rows(const Tensor& src, Tensor& dst, int64_t row0) override {
+    MOELAB_ASSERT(src.cols() == dst.cols() && row0 >= 0 && row0 + src.rows() <= dst.rows(), "copy_rows shapes");
+    if (src.numel() == 0) return;
+    MOELAB_CUDA_CHECK(cudaMemcpyAsync(f32(dst) + row0 * dst.cols(), f32(src), size_t(src.numel()) * sizeof(float),
+                                      cudaMemcpyDeviceToDevice, st()));
+  }
+
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t past, int64_t NH, int64_t NKV,
+                 int64_t D, Tensor& out) override {
+    MOELAB_ASSERT(B > 0 && NKV > 0 && NH % NKV == 0 && q.rows() % B == 0 && k.rows() % B == 0, "attention shapes");
+    const int64_t T = q.rows() / B, S = k.rows() / B;
+    MOELAB_ASSERT(q.cols() == NH * D && k.cols() == NKV * D && v.numel() == k.numel() && past + T <= S &&
+                      out.numel() == q.numel(),
+                  "attention shapes");
+    cuda::attention(f32(q), f32(k), f32(v), B, T, S, past, NH, NKV, D, f32(out), st());
+  }
+
+  void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) override {
+    const int64_t T = logits.rows(), E = logits.cols(), K = spec.top_k;
+    MOELAB_ASSERT(K >= 1 && K <= E && ids.type == TType::I32 && ids.numel() == T * K && weights.numel() == T * K &&
+                      probs.numel() == T * E,
+                  "route shapes");
+    cuda::route(f32(logits), T, E, K, spec.sigmoid, spec.renormalize, bias_of(spec, E), f32(probs), s32(ids), f32(weights),
+                st());
+  }
+
+  void limit_capacity(const Tensor& probs, const RouterSpec& spec, const CapacitySpec& cap, Tensor& ids,
+                      Tensor& weights, Tensor& dropped) override {
+    const int64_t T = probs.rows(), E = probs.cols(), K = spec.top_k;
+    MOELAB_ASSERT(ids.numel() == T * K && dropped.numel() == T * K && weights.numel() == T * K, "capacity shapes");
+    const cudaStream_t s = st();
+    cuda::fill(f32(dropped), dropped.numel(), 0.0f, s);
+    if (cap.capacity <= 0) return;
+    Tensor load = scratch(size_t(E) * 4);
+    cuda::limit_capacity(f32(probs), T, E, K, spec.renormalize, bias_of(spec, E), cap.capacity, cap.reroute, s32(ids),
+                         f32(weights), f32(dropped), s32(load), s);
+  }
+
+  // Routed experts: sort the slots by expert, gather their rows, three grouped GEMMs, then each
+  // token adds its K slots' outputs weighted, in slot order (deterministic, no atomics).
+  void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                   Tensor& out) override {
+    const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
+    MOELAB_ASSERT(ids.rows() == T && weights.numel() == T * K && out.numel() == T * H && w.gate.shape[2] == H,
+                  "moe_experts shapes");
+    const int64_t n = T * K;
+    if (n == 0) return;
+    const cudaStream_t s = st();
+    Groups grp = make_groups(ids, E, s);
+    // g and u are zeroed: swiglu runs over all N rows, and rows past the used ones (dropped
+    // slots) are never written by the GEMMs.
+    Tensor xs = scratch_f({n, H}), g = alloc({n, F}, TType::Real), u = alloc({n, F}, TType::Real),
+           y = scratch_f({n, H});
+    using cuda::WeightLayout;
+    cuda::gather_rows(f32(x), grp.g, K, H, nullptr, f32(xs), s);                              // X [N,H] by expert
+    cuda::grouped_gemm(f32(xs), H, f32(w.gate), WeightLayout::OutIn, F, grp.g, f32(g), false, s);  // G [N,F]
+    cuda::grouped_gemm(f32(xs), H, f32(w.up), WeightLayout::OutIn, F, grp.g, f32(u), false, s);    // U [N,F]
+    cuda::swiglu(f32(g), f32(u), n * F, f32(g), s);                                                // A = silu(G)⊙U
+    cuda::grouped_gemm(f32(g), F, f32(w.down), WeightLayout::OutIn, H, grp.g, f32(y), false, s);   // Y [N,H]
+    cuda::combine_slots(f32(y), grp.g, f32(weights), T, K, H, f32(out), s);  // out[t] += Σ_k w·Y
+  }
+
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
+    MOELAB_ASSERT(gate.numel() == up.numel() && out.numel() == gate.numel(), "swiglu shapes");
+    cuda::swiglu(f32(gate), f32(up), gate.numel(), f32(out), st());
+  }
+  void add(Tensor& y, const Tensor& x) override {
+    MOELAB_ASSERT(y.numel() == x.numel(), "add shapes");
+    cuda::add(f32(y), f32(x), y.numel(), st());
+  }
+  void row_norms(const Tensor& x, Tensor& out) override {
+    MOELAB_ASSERT(out.numel() == x.rows(), "row_norms shapes");
+    cuda::row_norms(f32(x), x.rows(), x.cols(), f32(out), st());
+  }
+  void add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) override {
+    MOELAB_ASSERT(x.numel() == y.numel() && g.numel() == y.rows(), "add_sigmoid_gated shapes");
+    cuda::add_sigmoid_gated(f32(y), f32(x), f32(g), y.rows(), y.cols(), st());
+  }
+  void noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out) override {
+    MOELAB_ASSERT(raw.numel() == clean.numel() && noise.numel() == clean.numel() && out.numel() == clean.numel(),
+                  "noisy_logits shapes");
+    cuda::noisy_logits(f32(clean), f32(raw), f32(noise), clean.numel(), f32(out), st());
+  }
+
+  // ---- training ----
+  double cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& dlogits, float scale) override {
+    const int64_t N = logits.rows(), V = logits.cols();
+    MOELAB_ASSERT(targets.numel() == N && dlogits.numel() == logits.numel(), "cross_entropy shapes");
+    const cudaStream_t s = st();
+    Tensor rows = scratch(size_t(N) * 8 + 16);  // [N] double row losses, then the count and the result
+    double* row_loss = static_cast<double*>(rows.ptr);
+    double* result = row_loss + N;
+    int32_t* count = reinterpret_cast<int32_t*>(result + 1);
+    cuda::cross_entropy(f32(logits), s32(targets), N, V, scale, f32(dlogits), row_loss, count, result, s);
+    return download_doubles(result, 1)[0];
+  }
+
+  // dx (+)= dy · w, dw += dyᵀ · x, db += Σ_rows dy (column-major views as in linear()).
+  void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool acc, Tensor& dw,
+                       Tensor* db) override {
+    const int64_t T = x.rows(), K = x.cols(), N = w.rows();
+    MOELAB_ASSERT(w.cols() == K && dy.rows() == T && dy.cols() == N && dw.numel() == N * K, "linear_backward shapes");
+    const cudaStream_t s = st();
+    const float one = 1.0f;
+    if (dx && T > 0 && K > 0) {
+      MOELAB_ASSERT(dx->numel() == T * K, "linear_backward dx shape");
+      if (N == 0) {
+        if (!acc) cuda::fill(f32(*dx), dx->numel(), 0.0f, s);
+      } else {
+        const float beta = acc ? 1.0f : 0.0f;
+        MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, as_int(K, "linear K"), as_int(T, "linear T"),
+                                        as_int(N, "linear N"), &one, f32(w), int(K), f32(dy), int(N), &beta, f32(*dx), int(K)));
+      }
+    }
+    if (T > 0 && K > 0 && N > 0)
+      MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, as_int(K, "linear K"), as_int(N, "linear N"),
+                                      as_int(T, "linear T"), &one, f32(x), int(K), f32(dy), int(N), &one, f32(dw), int(K)));
+    if (db) cuda::add_column_sums(f32(dy), T, N, f32(*db), s);
+  }
+
+  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool acc,
+                        Tensor& dw) override {
+    const int64_t C = w.numel(), R = C ? x.numel() / C : 0;
+    MOELAB_ASSERT(dy.numel() == x.numel() && dx.numel() == x.numel() && dw.numel() == C, "rmsnorm_backward shapes");
+    Tensor rr = scratch(size_t(std::max<int64_t>(R, 1)) * 8);
+    cuda::rmsnorm_backward(f32(x), f32(w), f32(dy), R, C, eps, f32(dx), acc, f32(dw), static_cast<double*>(rr.ptr), st());
+  }
+
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+    MOELAB_ASSERT(ids.type == TType::I32 && dout.numel() == ids.numel() * dtable.cols(), "embedding_backward shapes");
+    cuda::embedding_backward(s32(ids), f32(dout), ids.numel(), dtable.cols(), f32(dtable), st());
+  }
+
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, int64_t B, int64_t NH,
+                          int64_t NKV, int64_t D, Tensor& dq, Tensor& dk, Tensor& dv) override {
+    MOELAB_ASSERT(B > 0 && NKV > 0 && NH % NKV == 0 && q.rows() % B == 0 && k.rows() == q.rows(),
+                  "attention_backward shapes");
+    const int64_t T = q.rows() / B;
+    MOELAB_ASSERT(q.cols() == NH * D && k.cols() == NKV * D && dout.numel() == q.numel() && dq.numel() == q.numel() &&
+                      dk.numel() == k.numel() && dv.numel() == v.numel(),
+                  "attention_backward shapes");
+    Tensor stats = scratch(size_t(std::max<int64_t>(1, B * T * NH)) * 3 * 4);
+    cuda::attention_backward(f32(q), f32(k), f32(v), f32(dout), B, T, NH, NKV, D, f32(stats), f32(dq), f32(dk), f32(dv), st());
+  }
+
+  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate, Tensor& dup) override {
+    MOELAB_ASSERT(up.numel() == gate.numel() && dout.numel() == gate.numel() && dgate.numel() == gate.numel() &&
+                      dup.numel() == gate.numel(),
+                  "swiglu_backward shapes");
+    cuda::swiglu_backward(f32(gate), f32(up), f32(dout), gate.numel(), f32(dgate), f32(dup), st());
+  }
+
+  void route_backward(const Tensor& logits, const Tensor& probs, const Tensor& ids, const Tensor& dweights,
+                      const RouterSpec& spec, Tensor& dlogits, bool acc) override {
+    const int64_t T = probs.rows(), E = probs.cols(), K = ids.cols();
+    MOELAB_ASSERT(ids.rows() == T && dweights.numel() == T * K && dlogits.numel() == T * E, "route_backward shapes");
+    (void)logits;
+    cuda::route_backward(f32(probs), s32(ids), f32(dweights), T, E, K, spec.sigmoid, spec.renormalize, f32(dlogits), acc, st());
+  }
+
+  std::pair<double, double> router_losses(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
+                                          Tensor& dlogits) override {
+    const int64_t N = logits.rows(), E = logits.cols(), K = ids.cols();
+    MOELAB_ASSERT(ids.rows() == N && dlogits.numel() == N * E, "router_losses shapes");
+    const cudaStream_t s = st();
+    Tensor probs = scratch_f({std::max<int64_t>(1, N), E});
+    Tensor buf = scratch(size_t(N) * 8 + 16 + size_t(E) * 4);  // z rows [N], result [2], counts [E]
+    double* z_rows = static_cast<double*>(buf.ptr);
+    double* result = z_rows + N;
+    int32_t* counts = reinterpret_cast<int32_t*>(result + 2);
+    cuda::router_losses(f32(logits), s32(ids), N, E, K, aux_coef, z_coef, f32(dlogits), counts, f32(probs), z_rows, result, s);
+    const std::vector<double> r = download_doubles(result, 2);
+    return {r[0], r[1]};
+  }
+
+  // Backward of moe_experts: the forward's products again (kept per sorted row), then the data
+  // gradient through each expert, the gate-weight gradient (a dot per slot), and the expert
+  // weight gradients as grouped Σ over each expert's rows.
+  void moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                            const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw) override {
+    const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
+    MOELAB_ASSERT(ids.rows() == T && weights.numel() == T * K && dout.numel() == T * H && dx.numel() == T * H &&
+                      dweights.numel() == T * K,
+                  "moe_experts_backward shapes");
+    const int64_t n = T * K;
+    if (n == 0) return;
+    const cudaStream_t s = st();
+    Groups grp = make_groups(ids, E, s);
+    using cuda::WeightLayout;
+    // Zeroed where element-wise kernels run over all N rows (see moe_experts).
+    Tensor xs = scratch_f({n, H}), dys = scratch_f({n, H}), g = alloc({n, F}, TType::Real),
+           u = alloc({n, F}, TType::Real), a = scratch_f({n, F}), y = scratch_f({n, H});
+    cuda::gather_rows(f32(x), grp.g, K, H, nullptr, f32(xs), s);        // X   [N,H]
+    cuda::gather_rows(f32(dout), grp.g, K, H, f32(weights), f32(dys), s);  // dY = w · dout [N,H]
+    cuda::grouped_gemm(f32(xs), H, f32(w.gate), WeightLayout::OutIn, F, grp.g, f32(g), false, s);
+    cuda::grouped_gemm(f32(xs), H, f32(w.up), WeightLayout::OutIn, F, grp.g, f32(u), false, s);
+    cuda::swiglu(f32(g), f32(u), n * F, f32(a), s);                                                // A [N,F]
+    cuda::grouped_gemm(f32(a), F, f32(w.down), WeightLayout::OutIn, H, grp.g, f32(y), false, s);  // unweighted Y [N,H]
+    cuda::slot_dots(f32(dout), f32(y), grp.g, K, H, f32(dweights), s);                             // dweights = dout·Y
+    Tensor da = alloc({n, F}, TType::Real);
+    cuda::grouped_gemm(f32(dys), H, f32(w.down), WeightLayout::InOut, F, grp.g, f32(da), false, s);  // dA = dY·Wd
+    Tensor dg = scratch_f({n, F}), du = scratch_f({n, F});
+    cuda::swiglu_backward(f32(g), f32(u), f32(da), n * F, f32(dg), f32(du), s);
+    cuda::grouped_weight_grad(f32(dys), H, f32(a), F, grp.g, f32(dw.down), s);  // dWd_e [H,F] += dYᵀ·A
+    cuda::grouped_weight_grad(f32(dg), F, f32(xs), H, grp.g, f32(dw.gate), s);  // dWg_e [F,H] += dGᵀ·X
+    cuda::grouped_weight_grad(f32(du), F, f32(xs), H, grp.g, f32(dw.up), s);    // dWu_e [F,H] += dUᵀ·X
+    Tensor dxs = scratch_f({n, H});
+    cuda::grouped_gemm(f32(dg), F, f32(w.gate), WeightLayout::InOut, H, grp.g, f32(dxs), false, s);  // dG·Wg
+    cuda::grouped_gemm(f32(du), F, f32(w.up), WeightLayout::InOut, H, grp.g, f32(dxs), true, s);     // + dU·Wu
+    cuda::combine_slots(f32(dxs), grp.g, nullptr, T, K, H, f32(dx), s);                               // dx[t] += Σ_k
+  }
+
+  void sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
+    MOELAB_ASSERT(dy.numel() == x.numel() && dx.numel() == x.numel() && g.numel() == x.rows() && dg.numel() == x.rows(),
+                  "sigmoid_gated_backward shapes");
+    cuda::sigmoid_gated_backward(f32(x), f32(g), f32(dy), x.rows(), x.cols(), f32(dx), f32(dg), st());
+  }
+
+  void noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) override {
+    MOELAB_ASSERT(noise.numel() == raw.numel() && dout.numel() == raw.numel() && draw.numel() == raw.numel(),
+                  "noisy_logits_backward shapes");
+    cuda::noisy_logits_backward(f32(raw), f32(noise), f32(dout), raw.numel(), f32(draw), st());
+  }
+
+  double sum_squares(const Tensor& x) override {
+    Tensor buf = scratch(size_t(cuda::kSumBlocks + 1) * 8);
+    double* partials = static_cast<double*>(buf.ptr);
+    cuda::sum_squares(f32(x), x.numel(), partials, partials + cuda::kSumBlocks, st());
+    return download_doubles(partials + cuda::kSumBlocks, 1)[0];
+  }
+
+  void scale(Tensor& x, float s) override { cuda::scale(f32(x), x.numel(), s, st()); }
+
+  void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
+             int64_t step) override {
+    MOELAB_ASSERT(step >= 1 && g.numel() == p.numel() && m.numel() == p.numel() && v.numel() == p.numel(),
+                  "adamw shapes");
+    // The same constants as the Eigen backend, computed in double on the host.
+    const double c1 = 1.0 - std::pow(double(b1), double(step)), c2 = 1.0 - std::pow(double(b2), double(step));
+    cuda::adamw(f32(p), f32(g), f32(m), f32(v), p.numel(), b1, b2, float(double(lr) / c1), float(1.0 / std::sqrt(c2)),
+                float(1.0 - double(lr) * double(wd)), eps, st());
+  }
+
+ private:
+  // The stream of every operation. Also makes this backend's device current for the calling
+  // thread (threads start on device 0, so only other devices need it).
+  cudaStream_t st() const {
+    if (device_ != 0) MOELAB_CUDA_CHECK(cudaSetDevice(device_));
+    return stream_;
+  }
+
+  Tensor make_tensor(std::vector<int64_t> shape, TType type, bool zero) {
+    Tensor t;
+    t.shape = std::move(shape);
+    t.type = type;
+    for (int64_t d : t.shape) MOELAB_ASSERT(d >= 0, "negative tensor dimension");
+    const size_t bytes = round_bytes(size_t(t.numel()) * 4);  // fp32 and int32 alike
+    const cudaStream_t s = st();
+    void* p = pool_->get(bytes);
+    std::weak_ptr<DevicePool> pool = pool_;
+    t.storage = std::shared_ptr<void>(p, [pool, bytes](void* q) {
+      if (auto pl = pool.lock())
+        pl->put(q, bytes);
+      else
+        (void)cudaFree(q);
+    });
+    t.ptr = p;
+    if (zero) MOELAB_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, s));
+    return t;
+  }
+  // Uninitialised device memory for intermediates that are written before they are read.
+  Tensor scratch(size_t bytes) { return make_tensor({int64_t((bytes + 3) / 4)}, TType::I32, false); }
+  Tensor scratch_f(std::vector<int64_t> shape) { return make_tensor(std::move(shape), TType::Real, false); }
+
+  static int64_t checked_range(const Tensor& t, int64_t offset, int64_t count, const char* what) {
+    if (count < 0) count = t.numel() - offset;
+    MOELAB_ASSERT(offset >= 0 && count >= 0 && offset + count <= t.numel(), what);
+    return count;
+  }
+
+  std::vector<double> download_doubles(const double* dev, size_t n) {
+    std::vector<double> host(n);
+    const cudaStream_t s = st();
+    MOELAB_CUDA_CHECK(cudaMemcpyAsync(host.data(), dev, n * sizeof(double), cudaMemcpyDeviceToHost, s));
+    MOELAB_CUDA_CHECK(cudaStreamSynchronize(s));
+    return host;
+  }
+
+  static const float* bias_of(const RouterSpec& spec, int64_t E) {
+    if (!spec.selection_bias) return nullptr;
+    MOELAB_ASSERT(spec.selection_bias->numel() == E, "selection bias shape");
+    return f32(*spec.selection_bias);
+  }
+
+  // Device buffers of one grouping of slots by expert (see cuda::ExpertGroups).
+  struct Groups {
+    Tensor storage;
+    cuda::ExpertGroups g;
+  };
+  Groups make_groups(const Tensor& ids, int64_t E, cudaStream_t s) {
+    MOELAB_ASSERT(ids.type == TType::I32 && E >= 1, "expert ids");
+    const int64_t n = ids.numel(), tiles = cuda::expert_max_tiles(n, E);
+    MOELAB_ASSERT(n < INT_MAX, "too many expert slots");
+    Groups grp;
+    grp.storage = scratch(size_t((E + 1) + 2 * n + 2 * tiles + 1 + E) * 4);
+    int32_t* p = s32(grp.storage);
+    cuda::ExpertGroups& g = grp.g;
+    g.begin = p;
+    g.order = g.begin + (E + 1);
+    g.pos = g.order + n;
+    g.tile_expert = g.pos + n;
+    g.tile_row0 = g.tile_expert + tiles;
+    g.num_tiles = g.tile_row0 + tiles;
+    g.counts = g.num_tiles + 1;
+    g.slots = n;
+    g.experts = E;
+    g.max_tiles = tiles;
+    cuda::group_by_expert(s32(ids), g, s);
+    return grp;
+  }
+
+  // cos/sin of position p and frequency i, built on the host exactly as the Eigen backend builds
+  // its table (fp32 angle, std::cos/std::sin), so both backends rotate by the same numbers.
+  struct RopeTable {
+    int64_t D = 0, positions = 0;
+    double theta = 0;
+    std::vector<float> cos_host, sin_host;
+    Tensor cos, sin;  // [positions, D/2]
+  };
+  void ensure_rope_table(int64_t D, double theta, int64_t positions) {
+    if (rope_.D == D && rope_.theta == theta && rope_.positions >= positions) return;
+    const int64_t half = D / 2, n = std::max<int64_t>(positions, 256);
+    rope_.cos_host.assign(size_t(n * half), 0.0f);
+    rope_.sin_host.assign(size_t(n * half), 0.0f);
+    for (int64_t i = 0; i < half; ++i) {
+      const float inv_freq = 1.0f / float(std::pow(theta, double(2 * i) / double(D)));
+      for (int64_t p = 0; p < n; ++p) {
+        const float ang = float(p) * inv_freq;
+        rope_.cos_host[size_t(p * half + i)] = std::cos(ang);
+        rope_.sin_host[size_t(p * half + i)] = std::sin(ang);
+      }
+    }
+    rope_.cos = make_tensor({n, half}, TType::Real, false);
+    rope_.sin = make_tensor({n, half}, TType::Real, false);
+    upload(rope_.cos, rope_.cos_host.data(), 0, -1);
+    upload(rope_.sin, rope_.sin_host.data(), 0, -1);
+    rope_.D = D;
+    rope_.theta = theta;
+    rope_.positions = n;
+  }
+
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  std::shared_ptr<DevicePool> pool_ = std::make_shared<DevicePool>();
+  RopeTable rope_;
+};
+
+}  // namespace
+
+bool cuda_device_available(std::string* why, int device) {
+  auto no = [why](const std::string& reason) {
+    if (why) *why = reason;
+    return false;
+  };
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return no(std::string("no usable CUDA driver (") + cudaGetErrorString(err) + ")");
+  }
+  if (count == 0) return no("no CUDA device");
+  if (device < 0 || device >= count)
+    return no("no CUDA device " + std::to_string(device) + " (" + std::to_string(count) + " present)");
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return no("cannot read the properties of CUDA device " + std::to_string(device));
+  }
+  if (prop.major < 8)
+    return no(std::string(prop.name) + " has compute capability " + std::to_string(prop.major) + "." +
+              std::to_string(prop.minor) + "; the CUDA backend needs 8.0 or newer");
+  if (why) why->clear();
+  return true;
+}
+
+std::shared_ptr<Backend> make_cuda_backend(int device) {
+  std::string why;
+  if (!cuda_device_available(&why, device)) fail("cuda", why);
+  return std::make_shared<CudaBackend>(device);
+}
+
+}  // namespace moelab
