@@ -58,6 +58,14 @@ struct CapacitySpec {
   bool reroute = false;
 };
 
+// A recorded sequence of operations (see Backend::begin_recording), replayed on the same buffers.
+class OpGraph {
+ public:
+  virtual ~OpGraph() = default;
+  virtual void replay() = 0;             // enqueue the whole sequence once, asynchronously like any op
+  virtual int64_t nodes() const = 0;     // kernels, copies and fills per replay
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -76,6 +84,8 @@ class Backend {
   // Where a loader may write fp32 values directly (host memory, fp32 scalar), else nullptr.
   virtual float* host_f32(Tensor& t) = 0;
   virtual void synchronize() {}
+  // Bytes of one Real element: 4, or 8 on the fp64 check backend.
+  virtual int64_t real_bytes() const { return 4; }
   virtual void fill(Tensor& t, float value) = 0;
   virtual void copy(const Tensor& src, Tensor& dst) = 0;  // same numel
 
@@ -169,7 +179,25 @@ class Backend {
   //   m = b1·m + (1-b1)·g; v = b2·v + (1-b2)·g²; p -= lr·(m̂/(sqrt(v̂)+eps) + wd·p), step >= 1.
   virtual void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps,
                      float wd, int64_t step) = 0;
+
+  // ---- recording (optional; CUDA graphs) ----
+  // Between begin_recording and end_recording, ops are recorded instead of run: their results do
+  // not exist yet, so uploads, downloads and the ops that return a number are refused. While
+  // recording, rope, copy_rows and attention take the position from the device scalar `position`
+  // (I32 [1], read at replay) instead of their pos0 / row0 / past arguments, so one recorded
+  // decode step serves every position below `max_positions`; the caller writes the position
+  // before each replay. Tensors allocated while recording belong to the graph (they are zero
+  // again at the start of each replay, as alloc promises). A backend that cannot record says so
+  // in can_record() and refuses begin_recording.
+  virtual bool can_record() const { return false; }
+  virtual void begin_recording(const Tensor& position, int64_t max_positions);
+  virtual std::unique_ptr<OpGraph> end_recording();
+  // Drop a recording after an error; the backend runs ops again.
+  virtual void abort_recording() {}
 };
+
+// A view of elements [offset, offset + Π shape) of t, sharing its buffer (Real tensors of backend b).
+Tensor slice(const Backend& b, const Tensor& t, int64_t offset, std::vector<int64_t> shape);
 
 // The CPU reference backend (Eigen, fp32); always available.
 std::shared_ptr<Backend> make_eigen_backend();

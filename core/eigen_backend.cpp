@@ -40,6 +40,7 @@ class EigenBackend final : public Backend {
 
  public:
   std::string name() const override { return sizeof(S) == 4 ? "cpu" : "cpu-f64"; }
+  int64_t real_bytes() const override { return int64_t(sizeof(S)); }
 
   // ---- memory ----
   // Buffers are recycled through a free list by size: a training step allocates the same
@@ -735,6 +736,22 @@ void tune_malloc_once() {
     return true;
   }();
   (void)done;
+}
+
+void Backend::begin_recording(const Tensor&, int64_t) {
+  fail(name(), "this backend cannot record operations (no graphs); run them directly");
+}
+std::unique_ptr<OpGraph> Backend::end_recording() { fail(name(), "end_recording without a recording"); }
+
+Tensor slice(const Backend& b, const Tensor& t, int64_t offset, std::vector<int64_t> shape) {
+  Tensor v;
+  v.shape = std::move(shape);
+  v.type = t.type;
+  const int64_t elem = t.type == TType::I32 ? 4 : b.real_bytes();
+  MOELAB_ASSERT(offset >= 0 && offset + v.numel() <= t.numel(), "slice out of range");
+  v.storage = t.storage;
+  v.ptr = static_cast<char*>(t.ptr) + offset * elem;
+  return v;
 }
 
 std::shared_ptr<Backend> make_eigen_backend() {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "decoder.hpp"
 #include "error.hpp"
 #include "random.hpp"
 
@@ -39,17 +40,17 @@ std::vector<int32_t> generate(Model& model, const std::vector<int32_t>& prompt, 
   const int64_t capacity = std::min<int64_t>(model.config().max_positions, int64_t(prompt.size()) + max_new);
   if (int64_t(prompt.size()) > capacity)
     fail("generate", "the prompt is longer than the model's context of " + std::to_string(capacity));
-  KvCache cache = model.new_cache(std::max<int64_t>(1, capacity));
+  Decoder decoder(model, std::max<int64_t>(1, capacity));
   Rng rng(opt.seed);
-  std::vector<float> logits = model.forward(prompt, cache, observer);
+  std::vector<float> logits = decoder.prefill(prompt, observer);
   std::vector<int32_t> out;
-  for (int64_t i = 0; i < max_new && cache.length < cache.capacity; ++i) {
+  for (int64_t i = 0; i < max_new && decoder.length() < decoder.capacity(); ++i) {
     const float* last = logits.data() + (int64_t(logits.size()) / V - 1) * V;
     const int32_t next = sample_token(last, V, opt, rng);
     out.push_back(next);
     if (on_token) on_token(next);
     if (next == stop_token) break;
-    logits = model.forward({next}, cache, observer);
+    logits = decoder.step(next, observer);
   }
   return out;
 }

@@ -225,7 +225,7 @@ std::vector<float> Model::forward_full(const std::vector<int32_t>& tokens, Routi
 }
 
 void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, RoutingObserver* observer,
-                    const RoutingOverrides* ov) {
+                    const RoutingOverrides* ov, DeviceTrace* trace, int64_t moe_index) {
   const ModelConfig& c = config_;
   Backend& b = *backend_;
   const LayerWeights& L = w_.layers[size_t(l)];
@@ -283,6 +283,19 @@ void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, Routing
     dropped = b.alloc({T, K});
     b.limit_capacity(probs, spec, cap, ids, weights, dropped);
   }
+  if (trace) {  // one token: copy its routing into the trace row of this MoE layer
+    MOELAB_ASSERT(T == 1 && cap.capacity == 0, "a device trace holds one token without capacity");
+    const int64_t W = DeviceTrace::row_width(E, K), row = moe_index * W;
+    MOELAB_ASSERT(trace->real.numel() >= row + W && trace->ids.numel() >= (moe_index + 1) * K, "device trace size");
+    Tensor norm = slice(b, trace->real, row, {1}), lg = slice(b, trace->real, row + 1, {1, E}),
+           pr = slice(b, trace->real, row + 1 + E, {1, E}), wt = slice(b, trace->real, row + 1 + 2 * E, {1, K}),
+           id = slice(b, trace->ids, moe_index * K, {1, K});
+    b.row_norms(h, norm);
+    b.copy(logits, lg);
+    b.copy(probs, pr);
+    b.copy(weights, wt);
+    b.copy(ids, id);
+  }
   if (observer) {
     RoutingEvent ev;
     ev.layer = l;
@@ -330,8 +343,7 @@ std::vector<float> Model::forward(const std::vector<int32_t>& tokens, KvCache& c
                                   const RoutingOverrides* ov) {
   const ModelConfig& c = config_;
   Backend& b = *backend_;
-  const int64_t T = int64_t(tokens.size()), H = c.hidden_size, NH = c.num_heads, NKV = c.num_kv_heads,
-                D = c.head_dim, V = c.vocab_size, pos0 = cache.length;
+  const int64_t T = int64_t(tokens.size()), V = c.vocab_size, pos0 = cache.length;
   if (T == 0) return {};
   for (int32_t id : tokens)
     if (id < 0 || id >= V)
@@ -341,11 +353,26 @@ std::vector<float> Model::forward(const std::vector<int32_t>& tokens, KvCache& c
                              std::to_string(cache.capacity));
   Tensor ids = b.alloc({T}, TType::I32);
   b.upload(ids, tokens.data());
+  Tensor logits = forward_tensors(ids, pos0, cache, observer, ov, nullptr);
+  cache.length = pos0 + T;
+  std::vector<float> out(size_t(T * V));
+  b.download(logits, out.data());
+  return out;
+}
+
+Tensor Model::forward_tensors(const Tensor& ids, int64_t pos0, KvCache& cache, RoutingObserver* observer,
+                              const RoutingOverrides* ov, DeviceTrace* trace) {
+  const ModelConfig& c = config_;
+  Backend& b = *backend_;
+  const int64_t T = ids.numel(), H = c.hidden_size, NH = c.num_heads, NKV = c.num_kv_heads, D = c.head_dim,
+                V = c.vocab_size;
+  MOELAB_ASSERT(ids.type == TType::I32 && T > 0 && pos0 + T <= cache.capacity, "forward_tensors inputs");
   Tensor x = b.alloc({T, H});  // [T,H] residual stream
   b.embedding(w_.embed, ids, x);
   Tensor h = b.alloc({T, H}), q = b.alloc({T, NH * D}), k = b.alloc({T, NKV * D}), v = b.alloc({T, NKV * D}),
          att = b.alloc({T, NH * D});
   const float eps = float(c.rms_norm_eps), clip = float(c.clip_qkv);
+  int64_t moe_index = 0;
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& L = w_.layers[size_t(l)];
     b.rmsnorm(x, L.input_norm, eps, h);
@@ -368,15 +395,13 @@ std::vector<float> Model::forward(const std::vector<int32_t>& tokens, KvCache& c
     b.attention(q, cache.k[size_t(l)], cache.v[size_t(l)], 1, pos0, NH, NKV, D, att);
     b.linear(att, L.o, L.o_bias.empty() ? nullptr : &L.o_bias, x, /*accumulate=*/true);  // x += o(att)
     b.rmsnorm(x, L.post_attn_norm, eps, h);
-    run_ffn(l, h, x, pos0, observer, ov);
+    run_ffn(l, h, x, pos0, observer, ov, trace, moe_index);
+    if (L.moe) ++moe_index;
   }
-  cache.length = pos0 + T;
   b.rmsnorm(x, w_.final_norm, eps, h);
   Tensor logits = b.alloc({T, V});
   b.linear(h, w_.lm_head, nullptr, logits);
-  std::vector<float> out(size_t(T * V));
-  b.download(logits, out.data());
-  return out;
+  return logits;
 }
 
 }  // namespace moelab

@@ -60,6 +60,15 @@ struct KvCache {
   int64_t capacity = 0;
 };
 
+// Device buffers one token's routing is copied into by a forward run on the backend, for a caller
+// that reads it back once per token (recorded decode, where nothing can be read mid-step):
+// real [M, 1 + 2E + K] = per MoE layer in order: the router input's norm, logits [E], probs [E],
+// gate weights [K]; ids [M, K].
+struct DeviceTrace {
+  Tensor real, ids;
+  static int64_t row_width(int64_t E, int64_t K) { return 1 + 2 * E + K; }
+};
+
 class Model {
  public:
   Model(const ModelConfig& config, std::shared_ptr<Backend> backend);
@@ -86,6 +95,11 @@ class Model {
   // expert capacity applies over these T tokens only).
   std::vector<float> forward(const std::vector<int32_t>& tokens, KvCache& cache, RoutingObserver* observer = nullptr,
                              const RoutingOverrides* overrides = nullptr);
+  // The same on the backend, with no host round trip: ids [T] (I32) at positions pos0.. (which
+  // must be cache.length; cache.length is not advanced), returns logits [T,V] on the backend.
+  // `trace` (T = 1, no overrides) receives each MoE layer's routing on the device.
+  Tensor forward_tensors(const Tensor& ids, int64_t pos0, KvCache& cache, RoutingObserver* observer,
+                         const RoutingOverrides* overrides, DeviceTrace* trace);
   // Convenience: a fresh cache, the whole sequence at once (so an expert capacity in `overrides`
   // applies over the whole sequence as one batch).
   std::vector<float> forward_full(const std::vector<int32_t>& tokens, RoutingObserver* observer = nullptr,
@@ -96,7 +110,7 @@ class Model {
 
  private:
   void run_ffn(int64_t layer, const Tensor& x, Tensor& out, int64_t pos0, RoutingObserver* observer,
-               const RoutingOverrides* overrides);
+               const RoutingOverrides* overrides, DeviceTrace* trace, int64_t moe_index);
 
   ModelConfig config_;
   std::shared_ptr<Backend> backend_;

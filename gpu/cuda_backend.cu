@@ -99,13 +99,22 @@ class CudaBackend final : public Backend {
     MOELAB_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
     // fp32 products in fp32 (no TF32), so the results match the CPU backend to ~1e-6.
     MOELAB_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));
+    // A workspace of our own, so cuBLAS never allocates inside a recorded graph (32 MiB is what
+    // the cuBLAS documentation recommends for Hopper).
+    MOELAB_CUDA_CHECK(cudaMalloc(&blas_workspace_, kBlasWorkspace));
+    MOELAB_CUBLAS_CHECK(cublasSetWorkspace(blas_, blas_workspace_, kBlasWorkspace));
+    // Table uploads while the main stream is being recorded go through this one.
+    MOELAB_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
     cuda::attention_setup(device_);
   }
 
   ~CudaBackend() override {
     (void)cudaSetDevice(device_);
     (void)cudaStreamSynchronize(stream_);
+    if (recording_) abort_recording();
     (void)cublasDestroy(blas_);
+    (void)cudaFree(blas_workspace_);
+    (void)cudaStreamDestroy(side_);
     (void)cudaStreamDestroy(stream_);
   }
 
@@ -115,6 +124,7 @@ class CudaBackend final : public Backend {
   Tensor alloc(std::vector<int64_t> shape, TType type) override { return make_tensor(std::move(shape), type, true); }
 
   void upload(Tensor& dst, const float* host, int64_t offset, int64_t count) override {
+    not_recording("upload");
     count = checked_range(dst, offset, count, "upload range");
     if (count == 0) return;
     // From pageable memory, cudaMemcpyAsync returns once the host data has been staged: the
@@ -123,6 +133,7 @@ class CudaBackend final : public Backend {
         cudaMemcpyAsync(f32(dst) + offset, host, size_t(count) * sizeof(float), cudaMemcpyHostToDevice, st()));
   }
   void download(const Tensor& src, float* host, int64_t offset, int64_t count) override {
+    not_recording("download");
     count = checked_range(src, offset, count, "download range");
     if (count == 0) return;
     const cudaStream_t s = st();
@@ -142,17 +153,22 @@ class CudaBackend final : public Backend {
     for (int64_t i = 0; i < count; ++i) host[i] = double(staging[size_t(i)]);
   }
   void upload(Tensor& dst, const int32_t* host) override {
+    not_recording("upload");
     if (dst.numel() == 0) return;
     MOELAB_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, host, size_t(dst.numel()) * 4, cudaMemcpyHostToDevice, st()));
   }
   void download(const Tensor& src, int32_t* host) override {
+    not_recording("download");
     if (src.numel() == 0) return;
     const cudaStream_t s = st();
     MOELAB_CUDA_CHECK(cudaMemcpyAsync(host, src.ptr, size_t(src.numel()) * 4, cudaMemcpyDeviceToHost, s));
     MOELAB_CUDA_CHECK(cudaStreamSynchronize(s));
   }
   float* host_f32(Tensor&) override { return nullptr; }  // device memory: loaders go through upload
-  void synchronize() override { MOELAB_CUDA_CHECK(cudaStreamSynchronize(st())); }
+  void synchronize() override {
+    not_recording("synchronize");
+    MOELAB_CUDA_CHECK(cudaStreamSynchronize(st()));
+  }
   void fill(Tensor& t, float value) override { cuda::fill(f32(t), t.numel(), value, st()); }
   void copy(const Tensor& src, Tensor& dst) override {
     MOELAB_ASSERT(src.numel() == dst.numel(), "copy sizes");
@@ -195,13 +211,25 @@ class CudaBackend final : public Backend {
     MOELAB_ASSERT(x.cols() == n_heads * D && D % 2 == 0 && seq_len > 0, "rope shapes");
     if (R == 0) return;
     const cudaStream_t s = st();
-    ensure_rope_table(D, theta, pos0 + std::min(seq_len, R));
-    cuda::rope(f32(x), R, n_heads, D, pos0, seq_len, f32(rope_.cos), f32(rope_.sin), inverse, s);
+    if (recording_) {  // the position comes from the device; the table covers every one the graph may see
+      ensure_rope_table(D, theta, rec_max_positions_);
+      rec_keep_.push_back(rope_.cos.storage);
+      rec_keep_.push_back(rope_.sin.storage);
+    } else {
+      ensure_rope_table(D, theta, pos0 + std::min(seq_len, R));
+    }
+    cuda::rope(f32(x), R, n_heads, D, pos0, recording_ ? rec_position_ : nullptr, seq_len, f32(rope_.cos),
+               f32(rope_.sin), inverse, s);
   }
 
   void copy_rows(const Tensor& src, Tensor& dst, int64_t row0) override {
     MOELAB_ASSERT(src.cols() == dst.cols() && row0 >= 0 && row0 + src.rows() <= dst.rows(), "copy_rows shapes");
     if (src.numel() == 0) return;
+    if (recording_) {  // the row comes from the device at replay
+      MOELAB_ASSERT(src.rows() <= dst.rows(), "copy_rows shapes");
+      cuda::copy_rows_at(f32(src), src.rows(), src.cols(), rec_position_, f32(dst), st());
+      return;
+    }
     MOELAB_CUDA_CHECK(cudaMemcpyAsync(f32(dst) + row0 * dst.cols(), f32(src), size_t(src.numel()) * sizeof(float),
                                       cudaMemcpyDeviceToDevice, st()));
   }
@@ -213,7 +241,8 @@ class CudaBackend final : public Backend {
     MOELAB_ASSERT(q.cols() == NH * D && k.cols() == NKV * D && v.numel() == k.numel() && past + T <= S &&
                       out.numel() == q.numel(),
                   "attention shapes");
-    cuda::attention(f32(q), f32(k), f32(v), B, T, S, past, NH, NKV, D, f32(out), st());
+    cuda::attention(f32(q), f32(k), f32(v), B, T, S, past, recording_ ? rec_position_ : nullptr, NH, NKV, D, f32(out),
+                    st());
   }
 
   void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) override {
@@ -442,7 +471,87 @@ class CudaBackend final : public Backend {
                 float(1.0 - double(lr) * double(wd)), eps, st());
   }
 
+  // ---- recording: CUDA graphs ----
+  // Stream capture in relaxed mode: the pool may still call cudaMalloc and the rope table may be
+  // uploaded on the side stream while the main stream is captured. Every buffer allocated while
+  // capturing is kept with the graph, so nothing the graph touches returns to the pool.
+  bool can_record() const override { return true; }
+
+  void begin_recording(const Tensor& position, int64_t max_positions) override {
+    if (recording_) fail("cuda", "begin_recording while already recording");
+    MOELAB_ASSERT(position.type == TType::I32 && position.numel() == 1 && max_positions > 0, "recording position");
+    const cudaStream_t s = st();
+    MOELAB_CUDA_CHECK(cudaStreamSynchronize(s));  // recycled buffers are idle from here on
+    MOELAB_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+    recording_ = true;
+    rec_position_ = s32(position);
+    rec_max_positions_ = max_positions;
+    rec_keep_.assign(1, position.storage);
+  }
+
+  std::unique_ptr<OpGraph> end_recording() override {
+    if (!recording_) fail("cuda", "end_recording without a recording");
+    recording_ = false;
+    cudaGraph_t graph = nullptr;
+    const cudaError_t err = cudaStreamEndCapture(stream_, &graph);
+    std::vector<std::shared_ptr<void>> keep = std::move(rec_keep_);
+    rec_keep_.clear();
+    if (err != cudaSuccess || !graph) {
+      (void)cudaGetLastError();
+      if (graph) (void)cudaGraphDestroy(graph);
+      fail("cuda", std::string("recording the decode step failed: ") + cudaGetErrorString(err));
+    }
+    return std::make_unique<CudaGraph>(graph, stream_, std::move(keep));
+  }
+
+  void abort_recording() override {
+    if (!recording_) return;
+    recording_ = false;
+    cudaGraph_t graph = nullptr;
+    (void)cudaStreamEndCapture(stream_, &graph);
+    if (graph) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    rec_keep_.clear();
+  }
+
  private:
+  static constexpr size_t kBlasWorkspace = size_t(32) << 20;
+
+  // An instantiated graph and the buffers it reads and writes.
+  class CudaGraph final : public OpGraph {
+   public:
+    CudaGraph(cudaGraph_t graph, cudaStream_t stream, std::vector<std::shared_ptr<void>> keep)
+        : graph_(graph), stream_(stream), keep_(std::move(keep)) {
+      size_t n = 0;
+      const cudaError_t e = cudaGraphGetNodes(graph_, nullptr, &n);
+      nodes_ = e == cudaSuccess ? int64_t(n) : 0;
+      const cudaError_t err = cudaGraphInstantiate(&exec_, graph_, 0);
+      if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        (void)cudaGraphDestroy(graph_);
+        fail("cuda", std::string("cannot instantiate the recorded graph: ") + cudaGetErrorString(err));
+      }
+    }
+    ~CudaGraph() override {
+      (void)cudaStreamSynchronize(stream_);  // no replay may be running when its buffers go back
+      (void)cudaGraphExecDestroy(exec_);
+      (void)cudaGraphDestroy(graph_);
+    }
+    void replay() override { MOELAB_CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+    int64_t nodes() const override { return nodes_; }
+
+   private:
+    cudaGraph_t graph_ = nullptr;
+    cudaGraphExec_t exec_ = nullptr;
+    cudaStream_t stream_ = nullptr;
+    std::vector<std::shared_ptr<void>> keep_;
+    int64_t nodes_ = 0;
+  };
+
+  void not_recording(const char* what) const {
+    if (recording_) fail("cuda", std::string(what) + " is not possible while a decode step is being recorded");
+  }
+
   // The stream of every operation. Also makes this backend's device current for the calling
   // thread (threads start on device 0, so only other devices need it).
   cudaStream_t st() const {
@@ -467,6 +576,7 @@ class CudaBackend final : public Backend {
     });
     t.ptr = p;
     if (zero) MOELAB_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, s));
+    if (recording_) rec_keep_.push_back(t.storage);
     return t;
   }
   // Uninitialised device memory for intermediates that are written before they are read.
@@ -480,6 +590,7 @@ class CudaBackend final : public Backend {
   }
 
   std::vector<double> download_doubles(const double* dev, size_t n) {
+    not_recording("reading a result back");
     std::vector<double> host(n);
     const cudaStream_t s = st();
     MOELAB_CUDA_CHECK(cudaMemcpyAsync(host.data(), dev, n * sizeof(double), cudaMemcpyDeviceToHost, s));
@@ -543,16 +654,28 @@ class CudaBackend final : public Backend {
     }
     rope_.cos = make_tensor({n, half}, TType::Real, false);
     rope_.sin = make_tensor({n, half}, TType::Real, false);
-    upload(rope_.cos, rope_.cos_host.data(), 0, -1);
-    upload(rope_.sin, rope_.sin_host.data(), 0, -1);
+    if (recording_) {  // the main stream is being captured (and idle): upload beside it, now
+      const size_t bytes = size_t(n * half) * sizeof(float);
+      MOELAB_CUDA_CHECK(cudaMemcpyAsync(rope_.cos.ptr, rope_.cos_host.data(), bytes, cudaMemcpyHostToDevice, side_));
+      MOELAB_CUDA_CHECK(cudaMemcpyAsync(rope_.sin.ptr, rope_.sin_host.data(), bytes, cudaMemcpyHostToDevice, side_));
+      MOELAB_CUDA_CHECK(cudaStreamSynchronize(side_));
+    } else {
+      upload(rope_.cos, rope_.cos_host.data(), 0, -1);
+      upload(rope_.sin, rope_.sin_host.data(), 0, -1);
+    }
     rope_.D = D;
     rope_.theta = theta;
     rope_.positions = n;
   }
 
   int device_ = 0;
-  cudaStream_t stream_ = nullptr;
+  cudaStream_t stream_ = nullptr, side_ = nullptr;
   cublasHandle_t blas_ = nullptr;
+  void* blas_workspace_ = nullptr;
+  bool recording_ = false;
+  const int32_t* rec_position_ = nullptr;
+  int64_t rec_max_positions_ = 0;
+  std::vector<std::shared_ptr<void>> rec_keep_;
   std::shared_ptr<DevicePool> pool_ = std::make_shared<DevicePool>();
   RopeTable rope_;
 };

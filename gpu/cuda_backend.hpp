@@ -16,6 +16,9 @@ namespace moelab {
 // why in one line: "no CUDA device", "no usable CUDA driver (...)", ... Never throws.
 bool cuda_device_available(std::string* why = nullptr, int device = 0);
 
+// The device's name as the driver reports it ("NVIDIA H100 80GB HBM3"), "" when there is none.
+std::string cuda_device_name(int device = 0);
+
 // The CUDA backend on `device`. Tensors it allocates live in that device's memory (ptr is a
 // device pointer; host_f32 returns nullptr). Throws moelab::Error when the device is unavailable.
 std::shared_ptr<Backend> make_cuda_backend(int device = 0);

@@ -28,8 +28,12 @@ void rmsnorm_backward(const float* x, const float* w, const float* dy, int64_t R
                       bool accumulate_dx, float* dw, double* rr, cudaStream_t s);
 void clamp(float* x, int64_t n, float lo, float hi, cudaStream_t s);
 // Rotary embedding in place on x [R, NH·D]; cos, sin [positions, D/2] from the host table.
-void rope(float* x, int64_t R, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, const float* cos,
-          const float* sin, bool inverse, cudaStream_t s);
+// pos_dev (device, may be null) replaces pos0 when given: recorded decode reads it at replay.
+void rope(float* x, int64_t R, int64_t n_heads, int64_t D, int64_t pos0, const int32_t* pos_dev, int64_t seq_len,
+          const float* cos, const float* sin, bool inverse, cudaStream_t s);
+// dst rows [*row0, *row0 + rows) = src [rows, cols], the row read on the device (KV-cache append
+// inside a recorded decode step).
+void copy_rows_at(const float* src, int64_t rows, int64_t cols, const int32_t* row0, float* dst, cudaStream_t s);
 void swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t s);  // out may alias gate
 void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate, float* dup,
                      cudaStream_t s);
@@ -62,8 +66,9 @@ size_t attention_setup(int device);
 size_t attention_forward_smem(int64_t S, int64_t D);
 size_t attention_backward_smem(int64_t T, int64_t D);
 // Causal GQA attention, see Backend::attention. q, out [B·T, NH·D]; k, v [B·S, NKV·D].
+// past_dev (device, may be null) replaces past when given; shared memory is then sized for S.
 void attention(const float* q, const float* k, const float* v, int64_t B, int64_t T, int64_t S, int64_t past,
-               int64_t NH, int64_t NKV, int64_t D, float* out, cudaStream_t s);
+               const int32_t* past_dev, int64_t NH, int64_t NKV, int64_t D, float* out, cudaStream_t s);
 // Backward with past = 0 (S = T); stats [B·T·NH, 3] is scratch. dq, dk, dv overwritten.
 void attention_backward(const float* q, const float* k, const float* v, const float* dout, int64_t B, int64_t T,
                         int64_t NH, int64_t NKV, int64_t D, float* stats, float* dq, float* dk, float* dv,

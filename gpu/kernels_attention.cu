@@ -13,23 +13,11 @@ namespace {
 
 constexpr int kAttnThreads = 128;
 
-// q [B·T, NH·D], k/v [B·S, NKV·D], out [B·T, NH·D]. Block = (b, t, h), row = (b·T + t)·NH + h.
-// Shared: q row [D], scores [past + T].
-__global__ void attention_forward_kernel(const float* __restrict__ q, const float* __restrict__ k,
-                                         const float* __restrict__ v, int64_t T, int64_t S, int64_t past, int64_t NH,
-                                         int64_t NKV, int64_t D, float scale, float* __restrict__ out) {
-  extern __shared__ float smem[];
-  __shared__ float red[32];
-  float* qs = smem;
-  float* p = smem + D;
-  const int64_t row = blockIdx.x, h = row % NH, bt = row / NH, t = bt % T, b = bt / T;
-  const int64_t g = h / (NH / NKV), kv_stride = NKV * D;
-  const float* qr = q + bt * NH * D + h * D;
-  const float* kb = k + b * S * kv_stride + g * D;
-  const float* vb = v + b * S * kv_stride + g * D;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) qs[d] = qr[d];
-  __syncthreads();
-  const int64_t visible = past + t + 1;  // causal: keys 0..past+t
+// One query row's scores against keys 0..visible-1 (k rows kv_stride apart), exponentiated:
+// p[s] = exp(q·k_s·scale − max). Returns Σ p and the max in *row_max; every thread of the block
+// sees p[] once it returns (block_sum's barriers publish it).
+__device__ float softmax_row(const float* qs, const float* kb, int64_t kv_stride, int64_t D, int64_t visible,
+                             float scale, float* p, float* red, float* row_max) {
   float m = -INFINITY;
   for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) {
     const float* ks = kb + s * kv_stride;
@@ -42,7 +30,31 @@ __global__ void attention_forward_kernel(const float* __restrict__ q, const floa
   m = block_max(m, red);
   float sum = 0.0f;
   for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) sum += (p[s] = expf(p[s] - m));
-  sum = block_sum(sum, red);  // its barriers also publish p[] to the block
+  *row_max = m;
+  return block_sum(sum, red);
+}
+
+// q [B·T, NH·D], k/v [B·S, NKV·D], out [B·T, NH·D]. Block = (b, t, h), row = (b·T + t)·NH + h.
+// Shared: q row [D], scores [past + T].
+__global__ void attention_forward_kernel(const float* __restrict__ q, const float* __restrict__ k,
+                                         const float* __restrict__ v, int64_t T, int64_t S, int64_t past,
+                                         const int32_t* __restrict__ past_dev, int64_t NH, int64_t NKV, int64_t D,
+                                         float scale, float* __restrict__ out) {
+  extern __shared__ float smem[];
+  __shared__ float red[32];
+  float* qs = smem;
+  float* p = smem + D;
+  const int64_t row = blockIdx.x, h = row % NH, bt = row / NH, t = bt % T, b = bt / T;
+  const int64_t g = h / (NH / NKV), kv_stride = NKV * D;
+  const float* qr = q + bt * NH * D + h * D;
+  const float* kb = k + b * S * kv_stride + g * D;
+  const float* vb = v + b * S * kv_stride + g * D;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) qs[d] = qr[d];
+  __syncthreads();
+  if (past_dev) past = *past_dev;
+  const int64_t visible = past + t + 1 < S ? past + t + 1 : S;  // causal: keys 0..past+t
+  float m = 0.0f;
+  const float sum = softmax_row(qs, kb, kv_stride, D, visible, scale, p, red, &m);  // publishes p[]
   const float inv = 1.0f / sum;
   float* o = out + bt * NH * D + h * D;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
@@ -75,19 +87,8 @@ __global__ void attention_backward_query_kernel(const float* __restrict__ q, con
   }
   __syncthreads();
   const int64_t visible = t + 1;
-  float m = -INFINITY;
-  for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) {
-    const float* ks = kb + s * kv_stride;
-    float acc = 0.0f;
-    for (int64_t d = 0; d < D; ++d) acc += qs[d] * ks[d];
-    acc *= scale;
-    p[s] = acc;
-    m = fmaxf(m, acc);
-  }
-  m = block_max(m, red);
-  float sum = 0.0f;
-  for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) sum += (p[s] = expf(p[s] - m));
-  sum = block_sum(sum, red);
+  float m = 0.0f;
+  const float sum = softmax_row(qs, kb, kv_stride, D, visible, scale, p, red, &m);
   const float inv = 1.0f / sum;
   float rowdot = 0.0f;
   for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) {
@@ -197,13 +198,15 @@ size_t attention_forward_smem(int64_t S, int64_t D) { return size_t(D + S) * siz
 size_t attention_backward_smem(int64_t T, int64_t D) { return size_t(4 * D + 2 * T) * sizeof(float); }
 
 void attention(const float* q, const float* k, const float* v, int64_t B, int64_t T, int64_t S, int64_t past,
-               int64_t NH, int64_t NKV, int64_t D, float* out, cudaStream_t s) {
+               const int32_t* past_dev, int64_t NH, int64_t NKV, int64_t D, float* out, cudaStream_t s) {
   const int64_t rows = B * T * NH;
   if (rows <= 0) return;
-  const size_t smem = attention_forward_smem(past + T, D);
-  check_smem(smem, "attention", past + T);
+  const int64_t positions = past_dev ? S : past + T;  // a device position may reach the whole cache
+  const size_t smem = attention_forward_smem(positions, D);
+  check_smem(smem, "attention", positions);
   const float scale = 1.0f / sqrtf(float(D));
-  attention_forward_kernel<<<unsigned(rows), kAttnThreads, smem, s>>>(q, k, v, T, S, past, NH, NKV, D, scale, out);
+  attention_forward_kernel<<<unsigned(rows), kAttnThreads, smem, s>>>(q, k, v, T, S, past, past_dev, NH, NKV, D, scale,
+                                                                      out);
   MOELAB_CUDA_LAUNCHED("attention_forward_kernel");
 }
 

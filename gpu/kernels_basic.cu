@@ -92,9 +92,10 @@ __global__ void clamp_kernel(float* x, int64_t n, float lo, float hi) {
 }
 
 // Rotate-half RoPE: pairs (i, i + D/2) of every head of every row.
-__global__ void rope_kernel(float* x, int64_t R, int64_t NH, int64_t D, int64_t pos0, int64_t seq_len,
-                            const float* cos_t, const float* sin_t, float sign) {
+__global__ void rope_kernel(float* x, int64_t R, int64_t NH, int64_t D, int64_t pos0, const int32_t* pos_dev,
+                            int64_t seq_len, const float* cos_t, const float* sin_t, float sign) {
   const int64_t half = D / 2;
+  if (pos_dev) pos0 = *pos_dev;
   MOELAB_GRID_STRIDE(j, R * NH * half) {
     const int64_t i = j % half, h = (j / half) % NH, r = j / (half * NH);
     const int64_t pos = pos0 + r % seq_len;
@@ -104,6 +105,11 @@ __global__ void rope_kernel(float* x, int64_t R, int64_t NH, int64_t D, int64_t 
     v[i] = a * c - b * sn;
     v[i + half] = b * c + a * sn;
   }
+}
+
+__global__ void copy_rows_at_kernel(const float* src, int64_t n, int64_t cols, const int32_t* row0, float* dst) {
+  float* d = dst + int64_t(*row0) * cols;
+  MOELAB_GRID_STRIDE(i, n) d[i] = src[i];
 }
 
 __global__ void swiglu_kernel(const float* g, const float* u, int64_t n, float* out) {
@@ -297,12 +303,20 @@ void clamp(float* x, int64_t n, float lo, float hi, cudaStream_t s) {
   MOELAB_CUDA_LAUNCHED("clamp_kernel");
 }
 
-void rope(float* x, int64_t R, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, const float* cos,
-          const float* sin, bool inverse, cudaStream_t s) {
+void rope(float* x, int64_t R, int64_t n_heads, int64_t D, int64_t pos0, const int32_t* pos_dev, int64_t seq_len,
+          const float* cos, const float* sin, bool inverse, cudaStream_t s) {
   const int64_t n = R * n_heads * (D / 2);
   if (n <= 0) return;
-  rope_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, R, n_heads, D, pos0, seq_len, cos, sin, inverse ? -1.0f : 1.0f);
+  rope_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, R, n_heads, D, pos0, pos_dev, seq_len, cos, sin,
+                                                 inverse ? -1.0f : 1.0f);
   MOELAB_CUDA_LAUNCHED("rope_kernel");
+}
+
+void copy_rows_at(const float* src, int64_t rows, int64_t cols, const int32_t* row0, float* dst, cudaStream_t s) {
+  const int64_t n = rows * cols;
+  if (n <= 0) return;
+  copy_rows_at_kernel<<<blocks_for(n), kThreads, 0, s>>>(src, n, cols, row0, dst);
+  MOELAB_CUDA_LAUNCHED("copy_rows_at_kernel");
 }
 
 void swiglu(const float* gate, const float* up, int64_t n, float* out, cudaStream_t s) {

@@ -4,7 +4,7 @@
 //   - whole-model logits and expert choices for each family and router variant;
 //   - every gradient of a training step (forward_backward) for each trainable variant;
 //   - a 50-step training run's loss curve;
-//   - KV-cached decode against the full forward.
+//   - KV-cached decode against the full forward, also replayed from a recorded CUDA graph.
 // Tensors are compared relative to their own scale: max |gpu − cpu| / max |cpu| <= 1e-4. Expert
 // choices, dropped slots and ids must be identical. Without a usable GPU the test prints why in
 // one line and exits 77, which CTest reports as skipped.
@@ -18,6 +18,7 @@
 #include "check.hpp"
 #include "corpus.hpp"
 #include "cuda_backend.hpp"
+#include "decoder.hpp"
 #include "model.hpp"
 #include "test_util.hpp"
 #include "train_step.hpp"
@@ -564,6 +565,33 @@ TEST(kv_cached_decode_equals_the_full_forward) {
       expect_close_vec(std::string(v.name) + ": decode step " + std::to_string(t) + " vs full forward", step, want);
       expect_close_vec(std::string(v.name) + ": decode step " + std::to_string(t) + " vs CPU", step, want_cpu);
     }
+  }
+}
+
+TEST(graph_recorded_decode_equals_the_full_forward) {
+  for (const ModelVariant& v : model_variants()) {
+    Model mg = model_on(v.config, g_gpu, 0.2f), mc = model_on(v.config, g_cpu, 0.2f);
+    const int64_t Vn = v.config.vocab_size, T = int64_t(kTokens.size());
+    RoutingTrace full_trace;
+    const std::vector<float> full_cpu = mc.forward_full(kTokens, &full_trace);
+    Decoder dec(mg, T);
+    CHECK(dec.graphed());
+    RoutingTrace trace;
+    dec.prefill({kTokens.front()}, &trace);
+    for (int64_t t = 1; t < T; ++t) {
+      const std::vector<float> step = dec.step(kTokens[size_t(t)], &trace);
+      const std::vector<float> want(full_cpu.begin() + t * Vn, full_cpu.begin() + (t + 1) * Vn);
+      expect_close_vec(std::string(v.name) + ": recorded decode step " + std::to_string(t) + " vs CPU", step, want);
+    }
+    CHECK(dec.graph_nodes() > 0);
+    CHECK_EQ(trace.layers().size(), full_trace.layers().size());
+    for (size_t l = 0; l < std::min(trace.layers().size(), full_trace.layers().size()); ++l) {
+      if (trace.layers()[l].ids != full_trace.layers()[l].ids)
+        check::report(__FILE__, __LINE__, std::string(v.name) + ": recorded decode chose other experts");
+      expect_close_vec(std::string(v.name) + ": recorded decode router probs", trace.layers()[l].probs,
+                       full_trace.layers()[l].probs);
+    }
+    std::fprintf(stderr, "  %s: %lld graph nodes per token\n", v.name, (long long)dec.graph_nodes());
   }
 }
 

@@ -1,0 +1,204 @@
+// A CPU stand-in for CUDA graph capture, so the recorded-decode logic of core/ (Decoder,
+// Model::forward_tensors, DeviceTrace) is tested on machines without a GPU. It wraps the Eigen
+// backend: while recording, each op becomes a closure and nothing runs (as under stream
+// capture), host transfers and ops that return numbers throw (as they must not happen inside a
+// graph), allocations are re-zeroed on every replay, and rope / copy_rows / attention read the
+// position from the device scalar at replay time. It checks the recording contract of
+// core/backend.hpp, not CUDA itself.
+#pragma once
+
+#include <cstring>
+#include <functional>
+#include <string>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "backend.hpp"
+
+namespace testutil {
+
+class RecordingBackend final : public moelab::Backend {
+ public:
+  using Tensor = moelab::Tensor;
+  using TType = moelab::TType;
+  explicit RecordingBackend(std::shared_ptr<moelab::Backend> inner) : in_(std::move(inner)) {}
+
+  int recordings = 0, replays = 0;
+
+  std::string name() const override { return "recording(" + in_->name() + ")"; }
+  int64_t real_bytes() const override { return in_->real_bytes(); }
+
+  // ---- recording ----
+  class Graph final : public moelab::OpGraph {
+   public:
+    std::vector<std::function<void()>> ops;
+    int* replays = nullptr;
+    void replay() override {
+      ++*replays;
+      for (auto& op : ops) op();
+    }
+    int64_t nodes() const override { return int64_t(ops.size()); }
+  };
+  bool can_record() const override { return true; }
+  void begin_recording(const Tensor& position, int64_t max_positions) override {
+    if (rec_) throw std::logic_error("begin_recording while recording");
+    rec_ = std::make_unique<Graph>();
+    rec_->replays = &replays;
+    pos_ = position;
+    max_pos_ = max_positions;
+    ++recordings;
+  }
+  std::unique_ptr<moelab::OpGraph> end_recording() override {
+    if (!rec_) throw std::logic_error("end_recording without a recording");
+    return std::move(rec_);
+  }
+  void abort_recording() override { rec_.reset(); }
+
+  // ---- memory ----
+  Tensor alloc(std::vector<int64_t> shape, TType type) override {
+    Tensor t = in_->alloc(std::move(shape), type);
+    if (rec_) {
+      const size_t bytes = size_t(t.numel()) * size_t(type == TType::I32 ? 4 : in_->real_bytes());
+      rec_->ops.push_back([t, bytes] { std::memset(t.ptr, 0, bytes); });
+    }
+    return t;
+  }
+  void upload(Tensor& d, const float* h, int64_t o, int64_t c) override { host("upload"), in_->upload(d, h, o, c); }
+  void download(const Tensor& s, float* h, int64_t o, int64_t c) override { host("download"), in_->download(s, h, o, c); }
+  void upload(Tensor& d, const double* h, int64_t o, int64_t c) override { host("upload"), in_->upload(d, h, o, c); }
+  void download(const Tensor& s, double* h, int64_t o, int64_t c) override { host("download"), in_->download(s, h, o, c); }
+  void upload(Tensor& d, const int32_t* h) override { host("upload"), in_->upload(d, h); }
+  void download(const Tensor& s, int32_t* h) override { host("download"), in_->download(s, h); }
+  float* host_f32(Tensor&) override { return nullptr; }  // like a device: loaders go through upload
+  void synchronize() override { host("synchronize"); }
+  void fill(Tensor& t, float value) override { op([=, this]() mutable { in_->fill(t, value); }); }
+  void copy(const Tensor& s, Tensor& d) override { op([=, this]() mutable { in_->copy(s, d); }); }
+
+  // ---- forward ----
+  void embedding(const Tensor& a, const Tensor& ids, Tensor& out) override {
+    op([=, this]() mutable { in_->embedding(a, ids, out); });
+  }
+  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool acc) override {
+    const Tensor b = bias ? *bias : Tensor();
+    op([=, this]() mutable { in_->linear(x, w, b.empty() ? nullptr : &b, out, acc); });
+  }
+  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    op([=, this]() mutable { in_->rmsnorm(x, w, eps, out); });
+  }
+  void clamp(Tensor& x, float lo, float hi) override { op([=, this]() mutable { in_->clamp(x, lo, hi); }); }
+  void rope(Tensor& x, int64_t nh, int64_t d, int64_t pos0, int64_t len, double theta, bool inv) override {
+    const bool dyn = bool(rec_);
+    op([=, this]() mutable { in_->rope(x, nh, d, dyn ? position() : pos0, len, theta, inv); });
+  }
+  void copy_rows(const Tensor& s, Tensor& d, int64_t row0) override {
+    const bool dyn = bool(rec_);
+    op([=, this]() mutable { in_->copy_rows(s, d, dyn ? position() : row0); });
+  }
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t past, int64_t nh, int64_t nkv,
+                 int64_t d, Tensor& out) override {
+    const bool dyn = bool(rec_);
+    op([=, this]() mutable { in_->attention(q, k, v, B, dyn ? position() : past, nh, nkv, d, out); });
+  }
+  void route(const Tensor& logits, const moelab::RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& w) override {
+    const Tensor bias = spec.selection_bias ? *spec.selection_bias : Tensor();
+    op([=, this]() mutable {
+      moelab::RouterSpec s = spec;
+      s.selection_bias = bias.empty() ? nullptr : &bias;
+      in_->route(logits, s, probs, ids, w);
+    });
+  }
+  void limit_capacity(const Tensor& probs, const moelab::RouterSpec& spec, const moelab::CapacitySpec& cap,
+                      Tensor& ids, Tensor& w, Tensor& dropped) override {
+    const Tensor bias = spec.selection_bias ? *spec.selection_bias : Tensor();
+    op([=, this]() mutable {
+      moelab::RouterSpec s = spec;
+      s.selection_bias = bias.empty() ? nullptr : &bias;
+      in_->limit_capacity(probs, s, cap, ids, w, dropped);
+    });
+  }
+  void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w, const moelab::ExpertWeights& ew,
+                   Tensor& out) override {
+    op([=, this]() mutable { in_->moe_experts(x, ids, w, ew, out); });
+  }
+  void swiglu(const Tensor& g, const Tensor& u, Tensor& out) override { op([=, this]() mutable { in_->swiglu(g, u, out); }); }
+  void add(Tensor& y, const Tensor& x) override { op([=, this]() mutable { in_->add(y, x); }); }
+  void row_norms(const Tensor& x, Tensor& out) override { op([=, this]() mutable { in_->row_norms(x, out); }); }
+  void add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) override {
+    op([=, this]() mutable { in_->add_sigmoid_gated(y, x, g); });
+  }
+  void noisy_logits(const Tensor& c, const Tensor& r, const Tensor& n, Tensor& out) override {
+    op([=, this]() mutable { in_->noisy_logits(c, r, n, out); });
+  }
+
+  // ---- training: direct only ----
+  double cross_entropy(const Tensor& l, const Tensor& t, Tensor& d, float s) override {
+    return host("cross_entropy"), in_->cross_entropy(l, t, d, s);
+  }
+  void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool a, Tensor& dw,
+                       Tensor* db) override {
+    host("linear_backward"), in_->linear_backward(x, w, dy, dx, a, dw, db);
+  }
+  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool a,
+                        Tensor& dw) override {
+    host("rmsnorm_backward"), in_->rmsnorm_backward(x, w, dy, eps, dx, a, dw);
+  }
+  void embedding_backward(const Tensor& ids, const Tensor& d, Tensor& dt) override {
+    host("embedding_backward"), in_->embedding_backward(ids, d, dt);
+  }
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& d, int64_t B, int64_t nh,
+                          int64_t nkv, int64_t hd, Tensor& dq, Tensor& dk, Tensor& dv) override {
+    host("attention_backward"), in_->attention_backward(q, k, v, d, B, nh, nkv, hd, dq, dk, dv);
+  }
+  void swiglu_backward(const Tensor& g, const Tensor& u, const Tensor& d, Tensor& dg, Tensor& du) override {
+    host("swiglu_backward"), in_->swiglu_backward(g, u, d, dg, du);
+  }
+  void route_backward(const Tensor& l, const Tensor& p, const Tensor& ids, const Tensor& dw,
+                      const moelab::RouterSpec& s, Tensor& dl, bool a) override {
+    host("route_backward"), in_->route_backward(l, p, ids, dw, s, dl, a);
+  }
+  std::pair<double, double> router_losses(const Tensor& l, const Tensor& ids, float ac, float zc, Tensor& dl) override {
+    return host("router_losses"), in_->router_losses(l, ids, ac, zc, dl);
+  }
+  void moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& w, const moelab::ExpertWeights& ew,
+                            const Tensor& d, Tensor& dx, Tensor& dw, moelab::ExpertWeights& dew) override {
+    host("moe_experts_backward"), in_->moe_experts_backward(x, ids, w, ew, d, dx, dw, dew);
+  }
+  void sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
+    host("sigmoid_gated_backward"), in_->sigmoid_gated_backward(x, g, dy, dx, dg);
+  }
+  void noisy_logits_backward(const Tensor& r, const Tensor& n, const Tensor& d, Tensor& dr) override {
+    host("noisy_logits_backward"), in_->noisy_logits_backward(r, n, d, dr);
+  }
+  double sum_squares(const Tensor& x) override { return host("sum_squares"), in_->sum_squares(x); }
+  void scale(Tensor& x, float s) override { host("scale"), in_->scale(x, s); }
+  void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
+             int64_t step) override {
+    host("adamw"), in_->adamw(p, g, m, v, lr, b1, b2, eps, wd, step);
+  }
+
+ private:
+  // Ops that cannot be part of a recording.
+  void host(const char* what) const {
+    if (rec_) throw std::logic_error(std::string(what) + " while recording");
+  }
+  void op(std::function<void()> f) {
+    if (rec_)
+      rec_->ops.push_back(std::move(f));
+    else
+      f();
+  }
+  // Recorded ops read the position from the device scalar when they replay.
+  int64_t position() const {
+    const int64_t p = pos_.i32()[0];
+    if (p < 0 || p >= max_pos_) throw std::logic_error("recorded position out of range");
+    return p;
+  }
+
+  std::shared_ptr<moelab::Backend> in_;
+  std::unique_ptr<Graph> rec_;
+  Tensor pos_;
+  int64_t max_pos_ = 0;
+};
+
+}  // namespace testutil
