@@ -17,6 +17,7 @@
 #include <Eigen/Dense>
 #include <nlohmann/json.hpp>
 
+#include "bench.hpp"
 #include "commands.hpp"
 #include "common.hpp"
 #include "error.hpp"
@@ -32,30 +33,11 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-struct BenchOptions {
-  int64_t layers = 4, hidden = 256, heads = 8, kv_heads = 8, experts = 8, expert_hidden = 512, top_k = 2;
-  int64_t prefill = 128, decode = 64, prompt = 8, repeats = 5;
-  std::string python = "/usr/bin/python3";
-  std::string peer = std::string(MOELAB_SOURCE_DIR) + "/tests/reference/bench_peer.py";
-  bool no_peer = false, json_out = false;
-  bool train = false;
-  int64_t train_batch = 8, train_seq = 64, train_steps = 10;
-};
-BenchOptions o;
+BenchOptions& o = bench_options();
 
 ModelConfig bench_config() {
-  ModelConfig c = builtin_config();
-  c.num_layers = o.layers;
-  c.hidden_size = o.hidden;
-  c.num_heads = o.heads;
-  c.num_kv_heads = o.kv_heads;
-  c.head_dim = o.hidden / o.heads;
-  c.num_experts = o.experts;
-  c.expert_ffn_size = o.expert_hidden;
-  c.top_k = o.top_k;
-  c.rope_theta = 1e6;
-  c.max_positions = std::max<int64_t>(4096, o.prefill + o.prompt + o.decode);
-  return c;
+  return bench_model_config(o.layers, o.hidden, o.heads, o.kv_heads, o.experts, o.expert_hidden, o.top_k,
+                            o.prefill + o.prompt + o.decode);
 }
 
 // Sustained read bandwidth over a working set of `bytes` on every thread (bytes/s). With a
@@ -106,22 +88,13 @@ nlohmann::json run_peer(const std::string& env, int threads) {
   const std::string train_args = o.train ? " --train --batch " + std::to_string(o.train_batch) + " --seq " +
                                                std::to_string(o.train_seq) + " --train-steps " + std::to_string(o.train_steps)
                                          : "";
-  const std::string cmd = env + " " + o.python + " " + o.peer + train_args + " --layers " + std::to_string(o.layers) + " --hidden " +
-                          std::to_string(o.hidden) + " --heads " + std::to_string(o.heads) + " --kv-heads " +
-                          std::to_string(o.kv_heads) + " --experts " + std::to_string(o.experts) + " --expert-hidden " +
-                          std::to_string(o.expert_hidden) + " --topk " + std::to_string(o.top_k) + " --prefill " +
-                          std::to_string(o.prefill) + " --decode " + std::to_string(o.decode) + " --prompt " +
-                          std::to_string(o.prompt) + " --threads " + std::to_string(threads) + " 2>/dev/null";
-  std::unique_ptr<FILE, int (*)(FILE*)> p(::popen(cmd.c_str(), "r"), ::pclose);
-  if (!p) return nullptr;
-  std::string out;
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof buf, p.get())) out.append(buf, n);
-  try {
-    return nlohmann::json::parse(out.substr(0, out.find('\n')));
-  } catch (...) {
-    return nullptr;
-  }
+  return run_peer_script(env, train_args + " --layers " + std::to_string(o.layers) + " --hidden " +
+                                  std::to_string(o.hidden) + " --heads " + std::to_string(o.heads) + " --kv-heads " +
+                                  std::to_string(o.kv_heads) + " --experts " + std::to_string(o.experts) +
+                                  " --expert-hidden " + std::to_string(o.expert_hidden) + " --topk " +
+                                  std::to_string(o.top_k) + " --prefill " + std::to_string(o.prefill) + " --decode " +
+                                  std::to_string(o.decode) + " --prompt " + std::to_string(o.prompt) + " --threads " +
+                                  std::to_string(threads));
 }
 
 // The best PyTorch result over its thread settings for one metric.
@@ -201,6 +174,11 @@ void run_train_bench() {
 }
 
 void run_bench() {
+  if (o.device == "cuda") {
+    run_cuda_bench();
+    return;
+  }
+  if (o.device != "cpu") fail("bench", "--device " + o.device + ": not a device (cpu or cuda)");
   if (o.train) {
     run_train_bench();
     return;
@@ -328,6 +306,41 @@ void run_bench() {
 
 }  // namespace
 
+BenchOptions& bench_options() {
+  static BenchOptions options;
+  return options;
+}
+
+ModelConfig bench_model_config(int64_t layers, int64_t hidden, int64_t heads, int64_t kv_heads, int64_t experts,
+                               int64_t expert_hidden, int64_t top_k, int64_t context) {
+  ModelConfig c = builtin_config();
+  c.num_layers = layers;
+  c.hidden_size = hidden;
+  c.num_heads = heads;
+  c.num_kv_heads = kv_heads;
+  c.head_dim = hidden / heads;
+  c.num_experts = experts;
+  c.expert_ffn_size = expert_hidden;
+  c.top_k = top_k;
+  c.rope_theta = 1e6;
+  c.max_positions = std::max<int64_t>(4096, context);
+  return c;
+}
+
+nlohmann::json run_peer_script(const std::string& env, const std::string& args) {
+  const std::string cmd = env + " " + o.python + " " + o.peer + " " + args + " 2>/dev/null";
+  std::unique_ptr<FILE, int (*)(FILE*)> p(::popen(cmd.c_str(), "r"), ::pclose);
+  if (!p) return nullptr;
+  std::string out;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof buf, p.get())) out.append(buf, n);
+  try {
+    return nlohmann::json::parse(out.substr(0, out.find('\n')));
+  } catch (...) {
+    return nullptr;
+  }
+}
+
 void add_bench_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "Benchmark prefill and decode of a fixed lab model against PyTorch");
   cmd->add_option("--layers", o.layers)->check(CLI::Range(1, 64));
@@ -345,6 +358,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--batch", o.train_batch, "Training: sequences per step")->check(CLI::Range(1, 1024));
   cmd->add_option("--seq", o.train_seq, "Training: tokens per sequence")->check(CLI::Range(2, 4096));
   cmd->add_option("--train-steps", o.train_steps, "Training: timed steps")->check(CLI::Range(3, 10000));
+  cmd->add_option("--device", o.device, "cpu, or cuda: the GPU benchmark over lab sizes from tiny to large");
+  cmd->add_option("--sizes", o.sizes, "GPU: lab sizes to run (tiny,small,medium,large; default all)");
+  cmd->add_option("--precision", o.precision, "GPU: fp32 (the backend's mode; TF32 off, the peer too)");
   cmd->callback(run_bench);
 }
 

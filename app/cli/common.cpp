@@ -5,10 +5,8 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "devices.hpp"
 #include "error.hpp"
-#ifdef MOELAB_HAVE_CUDA
-#include "cuda_backend.hpp"
-#endif
 #include "presets.hpp"
 #include "safetensors.hpp"
 #include "tokenizer.hpp"
@@ -38,18 +36,10 @@ ModelConfig builtin_config() {
 }
 
 std::shared_ptr<Backend> make_backend(const std::string& device) {
-  if (device == "cpu") return make_eigen_backend();
-  if (device != "cuda" && device != "auto" && !device.empty())
-    fail("--device", "'" + device + "' is not a device (cpu, cuda or auto)");
-  // auto: the GPU when one answers, silently the CPU otherwise; cuda: the same, but say why not.
-#ifdef MOELAB_HAVE_CUDA
   std::string why;
-  if (cuda_device_available(&why)) return make_cuda_backend();
-#else
-  const std::string why = "this build has no CUDA backend (nvcc was not found when it was configured)";
-#endif
-  if (device == "cuda") std::fprintf(stderr, "moelab-cli: --device cuda: %s; using the CPU\n", why.c_str());
-  return make_eigen_backend();
+  std::shared_ptr<Backend> backend = moelab::make_backend(device, &why);
+  if (!why.empty()) std::fprintf(stderr, "moelab-cli: --device cuda: %s; using the CPU\n", why.c_str());
+  return backend;
 }
 
 std::string builtin_model_dir() { return resources_dir() + "/models/builtin"; }

@@ -19,8 +19,8 @@ namespace moelab::cli {
 ModelConfig builtin_config();
 constexpr uint64_t kBuiltinSeed = 20261123;
 
-// "cpu", "cuda" or "auto" (the GPU when this build has the CUDA backend and a device answers).
-// "cuda" without a usable GPU falls back to the CPU with one line on stderr saying why.
+// moelab::make_backend (devices.hpp), saying on stderr in one line why when "cuda" falls back to
+// the CPU.
 std::shared_ptr<Backend> make_backend(const std::string& device);
 // Where the trained built-in model lives (resources/models/builtin).
 std::string builtin_model_dir();

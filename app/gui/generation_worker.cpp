@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "devices.hpp"
 #include "error.hpp"
 #include "generate.hpp"
 #include "presets.hpp"
@@ -28,29 +29,39 @@ GenerationWorker::GenerationWorker(QObject* parent) : QObject(parent), m_trace(s
 
 GenerationWorker::~GenerationWorker() = default;
 
+namespace {
+// "builtin" or a model directory / config.json on `backend`; *name is what the view calls it.
+std::unique_ptr<Model> openModel(const QString& path, std::shared_ptr<Backend> backend, QString* name) {
+  if (path.isEmpty() || path == QLatin1String("builtin")) {
+    *name = GenerationWorker::tr("built-in model");
+    return std::make_unique<Model>(Model::load(resources_dir() + "/models/builtin", std::move(backend)));
+  }
+  const std::string cfg = config_path_of(path.toStdString());
+  const QFileInfo cfgInfo(QString::fromStdString(cfg));
+  const bool hasWeights = QFileInfo::exists(cfgInfo.dir().filePath("model.safetensors")) ||
+                          QFileInfo::exists(cfgInfo.dir().filePath("model.safetensors.index.json"));
+  *name = cfgInfo.dir().dirName() + (hasWeights ? QString() : GenerationWorker::tr(" (random weights)"));
+  if (hasWeights) return std::make_unique<Model>(Model::load(cfgInfo.dir().path().toStdString(), std::move(backend)));
+  // A bare config.json: the architecture with random weights, so its routing can be explored.
+  return std::make_unique<Model>(Model::random(load_config(cfg), 1, std::move(backend), 0.05f));
+}
+}  // namespace
+
+void GenerationWorker::setDevice(const QString& device) { m_device = device.toStdString(); }
+
 void GenerationWorker::loadModel(const QString& path) {
   try {
-    const std::string p = path.toStdString();
-    std::unique_ptr<Model> m;
-    if (path.isEmpty() || path == QLatin1String("builtin")) {
-      m = std::make_unique<Model>(Model::load(resources_dir() + "/models/builtin", make_eigen_backend()));
-      m_name = tr("built-in model");
-    } else {
-      const std::string cfg = config_path_of(p);
-      const QFileInfo cfgInfo(QString::fromStdString(cfg));
-      const bool hasWeights = QFileInfo::exists(cfgInfo.dir().filePath("model.safetensors")) ||
-                              QFileInfo::exists(cfgInfo.dir().filePath("model.safetensors.index.json"));
-      if (hasWeights) {
-        m = std::make_unique<Model>(Model::load(cfgInfo.dir().path().toStdString(), make_eigen_backend()));
-      } else {
-        // A bare config.json: the architecture with random weights, so its routing can be explored.
-        m = std::make_unique<Model>(Model::random(load_config(cfg), 1, make_eigen_backend(), 0.05f));
-      }
-      m_name = cfgInfo.dir().dirName() + (hasWeights ? QString() : tr(" (random weights)"));
-    }
+    QString name;
+    std::string problem;
+    auto m = make_on_device(m_device, [&](std::shared_ptr<Backend> b) { return openModel(path, std::move(b), &name); },
+                            &problem);
+    if (!problem.empty()) m_device = "cpu";  // until the GUI chooses again
     m_model = std::move(m);
+    m_name = name;
+    m_path = path;
     m_cache.reset();
     m_tokens.clear();
+    emit deviceInUse(QString::fromStdString(device_display_name(m_model->backend())), QString::fromStdString(problem));
     emit modelLoaded(m_name, m_model->config());
   } catch (const std::exception& e) {
     emit errorOccurred(QString::fromUtf8(e.what()));

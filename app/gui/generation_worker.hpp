@@ -88,8 +88,13 @@ class GenerationWorker : public QObject {
   ~GenerationWorker() override;
 
  public slots:
-  // "builtin" or a model directory / config.json (random weights for a bare config).
+  // "builtin" or a model directory / config.json (random weights for a bare config), on the
+  // device set (the CPU when that device fails; deviceInUse says so).
   void loadModel(const QString& path);
+  // "cpu" or "cuda", for the loads that follow.
+  void setDevice(const QString& device);
+  // The model shown, loaded again (on the device set now).
+  void reloadModel() { loadModel(m_path); }
   // Start over: run the prompt with these settings; then `regenerate` tokens are generated again
   // (used when routing knobs change so the same amount of text is recomputed).
   void reset(const GenerationSettings& settings, int regenerate);
@@ -98,6 +103,9 @@ class GenerationWorker : public QObject {
 
  signals:
   void modelLoaded(const QString& name, const moelab::ModelConfig& config);
+  // Before modelLoaded: where the model runs ("CPU (Eigen, 2 threads)", "GPU: ...") and, when
+  // the device set failed and the CPU was used instead, why in one line ("" otherwise).
+  void deviceInUse(const QString& name, const QString& problem);
   void snapshotReady(SnapshotPtr snapshot);
   void errorOccurred(const QString& message);
 
@@ -108,7 +116,8 @@ class GenerationWorker : public QObject {
   void runTokens(const std::vector<int32_t>& ids);
 
   std::unique_ptr<moelab::Model> m_model;
-  QString m_name;
+  QString m_name, m_path = QStringLiteral("builtin");
+  std::string m_device = "cpu";
   std::optional<moelab::KvCache> m_cache;
   GenerationSettings m_settings;
   std::vector<int32_t> m_tokens;

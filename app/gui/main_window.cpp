@@ -1,6 +1,7 @@
 #include "main_window.hpp"
 
 #include <QAction>
+#include <QActionGroup>
 #include <QApplication>
 #include <QCloseEvent>
 #include <QDir>
@@ -17,12 +18,12 @@
 #include <QShortcut>
 #include <QStatusBar>
 #include <QTabWidget>
-#include <QThread>
 #include <QVBoxLayout>
 #include <qcustomplot.h>
 
 #include "chart_panel.hpp"
 #include "compare_view.hpp"
+#include "devices.hpp"
 #include "lab_session.hpp"
 #include "model_view.hpp"
 #include "theme.hpp"
@@ -54,7 +55,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
   setCentralWidget(central);
 
   m_modelLabel = new QLabel(this);
-  m_deviceLabel = new QLabel(tr("CPU (Eigen, %1 threads)").arg(QThread::idealThreadCount()), this);
+  m_deviceLabel = new QLabel(this);
   statusBar()->addWidget(m_modelLabel, 1);
   statusBar()->addPermanentWidget(m_deviceLabel);
 
@@ -76,6 +77,13 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
                               .arg(c.num_experts)
                               .arg(c.top_k));
     m_model->showConfig(c, name);
+  });
+  connect(m_tokens, &TokensView::deviceInUse, this, [this](const QString& name, const QString& problem) {
+    m_deviceLabel->setText(name);
+    if (!problem.isEmpty()) fallBackToCpu(problem);
+  });
+  connect(m_training, &TrainingView::deviceInUse, this, [this](const QString&, const QString& problem) {
+    if (!problem.isEmpty()) showError(problem);  // the run trains on the CPU and says so
   });
   connect(m_tokens, &TokensView::lastTokenRouting, m_model, &ModelView::setHighlightedExperts);
   for (ChartPanel* c : m_model->charts() + m_tokens->charts() + m_training->charts() + m_compare->charts())
@@ -141,12 +149,71 @@ void MainWindow::createActions() {
   m_presentationAction->setShortcut(Qt::Key_F11);
   m_presentationAction->setStatusTip(tr("Large fonts and thick lines for a projector"));
   connect(m_presentationAction, &QAction::toggled, this, &MainWindow::setPresentation);
+  createDeviceMenu();
 
   // Space steps a token while the Tokens view is showing.
   auto* step = new QShortcut(QKeySequence(Qt::Key_Space), this);
   connect(step, &QShortcut::activated, this, [this] {
     if (m_tabs->currentWidget() == m_tokens) m_tokens->stepOnce();
   });
+}
+
+void MainWindow::createDeviceMenu() {
+  m_deviceMenu = menuBar()->addMenu(tr("&Device"));
+  m_deviceMenu->setToolTipsVisible(true);  // the reason a device cannot be used
+  m_devices = new QActionGroup(this);
+  for (const moelab::DeviceChoice& d : moelab::list_devices()) {
+    const QString label = QString::fromStdString(d.label);
+    QAction* a = m_deviceMenu->addAction(d.available ? label : tr("%1 — not available").arg(label));
+    a->setData(QString::fromStdString(d.id));
+    a->setCheckable(true);
+    a->setEnabled(d.available);
+    const QString tip = d.available ? tr("Run the models and training on %1").arg(label) : QString::fromStdString(d.why_not);
+    a->setToolTip(tip);
+    a->setStatusTip(tip);
+    m_devices->addAction(a);
+  }
+  connect(m_devices, &QActionGroup::triggered, this, [this](QAction* a) { setDevice(a->data().toString()); });
+}
+
+QAction* MainWindow::deviceAction(const QString& id) const {
+  for (QAction* a : m_devices->actions())
+    if (a->data().toString() == id) return a;
+  return nullptr;
+}
+
+QString MainWindow::deviceName() const { return m_deviceLabel->text(); }
+
+void MainWindow::useDevice(const QString& device) {
+  m_device = device;
+  // "auto" (and a choice from another machine) means the GPU where this one has it.
+  const bool gpu = device != QLatin1String("cpu") && deviceAction(QStringLiteral("cuda"))->isEnabled();
+  const QString active = gpu ? QStringLiteral("cuda") : QStringLiteral("cpu");
+  deviceAction(active)->setChecked(true);
+  m_tokens->setDevice(active);
+  m_training->setDevice(active);
+}
+
+void MainWindow::setDevice(const QString& device) {
+  if (device != m_device) markUnsaved();
+  const QAction* before = m_devices->checkedAction();
+  useDevice(device);
+  if (m_devices->checkedAction() == before) return;
+  m_tokens->reloadModel();
+  const QString name = m_devices->checkedAction()->text();
+  statusBar()->showMessage(m_training->isRunning()
+                               ? tr("Device: %1 for the Tokens view and the next training run (the run going on keeps "
+                                    "its device)")
+                                     .arg(name)
+                               : tr("Device: %1 for the Tokens view and training").arg(name),
+                           10000);
+}
+
+void MainWindow::fallBackToCpu(const QString& why) {
+  showError(why);
+  deviceAction(QStringLiteral("cpu"))->setChecked(true);
+  m_tokens->setDevice(QStringLiteral("cpu"));
+  m_training->setDevice(QStringLiteral("cpu"));
 }
 
 void MainWindow::setPresentation(bool on) {
@@ -245,6 +312,7 @@ void MainWindow::readSettings() {
   const QByteArray geometry = s.value(QStringLiteral("geometry")).toByteArray();
   if (geometry.isEmpty() || !restoreGeometry(geometry)) resize(1280, 800);
   setPresentation(s.value(QStringLiteral("presentation"), false).toBool());
+  useDevice(s.value(QStringLiteral("device"), QStringLiteral("auto")).toString());
   rebuildRecentMenu();
 }
 
@@ -252,6 +320,7 @@ void MainWindow::writeSettings() {
   QSettings s;
   s.setValue(QStringLiteral("geometry"), saveGeometry());
   s.setValue(QStringLiteral("presentation"), presentation());
+  s.setValue(QStringLiteral("device"), m_device);
 }
 
 bool MainWindow::eventFilter(QObject* watched, QEvent* e) {
@@ -291,6 +360,7 @@ QString MainWindow::saveSession(const QString& path) {
   QJsonObject s;
   s.insert(QStringLiteral("tab"), m_tabs->currentIndex());
   s.insert(QStringLiteral("presentation"), presentation());
+  s.insert(QStringLiteral("device"), m_device);
   s.insert(QStringLiteral("tokens"), QJsonObject{{"model", m_modelPath}});
   s.insert(QStringLiteral("training"), m_training->state());
   s.insert(QStringLiteral("compare"), QJsonArray::fromStringList(m_compare->runDirs()));
@@ -306,7 +376,8 @@ QString MainWindow::openSession(const QString& path) {
   const QJsonObject s = LabSession::load(path, &err);
   if (!err.isEmpty()) return err;
   const QString model = s.value(QStringLiteral("tokens")).toObject().value(QStringLiteral("model")).toString();
-  if (!model.isEmpty()) openModel(model);
+  useDevice(s.value(QStringLiteral("device")).toString(m_device));
+  openModel(model.isEmpty() ? m_modelPath : model);
   m_training->restoreState(s.value(QStringLiteral("training")).toObject());
   m_compare->clearRuns();
   for (const QJsonValue& d : s.value(QStringLiteral("compare")).toArray()) m_compare->addRun(d.toString());

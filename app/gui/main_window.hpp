@@ -12,6 +12,7 @@ class QLabel;
 class QMenu;
 class QTabWidget;
 class QAction;
+class QActionGroup;
 
 class MainWindow : public QMainWindow {
   Q_OBJECT
@@ -34,9 +35,16 @@ class MainWindow : public QMainWindow {
   QString sessionPath() const { return m_sessionPath; }
   bool hasUnsavedWork() const { return isWindowModified(); }
   void markUnsaved() { setWindowModified(true); }
+  // The Device menu: one checkable action per device (data: "cpu", "cuda"), the one in use checked.
+  QMenu* deviceMenu() const { return m_deviceMenu; }
+  QAction* deviceAction(const QString& id) const;
+  QString deviceName() const;  // the status bar's: where the Tokens view's model runs
 
  public slots:
   void openModel(const QString& path);
+  // "cpu", "cuda" or "auto" (the GPU when available): the Tokens view's model moves there and the
+  // next training run trains there; a run going on keeps its device.
+  void setDevice(const QString& device);
   void showError(const QString& message);
   void exportAll();
   bool saveSessionInteractive(bool askPath);
@@ -53,6 +61,9 @@ class MainWindow : public QMainWindow {
   void rebuildRecentMenu();
   bool maybeSave();  // true = go on (saved or discarded), false = cancel
   void updateTitle();
+  void createDeviceMenu();
+  void useDevice(const QString& device);   // the choice, without moving the model shown
+  void fallBackToCpu(const QString& why);  // the device failed: the workers are on the CPU
 
   QTabWidget* m_tabs = nullptr;
   ModelView* m_model = nullptr;
@@ -64,6 +75,9 @@ class MainWindow : public QMainWindow {
   QLabel* m_modelLabel = nullptr;
   QLabel* m_deviceLabel = nullptr;
   QMenu* m_recentMenu = nullptr;
+  QMenu* m_deviceMenu = nullptr;
+  QActionGroup* m_devices = nullptr;
+  QString m_device = QStringLiteral("auto");  // the user's choice (settings, sessions)
   QAction* m_presentationAction = nullptr;
   QString m_lastError;
 };

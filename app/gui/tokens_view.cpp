@@ -38,6 +38,7 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   connect(&m_thread, &QThread::finished, m_worker, &QObject::deleteLater);
   connect(m_worker, &GenerationWorker::snapshotReady, this, &TokensView::onSnapshot);
   connect(m_worker, &GenerationWorker::modelLoaded, this, &TokensView::onModelLoaded);
+  connect(m_worker, &GenerationWorker::deviceInUse, this, &TokensView::deviceInUse);
   connect(m_worker, &GenerationWorker::errorOccurred, this, [this](const QString& m) {
     m_pending = std::max(0, m_pending - 1);
     pause();
@@ -391,6 +392,16 @@ void TokensView::openModel(const QString& path) {
   pause();
   request(1);
   QMetaObject::invokeMethod(m_worker, [w = m_worker, path] { w->loadModel(path); });
+}
+
+void TokensView::setDevice(const QString& device) {
+  QMetaObject::invokeMethod(m_worker, [w = m_worker, device] { w->setDevice(device); });
+}
+
+void TokensView::reloadModel() {
+  pause();
+  request(1);
+  QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->reloadModel(); });
 }
 
 void TokensView::onModelLoaded(const QString& name, const moelab::ModelConfig& config) {

@@ -57,6 +57,9 @@ class TokensView : public QWidget {
 
  public slots:
   void openModel(const QString& path);
+  // "cpu" or "cuda" for the models loaded from now on; reloadModel moves the one shown there.
+  void setDevice(const QString& device);
+  void reloadModel();
   void stepOnce();
   void run();
   void pause();
@@ -65,6 +68,7 @@ class TokensView : public QWidget {
  signals:
   void errorOccurred(const QString& message);
   void modelChanged(const QString& name, const moelab::ModelConfig& config);
+  void deviceInUse(const QString& name, const QString& problem);  // GenerationWorker::deviceInUse
   void lastTokenRouting(int layer, QVector<int> experts);  // for the Model view's block drawing
 
  private slots:

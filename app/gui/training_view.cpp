@@ -63,10 +63,14 @@ TrainingView::TrainingView(QWidget* parent) : QWidget(parent) {
             for (int64_t l = 0; l < moeLayers; ++l) m_layer->addItem(tr("MoE layer %1").arg(l));
             m_layer->setCurrentIndex(std::clamp(keep, 0, int(moeLayers) - 1));
             m_layer->blockSignals(false);
-            m_status->setText(tr("Training: %1").arg(title));
+            m_status->setText(tr("Training: %1 on %2").arg(title, m_deviceName));
             m_dirty = true;
             emit runChanged();
           });
+  connect(m_worker, &TrainingWorker::deviceInUse, this, [this](const QString& name, const QString& problem) {
+    m_deviceName = name;
+    emit deviceInUse(name, problem);
+  });
   connect(m_worker, &TrainingWorker::finished, this, [this](const QString& m) {
     m_running = false;
     m_status->setText(m);
@@ -445,6 +449,10 @@ void TrainingView::startTraining(const QString& runDir) {
   QMetaObject::invokeMethod(m_worker, [w = m_worker, r] { w->start(r); });
 }
 
+void TrainingView::setDevice(const QString& device) {
+  QMetaObject::invokeMethod(m_worker, [w = m_worker, device] { w->setDevice(device); });
+}
+
 void TrainingView::pauseTraining() {
   m_running = false;
   QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->pause(); });
@@ -611,7 +619,12 @@ void TrainingView::redraw(bool all) {
   updateReplayBar();
   if (!m_run.history.isEmpty() && m_running) {
     const auto& s = *m_run.history.back();
-    m_status->setText(tr("Step %1 of %2, loss %3, %4 tokens/s").arg(s.step).arg(s.steps).arg(s.loss, 0, 'f', 3).arg(s.tokensPerS, 0, 'f', 0));
+    m_status->setText(tr("Step %1 of %2, loss %3, %4 tokens/s on %5")
+                          .arg(s.step)
+                          .arg(s.steps)
+                          .arg(s.loss, 0, 'f', 3)
+                          .arg(s.tokensPerS, 0, 'f', 0)
+                          .arg(m_deviceName));
   }
 }
 

@@ -47,6 +47,9 @@ class TrainingView : public QWidget {
   // Where runs started from the window are logged (one folder per run).
   static QString runsFolder();
 
+  // "cpu" or "cuda" for the runs started or continued from now on (a run going on keeps its own).
+  void setDevice(const QString& device);
+
   // Settings and the shown run, for lab sessions.
   QJsonObject state() const;
   void restoreState(const QJsonObject& s);
@@ -79,6 +82,7 @@ class TrainingView : public QWidget {
   void trainingFinished(const QString& message);
   void runChanged();                            // a run started, finished, or was opened
   void openModelRequested(const QString& dir);  // open this checkpoint in the Tokens view
+  void deviceInUse(const QString& name, const QString& problem);  // TrainingWorker::deviceInUse
 
  private:
   moelab::TrainConfig configFromKnobs() const;
@@ -94,6 +98,7 @@ class TrainingView : public QWidget {
   int m_frames = 0;
   moelab::TrainConfig m_presetConfig;
   QString m_corpusFile;
+  QString m_deviceName;  // where the live run trains
 
   QComboBox *m_preset = nullptr, *m_balance = nullptr, *m_layer = nullptr, *m_router = nullptr,
             *m_corpus = nullptr, *m_overflow = nullptr, *m_speed = nullptr;

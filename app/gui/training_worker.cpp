@@ -3,11 +3,13 @@
 #include <QDir>
 #include <QThread>
 #include <QTimer>
+#include <tuple>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 #include <nlohmann/json.hpp>
 
+#include "devices.hpp"
 #include "error.hpp"
 #include "presets.hpp"
 #include "runlog.hpp"
@@ -44,8 +46,7 @@ void TrainingWorker::start(const TrainingRequest& request) {
     if (!request.corpus.isEmpty()) p.corpus = request.corpus.toStdString();
     if (!request.router.isEmpty()) set_router_kind(p.model, request.router.toStdString(), "router");
     m_corpus = open_corpus(p.corpus);
-    m_model = std::make_unique<Model>(Model::random(p.model, config.seed + 1000, make_eigen_backend()));
-    m_trainer = std::make_unique<Trainer>(*m_model, *m_corpus, config);
+    buildOnDevice(p.model, config, "");
     m_topK = p.model.top_k;
     if (!runDir.isEmpty()) {
       const nlohmann::json info = {{"version", "0.1.0"},       {"model", config_to_json(p.model)},
@@ -76,9 +77,7 @@ void TrainingWorker::continueRun(const QString& runDir) {
     const std::string ckpt = RunLog::latest_checkpoint(dir);
     if (ckpt.empty()) fail(dir, "the run has no checkpoint to continue from");
     m_corpus = open_corpus(info.value("corpus", std::string("builtin:domains")));
-    m_model = std::make_unique<Model>(Model::random(mc, tc.seed + 1000, make_eigen_backend()));
-    m_trainer = std::make_unique<Trainer>(*m_model, *m_corpus, tc);
-    m_trainer->load_checkpoint(ckpt);
+    buildOnDevice(mc, tc, ckpt);
     m_topK = mc.top_k;
     m_log = std::make_unique<RunLog>(dir, info, m_trainer->steps_done());
     QString title = QString::fromStdString(info.value("preset", mc.architecture));
@@ -91,6 +90,22 @@ void TrainingWorker::continueRun(const QString& runDir) {
     emit errorOccurred(QString::fromUtf8(e.what()));
   }
 }
+
+void TrainingWorker::buildOnDevice(const ModelConfig& model, const TrainConfig& train, const std::string& checkpoint) {
+  m_trainer.reset();
+  m_model.reset();  // the previous run's memory first: it may be the GPU's
+  auto build = [&](std::shared_ptr<Backend> b) {
+    auto m = std::make_unique<Model>(Model::random(model, train.seed + 1000, std::move(b)));
+    auto t = std::make_unique<Trainer>(*m, *m_corpus, train);
+    if (!checkpoint.empty()) t->load_checkpoint(checkpoint);
+    return std::make_pair(std::move(m), std::move(t));
+  };
+  std::string problem;
+  std::tie(m_model, m_trainer) = make_on_device(m_device, build, &problem);
+  emit deviceInUse(QString::fromStdString(device_display_name(m_model->backend())), QString::fromStdString(problem));
+}
+
+void TrainingWorker::setDevice(const QString& device) { m_device = device.toStdString(); }
 
 void TrainingWorker::pause() { m_running = false; }
 

@@ -43,6 +43,8 @@ class TrainingWorker : public QObject {
   // Save a checkpoint of the current step into the run folder (or `fallbackDir` when the run is
   // not logged); answers with checkpointSaved.
   void saveCheckpoint(const QString& fallbackDir);
+  // "cpu" or "cuda" for the runs started (or continued) from now on; a run going on keeps its own.
+  void setDevice(const QString& device);
 
  signals:
   void started(const QString& title, const QString& runDir, int64_t experts, int64_t moeLayers, int64_t topK,
@@ -51,9 +53,15 @@ class TrainingWorker : public QObject {
   void finished(const QString& message);
   void checkpointSaved(const QString& dir, int64_t step);
   void errorOccurred(const QString& message);
+  // Before started: where the run trains and, when the device set failed and the CPU was used
+  // instead, why in one line ("" otherwise).
+  void deviceInUse(const QString& name, const QString& problem);
 
  private:
   void runOne();
+  // The model and its trainer on the device set (the CPU when that fails), from a checkpoint when
+  // one is given; says where with deviceInUse.
+  void buildOnDevice(const moelab::ModelConfig& model, const moelab::TrainConfig& train, const std::string& checkpoint);
   QString checkpointNow(const QString& fallbackDir = QString());
 
   std::unique_ptr<moelab::Model> m_model;
@@ -61,5 +69,6 @@ class TrainingWorker : public QObject {
   std::unique_ptr<moelab::Trainer> m_trainer;
   std::unique_ptr<moelab::RunLog> m_log;
   int64_t m_topK = 0;
+  std::string m_device = "cpu";
   bool m_running = false, m_stopAfterOne = false;
 };

@@ -1,8 +1,11 @@
 // The lab window driven like a student would, offscreen: the heatmap shows exactly the core's
 // routing trace, top-k and bans change routing as the core says, and every export is a valid
 // file of its kind.
+#include <QAction>
+#include <QDir>
 #include <QElapsedTimer>
 #include <QImage>
+#include <QMenu>
 #include <qcustomplot.h>
 #include <QStandardPaths>
 #include <QTemporaryDir>
@@ -11,6 +14,7 @@
 #include <set>
 
 #include "chart_panel.hpp"
+#include "devices.hpp"
 #include "main_window.hpp"
 #include "model.hpp"
 #include "model_view.hpp"
@@ -297,6 +301,62 @@ class TestGui : public QObject {
         QCOMPARE(tv->collapseValue(i, e), load[size_t(e)].get<double>());
     }
     QVERIFY(checked >= 60 * 8);
+  }
+
+  void theDeviceMenuShowsWhereTheModelRuns() {
+    std::unique_ptr<MainWindow> w(window());
+    const DeviceChoice gpu = list_devices().at(1);
+    QAction* cpu = w->deviceAction(QStringLiteral("cpu"));
+    QAction* cuda = w->deviceAction(QStringLiteral("cuda"));
+    QVERIFY(w->deviceMenu() && cpu && cuda);
+    QVERIFY(w->deviceMenu()->actions().contains(cpu) && w->deviceMenu()->actions().contains(cuda));
+    QVERIFY(cpu->isEnabled());
+    QCOMPARE(cuda->isEnabled(), gpu.available);
+    // Auto at start: the GPU where there is one, else the CPU; the status bar names it.
+    QCOMPARE(cuda->isChecked(), gpu.available);
+    QCOMPARE(cpu->isChecked(), !gpu.available);
+    QVERIFY2(w->deviceName().startsWith(gpu.available ? "GPU" : "CPU (Eigen, "), qPrintable(w->deviceName()));
+    if (!gpu.available) {
+      QCOMPARE(cuda->statusTip(), QString::fromStdString(gpu.why_not));
+      QVERIFY(!cuda->toolTip().isEmpty());
+      QVERIFY(cuda->text().contains(QStringLiteral("not available")));
+    }
+    if (qEnvironmentVariableIsSet("MOELAB_DEVICE_SHOTS")) {  // for looking at the menu and status bar
+      const QDir dir(qEnvironmentVariable("MOELAB_DEVICE_SHOTS"));
+      w->deviceMenu()->popup(w->mapToGlobal(QPoint(200, 30)));
+      QApplication::processEvents();
+      QVERIFY(w->grab().save(dir.filePath(QStringLiteral("window.png"))));
+      QVERIFY(w->deviceMenu()->grab().save(dir.filePath(QStringLiteral("device-menu.png"))));
+      w->deviceMenu()->hide();
+    }
+    // The CPU chosen explicitly: the Tokens view's model runs there and keeps generating.
+    cpu->trigger();
+    QVERIFY(w->tokensView()->waitForIdle());
+    QVERIFY(cpu->isChecked());
+    QVERIFY2(w->deviceName().startsWith(QStringLiteral("CPU (Eigen, ")), qPrintable(w->deviceName()));
+    const int before = w->tokensView()->snapshot()->count();
+    w->tokensView()->stepOnce();
+    QVERIFY(w->tokensView()->waitForIdle());
+    QCOMPARE(w->tokensView()->snapshot()->count(), before + 1);
+    QVERIFY2(w->lastError().isEmpty(), qPrintable(w->lastError()));
+  }
+
+  void aDeviceThatFailsFallsBackToTheCpu() {
+    const DeviceChoice gpu = list_devices().at(1);
+    if (gpu.available) QSKIP("a GPU answers here: the GPU cannot be made to fail");
+    std::unique_ptr<MainWindow> w(window());
+    // As if the GPU had gone away since the menu was built: the model loads on the CPU, the
+    // window says why in one line and switches the menu to the CPU.
+    w->tokensView()->setDevice(QStringLiteral("cuda"));
+    w->tokensView()->reloadModel();
+    QVERIFY(w->tokensView()->waitForIdle());
+    QVERIFY2(w->lastError().contains(QString::fromStdString(gpu.why_not)), qPrintable(w->lastError()));
+    QVERIFY(w->lastError().endsWith(QStringLiteral("using the CPU")));
+    QVERIFY(w->deviceAction(QStringLiteral("cpu"))->isChecked());
+    QVERIFY(w->deviceName().startsWith(QStringLiteral("CPU (Eigen, ")));
+    w->tokensView()->stepOnce();
+    QVERIFY(w->tokensView()->waitForIdle());
+    QVERIFY(w->tokensView()->snapshot()->count() > 1);
   }
 
   void aBadModelIsAMessageNotACrash() {

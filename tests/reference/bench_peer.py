@@ -17,9 +17,10 @@ and prints ONE JSON line on stdout.
         --kv-heads 8 --experts 8 --expert-hidden 512 --topk 2 --vocab 260 \
         --prefill 128 --decode 64 --threads 1
 
---train switches to a training benchmark of the same model (plain eager fp32,
-autograd, torch.optim.AdamW(lr 1e-3, betas (0.9, 0.95), eps 1e-8, weight decay
-0.1 on tensors of >= 2 dims only), clip_grad_norm_ 1.0, loss = mean CE +
+--train switches to a training benchmark of the same model (plain eager, fp32
+unless --precision bf16, autograd, torch.optim.AdamW(lr 1e-3, betas (0.9,
+0.95), eps 1e-8, weight decay 0.1 on tensors of >= 2 dims only),
+clip_grad_norm_ 1.0, loss = mean CE +
 0.01 * sum over layers of the Switch aux loss E * sum_i f_i * P_i with
 f_i = top-k choices of expert i / (N*K), P_i = mean router probability) on
 random [--batch, --seq + 1] token batches (a new batch per step). It runs 2
@@ -32,9 +33,45 @@ each timed on its own; the median is reported) and prints ONE JSON line:
 
     /usr/bin/python3 tests/reference/bench_peer.py --train --batch 8 --seq 64 --threads 1
 
+--device cpu|cuda (default cpu) picks where the model runs. With cuda (for
+`moelab-cli bench --device cuda`, our CUDA backend against this peer on the same
+NVIDIA GPU) the weights are still generated on the CPU generator and then moved,
+so a seed gives the same model on both devices; every input (prefill/prompt ids,
+training batches) is moved to the GPU before timing, the causal mask and the RoPE
+positions are built on the GPU, and the greedy next token stays on the GPU
+(no host round trip for it in the decode loop; the HF-style expert loop itself
+still reads the hit experts back, as the HF forward does). Every timed interval
+starts and ends with torch.cuda.synchronize(). Before timing, cuda runs one
+untimed prefill and one untimed full decode (CUDA context, cuBLAS handles, the
+caching allocator) on top of the usual warm-ups; --train keeps its 2 warm-up
+steps. If cuda is asked for but torch.cuda.is_available() is false, one line goes
+to stderr and the exit status is 3.
+
+--precision fp32|tf32|bf16 (default fp32; the CPU accepts only fp32, anything
+else exits 2 with one line on stderr):
+  fp32  strict fp32 matmuls: torch.backends.cuda.matmul.allow_tf32 = False,
+        torch.backends.cudnn.allow_tf32 = False,
+        torch.set_float32_matmul_precision("highest")
+  tf32  fp32 weights and activations, TF32 tensor-core matmuls allowed (both
+        allow_tf32 flags True, matmul precision "high")
+  bf16  weights and activations in torch.bfloat16 (model.to(dtype=bfloat16));
+        RMSNorm and the attention/router softmaxes compute in fp32, the RoPE
+        frequencies stay fp32 (cos/sin are cast to bf16), the loss is computed
+        on fp32 logits. --train with bf16 trains pure bf16 parameters (AdamW on
+        the bf16 tensors; no autocast, no fp32 master weights). fp32 matmul
+        flags as for fp32.
+
+Both JSON lines also carry "device" ("cpu", or the GPU's name from
+torch.cuda.get_device_name()) and "precision", and with cuda "cuda_version"
+(torch.version.cuda); the other keys are unchanged.
+
+    /usr/bin/python3 tests/reference/bench_peer.py --device cuda --precision bf16 \
+        --layers 4 --hidden 256 --heads 8 --kv-heads 8 --experts 8 --expert-hidden 512
+
 --check-fixture DIR loads a mixtral fixture written by make_fixtures.py into
 this module (fp32) and compares its logits with DIR/expected.json instead of
-benchmarking; it proves the peer computes the same thing as the reference.
+benchmarking; it proves the peer computes the same thing as the reference. It
+always runs on the CPU in fp32 (--device and --precision do not apply to it).
 """
 
 import argparse
@@ -97,7 +134,7 @@ class Attention(nn.Module):
         s_len = k.shape[2]
         scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.d)
         if t > 1:
-            mask = torch.full((t, s_len), float("-inf")).triu(s_len - t + 1)
+            mask = torch.full((t, s_len), float("-inf"), dtype=scores.dtype, device=scores.device).triu(s_len - t + 1)
             scores = scores + mask
         p = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(p, v).transpose(1, 2).reshape(b, t, self.nh * self.d)
@@ -167,15 +204,18 @@ class MixtralLike(nn.Module):
         super().__init__()
         self.model = Backbone(a)
         self.lm_head = nn.Linear(a.hidden, a.vocab, bias=False)
-        self.inv_freq = 1.0 / (a.theta ** (torch.arange(0, a.head_dim, 2, dtype=torch.int64).float() / a.head_dim))
+        # a buffer so that .to(device) moves it; non-persistent, so not in the state dict.
+        # place() keeps it fp32 when the weights go to bf16.
+        inv_freq = 1.0 / (a.theta ** (torch.arange(0, a.head_dim, 2, dtype=torch.int64).float() / a.head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, ids, past=None):
         start = 0 if past is None else past[0][0].shape[2]
-        pos = torch.arange(start, start + ids.shape[1]).float()
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device).float()
         freqs = pos[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos(), emb.sin()
         x = self.model.embed_tokens(ids)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)  # fp32 angles, cast for bf16
         presents = []
         for i, layer in enumerate(self.model.layers):
             x, pr = layer(x, cos, sin, None if past is None else past[i])
@@ -248,6 +288,47 @@ def random_init(model, seed):
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
 
 
+def place(model, device, dtype):
+    """Move a (CPU-initialised) model to device/dtype; the RoPE inverse frequencies stay fp32."""
+    inv_freq = model.inv_freq
+    model.to(device=device, dtype=dtype)
+    model.inv_freq = inv_freq.to(device)
+    return model
+
+
+def setup_device(a):
+    """Check --device/--precision and set the CUDA matmul precision. Returns an exit
+    status (2 or 3) after one line on stderr, or None with a.dev, a.dtype, a.sync set."""
+    if a.device == "cpu":
+        if a.precision != "fp32":
+            print("bench_peer: --precision %s needs --device cuda (the CPU peer is fp32 only)" % a.precision,
+                  file=sys.stderr)
+            return 2
+        a.dev, a.dtype, a.sync = torch.device("cpu"), torch.float32, lambda: None
+        return None
+    if not torch.cuda.is_available():
+        print("bench_peer: --device cuda asked for but torch.cuda.is_available() is false (torch %s, CUDA %s)"
+              % (torch.__version__, torch.version.cuda), file=sys.stderr)
+        return 3
+    tf32 = a.precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    a.dev = torch.device("cuda")
+    a.dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
+    a.sync = torch.cuda.synchronize
+    return None
+
+
+def device_info(a):
+    """The keys every JSON line ends with."""
+    info = {"device": "cpu" if a.dev.type == "cpu" else torch.cuda.get_device_name(a.dev),
+            "precision": a.precision}
+    if a.dev.type == "cuda":
+        info["cuda_version"] = torch.version.cuda
+    return info
+
+
 def check_fixture(d):
     with open(os.path.join(d, "config.json")) as f:
         cfg = json.load(f)
@@ -298,7 +379,8 @@ def switch_aux_loss(model):
 
 def train_bench(a):
     model = MixtralLike(a)
-    random_init(model, a.seed)
+    random_init(model, a.seed)  # on the CPU generator, then moved: same model on every device
+    place(model, a.dev, a.dtype)  # bf16: pure bf16 parameters, no autocast
     model.train()
     params = list(model.parameters())
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
@@ -306,18 +388,20 @@ def train_bench(a):
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
     g = torch.Generator().manual_seed(a.seed + 2)
     warm = 2
-    batches = [torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=g)
+    batches = [torch.randint(0, a.vocab, (a.batch, a.seq + 1), generator=g).to(a.dev)
                for _ in range(warm + a.train_steps)]
     times, losses = [], []
     for i, tok in enumerate(batches):
+        a.sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         logits, _ = model(tok[:, :-1])
-        lm = F.cross_entropy(logits.reshape(-1, a.vocab), tok[:, 1:].reshape(-1))
+        lm = F.cross_entropy(logits.float().reshape(-1, a.vocab), tok[:, 1:].reshape(-1))  # loss in fp32
         loss = lm + a.aux_alpha * switch_aux_loss(model)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        a.sync()
         dt = time.perf_counter() - t0
         losses.append(float(loss))
         if i >= warm:
@@ -338,6 +422,7 @@ def train_bench(a):
         "torch_version": torch.__version__,
         "loss_first": losses[0],
         "loss_last": losses[-1],
+        **device_info(a),
     }))
     return 0
 
@@ -368,7 +453,13 @@ def main():
     ap.add_argument("--train-steps", type=int, default=10, help="--train: timed steps (after 2 warm-up)")
     ap.add_argument("--aux-alpha", type=float, default=0.01, help="--train: Switch aux loss weight")
     ap.add_argument("--lr", type=float, default=1e-3, help="--train: AdamW learning rate")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs")
+    ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                    help="fp32 (strict), tf32 (TF32 matmuls) or bf16 weights/activations; the CPU takes fp32 only")
     a = ap.parse_args()
+    rc = setup_device(a)
+    if rc is not None:
+        return rc
     torch.set_num_threads(max(1, a.threads))
     pin_openblas_threads(max(1, a.threads))
     if a.check_fixture:
@@ -383,26 +474,34 @@ def main():
             raise SystemExit("--batch, --seq and --train-steps must be >= 1")
         return train_bench(a)
     model = MixtralLike(a).eval()
-    random_init(model, a.seed)
+    random_init(model, a.seed)  # on the CPU generator, then moved: same model on every device
+    place(model, a.dev, a.dtype)
     g = torch.Generator().manual_seed(a.seed + 1)
-    prefill_ids = torch.randint(0, a.vocab, (1, a.prefill), generator=g)
-    prompt_ids = torch.randint(0, a.vocab, (1, a.prompt), generator=g)
+    prefill_ids = torch.randint(0, a.vocab, (1, a.prefill), generator=g).to(a.dev)
+    prompt_ids = torch.randint(0, a.vocab, (1, a.prompt), generator=g).to(a.dev)
 
     def decode_run(steps):
         logits, past = model(prompt_ids)
-        nxt = logits[:, -1:].argmax(-1)
+        nxt = logits[:, -1:].argmax(-1)  # stays on the model's device
+        a.sync()
         t0 = time.perf_counter()
         for _ in range(steps):
             logits, past = model(nxt, past)
             nxt = logits[:, -1:].argmax(-1)
+        a.sync()
         return time.perf_counter() - t0
 
     with torch.no_grad():
+        if a.dev.type == "cuda":  # CUDA context, cuBLAS handles, caching allocator: untimed
+            model(prefill_ids)
+            decode_run(a.decode)
         model(prefill_ids)  # warm-up
         best_p = float("inf")
         for _ in range(max(1, a.repeats)):
+            a.sync()
             t0 = time.perf_counter()
             model(prefill_ids)
+            a.sync()
             best_p = min(best_p, time.perf_counter() - t0)
         decode_run(min(8, a.decode))  # warm-up
         best_d = min(decode_run(a.decode) for _ in range(max(1, a.decode_repeats)))
@@ -417,6 +516,7 @@ def main():
         "prefill_tokens": a.prefill,
         "decode_tokens": a.decode,
         "prompt_tokens": a.prompt,
+        **device_info(a),
     }))
     return 0
 

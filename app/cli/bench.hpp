@@ -1,0 +1,38 @@
+// `moelab-cli bench`: the options shared by the CPU benchmark (cmd_bench.cpp) and the GPU one
+// (cmd_bench_cuda.cpp), and the PyTorch peer both compare against.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "config.hpp"
+
+namespace moelab::cli {
+
+struct BenchOptions {
+  int64_t layers = 4, hidden = 256, heads = 8, kv_heads = 8, experts = 8, expert_hidden = 512, top_k = 2;
+  int64_t prefill = 128, decode = 64, prompt = 8, repeats = 5;
+  std::string python = "/usr/bin/python3";
+  std::string peer = std::string(MOELAB_SOURCE_DIR) + "/tests/reference/bench_peer.py";
+  bool no_peer = false, json_out = false;
+  bool train = false;
+  int64_t train_batch = 8, train_seq = 64, train_steps = 10;
+  std::string device = "cpu";      // cpu | cuda
+  std::string sizes = "";          // GPU: comma-separated lab sizes (tiny,small,medium,large); empty = all
+  std::string precision = "fp32";  // GPU: fp32 | tf32 | bf16
+};
+BenchOptions& bench_options();
+
+// The lab model of the benchmark: the built-in model's family and tokenizer at the given sizes.
+ModelConfig bench_model_config(int64_t layers, int64_t hidden, int64_t heads, int64_t kv_heads, int64_t experts,
+                               int64_t expert_hidden, int64_t top_k, int64_t context);
+
+// Runs the peer script with `args` (after `env`) and returns its one JSON line, or null.
+nlohmann::json run_peer_script(const std::string& env, const std::string& args);
+
+// The GPU benchmark (moelab-cli bench --device cuda).
+void run_cuda_bench();
+
+}  // namespace moelab::cli

@@ -1,0 +1,53 @@
+// The devices a model can run on, shared by the command line (--device) and the GUI (the Device
+// menu and the status bar). Qt-free; the CUDA parts are compiled in only when this build has the
+// CUDA backend (MOELAB_HAVE_CUDA), and chosen at run time only when a GPU answers.
+#pragma once
+
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+
+namespace moelab {
+
+struct DeviceChoice {
+  std::string id;       // "cpu" or "cuda": what make_backend takes
+  std::string label;    // "CPU (Eigen, 2 threads)", "GPU: NVIDIA H100 80GB HBM3", "GPU (CUDA)"
+  bool available = false;
+  std::string why_not;  // one line when not available
+};
+
+// The CPU (always available) and the GPU (available when this build has the CUDA backend and a
+// device answers; otherwise why_not says why).
+std::vector<DeviceChoice> list_devices();
+
+// "cpu", "cuda" or "auto" ("" too: the GPU when one is available, silently the CPU otherwise).
+// "cuda" without a usable GPU gives the CPU, and *fallback (when given) says why in one line.
+// Throws moelab::Error naming the device for anything else.
+std::shared_ptr<Backend> make_backend(const std::string& device, std::string* fallback = nullptr);
+
+// What the status bar shows for a backend: "CPU (Eigen, 2 threads)" or "GPU: <the GPU's name>".
+std::string device_display_name(const Backend& backend);
+
+// make(backend) on the chosen device. When the device cannot be had, or make throws on it (out of
+// GPU memory, a driver error), make runs again on the CPU and *problem says why in one line
+// ("" when the device was used). Errors on the CPU itself (a bad file) are thrown as they are.
+template <class Make>
+auto make_on_device(const std::string& device, Make make, std::string* problem) {
+  std::shared_ptr<Backend> backend;
+  problem->clear();
+  try {
+    backend = make_backend(device, problem);
+    if (!problem->empty()) *problem = "GPU: " + *problem + "; using the CPU";
+    return make(backend);
+  } catch (const std::exception& e) {
+    if (backend && backend->name() == "cpu") throw;
+    *problem = std::string("GPU: ") + e.what() + "; using the CPU";
+  }
+  backend.reset();  // give the GPU's memory back before the CPU copy is made
+  return make(make_eigen_backend());
+}
+
+}  // namespace moelab
