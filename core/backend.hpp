@@ -73,6 +73,11 @@ class Backend {
 
   // ---- memory ----
   virtual Tensor alloc(std::vector<int64_t> shape, TType type = TType::Real) = 0;  // zero-filled
+  // The same with undefined contents, for a tensor the next op overwrites entirely (it saves a
+  // fill per tensor where filling is a launch of its own, as on a GPU).
+  virtual Tensor alloc_uninit(std::vector<int64_t> shape, TType type = TType::Real) {
+    return alloc(std::move(shape), type);
+  }
   // Copy `count` elements (default: all from `offset`) between host memory and the tensor,
   // converting between float/double and the backend's scalar.
   virtual void upload(Tensor& dst, const float* host, int64_t offset = 0, int64_t count = -1) = 0;
@@ -174,6 +179,12 @@ class Backend {
   virtual void noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) = 0;
   // Σ x² (in double), and x *= s — for the global gradient norm and clipping.
   virtual double sum_squares(const Tensor& x) = 0;
+  // Σ over the tensors of Σ x², summed in this order (one wait for the device, not one per tensor).
+  virtual double sum_squares_all(const std::vector<const Tensor*>& xs) {
+    double total = 0;
+    for (const Tensor* x : xs) total += sum_squares(*x);
+    return total;
+  }
   virtual void scale(Tensor& x, float s) = 0;
   // AdamW (Loshchilov & Hutter 2019), bias-corrected, decoupled weight decay:
   //   m = b1·m + (1-b1)·g; v = b2·v + (1-b2)·g²; p -= lr·(m̂/(sqrt(v̂)+eps) + wd·p), step >= 1.

@@ -73,7 +73,15 @@ std::vector<float> Decoder::step(int32_t token, RoutingObserver* observer) {
     fail(c.architecture, "sequence of " + std::to_string(cache_.length + 1) + " tokens exceeds the context of " +
                              std::to_string(cache_.capacity));
   Backend& b = model_.backend();
-  Recorded& r = recorded(observer != nullptr);
+  Recorded* rec = nullptr;
+  try {
+    rec = &recorded(observer != nullptr);
+  } catch (const Error& e) {  // e.g. a context too long for the recorded attention: run ops directly
+    use_graphs_ = false;
+    graph_problem_ = e.what();
+    return model_.forward({token}, cache_, observer);
+  }
+  Recorded& r = *rec;
   const int32_t pos = int32_t(cache_.length);
   b.upload(token_, &token);
   b.upload(position_, &pos);

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "model.hpp"
@@ -35,6 +36,8 @@ class Decoder {
   // Whether steps replay a recorded graph, and its size (0 when not recorded yet or not graphed).
   bool graphed() const;
   int64_t graph_nodes() const;
+  // Why recording failed, when it did (the steps then run the ops directly); "" otherwise.
+  const std::string& graph_problem() const { return graph_problem_; }
 
  private:
   struct Recorded;
@@ -47,6 +50,7 @@ class Decoder {
   Tensor token_, position_;  // I32 [1] inputs of the recorded step
   DeviceTrace trace_;
   std::unique_ptr<Recorded> plain_, traced_;  // recorded without and with the routing trace
+  std::string graph_problem_;
 };
 
 }  // namespace moelab

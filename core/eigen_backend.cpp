@@ -55,7 +55,11 @@ class EigenBackend final : public Backend {
   };
   std::shared_ptr<Pool> pool_ = std::make_shared<Pool>();
 
-  Tensor alloc(std::vector<int64_t> shape, TType type) override {
+  Tensor alloc(std::vector<int64_t> shape, TType type) override { return allocate(std::move(shape), type, true); }
+  Tensor alloc_uninit(std::vector<int64_t> shape, TType type) override {
+    return allocate(std::move(shape), type, false);
+  }
+  Tensor allocate(std::vector<int64_t> shape, TType type, bool zero) {
     Tensor t;
     t.shape = std::move(shape);
     t.type = type;
@@ -72,7 +76,7 @@ class EigenBackend final : public Backend {
     }
     if (!p) p = std::aligned_alloc(64, bytes);
     if (!p) throw Error("out of memory allocating " + human_bytes(double(bytes)));
-    std::memset(p, 0, bytes);
+    if (zero) std::memset(p, 0, bytes);
     std::weak_ptr<Pool> pool = pool_;
     t.storage = std::shared_ptr<void>(p, [pool, bytes](void* q) {
       if (auto pl = pool.lock(); pl && bytes <= (size_t(64) << 20)) {

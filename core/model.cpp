@@ -232,11 +232,11 @@ void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, Routing
   const int64_t T = h.rows();
   auto swiglu_mlp = [&](const Tensor& g_w, const Tensor& u_w, const Tensor& d_w) {
     const int64_t Fm = g_w.rows();
-    Tensor g = b.alloc({T, Fm}), u = b.alloc({T, Fm});
+    Tensor g = b.alloc_uninit({T, Fm}), u = b.alloc_uninit({T, Fm});
     b.linear(h, g_w, nullptr, g);
     b.linear(h, u_w, nullptr, u);
     b.swiglu(g, u, g);
-    Tensor y = b.alloc({T, c.hidden_size});
+    Tensor y = b.alloc_uninit({T, c.hidden_size});
     b.linear(g, d_w, nullptr, y);
     return y;
   };
@@ -262,8 +262,8 @@ void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, Routing
     spec.selection_bias = &bias;
   }
   const int64_t K = spec.top_k;
-  Tensor logits = b.alloc({T, E}), probs = b.alloc({T, E}), ids = b.alloc({T, K}, TType::I32),
-         weights = b.alloc({T, K});
+  Tensor logits = b.alloc_uninit({T, E}), probs = b.alloc_uninit({T, E}), ids = b.alloc_uninit({T, K}, TType::I32),
+         weights = b.alloc_uninit({T, K});
   b.linear(h, L.router, nullptr, logits);  // [T,E] router logits (no noise at inference)
   b.route(logits, spec, probs, ids, weights);
   // Expert capacity over these T tokens, as the trainer applies it over a batch: overflowing
@@ -367,10 +367,11 @@ Tensor Model::forward_tensors(const Tensor& ids, int64_t pos0, KvCache& cache, R
   const int64_t T = ids.numel(), H = c.hidden_size, NH = c.num_heads, NKV = c.num_kv_heads, D = c.head_dim,
                 V = c.vocab_size;
   MOELAB_ASSERT(ids.type == TType::I32 && T > 0 && pos0 + T <= cache.capacity, "forward_tensors inputs");
-  Tensor x = b.alloc({T, H});  // [T,H] residual stream
+  Tensor x = b.alloc_uninit({T, H});  // [T,H] residual stream
   b.embedding(w_.embed, ids, x);
-  Tensor h = b.alloc({T, H}), q = b.alloc({T, NH * D}), k = b.alloc({T, NKV * D}), v = b.alloc({T, NKV * D}),
-         att = b.alloc({T, NH * D});
+  // Each is overwritten whole by the op that first writes it in every layer.
+  Tensor h = b.alloc_uninit({T, H}), q = b.alloc_uninit({T, NH * D}), k = b.alloc_uninit({T, NKV * D}),
+         v = b.alloc_uninit({T, NKV * D}), att = b.alloc_uninit({T, NH * D});
   const float eps = float(c.rms_norm_eps), clip = float(c.clip_qkv);
   int64_t moe_index = 0;
   for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -399,7 +400,7 @@ Tensor Model::forward_tensors(const Tensor& ids, int64_t pos0, KvCache& cache, R
     if (L.moe) ++moe_index;
   }
   b.rmsnorm(x, w_.final_norm, eps, h);
-  Tensor logits = b.alloc({T, V});
+  Tensor logits = b.alloc_uninit({T, V});
   b.linear(h, w_.lm_head, nullptr, logits);
   return logits;
 }

@@ -107,9 +107,9 @@ double adamw_update(Model& model, ParamSet& grads, ParamSet& m, ParamSet& v, int
   const ModelConfig& c = model.config();
   auto P = trainable_params(c, model.params()), G = trainable_params(c, grads), M = trainable_params(c, m),
        V = trainable_params(c, v);
-  double sq = 0;
-  for (const ParamRef& g : G) sq += b.sum_squares(*g.tensor);
-  const double norm = std::sqrt(sq);
+  std::vector<const Tensor*> grads_all;
+  for (const ParamRef& g : G) grads_all.push_back(g.tensor);
+  const double norm = std::sqrt(b.sum_squares_all(grads_all));
   if (!std::isfinite(norm)) return norm;
   if (cfg.clip > 0 && norm > cfg.clip) {  // torch.nn.utils.clip_grad_norm_
     const float s = float(double(cfg.clip) / (norm + 1e-6));

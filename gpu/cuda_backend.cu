@@ -122,6 +122,9 @@ class CudaBackend final : public Backend {
 
   // ---- memory ----
   Tensor alloc(std::vector<int64_t> shape, TType type) override { return make_tensor(std::move(shape), type, true); }
+  Tensor alloc_uninit(std::vector<int64_t> shape, TType type) override {
+    return make_tensor(std::move(shape), type, false);
+  }
 
   void upload(Tensor& dst, const float* host, int64_t offset, int64_t count) override {
     not_recording("upload");
@@ -457,6 +460,19 @@ class CudaBackend final : public Backend {
     double* partials = static_cast<double*>(buf.ptr);
     cuda::sum_squares(f32(x), x.numel(), partials, partials + cuda::kSumBlocks, st());
     return download_doubles(partials + cuda::kSumBlocks, 1)[0];
+  }
+
+  // One result slot per tensor, one copy back; summed on the host in order, as the default does.
+  double sum_squares_all(const std::vector<const Tensor*>& xs) override {
+    if (xs.empty()) return 0.0;
+    Tensor buf = scratch(size_t(cuda::kSumBlocks + xs.size()) * 8);
+    double* partials = static_cast<double*>(buf.ptr);
+    double* results = partials + cuda::kSumBlocks;
+    const cudaStream_t s = st();
+    for (size_t i = 0; i < xs.size(); ++i) cuda::sum_squares(f32(*xs[i]), xs[i]->numel(), partials, results + i, s);
+    double total = 0;
+    for (double r : download_doubles(results, xs.size())) total += r;
+    return total;
   }
 
   void scale(Tensor& x, float s) override { cuda::scale(f32(x), x.numel(), s, st()); }

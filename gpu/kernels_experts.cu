@@ -212,6 +212,39 @@ __global__ void slot_dots_kernel(const float* dout, const float* Y, const int32_
 
 unsigned col_tiles(int64_t N, int tile) { return unsigned((N + tile - 1) / tile); }
 
+
+// Few rows (decode: T·K slots of one token): the tiled kernel would compute 64-row tiles for one
+// row each, one k-step at a time. Here one warp per (sorted row, output column) reads the
+// expert's weight row W_e[n, :] contiguously, with every load in flight at once.
+constexpr int64_t kGemvMaxSlots = 32;
+constexpr int kGemvWarps = 8;  // output columns per block
+
+__global__ void grouped_gemv_outin_kernel(const float* __restrict__ A, int64_t Kd, const float* __restrict__ W,
+                                          int64_t N, const int32_t* __restrict__ begin, int64_t E,
+                                          float* __restrict__ C, bool accumulate) {
+  const int64_t r = blockIdx.y, n = int64_t(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  if (r >= begin[E] || n >= N) return;  // uniform across the warp: r and n are per warp
+  // The expert of sorted row r: the last e with begin[e] <= r (empty experts have begin[e] ==
+  // begin[e + 1], so the last such e is the non-empty one that holds r).
+  int64_t lo = 0, hi = E - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (begin[mid] <= r)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const float* w = W + (lo * N + n) * Kd;
+  const float* a = A + r * Kd;
+  float acc = 0.0f;
+  for (int64_t k = threadIdx.x & 31; k < Kd; k += 32) acc += a[k] * w[k];
+  acc = warp_sum(acc);
+  if ((threadIdx.x & 31) == 0) {
+    float* c = C + r * N + n;
+    *c = accumulate ? *c + acc : acc;
+  }
+}
+
 }  // namespace
 
 int64_t expert_max_tiles(int64_t slots, int64_t experts) {
@@ -237,6 +270,13 @@ void grouped_gemm(const float* A, int64_t Kd, const float* W, WeightLayout layou
                   float* C, bool accumulate, cudaStream_t s) {
   if (g.slots <= 0 || N <= 0) return;
   MOELAB_ASSERT(g.max_tiles < (int64_t(1) << 31) && col_tiles(N, BN) <= 65535u, "grouped GEMM grid");
+  if (layout == WeightLayout::OutIn && g.slots <= kGemvMaxSlots) {
+    const dim3 rows(unsigned((N + kGemvWarps - 1) / kGemvWarps), unsigned(g.slots));
+    MOELAB_ASSERT((N + kGemvWarps - 1) / kGemvWarps < (int64_t(1) << 31), "grouped GEMV grid");
+    grouped_gemv_outin_kernel<<<rows, kGemvWarps * 32, 0, s>>>(A, Kd, W, N, g.begin, g.experts, C, accumulate);
+    MOELAB_CUDA_LAUNCHED("grouped_gemv_outin_kernel");
+    return;
+  }
   const dim3 grid(unsigned(g.max_tiles), col_tiles(N, BN));
   if (layout == WeightLayout::InOut) {
     grouped_gemm_kernel<true><<<grid, kGemmThreads, 0, s>>>(A, Kd, W, N, g.begin, g.tile_expert, g.tile_row0,

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "error.hpp"
 
 namespace testutil {
 
@@ -25,6 +26,7 @@ class RecordingBackend final : public moelab::Backend {
   explicit RecordingBackend(std::shared_ptr<moelab::Backend> inner) : in_(std::move(inner)) {}
 
   int recordings = 0, replays = 0;
+  bool fail_next_recording = false;  // end_recording throws once, as a failed capture would
 
   std::string name() const override { return "recording(" + in_->name() + ")"; }
   int64_t real_bytes() const override { return in_->real_bytes(); }
@@ -51,6 +53,11 @@ class RecordingBackend final : public moelab::Backend {
   }
   std::unique_ptr<moelab::OpGraph> end_recording() override {
     if (!rec_) throw std::logic_error("end_recording without a recording");
+    if (fail_next_recording) {
+      fail_next_recording = false;
+      rec_.reset();
+      throw moelab::Error("recording: simulated capture failure");
+    }
     return std::move(rec_);
   }
   void abort_recording() override { rec_.reset(); }
@@ -64,6 +71,7 @@ class RecordingBackend final : public moelab::Backend {
     }
     return t;
   }
+  Tensor alloc_uninit(std::vector<int64_t> shape, TType type) override { return in_->alloc_uninit(std::move(shape), type); }
   void upload(Tensor& d, const float* h, int64_t o, int64_t c) override { host("upload"), in_->upload(d, h, o, c); }
   void download(const Tensor& s, float* h, int64_t o, int64_t c) override { host("download"), in_->download(s, h, o, c); }
   void upload(Tensor& d, const double* h, int64_t o, int64_t c) override { host("upload"), in_->upload(d, h, o, c); }

@@ -162,4 +162,21 @@ TEST(generate_is_the_same_with_and_without_recording) {
   CHECK(ta.layers().front().ids == tb.layers().front().ids);
 }
 
+// A recording that fails: the decoder says why and runs the ops directly.
+TEST(a_failed_recording_falls_back_to_direct_ops) {
+  auto rec = std::make_shared<RecordingBackend>(make_eigen_backend());
+  Model m = Model::random(testutil::tiny_config(), 9, rec, 0.2f);
+  const std::vector<float> full = m.forward_full(kText);
+  rec->fail_next_recording = true;
+  Decoder dec(m, int64_t(kText.size()));
+  dec.prefill({kText.front()});
+  for (size_t i = 1; i < kText.size(); ++i) {
+    const std::vector<float> logits = dec.step(kText[i]);
+    CHECK(max_rel(logits.data(), full.data() + int64_t(i) * 40, 40) < 1e-6);
+  }
+  CHECK(!dec.graphed());
+  CHECK(dec.graph_problem().find("simulated") != std::string::npos);
+  CHECK_EQ(rec->replays, 0);
+}
+
 CHECK_MAIN()

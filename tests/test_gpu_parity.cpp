@@ -466,6 +466,12 @@ TEST(every_op_matches_the_cpu_backend_over_the_shape_table) {
   g_gpu->upload(ti, iv.data());
   CHECK(host_ids(*g_gpu, ti) == iv);
   CHECK(g_gpu->host_f32(t2) == nullptr);
+  // The gradient norm over many tensors, with one wait.
+  Both s1 = both({4, 3}, std::vector<float>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}), s2 = both({2}, {0.5f, -1.5f});
+  const double want_sq = g_cpu->sum_squares_all({&s1.cpu, &s2.cpu});
+  CHECK_NEAR(want_sq, 650.0 + 2.5, 1e-9);
+  CHECK_NEAR(g_gpu->sum_squares_all({&s1.gpu, &s2.gpu}), want_sq, 1e-9);
+  CHECK_NEAR(g_gpu->sum_squares_all({}), 0.0, 0);
   CHECK_EQ(g_gpu->name(), std::string("cuda"));
 }
 

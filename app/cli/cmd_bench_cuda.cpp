@@ -102,6 +102,9 @@ double decode_seconds(Model& m, bool graphs, const std::vector<int32_t>& prompt,
     for (int64_t i = 0; i < o.decode; ++i) logits = dec.step(argmax());
     best = std::min(best, seconds_since(t) / double(o.decode));
     if (nodes) *nodes = dec.graph_nodes();
+    if (graphs && !dec.graph_problem().empty() && r == 0)
+      std::fprintf(stderr, "bench: the decode step could not be recorded, ops ran directly: %s\n",
+                   dec.graph_problem().c_str());
   }
   return best;
 }

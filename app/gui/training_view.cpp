@@ -45,6 +45,9 @@ TrainingView::TrainingView(QWidget* parent) : QWidget(parent) {
             if (stepsDone > 0) {  // continuing: the log was cut back to the checkpoint
               try {
                 m_run = loadRun(runDir);
+                // The worker may already have logged steps past the checkpoint; those arrive as
+                // stepDone signals queued behind this one, so the view keeps only the steps before.
+                while (!m_run.history.isEmpty() && m_run.history.back()->step > stepsDone) m_run.history.removeLast();
               } catch (const std::exception& e) {
                 emit errorOccurred(QString::fromUtf8(e.what()));
               }
