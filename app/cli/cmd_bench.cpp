@@ -122,35 +122,16 @@ nlohmann::json best_peer(const char* key) {
 void run_train_bench() {
   const ModelConfig c = bench_config();
   Model m = Model::random(c, 1, make_eigen_backend(), 0.05f);
-  const auto corpus = open_corpus("builtin:domains");
-  TrainConfig tc;
-  tc.batch = o.train_batch;
-  tc.seq_len = o.train_seq;
-  tc.steps = o.train_steps + 2;
-  tc.lr = 1e-3f;
-  tc.warmup = 0;
-  tc.aux_alpha = 0.01f;
-  tc.clip = 1.0f;
-  tc.eval_every = 0;
-  tc.probe_every = 0;
-  Trainer trainer(m, *corpus, tc);
-  std::vector<double> times;
-  for (int64_t i = 0; i < tc.steps; ++i) {
-    const auto t = Clock::now();
-    trainer.step();
-    if (i >= 2) times.push_back(seconds_since(t));
-  }
-  std::sort(times.begin(), times.end());
-  const double median = times[times.size() / 2];
-  const double tps = double(tc.batch * tc.seq_len) / median;
+  const double median = median_train_step_seconds(m, o);
+  const double tps = double(o.train_batch * o.train_seq) / median;
   const double peak = measure_gemm_peak();
   // A training step costs about 3 forward passes (forward, and backward for inputs and weights).
-  const double flops = 3.0 * forward_flops_per_token(c, tc.seq_len / 2) * tps;
+  const double flops = 3.0 * forward_flops_per_token(c, o.train_seq / 2) * tps;
   const nlohmann::json peer = best_peer("train_tokens_per_s");
   nlohmann::json j = {{"train_tokens_per_s", tps},
                       {"train_step_ms", median * 1e3},
-                      {"batch", tc.batch},
-                      {"seq", tc.seq_len},
+                      {"batch", o.train_batch},
+                      {"seq", o.train_seq},
                       {"gflop_s", flops / 1e9},
                       {"gemm_peak_gflop_s", peak / 1e9},
                       {"fraction_of_gemm_peak", flops / peak}};
@@ -163,8 +144,8 @@ void run_train_bench() {
     return;
   }
   std::printf("training: %d layers, width %d, %d experts of %d, top-2, batch %d x %d tokens, AdamW, aux loss, clip\n",
-              int(c.num_layers), int(c.hidden_size), int(c.num_experts), int(c.expert_ffn_size), int(tc.batch),
-              int(tc.seq_len));
+              int(c.num_layers), int(c.hidden_size), int(c.num_experts), int(c.expert_ffn_size), int(o.train_batch),
+              int(o.train_seq));
   std::printf("moelab   %8.0f tokens/s  (%.1f ms/step, %.1f GFLOP/s = %.0f%% of the %.0f GFLOP/s GEMM peak)\n", tps,
               median * 1e3, flops / 1e9, 100 * flops / peak, peak / 1e9);
   if (!peer.is_null())
@@ -325,6 +306,29 @@ ModelConfig bench_model_config(int64_t layers, int64_t hidden, int64_t heads, in
   c.rope_theta = 1e6;
   c.max_positions = std::max<int64_t>(4096, context);
   return c;
+}
+
+double median_train_step_seconds(Model& m, const BenchOptions& opt) {
+  const auto corpus = open_corpus("builtin:domains");
+  TrainConfig tc;
+  tc.batch = opt.train_batch;
+  tc.seq_len = opt.train_seq;
+  tc.steps = opt.train_steps + 2;
+  tc.lr = 1e-3f;
+  tc.warmup = 0;
+  tc.aux_alpha = 0.01f;
+  tc.clip = 1.0f;
+  tc.eval_every = 0;
+  tc.probe_every = 0;
+  Trainer trainer(m, *corpus, tc);
+  std::vector<double> times;
+  for (int64_t i = 0; i < tc.steps; ++i) {
+    const auto t = Clock::now();
+    trainer.step();  // returns the step's loss: on a GPU the device has finished the step
+    if (i >= 2) times.push_back(seconds_since(t));
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
 }
 
 nlohmann::json run_peer_script(const std::string& env, const std::string& args) {

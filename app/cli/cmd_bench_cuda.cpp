@@ -110,26 +110,7 @@ double decode_seconds(Model& m, bool graphs, const std::vector<int32_t>& prompt,
 }
 
 double train_tokens_per_s(Model& m, const BenchOptions& o) {
-  const auto corpus = open_corpus("builtin:domains");
-  TrainConfig tc;
-  tc.batch = o.train_batch;
-  tc.seq_len = o.train_seq;
-  tc.steps = o.train_steps + 2;
-  tc.lr = 1e-3f;
-  tc.warmup = 0;
-  tc.aux_alpha = 0.01f;
-  tc.clip = 1.0f;
-  tc.eval_every = 0;
-  tc.probe_every = 0;
-  Trainer trainer(m, *corpus, tc);
-  std::vector<double> times;
-  for (int64_t i = 0; i < tc.steps; ++i) {
-    const auto t = Clock::now();
-    trainer.step();  // returns the step's loss: the device has finished it
-    if (i >= 2) times.push_back(seconds_since(t));
-  }
-  std::sort(times.begin(), times.end());
-  return double(tc.batch * tc.seq_len) / times[times.size() / 2];
+  return double(o.train_batch * o.train_seq) / median_train_step_seconds(m, o);
 }
 
 double ratio(const nlohmann::json& peer, const char* key, double ours) {
