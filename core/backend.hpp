@@ -58,6 +58,21 @@ struct CapacitySpec {
   bool reroute = false;
 };
 
+// How matrix products compute; every other op (norms, softmax, router top-k, attention, the
+// residual stream, losses, AdamW) is fp32 in every mode.
+//   FP32  fp32 operands, fp32 accumulation: the default, and the reference.
+//   TF32  cuBLAS's dense products on tensor cores with operands rounded to TF32 (10-bit mantissa),
+//         fp32 accumulation; the grouped expert products stay fp32. GPU only.
+//   BF16  the operands of every matrix product (linear and its backward, the routed experts'
+//         products and their backward) are rounded to bfloat16, round to nearest even, and
+//         accumulated in fp32; results are fp32. Weights are held in bf16 for the products next to
+//         the fp32 master copy the optimizer updates. On the CPU this is an emulation (the same
+//         numbers, no speed-up), the reference the GPU's bf16 path is tested against.
+enum class Precision { FP32, TF32, BF16 };
+const char* precision_name(Precision p);  // "fp32", "tf32", "bf16"
+// "fp32" | "tf32" | "bf16" (case-insensitive); anything else throws Error naming the choices.
+Precision parse_precision(const std::string& text);
+
 // A recorded sequence of operations (see Backend::begin_recording), replayed on the same buffers.
 class OpGraph {
  public:
@@ -93,6 +108,10 @@ class Backend {
   virtual int64_t real_bytes() const { return 4; }
   virtual void fill(Tensor& t, float value) = 0;
   virtual void copy(const Tensor& src, Tensor& dst) = 0;  // same numel
+  // The precision of matrix products (see Precision). A backend refuses a mode it lacks with an
+  // Error saying so; the default supports FP32 only.
+  virtual Precision precision() const { return Precision::FP32; }
+  virtual void set_precision(Precision p);
 
   // ---- forward ops ----
   // out [T,H] = table [V,H] rows ids [T] (I32). Ids are validated by the caller.

@@ -4,6 +4,7 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -41,6 +42,18 @@ class EigenBackend final : public Backend {
  public:
   std::string name() const override { return sizeof(S) == 4 ? "cpu" : "cpu-f64"; }
   int64_t real_bytes() const override { return int64_t(sizeof(S)); }
+
+  // bf16 is emulated: each matrix product rounds its operands to bfloat16 (Eigen::bfloat16 rounds
+  // to nearest even, as the GPU's __float2bfloat16_rn does) and multiplies them in fp32.
+  Precision precision() const override { return bf16_ ? Precision::BF16 : Precision::FP32; }
+  void set_precision(Precision p) override {
+    if (p == Precision::FP32 || (p == Precision::BF16 && sizeof(S) == 4)) {
+      bf16_ = p == Precision::BF16;
+      return;
+    }
+    fail(name(), p == Precision::TF32 ? "tf32 is a GPU tensor-core mode (the CPU computes fp32, or emulates bf16)"
+                                      : "the gradient-check backend computes in fp64 only");
+  }
 
   // ---- memory ----
   // Buffers are recycled through a free list by size: a training step allocates the same
@@ -126,12 +139,15 @@ class EigenBackend final : public Backend {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
     MOELAB_ASSERT(w.cols() == K && out.rows() == T && out.cols() == N, "linear shapes");
     MapM Y = mat(out, T, N);
+    std::vector<S> xb, wb;
+    const S* X = operand(P(x), T * K, xb);
+    const S* W = operand(P(w), N * K, wb);
     if (T == 1) {
-      gemv(P(w), P(x), P(out), N, K, accumulate);  // decode: a matrix-vector product
+      gemv(W, X, P(out), N, K, accumulate);  // decode: a matrix-vector product
     } else if (accumulate) {
-      Y.noalias() += cmat(x, T, K) * cmat(w, N, K).transpose();
+      Y.noalias() += CMapM(X, T, K) * CMapM(W, N, K).transpose();
     } else {
-      Y.noalias() = cmat(x, T, K) * cmat(w, N, K).transpose();
+      Y.noalias() = CMapM(X, T, K) * CMapM(W, N, K).transpose();
     }
     if (bias) Y.rowwise() += Eigen::Map<const RowVec>(P(*bias), N);
   }
@@ -373,23 +389,29 @@ class EigenBackend final : public Backend {
     const Groups g = group_by_expert(ids, E);
     const int64_t used = g.begin[size_t(E)];
     slot_out_.resize(size_t(used * H));
+    std::vector<S> gb, ub, db;
+    const S *WG = operand(P(w.gate), E * F * H, gb), *WU = operand(P(w.up), E * F * H, ub),
+            *WD = operand(P(w.down), E * H * F, db);
 #pragma omp parallel for schedule(dynamic) if (g.active.size() > 1)
     for (size_t ai = 0; ai < g.active.size(); ++ai) {
       const int64_t e = g.active[ai], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
       Mat Xe(n, H);
       for (int64_t i = 0; i < n; ++i) Xe.row(i) = CMapM(P(x) + (g.order[size_t(b + i)] / K) * H, 1, H);
-      CMapM Wg(P(w.gate) + e * F * H, F, H), Wu(P(w.up) + e * F * H, F, H), Wd(P(w.down) + e * H * F, H, F);
+      round_operand(Xe);
+      CMapM Wg(WG + e * F * H, F, H), Wu(WU + e * F * H, F, H), Wd(WD + e * H * F, H, F);
       Mat A(n, F), U(n, F);
       MapM Ye(slot_out_.data() + b * H, n, H);
       if (n == 1) {  // one token: matrix-vector products
         gemv_serial(Wg.data(), Xe.data(), A.data(), F, H);
         gemv_serial(Wu.data(), Xe.data(), U.data(), F, H);
         for (int64_t i = 0; i < F; ++i) A.data()[i] = silu(A.data()[i]) * U.data()[i];
+        round_operand(A);
         gemv_serial(Wd.data(), A.data(), Ye.data(), H, F);
       } else {
         A.noalias() = Xe * Wg.transpose();
         U.noalias() = Xe * Wu.transpose();
         for (int64_t i = 0; i < n * F; ++i) A.data()[i] = silu(A.data()[i]) * U.data()[i];
+        round_operand(A);
         Ye.noalias() = A * Wd.transpose();
       }
     }
@@ -447,7 +469,8 @@ class EigenBackend final : public Backend {
   void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool acc, Tensor& dw,
                        Tensor* db) override {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
-    CMapM X = cmat(x, T, K), W = cmat(w, N, K), DY = cmat(dy, T, N);
+    std::vector<S> xb, wb, dyb;
+    CMapM X(operand(P(x), T * K, xb), T, K), W(operand(P(w), N * K, wb), N, K), DY(operand(P(dy), T * N, dyb), T, N);
     if (dx) {
       if (acc)
         mat(*dx, T, K).noalias() += DY * W;
@@ -455,7 +478,7 @@ class EigenBackend final : public Backend {
         mat(*dx, T, K).noalias() = DY * W;
     }
     mat(dw, N, K).noalias() += DY.transpose() * X;
-    if (db) Eigen::Map<RowVec>(P(*db), N) += DY.colwise().sum();
+    if (db) Eigen::Map<RowVec>(P(*db), N) += cmat(dy, T, N).colwise().sum();  // a sum, not a product: fp32
   }
 
   void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool acc,
@@ -611,6 +634,9 @@ class EigenBackend final : public Backend {
     const int64_t used = g.begin[size_t(E)];
     slot_out_.assign(size_t(used * H), S(0));  // per-slot dx, combined below in a fixed order
     fill(dweights, 0.0f);
+    std::vector<S> gb, ub, db;
+    const S *WG = operand(P(w.gate), E * F * H, gb), *WU = operand(P(w.up), E * F * H, ub),
+            *WD = operand(P(w.down), E * H * F, db);
 #pragma omp parallel for schedule(dynamic) if (g.active.size() > 1)
     for (size_t ai = 0; ai < g.active.size(); ++ai) {
       const int64_t e = g.active[ai], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
@@ -620,10 +646,13 @@ class EigenBackend final : public Backend {
         Xe.row(i) = CMapM(P(x) + t * H, 1, H);
         dY.row(i) = CMapM(P(dout) + t * H, 1, H) * P(weights)[slot];
       }
-      CMapM Wg(P(w.gate) + e * F * H, F, H), Wu(P(w.up) + e * F * H, F, H), Wd(P(w.down) + e * H * F, H, F);
+      round_operand(Xe);
+      round_operand(dY);
+      CMapM Wg(WG + e * F * H, F, H), Wu(WU + e * F * H, F, H), Wd(WD + e * H * F, H, F);
       const Mat G = Xe * Wg.transpose(), U = Xe * Wu.transpose();
       Mat A(n, F), dG(n, F), dU(n, F);
       for (int64_t i = 0; i < n * F; ++i) A.data()[i] = silu(G.data()[i]) * U.data()[i];
+      round_operand(A);
       const Mat Y = A * Wd.transpose();  // unweighted expert output, for dweights
       for (int64_t i = 0; i < n; ++i) {
         const int64_t slot = g.order[size_t(b + i)], t = slot / K;
@@ -635,6 +664,8 @@ class EigenBackend final : public Backend {
         dU.data()[i] = dA.data()[i] * gv * s;
         dG.data()[i] = dA.data()[i] * U.data()[i] * s * (S(1) + gv * (S(1) - s));
       }
+      round_operand(dG);
+      round_operand(dU);
       mat(dw.down, E * H, F).middleRows(e * H, H).noalias() += dY.transpose() * A;
       mat(dw.gate, E * F, H).middleRows(e * F, F).noalias() += dG.transpose() * Xe;
       mat(dw.up, E * F, H).middleRows(e * F, F).noalias() += dU.transpose() * Xe;
@@ -701,6 +732,19 @@ class EigenBackend final : public Backend {
   }
 
  private:
+  // A matrix product's operand: p itself, or in bf16 mode a copy rounded to bfloat16 in buf.
+  const S* operand(const S* p, int64_t n, std::vector<S>& buf) const {
+    if (!bf16_) return p;
+    buf.resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) buf[size_t(i)] = bf16_round(p[i]);
+    return buf.data();
+  }
+  void round_operand(Mat& m) const {
+    if (!bf16_) return;
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = bf16_round(m.data()[i]);
+  }
+  static S bf16_round(S v) { return S(static_cast<float>(Eigen::bfloat16(static_cast<float>(v)))); }
+
   // y[N] = W[N,K] · x[K], rows split across threads (decode is memory-bound: both cores stream).
   static void gemv(const S* W, const S* x, S* y, int64_t N, int64_t K, bool accumulate) {
     Eigen::Map<const Vec> xv(x, K);
@@ -727,6 +771,7 @@ class EigenBackend final : public Backend {
   }
 
   std::vector<S> slot_out_;  // [used slots, H] per-slot expert outputs (or input gradients)
+  bool bf16_ = false;        // Precision::BF16 (float backend only)
 };
 
 }  // namespace
@@ -740,6 +785,27 @@ void tune_malloc_once() {
     return true;
   }();
   (void)done;
+}
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::FP32: return "fp32";
+    case Precision::TF32: return "tf32";
+    case Precision::BF16: return "bf16";
+  }
+  return "?";
+}
+
+Precision parse_precision(const std::string& text) {
+  std::string t = text;
+  for (char& c : t) c = char(std::tolower(static_cast<unsigned char>(c)));
+  for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16})
+    if (t == precision_name(p)) return p;
+  fail("precision", "unknown mode '" + text + "' (choose fp32, tf32 or bf16)");
+}
+
+void Backend::set_precision(Precision p) {
+  if (p != Precision::FP32) fail(name(), std::string("no ") + precision_name(p) + " mode on this backend (fp32 only)");
 }
 
 void Backend::begin_recording(const Tensor&, int64_t) {

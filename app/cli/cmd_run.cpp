@@ -23,6 +23,7 @@ namespace {
 struct RunOptions {
   std::string model = "builtin";
   std::string device = "auto";
+  std::string precision = "fp32";
   std::string tokens;
   std::string prompt;
   std::string token_ids;
@@ -59,7 +60,7 @@ std::vector<int32_t> prompt_ids(const Model& m) {
 }
 
 void run_generate(bool demo) {
-  Model m = open_model(g.model, make_backend(g.device));
+  Model m = open_model(g.model, make_backend(g.device, g.precision));
   if (demo && g.prompt.empty()) g.prompt = "the quiet river ";
   const std::vector<int32_t> prompt = prompt_ids(m);
   const bool bytes = m.config().tokenizer == "bytes";
@@ -108,7 +109,7 @@ void run_generate(bool demo) {
 }
 
 void run_forward() {
-  Model m = open_model(g.model, make_backend(g.device));
+  Model m = open_model(g.model, make_backend(g.device, g.precision));
   const std::vector<int32_t> ids = parse_token_ids(g.tokens, "--tokens");
   RoutingTrace trace;
   const std::vector<float> logits = m.forward_full(ids, &trace);
@@ -166,6 +167,7 @@ void add_run_commands(CLI::App& app) {
   fwd->add_option("--model", g.model, "Model directory (or 'builtin')")->required();
   fwd->add_option("--tokens", g.tokens, "Comma-separated token ids, e.g. 3,1,4,1")->required();
   fwd->add_option("--device", g.device, "cpu, cuda or auto");
+  fwd->add_option("--precision", g.precision, kPrecisionHelp);
   fwd->add_flag("--json", g.json_out, "JSON on stdout: {logits, routing}");
   fwd->callback(run_forward);
 
@@ -179,6 +181,7 @@ void add_run_commands(CLI::App& app) {
   gen->add_option("--seed", g.seed, "Sampling seed");
   gen->add_option("--trace", g.trace, "Write the routing of every prompt and generated token to this JSON file");
   gen->add_option("--device", g.device, "cpu, cuda or auto");
+  gen->add_option("--precision", g.precision, kPrecisionHelp);
   gen->add_flag("--show-routing", g.show_routing, "Print each token with its routing");
   gen->callback([] { run_generate(false); });
 

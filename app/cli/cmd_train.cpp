@@ -32,7 +32,7 @@ std::atomic<bool> g_interrupted{false};
 void on_sigint(int) { g_interrupted = true; }
 
 struct TrainOptions {
-  std::string config, corpus, out, device = "auto";
+  std::string config, corpus, out, device = "auto", precision = "fp32";
   int64_t steps = 0, checkpoint_every = -1;
   int64_t seed = -1;
   bool resume = false, quiet = false;
@@ -67,7 +67,7 @@ void apply_overrides(TrainConfig& t) {
 }
 
 void run_train() {
-  std::shared_ptr<Backend> backend = make_backend(o.device);
+  std::shared_ptr<Backend> backend = make_backend(o.device, o.precision);
   ModelConfig mc;
   TrainConfig tc;
   std::string corpus_spec = o.corpus, preset_name;
@@ -108,7 +108,7 @@ void run_train() {
   if (!resume_from.empty()) trainer.load_checkpoint(resume_from);
   const json run_info = {{"version", "0.1.0"},       {"model", config_to_json(mc)}, {"train", train_config_to_json(tc)},
                          {"seed", tc.seed},          {"backend", backend->name()},  {"corpus", corpus_spec},
-                         {"preset", preset_name},    {"params", count_params(mc).total}};
+                         {"precision", precision_name(backend->precision())}, {"preset", preset_name},    {"params", count_params(mc).total}};
   RunLog log(o.out, run_info, resume_from.empty() ? -1 : trainer.steps_done());
   std::signal(SIGINT, on_sigint);
   const bool tty = ::isatty(2) == 1 && !o.quiet;
@@ -192,6 +192,7 @@ void add_train_commands(CLI::App& app) {
   cmd->add_option("--router-lr-scale", o.router_lr_scale, "Router learning-rate multiplier");
   cmd->add_option("--checkpoint-every", o.checkpoint_every, "Checkpoint every N steps (0 = only at the end)");
   cmd->add_option("--device", o.device, "cpu, cuda or auto");
+  cmd->add_option("--precision", o.precision, kPrecisionHelp);
   cmd->add_flag("--quiet", o.quiet, "No progress output");
   cmd->add_option("--export", o.export_dir, "Also write the final model (config.json + model.safetensors) here");
   cmd->add_option("--export-dtype", o.export_dtype, "f32, bf16 or f16")->check(CLI::IsMember({"f32", "bf16", "f16"}));

@@ -35,10 +35,12 @@ ModelConfig builtin_config() {
   return c;
 }
 
-std::shared_ptr<Backend> make_backend(const std::string& device) {
+std::shared_ptr<Backend> make_backend(const std::string& device, const std::string& precision) {
+  const Precision p = parse_precision(precision);
   std::string why;
   std::shared_ptr<Backend> backend = moelab::make_backend(device, &why);
   if (!why.empty()) std::fprintf(stderr, "moelab-cli: --device cuda: %s; using the CPU\n", why.c_str());
+  backend->set_precision(p);
   return backend;
 }
 

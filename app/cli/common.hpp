@@ -20,8 +20,11 @@ ModelConfig builtin_config();
 constexpr uint64_t kBuiltinSeed = 20261123;
 
 // moelab::make_backend (devices.hpp), saying on stderr in one line why when "cuda" falls back to
-// the CPU.
-std::shared_ptr<Backend> make_backend(const std::string& device);
+// the CPU, in the given precision ("fp32", "tf32", "bf16"; a mode the device lacks is an error).
+std::shared_ptr<Backend> make_backend(const std::string& device, const std::string& precision = "fp32");
+// The help text of --precision.
+constexpr const char* kPrecisionHelp =
+    "Matrix products: fp32 (default), bf16 (bf16 operands, fp32 sums; emulated on the CPU) or tf32 (GPU)";
 // Where the trained built-in model lives (resources/models/builtin).
 std::string builtin_model_dir();
 // "builtin" (or empty) means the built-in model; otherwise a model directory.

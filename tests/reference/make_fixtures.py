@@ -171,7 +171,7 @@ def to_list(t):
     return t.tolist()
 
 
-def write_fixture(root, name, cfg, storage, shards, tensors, tokens, logits, routing):
+def write_fixture(root, name, cfg, storage, shards, tensors, tokens, logits, routing, bf16=None):
     d = os.path.join(root, name)
     os.makedirs(d, exist_ok=True)
     for f in os.listdir(d):  # stale files from an earlier run (e.g. other sharding)
@@ -193,6 +193,10 @@ def write_fixture(root, name, cfg, storage, shards, tensors, tokens, logits, rou
                                    ("experts", to_list(r["experts"])),
                                    ("weights", to_list(r["weights"])),
                                    ("probs", to_list(r["probs"]))]) for r in routing]
+    if bf16 is not None:  # the same forward with every product's operands rounded to bfloat16
+        lb, rb = bf16
+        exp["bf16_products"] = OrderedDict([("logits", to_list(lb)),
+                                            ("experts", [to_list(r["experts"]) for r in rb])])
     with open(os.path.join(d, "expected.json"), "w") as f:
         json.dump(exp, f)
         f.write("\n")
@@ -257,13 +261,15 @@ def main():
             tensors = make_weights(cfg, seed, storage)
             stats = {}
             logits, routing = ref.forward(cfg, tensors, tokens, stats=stats)
-            gap = ref.routing_margin(routing, spec["topk"])
+            logits_bf16, routing_bf16 = ref.forward(cfg, tensors, tokens, bf16_products=True)
+            gap = min(ref.routing_margin(routing, spec["topk"]), ref.routing_margin(routing_bf16, spec["topk"]))
             clip_ok = spec["clip_qkv"] is None or all(stats["clipped_" + c] > 0 for c in "qkv")
             if gap >= MIN_GAP and clip_ok:
                 break
         else:
             raise SystemExit("%s: no seed with routing gap >= %g" % (name, MIN_GAP))
-        d = write_fixture(args.out, name, cfg, storage, shards, tensors, tokens, logits, routing)
+        d = write_fixture(args.out, name, cfg, storage, shards, tensors, tokens, logits, routing,
+                          bf16=(logits_bf16, routing_bf16))
         chk = "skipped" if args.no_check else "ok (prefix/KV max diff %.1e)" % self_check(
             d, cfg, tensors, tokens, logits, routing)
         clip = ""
@@ -271,13 +277,14 @@ def main():
             clip = " clipped q/k/v=%.0f%%/%.0f%%/%.0f%%" % tuple(
                 100.0 * stats["clipped_" + c] / stats["total_" + c] for c in "qkv")
         print("%-20s %-9s %-5s L=%d H=%d V=%d heads=%d/%d hd=%d E=%d k=%d moe_layers=%s T=%d seed=%d "
-              "min_gap=%.3g |logit|max=%.2f%s check=%s %.2fs" % (
+              "min_gap=%.3g |logit|max=%.2f bf16 shift=%.1e%s check=%s %.2fs" % (
                   name, spec["family"], {torch.float32: "F32", torch.bfloat16: "BF16",
                                          torch.float16: "F16"}[storage],
                   spec["layers"], spec["hidden"], spec["vocab"], spec["heads"], spec["kv_heads"],
                   spec["head_dim"], spec["experts"], spec["topk"],
                   [r["layer"] for r in routing], len(tokens), seed, gap,
-                  float(logits.abs().max()), clip, chk, time.time() - t0))
+                  float(logits.abs().max()),
+                  float((logits_bf16 - logits).abs().max() / logits.abs().max()), clip, chk, time.time() - t0))
     print("all fixtures written to %s in %.1fs" % (args.out, time.time() - t_all))
 
 

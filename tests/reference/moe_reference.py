@@ -223,8 +223,24 @@ def silu(x):
     return x * torch.sigmoid(x)
 
 
-def swiglu(x, wg, wu, wd):
-    return (silu(x @ wg.t()) * (x @ wu.t())) @ wd.t()
+def matmul_t(a, w):
+    """a @ w^T, the product every linear layer computes."""
+    return a @ w.t()
+
+
+def bf16_operands(a):
+    """Round to bfloat16 (round to nearest even) and back, keeping the dtype."""
+    return a.to(torch.bfloat16).to(a.dtype)
+
+
+def matmul_t_bf16(a, w):
+    """a @ w^T with both operands rounded to bfloat16 and the products summed in a's dtype:
+    the semantics of MoE Lab's bf16 mode (bf16 operands, wider accumulation)."""
+    return bf16_operands(a) @ bf16_operands(w).t()
+
+
+def swiglu(x, wg, wu, wd, mm=matmul_t):
+    return mm(silu(mm(x, wg)) * mm(x, wu), wd)
 
 
 def rope_tables(positions, dim, theta, dtype=torch.float64):
@@ -257,8 +273,8 @@ def causal_attention(q, k, v):
     return torch.einsum("hts,shd->thd", p, v).reshape(T, NH * D)
 
 
-def route(x, gate_w, topk, renorm):
-    probs = torch.softmax(x @ gate_w.t(), dim=-1)
+def route(x, gate_w, topk, renorm, mm=matmul_t):
+    probs = torch.softmax(mm(x, gate_w), dim=-1)
     top_p, top_i = torch.topk(probs, topk, dim=-1, largest=True, sorted=True)
     w = top_p / top_p.sum(dim=-1, keepdim=True) if renorm else top_p
     return probs, top_i, w
@@ -302,7 +318,7 @@ def new_cache(cfg):
     return _KV(model_spec(cfg)["layers"])
 
 
-def forward(cfg, tensors, tokens, dtype=torch.float64, cache=None, stats=None):
+def forward(cfg, tensors, tokens, dtype=torch.float64, cache=None, stats=None, bf16_products=False):
     """Run the model.
 
     cfg     HF config dict (parsed config.json)
@@ -310,6 +326,8 @@ def forward(cfg, tensors, tokens, dtype=torch.float64, cache=None, stats=None):
     tokens  list / 1-D tensor of token ids (the new tokens when ``cache`` is given)
     cache   optional object from new_cache(); extended in place
     stats   optional dict; receives clip counts for olmoe
+    bf16_products  round both operands of every linear / expert product to bfloat16 (the
+            products still sum in ``dtype``); attention, norms and softmax stay in ``dtype``
 
     Returns (logits [T, V], routing) where routing is a list, one entry per MoE
     layer in layer order, of dicts {layer, probs [T,E], experts [T,K] (desc.
@@ -320,6 +338,8 @@ def forward(cfg, tensors, tokens, dtype=torch.float64, cache=None, stats=None):
 
     def W(name):
         return tensors[name].to(dtype)
+
+    mm = matmul_t_bf16 if bf16_products else matmul_t
 
     ids = torch.as_tensor(tokens, dtype=torch.long).reshape(-1)
     T = ids.shape[0]
@@ -333,9 +353,9 @@ def forward(cfg, tensors, tokens, dtype=torch.float64, cache=None, stats=None):
         p = "model.layers.%d" % i
         a = p + ".self_attn"
         x = rms_norm(h, W(p + ".input_layernorm.weight"), eps)
-        q = x @ W(a + ".q_proj.weight").t()
-        k = x @ W(a + ".k_proj.weight").t()
-        v = x @ W(a + ".v_proj.weight").t()
+        q = mm(x, W(a + ".q_proj.weight"))
+        k = mm(x, W(a + ".k_proj.weight"))
+        v = mm(x, W(a + ".v_proj.weight"))
         if s["qkv_bias"]:
             q = q + W(a + ".q_proj.bias")
             k = k + W(a + ".k_proj.bias")
@@ -362,7 +382,7 @@ def forward(cfg, tensors, tokens, dtype=torch.float64, cache=None, stats=None):
         k = apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(i, k, v)
-        attn = causal_attention(q, k, v) @ W(a + ".o_proj.weight").t()
+        attn = mm(causal_attention(q, k, v), W(a + ".o_proj.weight"))
         if s["o_bias"]:
             attn = attn + W(a + ".o_proj.bias")
         h = h + attn
@@ -371,28 +391,28 @@ def forward(cfg, tensors, tokens, dtype=torch.float64, cache=None, stats=None):
         if s["sparse"][i]:
             m = moe_prefix(s, i)
             g, u, dn = expert_names(s)
-            probs, top_i, top_w = route(x, W(m + ".gate.weight"), s["topk"], s["renorm"])
+            probs, top_i, top_w = route(x, W(m + ".gate.weight"), s["topk"], s["renorm"], mm)
             y = torch.zeros_like(x)
             for e in range(s["experts"]):
                 rows, slot = torch.nonzero(top_i == e, as_tuple=True)
                 if rows.numel() == 0:
                     continue
                 pe = "%s.experts.%d." % (m, e)
-                out = swiglu(x[rows], W(pe + g + ".weight"), W(pe + u + ".weight"), W(pe + dn + ".weight"))
+                out = swiglu(x[rows], W(pe + g + ".weight"), W(pe + u + ".weight"), W(pe + dn + ".weight"), mm)
                 y.index_add_(0, rows, out * top_w[rows, slot][:, None])
             if s["family"] == "qwen2_moe":
                 se = m + ".shared_expert."
-                shared = swiglu(x, W(se + "gate_proj.weight"), W(se + "up_proj.weight"), W(se + "down_proj.weight"))
-                y = y + torch.sigmoid(x @ W(m + ".shared_expert_gate.weight").t()) * shared
+                shared = swiglu(x, W(se + "gate_proj.weight"), W(se + "up_proj.weight"), W(se + "down_proj.weight"), mm)
+                y = y + torch.sigmoid(mm(x, W(m + ".shared_expert_gate.weight"))) * shared
             routing.append(dict(layer=i, probs=probs, experts=top_i, weights=top_w))
         else:
             m = p + ".mlp"
-            y = swiglu(x, W(m + ".gate_proj.weight"), W(m + ".up_proj.weight"), W(m + ".down_proj.weight"))
+            y = swiglu(x, W(m + ".gate_proj.weight"), W(m + ".up_proj.weight"), W(m + ".down_proj.weight"), mm)
         h = h + y
 
     h = rms_norm(h, W("model.norm.weight"), eps)
     head = W("model.embed_tokens.weight") if s["tie"] else W("lm_head.weight")
-    return h @ head.t(), routing
+    return mm(h, head), routing
 
 
 def routing_margin(routing, topk):

@@ -71,9 +71,9 @@ def record_router_logits(store):
     x @ gate_w^T (needed for the z-loss); the routing itself is untouched."""
     orig = ref.route
 
-    def route(x, gate_w, topk, renorm):
-        store.append(x @ gate_w.t())
-        return orig(x, gate_w, topk, renorm)
+    def route(x, gate_w, topk, renorm, mm=ref.matmul_t):
+        store.append(mm(x, gate_w))
+        return orig(x, gate_w, topk, renorm, mm)
 
     ref.route = route
     try:
