@@ -1,6 +1,7 @@
 // The CUDA backend: every Backend operation on device buffers, enqueued on one stream of the
-// backend's own. Dense products go to cuBLAS (fp32, no TF32: the default math mode), the rest to
-// the kernels of kernels_*.cu. Memory comes from a cache of cudaMalloc buffers keyed by size, so
+// backend's own. Dense products go to cuBLAS (fp32, no TF32: the default math mode; TF32 tensor
+// cores or bf16 operands with fp32 sums when set_precision asks), the rest to the kernels of
+// kernels_*.cu. Memory comes from a cache of cudaMalloc buffers keyed by size, so
 // a training step that allocates the same activations every step does not call cudaMalloc.
 // Only downloads wait for the device (and the ops that return a number: cross_entropy,
 // router_losses, sum_squares, one small copy each).
@@ -10,6 +11,7 @@
 // compares the two.
 #include <climits>
 #include <cmath>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -75,6 +77,73 @@ class DevicePool {
   std::unordered_map<size_t, std::vector<void*>> free_;
 };
 
+// Precision::BF16 keeps a bf16 copy of every weight a product reads, made on first use, keyed by
+// the fp32 tensor's device address. The ops that write memory a copy was made from (upload, fill,
+// copy, scale, clamp, copy_rows) mark it stale, AdamW rewrites it in the same pass, and freeing
+// the fp32 buffer drops it, so a copy never outlives or lags its weights.
+class Bf16Copies {
+ public:
+  struct Entry {
+    int64_t n = 0;                // elements
+    std::shared_ptr<void> buf;    // n bf16 values of device memory
+    bool fresh = false;           // equal to the fp32 values
+  };
+
+  // The entry for [p, p + n floats): found, or nullptr.
+  bool find(const void* p, int64_t n, Entry* out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = at_.find(key(p));
+    if (it == at_.end() || it->second.n != n) return false;
+    *out = it->second;
+    return true;
+  }
+  void set_fresh(const void* p, bool fresh) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = at_.find(key(p));
+    if (it != at_.end()) it->second.fresh = fresh;
+  }
+  void put(const void* p, Entry e) {
+    std::shared_ptr<void> old;  // released after the lock: its deleter calls forget()
+    std::lock_guard<std::mutex> lock(mu_);
+    old = std::move(at_[key(p)].buf);
+    at_[key(p)] = std::move(e);
+  }
+  // A write to [p, p + bytes): copies made from it are stale.
+  void touched(const void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (at_.empty()) return;
+    for (auto it = first_overlap(key(p)); it != at_.end() && it->first < key(p) + bytes; ++it) it->second.fresh = false;
+  }
+  // [p, p + bytes) was freed: copies made from it go.
+  void forget(const void* p, size_t bytes) {
+    std::vector<std::shared_ptr<void>> gone;  // released after the lock
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (at_.empty()) return;
+      auto it = first_overlap(key(p));
+      while (it != at_.end() && it->first < key(p) + bytes) {
+        gone.push_back(std::move(it->second.buf));
+        it = at_.erase(it);
+      }
+    }
+  }
+
+ private:
+  static uintptr_t key(const void* p) { return reinterpret_cast<uintptr_t>(p); }
+  // The first entry whose range may reach lo: the one starting at or before lo, if it ends past lo.
+  std::map<uintptr_t, Entry>::iterator first_overlap(uintptr_t lo) {
+    auto it = at_.upper_bound(lo);
+    if (it != at_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first + uintptr_t(prev->second.n) * sizeof(float) > lo) return prev;
+    }
+    return it;
+  }
+
+  std::mutex mu_;
+  std::map<uintptr_t, Entry> at_;  // by fp32 address; live fp32 buffers never overlap
+};
+
 // Sizes are rounded so that nearby sizes share cache entries.
 size_t round_bytes(size_t n) {
   if (n <= (size_t(1) << 20)) return std::max<size_t>(512, (n + 511) / 512 * 512);
@@ -89,6 +158,7 @@ int as_int(int64_t v, const char* what) {
 
 float* f32(const Tensor& t) { return static_cast<float*>(t.ptr); }
 int32_t* s32(const Tensor& t) { return static_cast<int32_t*>(t.ptr); }
+cuda::bf16* b16(const Tensor& t) { return static_cast<cuda::bf16*>(t.ptr); }
 
 class CudaBackend final : public Backend {
  public:
@@ -120,6 +190,13 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
 
+  Precision precision() const override { return precision_; }
+  void set_precision(Precision p) override {
+    not_recording("changing the precision");
+    MOELAB_CUBLAS_CHECK(cublasSetMathMode(blas_, p == Precision::TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    precision_ = p;
+  }
+
   // ---- memory ----
   Tensor alloc(std::vector<int64_t> shape, TType type) override { return make_tensor(std::move(shape), type, true); }
   Tensor alloc_uninit(std::vector<int64_t> shape, TType type) override {
@@ -130,6 +207,7 @@ class CudaBackend final : public Backend {
     not_recording("upload");
     count = checked_range(dst, offset, count, "upload range");
     if (count == 0) return;
+    copies_->touched(f32(dst) + offset, size_t(count) * sizeof(float));
     // From pageable memory, cudaMemcpyAsync returns once the host data has been staged: the
     // caller may free `host` right away.
     MOELAB_CUDA_CHECK(
@@ -172,10 +250,14 @@ class CudaBackend final : public Backend {
     not_recording("synchronize");
     MOELAB_CUDA_CHECK(cudaStreamSynchronize(st()));
   }
-  void fill(Tensor& t, float value) override { cuda::fill(f32(t), t.numel(), value, st()); }
+  void fill(Tensor& t, float value) override {
+    copies_->touched(t.ptr, size_t(t.numel()) * 4);
+    cuda::fill(f32(t), t.numel(), value, st());
+  }
   void copy(const Tensor& src, Tensor& dst) override {
     MOELAB_ASSERT(src.numel() == dst.numel(), "copy sizes");
     if (src.numel() == 0 || src.ptr == dst.ptr) return;
+    copies_->touched(dst.ptr, size_t(dst.numel()) * 4);
     MOELAB_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, size_t(src.numel()) * 4, cudaMemcpyDeviceToDevice, st()));
   }
 
@@ -193,6 +275,9 @@ class CudaBackend final : public Backend {
     if (T == 0 || N == 0) return;
     if (K == 0) {
       if (!accumulate) cuda::fill(f32(out), out.numel(), 0.0f, s);
+    } else if (precision_ == Precision::BF16) {
+      const Tensor xb = bf16_operand(x);
+      gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, bf16_weight(w), K, b16(xb), K, accumulate, f32(out), N);
     } else {
       const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
       MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, as_int(N, "linear N"), as_int(T, "linear T"),
@@ -207,7 +292,10 @@ class CudaBackend final : public Backend {
     cuda::rmsnorm(f32(x), f32(w), R, C, eps, f32(out), st());
   }
 
-  void clamp(Tensor& x, float lo, float hi) override { cuda::clamp(f32(x), x.numel(), lo, hi, st()); }
+  void clamp(Tensor& x, float lo, float hi) override {
+    copies_->touched(x.ptr, size_t(x.numel()) * 4);
+    cuda::clamp(f32(x), x.numel(), lo, hi, st());
+  }
 
   void rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta, bool inverse) override {
     const int64_t R = x.rows();
@@ -228,6 +316,7 @@ class CudaBackend final : public Backend {
   void copy_rows(const Tensor& src, Tensor& dst, int64_t row0) override {
     MOELAB_ASSERT(src.cols() == dst.cols() && row0 >= 0 && row0 + src.rows() <= dst.rows(), "copy_rows shapes");
     if (src.numel() == 0) return;
+    copies_->touched(dst.ptr, size_t(dst.numel()) * 4);
     if (recording_) {  // the row comes from the device at replay
       MOELAB_ASSERT(src.rows() <= dst.rows(), "copy_rows shapes");
       cuda::copy_rows_at(f32(src), src.rows(), src.cols(), rec_position_, f32(dst), st());
@@ -285,11 +374,12 @@ class CudaBackend final : public Backend {
     Tensor xs = scratch_f({n, H}), g = alloc({n, F}, TType::Real), u = alloc({n, F}, TType::Real),
            y = scratch_f({n, H});
     using cuda::WeightLayout;
-    cuda::gather_rows(f32(x), grp.g, K, H, nullptr, f32(xs), s);                              // X [N,H] by expert
-    cuda::grouped_gemm(f32(xs), H, f32(w.gate), WeightLayout::OutIn, F, grp.g, f32(g), false, s);  // G [N,F]
-    cuda::grouped_gemm(f32(xs), H, f32(w.up), WeightLayout::OutIn, F, grp.g, f32(u), false, s);    // U [N,F]
-    cuda::swiglu(f32(g), f32(u), n * F, f32(g), s);                                                // A = silu(G)⊙U
-    cuda::grouped_gemm(f32(g), F, f32(w.down), WeightLayout::OutIn, H, grp.g, f32(y), false, s);   // Y [N,H]
+    const cuda::ExpertMatrix Wg = expert_matrix(w.gate), Wu = expert_matrix(w.up), Wd = expert_matrix(w.down);
+    cuda::gather_rows(f32(x), grp.g, K, H, nullptr, f32(xs), s);                        // X [N,H] by expert
+    cuda::grouped_gemm(f32(xs), H, Wg, WeightLayout::OutIn, F, grp.g, f32(g), false, s);  // G [N,F]
+    cuda::grouped_gemm(f32(xs), H, Wu, WeightLayout::OutIn, F, grp.g, f32(u), false, s);  // U [N,F]
+    cuda::swiglu(f32(g), f32(u), n * F, f32(g), s);                                      // A = silu(G)⊙U
+    cuda::grouped_gemm(f32(g), F, Wd, WeightLayout::OutIn, H, grp.g, f32(y), false, s);   // Y [N,H]
     cuda::combine_slots(f32(y), grp.g, f32(weights), T, K, H, f32(out), s);  // out[t] += Σ_k w·Y
   }
 
@@ -335,6 +425,23 @@ class CudaBackend final : public Backend {
     MOELAB_ASSERT(w.cols() == K && dy.rows() == T && dy.cols() == N && dw.numel() == N * K, "linear_backward shapes");
     const cudaStream_t s = st();
     const float one = 1.0f;
+    if (precision_ == Precision::BF16) {  // bf16 operands, fp32 sums; the bias gradient is a plain fp32 sum
+      const Tensor dyb = bf16_operand(dy);
+      if (dx && T > 0 && K > 0) {
+        MOELAB_ASSERT(dx->numel() == T * K, "linear_backward dx shape");
+        if (N == 0) {
+          if (!acc) cuda::fill(f32(*dx), dx->numel(), 0.0f, s);
+        } else {
+          gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, bf16_weight(w), K, b16(dyb), N, acc, f32(*dx), K);
+        }
+      }
+      if (T > 0 && K > 0 && N > 0) {
+        const Tensor xb = bf16_operand(x);
+        gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, K, N, T, b16(xb), K, b16(dyb), N, true, f32(dw), K);
+      }
+      if (db) cuda::add_column_sums(f32(dy), T, N, f32(*db), s);
+      return;
+    }
     if (dx && T > 0 && K > 0) {
       MOELAB_ASSERT(dx->numel() == T * K, "linear_backward dx shape");
       if (N == 0) {
@@ -423,23 +530,27 @@ class CudaBackend final : public Backend {
     // Zeroed where element-wise kernels run over all N rows (see moe_experts).
     Tensor xs = scratch_f({n, H}), dys = scratch_f({n, H}), g = alloc({n, F}, TType::Real),
            u = alloc({n, F}, TType::Real), a = scratch_f({n, F}), y = scratch_f({n, H});
+    // In bf16 mode every product below rounds its activation operands as it loads them and reads
+    // the bf16 weight copies (the Eigen backend rounds the same operands).
+    const cuda::ExpertMatrix Wg = expert_matrix(w.gate), Wu = expert_matrix(w.up), Wd = expert_matrix(w.down);
+    const bool rnd = precision_ == Precision::BF16;
     cuda::gather_rows(f32(x), grp.g, K, H, nullptr, f32(xs), s);        // X   [N,H]
     cuda::gather_rows(f32(dout), grp.g, K, H, f32(weights), f32(dys), s);  // dY = w · dout [N,H]
-    cuda::grouped_gemm(f32(xs), H, f32(w.gate), WeightLayout::OutIn, F, grp.g, f32(g), false, s);
-    cuda::grouped_gemm(f32(xs), H, f32(w.up), WeightLayout::OutIn, F, grp.g, f32(u), false, s);
-    cuda::swiglu(f32(g), f32(u), n * F, f32(a), s);                                                // A [N,F]
-    cuda::grouped_gemm(f32(a), F, f32(w.down), WeightLayout::OutIn, H, grp.g, f32(y), false, s);  // unweighted Y [N,H]
-    cuda::slot_dots(f32(dout), f32(y), grp.g, K, H, f32(dweights), s);                             // dweights = dout·Y
+    cuda::grouped_gemm(f32(xs), H, Wg, WeightLayout::OutIn, F, grp.g, f32(g), false, s);
+    cuda::grouped_gemm(f32(xs), H, Wu, WeightLayout::OutIn, F, grp.g, f32(u), false, s);
+    cuda::swiglu(f32(g), f32(u), n * F, f32(a), s);                                        // A [N,F]
+    cuda::grouped_gemm(f32(a), F, Wd, WeightLayout::OutIn, H, grp.g, f32(y), false, s);    // unweighted Y [N,H]
+    cuda::slot_dots(f32(dout), f32(y), grp.g, K, H, f32(dweights), s);                     // dweights = dout·Y
     Tensor da = alloc({n, F}, TType::Real);
-    cuda::grouped_gemm(f32(dys), H, f32(w.down), WeightLayout::InOut, F, grp.g, f32(da), false, s);  // dA = dY·Wd
+    cuda::grouped_gemm(f32(dys), H, Wd, WeightLayout::InOut, F, grp.g, f32(da), false, s);  // dA = dY·Wd
     Tensor dg = scratch_f({n, F}), du = scratch_f({n, F});
     cuda::swiglu_backward(f32(g), f32(u), f32(da), n * F, f32(dg), f32(du), s);
-    cuda::grouped_weight_grad(f32(dys), H, f32(a), F, grp.g, f32(dw.down), s);  // dWd_e [H,F] += dYᵀ·A
-    cuda::grouped_weight_grad(f32(dg), F, f32(xs), H, grp.g, f32(dw.gate), s);  // dWg_e [F,H] += dGᵀ·X
-    cuda::grouped_weight_grad(f32(du), F, f32(xs), H, grp.g, f32(dw.up), s);    // dWu_e [F,H] += dUᵀ·X
+    cuda::grouped_weight_grad(f32(dys), H, f32(a), F, grp.g, f32(dw.down), rnd, s);  // dWd_e [H,F] += dYᵀ·A
+    cuda::grouped_weight_grad(f32(dg), F, f32(xs), H, grp.g, f32(dw.gate), rnd, s);  // dWg_e [F,H] += dGᵀ·X
+    cuda::grouped_weight_grad(f32(du), F, f32(xs), H, grp.g, f32(dw.up), rnd, s);    // dWu_e [F,H] += dUᵀ·X
     Tensor dxs = scratch_f({n, H});
-    cuda::grouped_gemm(f32(dg), F, f32(w.gate), WeightLayout::InOut, H, grp.g, f32(dxs), false, s);  // dG·Wg
-    cuda::grouped_gemm(f32(du), F, f32(w.up), WeightLayout::InOut, H, grp.g, f32(dxs), true, s);     // + dU·Wu
+    cuda::grouped_gemm(f32(dg), F, Wg, WeightLayout::InOut, H, grp.g, f32(dxs), false, s);  // dG·Wg
+    cuda::grouped_gemm(f32(du), F, Wu, WeightLayout::InOut, H, grp.g, f32(dxs), true, s);   // + dU·Wu
     cuda::combine_slots(f32(dxs), grp.g, nullptr, T, K, H, f32(dx), s);                               // dx[t] += Σ_k
   }
 
@@ -475,7 +586,10 @@ class CudaBackend final : public Backend {
     return total;
   }
 
-  void scale(Tensor& x, float s) override { cuda::scale(f32(x), x.numel(), s, st()); }
+  void scale(Tensor& x, float s) override {
+    copies_->touched(x.ptr, size_t(x.numel()) * 4);
+    cuda::scale(f32(x), x.numel(), s, st());
+  }
 
   void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
              int64_t step) override {
@@ -483,8 +597,14 @@ class CudaBackend final : public Backend {
                   "adamw shapes");
     // The same constants as the Eigen backend, computed in double on the host.
     const double c1 = 1.0 - std::pow(double(b1), double(step)), c2 = 1.0 - std::pow(double(b2), double(step));
+    // A bf16 copy of p, if products made one, is rewritten in the same pass and stays fresh.
+    Bf16Copies::Entry copy;
+    const bool has_copy = copies_->find(p.ptr, p.numel(), &copy);
+    copies_->touched(p.ptr, size_t(p.numel()) * 4);
     cuda::adamw(f32(p), f32(g), f32(m), f32(v), p.numel(), b1, b2, float(double(lr) / c1), float(1.0 / std::sqrt(c2)),
-                float(1.0 - double(lr) * double(wd)), eps, st());
+                float(1.0 - double(lr) * double(wd)), eps,
+                has_copy ? static_cast<cuda::bf16*>(copy.buf.get()) : nullptr, st());
+    if (has_copy) copies_->set_fresh(p.ptr, true);
   }
 
   // ---- recording: CUDA graphs ----
@@ -575,6 +695,49 @@ class CudaBackend final : public Backend {
     return stream_;
   }
 
+  // ---- Precision::BF16 ----
+  // The bf16 copy of weight w (made or refreshed on the stream when stale).
+  const cuda::bf16* bf16_weight(const Tensor& w) {
+    const int64_t n = w.numel();
+    Bf16Copies::Entry e;
+    bool convert = false;
+    if (!copies_->find(w.ptr, n, &e)) {
+      e.n = n;
+      e.buf = make_tensor({(n + 1) / 2}, TType::I32, false).storage;
+      copies_->put(w.ptr, e);
+      convert = true;
+    } else {
+      convert = !e.fresh;
+    }
+    if (convert) cuda::to_bf16(f32(w), n, static_cast<cuda::bf16*>(e.buf.get()), st());
+    // A conversion recorded into a graph has not run yet: the copy becomes fresh only eagerly
+    // (a recorded step whose weights were stale converts them at every replay: right, if slower).
+    if (convert && !recording_) copies_->set_fresh(w.ptr, true);
+    if (recording_) rec_keep_.push_back(e.buf);
+    return static_cast<const cuda::bf16*>(e.buf.get());
+  }
+  // An activation operand rounded to bf16, in a scratch buffer.
+  Tensor bf16_operand(const Tensor& x) {
+    Tensor t = make_tensor({(x.numel() + 1) / 2}, TType::I32, false);
+    cuda::to_bf16(f32(x), x.numel(), b16(t), st());
+    return t;
+  }
+  cuda::ExpertMatrix expert_matrix(const Tensor& w) {
+    cuda::ExpertMatrix m;
+    m.f32 = f32(w);
+    if (precision_ == Precision::BF16) m.b16 = bf16_weight(w);
+    return m;
+  }
+  // C (+)= op(A) · op(B), column-major as cublasSgemm, with bf16 A and B and fp32 C and sums.
+  void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const cuda::bf16* A,
+                 int64_t lda, const cuda::bf16* B, int64_t ldb, bool accumulate, float* C, int64_t ldc) {
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    MOELAB_CUBLAS_CHECK(cublasGemmEx(blas_, ta, tb, as_int(m, "gemm m"), as_int(n, "gemm n"), as_int(k, "gemm k"), &one,
+                                     A, CUDA_R_16BF, as_int(lda, "gemm lda"), B, CUDA_R_16BF, as_int(ldb, "gemm ldb"),
+                                     &beta, C, CUDA_R_32F, as_int(ldc, "gemm ldc"), CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
+  }
+
   Tensor make_tensor(std::vector<int64_t> shape, TType type, bool zero) {
     Tensor t;
     t.shape = std::move(shape);
@@ -584,7 +747,9 @@ class CudaBackend final : public Backend {
     const cudaStream_t s = st();
     void* p = pool_->get(bytes);
     std::weak_ptr<DevicePool> pool = pool_;
-    t.storage = std::shared_ptr<void>(p, [pool, bytes](void* q) {
+    std::weak_ptr<Bf16Copies> copies = copies_;
+    t.storage = std::shared_ptr<void>(p, [pool, copies, bytes](void* q) {
+      if (auto c = copies.lock()) c->forget(q, bytes);
       if (auto pl = pool.lock())
         pl->put(q, bytes);
       else
@@ -693,6 +858,8 @@ class CudaBackend final : public Backend {
   int64_t rec_max_positions_ = 0;
   std::vector<std::shared_ptr<void>> rec_keep_;
   std::shared_ptr<DevicePool> pool_ = std::make_shared<DevicePool>();
+  std::shared_ptr<Bf16Copies> copies_ = std::make_shared<Bf16Copies>();
+  Precision precision_ = Precision::FP32;
   RopeTable rope_;
 };
 

@@ -9,6 +9,7 @@
 #include "cuda_bench.hpp"
 #include "cuda_check.hpp"
 #include "cuda_common.cuh"
+#include "kernels.hpp"
 
 namespace moelab {
 namespace {
@@ -131,7 +132,7 @@ double cuda_measure_bandwidth(size_t bytes, int device) {
   return best;
 }
 
-double cuda_measure_sgemm(int n, bool tf32, int device) {
+double cuda_measure_gemm(int n, Precision precision, int device) {
   MOELAB_CUDA_CHECK(cudaSetDevice(device));
   const size_t bytes = size_t(n) * size_t(n) * sizeof(float);
   DeviceBuffer a(bytes), b(bytes), c(bytes);
@@ -144,14 +145,25 @@ double cuda_measure_sgemm(int n, bool tf32, int device) {
   MOELAB_CUBLAS_CHECK(cublasCreate(&h));
   std::unique_ptr<cublasContext, void (*)(cublasHandle_t)> guard(h, [](cublasHandle_t x) { (void)cublasDestroy(x); });
   MOELAB_CUBLAS_CHECK(cublasSetStream(h, st.s));
+  const bool tf32 = precision == Precision::TF32, bf16 = precision == Precision::BF16;
   MOELAB_CUBLAS_CHECK(cublasSetMathMode(h, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+  DeviceBuffer ab(bf16 ? bytes / 2 : 16), bb(bf16 ? bytes / 2 : 16);
+  if (bf16) {
+    cuda::to_bf16(static_cast<const float*>(a.p), count, static_cast<cuda::bf16*>(ab.p), st.s);
+    cuda::to_bf16(static_cast<const float*>(b.p), count, static_cast<cuda::bf16*>(bb.p), st.s);
+  }
   const float one = 1.0f, zero = 0.0f;
   Timer t;
   double best = 0;
   for (int r = 0; r < 6; ++r) {
     MOELAB_CUDA_CHECK(cudaEventRecord(t.a, st.s));
-    MOELAB_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, static_cast<const float*>(a.p), n,
-                                    static_cast<const float*>(b.p), n, &zero, static_cast<float*>(c.p), n));
+    if (bf16)
+      MOELAB_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, ab.p, CUDA_R_16BF, n, bb.p,
+                                       CUDA_R_16BF, n, &zero, c.p, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
+                                       CUBLAS_GEMM_DEFAULT));
+    else
+      MOELAB_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, static_cast<const float*>(a.p), n,
+                                      static_cast<const float*>(b.p), n, &zero, static_cast<float*>(c.p), n));
     MOELAB_CUDA_CHECK(cudaEventRecord(t.b, st.s));
     const double s = t.ms() * 1e-3;
     if (r > 0) best = std::max(best, 2.0 * double(n) * n * n / s);

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend.hpp"
+
 namespace moelab {
 
 // The launch floor: CUDA graphs of N empty kernels (N = 1 .. 1024), replayed many times; the
@@ -20,7 +22,9 @@ LaunchFloor cuda_measure_launch_floor(int device = 0);
 // counting both the bytes read and the bytes written. Bytes/s.
 double cuda_measure_bandwidth(size_t bytes, int device = 0);
 
-// fp32 GEMM rate of cuBLAS at n×n×n (TF32 off unless tf32), best of several. FLOP/s.
-double cuda_measure_sgemm(int n, bool tf32, int device = 0);
+// cuBLAS GEMM rate at n×n×n in the products' precision, best of several. FLOP/s.
+//   FP32: cublasSgemm, TF32 off; TF32: cublasSgemm on TF32 tensor cores; BF16: cublasGemmEx with
+//   bf16 operands, fp32 output and fp32 sums (what the backend's bf16 mode runs).
+double cuda_measure_gemm(int n, Precision precision, int device = 0);
 
 }  // namespace moelab

@@ -3,6 +3,7 @@
 // two backends round the same way wherever the order of operations allows).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,6 +20,11 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
 
 #define MOELAB_GRID_STRIDE(i, n) \
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+// x rounded to bfloat16 and back (round to nearest even, as Eigen::bfloat16 on the CPU).
+__device__ inline float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+__device__ inline float load_f(const float* p) { return *p; }
+__device__ inline float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 
 __device__ inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ inline float siluf_(float x) { return x / (1.0f + expf(-x)); }

@@ -6,7 +6,8 @@
 #                                             (ignored by git; name .deps in the device call's carry)
 #   there: bash gpu/device_check.sh test      build core + gpu + moelab-cli (sm_90 only) and run the
 #                                             GPU parity tests, the core suites and the transformers check
-#          bash gpu/device_check.sh bench     moelab-cli bench --device cuda over every lab size
+#          bash gpu/device_check.sh bench     moelab-cli bench --device cuda over every lab size, in fp32
+#                                             and in bf16 (each with its PyTorch peer in the same mode)
 # Results (logs, bench JSON) go to $OUT when it is set, else to build-gpu/results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,7 @@ case "$mode" in
   bench)
     mkdir -p "$out"
     "$build/app/moelab-cli" bench --device cuda --python "$(command -v python3)" 2>&1 | tee "$out/bench.txt"
+    "$build/app/moelab-cli" bench --device cuda --precision bf16 --python "$(command -v python3)" 2>&1 | tee "$out/bench-bf16.txt"
     "$build/app/moelab-cli" bench --device cuda --sizes tiny --json --python "$(command -v python3)" > "$out/bench-tiny.json"
     ;;
   *)

@@ -4,6 +4,7 @@
 // Grouped by file: kernels_basic.cu, kernels_attention.cu, kernels_router.cu, kernels_experts.cu.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -11,8 +12,12 @@
 
 namespace moelab::cuda {
 
+using bf16 = __nv_bfloat16;  // Precision::BF16 operands: weights held in bf16, activations rounded
+
 // ---- kernels_basic.cu: element-wise and row-wise ops ----
 void fill(float* p, int64_t n, float value, cudaStream_t s);
+// out [n] = x rounded to bf16, round to nearest even (__float2bfloat16_rn).
+void to_bf16(const float* x, int64_t n, bf16* out, cudaStream_t s);
 // out [T,H] = table [V,H] rows ids [T]
 void embedding(const float* table, const int32_t* ids, int64_t T, int64_t H, float* out, cudaStream_t s);
 // dtable [V,H] += dout [T,H] scattered by ids (token order, no atomics: deterministic)
@@ -49,8 +54,9 @@ void noisy_logits_backward(const float* raw, const float* noise, const float* do
                            cudaStream_t s);
 void scale(float* x, int64_t n, float factor, cudaStream_t s);
 // Fused AdamW; step_size = lr / (1 − b1^t), inv_sqrt_c2 = 1 / sqrt(1 − b2^t), decay = 1 − lr·wd.
+// p_bf16 (may be null): the bf16 copy of p, rewritten from the updated p in the same pass.
 void adamw(float* p, const float* g, float* m, float* v, int64_t n, float b1, float b2, float step_size,
-           float inv_sqrt_c2, float decay, float eps, cudaStream_t s);
+           float inv_sqrt_c2, float decay, float eps, bf16* p_bf16, cudaStream_t s);
 // *result (double, device) = Σ x²; partials holds kSumBlocks doubles of scratch.
 constexpr int kSumBlocks = 256;
 void sum_squares(const float* x, int64_t n, double* partials, double* result, cudaStream_t s);
@@ -114,12 +120,19 @@ void gather_rows(const float* x, const ExpertGroups& g, int64_t K, int64_t H, co
                  cudaStream_t s);
 // Weight layout of one expert: OutIn = [N, Kd] (nn.Linear, C = A·Wᵀ), InOut = [Kd, N] (C = A·W).
 enum class WeightLayout { OutIn, InOut };
+// Stacked expert weights [E, ...]: fp32, or (Precision::BF16) their bf16 copy, in which case the
+// products also round their other operand to bf16 as they load it (sums stay fp32).
+struct ExpertMatrix {
+  const float* f32 = nullptr;
+  const bf16* b16 = nullptr;  // used instead of f32 when set
+};
 // C [N_rows, N] (+)= A [N_rows, Kd] · W_e for the rows of each expert e; W stacked [E, ...].
-void grouped_gemm(const float* A, int64_t Kd, const float* W, WeightLayout layout, int64_t N, const ExpertGroups& g,
+void grouped_gemm(const float* A, int64_t Kd, ExpertMatrix W, WeightLayout layout, int64_t N, const ExpertGroups& g,
                   float* C, bool accumulate, cudaStream_t s);
-// dW_e [M,N] += Σ_{rows r of e} P[r,:]ᵀ · Q[r,:] for every expert e; dW stacked [E,M,N].
+// dW_e [M,N] += Σ_{rows r of e} P[r,:]ᵀ · Q[r,:] for every expert e; dW stacked [E,M,N]. round_bf16:
+// P and Q are rounded to bf16 as they are loaded (Precision::BF16).
 void grouped_weight_grad(const float* P, int64_t M, const float* Q, int64_t N, const ExpertGroups& g, float* dW,
-                         cudaStream_t s);
+                         bool round_bf16, cudaStream_t s);
 // out [T,H] += Σ_k w[t,k] · Y[pos[t·K+k]] (w = 1 when null), k in order, dropped slots skipped.
 void combine_slots(const float* Y, const ExpertGroups& g, const float* weights, int64_t T, int64_t K, int64_t H,
                    float* out, cudaStream_t s);

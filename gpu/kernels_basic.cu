@@ -174,15 +174,21 @@ __global__ void scale_kernel(float* x, int64_t n, float s) {
 
 // torch.optim.AdamW: p *= 1 − lr·wd, then p −= lr/c1 · m / (sqrt(v)/sqrt(c2) + eps).
 __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64_t n, float b1, float b2,
-                             float step_size, float inv_sqrt_c2, float decay, float eps) {
+                             float step_size, float inv_sqrt_c2, float decay, float eps, bf16* p_bf16) {
   MOELAB_GRID_STRIDE(i, n) {
     const float gi = g[i];
     const float mi = b1 * m[i] + (1.0f - b1) * gi;
     const float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
     m[i] = mi;
     v[i] = vi;
-    p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) * inv_sqrt_c2 + eps);
+    const float pi = p[i] * decay - step_size * mi / (sqrtf(vi) * inv_sqrt_c2 + eps);
+    p[i] = pi;
+    if (p_bf16) p_bf16[i] = __float2bfloat16_rn(pi);
   }
+}
+
+__global__ void to_bf16_kernel(const float* x, int64_t n, bf16* out) {
+  MOELAB_GRID_STRIDE(i, n) out[i] = __float2bfloat16_rn(x[i]);
 }
 
 // Fixed grid, fixed per-thread ranges, then one block adds the partials: the same sum every run.
@@ -377,10 +383,16 @@ void scale(float* x, int64_t n, float factor, cudaStream_t s) {
 }
 
 void adamw(float* p, const float* g, float* m, float* v, int64_t n, float b1, float b2, float step_size,
-           float inv_sqrt_c2, float decay, float eps, cudaStream_t s) {
+           float inv_sqrt_c2, float decay, float eps, bf16* p_bf16, cudaStream_t s) {
   if (n <= 0) return;
-  adamw_kernel<<<blocks_for(n), kThreads, 0, s>>>(p, g, m, v, n, b1, b2, step_size, inv_sqrt_c2, decay, eps);
+  adamw_kernel<<<blocks_for(n), kThreads, 0, s>>>(p, g, m, v, n, b1, b2, step_size, inv_sqrt_c2, decay, eps, p_bf16);
   MOELAB_CUDA_LAUNCHED("adamw_kernel");
+}
+
+void to_bf16(const float* x, int64_t n, bf16* out, cudaStream_t s) {
+  if (n <= 0) return;
+  to_bf16_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, n, out);
+  MOELAB_CUDA_LAUNCHED("to_bf16_kernel");
 }
 
 void sum_squares(const float* x, int64_t n, double* partials, double* result, cudaStream_t s) {

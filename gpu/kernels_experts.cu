@@ -4,6 +4,11 @@
 // upper bounds known on the host (slots / 64 + E tiles); blocks past the real tile count return
 // at once. The weight gradients use one block per (expert, output tile), summing the expert's
 // rows in sorted order, so every result is deterministic.
+//
+// In bf16 mode (Precision::BF16) the products read the experts' bf16 weight copy (half the bytes)
+// and round their other operand to bf16 as they load it; the sums stay fp32, as on the CPU.
+#include <type_traits>
+
 #include "cuda_check.hpp"
 #include "cuda_common.cuh"
 #include "kernels.hpp"
@@ -13,6 +18,15 @@ namespace {
 
 constexpr int BM = kExpertTileRows, BN = 64, BK = 16;  // 256 threads, 4×4 outputs each
 constexpr int kGemmThreads = 256;
+
+// The other operand of a product whose weights are TW: rounded to bf16 when they are bf16.
+template <class TW>
+__device__ inline float operand(float v) {
+  if constexpr (std::is_same_v<TW, bf16>)
+    return round_bf16(v);
+  else
+    return v;
+}
 
 // One block of 1024 threads. Counts per expert, prefix sum and tile list (thread 0: E and the
 // tile count are small), then a stable scatter: one warp per expert walks the slots 32 at a time
@@ -74,9 +88,9 @@ __global__ void gather_rows_kernel(const float* x, const int32_t* order, const i
 
 // C [rows, N] (+)= A [rows, Kd] · B_e where B_e(k, n) = W_e[n, k] (OutIn) or W_e[k, n] (InOut).
 // Block = (row tile of one expert, column tile). Thread (ty, tx) owns rows ty + 16i, cols tx + 16j.
-template <bool kInOut>
+template <bool kInOut, class TW>
 __global__ void __launch_bounds__(kGemmThreads)
-    grouped_gemm_kernel(const float* __restrict__ A, int64_t Kd, const float* __restrict__ W, int64_t N,
+    grouped_gemm_kernel(const float* __restrict__ A, int64_t Kd, const TW* __restrict__ W, int64_t N,
                         const int32_t* begin, const int32_t* tile_expert, const int32_t* tile_row0,
                         const int32_t* num_tiles, float* __restrict__ C, bool acc) {
   const int64_t tile = blockIdx.x;
@@ -84,7 +98,7 @@ __global__ void __launch_bounds__(kGemmThreads)
   const int64_t e = tile_expert[tile], r0 = tile_row0[tile];
   const int64_t r1 = min(int64_t(r0 + BM), int64_t(begin[e + 1]));
   const int64_t n0 = int64_t(blockIdx.y) * BN;
-  const float* We = W + e * N * Kd;
+  const TW* We = W + e * N * Kd;
   __shared__ float As[BK][BM + 1];  // As[k][i] = A[r0 + i, k0 + k]
   __shared__ float Bs[BK][BN + 1];  // Bs[k][j] = B_e(k0 + k, n0 + j)
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -93,13 +107,13 @@ __global__ void __launch_bounds__(kGemmThreads)
     for (int l = tid; l < BM * BK; l += kGemmThreads) {
       const int i = l / BK, kk = l % BK;
       const int64_t r = r0 + i, k = k0 + kk;
-      As[kk][i] = (r < r1 && k < Kd) ? A[r * Kd + k] : 0.0f;
+      As[kk][i] = (r < r1 && k < Kd) ? operand<TW>(A[r * Kd + k]) : 0.0f;
     }
     for (int l = tid; l < BN * BK; l += kGemmThreads) {
       const int j = kInOut ? l % BN : l / BK, kk = kInOut ? l / BN : l % BK;
       const int64_t n = n0 + j, k = k0 + kk;
       float v = 0.0f;
-      if (n < N && k < Kd) v = kInOut ? We[k * N + n] : We[n * Kd + k];
+      if (n < N && k < Kd) v = load_f(kInOut ? We + k * N + n : We + n * Kd + k);
       Bs[kk][j] = v;
     }
     __syncthreads();
@@ -130,6 +144,8 @@ __global__ void __launch_bounds__(kGemmThreads)
 }
 
 // dW_e [M,N] += Σ_{r in rows of e} P[r, m] · Q[r, n]. Block = (column tile, row tile, expert).
+// TW = bf16: P and Q are rounded to bf16 as they are loaded.
+template <class TW>
 __global__ void __launch_bounds__(kGemmThreads)
     grouped_weight_grad_kernel(const float* __restrict__ P, int64_t M, const float* __restrict__ Q, int64_t N,
                                const int32_t* begin, float* __restrict__ dW) {
@@ -144,12 +160,12 @@ __global__ void __launch_bounds__(kGemmThreads)
     for (int l = tid; l < BM * BK; l += kGemmThreads) {
       const int kk = l / BM, i = l % BM;
       const int64_t r = k0 + kk, m = m0 + i;
-      Ps[kk][i] = (r < re && m < M) ? P[r * M + m] : 0.0f;
+      Ps[kk][i] = (r < re && m < M) ? operand<TW>(P[r * M + m]) : 0.0f;
     }
     for (int l = tid; l < BN * BK; l += kGemmThreads) {
       const int kk = l / BN, j = l % BN;
       const int64_t r = k0 + kk, n = n0 + j;
-      Qs[kk][j] = (r < re && n < N) ? Q[r * N + n] : 0.0f;
+      Qs[kk][j] = (r < re && n < N) ? operand<TW>(Q[r * N + n]) : 0.0f;
     }
     __syncthreads();
 #pragma unroll
@@ -219,7 +235,8 @@ unsigned col_tiles(int64_t N, int tile) { return unsigned((N + tile - 1) / tile)
 constexpr int64_t kGemvMaxSlots = 32;
 constexpr int kGemvWarps = 8;  // output columns per block
 
-__global__ void grouped_gemv_outin_kernel(const float* __restrict__ A, int64_t Kd, const float* __restrict__ W,
+template <class TW>
+__global__ void grouped_gemv_outin_kernel(const float* __restrict__ A, int64_t Kd, const TW* __restrict__ W,
                                           int64_t N, const int32_t* __restrict__ begin, int64_t E,
                                           float* __restrict__ C, bool accumulate) {
   const int64_t r = blockIdx.y, n = int64_t(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
@@ -234,10 +251,10 @@ __global__ void grouped_gemv_outin_kernel(const float* __restrict__ A, int64_t K
     else
       hi = mid - 1;
   }
-  const float* w = W + (lo * N + n) * Kd;
+  const TW* w = W + (lo * N + n) * Kd;
   const float* a = A + r * Kd;
   float acc = 0.0f;
-  for (int64_t k = threadIdx.x & 31; k < Kd; k += 32) acc += a[k] * w[k];
+  for (int64_t k = threadIdx.x & 31; k < Kd; k += 32) acc += operand<TW>(a[k]) * load_f(w + k);
   acc = warp_sum(acc);
   if ((threadIdx.x & 31) == 0) {
     float* c = C + r * N + n;
@@ -266,34 +283,46 @@ void gather_rows(const float* x, const ExpertGroups& g, int64_t K, int64_t H, co
   MOELAB_CUDA_LAUNCHED("gather_rows_kernel");
 }
 
-void grouped_gemm(const float* A, int64_t Kd, const float* W, WeightLayout layout, int64_t N, const ExpertGroups& g,
-                  float* C, bool accumulate, cudaStream_t s) {
-  if (g.slots <= 0 || N <= 0) return;
-  MOELAB_ASSERT(g.max_tiles < (int64_t(1) << 31) && col_tiles(N, BN) <= 65535u, "grouped GEMM grid");
+template <class TW>
+void launch_grouped_gemm(const float* A, int64_t Kd, const TW* W, WeightLayout layout, int64_t N,
+                         const ExpertGroups& g, float* C, bool accumulate, cudaStream_t s) {
   if (layout == WeightLayout::OutIn && g.slots <= kGemvMaxSlots) {
     const dim3 rows(unsigned((N + kGemvWarps - 1) / kGemvWarps), unsigned(g.slots));
     MOELAB_ASSERT((N + kGemvWarps - 1) / kGemvWarps < (int64_t(1) << 31), "grouped GEMV grid");
-    grouped_gemv_outin_kernel<<<rows, kGemvWarps * 32, 0, s>>>(A, Kd, W, N, g.begin, g.experts, C, accumulate);
+    grouped_gemv_outin_kernel<TW><<<rows, kGemvWarps * 32, 0, s>>>(A, Kd, W, N, g.begin, g.experts, C, accumulate);
     MOELAB_CUDA_LAUNCHED("grouped_gemv_outin_kernel");
     return;
   }
   const dim3 grid(unsigned(g.max_tiles), col_tiles(N, BN));
   if (layout == WeightLayout::InOut) {
-    grouped_gemm_kernel<true><<<grid, kGemmThreads, 0, s>>>(A, Kd, W, N, g.begin, g.tile_expert, g.tile_row0,
-                                                            g.num_tiles, C, accumulate);
+    grouped_gemm_kernel<true, TW><<<grid, kGemmThreads, 0, s>>>(A, Kd, W, N, g.begin, g.tile_expert, g.tile_row0,
+                                                                g.num_tiles, C, accumulate);
   } else {
-    grouped_gemm_kernel<false><<<grid, kGemmThreads, 0, s>>>(A, Kd, W, N, g.begin, g.tile_expert, g.tile_row0,
-                                                             g.num_tiles, C, accumulate);
+    grouped_gemm_kernel<false, TW><<<grid, kGemmThreads, 0, s>>>(A, Kd, W, N, g.begin, g.tile_expert, g.tile_row0,
+                                                                 g.num_tiles, C, accumulate);
   }
   MOELAB_CUDA_LAUNCHED("grouped_gemm_kernel");
 }
 
+void grouped_gemm(const float* A, int64_t Kd, ExpertMatrix W, WeightLayout layout, int64_t N, const ExpertGroups& g,
+                  float* C, bool accumulate, cudaStream_t s) {
+  if (g.slots <= 0 || N <= 0) return;
+  MOELAB_ASSERT(g.max_tiles < (int64_t(1) << 31) && col_tiles(N, BN) <= 65535u, "grouped GEMM grid");
+  if (W.b16)
+    launch_grouped_gemm(A, Kd, W.b16, layout, N, g, C, accumulate, s);
+  else
+    launch_grouped_gemm(A, Kd, W.f32, layout, N, g, C, accumulate, s);
+}
+
 void grouped_weight_grad(const float* P, int64_t M, const float* Q, int64_t N, const ExpertGroups& g, float* dW,
-                         cudaStream_t s) {
+                         bool round_bf16, cudaStream_t s) {
   if (g.slots <= 0 || M <= 0 || N <= 0) return;
   MOELAB_ASSERT(col_tiles(M, BM) <= 65535u && g.experts <= 65535, "grouped weight-gradient grid");
   const dim3 grid(col_tiles(N, BN), col_tiles(M, BM), unsigned(g.experts));
-  grouped_weight_grad_kernel<<<grid, kGemmThreads, 0, s>>>(P, M, Q, N, g.begin, dW);
+  if (round_bf16)
+    grouped_weight_grad_kernel<bf16><<<grid, kGemmThreads, 0, s>>>(P, M, Q, N, g.begin, dW);
+  else
+    grouped_weight_grad_kernel<float><<<grid, kGemmThreads, 0, s>>>(P, M, Q, N, g.begin, dW);
   MOELAB_CUDA_LAUNCHED("grouped_weight_grad_kernel");
 }
 

@@ -58,6 +58,19 @@ check("forward logits", err < 1e-4, f"relative error {err}")
 check("forward routing", [l["experts"] for l in out["routing"]] == [l["experts"] for l in exp["routing"]]
       and [l["layer"] for l in out["routing"]] == [l["layer"] for l in exp["routing"]])
 
+# --precision bf16: the bf16 expectations of the same fixture (every product's operands rounded)
+r = run("forward", "--model", fx, "--tokens", ",".join(map(str, exp["tokens"])), "--json", "--device", "cpu",
+        "--precision", "bf16")
+out = json.loads(r.stdout) if r.returncode == 0 else {"logits": []}
+flat = [v for row in out["logits"] for v in row]
+want = [v for row in exp["bf16_products"]["logits"] for v in row]
+close = sum(abs(a - b) <= 1e-5 * scale for a, b in zip(flat, want)) / max(1, len(want))
+check("forward --precision bf16", len(flat) == len(want) and close >= 0.9, f"{close:.3f} within 1e-5 ({r.stderr})")
+check_error("tf32 on the cpu", run("forward", "--model", fx, "--tokens", "1", "--device", "cpu", "--precision", "tf32"),
+            1, ["tf32", "GPU"])
+check_error("unknown precision", run("forward", "--model", fx, "--tokens", "1", "--precision", "fp8"), 1,
+            ["fp8", "fp32, tf32 or bf16"])
+
 with tempfile.TemporaryDirectory() as tmp:
     # generate with a trace: the routing of every prompt and generated token
     trace = os.path.join(tmp, "trace.json")

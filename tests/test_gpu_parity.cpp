@@ -4,7 +4,10 @@
 //   - whole-model logits and expert choices for each family and router variant;
 //   - every gradient of a training step (forward_backward) for each trainable variant;
 //   - a 50-step training run's loss curve;
-//   - KV-cached decode against the full forward, also replayed from a recorded CUDA graph.
+//   - KV-cached decode against the full forward, also replayed from a recorded CUDA graph;
+//   - bf16 mode (Precision::BF16) against the CPU's bf16 emulation: logits, expert choices,
+//     gradients, a 50-step run, recorded decode, and the bf16 weight copies following uploads;
+//     TF32 against fp32 within TF32's rounding.
 // Tensors are compared relative to their own scale: max |gpu − cpu| / max |cpu| <= 1e-4. Expert
 // choices, dropped slots and ids must be identical. Without a usable GPU the test prints why in
 // one line and exits 77, which CTest reports as skipped.
@@ -31,6 +34,7 @@ namespace {
 constexpr double kTol = 1e-4;
 
 std::shared_ptr<Backend> g_cpu, g_gpu;
+std::shared_ptr<Backend> g_cpu16, g_gpu16;  // Precision::BF16
 
 // ---- helpers: one tensor on both backends, compared after the op ----
 
@@ -94,6 +98,26 @@ void expect_close_vec(const std::string& what, const std::vector<float>& gpu, co
 void expect_close(const std::string& what, const Both& t, double tol = kTol) {
   expect_close_vec(what, host(*g_gpu, t.gpu), host(*g_cpu, t.cpu), tol);
 }
+// bf16 results: the two backends round the same operands, but sum them in different orders, so a
+// value within fp32 noise of a bf16 rounding boundary can round apart (one bf16 step, ~4e-3 of that
+// value, spreading downstream). Most elements must agree to `tight`, none may differ by more than
+// `worst` (both relative to the largest |cpu|).
+double share_within(const std::vector<float>& a, const std::vector<float>& b, double tight) {
+  if (a.size() != b.size() || b.empty()) return 0;
+  double scale = 0;
+  for (float v : b) scale = std::max(scale, std::fabs(double(v)));
+  size_t close = 0;
+  for (size_t i = 0; i < a.size(); ++i) close += std::fabs(double(a[i]) - double(b[i])) <= tight * scale;
+  return double(close) / double(a.size());
+}
+void expect_bf16_close(const std::string& what, const std::vector<float>& gpu, const std::vector<float>& cpu,
+                       double tight = 1e-5, double share = 0.9, double worst = 3e-3) {
+  const double rel = rel_diff(gpu, cpu), within = share_within(gpu, cpu, tight);
+  if (!(rel <= worst) || !(within >= share))
+    check::report(__FILE__, __LINE__, what + ": relative difference " + std::to_string(rel) + ", " +
+                                          std::to_string(100 * within) + "% within " + std::to_string(tight));
+}
+
 void expect_same_ids(const std::string& what, const Both& t) {
   if (host_ids(*g_gpu, t.gpu) != host_ids(*g_cpu, t.cpu)) check::report(__FILE__, __LINE__, what + ": ids differ");
 }
@@ -601,6 +625,133 @@ TEST(graph_recorded_decode_equals_the_full_forward) {
   }
 }
 
+// ---- precision modes ----
+
+TEST(bf16_logits_and_expert_choices_match_the_cpu_emulation) {
+  for (const ModelVariant& v : model_variants()) {
+    Model mc = model_on(v.config, g_cpu16, 0.2f), mg = model_on(v.config, g_gpu16, 0.2f);
+    Model m32 = model_on(v.config, g_gpu, 0.2f);
+    RoutingTrace tc, tg;
+    const std::vector<float> lc = mc.forward_full(kTokens, &tc), lg = mg.forward_full(kTokens, &tg);
+    const std::vector<float> l32 = m32.forward_full(kTokens);
+    expect_bf16_close(std::string(v.name) + ": bf16 logits", lg, lc);
+    // The mode is on: fp32 logits are not within the bf16 agreement of the bf16 ones.
+    if (!(share_within(l32, lc, 1e-5) < 0.2))
+      check::report(__FILE__, __LINE__, std::string(v.name) + ": fp32 logits as close to bf16 as the bf16 run");
+    CHECK_EQ(tc.layers().size(), tg.layers().size());
+    for (size_t l = 0; l < std::min(tc.layers().size(), tg.layers().size()); ++l)
+      if (tc.layers()[l].ids != tg.layers()[l].ids)
+        check::report(__FILE__, __LINE__, std::string(v.name) + ": bf16 expert choices differ");
+  }
+}
+
+TEST(bf16_weight_copies_follow_uploads_and_frees) {
+  ModelConfig c = testutil::tiny_config(Family::Mixtral);
+  Model mc = model_on(c, g_cpu16, 0.2f), mg = model_on(c, g_gpu16, 0.2f);
+  const std::vector<float> before = mg.forward_full(kTokens);
+  // New values into every weight: the bf16 copies made by the first forward must not be reused.
+  Rng r(99);
+  auto refs_c = trainable_params(c, mc.params()), refs_g = trainable_params(c, mg.params());
+  for (size_t i = 0; i < refs_c.size(); ++i) {
+    const std::vector<float> vals = randn(r, refs_c[i].tensor->numel(), 0.2f);
+    g_cpu16->upload(*refs_c[i].tensor, vals.data());
+    g_gpu16->upload(*refs_g[i].tensor, vals.data());
+  }
+  const std::vector<float> lc = mc.forward_full(kTokens), lg = mg.forward_full(kTokens);
+  expect_bf16_close("bf16 logits after new weights were uploaded", lg, lc);
+  CHECK(rel_diff(lg, before) > 1e-2);
+  // A model freed and another made in its place (the pool hands out the same addresses).
+  for (int round = 0; round < 3; ++round) {
+    Model a = model_on(c, g_gpu16, 0.1f + 0.1f * float(round)), b = model_on(c, g_cpu16, 0.1f + 0.1f * float(round));
+    expect_bf16_close("bf16 logits of a model made after another was freed, round " + std::to_string(round),
+                      a.forward_full(kTokens), b.forward_full(kTokens));
+  }
+}
+
+TEST(bf16_gradients_match_the_cpu_emulation) {
+  for (const ModelVariant& v : model_variants()) {
+    if (!v.trainable) continue;
+    Model mc = model_on(v.config, g_cpu16, 0.3f), mg = model_on(v.config, g_gpu16, 0.3f);
+    Batch batch;
+    batch.B = 2;
+    batch.T = 10;
+    Rng r(5);
+    for (int64_t i = 0; i < batch.B * batch.T; ++i) {
+      batch.inputs.push_back(int32_t(r.next_u64() % uint64_t(v.config.vocab_size)));
+      batch.targets.push_back(i == 3 ? -1 : int32_t(r.next_u64() % uint64_t(v.config.vocab_size)));
+    }
+    ParamSet gc = mc.zeros_like(), gg = mg.zeros_like();
+    Rng nc(77), ng(77);
+    const StepResult rc = forward_backward(mc, gc, batch, v.knobs, nc, 0.5f);
+    const StepResult rg = forward_backward(mg, gg, batch, v.knobs, ng, 0.5f);
+    const std::string name = std::string(v.name) + " (bf16)";
+    expect_near_scalar(name + ": loss", rg.loss, rc.loss, 3e-3);
+    for (size_t l = 0; l < std::min(rc.routing.size(), rg.routing.size()); ++l)
+      if (rc.routing[l].ids != rg.routing[l].ids) check::report(__FILE__, __LINE__, name + ": expert choices differ");
+    auto refs_c = trainable_params(v.config, gc), refs_g = trainable_params(v.config, gg);
+    for (size_t i = 0; i < refs_c.size(); ++i)
+      expect_bf16_close(name + ": gradient of " + refs_c[i].name, host(*g_gpu16, *refs_g[i].tensor),
+                        host(*g_cpu16, *refs_c[i].tensor), 1e-4, 0.8, 2e-2);
+  }
+}
+
+TEST(a_50_step_bf16_run_follows_the_cpu_emulation) {
+  ModelConfig c = testutil::tiny_config(Family::Mixtral);
+  c.vocab_size = 256;
+  c.tokenizer = "bytes";
+  TrainConfig tc;
+  tc.steps = 50;
+  tc.batch = 4;
+  tc.seq_len = 32;
+  tc.lr = 3e-3f;
+  tc.warmup = 5;
+  tc.aux_alpha = 0.01f;
+  tc.eval_every = 0;
+  tc.probe_every = 0;
+  tc.seed = 3;
+  const auto corpus = open_corpus("builtin:domains");
+  Model mc = Model::random(c, 7, g_cpu16), mg = Model::random(c, 7, g_gpu16);
+  Trainer cpu(mc, *corpus, tc), gpu(mg, *corpus, tc);
+  double worst = 0;
+  for (int64_t i = 0; i < tc.steps; ++i) {
+    const double lc = cpu.step().loss, lg = gpu.step().loss;
+    worst = std::max(worst, std::fabs(lc - lg));
+  }
+  // AdamW rewrites the bf16 copies in the same pass; a stale copy would leave the GPU on step 1's
+  // weights and its loss far from the CPU's within a few steps.
+  std::fprintf(stderr, "  50 bf16 steps: largest loss difference %.2e\n", worst);
+  CHECK(worst <= 1e-2);
+}
+
+TEST(bf16_recorded_decode_matches_the_cpu_emulation) {
+  for (const ModelVariant& v : model_variants()) {
+    if (std::string(v.name) != "mixtral top-2" && std::string(v.name) != "qwen2-moe shared expert + dense layer")
+      continue;
+    Model mg = model_on(v.config, g_gpu16, 0.2f), mc = model_on(v.config, g_cpu16, 0.2f);
+    const int64_t T = int64_t(kTokens.size());
+    const std::vector<float> full_cpu = mc.forward_full(kTokens);
+    Decoder dec(mg, T);
+    std::vector<float> got = dec.prefill({kTokens.front()});
+    for (int64_t t = 1; t < T; ++t) {
+      const std::vector<float> step = dec.step(kTokens[size_t(t)]);
+      got.insert(got.end(), step.begin(), step.end());
+    }
+    CHECK(dec.graphed());
+    expect_bf16_close(std::string(v.name) + ": bf16 recorded decode vs the CPU's bf16 full forward", got, full_cpu);
+  }
+}
+
+TEST(tf32_stays_within_tf32_rounding_of_fp32) {
+  auto tf32 = make_cuda_backend();
+  tf32->set_precision(Precision::TF32);
+  CHECK(tf32->precision() == Precision::TF32);
+  for (const ModelVariant& v : model_variants()) {
+    Model mt = model_on(v.config, tf32, 0.2f), mc = model_on(v.config, g_cpu, 0.2f);
+    expect_close_vec(std::string(v.name) + ": tf32 logits vs fp32", mt.forward_full(kTokens), mc.forward_full(kTokens),
+                     1e-2);
+  }
+}
+
 // The harness's main, renamed: the real main() first asks whether a GPU answers.
 #define main run_parity_cases
 CHECK_MAIN()
@@ -615,6 +766,10 @@ int main(int argc, char** argv) {
   try {
     g_cpu = make_eigen_backend();
     g_gpu = make_cuda_backend();
+    g_cpu16 = make_eigen_backend();
+    g_cpu16->set_precision(Precision::BF16);
+    g_gpu16 = make_cuda_backend();
+    g_gpu16->set_precision(Precision::BF16);
   } catch (const std::exception& e) {
     std::printf("test_gpu_parity: the CUDA backend did not start: %s\n", e.what());
     return 1;

@@ -160,6 +160,8 @@ void run_bench() {
     return;
   }
   if (o.device != "cpu") fail("bench", "--device " + o.device + ": not a device (cpu or cuda)");
+  if (parse_precision(o.precision) != Precision::FP32)
+    fail("bench", "--precision " + o.precision + " is a GPU mode here (the CPU's bf16 is an emulation for tests, not faster)");
   if (o.train) {
     run_train_bench();
     return;
@@ -364,7 +366,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--train-steps", o.train_steps, "Training: timed steps")->check(CLI::Range(3, 10000));
   cmd->add_option("--device", o.device, "cpu, or cuda: the GPU benchmark over lab sizes from tiny to large");
   cmd->add_option("--sizes", o.sizes, "GPU: lab sizes to run (tiny,small,medium,large; default all)");
-  cmd->add_option("--precision", o.precision, "GPU: fp32 (the backend's mode; TF32 off, the peer too)");
+  cmd->add_option("--precision", o.precision, "GPU: fp32 (TF32 off), tf32 or bf16; the PyTorch peer runs in the same mode");
   cmd->callback(run_bench);
 }
 

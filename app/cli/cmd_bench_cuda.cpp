@@ -1,7 +1,12 @@
 // moelab-cli bench --device cuda: lab models from tiny to large on the GPU, each figure next to
 // the same model in eager PyTorch on the same GPU (tests/reference/bench_peer.py --device cuda,
 // same precision) and next to this GPU's own limits, measured in the same run: the launch floor
-// (graphs of empty kernels), copy bandwidth and cuBLAS SGEMM rate.
+// (graphs of empty kernels), copy bandwidth and the cuBLAS GEMM rate in the chosen precision.
+//
+// --precision fp32 (TF32 off) | tf32 (cuBLAS's dense products on TF32 tensor cores; the grouped
+// expert products stay fp32) | bf16 (bf16 weight copies and operands, fp32 sums). The PyTorch peer
+// runs in the same mode: strict fp32, TF32 matmuls, or a pure-bf16 model (bf16 weights and
+// activations throughout, which is more bf16 than ours: our norms, softmax and residuals stay fp32).
 //
 //   decode    µs per token through the recorded step (one CUDA graph per token) and directly
 //             (one launch per op); kernels per token = the graph's nodes; floor = nodes × cost
@@ -121,17 +126,21 @@ double ratio(const nlohmann::json& peer, const char* key, double ours) {
 
 void run_cuda_bench() {
   const BenchOptions& o = bench_options();
-  if (o.precision != "fp32")
-    fail("bench", "--precision " + o.precision +
-                      ": the CUDA backend computes in fp32 only (TF32 off); bf16 is not implemented yet");
+  const Precision precision = parse_precision(o.precision);
   const CudaDeviceInfo dev = query_cuda_device();
   if (!dev.available) fail("bench", "--device cuda: " + dev.reason);
   auto gpu = make_cuda_backend();
+  gpu->set_precision(precision);
+  // Bytes per weight a product reads: the bf16 copies in bf16 mode.
+  const double weight_bytes = precision == Precision::BF16 ? 2.0 : 4.0;
+  const char* mode_text = precision == Precision::FP32   ? "fp32, TF32 off"
+                          : precision == Precision::TF32 ? "tf32 (cuBLAS products on TF32 tensor cores)"
+                                                         : "bf16 (bf16 weights and operands, fp32 sums)";
 
   // The device's limits, now.
   const LaunchFloor floor = cuda_measure_launch_floor();
   const double bandwidth = cuda_measure_bandwidth(size_t(2) << 30);
-  const double sgemm = cuda_measure_sgemm(8192, false);
+  const double sgemm = cuda_measure_gemm(8192, precision);
   nlohmann::json out = {
       {"device",
        {{"name", dev.name},
@@ -141,18 +150,18 @@ void run_cuda_bench() {
         {"datasheet_bandwidth_gb_s", dev.peak_bandwidth / 1e9},
         {"datasheet_fp32_tflop_s", dev.peak_fp32_flops / 1e12},
         {"measured_copy_bandwidth_gb_s", bandwidth / 1e9},
-        {"measured_sgemm_tflop_s", sgemm / 1e12},
+        {"measured_gemm_tflop_s", sgemm / 1e12},
         {"launch_floor_us_per_node", floor.per_node_us},
         {"launch_floor_us_per_graph", floor.per_graph_us}}},
-      {"precision", "fp32 (TF32 off), peer the same"},
+      {"precision", std::string(mode_text) + ", the PyTorch peer in the same mode"},
       {"sizes", nlohmann::json::array()}};
   if (!o.json_out) {
-    std::printf("device: %s (sm_%d%d, %d SMs, %.0f GiB); precision fp32, TF32 off (the PyTorch peer the same)\n",
-                dev.name.c_str(), dev.compute_major, dev.compute_minor, dev.sm_count, dev.memory_gib);
-    std::printf("limits measured now: copy bandwidth %.0f GB/s (datasheet %.0f), SGEMM %.1f TFLOP/s (datasheet fp32 "
+    std::printf("device: %s (sm_%d%d, %d SMs, %.0f GiB); precision %s (the PyTorch peer in the same mode)\n",
+                dev.name.c_str(), dev.compute_major, dev.compute_minor, dev.sm_count, dev.memory_gib, mode_text);
+    std::printf("limits measured now: copy bandwidth %.0f GB/s (datasheet %.0f), %s GEMM %.1f TFLOP/s (datasheet fp32 "
                 "%.1f),\n  launch floor %.2f us per graph node + %.2f us per graph launch\n",
-                bandwidth / 1e9, dev.peak_bandwidth / 1e9, sgemm / 1e12, dev.peak_fp32_flops / 1e12,
-                floor.per_node_us, floor.per_graph_us);
+                bandwidth / 1e9, dev.peak_bandwidth / 1e9, precision_name(precision), sgemm / 1e12,
+                dev.peak_fp32_flops / 1e12, floor.per_node_us, floor.per_graph_us);
   }
 
   for (const LabSize& size : chosen_sizes(o.sizes)) {
@@ -178,7 +187,8 @@ void run_cuda_bench() {
       const double direct_s = decode_seconds(m, false, prompt, o, nullptr);
       const double floor_us = double(nodes) * floor.per_node_us + floor.per_graph_us;
       // Bytes a decoded token must read: every active weight once (one embedding row only).
-      const double active_bytes = 4.0 * double(p.active - p.active_by[size_t(Component::Embeddings)] + c.hidden_size);
+      const double active_bytes =
+          weight_bytes * double(p.active - p.active_by[size_t(Component::Embeddings)] + c.hidden_size);
       row["decode_us_per_token"] = graph_s * 1e6;
       row["decode_tokens_per_s"] = 1.0 / graph_s;
       row["decode_direct_us_per_token"] = direct_s * 1e6;
@@ -197,14 +207,14 @@ void run_cuda_bench() {
       }
       row["prefill_tokens_per_s"] = double(o.prefill) / prefill_best;
 
-      // Training needs weights, gradients and two Adam moments plus activations.
-      const double need = 4.0 * 4.0 * double(p.total) * 1.25;
+      // Training needs weights, gradients and two Adam moments (and the bf16 copies) plus activations.
+      const double need = (16.0 + (precision == Precision::BF16 ? 2.0 : 0.0)) * double(p.total) * 1.25;
       if (need < dev.memory_gib * double(1ull << 30)) {
         const double tps = train_tokens_per_s(m, o);
         const double flops = 3.0 * forward_flops_per_token(c, o.train_seq / 2) * tps;
         row["train_tokens_per_s"] = tps;
         row["train_tflop_s"] = flops / 1e12;
-        row["train_fraction_of_sgemm"] = flops / sgemm;
+        row["train_fraction_of_gemm"] = flops / sgemm;
         row["train_fraction_of_datasheet_fp32"] = flops / dev.peak_fp32_flops;
       } else {
         row["train_skipped"] = "needs about " + human_bytes(need) + " of GPU memory";
@@ -239,9 +249,9 @@ void run_cuda_bench() {
                 row["decode_direct_us_per_token"].get<double>());
     std::printf("  prefill  %8.0f tokens/s\n", row["prefill_tokens_per_s"].get<double>());
     if (row.contains("train_tokens_per_s"))
-      std::printf("  train    %8.0f tokens/s, %.2f TFLOP/s = %.0f%% of measured SGEMM\n",
+      std::printf("  train    %8.0f tokens/s, %.2f TFLOP/s = %.0f%% of the measured %s GEMM\n",
                   row["train_tokens_per_s"].get<double>(), row["train_tflop_s"].get<double>(),
-                  100 * row["train_fraction_of_sgemm"].get<double>());
+                  100 * row["train_fraction_of_gemm"].get<double>(), precision_name(precision));
     else
       std::printf("  train    skipped: %s\n", row["train_skipped"].get<std::string>().c_str());
     if (row.contains("pytorch"))
