@@ -16,6 +16,15 @@ embedding variant of the Mixtral one) it checks:
   * the hand-written clip + AdamW equals torch.nn.utils.clip_grad_norm_ +
     torch.optim.AdamW with a decay / no-decay parameter-group split;
   * expected_train.json is reproduced exactly.
+In bf16 mode (train_reference.py --bf16), for every fixture:
+  * expected_train_bf16.json is reproduced exactly;
+  * with aux_loss_alpha = z_loss_coef = 0 the loss equals the mean cross-entropy
+    of moe_reference.forward(bf16_products=True)'s logits (the forward already
+    checked against the C++ model);
+  * the step-0 gradients through Bf16Product equal those of the same semantics
+    written another way: operands rounded with a straight-through gradient and
+    a hook rounding each product's incoming gradient. (Plain autograd through
+    .to(bfloat16), which rounds the backward's results, is reported for scale.)
 Prints one line per check; exits 1 on failure.
 """
 
@@ -145,6 +154,62 @@ def adamw_check(label, cfg, tensors, batch, res):
            "max|w diff|=%.1e max loss/norm diff=%.1e" % (worst_w, worst_loss))
 
 
+def ste_hook_product(a, w):
+    """a @ w^T in bf16 mode, written without a custom Function: the operands are
+    rounded with a straight-through gradient, and a hook rounds the product's
+    incoming gradient, so da = R(dy) @ R(w) and dw = R(dy)^T @ R(a)."""
+    ra = a + (ref.bf16_operands(a) - a).detach()
+    rw = w + (ref.bf16_operands(w) - w).detach()
+    out = ra @ rw.t()
+    if out.requires_grad:
+        out.register_hook(ref.bf16_operands)
+    return out
+
+
+def step0_grads(cfg, tensors, batch, product):
+    """Step-0 gradients of the batch's loss with ``product`` as every matrix
+    product of the forward (moe_reference.matmul_t swapped for it)."""
+    params = tr.make_params(cfg, tensors)
+    orig = ref.matmul_t
+    ref.matmul_t = product
+    try:
+        terms = tr.loss_terms(cfg, params, batch["tokens"], batch["aux_loss_alpha"], batch["z_loss_coef"])
+    finally:
+        ref.matmul_t = orig
+    terms["loss"].backward()
+    return OrderedDict((n, p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in params.items())
+
+
+def max_rel_diff(a, b):
+    return max(float((a[n] - b[n]).abs().max()) / max(float(b[n].abs().max()), 1e-30) for n in b)
+
+
+def bf16_checks(label, cfg, tensors, batch, exp):
+    res = json.loads(json.dumps(tr.train(cfg, tensors, batch, bf16=True)))
+    report("%s expected_train_bf16.json reproduced" % label, res == exp,
+           "steps=%d loss=%s" % (batch["steps"], ["%.6f" % x for x in exp["loss"]]))
+    params = tr.make_params(cfg, tensors)
+    with torch.no_grad():
+        terms = tr.loss_terms(cfg, params, batch["tokens"], 0.0, 0.0, bf16=True)
+        tot, cnt = 0.0, 0
+        for seq in batch["tokens"]:
+            logits, _ = ref.forward(cfg, tensors, seq[:-1], bf16_products=True)
+            lp = logits.log_softmax(-1)
+            for t, y in enumerate(seq[1:]):
+                tot -= float(lp[t, y])
+                cnt += 1
+    err = abs(float(terms["loss"]) - tot / cnt)
+    report("%s bf16 loss(a=0,z=0) == mean CE" % label, err < 1e-12,
+           "loss=%.15f ce=%.15f diff=%.1e" % (float(terms["loss"]), tot / cnt, err))
+    fn = step0_grads(cfg, tensors, batch, tr.matmul_t_bf16_train)
+    hook = step0_grads(cfg, tensors, batch, ste_hook_product)
+    plain = step0_grads(cfg, tensors, batch, ref.matmul_t_bf16)
+    d_hook, d_plain = max_rel_diff(fn, hook), max_rel_diff(plain, fn)
+    report("%s bf16 Function == STE + gradient hook" % label, d_hook < 1e-12,
+           "max rel diff %.1e over %d tensors (autograd through .to(bfloat16) differs by %.1e)" % (
+               d_hook, len(fn), d_plain))
+
+
 def main():
     torch.set_num_threads(1)
     root = sys.argv[1]
@@ -160,6 +225,10 @@ def main():
         res = json.loads(json.dumps(tr.train(cfg, tensors, batch)))
         report("%s expected_train.json reproduced" % name, res == exp,
                "steps=%d loss=%s" % (batch["steps"], ["%.6f" % x for x in exp["loss"]]))
+        bf16_path = os.path.join(d, "expected_train_bf16.json")
+        if os.path.exists(bf16_path):
+            with open(bf16_path) as f:
+                bf16_checks(name, cfg, tensors, batch, json.load(f))
         variants = [(name, cfg, tensors)]
         if cfg["model_type"] == "mixtral":
             tcfg = dict(cfg, tie_word_embeddings=True)

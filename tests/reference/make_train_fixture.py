@@ -4,7 +4,8 @@
     /usr/bin/python3 tests/reference/make_train_fixture.py --out DIR
 
 Layout:
-    DIR/mixtral_train/{config.json, model.safetensors, batch.json, expected_train.json}
+    DIR/mixtral_train/{config.json, model.safetensors, batch.json, expected_train.json,
+                       expected_train_bf16.json}
     DIR/qwen2_moe_train/{...}
 
 mixtral_train    vocab 64, hidden 32, 2 layers, 4 heads / 2 kv heads (head_dim 8),
@@ -17,10 +18,13 @@ qwen2_moe_train  vocab 64, hidden 32, 3 layers, layer 1 dense (mlp_only_layers=[
 batch.json: B=3 sequences of T+1=9 tokens, aux_loss_alpha 0.05, z_loss_coef 0.01,
 lr 1e-2, betas [0.9, 0.95], eps 1e-8, weight_decay 0.1, clip 1.0, steps 3.
 expected_train.json is written by train_reference.py (see its docstring for the
-schema). Weights are stored in F32; router weights are re-drawn (next seed) until,
-at every one of the training steps, every token of every MoE layer has a
-relative gap >= MIN_GAP between consecutive probabilities among its top k+1,
-so fp32 implementations make the same expert choices as the float64 reference.
+schema), expected_train_bf16.json by train_reference.py --bf16 (the same steps
+with every matrix product's operands rounded to bfloat16, forward and backward).
+Weights are stored in F32; router weights are re-drawn (next seed) until, at
+every one of the training steps of both runs, every token of every MoE layer
+has a relative gap >= MIN_GAP between consecutive probabilities among its top
+k+1, so fp32 (and bf16) implementations make the same expert choices as the
+float64 reference.
 """
 
 import argparse
@@ -112,7 +116,8 @@ def main():
             seed = seed0 + attempt
             tensors = make_weights(cfg, seed)
             res = tr.train(cfg, tensors, batch, keep_routing=True)
-            gap = min_margin(res, spec["topk"])
+            res_bf16 = tr.train(cfg, tensors, batch, keep_routing=True, bf16=True)
+            gap = min(min_margin(res, spec["topk"]), min_margin(res_bf16, spec["topk"]))
             if gap >= MIN_GAP:
                 break
         else:
@@ -126,20 +131,23 @@ def main():
         with open(os.path.join(d, "batch.json"), "w") as f:
             json.dump(batch, f, indent=1)
             f.write("\n")
-        out_path = os.path.join(d, "expected_train.json")
-        rc = tr.main(["--model", d, "--batch", os.path.join(d, "batch.json"), "--out", out_path])
-        assert rc == 0
-        with open(out_path) as f:
-            got = json.load(f)
-        # the CLI run from the files must reproduce the in-process run exactly
-        res.pop("_routing")
-        assert got == json.loads(json.dumps(res)), "%s: CLI result differs from in-process run" % name
+        got = {}
+        for key, r, flags in (("fp32", res, []), ("bf16", res_bf16, ["--bf16"])):
+            out_path = os.path.join(d, "expected_train%s.json" % ("_bf16" if flags else ""))
+            rc = tr.main(["--model", d, "--batch", os.path.join(d, "batch.json"), "--out", out_path] + flags)
+            assert rc == 0
+            with open(out_path) as f:
+                got[key] = json.load(f)
+            # the CLI run from the files must reproduce the in-process run exactly
+            r.pop("_routing")
+            assert got[key] == json.loads(json.dumps(r)), "%s: %s CLI result differs from in-process run" % (name, key)
         routing = [r["layer"] for r in ref.forward(cfg, tensors, batch["tokens"][0][:-1])[1]]
         print("%-16s %-9s L=%d H=%d V=%d heads=%d/%d hd=%d E=%d k=%d moe_layers=%s B=%d T=%d seed=%d "
-              "min_gap=%.3g loss=%s grad_norm=%s %.2fs" % (
+              "min_gap=%.3g loss=%s grad_norm=%s bf16 loss=%s %.2fs" % (
                   name, spec["family"], spec["layers"], spec["hidden"], spec["vocab"], spec["heads"],
                   spec["kv_heads"], spec["head_dim"], spec["experts"], spec["topk"], routing, B, T,
-                  seed, gap, ["%.5f" % x for x in got["loss"]], ["%.4f" % x for x in got["grad_norm"]],
+                  seed, gap, ["%.5f" % x for x in got["fp32"]["loss"]],
+                  ["%.4f" % x for x in got["fp32"]["grad_norm"]], ["%.5f" % x for x in got["bf16"]["loss"]],
                   time.time() - t0))
     print("train fixtures written to %s in %.1fs" % (a.out, time.time() - t_all))
     return 0

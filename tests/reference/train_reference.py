@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Independent float64 reference for MoE Lab training steps.
 
-    /usr/bin/python3 tests/reference/train_reference.py --model DIR --batch BATCH.json --out OUT.json
+    /usr/bin/python3 tests/reference/train_reference.py --model DIR --batch BATCH.json --out OUT.json [--bf16]
 
 DIR holds config.json + safetensors (Mixtral or Qwen2-MoE family, Hugging Face
 tensor names; single file or sharded). The forward pass is moe_reference.forward
@@ -46,6 +46,23 @@ OUT.json
 Names are the checkpoint's HF names (tied embeddings: only
 "model.embed_tokens.weight"). All numbers are float64, written with repr
 precision (round-trip exact).
+
+--bf16: the same steps in MoE Lab's bf16 mode (Precision::BF16). Every matrix
+product a @ w^T (q/k/v/o, router, lm head, dense and shared-expert MLPs, the
+shared-expert gate, each routed expert's gate/up/down) rounds both operands to
+bfloat16 (nearest even) and sums in float64, and so does its backward:
+    da = R(dy) @ R(w),   dw += R(dy)^T @ R(a)        (Bf16Product)
+Plain autograd through .to(bfloat16) would round the backward's RESULTS
+instead. Everything between products stays unrounded, so autograd over the
+per-product Function gives, for a routed expert (weight g, output gradient d):
+    G = R(x)R(Wg)^T, U = R(x)R(Wu)^T, A = silu(G)*U, Y = R(A)R(Wd)^T,
+    dY = R(g*d), dA = dY R(Wd), dG, dU unrounded from G, U, dA,
+    dWd += dY^T R(A), dWg += R(dG)^T R(x), dWu += R(dU)^T R(x),
+    dx = R(dG)R(Wg) + R(dU)R(Wu),  dg = d . Y   (unrounded)
+Bias gradients are plain sums of dy. The router logits are ONE product whose
+gradient (routing + aux + z-loss) is summed before it is rounded, as the
+backend's linear_backward sees it. Attention, norms, softmax, losses and AdamW
+are unrounded.
 """
 
 import argparse
@@ -64,16 +81,57 @@ import moe_reference as ref  # noqa: E402
 TRAIN_FAMILIES = ("mixtral", "qwen2_moe")
 
 
+class Bf16Product(torch.autograd.Function):
+    """a @ w^T with both operands rounded to bfloat16 (sums in a's dtype), and a
+    backward that rounds ITS operands the same way: da = R(dy) @ R(w),
+    dw = R(dy)^T @ R(a). a: [rows, in], w: [out, in] -> [rows, out]."""
+
+    @staticmethod
+    def forward(ctx, a, w):
+        ra, rw = ref.bf16_operands(a), ref.bf16_operands(w)
+        ctx.save_for_backward(ra, rw)
+        return ra @ rw.t()
+
+    @staticmethod
+    def backward(ctx, dy):
+        ra, rw = ctx.saved_tensors
+        rdy = ref.bf16_operands(dy)
+        da = rdy @ rw if ctx.needs_input_grad[0] else None
+        dw = rdy.t() @ ra if ctx.needs_input_grad[1] else None
+        return da, dw
+
+
+def matmul_t_bf16_train(a, w):
+    return Bf16Product.apply(a, w)
+
+
+@contextlib.contextmanager
+def bf16_training_products(on):
+    """moe_reference.forward(bf16_products=True) takes its product from the
+    module-level ``matmul_t_bf16`` (forward-only rounding). For training, swap
+    in Bf16Product, whose backward rounds its own operands."""
+    orig = ref.matmul_t_bf16
+    if on:
+        ref.matmul_t_bf16 = matmul_t_bf16_train
+    try:
+        yield
+    finally:
+        ref.matmul_t_bf16 = orig
+
+
 @contextlib.contextmanager
 def record_router_logits(store):
     """moe_reference.forward calls the module-level ``route(x, gate_w, ...)``
     once per MoE layer, in layer order. Wrap it to also keep the router logits
-    x @ gate_w^T (needed for the z-loss); the routing itself is untouched."""
+    x @ gate_w^T (needed for the z-loss); the routing itself is untouched. The
+    logits are computed once and shared, so (in bf16 mode) the gradients of
+    routing and z-loss are summed before the product's backward rounds them."""
     orig = ref.route
 
     def route(x, gate_w, topk, renorm, mm=ref.matmul_t):
-        store.append(mm(x, gate_w))
-        return orig(x, gate_w, topk, renorm, mm)
+        z = mm(x, gate_w)  # [T, E] router logits
+        store.append(z)
+        return orig(x, gate_w, topk, renorm, lambda a, w: z)
 
     ref.route = route
     try:
@@ -90,10 +148,11 @@ def make_params(cfg, tensors):
                        for n in ref.tensor_shapes(cfg))
 
 
-def loss_terms(cfg, params, tokens, aux_alpha, z_coef):
+def loss_terms(cfg, params, tokens, aux_alpha, z_coef, bf16=False):
     """Forward over every sequence; returns dict of 0-dim tensors loss, lm_loss,
     aux_loss, z_loss plus 'routing' (per MoE layer, concatenated over the batch:
-    probs [N,E], experts [N,K]) for diagnostics."""
+    probs [N,E], experts [N,K]) for diagnostics. bf16: every product in MoE
+    Lab's bf16 mode (Bf16Product)."""
     s = ref.model_spec(cfg)
     tok = torch.as_tensor(tokens, dtype=torch.long)
     if tok.dim() != 2 or tok.shape[1] < 2:
@@ -102,8 +161,8 @@ def loss_terms(cfg, params, tokens, aux_alpha, z_coef):
     logits_all, layers = [], None
     for b in range(tok.shape[0]):
         zs = []
-        with record_router_logits(zs):
-            logits, routing = ref.forward(cfg, params, inputs[b], dtype=torch.float64)
+        with record_router_logits(zs), bf16_training_products(bf16):
+            logits, routing = ref.forward(cfg, params, inputs[b], dtype=torch.float64, bf16_products=bf16)
         logits_all.append(logits)
         per = [dict(layer=r["layer"], probs=r["probs"], experts=r["experts"], z=z)
                for r, z in zip(routing, zs)]
@@ -137,9 +196,10 @@ def weight_decay_applies(t):
     return t.dim() >= 2
 
 
-def train(cfg, tensors, batch, keep_routing=False):
+def train(cfg, tensors, batch, keep_routing=False, bf16=False):
     """Run batch['steps'] steps; returns the OUT.json dict (plus '_routing':
-    list per step of the per-layer routing when keep_routing)."""
+    list per step of the per-layer routing when keep_routing). bf16: every
+    product in MoE Lab's bf16 mode (see the module docstring)."""
     s = ref.model_spec(cfg)
     if s["family"] not in TRAIN_FAMILIES:
         raise ValueError("training reference supports %s, not %s" % (TRAIN_FAMILIES, s["family"]))
@@ -161,7 +221,7 @@ def train(cfg, tensors, batch, keep_routing=False):
     for step in range(1, steps + 1):
         for p in params.values():
             p.grad = None
-        terms = loss_terms(cfg, params, batch["tokens"], alpha, zc)
+        terms = loss_terms(cfg, params, batch["tokens"], alpha, zc, bf16)
         terms["loss"].backward()
         for k in ("loss", "lm_loss", "aux_loss", "z_loss"):
             out[k].append(float(terms[k]))
@@ -205,10 +265,11 @@ def main(argv=None):
     ap.add_argument("--model", required=True, help="checkpoint directory (config.json + safetensors)")
     ap.add_argument("--batch", required=True, help="batch / hyper-parameter JSON")
     ap.add_argument("--out", required=True, help="output JSON")
+    ap.add_argument("--bf16", action="store_true", help="every product in bf16 mode (see above)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfg, tensors = ref.load_model_dir(a.model)
-    res = train(cfg, tensors, load_batch(a.batch))
+    res = train(cfg, tensors, load_batch(a.batch), bf16=a.bf16)
     with open(a.out, "w") as f:
         json.dump(res, f)
         f.write("\n")
