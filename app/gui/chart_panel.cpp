@@ -7,6 +7,7 @@
 #include <QFileDialog>
 #include <QFileInfo>
 #include <QFormLayout>
+#include <QGridLayout>
 #include <QHBoxLayout>
 #include <QLabel>
 #include <QMenu>
@@ -17,6 +18,7 @@
 #include <QSvgGenerator>
 #include <QToolButton>
 #include <QVBoxLayout>
+#include <algorithm>
 #include <qcustomplot.h>
 
 #include "theme.hpp"
@@ -43,8 +45,8 @@ ChartPanel::ChartPanel(const QString& id, const QString& title, const QString& c
     custom->setParent(this);
   } else {
     m_plot = new QCustomPlot(this);
-    m_plot->setMinimumHeight(160);
     m_content = m_plot;
+    m_minNormal = m_minPresentation = 160;
   }
   layout->addWidget(m_content, 1);
   m_caption = new QLabel(caption, this);
@@ -57,7 +59,14 @@ QString ChartPanel::title() const { return m_title->text(); }
 void ChartPanel::setCaption(const QString& caption) { m_caption->setText(caption); }
 void ChartPanel::setTitle(const QString& title) { m_title->setText(title); }
 
+void ChartPanel::setMinimumChartHeight(int normal, int presentation) {
+  m_minNormal = normal;
+  m_minPresentation = presentation;
+  m_content->setMinimumHeight(std::max(0, Theme::current().presentation ? presentation : normal));
+}
+
 void ChartPanel::applyTheme(const Theme& t) {
+  if (const int least = t.presentation ? m_minPresentation : m_minNormal; least >= 0) m_content->setMinimumHeight(least);
   m_title->setFont(t.title);
   QFont c = t.text;
   c.setItalic(!t.presentation);
@@ -226,4 +235,54 @@ void ChartPanel::contextMenuEvent(QContextMenuEvent* e) {
   menu.addAction(tr("Export chart…"), this, &ChartPanel::exportWithDialog);
   menu.addAction(tr("Copy data as CSV"), this, [this] { QGuiApplication::clipboard()->setText(csv()); });
   menu.exec(e->globalPos());
+}
+
+ChartPage::ChartPage(Presentation presentation, QWidget* parent) : QScrollArea(parent), m_presentation(presentation) {
+  m_body = new QWidget(this);
+  m_grid = new QGridLayout(m_body);
+  m_grid->setContentsMargins(0, 0, 0, 0);
+  setWidget(m_body);
+  setWidgetResizable(true);  // the body fills the page when the panels fit, and scrolls when not
+  setFrameShape(QFrame::NoFrame);
+  setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
+}
+
+void ChartPage::add(ChartPanel* panel, int row, int column, int rowSpan, int columnSpan) {
+  panel->setParent(m_body);
+  m_cells.push_back({panel, row, column, rowSpan, columnSpan});
+  m_grid->addWidget(panel, row, column, rowSpan, columnSpan);
+  m_grid->setColumnStretch(column, 1);
+}
+
+void ChartPage::setRowStretch(int row, int stretch) {
+  m_rowStretch[row] = stretch;
+  m_grid->setRowStretch(row, stretch);
+}
+
+void ChartPage::arrange(bool stacked) {
+  for (const Cell& c : m_cells) m_grid->removeWidget(c.panel);
+  for (int r = 0; r < m_grid->rowCount(); ++r) m_grid->setRowStretch(r, 0);
+  for (int col = 0; col < m_grid->columnCount(); ++col) m_grid->setColumnStretch(col, 0);
+  if (stacked) {
+    // Reading order: the grid's rows top to bottom, each row left to right.
+    QList<Cell> order = m_cells;
+    std::stable_sort(order.begin(), order.end(), [](const Cell& a, const Cell& b) {
+      return a.row != b.row ? a.row < b.row : a.column < b.column;
+    });
+    for (int i = 0; i < int(order.size()); ++i) {
+      m_grid->addWidget(order[i].panel, i, 0);
+      m_grid->setRowStretch(i, 1);
+    }
+    m_grid->setColumnStretch(0, 1);
+  } else {
+    for (const Cell& c : m_cells) {
+      m_grid->addWidget(c.panel, c.row, c.column, c.rowSpan, c.columnSpan);
+      m_grid->setColumnStretch(c.column, 1);
+    }
+    for (auto it = m_rowStretch.cbegin(); it != m_rowStretch.cend(); ++it) m_grid->setRowStretch(it.key(), it.value());
+  }
+}
+
+void ChartPage::applyTheme(const Theme& t) {
+  arrange(t.presentation && m_presentation == Presentation::Stack);
 }

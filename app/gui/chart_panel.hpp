@@ -1,12 +1,17 @@
 // A chart as a teacher uses it: a title, the chart, a one- or two-sentence caption in plain
 // words, and export (PNG at a chosen size and DPI, SVG, PDF, CSV of the data) from a context
 // menu and a toolbar button. The chart is a QCustomPlot or any widget that paints itself.
+// ChartPage lays a view's panels out for the theme: a grid, or in presentation one column.
 #pragma once
 
+#include <QList>
+#include <QMap>
+#include <QScrollArea>
 #include <QWidget>
 #include <functional>
 
 class QCustomPlot;
+class QGridLayout;
 class QLabel;
 class QPainter;
 class QToolButton;
@@ -41,6 +46,10 @@ class ChartPanel : public QWidget {
   // Writes id.png, id.svg, id.pdf, id.csv into dir.
   QString exportAll(const QString& dir, QSize size) const;
 
+  // The least height of the chart itself (not counting title and caption) in each theme, so a
+  // page that is short of room scrolls (ChartPage) instead of squashing the chart.
+  void setMinimumChartHeight(int normal, int presentation);
+
   void applyTheme(const Theme& t);
   void replot();
 
@@ -64,4 +73,33 @@ class ChartPanel : public QWidget {
   QWidget* m_content = nullptr;
   std::function<QString()> m_csv;
   std::function<void(QPainter&, QSize)> m_painter;
+  int m_minNormal = -1, m_minPresentation = -1;  // -1: the content's own (custom content)
+};
+
+// A page of chart panels: a grid in the normal theme. In presentation the projector fonts need
+// about twice the room, so the page either keeps its grid or stacks the panels in one column
+// (each then gets the page's full width), and it scrolls vertically whenever the panels' least
+// heights do not fit, rather than squashing a chart below readability.
+class ChartPage : public QScrollArea {
+  Q_OBJECT
+ public:
+  enum class Presentation { Grid, Stack };
+  explicit ChartPage(Presentation presentation, QWidget* parent = nullptr);
+
+  void add(ChartPanel* panel, int row, int column, int rowSpan = 1, int columnSpan = 1);
+  void setRowStretch(int row, int stretch);  // in the grid
+  void applyTheme(const Theme& t);
+
+ private:
+  struct Cell {
+    ChartPanel* panel;
+    int row, column, rowSpan, columnSpan;
+  };
+  void arrange(bool stacked);
+
+  Presentation m_presentation;
+  QWidget* m_body = nullptr;
+  QGridLayout* m_grid = nullptr;
+  QList<Cell> m_cells;
+  QMap<int, int> m_rowStretch;
 };

@@ -202,6 +202,7 @@ void CompareView::redraw() {
 void CompareView::drawLoss() {
   QCustomPlot* plot = m_loss->plot();
   RunCharts::resetPlot(plot);
+  RunCharts::legendBelow(plot, 2);  // under the axes: the curves cross every corner
   plot->legend->setVisible(!m_runs.isEmpty());
   for (int i = 0; i < m_runs.size(); ++i) {
     const RunData& r = m_runs[i];
@@ -228,6 +229,7 @@ void CompareView::drawLoss() {
 void CompareView::drawCv() {
   QCustomPlot* plot = m_cv->plot();
   RunCharts::resetPlot(plot);
+  RunCharts::legendBelow(plot, 2);
   plot->legend->setVisible(!m_runs.isEmpty());
   const int l = selectedLayer();
   for (int i = 0; i < m_runs.size(); ++i) {

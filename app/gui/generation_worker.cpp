@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "decoder.hpp"
 #include "devices.hpp"
 #include "error.hpp"
 #include "generate.hpp"
@@ -28,6 +29,10 @@ GenerationWorker::GenerationWorker(QObject* parent) : QObject(parent), m_trace(s
 }
 
 GenerationWorker::~GenerationWorker() = default;
+
+bool routingOverridesActive(const RoutingOverrides& o) {
+  return o.top_k > 0 || o.renormalize >= 0 || !o.banned.empty() || o.forced >= 0 || o.capacity_factor > 0;
+}
 
 namespace {
 // "builtin" or a model directory / config.json on `backend`; *name is what the view calls it.
@@ -56,10 +61,10 @@ void GenerationWorker::loadModel(const QString& path) {
     auto m = make_on_device(m_device, [&](std::shared_ptr<Backend> b) { return openModel(path, std::move(b), &name); },
                             &problem);
     if (!problem.empty()) m_device = "cpu";  // until the GUI chooses again
+    m_decoder.reset();  // it refers to the model it replaces
     m_model = std::move(m);
     m_name = name;
     m_path = path;
-    m_cache.reset();
     m_tokens.clear();
     emit deviceInUse(QString::fromStdString(device_display_name(m_model->backend())), QString::fromStdString(problem));
     emit modelLoaded(m_name, m_model->config());
@@ -68,19 +73,24 @@ void GenerationWorker::loadModel(const QString& path) {
   }
 }
 
-void GenerationWorker::runTokens(const std::vector<int32_t>& ids) {
-  if (m_settings.overrides.capacity_factor > 0) {
+void GenerationWorker::runTokens(const std::vector<int32_t>& ids, bool prompt) {
+  const RoutingOverrides& ov = m_settings.overrides;
+  if (ov.capacity_factor > 0) {
     std::vector<int32_t> text = m_tokens;
     text.insert(text.end(), ids.begin(), ids.end());
-    KvCache fresh = m_model->new_cache(m_cache->capacity);
+    auto fresh = std::make_unique<Decoder>(*m_model, m_decoder->capacity());
     RoutingCollector trace;
-    m_lastLogits = m_model->forward(text, fresh, &trace, &m_settings.overrides);
-    m_cache.emplace(std::move(fresh));
+    m_lastLogits = fresh->prefill(text, &trace, &ov);
+    m_decoder = std::move(fresh);
     m_trace->trace = std::move(trace.trace);
     m_tokens = std::move(text);
     return;
   }
-  m_lastLogits = m_model->forward(ids, *m_cache, m_trace.get(), &m_settings.overrides);
+  if (prompt || routingOverridesActive(ov)) {
+    m_lastLogits = m_decoder->prefill(ids, m_trace.get(), &ov);  // Model::forward with the overrides
+  } else {
+    for (int32_t id : ids) m_lastLogits = m_decoder->step(id, m_trace.get());
+  }
   m_tokens.insert(m_tokens.end(), ids.begin(), ids.end());
 }
 
@@ -98,11 +108,12 @@ void GenerationWorker::reset(const GenerationSettings& settings, int regenerate)
     }
     const int64_t capacity = std::min<int64_t>(c.max_positions, 512);
     if (int64_t(prompt.size()) >= capacity) throw Error("the prompt is longer than the " + std::to_string(capacity) + " tokens shown");
-    m_cache.emplace(m_model->new_cache(capacity));
+    m_decoder.reset();  // its recorded graph and cache go before the new ones are allocated
+    m_decoder = std::make_unique<Decoder>(*m_model, capacity);
     m_trace->trace.clear();
     m_tokens.clear();
     m_rng = std::make_unique<Rng>(settings.seed);
-    runTokens(prompt);
+    runTokens(prompt, true);
     m_promptLength = int(prompt.size());
     if (regenerate > 0) {
       step(regenerate);
@@ -115,15 +126,15 @@ void GenerationWorker::reset(const GenerationSettings& settings, int regenerate)
 }
 
 void GenerationWorker::step(int n) {
-  if (!m_model || !m_cache) return;
+  if (!m_model || !m_decoder) return;
   try {
     const int64_t V = m_model->config().vocab_size;
     SamplingOptions opt;
     opt.temperature = m_settings.temperature;
-    for (int i = 0; i < n && m_cache->length < m_cache->capacity; ++i) {
+    for (int i = 0; i < n && m_decoder->length() < m_decoder->capacity(); ++i) {
       const float* last = m_lastLogits.data() + (int64_t(m_lastLogits.size()) / V - 1) * V;
       const int32_t next = sample_token(last, V, opt, *m_rng);
-      runTokens({next});
+      runTokens({next}, false);
     }
     emitSnapshot();
   } catch (const std::exception& e) {
@@ -139,6 +150,8 @@ void GenerationWorker::emitSnapshot() {
   s->promptLength = m_promptLength;
   s->capacityFactor = m_settings.overrides.capacity_factor;
   s->reroute = m_settings.overrides.reroute;
+  s->decoderSteps = !routingOverridesActive(m_settings.overrides);
+  if (m_decoder) s->decodeProblem = QString::fromStdString(m_decoder->graph_problem());
   const bool bytes = c.tokenizer == "bytes";
   for (int32_t id : m_tokens) {
     s->tokens.push_back(id);

@@ -1,5 +1,8 @@
-// Token-by-token generation off the GUI thread. The worker owns the model and its KV cache; the
-// GUI sends requests (queued slots) and receives immutable snapshots it only draws.
+// Token-by-token generation off the GUI thread. The worker owns the model and a Decoder (which
+// holds the KV cache); the GUI sends requests (queued slots) and receives immutable snapshots it
+// only draws. With the routing overrides at their defaults each generated token is one
+// Decoder::step (on a GPU: one CUDA graph launch); with any override set, tokens run through
+// Model::forward with the overrides on the same cache. Both give the same logits and trace.
 #pragma once
 
 #include <QObject>
@@ -8,11 +11,14 @@
 #include <QVector>
 #include <algorithm>
 #include <memory>
-#include <optional>
 
 #include "model.hpp"
 #include "random.hpp"
 #include "routing.hpp"
+
+namespace moelab {
+class Decoder;
+}
 
 // Everything the Tokens view draws, for the text so far (prompt + generated tokens).
 struct TokensSnapshot {
@@ -68,6 +74,11 @@ struct TokensSnapshot {
   int64_t capacity = 0;
   QVector<Layer> layers;             // MoE layers in order
   QVector<QPair<int, float>> next;   // most probable next tokens after the last one
+  // How the generated tokens ran: Decoder::step (overrides at their defaults) or Model::forward
+  // with the overrides. decodeProblem: why the decoder could not record its graph and runs the
+  // ops directly ("" when it could, or when it is not used).
+  bool decoderSteps = false;
+  QString decodeProblem;
   int64_t experts() const { return config.num_experts; }
   int count() const { return int(tokens.size()); }
 };
@@ -80,6 +91,10 @@ struct GenerationSettings {
   quint64 seed = 1;
   moelab::RoutingOverrides overrides;
 };
+
+// Whether any routing knob is moved from its default (then tokens run through Model::forward,
+// since Decoder::step takes no overrides). A knob set to the model's own value counts as moved.
+bool routingOverridesActive(const moelab::RoutingOverrides& o);
 
 class GenerationWorker : public QObject {
   Q_OBJECT
@@ -111,14 +126,16 @@ class GenerationWorker : public QObject {
 
  private:
   void emitSnapshot();
-  // Run new tokens after the text so far. With an expert capacity the whole text runs again as
-  // one batch (capacity is a property of a batch; one token at a time could never overflow).
-  void runTokens(const std::vector<int32_t>& ids);
+  // Run new tokens after the text so far: the prompt (Decoder::prefill) or one generated token
+  // (Decoder::step, or Model::forward when overrides are active). With an expert capacity the
+  // whole text runs again as one batch (capacity is a property of a batch; one token at a time
+  // could never overflow).
+  void runTokens(const std::vector<int32_t>& ids, bool prompt);
 
   std::unique_ptr<moelab::Model> m_model;
   QString m_name, m_path = QStringLiteral("builtin");
   std::string m_device = "cpu";
-  std::optional<moelab::KvCache> m_cache;
+  std::unique_ptr<moelab::Decoder> m_decoder;  // holds the KV cache; refers to *m_model, so declared after it
   GenerationSettings m_settings;
   std::vector<int32_t> m_tokens;
   int m_promptLength = 0;

@@ -28,12 +28,27 @@ QCPGraph* line(QCustomPlot* plot, QCPAxis* y, const QString& name, const QColor&
   return g;
 }
 
-// A message in the middle of an empty chart, so an empty chart says why it is empty.
+// Words on lines of at most `width` characters (a chart item does not wrap by itself).
+QString wrapWords(const QString& text, int width) {
+  QString out, line;
+  for (const QString& word : text.split(' ', Qt::SkipEmptyParts)) {
+    if (!line.isEmpty() && line.size() + 1 + word.size() > width) {
+      out += line + '\n';
+      line.clear();
+    }
+    line += (line.isEmpty() ? QString() : QStringLiteral(" ")) + word;
+  }
+  return out + line;
+}
+
+// A message in the middle of an empty chart, so an empty chart says why it is empty. Wrapped,
+// so it fits a half-width chart (about 500 px) in either theme's font.
 void emptyMessage(QCustomPlot* plot, const QString& text) {
   auto* label = new QCPItemText(plot);
   label->position->setType(QCPItemPosition::ptAxisRectRatio);
   label->position->setCoords(0.5, 0.5);
-  label->setText(text);
+  label->setText(wrapWords(text, Theme::current().presentation ? 40 : 60));
+  label->setTextAlignment(Qt::AlignCenter);
   label->setFont(Theme::current().text);
   label->setColor(Theme::current().subtle);
   plot->xAxis->setTickLabels(false);
@@ -63,6 +78,8 @@ void finish(QCustomPlot* plot, QCPColorScale* scale = nullptr) {
   plot->replot(QCustomPlot::rpQueuedReplot);
 }
 
+}  // namespace
+
 // The legend in a row under the axes, `columns` entries wide: it never covers the data.
 void legendBelow(QCustomPlot* plot, int columns) {
   plot->legend->setVisible(true);
@@ -73,6 +90,8 @@ void legendBelow(QCustomPlot* plot, int columns) {
   plot->legend->setWrap(columns);
   plot->legend->setMargins(QMargins(6, 2, 6, 2));
 }
+
+namespace {
 
 QString csvNum(double v) { return std::isnan(v) ? QString() : QString::number(v, 'g', 8); }
 
@@ -113,7 +132,7 @@ QCPAxisRect* resetPlot(QCustomPlot* plot) {
 void drawLoss(QCustomPlot* plot, const RunData& run, int shown) {
   resetPlot(plot);
   shown = clampShown(run, shown);
-  plot->legend->setVisible(true);
+  legendBelow(plot, 3);  // a falling curve crosses every corner of the axes at some step
   QCPGraph* total = line(plot, plot->yAxis, tr("total"), Theme::series(0));
   QCPGraph* lm = line(plot, plot->yAxis, tr("language model"), Theme::series(1));
   QCPGraph* aux = run.showAux ? line(plot, plot->yAxis, tr("aux loss"), Theme::series(2)) : nullptr;
@@ -413,9 +432,7 @@ void drawSaturation(QCustomPlot* plot, const RunData& run, int shown) {
     finish(plot);
     return;
   }
-  plot->legend->setVisible(true);
-  // Overlaps rise toward 1 on the right: the legend goes top left, out of the way.
-  plot->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignLeft | Qt::AlignTop);
+  legendBelow(plot, std::clamp(int(run.moeLayers), 1, 4));
   QVector<QCPGraph*> graphs;
   for (int l = 0; l < run.moeLayers; ++l) {
     graphs.push_back(line(plot, plot->yAxis, tr("layer %1").arg(l), Theme::series(l)));
@@ -525,7 +542,7 @@ void drawSpecialisationScore(QCustomPlot* plot, const RunData& run, int shown) {
     finish(plot);
     return;
   }
-  plot->legend->setVisible(true);
+  legendBelow(plot, std::clamp(int(run.moeLayers), 1, 4));
   for (int l = 0; l < run.moeLayers; ++l) {
     QCPGraph* g = line(plot, plot->yAxis, tr("layer %1").arg(l), Theme::series(l));
     for (int i = 0; i < shown; ++i) {

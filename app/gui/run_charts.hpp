@@ -18,6 +18,8 @@ namespace RunCharts {
 
 // Clear a plot down to one axis rect with a (hidden) legend in its corner.
 QCPAxisRect* resetPlot(QCustomPlot* plot);
+// Show the legend in a row under the axes, `columns` entries wide, where it never covers data.
+void legendBelow(QCustomPlot* plot, int columns);
 
 // Loss: total, language model, validation; the balancing terms when they are switched on.
 void drawLoss(QCustomPlot* plot, const RunData& run, int shown);

@@ -144,26 +144,28 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   m_next = new ChartPanel(QStringLiteral("next-token"), tr("What comes next"),
                           tr("The model's probabilities for the next token after the text so far."));
 
-  // Two pages, so every chart stays large enough to read on a projector.
-  auto* routingPage = new QWidget(this);
-  auto* grid = new QGridLayout(routingPage);
-  grid->addWidget(m_heatmap, 0, 0, 1, 2);
-  grid->addWidget(m_text, 1, 0);
-  grid->addWidget(m_load, 1, 1);
-  grid->setRowStretch(0, 3);
-  grid->setRowStretch(1, 2);
-  grid->setColumnStretch(0, 1);
-  grid->setColumnStretch(1, 1);
-  auto* detailsPage = new QWidget(this);
-  auto* grid2 = new QGridLayout(detailsPage);
-  grid2->addWidget(m_why, 0, 0);
-  grid2->addWidget(m_tokenLayers, 1, 0);
-  grid2->addWidget(m_coact, 0, 1);
-  grid2->addWidget(m_next, 1, 1);
-  grid2->setRowStretch(0, 3);
-  grid2->setRowStretch(1, 2);
-  grid2->setColumnStretch(0, 1);
-  grid2->setColumnStretch(1, 1);
+  // Two pages, so every chart stays large enough to read on a projector; a page scrolls rather
+  // than squash a chart when the projector fonts need more room than the window has.
+  auto* routingPage = new ChartPage(ChartPage::Presentation::Grid, this);
+  routingPage->add(m_heatmap, 0, 0, 1, 2);
+  routingPage->add(m_text, 1, 0);
+  routingPage->add(m_load, 1, 1);
+  routingPage->setRowStretch(0, 3);
+  routingPage->setRowStretch(1, 2);
+  auto* detailsPage = new ChartPage(ChartPage::Presentation::Grid, this);
+  detailsPage->add(m_why, 0, 0);
+  detailsPage->add(m_tokenLayers, 1, 0);
+  detailsPage->add(m_coact, 0, 1);
+  detailsPage->add(m_next, 1, 1);
+  detailsPage->setRowStretch(0, 3);
+  detailsPage->setRowStretch(1, 2);
+  m_chartPages = {routingPage, detailsPage};
+  m_heatmap->setMinimumChartHeight(180, 220);
+  m_coact->setMinimumChartHeight(130, 250);  // eight rows of tick labels at projector size
+  m_tokenLayers->setMinimumChartHeight(160, 200);
+  m_next->setMinimumChartHeight(160, 200);
+  m_load->setMinimumChartHeight(160, 140);  // so the page fits 1280×800 without scrolling
+  m_why->setMinimumChartHeight(0, 250);  // the whole explanation, at projector size
   m_pages = new QTabWidget(this);
   m_pages->addTab(routingPage, tr("Routing"));
   m_pages->addTab(detailsPage, tr("Why, co-activation, next token"));
@@ -358,8 +360,7 @@ QList<ChartPanel*> TokensView::charts() const {
 
 void TokensView::applyTheme(const Theme& t) {
   for (ChartPanel* c : charts()) c->applyTheme(t);
-  m_heatmap->plot()->setMinimumHeight(t.presentation ? 220 : 180);
-  m_coact->plot()->setMinimumHeight(t.presentation ? 170 : 130);
+  for (ChartPage* p : m_chartPages) p->applyTheme(t);
   QPalette pal = m_whyLabel->palette();
   pal.setColor(QPalette::Window, t.background);
   pal.setColor(QPalette::WindowText, t.foreground);
@@ -484,6 +485,8 @@ void TokensView::onSnapshot(SnapshotPtr s) {
                                                            .arg(dropped)
                                                            .arg(choices));
   }
+  if (!m_snap->decodeProblem.isEmpty())  // the GPU could not record the decode step: slower, same result
+    status += QLatin1String("; ") + tr("each token runs op by op (no CUDA graph: %1)").arg(m_snap->decodeProblem);
   m_status->setText(status);
   redraw();
   if (const auto* L = layerData(); L && m_snap->topK > 0 && !L->ids.isEmpty()) {

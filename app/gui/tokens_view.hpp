@@ -10,6 +10,7 @@
 
 #include "generation_worker.hpp"
 
+class ChartPage;
 class ChartPanel;
 class QComboBox;
 class QDoubleSpinBox;
@@ -111,6 +112,7 @@ class TokensView : public QWidget {
              *m_next = nullptr, *m_tokenLayers = nullptr;
   TokenText* m_tokenText = nullptr;
   QTabWidget* m_pages = nullptr;
+  QList<ChartPage*> m_chartPages;
   QLabel* m_whyLabel = nullptr;
 };
 

@@ -313,36 +313,36 @@ void TrainingView::setupCharts() {
   m_dropPos = new ChartPanel(QStringLiteral("drop-by-position"), tr("Dropped tokens by position"),
                              tr("With a capacity limit, the share of each position's choices an overfull expert turned "
                                 "away (on the probe text)."));
-  auto page = [](std::initializer_list<std::pair<ChartPanel*, QPoint>> cells, QList<int> rowStretch) {
-    auto* w = new QWidget;
-    auto* g = new QGridLayout(w);
-    g->setContentsMargins(0, 0, 0, 0);
-    for (const auto& [c, at] : cells) g->addWidget(c, at.y(), at.x());
-    for (int r = 0; r < rowStretch.size(); ++r) g->setRowStretch(r, rowStretch[r]);
-    return w;
-  };
+  // Normal: a wide chart over two half-width ones, or two side by side. Presentation: one
+  // column, every chart the page's full width and tall enough to read, and the page scrolls.
   m_pages = new QTabWidget(this);
-  auto* p1 = new QWidget;
-  auto* g1 = new QGridLayout(p1);
-  g1->setContentsMargins(0, 0, 0, 0);
-  g1->addWidget(m_collapse, 0, 0, 1, 2);
-  g1->addWidget(m_loadNow, 1, 0);
-  g1->addWidget(m_loss, 1, 1);
-  g1->setRowStretch(0, 3);
-  g1->setRowStretch(1, 2);
+  auto* p1 = new ChartPage(ChartPage::Presentation::Stack);
+  p1->add(m_collapse, 0, 0, 1, 2);
+  p1->add(m_loadNow, 1, 0);
+  p1->add(m_loss, 1, 1);
+  p1->setRowStretch(0, 3);
+  p1->setRowStretch(1, 2);
   m_pages->addTab(p1, tr("Collapse"));
   // Side by side: each chart gets the page's full height.
-  m_pages->addTab(page({{m_balanceChart, {0, 0}}, {m_entropy, {1, 0}}}, {1}), tr("Unevenness over time"));
-  m_pages->addTab(page({{m_bias, {0, 0}}, {m_saturation, {1, 0}}}, {1}), tr("Router"));
-  auto* p4 = new QWidget;
-  auto* g4 = new QGridLayout(p4);
-  g4->setContentsMargins(0, 0, 0, 0);
-  g4->addWidget(m_special, 0, 0, 1, 2);
-  g4->addWidget(m_specialScore, 1, 0);
-  g4->addWidget(m_dropPos, 1, 1);
-  g4->setRowStretch(0, 3);
-  g4->setRowStretch(1, 2);
+  auto* p2 = new ChartPage(ChartPage::Presentation::Stack);
+  p2->add(m_balanceChart, 0, 0);
+  p2->add(m_entropy, 0, 1);
+  m_pages->addTab(p2, tr("Unevenness over time"));
+  auto* p3 = new ChartPage(ChartPage::Presentation::Stack);
+  p3->add(m_bias, 0, 0);
+  p3->add(m_saturation, 0, 1);
+  m_pages->addTab(p3, tr("Router"));
+  auto* p4 = new ChartPage(ChartPage::Presentation::Stack);
+  p4->add(m_special, 0, 0, 1, 2);
+  p4->add(m_specialScore, 1, 0);
+  p4->add(m_dropPos, 1, 1);
+  p4->setRowStretch(0, 3);
+  p4->setRowStretch(1, 2);
   m_pages->addTab(p4, tr("Specialisation and drops"));
+  m_chartPages = {p1, p2, p3, p4};
+  // Presentation: about 330 px of chart under the title, so axis titles, a colour bar's title
+  // and a legend all fit at projector font sizes.
+  for (ChartPanel* c : charts()) c->setMinimumChartHeight(160, 330);
 
   const auto shown = [this] { return shownSteps(); };
   m_loss->setCsvProvider([this, shown] { return RunCharts::lossCsv(m_run, shown()); });
@@ -368,6 +368,7 @@ QString TrainingView::runsFolder() {
 
 void TrainingView::applyTheme(const Theme& t) {
   for (ChartPanel* c : charts()) c->applyTheme(t);
+  for (ChartPage* p : m_chartPages) p->applyTheme(t);
   // The knobs keep their full width in both themes (the charts take what is left).
   m_scroll->setMinimumWidth(QFontMetrics(QApplication::font()).horizontalAdvance(QLatin1Char('x')) * 34);
   redraw();

@@ -13,6 +13,7 @@
 #include "run_data.hpp"
 #include "training_worker.hpp"
 
+class ChartPage;
 class ChartPanel;
 class QComboBox;
 class QDoubleSpinBox;
@@ -110,6 +111,7 @@ class TrainingView : public QWidget {
   QLabel *m_status = nullptr, *m_description = nullptr, *m_position = nullptr;
   QTimer *m_frame = nullptr, *m_replay = nullptr;
   QTabWidget* m_pages = nullptr;
+  QList<ChartPage*> m_chartPages;
   QScrollArea* m_scroll = nullptr;
   ChartPanel *m_loss = nullptr, *m_collapse = nullptr, *m_loadNow = nullptr, *m_balanceChart = nullptr,
              *m_entropy = nullptr, *m_bias = nullptr, *m_saturation = nullptr, *m_special = nullptr,

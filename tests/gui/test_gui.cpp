@@ -15,6 +15,7 @@
 
 #include "chart_panel.hpp"
 #include "devices.hpp"
+#include "generation_worker.hpp"
 #include "main_window.hpp"
 #include "model.hpp"
 #include "model_view.hpp"
@@ -72,6 +73,74 @@ class TestGui : public QObject {
           const bool chosen = std::find(L.ids.begin() + tok * K, L.ids.begin() + (tok + 1) * K, e) != L.ids.begin() + (tok + 1) * K;
           QCOMPARE(t->heatmapMarked(tok, e), chosen);
         }
+    }
+  }
+
+  // Greedy generation with the routing knobs at their defaults runs each token through
+  // Decoder::step; with knobs set to the model's own values (active, yet changing nothing) it runs
+  // through Model::forward with the overrides. The views must get the same tokens, trace and
+  // next-token probabilities either way.
+  void decoderStepsGiveWhatTheForwardPathGives() {
+    std::vector<std::string> devices = {"cpu"};
+    if (list_devices().at(1).available) devices.push_back("cuda");
+    for (const std::string& device : devices) {
+      auto generate = [&](bool knobsAtModelValues) {
+        GenerationWorker w;  // in this thread: its signals arrive directly
+        SnapshotPtr snap;
+        ModelConfig config;
+        QString error;
+        connect(&w, &GenerationWorker::snapshotReady, &w, [&](SnapshotPtr s) { snap = std::move(s); });
+        connect(&w, &GenerationWorker::modelLoaded, &w, [&](const QString&, const ModelConfig& c) { config = c; });
+        connect(&w, &GenerationWorker::errorOccurred, &w, [&](const QString& m) { error = m; });
+        w.setDevice(QString::fromStdString(device));
+        w.loadModel(QStringLiteral("builtin"));
+        GenerationSettings s;
+        s.prompt = QStringLiteral("12+7=19; ");
+        s.temperature = 0;  // greedy
+        if (knobsAtModelValues) {
+          s.overrides.top_k = config.top_k;
+          s.overrides.renormalize = config.norm_topk_prob ? 1 : 0;
+        }
+        w.reset(s, 0);
+        w.step(5);
+        w.step(7);
+        if (!error.isEmpty()) qWarning("%s", qPrintable(error));
+        return snap;
+      };
+      const SnapshotPtr a = generate(false), b = generate(true);
+      QVERIFY(a && b);
+      QVERIFY(a->decoderSteps);
+      QVERIFY(!b->decoderSteps);
+      QVERIFY2(a->decodeProblem.isEmpty(), qPrintable(a->decodeProblem));
+      QCOMPARE(a->count(), 10 + 12);
+      QCOMPARE(a->tokens, b->tokens);
+      QCOMPARE(a->topK, b->topK);
+      // The CPU runs Model::forward in both: bit for bit. A GPU replays a recorded graph.
+      const float tol = device == "cpu" ? 0.0f : 1e-4f;
+      auto close = [tol](const QVector<float>& x, const QVector<float>& y) {
+        if (x.size() != y.size()) return false;
+        for (int i = 0; i < x.size(); ++i)
+          if (!(std::abs(x[i] - y[i]) <= tol * std::max(1.0f, std::abs(y[i])))) return false;
+        return true;
+      };
+      QCOMPARE(a->layers.size(), b->layers.size());
+      for (int li = 0; li < a->layers.size(); ++li) {
+        const auto &x = a->layers[li], &y = b->layers[li];
+        QCOMPARE(x.layer, y.layer);
+        QCOMPARE(x.ids.size(), a->count() * int(a->topK));  // every position, the prompt's and each step's
+        QCOMPARE(x.ids, y.ids);
+        QCOMPARE(x.wanted, y.wanted);
+        QCOMPARE(x.dropped, y.dropped);
+        QVERIFY(close(x.inputNorm, y.inputNorm));
+        QVERIFY(close(x.logits, y.logits));
+        QVERIFY(close(x.probs, y.probs));
+        QVERIFY(close(x.weights, y.weights));
+      }
+      QCOMPARE(a->next.size(), b->next.size());
+      for (int i = 0; i < a->next.size(); ++i) {
+        QCOMPARE(a->next[i].first, b->next[i].first);
+        QVERIFY(std::abs(a->next[i].second - b->next[i].second) <= tol);
+      }
     }
   }
 
