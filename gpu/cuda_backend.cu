@@ -80,7 +80,10 @@ class DevicePool {
 // Precision::BF16 keeps a bf16 copy of every weight a product reads, made on first use, keyed by
 // the fp32 tensor's device address. The ops that write memory a copy was made from (upload, fill,
 // copy, scale, clamp, copy_rows) mark it stale, AdamW rewrites it in the same pass, and freeing
-// the fp32 buffer drops it, so a copy never outlives or lags its weights.
+// the fp32 buffer drops it, so a copy never outlives or lags its weights. A recorded graph that
+// reads a copy checks it before each replay and refreshes it when its weights were written since.
+// The table belongs to one backend: a weight must be used on the backend that allocated it (the
+// deleter that drops copies is that backend's).
 class Bf16Copies {
  public:
   struct Entry {
@@ -89,7 +92,7 @@ class Bf16Copies {
     bool fresh = false;           // equal to the fp32 values
   };
 
-  // The entry for [p, p + n floats): found, or nullptr.
+  // The entry for [p, p + n floats) into *out; false when there is none.
   bool find(const void* p, int64_t n, Entry* out) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = at_.find(key(p));
@@ -105,6 +108,9 @@ class Bf16Copies {
   void put(const void* p, Entry e) {
     std::shared_ptr<void> old;  // released after the lock: its deleter calls forget()
     std::lock_guard<std::mutex> lock(mu_);
+    // Copies are of whole live tensors, which never overlap (touched() relies on it).
+    for (auto it = first_overlap(key(p)); it != at_.end() && it->first < key(p) + uintptr_t(e.n) * sizeof(float); ++it)
+      MOELAB_ASSERT(it->first == key(p), "bf16 copies of overlapping weights");
     old = std::move(at_[key(p)].buf);
     at_[key(p)] = std::move(e);
   }
@@ -593,6 +599,7 @@ class CudaBackend final : public Backend {
 
   void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
              int64_t step) override {
+    not_recording("adamw");
     MOELAB_ASSERT(step >= 1 && g.numel() == p.numel() && m.numel() == p.numel() && v.numel() == p.numel(),
                   "adamw shapes");
     // The same constants as the Eigen backend, computed in double on the host.
@@ -623,6 +630,7 @@ class CudaBackend final : public Backend {
     rec_position_ = s32(position);
     rec_max_positions_ = max_positions;
     rec_keep_.assign(1, position.storage);
+    rec_copies_.clear();
   }
 
   std::unique_ptr<OpGraph> end_recording() override {
@@ -637,7 +645,7 @@ class CudaBackend final : public Backend {
       if (graph) (void)cudaGraphDestroy(graph);
       fail("cuda", std::string("recording the decode step failed: ") + cudaGetErrorString(err));
     }
-    return std::make_unique<CudaGraph>(graph, stream_, std::move(keep));
+    return std::make_unique<CudaGraph>(graph, stream_, std::move(keep), std::move(rec_copies_), copies_);
   }
 
   void abort_recording() override {
@@ -648,16 +656,25 @@ class CudaBackend final : public Backend {
     if (graph) (void)cudaGraphDestroy(graph);
     (void)cudaGetLastError();
     rec_keep_.clear();
+    rec_copies_.clear();
   }
 
  private:
   static constexpr size_t kBlasWorkspace = size_t(32) << 20;
 
   // An instantiated graph and the buffers it reads and writes.
+  // A bf16 weight copy a recorded graph reads without converting it (it was fresh when recorded).
+  struct RecordedCopy {
+    const float* src = nullptr;
+    int64_t n = 0;
+    std::shared_ptr<void> buf;
+  };
+
   class CudaGraph final : public OpGraph {
    public:
-    CudaGraph(cudaGraph_t graph, cudaStream_t stream, std::vector<std::shared_ptr<void>> keep)
-        : graph_(graph), stream_(stream), keep_(std::move(keep)) {
+    CudaGraph(cudaGraph_t graph, cudaStream_t stream, std::vector<std::shared_ptr<void>> keep,
+              std::vector<RecordedCopy> copies, std::weak_ptr<Bf16Copies> table)
+        : graph_(graph), stream_(stream), keep_(std::move(keep)), copies_(std::move(copies)), table_(std::move(table)) {
       size_t n = 0;
       const cudaError_t e = cudaGraphGetNodes(graph_, nullptr, &n);
       nodes_ = e == cudaSuccess ? int64_t(n) : 0;
@@ -673,7 +690,19 @@ class CudaBackend final : public Backend {
       (void)cudaGraphExecDestroy(exec_);
       (void)cudaGraphDestroy(graph_);
     }
-    void replay() override { MOELAB_CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+    void replay() override {
+      // Weights written since the recording (upload, copy, AdamW outside the graph) left their
+      // bf16 copies stale: refresh them first, on the same stream, as an eager product would.
+      if (auto table = table_.lock())
+        for (const RecordedCopy& c : copies_) {
+          Bf16Copies::Entry e;
+          if (!table->find(c.src, c.n, &e) || e.buf != c.buf) continue;  // freed or replaced: not ours to fix
+          if (e.fresh) continue;
+          cuda::to_bf16(c.src, c.n, static_cast<cuda::bf16*>(c.buf.get()), stream_);
+          table->set_fresh(c.src, true);
+        }
+      MOELAB_CUDA_CHECK(cudaGraphLaunch(exec_, stream_));
+    }
     int64_t nodes() const override { return nodes_; }
 
    private:
@@ -681,6 +710,8 @@ class CudaBackend final : public Backend {
     cudaGraphExec_t exec_ = nullptr;
     cudaStream_t stream_ = nullptr;
     std::vector<std::shared_ptr<void>> keep_;
+    std::vector<RecordedCopy> copies_;
+    std::weak_ptr<Bf16Copies> table_;
     int64_t nodes_ = 0;
   };
 
@@ -713,7 +744,10 @@ class CudaBackend final : public Backend {
     // A conversion recorded into a graph has not run yet: the copy becomes fresh only eagerly
     // (a recorded step whose weights were stale converts them at every replay: right, if slower).
     if (convert && !recording_) copies_->set_fresh(w.ptr, true);
-    if (recording_) rec_keep_.push_back(e.buf);
+    if (recording_) {
+      rec_keep_.push_back(e.buf);
+      if (!convert) rec_copies_.push_back({f32(w), n, e.buf});  // replay() refreshes it when stale
+    }
     return static_cast<const cuda::bf16*>(e.buf.get());
   }
   // An activation operand rounded to bf16, in a scratch buffer.
@@ -857,6 +891,7 @@ class CudaBackend final : public Backend {
   const int32_t* rec_position_ = nullptr;
   int64_t rec_max_positions_ = 0;
   std::vector<std::shared_ptr<void>> rec_keep_;
+  std::vector<RecordedCopy> rec_copies_;
   std::shared_ptr<DevicePool> pool_ = std::make_shared<DevicePool>();
   std::shared_ptr<Bf16Copies> copies_ = std::make_shared<Bf16Copies>();
   Precision precision_ = Precision::FP32;
