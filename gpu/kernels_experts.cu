@@ -28,38 +28,62 @@ __device__ inline float operand(float v) {
     return v;
 }
 
-// One block of 1024 threads. Counts per expert, prefix sum and tile list (thread 0: E and the
-// tile count are small), then a stable scatter: one warp per expert walks the slots 32 at a time
-// and places its matches with a ballot, keeping slot order.
+// One block of 1024 threads. Counts per expert in shared memory (global scratch past
+// kGroupSharedExperts experts), then warp 0 prefix-sums counts and tile counts 32 experts at a
+// time with shuffles and writes the tile list, then a stable scatter: one warp per expert walks
+// the slots 32 at a time and places its matches with a ballot, keeping slot order.
+constexpr int64_t kGroupSharedExperts = 1024;
+
 __global__ void group_by_expert_kernel(const int32_t* ids, int64_t n, int64_t E, int32_t* begin, int32_t* order,
                                        int32_t* pos, int32_t* tile_expert, int32_t* tile_row0, int32_t* num_tiles,
                                        int32_t* counts) {
-  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) counts[e] = 0;
+  __shared__ int32_t s_counts[kGroupSharedExperts], s_begin[kGroupSharedExperts];
+  const bool in_shared = E <= kGroupSharedExperts;
+  int32_t* cnt = in_shared ? s_counts : counts;
+  int32_t* beg = in_shared ? s_begin : begin;  // begin[E] is written to global memory below
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
   for (int64_t s = threadIdx.x; s < n; s += blockDim.x) pos[s] = -1;
   __syncthreads();
   for (int64_t s = threadIdx.x; s < n; s += blockDim.x)
-    if (ids[s] >= 0 && ids[s] < E) atomicAdd(&counts[ids[s]], 1);
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int32_t acc = 0, tiles = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      begin[e] = acc;
-      for (int32_t r = acc; r < acc + counts[e]; r += BM) {
-        tile_expert[tiles] = int32_t(e);
-        tile_row0[tiles] = r;
-        ++tiles;
-      }
-      acc += counts[e];
-    }
-    begin[E] = acc;
-    *num_tiles = tiles;
-  }
+    if (ids[s] >= 0 && ids[s] < E) atomicAdd(&cnt[ids[s]], 1);
   __syncthreads();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if (warp == 0) {
+    int32_t row_carry = 0, tile_carry = 0;
+    for (int64_t e0 = 0; e0 < E; e0 += 32) {
+      const int64_t e = e0 + lane;
+      const int32_t c = e < E ? cnt[e] : 0, t = (c + BM - 1) / BM;
+      int32_t rows = c, tiles = t;  // inclusive scans across the warp
+      for (int o = 1; o < 32; o <<= 1) {
+        const int32_t r = __shfl_up_sync(0xffffffffu, rows, o), q = __shfl_up_sync(0xffffffffu, tiles, o);
+        if (lane >= o) {
+          rows += r;
+          tiles += q;
+        }
+      }
+      const int32_t row0 = row_carry + rows - c, tile0 = tile_carry + tiles - t;
+      if (e < E) {
+        beg[e] = row0;
+        for (int32_t j = 0; j < t; ++j) {
+          tile_expert[tile0 + j] = int32_t(e);
+          tile_row0[tile0 + j] = row0 + j * BM;
+        }
+      }
+      row_carry += __shfl_sync(0xffffffffu, rows, 31);
+      tile_carry += __shfl_sync(0xffffffffu, tiles, 31);
+    }
+    if (lane == 0) {
+      begin[E] = row_carry;
+      *num_tiles = tile_carry;
+    }
+  }
+  __syncthreads();
+  if (in_shared)
+    for (int64_t e = threadIdx.x; e < E; e += blockDim.x) begin[e] = beg[e];
   const unsigned below = (1u << lane) - 1u;
   for (int64_t e = warp; e < E; e += warps) {
-    if (counts[e] == 0) continue;
-    int32_t r = begin[e];
+    if (cnt[e] == 0) continue;
+    int32_t r = beg[e];
     for (int64_t s0 = 0; s0 < n; s0 += 32) {
       const int64_t s = s0 + lane;
       const bool mine = s < n && ids[s] == e;
