@@ -137,13 +137,7 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
       r.tokens = N;
       r.experts = E;
       r.top_k = K;
-      r.ids.resize(size_t(N * K));
-      r.probs.resize(size_t(N * E));
-      r.dropped.resize(size_t(N * K));
-      b.download(a.ids, r.ids.data());
-      b.download(a.probs, r.probs.data(), 0, -1);
-      b.download(a.dropped, r.dropped.data(), 0, -1);
-      res.routing.push_back(std::move(r));
+      res.routing.push_back(std::move(r));  // filled after the backward pass (below)
     }
   }
   Tensor x_final = b.alloc({N, H}), hf = b.alloc({N, H}), logits = b.alloc({N, V}), dlogits = b.alloc({N, V});
@@ -212,6 +206,17 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
     b.rmsnorm_backward(a.x_in, L.input_norm, dh1, eps, dx, true, G.input_norm);
   }
   b.embedding_backward(ids, dx, grads.embed);
+  // The routing is read back only now: a download waits for the device, and three waits per MoE
+  // layer in the forward pass would keep a GPU from running ahead of the host through the step.
+  for (StepRouting& r : res.routing) {
+    const LayerActs& a = acts[size_t(r.layer)];
+    r.ids.resize(size_t(r.tokens * r.top_k));
+    r.probs.resize(size_t(r.tokens * r.experts));
+    r.dropped.resize(size_t(r.tokens * r.top_k));
+    b.download(a.ids, r.ids.data());
+    b.download(a.probs, r.probs.data(), 0, -1);
+    b.download(a.dropped, r.dropped.data(), 0, -1);
+  }
   res.loss = res.lm_loss + double(knobs.aux_alpha) * res.aux_loss + double(knobs.z_coef) * res.z_loss;
   return res;
 }
