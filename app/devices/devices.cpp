@@ -66,7 +66,30 @@ std::shared_ptr<Backend> make_backend(const std::string& device, std::string* fa
 }
 
 std::string device_display_name(const Backend& backend) {
-  return backend.name() == "cuda" ? gpu_label() : cpu_label();
+  const std::string device = backend.name() == "cuda" ? gpu_label() : cpu_label();
+  if (backend.precision() == Precision::FP32) return device;
+  return device + " · " + precision_name(backend.precision());
+}
+
+std::string precision_why_not(const std::string& device, Precision p) {
+  if (device == "cuda") return "";
+  if (device != "cpu") fail("device", "'" + device + "' is not a device (cpu or cuda)");
+  try {
+    make_eigen_backend()->set_precision(p);  // the CPU's own answer, so the reason is its words
+    return "";
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
+std::string apply_precision(Backend& backend, Precision p) {
+  try {
+    backend.set_precision(p);
+    return "";
+  } catch (const Error& e) {
+    backend.set_precision(Precision::FP32);  // every backend has fp32
+    return std::string(e.what()) + "; using fp32";
+  }
 }
 
 }  // namespace moelab

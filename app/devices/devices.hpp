@@ -1,5 +1,5 @@
-// The devices a model can run on, shared by the command line (--device) and the GUI (the Device
-// menu and the status bar). Qt-free; the CUDA parts are compiled in only when this build has the
+// The devices a model can run on and the precision of its matrix products, shared by the command
+// line (--device, --precision) and the GUI (the Device menu and the status bar). Qt-free; the CUDA parts are compiled in only when this build has the
 // CUDA backend (MOELAB_HAVE_CUDA), and chosen at run time only when a GPU answers.
 #pragma once
 
@@ -28,8 +28,18 @@ std::vector<DeviceChoice> list_devices();
 // Throws moelab::Error naming the device for anything else.
 std::shared_ptr<Backend> make_backend(const std::string& device, std::string* fallback = nullptr);
 
-// What the status bar shows for a backend: "CPU (Eigen, 2 threads)" or "GPU: <the GPU's name>".
+// What the status bar shows for a backend: "CPU (Eigen, 2 threads)" or "GPU: <the GPU's name>",
+// with its precision when that is not fp32 ("CPU (Eigen, 2 threads) · bf16").
 std::string device_display_name(const Backend& backend);
+
+// Why `device` ("cpu" or "cuda") lacks precision p, in one line; "" when it has it. The CPU is
+// asked (it refuses tf32); the CUDA backend has every mode. Throws moelab::Error naming the
+// device for anything else.
+std::string precision_why_not(const std::string& device, Precision p);
+
+// backend.set_precision(p); when the backend refuses p (tf32 on the CPU, say after a GPU fell
+// back to it) the backend stays in fp32 and the answer says why in one line; "" when p was set.
+std::string apply_precision(Backend& backend, Precision p);
 
 // make(backend) on the chosen device. When the device cannot be had, or make throws on it (out of
 // GPU memory, a driver error), make runs again on the CPU and *problem says why in one line

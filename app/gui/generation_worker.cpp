@@ -54,19 +54,28 @@ std::unique_ptr<Model> openModel(const QString& path, std::shared_ptr<Backend> b
 
 void GenerationWorker::setDevice(const QString& device) { m_device = device.toStdString(); }
 
+void GenerationWorker::setPrecision(Precision precision) { m_precision = precision; }
+
 void GenerationWorker::loadModel(const QString& path) {
   try {
     QString name;
-    std::string problem;
-    auto m = make_on_device(m_device, [&](std::shared_ptr<Backend> b) { return openModel(path, std::move(b), &name); },
-                            &problem);
-    if (!problem.empty()) m_device = "cpu";  // until the GUI chooses again
+    std::string problem, precisionProblem;
+    // The precision is set before the weights load, as the command line does; a refusal (tf32 on
+    // the CPU a GPU fell back to) keeps fp32 and is reported, not taken for the device failing.
+    auto make = [&](std::shared_ptr<Backend> b) {
+      precisionProblem = apply_precision(*b, m_precision);
+      return openModel(path, std::move(b), &name);
+    };
+    auto m = make_on_device(m_device, make, &problem);
+    if (!problem.empty()) m_device = "cpu";                        // until the GUI chooses again
+    if (!precisionProblem.empty()) m_precision = Precision::FP32;  // likewise
     m_decoder.reset();  // it refers to the model it replaces
     m_model = std::move(m);
     m_name = name;
     m_path = path;
     m_tokens.clear();
-    emit deviceInUse(QString::fromStdString(device_display_name(m_model->backend())), QString::fromStdString(problem));
+    emit deviceInUse(QString::fromStdString(device_display_name(m_model->backend())), QString::fromStdString(problem),
+                     QString::fromStdString(precisionProblem));
     emit modelLoaded(m_name, m_model->config());
   } catch (const std::exception& e) {
     emit errorOccurred(QString::fromUtf8(e.what()));
@@ -152,6 +161,7 @@ void GenerationWorker::emitSnapshot() {
   s->reroute = m_settings.overrides.reroute;
   s->decoderSteps = !routingOverridesActive(m_settings.overrides);
   if (m_decoder) s->decodeProblem = QString::fromStdString(m_decoder->graph_problem());
+  s->precision = m_model->backend().precision();
   const bool bytes = c.tokenizer == "bytes";
   for (int32_t id : m_tokens) {
     s->tokens.push_back(id);

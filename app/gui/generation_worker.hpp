@@ -79,6 +79,8 @@ struct TokensSnapshot {
   // ops directly ("" when it could, or when it is not used).
   bool decoderSteps = false;
   QString decodeProblem;
+  // The precision of the backend's matrix products, as the backend reports it (Device menu).
+  moelab::Precision precision = moelab::Precision::FP32;
   int64_t experts() const { return config.num_experts; }
   int count() const { return int(tokens.size()); }
 };
@@ -108,6 +110,8 @@ class GenerationWorker : public QObject {
   void loadModel(const QString& path);
   // "cpu" or "cuda", for the loads that follow.
   void setDevice(const QString& device);
+  // The precision of matrix products, for the loads that follow (set on each new backend).
+  void setPrecision(moelab::Precision precision);
   // The model shown, loaded again (on the device set now).
   void reloadModel() { loadModel(m_path); }
   // Start over: run the prompt with these settings; then `regenerate` tokens are generated again
@@ -118,9 +122,11 @@ class GenerationWorker : public QObject {
 
  signals:
   void modelLoaded(const QString& name, const moelab::ModelConfig& config);
-  // Before modelLoaded: where the model runs ("CPU (Eigen, 2 threads)", "GPU: ...") and, when
-  // the device set failed and the CPU was used instead, why in one line ("" otherwise).
-  void deviceInUse(const QString& name, const QString& problem);
+  // Before modelLoaded: where the model runs ("CPU (Eigen, 2 threads)", "GPU: ...", with the
+  // precision when not fp32: "... · bf16"); when the device set failed and the CPU was used
+  // instead, deviceProblem says why in one line; when the backend refused the precision set
+  // (tf32 on the CPU) and fp32 was used instead, precisionProblem does ("" otherwise).
+  void deviceInUse(const QString& name, const QString& deviceProblem, const QString& precisionProblem);
   void snapshotReady(SnapshotPtr snapshot);
   void errorOccurred(const QString& message);
 
@@ -135,6 +141,7 @@ class GenerationWorker : public QObject {
   std::unique_ptr<moelab::Model> m_model;
   QString m_name, m_path = QStringLiteral("builtin");
   std::string m_device = "cpu";
+  moelab::Precision m_precision = moelab::Precision::FP32;
   std::unique_ptr<moelab::Decoder> m_decoder;  // holds the KV cache; refers to *m_model, so declared after it
   GenerationSettings m_settings;
   std::vector<int32_t> m_tokens;

@@ -24,11 +24,21 @@
 #include "chart_panel.hpp"
 #include "compare_view.hpp"
 #include "devices.hpp"
+#include "error.hpp"
 #include "lab_session.hpp"
 #include "model_view.hpp"
 #include "theme.hpp"
 #include "tokens_view.hpp"
 #include "training_view.hpp"
+
+namespace {
+// The one line the error banner shows for a worker's device and precision fallbacks.
+QString joinProblems(const QString& deviceProblem, const QString& precisionProblem) {
+  QStringList parts{deviceProblem, precisionProblem};
+  parts.removeAll(QString());
+  return parts.join(QStringLiteral("; "));
+}
+}  // namespace
 
 MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
   setWindowTitle(tr("MoE Lab"));
@@ -78,13 +88,18 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
                               .arg(c.top_k));
     m_model->showConfig(c, name);
   });
-  connect(m_tokens, &TokensView::deviceInUse, this, [this](const QString& name, const QString& problem) {
-    m_deviceLabel->setText(name);
-    if (!problem.isEmpty()) fallBackToCpu(problem);
-  });
-  connect(m_training, &TrainingView::deviceInUse, this, [this](const QString&, const QString& problem) {
-    if (!problem.isEmpty()) showError(problem);  // the run trains on the CPU and says so
-  });
+  connect(m_tokens, &TokensView::deviceInUse, this,
+          [this](const QString& name, const QString& deviceProblem, const QString& precisionProblem) {
+            m_deviceLabel->setText(name);
+            if (!deviceProblem.isEmpty()) fallBackToCpu();
+            if (!precisionProblem.isEmpty()) fallBackToFp32();
+            if (const QString why = joinProblems(deviceProblem, precisionProblem); !why.isEmpty()) showError(why);
+          });
+  connect(m_training, &TrainingView::deviceInUse, this,
+          [this](const QString&, const QString& deviceProblem, const QString& precisionProblem) {
+            // The run trains on the CPU, or in fp32, and says so.
+            if (const QString why = joinProblems(deviceProblem, precisionProblem); !why.isEmpty()) showError(why);
+          });
   connect(m_tokens, &TokensView::lastTokenRouting, m_model, &ModelView::setHighlightedExperts);
   for (ChartPanel* c : m_model->charts() + m_tokens->charts() + m_training->charts() + m_compare->charts())
     connect(c, &ChartPanel::errorOccurred, this, &MainWindow::showError);
@@ -174,6 +189,23 @@ void MainWindow::createDeviceMenu() {
     m_devices->addAction(a);
   }
   connect(m_devices, &QActionGroup::triggered, this, [this](QAction* a) { setDevice(a->data().toString()); });
+
+  // How the matrix products compute (core/backend.hpp, Precision); tips set by usePrecision, as
+  // they depend on the device in use.
+  m_deviceMenu->addSection(tr("Precision"));
+  m_precisions = new QActionGroup(this);
+  const std::pair<const char*, QString> modes[] = {
+      {"fp32", tr("fp32 (exact)")},
+      {"bf16", tr("bf16 products (bf16 operands, fp32 sums)")},
+      {"tf32", tr("tf32 (GPU tensor cores)")},
+  };
+  for (const auto& [id, label] : modes) {
+    QAction* a = m_deviceMenu->addAction(label);
+    a->setData(QString::fromLatin1(id));
+    a->setCheckable(true);
+    m_precisions->addAction(a);
+  }
+  connect(m_precisions, &QActionGroup::triggered, this, [this](QAction* a) { setPrecision(a->data().toString()); });
 }
 
 QAction* MainWindow::deviceAction(const QString& id) const {
@@ -184,21 +216,76 @@ QAction* MainWindow::deviceAction(const QString& id) const {
 
 QString MainWindow::deviceName() const { return m_deviceLabel->text(); }
 
+QAction* MainWindow::precisionAction(const QString& id) const {
+  for (QAction* a : m_precisions->actions())
+    if (a->data().toString() == id) return a;
+  return nullptr;
+}
+
 void MainWindow::useDevice(const QString& device) {
   m_device = device;
   // "auto" (and a choice from another machine) means the GPU where this one has it.
   const bool gpu = device != QLatin1String("cpu") && deviceAction(QStringLiteral("cuda"))->isEnabled();
   const QString active = gpu ? QStringLiteral("cuda") : QStringLiteral("cpu");
   deviceAction(active)->setChecked(true);
+  m_activeDevice = active;
   m_tokens->setDevice(active);
   m_training->setDevice(active);
+  usePrecision(m_precision);  // the modes the device has
+}
+
+void MainWindow::usePrecision(const QString& precision) {
+  m_precision = precisionAction(precision.toLower()) ? precision.toLower() : QStringLiteral("fp32");
+  const bool gpu = m_activeDevice == QLatin1String("cuda");
+  const std::string device = gpu ? "cuda" : "cpu";
+  auto tip = [gpu](const QString& id) {
+    if (id == QLatin1String("fp32")) return tr("fp32 operands and sums: exact, the reference the other modes are measured against");
+    if (id == QLatin1String("tf32"))
+      return tr("cuBLAS's dense products on TF32 tensor cores (operands rounded to a 10-bit mantissa, fp32 sums); "
+                "the experts' grouped products stay fp32");
+    return gpu ? tr("Matrix products with bf16 operands (weights held in bf16 beside the fp32 master copy) and fp32 "
+                    "sums: faster on the GPU, with bf16's rounding in every product")
+               : tr("bf16 on the CPU is an emulation: it shows bf16's rounding (the numbers a GPU gives), not a "
+                    "speed-up — it is slower than fp32");
+  };
+  for (QAction* a : m_precisions->actions()) {
+    const QString id = a->data().toString();
+    const QString why = QString::fromStdString(moelab::precision_why_not(device, moelab::parse_precision(id.toStdString())));
+    a->setEnabled(why.isEmpty());
+    a->setToolTip(why.isEmpty() ? tip(id) : why);
+    a->setStatusTip(a->toolTip());
+  }
+  // A mode the device lacks (tf32 on the CPU) computes in fp32; the choice is kept for a GPU, as
+  // "auto" is for the device.
+  QAction* active = precisionAction(m_precision);
+  if (!active->isEnabled()) active = precisionAction(QStringLiteral("fp32"));
+  active->setChecked(true);
+  m_activePrecision = active->data().toString();
+  const moelab::Precision p = moelab::parse_precision(active->data().toString().toStdString());
+  m_tokens->setPrecision(p);
+  m_training->setPrecision(p);
+}
+
+void MainWindow::setPrecision(const QString& precision) {
+  if (precision.toLower() != m_precision) markUnsaved();
+  const QString before = m_activePrecision;
+  usePrecision(precision);
+  if (m_activePrecision == before) return;
+  m_tokens->reloadModel();  // on a backend in the new mode, as a device change does
+  const QString name = m_precisions->checkedAction()->text();
+  statusBar()->showMessage(m_training->isRunning()
+                               ? tr("Precision: %1 for the Tokens view and the next training run (the run going on "
+                                    "keeps its precision)")
+                                     .arg(name)
+                               : tr("Precision: %1 for the Tokens view and training").arg(name),
+                           10000);
 }
 
 void MainWindow::setDevice(const QString& device) {
   if (device != m_device) markUnsaved();
-  const QAction* before = m_devices->checkedAction();
+  const QString before = m_activeDevice;
   useDevice(device);
-  if (m_devices->checkedAction() == before) return;
+  if (m_activeDevice == before) return;
   m_tokens->reloadModel();
   const QString name = m_devices->checkedAction()->text();
   statusBar()->showMessage(m_training->isRunning()
@@ -209,11 +296,19 @@ void MainWindow::setDevice(const QString& device) {
                            10000);
 }
 
-void MainWindow::fallBackToCpu(const QString& why) {
-  showError(why);
+void MainWindow::fallBackToCpu() {
   deviceAction(QStringLiteral("cpu"))->setChecked(true);
+  m_activeDevice = QStringLiteral("cpu");
   m_tokens->setDevice(QStringLiteral("cpu"));
   m_training->setDevice(QStringLiteral("cpu"));
+  usePrecision(m_precision);  // the CPU's modes (no tf32)
+}
+
+void MainWindow::fallBackToFp32() {
+  precisionAction(QStringLiteral("fp32"))->setChecked(true);
+  m_activePrecision = QStringLiteral("fp32");
+  m_tokens->setPrecision(moelab::Precision::FP32);
+  m_training->setPrecision(moelab::Precision::FP32);
 }
 
 void MainWindow::setPresentation(bool on) {
@@ -313,6 +408,7 @@ void MainWindow::readSettings() {
   if (geometry.isEmpty() || !restoreGeometry(geometry)) resize(1280, 800);
   setPresentation(s.value(QStringLiteral("presentation"), false).toBool());
   useDevice(s.value(QStringLiteral("device"), QStringLiteral("auto")).toString());
+  usePrecision(s.value(QStringLiteral("precision"), QStringLiteral("fp32")).toString());
   rebuildRecentMenu();
 }
 
@@ -321,6 +417,7 @@ void MainWindow::writeSettings() {
   s.setValue(QStringLiteral("geometry"), saveGeometry());
   s.setValue(QStringLiteral("presentation"), presentation());
   s.setValue(QStringLiteral("device"), m_device);
+  s.setValue(QStringLiteral("precision"), m_precision);
 }
 
 bool MainWindow::eventFilter(QObject* watched, QEvent* e) {
@@ -361,6 +458,7 @@ QString MainWindow::saveSession(const QString& path) {
   s.insert(QStringLiteral("tab"), m_tabs->currentIndex());
   s.insert(QStringLiteral("presentation"), presentation());
   s.insert(QStringLiteral("device"), m_device);
+  s.insert(QStringLiteral("precision"), m_precision);
   s.insert(QStringLiteral("tokens"), QJsonObject{{"model", m_modelPath}});
   s.insert(QStringLiteral("training"), m_training->state());
   s.insert(QStringLiteral("compare"), QJsonArray::fromStringList(m_compare->runDirs()));
@@ -376,7 +474,19 @@ QString MainWindow::openSession(const QString& path) {
   const QJsonObject s = LabSession::load(path, &err);
   if (!err.isEmpty()) return err;
   const QString model = s.value(QStringLiteral("tokens")).toObject().value(QStringLiteral("model")).toString();
+  // Sessions saved before the Precision menu ran in fp32. A mode this lab does not know is
+  // ignored with a warning (an unknown device is taken for "auto" silently; a precision
+  // changes the numbers, so it says so).
+  QString precision = QStringLiteral("fp32"), warning;
+  if (const QJsonValue v = s.value(QStringLiteral("precision")); !v.isUndefined()) {
+    try {
+      precision = QString::fromLatin1(moelab::precision_name(moelab::parse_precision(v.toString().toStdString())));
+    } catch (const moelab::Error& e) {
+      warning = tr("%1: %2; using fp32").arg(path, QString::fromUtf8(e.what()));
+    }
+  }
   useDevice(s.value(QStringLiteral("device")).toString(m_device));
+  usePrecision(precision);
   openModel(model.isEmpty() ? m_modelPath : model);
   m_training->restoreState(s.value(QStringLiteral("training")).toObject());
   m_compare->clearRuns();
@@ -386,6 +496,7 @@ QString MainWindow::openSession(const QString& path) {
   m_sessionPath = path;
   setWindowModified(false);
   updateTitle();
+  if (!warning.isEmpty()) showError(warning);  // after openModel, which clears the banner
   return {};
 }
 

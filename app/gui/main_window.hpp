@@ -38,13 +38,20 @@ class MainWindow : public QMainWindow {
   // The Device menu: one checkable action per device (data: "cpu", "cuda"), the one in use checked.
   QMenu* deviceMenu() const { return m_deviceMenu; }
   QAction* deviceAction(const QString& id) const;
-  QString deviceName() const;  // the status bar's: where the Tokens view's model runs
+  QString deviceName() const;  // the status bar's: where the Tokens view's model runs (" · bf16")
+  // Its Precision group: one checkable action per mode (data: "fp32", "bf16", "tf32"), the one in
+  // effect checked; a mode the device in use lacks (tf32 on the CPU) is disabled, its tooltip
+  // saying why.
+  QAction* precisionAction(const QString& id) const;
 
  public slots:
   void openModel(const QString& path);
   // "cpu", "cuda" or "auto" (the GPU when available): the Tokens view's model moves there and the
   // next training run trains there; a run going on keeps its device.
   void setDevice(const QString& device);
+  // "fp32", "bf16" or "tf32", the precision of matrix products, taking effect as a device change
+  // does. Where the device in use lacks it (tf32 on the CPU) fp32 is used, the choice kept.
+  void setPrecision(const QString& precision);
   void showError(const QString& message);
   void exportAll();
   bool saveSessionInteractive(bool askPath);
@@ -63,7 +70,9 @@ class MainWindow : public QMainWindow {
   void updateTitle();
   void createDeviceMenu();
   void useDevice(const QString& device);   // the choice, without moving the model shown
-  void fallBackToCpu(const QString& why);  // the device failed: the workers are on the CPU
+  void usePrecision(const QString& precision);  // likewise, for the device checked now
+  void fallBackToCpu();   // the device failed: the workers are on the CPU
+  void fallBackToFp32();  // the backend refused the precision: the workers compute in fp32
 
   QTabWidget* m_tabs = nullptr;
   ModelView* m_model = nullptr;
@@ -78,6 +87,11 @@ class MainWindow : public QMainWindow {
   QMenu* m_deviceMenu = nullptr;
   QActionGroup* m_devices = nullptr;
   QString m_device = QStringLiteral("auto");  // the user's choice (settings, sessions)
+  QActionGroup* m_precisions = nullptr;
+  QString m_precision = QStringLiteral("fp32");  // likewise
+  // What the views were last told. Not read back from the checked actions: a menu checks the
+  // action chosen before it triggers, so the choice would always look already made.
+  QString m_activeDevice, m_activePrecision;
   QAction* m_presentationAction = nullptr;
   QString m_lastError;
 };

@@ -399,6 +399,10 @@ void TokensView::setDevice(const QString& device) {
   QMetaObject::invokeMethod(m_worker, [w = m_worker, device] { w->setDevice(device); });
 }
 
+void TokensView::setPrecision(moelab::Precision precision) {
+  QMetaObject::invokeMethod(m_worker, [w = m_worker, precision] { w->setPrecision(precision); });
+}
+
 void TokensView::reloadModel() {
   pause();
   request(1);

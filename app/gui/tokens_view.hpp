@@ -60,6 +60,8 @@ class TokensView : public QWidget {
   void openModel(const QString& path);
   // "cpu" or "cuda" for the models loaded from now on; reloadModel moves the one shown there.
   void setDevice(const QString& device);
+  // The precision of matrix products for the models loaded from now on; likewise.
+  void setPrecision(moelab::Precision precision);
   void reloadModel();
   void stepOnce();
   void run();
@@ -69,7 +71,8 @@ class TokensView : public QWidget {
  signals:
   void errorOccurred(const QString& message);
   void modelChanged(const QString& name, const moelab::ModelConfig& config);
-  void deviceInUse(const QString& name, const QString& problem);  // GenerationWorker::deviceInUse
+  // GenerationWorker::deviceInUse
+  void deviceInUse(const QString& name, const QString& deviceProblem, const QString& precisionProblem);
   void lastTokenRouting(int layer, QVector<int> experts);  // for the Model view's block drawing
 
  private slots:

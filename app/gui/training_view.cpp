@@ -70,10 +70,11 @@ TrainingView::TrainingView(QWidget* parent) : QWidget(parent) {
             m_dirty = true;
             emit runChanged();
           });
-  connect(m_worker, &TrainingWorker::deviceInUse, this, [this](const QString& name, const QString& problem) {
-    m_deviceName = name;
-    emit deviceInUse(name, problem);
-  });
+  connect(m_worker, &TrainingWorker::deviceInUse, this,
+          [this](const QString& name, const QString& deviceProblem, const QString& precisionProblem) {
+            m_deviceName = name;
+            emit deviceInUse(name, deviceProblem, precisionProblem);
+          });
   connect(m_worker, &TrainingWorker::finished, this, [this](const QString& m) {
     m_running = false;
     m_status->setText(m);
@@ -455,6 +456,10 @@ void TrainingView::startTraining(const QString& runDir) {
 
 void TrainingView::setDevice(const QString& device) {
   QMetaObject::invokeMethod(m_worker, [w = m_worker, device] { w->setDevice(device); });
+}
+
+void TrainingView::setPrecision(moelab::Precision precision) {
+  QMetaObject::invokeMethod(m_worker, [w = m_worker, precision] { w->setPrecision(precision); });
 }
 
 void TrainingView::pauseTraining() {

@@ -50,6 +50,8 @@ class TrainingView : public QWidget {
 
   // "cpu" or "cuda" for the runs started or continued from now on (a run going on keeps its own).
   void setDevice(const QString& device);
+  // The precision of matrix products for those runs; likewise.
+  void setPrecision(moelab::Precision precision);
 
   // Settings and the shown run, for lab sessions.
   QJsonObject state() const;
@@ -83,7 +85,8 @@ class TrainingView : public QWidget {
   void trainingFinished(const QString& message);
   void runChanged();                            // a run started, finished, or was opened
   void openModelRequested(const QString& dir);  // open this checkpoint in the Tokens view
-  void deviceInUse(const QString& name, const QString& problem);  // TrainingWorker::deviceInUse
+  // TrainingWorker::deviceInUse
+  void deviceInUse(const QString& name, const QString& deviceProblem, const QString& precisionProblem);
 
  private:
   moelab::TrainConfig configFromKnobs() const;

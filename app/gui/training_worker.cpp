@@ -51,8 +51,9 @@ void TrainingWorker::start(const TrainingRequest& request) {
     if (!runDir.isEmpty()) {
       const nlohmann::json info = {{"version", "0.1.0"},       {"model", config_to_json(p.model)},
                                    {"train", train_config_to_json(config)}, {"seed", config.seed},
-                                   {"backend", m_model->backend().name()}, {"corpus", p.corpus},
-                                   {"preset", p.name}};
+                                   {"backend", m_model->backend().name()},
+                                   {"precision", precision_name(m_model->backend().precision())},
+                                   {"corpus", p.corpus},       {"preset", p.name}};
       m_log = std::make_unique<RunLog>(runDir.toStdString(), info);
     }
     emit started(QString::fromStdString(p.title), runDir, p.model.num_experts, p.model.num_moe_layers(), m_topK, 0);
@@ -94,7 +95,11 @@ void TrainingWorker::continueRun(const QString& runDir) {
 void TrainingWorker::buildOnDevice(const ModelConfig& model, const TrainConfig& train, const std::string& checkpoint) {
   m_trainer.reset();
   m_model.reset();  // the previous run's memory first: it may be the GPU's
+  std::string precisionProblem;
   auto build = [&](std::shared_ptr<Backend> b) {
+    // Set before the weights are made, as the command line does; a refusal keeps fp32 and is
+    // reported, not taken for the device failing.
+    precisionProblem = apply_precision(*b, m_precision);
     auto m = std::make_unique<Model>(Model::random(model, train.seed + 1000, std::move(b)));
     auto t = std::make_unique<Trainer>(*m, *m_corpus, train);
     if (!checkpoint.empty()) t->load_checkpoint(checkpoint);
@@ -102,10 +107,13 @@ void TrainingWorker::buildOnDevice(const ModelConfig& model, const TrainConfig& 
   };
   std::string problem;
   std::tie(m_model, m_trainer) = make_on_device(m_device, build, &problem);
-  emit deviceInUse(QString::fromStdString(device_display_name(m_model->backend())), QString::fromStdString(problem));
+  emit deviceInUse(QString::fromStdString(device_display_name(m_model->backend())), QString::fromStdString(problem),
+                   QString::fromStdString(precisionProblem));
 }
 
 void TrainingWorker::setDevice(const QString& device) { m_device = device.toStdString(); }
+
+void TrainingWorker::setPrecision(Precision precision) { m_precision = precision; }
 
 void TrainingWorker::pause() { m_running = false; }
 

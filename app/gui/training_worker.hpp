@@ -45,6 +45,8 @@ class TrainingWorker : public QObject {
   void saveCheckpoint(const QString& fallbackDir);
   // "cpu" or "cuda" for the runs started (or continued) from now on; a run going on keeps its own.
   void setDevice(const QString& device);
+  // The precision of matrix products for the runs started (or continued) from now on; likewise.
+  void setPrecision(moelab::Precision precision);
 
  signals:
   void started(const QString& title, const QString& runDir, int64_t experts, int64_t moeLayers, int64_t topK,
@@ -53,9 +55,10 @@ class TrainingWorker : public QObject {
   void finished(const QString& message);
   void checkpointSaved(const QString& dir, int64_t step);
   void errorOccurred(const QString& message);
-  // Before started: where the run trains and, when the device set failed and the CPU was used
-  // instead, why in one line ("" otherwise).
-  void deviceInUse(const QString& name, const QString& problem);
+  // Before started: where the run trains ("... · bf16" when not in fp32) and, when the device set
+  // failed and the CPU was used instead or the backend refused the precision set and fp32 was
+  // used instead, why in one line each ("" otherwise).
+  void deviceInUse(const QString& name, const QString& deviceProblem, const QString& precisionProblem);
 
  private:
   void runOne();
@@ -70,5 +73,6 @@ class TrainingWorker : public QObject {
   std::unique_ptr<moelab::RunLog> m_log;
   int64_t m_topK = 0;
   std::string m_device = "cpu";
+  moelab::Precision m_precision = moelab::Precision::FP32;
   bool m_running = false, m_stopAfterOne = false;
 };
