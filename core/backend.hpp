@@ -188,6 +188,10 @@ class Backend {
   // dlogits += aux_coef · ∂aux + z_coef · ∂z. Returns {aux, z}.
   virtual std::pair<double, double> router_losses(const Tensor& logits, const Tensor& ids, float aux_coef,
                                                   float z_coef, Tensor& dlogits) = 0;
+  // The same, adding {aux, z} to sums (Real [2]) instead of returning them, so a backward pass
+  // over many MoE layers reads its balancing losses back once (a GPU need not wait per layer).
+  virtual void router_losses_add(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
+                                 Tensor& dlogits, Tensor& sums);
   // Backward of moe_experts: dx += ∂/∂x, dweights [T,K] = ∂/∂weights, expert weight grads +=.
   virtual void moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights,
                                     const ExpertWeights& w, const Tensor& dout, Tensor& dx, Tensor& dweights,

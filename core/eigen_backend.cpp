@@ -804,6 +804,17 @@ Precision parse_precision(const std::string& text) {
   fail("precision", "unknown mode '" + text + "' (choose fp32, tf32 or bf16)");
 }
 
+void Backend::router_losses_add(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
+                                Tensor& dlogits, Tensor& sums) {
+  MOELAB_ASSERT(sums.numel() == 2, "router_losses sums shape");
+  const auto [aux, z] = router_losses(logits, ids, aux_coef, z_coef, dlogits);
+  double h[2];
+  download(sums, h);
+  h[0] += aux;
+  h[1] += z;
+  upload(sums, h);
+}
+
 void Backend::set_precision(Precision p) {
   if (p != Precision::FP32) fail(name(), std::string("no ") + precision_name(p) + " mode on this backend (fp32 only)");
 }

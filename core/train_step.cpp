@@ -151,6 +151,7 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
   b.linear_backward(hf, w.lm_head, dlogits, &dhf, false, grads.lm_head, nullptr);
   b.rmsnorm_backward(x_final, w.final_norm, dhf, eps, dx, false, grads.final_norm);
   Tensor dh = b.alloc({N, H});
+  Tensor loss_sums = b.alloc({2});  // Σ over MoE layers of {aux, z}, read back once below
   for (int64_t l = c.num_layers - 1; l >= 0; --l) {
     const LayerWeights& L = w.layers[size_t(l)];
     LayerWeights& G = grads.layers[size_t(l)];
@@ -183,9 +184,7 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
       Tensor dweights = b.alloc({N, K}), dlog = b.alloc({N, E});
       b.moe_experts_backward(a.h2, a.ids, a.weights, L.experts, dx, dh, dweights, G.experts);
       b.route_backward(a.logits, a.probs, a.ids, dweights, spec, dlog, false);
-      const auto [aux, z] = b.router_losses(a.logits, a.ids, knobs.aux_alpha * scale, knobs.z_coef * scale, dlog);
-      res.aux_loss += aux;
-      res.z_loss += z;
+      b.router_losses_add(a.logits, a.ids, knobs.aux_alpha * scale, knobs.z_coef * scale, dlog, loss_sums);
       if (!a.raw.empty()) {
         Tensor draw = b.alloc({N, E});
         b.noisy_logits_backward(a.raw, a.noise, dlog, draw);
@@ -206,6 +205,10 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
     b.rmsnorm_backward(a.x_in, L.input_norm, dh1, eps, dx, true, G.input_norm);
   }
   b.embedding_backward(ids, dx, grads.embed);
+  double sums[2];
+  b.download(loss_sums, sums);
+  res.aux_loss = sums[0];
+  res.z_loss = sums[1];
   // The routing is read back only now: a download waits for the device, and three waits per MoE
   // layer in the forward pass would keep a GPU from running ahead of the host through the step.
   for (StepRouting& r : res.routing) {

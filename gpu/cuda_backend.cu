@@ -514,9 +514,25 @@ class CudaBackend final : public Backend {
     double* z_rows = static_cast<double*>(buf.ptr);
     double* result = z_rows + N;
     int32_t* counts = reinterpret_cast<int32_t*>(result + 2);
-    cuda::router_losses(f32(logits), s32(ids), N, E, K, aux_coef, z_coef, f32(dlogits), counts, f32(probs), z_rows, result, s);
+    cuda::router_losses(f32(logits), s32(ids), N, E, K, aux_coef, z_coef, f32(dlogits), counts, f32(probs), z_rows, result,
+                        nullptr, s);
     const std::vector<double> r = download_doubles(result, 2);
     return {r[0], r[1]};
+  }
+
+  // The same without a wait: {aux, z} are added to sums on the device.
+  void router_losses_add(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef, Tensor& dlogits,
+                         Tensor& sums) override {
+    const int64_t N = logits.rows(), E = logits.cols(), K = ids.cols();
+    MOELAB_ASSERT(ids.rows() == N && dlogits.numel() == N * E && sums.numel() == 2, "router_losses shapes");
+    const cudaStream_t s = st();
+    Tensor probs = scratch_f({std::max<int64_t>(1, N), E});
+    Tensor buf = scratch(size_t(N) * 8 + 16 + size_t(E) * 4);
+    double* z_rows = static_cast<double*>(buf.ptr);
+    double* result = z_rows + N;
+    int32_t* counts = reinterpret_cast<int32_t*>(result + 2);
+    cuda::router_losses(f32(logits), s32(ids), N, E, K, aux_coef, z_coef, f32(dlogits), counts, f32(probs), z_rows, result,
+                        f32(sums), s);
   }
 
   // Backward of moe_experts: the forward's products again (kept per sorted row), then the data

@@ -91,11 +91,12 @@ void limit_capacity(const float* probs, int64_t T, int64_t E, int64_t K, bool re
                     cudaStream_t s);
 void route_backward(const float* probs, const int32_t* ids, const float* dweights, int64_t T, int64_t E, int64_t K,
                     bool sigmoid, bool renormalize, float* dlogits, bool accumulate, cudaStream_t s);
-// Balancing losses (see Backend::router_losses): result[0] = aux, result[1] = z (device doubles).
-// counts [E] (int), probs [N,E] and z_rows [N] (double) are scratch.
+// Balancing losses (see Backend::router_losses): result[0] = aux, result[1] = z (device doubles),
+// also added to add_to[0..1] when add_to is given. counts [E] (int), probs [N,E] and z_rows [N]
+// (double) are scratch.
 void router_losses(const float* logits, const int32_t* ids, int64_t N, int64_t E, int64_t K, float aux_coef,
                    float z_coef, float* dlogits, int32_t* counts, float* probs, double* z_rows, double* result,
-                   cudaStream_t s);
+                   float* add_to, cudaStream_t s);
 
 // ---- kernels_experts.cu: token permutation by expert and the grouped expert GEMMs ----
 // The N = T·K slots sorted by expert (stable: slot order inside an expert, as the Eigen backend),

@@ -186,7 +186,7 @@ __global__ void router_losses_rows_kernel(const float* logits, const int32_t* co
 
 // aux = E · Σ_i f_i · P_i with P_i the mean probability, z = mean of the rows' lse².
 __global__ void router_losses_total_kernel(const float* probs, const int32_t* counts, const double* z_rows, int64_t N,
-                                           int64_t E, int64_t K, double* result) {
+                                           int64_t E, int64_t K, double* result, float* add_to) {
   __shared__ double red[32];
   const double NK = double(N * K > 1 ? N * K : 1);
   double aux = 0.0;
@@ -202,6 +202,10 @@ __global__ void router_losses_total_kernel(const float* probs, const int32_t* co
   if (threadIdx.x == 0) {
     result[0] = double(E) * aux;
     result[1] = N > 0 ? z / double(N) : 0.0;
+    if (add_to) {
+      add_to[0] += float(result[0]);
+      add_to[1] += float(result[1]);
+    }
   }
 }
 
@@ -236,7 +240,7 @@ void route_backward(const float* probs, const int32_t* ids, const float* dweight
 
 void router_losses(const float* logits, const int32_t* ids, int64_t N, int64_t E, int64_t K, float aux_coef,
                    float z_coef, float* dlogits, int32_t* counts, float* probs, double* z_rows, double* result,
-                   cudaStream_t s) {
+                   float* add_to, cudaStream_t s) {
   count_choices_kernel<<<1, 1024, 0, s>>>(ids, N * K, E, counts);
   MOELAB_CUDA_LAUNCHED("count_choices_kernel");
   if (N > 0) {
@@ -244,7 +248,7 @@ void router_losses(const float* logits, const int32_t* ids, int64_t N, int64_t E
                                                              z_rows);
     MOELAB_CUDA_LAUNCHED("router_losses_rows_kernel");
   }
-  router_losses_total_kernel<<<1, kThreads, 0, s>>>(probs, counts, z_rows, N, E, K, result);
+  router_losses_total_kernel<<<1, kThreads, 0, s>>>(probs, counts, z_rows, N, E, K, result, add_to);
   MOELAB_CUDA_LAUNCHED("router_losses_total_kernel");
 }
 
