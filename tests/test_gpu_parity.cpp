@@ -463,6 +463,28 @@ std::vector<ModelVariant> model_variants() {
   return v;
 }
 
+// The tiny Mixtral on byte tokens of the built-in corpus, and 50 training steps of it.
+ModelConfig byte_model() {
+  ModelConfig c = testutil::tiny_config(Family::Mixtral);
+  c.vocab_size = 256;
+  c.tokenizer = "bytes";
+  return c;
+}
+TrainConfig fifty_steps() {
+  TrainConfig tc;
+  tc.steps = 50;
+  tc.batch = 4;
+  tc.seq_len = 32;
+  tc.lr = 3e-3f;
+  tc.warmup = 5;
+  tc.aux_alpha = 0.01f;
+  tc.z_coef = 1e-3f;
+  tc.eval_every = 0;
+  tc.probe_every = 0;
+  tc.seed = 3;
+  return tc;
+}
+
 // The same random model on a backend (selection biases set non-zero so they matter).
 Model model_on(const ModelConfig& c, std::shared_ptr<Backend> b, float init_std) {
   Model m = Model::random(c, 11, b, init_std);
@@ -564,20 +586,8 @@ TEST(every_gradient_of_a_training_step_matches) {
 }
 
 TEST(a_50_step_training_run_follows_the_cpu_loss_curve) {
-  ModelConfig c = testutil::tiny_config(Family::Mixtral);
-  c.vocab_size = 256;  // byte tokens of the built-in corpus
-  c.tokenizer = "bytes";
-  TrainConfig tc;
-  tc.steps = 50;
-  tc.batch = 4;
-  tc.seq_len = 32;
-  tc.lr = 3e-3f;
-  tc.warmup = 5;
-  tc.aux_alpha = 0.01f;
-  tc.z_coef = 1e-3f;
-  tc.eval_every = 0;
-  tc.probe_every = 0;
-  tc.seed = 3;
+  const ModelConfig c = byte_model();
+  const TrainConfig tc = fifty_steps();
   const auto corpus = open_corpus("builtin:domains");
   Model mc = Model::random(c, 7, g_cpu), mg = Model::random(c, 7, g_gpu);
   Trainer cpu(mc, *corpus, tc), gpu(mg, *corpus, tc);
@@ -695,9 +705,7 @@ TEST(bf16_weight_copies_follow_uploads_and_frees) {
 // Exact, on the GPU alone: after AdamW steps the bf16 copies it rewrote must equal copies made
 // afresh from the fp32 weights (download and upload every weight: each copy is remade).
 TEST(bf16_copies_after_adamw_equal_fresh_copies) {
-  ModelConfig c = testutil::tiny_config(Family::Mixtral);
-  c.vocab_size = 256;
-  c.tokenizer = "bytes";
+  const ModelConfig c = byte_model();
   TrainConfig tc;
   tc.steps = 5;
   tc.batch = 2;
@@ -786,19 +794,8 @@ TEST(bf16_gradients_match_the_cpu_emulation) {
 }
 
 TEST(a_50_step_bf16_run_follows_the_cpu_emulation) {
-  ModelConfig c = testutil::tiny_config(Family::Mixtral);
-  c.vocab_size = 256;
-  c.tokenizer = "bytes";
-  TrainConfig tc;
-  tc.steps = 50;
-  tc.batch = 4;
-  tc.seq_len = 32;
-  tc.lr = 3e-3f;
-  tc.warmup = 5;
-  tc.aux_alpha = 0.01f;
-  tc.eval_every = 0;
-  tc.probe_every = 0;
-  tc.seed = 3;
+  const ModelConfig c = byte_model();
+  const TrainConfig tc = fifty_steps();
   const auto corpus = open_corpus("builtin:domains");
   Model mc = Model::random(c, 7, g_cpu16), mg = Model::random(c, 7, g_gpu16);
   Trainer cpu(mc, *corpus, tc), gpu(mg, *corpus, tc);
