@@ -89,11 +89,21 @@ QWidget* ModelView::buildKnobs() {
     l->setProperty("section", true);  // bold, set with the theme's font
     form->addRow(l);
   };
-  m_preset = new QComboBox(m_knobs);
-  m_preset->setSizeAdjustPolicy(QComboBox::AdjustToMinimumContentsLengthWithIcon);
-  m_preset->setMinimumContentsLength(12);
+  // A name box: room for 16 characters in either theme (applyTheme keeps it from being squeezed
+  // below that); a longer name is elided in the box, so the tooltip always has it whole.
+  auto nameBox = [&](const QString& tip) {
+    auto* box = new QComboBox(m_knobs);
+    box->setSizeAdjustPolicy(QComboBox::AdjustToMinimumContentsLengthWithIcon);
+    box->setMinimumContentsLength(16);
+    box->setToolTip(tip);
+    box->setStatusTip(tip);
+    connect(box, &QComboBox::currentTextChanged, box, [box, tip](const QString& name) {
+      box->setToolTip(name.isEmpty() ? tip : QStringLiteral("<b>%1</b><br>%2").arg(name.toHtmlEscaped(), tip.toHtmlEscaped()));
+    });
+    return box;
+  };
+  m_preset = nameBox(tr("Fill the knobs from one of the lab's presets"));
   m_preset->addItem(tr("(from the knobs)"));
-  m_preset->setToolTip(tr("Fill the knobs from one of the lab's presets"));
   form->addRow(tr("Preset"), m_preset);
 
   section(tr("Shape"));
@@ -126,10 +136,7 @@ QWidget* ModelView::buildKnobs() {
   form->addRow(tr("Router"), m_router);
 
   section(tr("Charts"));
-  m_compare = new QComboBox(m_knobs);
-  m_compare->setSizeAdjustPolicy(QComboBox::AdjustToMinimumContentsLengthWithIcon);
-  m_compare->setMinimumContentsLength(12);
-  m_compare->setToolTip(tr("A published model to mark in the comparison charts"));
+  m_compare = nameBox(tr("A published model to mark in the comparison charts"));
   connect(m_compare, &QComboBox::currentIndexChanged, this, [this] {
     updateRealModelsChart();
     updateMemoryChart();
@@ -472,6 +479,7 @@ void ModelView::applyMinimumSizes() {
 void ModelView::applyTheme(const Theme& t) {
   m_theme = t;
   m_knobs->setFont(t.text);
+  for (QComboBox* box : {m_preset, m_compare}) box->setMinimumWidth(box->sizeHint().width());  // in the new font
   for (QLabel* l : m_knobs->findChildren<QLabel*>())
     if (l->property("section").toBool()) {
       QFont f = t.text;

@@ -91,6 +91,44 @@ void legendBelow(QCustomPlot* plot, int columns) {
   plot->legend->setMargins(QMargins(6, 2, 6, 2));
 }
 
+void referenceLines(QCustomPlot* plot, const QVector<ReferenceLine>& lines) {
+  const Theme& t = Theme::current();
+  QFont font = t.tickLabel;
+  font.setBold(true);
+  const QFontMetrics fm(font);
+  const int gap = t.presentation ? 8 : 5;  // between the axes' edge and the name
+  const double span = plot->yAxis->range().size();
+  int widest = 0;
+  for (int i = 0; i < int(lines.size()); ++i) {
+    const ReferenceLine& l = lines[i];
+    auto* line = new QCPItemStraightLine(plot);
+    line->point1->setCoords(0, l.value);
+    line->point2->setCoords(1, l.value);
+    line->setPen(QPen(l.color, t.lineWidth, l.style));
+    auto* name = new QCPItemText(plot);
+    name->setClipToAxisRect(false);  // it lives in the margin, outside the axes
+    name->position->setTypeX(QCPItemPosition::ptAxisRectRatio);
+    name->position->setCoords(1.0, l.value);
+    // Level with its line; when two lines are close, the upper's name sits above it and the
+    // lower's below, so the names never overlap each other either.
+    Qt::Alignment vertical = Qt::AlignVCenter;
+    for (int j = 0; j < int(lines.size()); ++j)
+      if (j != i && std::abs(lines[j].value - l.value) < 0.25 * span)
+        vertical = l.value > lines[j].value || (l.value == lines[j].value && i < j) ? Qt::AlignBottom : Qt::AlignTop;
+    name->setPositionAlignment(Qt::AlignLeft | vertical);
+    name->setTextAlignment(Qt::AlignLeft);
+    name->setPadding(QMargins(gap, 0, 0, 0));
+    name->setText(l.name);
+    name->setFont(font);
+    name->setColor(l.color);
+    widest = std::max(widest, fm.boundingRect(QRect(), Qt::TextDontClip, l.name).width());
+  }
+  if (lines.isEmpty()) return;
+  QCPAxisRect* rect = plot->axisRect();
+  rect->setAutoMargins(QCP::msLeft | QCP::msTop | QCP::msBottom);
+  rect->setMargins(QMargins(0, 0, widest + 2 * gap, 0));
+}
+
 namespace {
 
 QString csvNum(double v) { return std::isnan(v) ? QString() : QString::number(v, 'g', 8); }
@@ -228,22 +266,13 @@ void drawLoadNow(QCustomPlot* plot, const RunData& run, int shown, int layer) {
   bars->setBrush(Theme::series(0));
   bars->setPen(QPen(Theme::current().foreground, Theme::current().presentation ? 1.5 : 1));
   bars->setName(tr("load"));
-  auto* even = new QCPItemStraightLine(plot);
-  even->point1->setCoords(0, 1.0 / E);
-  even->point2->setCoords(1, 1.0 / E);
-  even->setPen(QPen(Theme::series(5), Theme::current().lineWidth, Qt::DashLine));
-  auto* label = new QCPItemText(plot);
-  label->position->setTypeX(QCPItemPosition::ptAxisRectRatio);
-  label->position->setCoords(0.99, 1.0 / E);
-  label->setPositionAlignment(Qt::AlignRight | Qt::AlignBottom);
-  label->setText(tr("even split 1/%1").arg(E));
-  label->setFont(Theme::current().tickLabel);
-  label->setColor(Theme::series(5));
   plot->xAxis->setLabel(tr("expert (MoE layer %1, step %2)").arg(layer).arg(run.history[shown - 1]->step));
   plot->yAxis->setLabel(tr("share of tokens"));
   plot->xAxis->setRange(-0.6, E - 0.4);
   integerTicks(plot->xAxis, E);
-  plot->yAxis->setRange(0, std::max(*std::max_element(L.load.begin(), L.load.end()), 1.0 / E) * 1.25);
+  plot->yAxis->setRange(0, std::max(*std::max_element(L.load.begin(), L.load.end()), 1.0 / E) * 1.15);
+  // Vermillion, as in the Tokens view: the same idea in the same colour, and it stands out from the blue bars.
+  referenceLines(plot, {{1.0 / E, tr("even split\n1/%1").arg(E), Theme::series(3)}});
   finish(plot);
 }
 
@@ -320,7 +349,7 @@ void drawEntropy(QCustomPlot* plot, const RunData& run, int shown) {
   plot->yAxis->setRange(0, 1.05);
   if (drops) {
     plot->yAxis2->setVisible(true);
-    plot->yAxis2->setLabel(tr("tokens dropped, % (dashed)"));
+    plot->yAxis2->setLabel(tr("dropped, % (dashed)"));
     plot->yAxis2->setRange(0, std::max(5.0, plot->yAxis2->range().upper * 1.1));
   }
   finish(plot);
@@ -442,7 +471,9 @@ void drawSaturation(QCustomPlot* plot, const RunData& run, int shown) {
     for (int l = 0; l < o.size() && l < graphs.size(); ++l) graphs[l]->addData(double(step), o[l]);
   });
   plot->xAxis->setLabel(tr("training step"));
-  plot->yAxis->setLabel(tr("same choices as at step %1").arg(ref->step));
+  // On two lines at projector size, where on one it is taller than the axes and gets cut off.
+  plot->yAxis->setLabel(Theme::current().presentation ? tr("same choices as\nat step %1").arg(ref->step)
+                                                      : tr("same choices as at step %1").arg(ref->step));
   plot->rescaleAxes();
   plot->yAxis->setRange(0, 1.05);
   finish(plot);

@@ -7,6 +7,7 @@
 
 #include <QColor>
 #include <QString>
+#include <QVector>
 
 #include "run_data.hpp"
 
@@ -20,6 +21,17 @@ namespace RunCharts {
 QCPAxisRect* resetPlot(QCustomPlot* plot);
 // Show the legend in a row under the axes, `columns` entries wide, where it never covers data.
 void legendBelow(QCustomPlot* plot, int columns);
+// A horizontal reference line across a plot's axes (the even split 1/E, an expert's capacity),
+// named in the right margin level with its line, where the name never covers a bar. The Tokens
+// view's load chart uses it too. Call after the y range is set; the right margin is fixed to the
+// widest name (keep names short; a line break is fine).
+struct ReferenceLine {
+  double value;
+  QString name;
+  QColor color;
+  Qt::PenStyle style = Qt::DashLine;
+};
+void referenceLines(QCustomPlot* plot, const QVector<ReferenceLine>& lines);
 
 // Loss: total, language model, validation; the balancing terms when they are switched on.
 void drawLoss(QCustomPlot* plot, const RunData& run, int shown);

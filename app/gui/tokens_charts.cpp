@@ -7,6 +7,7 @@
 #include <qcustomplot.h>
 
 #include "chart_panel.hpp"
+#include "run_charts.hpp"
 #include "theme.hpp"
 #include "token_text.hpp"
 #include "tokenizer.hpp"
@@ -302,9 +303,10 @@ void TokensView::drawLoad() {
   bars->setBrush(Theme::series(0));
   bars->setPen(QPen(Theme::series(0).darker(140)));
   double top = std::max(*std::max_element(shares.begin(), shares.end()), 1.0 / E);
+  double cap = 0;  // the capacity as a share of the choices
   const double choices = std::max<qsizetype>(1, L->ids.size());
   if (capacity) {
-    // Choices the experts refused (over capacity), stacked on what they took; the capacity line.
+    // Choices the experts refused (over capacity), stacked on what they took; the capacity as a share.
     auto* refused = new QCPBars(plot->xAxis, plot->yAxis);
     refused->setData(keys, droppedShares, true);
     refused->setWidth(0.75);
@@ -312,40 +314,22 @@ void TokensView::drawLoad() {
     refused->setPen(QPen(QColor("#707070")));
     refused->moveAbove(bars);
     for (int e = 0; e < E; ++e) top = std::max(top, shares[e] + droppedShares[e]);
-    const double cap = double(m_snap->capacity) / choices;
+    cap = double(m_snap->capacity) / choices;
     top = std::max(top, cap);
-    auto* line = new QCPItemStraightLine(plot);
-    line->point1->setCoords(0, cap);
-    line->point2->setCoords(1, cap);
-    line->setPen(QPen(Theme::current().foreground, Theme::current().lineWidth, Qt::DotLine));
-    auto* capLabel = new QCPItemText(plot);  // under its line, the even-split label is above its own
-    capLabel->position->setCoords(E - 0.5, cap);
-    capLabel->setPositionAlignment(Qt::AlignRight | Qt::AlignTop);
-    capLabel->setText(tr("capacity %1").arg(m_snap->capacity));
-    capLabel->setFont(Theme::current().text);
-    capLabel->setColor(Theme::current().foreground);
-    capLabel->setBrush(QColor(255, 255, 255, 210));
   }
   m_load->setCaption(capacity ? tr("Share of the choices each expert took; grey: choices it refused when full "
                                    "(dropped). Dotted: its capacity; dashed: an even split (1/E).")
                               : tr("Share of the top-k choices each expert received. The dashed line is a perfectly "
                                    "even split (1/E); tall bars are busy experts, empty ones are idle."));
-  auto* uniform = new QCPItemStraightLine(plot);
-  uniform->point1->setCoords(0, 1.0 / E);
-  uniform->point2->setCoords(1, 1.0 / E);
-  uniform->setPen(QPen(Theme::series(3), Theme::current().lineWidth, Qt::DashLine));
-  auto* label = new QCPItemText(plot);
-  label->position->setCoords(E - 0.5, 1.0 / E);
-  label->setPositionAlignment(Qt::AlignRight | Qt::AlignBottom);
-  label->setText(tr("even split 1/%1").arg(E));
-  label->setFont(Theme::current().text);
-  label->setColor(Theme::series(3));
-  label->setBrush(QColor(255, 255, 255, 210));
   plot->xAxis->setLabel(tr("expert (layer %1)").arg(L->layer));
   plot->yAxis->setLabel(tr("share"));
   plot->xAxis->setRange(-0.6, E - 0.4);
-  plot->yAxis->setRange(0, top * (capacity ? 1.4 : 1.25));  // room for the labels over the lines
+  plot->yAxis->setRange(0, top * 1.15);
   plot->yAxis->ticker()->setTickCount(Theme::current().presentation ? 3 : 5);
+  // The lines' names go in the right margin, where they never cover a bar.
+  QVector<RunCharts::ReferenceLine> lines{{1.0 / E, tr("even split\n1/%1").arg(E), Theme::series(3)}};
+  if (capacity) lines.push_back({cap, tr("capacity\n%1").arg(m_snap->capacity), Theme::current().foreground, Qt::DotLine});
+  RunCharts::referenceLines(plot, lines);
   if (E <= 16) {
     QSharedPointer<QCPAxisTickerFixed> fixed(new QCPAxisTickerFixed);
     fixed->setTickStep(1);

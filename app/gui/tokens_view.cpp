@@ -164,7 +164,8 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   m_coact->setMinimumChartHeight(130, 250);  // eight rows of tick labels at projector size
   m_tokenLayers->setMinimumChartHeight(160, 200);
   m_next->setMinimumChartHeight(160, 200);
-  m_load->setMinimumChartHeight(160, 140);  // so the page fits 1280×800 without scrolling
+  // Projector-size bars and labels need the height; the page scrolls at 1280×800 (ChartPage).
+  m_load->setMinimumChartHeight(160, 320);
   m_why->setMinimumChartHeight(0, 250);  // the whole explanation, at projector size
   m_pages = new QTabWidget(this);
   m_pages->addTab(routingPage, tr("Routing"));

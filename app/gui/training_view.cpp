@@ -341,9 +341,10 @@ void TrainingView::setupCharts() {
   p4->setRowStretch(1, 2);
   m_pages->addTab(p4, tr("Specialisation and drops"));
   m_chartPages = {p1, p2, p3, p4};
-  // Presentation: about 330 px of chart under the title, so axis titles, a colour bar's title
-  // and a legend all fit at projector font sizes.
-  for (ChartPanel* c : charts()) c->setMinimumChartHeight(160, 330);
+  // Presentation: about 400 px of chart under the title, so axis titles (the longest run along
+  // a right axis above a two-row legend), a colour bar's title and a legend all fit at projector
+  // font sizes; a panel with its title and caption still fits the page's height at 1280×800.
+  for (ChartPanel* c : charts()) c->setMinimumChartHeight(160, 400);
 
   const auto shown = [this] { return shownSteps(); };
   m_loss->setCsvProvider([this, shown] { return RunCharts::lossCsv(m_run, shown()); });

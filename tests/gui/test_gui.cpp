@@ -25,6 +25,7 @@
 #include "model_view.hpp"
 #include "params.hpp"
 #include "presets.hpp"
+#include "run_charts.hpp"
 #include "tokens_view.hpp"
 #include "training_view.hpp"
 #include <nlohmann/json.hpp>
@@ -249,6 +250,58 @@ class TestGui : public QObject {
     QCOMPARE(t->snapshot()->capacity, int64_t(0));
     for (int tok = 0; tok < t->snapshot()->count(); ++tok)
       for (int e = 0; e < int(t->snapshot()->experts()); ++e) QVERIFY(t->heatmapMark(tok, e) != 1 && t->heatmapMark(tok, e) != 2);
+  }
+
+  // The names of the reference lines (the even split 1/E, the capacity) sit in the right margin,
+  // whole, in both themes: never over a bar, never over each other, never cut off.
+  void referenceLineNamesNeverCoverTheBars() {
+    auto check = [](QCustomPlot* plot, int names, const QString& what) {
+      plot->replot(QCustomPlot::rpImmediateRefresh);  // lays the plot out and places the items
+      const QRect axes = plot->axisRect()->rect();
+      QList<QRectF> boxes;
+      for (int i = 0; i < plot->itemCount(); ++i)
+        if (auto* text = qobject_cast<QCPItemText*>(plot->item(i)))
+          boxes << QRectF(text->topLeft->pixelPosition(), text->bottomRight->pixelPosition()).normalized();
+      QVERIFY2(boxes.size() == names, qPrintable(what));
+      for (int i = 0; i < int(boxes.size()); ++i) {
+        QVERIFY2(boxes[i].left() >= axes.right(), qPrintable(what + ": a name is over the axes"));
+        QVERIFY2(boxes[i].right() <= plot->width() + 0.5 && boxes[i].top() >= 0 && boxes[i].bottom() <= plot->height(),
+                 qPrintable(what + ": a name is cut off"));
+        for (int j = 0; j < i; ++j) QVERIFY2(!boxes[i].intersects(boxes[j]), qPrintable(what + ": names overlap"));
+      }
+    };
+    std::unique_ptr<MainWindow> w(window());
+    TokensView* t = w->tokensView();
+    QCustomPlot* load = nullptr;
+    for (ChartPanel* c : t->charts())
+      if (c->id() == QLatin1String("expert-load")) load = c->plot();
+    QVERIFY(load);
+    // The load at the last step of a run whose last expert is busy: the old name sat on its bar.
+    RunData run;
+    run.experts = 8;
+    run.moeLayers = 1;
+    run.topK = 2;
+    auto step = std::make_shared<StepSummary>();
+    step->step = 1;
+    step->layers.resize(1);
+    step->layers[0].load = {0.05, 0.1, 0.05, 0.1, 0.1, 0.1, 0.1, 0.4};
+    run.history.push_back(step);
+    QCustomPlot loadNow;
+    loadNow.resize(420, 300);
+    loadNow.show();
+    for (bool presentation : {false, true}) {
+      w->setPresentation(presentation);
+      const QString theme = presentation ? QStringLiteral("presentation") : QStringLiteral("normal");
+      RunCharts::drawLoadNow(&loadNow, run, 1, 0);
+      check(&loadNow, 1, "load now, " + theme);
+      for (double capacity : {0.0, 1.0}) {
+        t->setCapacityFactor(capacity);
+        QVERIFY(t->waitForIdle());
+        check(load, capacity > 0 ? 2 : 1, QStringLiteral("Tokens load, capacity %1, ").arg(capacity) + theme);
+        if (QTest::currentTestFailed()) return;
+      }
+    }
+    w->setPresentation(false);
   }
 
   void everyExportIsAValidFile() {
