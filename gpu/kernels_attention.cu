@@ -171,6 +171,14 @@ __global__ void attention_backward_key_kernel(const float* __restrict__ q, const
 
 size_t g_max_smem = 48 * 1024;
 
+// One block per (row, head): the grid's x dimension holds at most 2³¹ − 1 blocks, and the cast
+// to unsigned would silently drop the rest beyond 2³².
+void check_grid(int64_t blocks, const char* what) {
+  if (blocks > int64_t(INT32_MAX))
+    fail("attention", std::string(what) + " needs " + std::to_string(blocks) +
+                          " blocks (rows × heads), more than a CUDA grid holds (2147483647)");
+}
+
 void check_smem(size_t need, const char* what, int64_t positions) {
   if (need > g_max_smem)
     fail("attention", std::string(what) + " over " + std::to_string(positions) + " positions needs " +
@@ -204,6 +212,7 @@ void attention(const float* q, const float* k, const float* v, int64_t B, int64_
   const int64_t positions = past_dev ? S : past + T;  // a device position may reach the whole cache
   const size_t smem = attention_forward_smem(positions, D);
   check_smem(smem, "attention", positions);
+  check_grid(rows, "attention");
   const float scale = 1.0f / sqrtf(float(D));
   attention_forward_kernel<<<unsigned(rows), kAttnThreads, smem, s>>>(q, k, v, T, S, past, past_dev, NH, NKV, D, scale,
                                                                       out);
@@ -216,6 +225,7 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
   if (B * T <= 0) return;
   const size_t smem = attention_backward_smem(T, D);
   check_smem(smem, "attention backward", T);
+  check_grid(B * T * NH, "attention backward");
   const float scale = 1.0f / sqrtf(float(D));
   attention_backward_query_kernel<<<unsigned(B * T * NH), kAttnThreads, smem, s>>>(q, k, v, dout, T, NH, NKV, D, scale,
                                                                                  stats, dq);

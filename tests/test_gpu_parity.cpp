@@ -157,6 +157,8 @@ const OpShape kShapes[] = {
     {"k = experts", 13, 32, 4, 4, 20, 4, 4, 8, 50, 1, 3},
     {"odd sizes", 37, 48, 8, 2, 40, 6, 2, 8, 97, 2, 0},
     {"past tile edges", 130, 96, 16, 4, 72, 8, 2, 12, 300, 2, 7},
+    {"E=256 k=8 (DeepSeek-V3's router)", 33, 64, 256, 8, 24, 4, 1, 16, 50, 1, 0},
+    {"E>1024 (grouping in global memory)", 40, 16, 1100, 8, 8, 2, 1, 8, 30, 1, 0},
 };
 
 std::string tag(const OpShape& s, const char* op) { return std::string(s.name) + " / " + op; }
