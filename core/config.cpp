@@ -1,6 +1,7 @@
 #include "config.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -23,6 +24,19 @@ constexpr int64_t kMaxHeads = 1024;
 constexpr int64_t kMaxExperts = 4096;
 constexpr int64_t kMaxFfn = 1 << 20;
 constexpr int64_t kMaxPositions = 1 << 24;
+// Routed experts over all MoE layers: the registry lists every expert's tensors one by one, so
+// 1024 layers of 4096 experts would be 12 million entries (gigabytes) before anything is checked.
+// The largest published models have about 15,000 (DeepSeek-V3: 58 x 256).
+constexpr int64_t kMaxRoutedExperts = 1 << 16;
+
+// A value as an error message shows it: scalars as written (shortened), lists and objects by
+// kind only (dumping a hostile, deeply nested value would overflow the stack).
+std::string shown(const json& v) {
+  if (v.is_array()) return "a list";
+  if (v.is_object()) return "an object";
+  std::string s = v.dump();
+  return s.size() > 40 ? s.substr(0, 37) + "..." : s;
+}
 
 int64_t get_int(const json& j, const char* key, int64_t dflt, const std::string& src) {
   auto it = j.find(key);
@@ -30,29 +44,29 @@ int64_t get_int(const json& j, const char* key, int64_t dflt, const std::string&
   if (it->is_number_integer() || it->is_number_unsigned()) return it->get<int64_t>();
   if (it->is_number_float()) {
     double v = it->get<double>();
-    if (v == static_cast<double>(static_cast<int64_t>(v))) return static_cast<int64_t>(v);
+    if (std::fabs(v) < 9e18 && v == static_cast<double>(static_cast<int64_t>(v))) return static_cast<int64_t>(v);
   }
-  fail(src, std::string("'") + key + "' must be an integer, got " + it->dump());
+  fail(src, std::string("'") + key + "' must be an integer, got " + shown(*it));
 }
 
 double get_double(const json& j, const char* key, double dflt, const std::string& src) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return dflt;
-  if (!it->is_number()) fail(src, std::string("'") + key + "' must be a number, got " + it->dump());
+  if (!it->is_number()) fail(src, std::string("'") + key + "' must be a number, got " + shown(*it));
   return it->get<double>();
 }
 
 bool get_bool(const json& j, const char* key, bool dflt, const std::string& src) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return dflt;
-  if (!it->is_boolean()) fail(src, std::string("'") + key + "' must be true or false, got " + it->dump());
+  if (!it->is_boolean()) fail(src, std::string("'") + key + "' must be true or false, got " + shown(*it));
   return it->get<bool>();
 }
 
 std::string get_string(const json& j, const char* key, const std::string& dflt, const std::string& src) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return dflt;
-  if (!it->is_string()) fail(src, std::string("'") + key + "' must be a string, got " + it->dump());
+  if (!it->is_string()) fail(src, std::string("'") + key + "' must be a string, got " + shown(*it));
   return it->get<std::string>();
 }
 
@@ -214,7 +228,7 @@ ModelConfig parse_config(const json& j, const std::string& src) {
       c.norm_topk_prob = get_bool(j, "norm_topk_prob", false, src);
       c.decoder_sparse_step = get_int(j, "decoder_sparse_step", 1, src);
       if (auto it = j.find("mlp_only_layers"); it != j.end() && !it->is_null()) {
-        if (!it->is_array()) fail(src, "'mlp_only_layers' must be a list of layer numbers");
+        if (!it->is_array() || it->size() > size_t(kMaxLayers)) fail(src, "'mlp_only_layers' must be a list of layer numbers");
         for (const auto& v : *it) {
           if (!v.is_number_integer()) fail(src, "'mlp_only_layers' must be a list of layer numbers");
           c.mlp_only_layers.push_back(v.get<int64_t>());
@@ -253,13 +267,20 @@ ModelConfig parse_config(const json& j, const std::string& src) {
       c.qk_rope_head_dim = get_int(j, "qk_rope_head_dim", 0, src);
       c.qk_nope_head_dim = get_int(j, "qk_nope_head_dim", 0, src);
       c.v_head_dim = get_int(j, "v_head_dim", 0, src);
+      check_range(c.qk_rope_head_dim, 0, 4096, "qk_rope_head_dim", src);  // before they are added
+      check_range(c.qk_nope_head_dim, 0, 4096, "qk_nope_head_dim", src);
       c.head_dim = c.qk_rope_head_dim + c.qk_nope_head_dim;
       c.qkv_bias = get_bool(j, "attention_bias", false, src);
       c.num_experts = get_int(j, "n_routed_experts", 0, src);
       c.top_k = get_int(j, "num_experts_per_tok", 8, src);
       c.dense_ffn_size = get_int(j, "intermediate_size", 0, src);
       c.expert_ffn_size = get_int(j, "moe_intermediate_size", 0, src);
-      c.shared_ffn_size = c.expert_ffn_size * get_int(j, "n_shared_experts", 0, src);
+      {
+        const int64_t n_shared = get_int(j, "n_shared_experts", 0, src);
+        check_range(c.expert_ffn_size, 0, kMaxFfn, "moe_intermediate_size", src);  // before they are multiplied
+        check_range(n_shared, 0, kMaxExperts, "n_shared_experts", src);
+        c.shared_ffn_size = c.expert_ffn_size * n_shared;
+      }
       c.first_dense_layers = get_int(j, "first_k_dense_replace", 0, src);
       c.norm_topk_prob = get_bool(j, "norm_topk_prob", true, src);
       c.scoring = get_string(j, "scoring_func", c.family == Family::DeepseekV3 ? "sigmoid" : "softmax", src) == "softmax"
@@ -319,6 +340,9 @@ void validate_config(const ModelConfig& c, const std::string& src) {
   if (!(c.rms_norm_eps > 0.0 && c.rms_norm_eps < 1.0)) fail(src, "rms_norm_eps must be in (0, 1)");
   if (!(c.rope_theta > 1.0 && c.rope_theta < 1e12)) fail(src, "rope_theta must be in (1, 1e12)");
   check_range(c.num_experts, 0, kMaxExperts, "number of experts", src);
+  if (c.num_experts * c.num_moe_layers() > kMaxRoutedExperts)
+    fail(src, std::to_string(c.num_moe_layers()) + " MoE layers of " + std::to_string(c.num_experts) +
+                  " experts is more than the " + std::to_string(kMaxRoutedExperts) + " routed experts the lab can list");
   if (c.num_experts > 0) {
     if (c.top_k < 1) fail(src, "num_experts_per_tok must be at least 1");
     if (c.top_k > c.num_experts)

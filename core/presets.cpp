@@ -27,19 +27,27 @@ std::string resources_dir() {
 #endif
 }
 
-ModelConfig lab_model_from_json(const json& s, const std::string& src) {
-  if (!s.is_object()) fail(src, "the model spec must be a JSON object");
+namespace {
+
+ModelConfig lab_model_from_spec(const json& s, const std::string& src) {
   auto get = [&](const char* k, int64_t d) -> int64_t {
     if (!s.contains(k)) return d;
     if (!s[k].is_number_integer()) fail(src, std::string("model.") + k + " must be an integer");
-    return s[k].get<int64_t>();
+    // Bounded before the products below (experts x fine_grained, ...) can overflow.
+    const int64_t v = s[k].get<int64_t>();
+    if (v < -(int64_t(1) << 31) || v > (int64_t(1) << 31))
+      fail(src, std::string("model.") + k + " = " + s[k].dump() + " is out of range");
+    return v;
   };
   const int64_t shared = get("shared_experts", 0), m = get("fine_grained", 1);
   if (m < 1 || m > 64) fail(src, "model.fine_grained must be in [1, 64]");
   std::vector<int64_t> dense;
   if (s.contains("dense_layers")) {
     if (!s["dense_layers"].is_array()) fail(src, "model.dense_layers must be a list of layer numbers");
-    for (const auto& v : s["dense_layers"]) dense.push_back(v.get<int64_t>());
+    for (const auto& v : s["dense_layers"]) {
+      if (!v.is_number_integer()) fail(src, "model.dense_layers must be a list of layer numbers");
+      dense.push_back(v.get<int64_t>());
+    }
   }
   const int64_t experts = get("experts", 8);
   ModelConfig c;
@@ -75,6 +83,17 @@ ModelConfig lab_model_from_json(const json& s, const std::string& src) {
   return c;
 }
 
+}  // namespace
+
+ModelConfig lab_model_from_json(const json& s, const std::string& src) {
+  if (!s.is_object()) fail(src, "the model spec must be a JSON object");
+  try {
+    return lab_model_from_spec(s, src);
+  } catch (const json::exception& e) {
+    fail(src, std::string("a model setting has the wrong type: ") + e.what());
+  }
+}
+
 std::vector<std::string> list_presets() {
   std::vector<std::string> names;
   std::error_code ec;
@@ -105,9 +124,13 @@ Preset load_preset(const std::string& name_or_path) {
   if (!j.is_object() || !j.contains("model")) fail(path, "a preset needs a \"model\" object");
   Preset p;
   p.name = fs::path(path).stem().string();
-  p.title = j.value("title", p.name);
-  p.description = j.value("description", std::string());
-  p.corpus = j.value("corpus", std::string("builtin:domains"));
+  try {
+    p.title = j.value("title", p.name);
+    p.description = j.value("description", std::string());
+    p.corpus = j.value("corpus", std::string("builtin:domains"));
+  } catch (const json::exception& e) {
+    fail(path, std::string("title, description and corpus must be strings: ") + e.what());
+  }
   p.model = lab_model_from_json(j["model"], path);
   p.model.preset = p.name;
   if (j.contains("train")) p.train = train_config_from_json(j["train"], p.train, path);

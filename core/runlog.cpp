@@ -16,18 +16,71 @@ namespace moelab {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+namespace {
+
+// Every record of metrics.jsonl with its line as written. A torn last line (a crash while it was
+// appended) is skipped; any other line that is not a JSON object is an error naming the file and
+// line, never a silent end of the log (a resume would then rewrite the log without the rest).
+std::vector<std::pair<json, std::string>> read_metric_lines(const std::string& run_dir) {
+  const std::string file = (fs::path(run_dir) / "metrics.jsonl").string();
+  std::vector<std::pair<json, std::string>> out;
+  std::ifstream in(file);
+  std::string line;
+  int64_t number = 0, bad = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.empty()) continue;
+    if (bad > 0) fail(file, "line " + std::to_string(bad) + " is not a JSON object");
+    try {
+      json r = json::parse(line);
+      if (r.is_object()) {
+        out.emplace_back(std::move(r), line);
+        continue;
+      }
+    } catch (const json::exception&) {
+    }
+    bad = number;  // an error unless it is the last line
+  }
+  return out;
+}
+
+// The CSV text of the records (objects). Every access is checked: a record from the file may
+// lack any key or hold any type (json::exception, turned into an error naming the file).
+std::string metrics_csv(const std::vector<json>& records) {
+  const char* scalars[] = {"step", "loss", "lm_loss", "aux_loss", "z_loss", "val_loss", "lr", "grad_norm",
+                           "tokens_per_s", "elapsed_s"};
+  const char* per_layer[] = {"cv", "collapse", "dead", "entropy", "max_share", "dropped_rate", "specialisation"};
+  static const json kNoLayers = json::array();
+  auto layers_of = [](const json& r) -> const json& { return r.contains("layers") ? r.at("layers") : kNoLayers; };
+  std::ostringstream csv;
+  csv.precision(8);
+  bool first = true;
+  for (const char* s : scalars) csv << (first ? "" : ",") << s, first = false;
+  for (const auto& L : layers_of(records.front()))
+    for (const char* k : per_layer) csv << ",layer" << L.at("layer").get<int64_t>() << "_" << k;
+  csv << "\n";
+  for (const json& r : records) {
+    first = true;
+    for (const char* s : scalars) {
+      csv << (first ? "" : ",");
+      if (r.contains(s) && !r.at(s).is_null()) csv << r.at(s).get<double>();  // null: a NaN when written
+      first = false;
+    }
+    for (const auto& L : layers_of(r))
+      for (const char* k : per_layer) {
+        csv << ",";
+        if (L.contains(k) && !L.at(k).is_null()) csv << L.at(k).get<double>();
+      }
+    csv << "\n";
+  }
+  return csv.str();
+}
+
+}  // namespace
+
 std::vector<json> read_metrics(const std::string& run_dir) {
   std::vector<json> out;
-  std::ifstream in(fs::path(run_dir) / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    try {
-      out.push_back(json::parse(line));
-    } catch (const json::exception&) {
-      break;  // a line torn by a crash ends the readable log
-    }
-  }
+  for (auto& [record, line] : read_metric_lines(run_dir)) out.push_back(std::move(record));
   return out;
 }
 
@@ -38,8 +91,12 @@ RunLog::RunLog(const std::string& dir, const json& run_info, int64_t resume_step
   const std::string metrics = (fs::path(dir) / "metrics.jsonl").string();
   if (resume_step >= 0) {
     std::string kept;
-    for (const json& r : read_metrics(dir))
-      if (r.value("step", int64_t(0)) <= resume_step) kept += r.dump() + "\n";
+    for (const auto& [r, line] : read_metric_lines(dir)) {  // the lines as written: no re-dump
+      const auto step = r.find("step");
+      if (step == r.end() || !step->is_number())
+        fail(metrics, "a record has no step number: " + line.substr(0, 60));
+      if (step->get<double>() <= double(resume_step)) kept += line + "\n";
+    }
     write_text_atomic(metrics, kept);
   } else {
     write_text_atomic((fs::path(dir) / "run.json").string(), run_info.dump(2) + "\n");
@@ -66,55 +123,46 @@ std::string RunLog::checkpoint_dir(int64_t step) const {
 }
 
 std::string RunLog::latest_checkpoint(const std::string& run_dir) {
-  std::string best;
+  std::string best, best_number;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(fs::path(run_dir) / "checkpoints", ec)) {
     const std::string n = e.path().filename().string();
-    if (n.rfind("step-", 0) != 0 || n.find('.') != std::string::npos) continue;  // skip .tmp/.old
+    // step-DIGITS only (skips .tmp/.old folders and anything else put there)
+    if (n.rfind("step-", 0) != 0 || n.size() == 5 || n.find_first_not_of("0123456789", 5) != std::string::npos) continue;
     if (!fs::exists(e.path() / "trainer.json")) continue;
-    if (best.empty() || n > fs::path(best).filename().string()) best = e.path().string();
+    // By number, not by name: past step 999999 names grow a digit and "step-1000000" < "step-999999".
+    // Without leading zeros, the longer number is the larger, then the text orders equal lengths.
+    const size_t z = n.find_first_not_of('0', 5);
+    const std::string number = z == std::string::npos ? "0" : n.substr(z);
+    if (best.empty() || number.size() > best_number.size() || (number.size() == best_number.size() && number > best_number)) {
+      best = e.path().string();
+      best_number = number;
+    }
   }
   return best;
 }
 
 json RunLog::read_run_info(const std::string& run_dir) {
   const std::string f = (fs::path(run_dir) / "run.json").string();
+  json info;
   try {
-    return json::parse(read_text_file(f, 16 << 20));
+    info = json::parse(read_text_file(f, 16 << 20));
   } catch (const json::exception&) {
     fail(f, "malformed JSON");
   }
+  if (!info.is_object() || !info.contains("model") || !info.contains("train"))
+    fail(f, "a run description must be a JSON object with \"model\" and \"train\"");
+  return info;
 }
 
 void export_metrics_csv(const std::string& run_dir, const std::string& out_path) {
   const auto records = read_metrics(run_dir);
   if (records.empty()) fail(run_dir, "the run has no metrics yet");
-  const char* scalars[] = {"step", "loss", "lm_loss", "aux_loss", "z_loss", "val_loss", "lr", "grad_norm",
-                           "tokens_per_s", "elapsed_s"};
-  const char* per_layer[] = {"cv", "collapse", "dead", "entropy", "max_share", "dropped_rate", "specialisation"};
-  std::ostringstream csv;
-  csv.precision(8);
-  bool first = true;
-  for (const char* s : scalars) csv << (first ? "" : ",") << s, first = false;
-  const json& layers0 = records.front()["layers"];
-  for (const auto& L : layers0)
-    for (const char* k : per_layer) csv << ",layer" << L["layer"].get<int64_t>() << "_" << k;
-  csv << "\n";
-  for (const json& r : records) {
-    first = true;
-    for (const char* s : scalars) {
-      csv << (first ? "" : ",");
-      if (r.contains(s)) csv << r[s].get<double>();
-      first = false;
-    }
-    for (const auto& L : r["layers"])
-      for (const char* k : per_layer) {
-        csv << ",";
-        if (L.contains(k)) csv << L[k].get<double>();
-      }
-    csv << "\n";
+  try {
+    write_text_atomic(out_path, metrics_csv(records));
+  } catch (const json::exception& e) {
+    fail((fs::path(run_dir) / "metrics.jsonl").string(), std::string("malformed step record (") + e.what() + ")");
   }
-  write_text_atomic(out_path, csv.str());
 }
 
 }  // namespace moelab

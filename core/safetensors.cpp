@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -127,7 +128,8 @@ uint16_t float_to_bf16(float f) {
 // ---- reading ----
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO in place of the file must be refused by the check below, not wait for a writer.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -264,12 +266,12 @@ Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
     }
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       fail(index.string(), "has no weight_map object");
+    std::set<std::string> seen;  // a set, not a search of `files`: an index may list a million names
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
       if (!it->is_string()) fail(index.string(), "weight_map values must be file names");
       const std::string f = it->get<std::string>();
       if (f.find('/') != std::string::npos || f == "..") fail(index.string(), "shard name '" + f + "' leaves the model directory");
-      if (std::find(files.begin(), files.end(), (fs::path(dir) / f).string()) == files.end())
-        files.push_back((fs::path(dir) / f).string());
+      if (seen.insert(f).second) files.push_back((fs::path(dir) / f).string());
     }
   } else {
     fail(dir, "no model.safetensors or model.safetensors.index.json");

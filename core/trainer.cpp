@@ -1,5 +1,6 @@
 #include "trainer.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -68,6 +69,9 @@ TrainConfig train_config_from_json(const json& j, TrainConfig c, const std::stri
   range(c.bias_gamma, 0, 10, "bias_gamma");
   range(c.capacity_factor, 0, 1000, "capacity_factor");
   range(double(c.eval_batches), 1, 1000, "eval_batches");
+  range(double(c.eval_every), 0, 1e7, "eval_every");
+  range(double(c.probe_every), 0, 1e7, "probe_every");
+  range(double(c.checkpoint_every), 0, 1e7, "checkpoint_every");
   return c;
 }
 
@@ -125,10 +129,39 @@ double adamw_update(Model& model, ParamSet& grads, ParamSet& m, ParamSet& v, int
 
 // ---- trainer ----
 
+namespace {
+
+// Validate before allocating: sequences must fit the model's context, and the weights with their
+// gradients and Adam moments, one micro-batch's activations kept for the backward pass and the
+// held-out sample must fit in memory (batch 4096 x seq_len 8192 passes the range checks).
+const TrainConfig& check_training_fits(const ModelConfig& c, const TrainConfig& t) {
+  if (t.seq_len > c.max_positions)
+    fail("seq_len", "sequences of " + std::to_string(t.seq_len) + " tokens are longer than the model's context of " +
+                        std::to_string(c.max_positions) + " (max_position_embeddings)");
+  const double H = double(c.hidden_size), E = double(c.num_experts), K = double(c.top_k),
+               qkv = double((2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim),
+               mlp = 3.0 * double(std::max({c.dense_ffn_size, c.shared_ffn_size, c.expert_ffn_size * c.top_k}));
+  // Floats kept per token: per layer the residual copies and norms [4H], q, k, v, attention,
+  // router logits, probabilities and noise [6E], top-k ids, weights and drops [3K], SwiGLU
+  // intermediates; then the logits and their gradient [2V].
+  const double per_token = double(c.num_layers) * (4 * H + qkv + 6 * E + 3 * K + mlp) + 2.0 * double(c.vocab_size);
+  const double tokens = double(t.batch) * double(t.seq_len);
+  const double need = 4.0 * double(weight_bytes_fp32(c)) + 4.0 * per_token * tokens +
+                      8.0 * tokens * double(t.eval_batches);  // held-out inputs and targets (int32)
+  const double have = double(physical_memory_bytes()) * 0.8;
+  if (need > have)
+    fail("training", "batch " + std::to_string(t.batch) + " x seq_len " + std::to_string(t.seq_len) + " needs about " +
+                         human_bytes(need) + " of memory, more than this machine's " + human_bytes(have / 0.8) +
+                         " allows (lower the batch or the sequence length)");
+  return t;
+}
+
+}  // namespace
+
 Trainer::Trainer(Model& model, const Corpus& corpus, const TrainConfig& config)
     : model_(model),
       corpus_(corpus),
-      cfg_(config),
+      cfg_(check_training_fits(model.config(), config)),
       grads_(model.zeros_like()),
       m_(model.zeros_like()),
       v_(model.zeros_like()),
@@ -314,11 +347,32 @@ void Trainer::load_checkpoint(const std::string& dir) {
   } catch (const json::exception&) {
     fail(state_file, "malformed JSON");
   }
+  // The trainer state is read whole before any weight is replaced.
+  int64_t step = 0;
+  double elapsed = 0;
+  Rng::State data_rng{}, noise_rng{};
+  try {
+    const json& s = state.at("step");
+    if (!s.is_number_integer() || s.get<int64_t>() < 0 || s.get<int64_t>() > 10000000)
+      fail(state_file, "'step' must be a whole number in [0, 10000000]");
+    step = s.get<int64_t>();
+    elapsed = state.at("elapsed_s").get<double>();
+    const auto& d = state.at("data_rng");
+    const auto& n = state.at("noise_rng");  // at(): a short list must not be read past its end
+    data_rng = {d.at(0).get<uint64_t>(), d.at(1).get<double>(), d.at(2).get<bool>()};
+    noise_rng = {n.at(0).get<uint64_t>(), n.at(1).get<double>(), n.at(2).get<bool>()};
+  } catch (const json::exception& e) {
+    fail(state_file, std::string("incomplete trainer state: ") + e.what());
+  }
   Model saved = Model::load(dir, model_.backend_ptr());
   Backend& b = model_.backend();
   const ModelConfig& c = model_.config();
-  if (count_params(saved.config()).total != count_params(c).total)
-    fail(dir, "the checkpoint's model does not match the run's model");
+  // Every tensor, by name and shape (equal parameter counts are not enough: the copies below
+  // index the saved model's layers by the run's registry).
+  const auto want = tensor_specs(c), have = tensor_specs(saved.config());
+  bool same = want.size() == have.size();
+  for (size_t i = 0; same && i < want.size(); ++i) same = want[i].name == have[i].name && want[i].shape == have[i].shape;
+  if (!same) fail(dir, "the checkpoint's model does not match the run's model");
   for (const TensorSpec& s : tensor_specs(c)) {
     int64_t off = 0, off2 = 0;
     Tensor* dst = slot_for(model_.params(), s, &off);
@@ -337,16 +391,10 @@ void Trainer::load_checkpoint(const std::string& dir) {
       tensor_to_float(*t, host.data());
       b.upload(*r.tensor, host.data());
     }
-  try {
-    step_ = state.at("step").get<int64_t>();
-    elapsed_ = state.at("elapsed_s").get<double>();
-    const auto& d = state.at("data_rng");
-    const auto& n = state.at("noise_rng");
-    data_rng_.restore({d[0].get<uint64_t>(), d[1].get<double>(), d[2].get<bool>()});
-    noise_rng_.restore({n[0].get<uint64_t>(), n[1].get<double>(), n[2].get<bool>()});
-  } catch (const json::exception& e) {
-    fail(state_file, std::string("incomplete trainer state: ") + e.what());
-  }
+  step_ = step;
+  elapsed_ = elapsed;
+  data_rng_.restore(data_rng);
+  noise_rng_.restore(noise_rng);
 }
 
 }  // namespace moelab

@@ -146,6 +146,31 @@ with tempfile.TemporaryDirectory() as tmp:
     check_error("binary corpus", run("train", "--config", "moe-4x-top1", "--corpus", binary, "--out", os.path.join(tmp, "b")),
                 1, [binary, "not UTF-8"])
     check_error("unknown preset", run("train", "--config", "nope", "--out", os.path.join(tmp, "n")), 1, ["no such preset"])
+    # options given out of range are errors, never silently the preset's values (NaN and negatives were ignored)
+    quick = ["train", "--config", "moe-4x-top1", "--steps", "1", "--batch", "1", "--seq-len", "8"]
+    check_error("--lr nan", run(*quick, "--lr", "nan", "--out", os.path.join(tmp, "l")), 1, ["lr = nan"])
+    check_error("--capacity-factor -2", run(*quick, "--capacity-factor", "-2", "--out", os.path.join(tmp, "l")), 1,
+                ["capacity_factor = -2"])
+    check_error("--checkpoint-every -5", run(*quick, "--checkpoint-every", "-5", "--out", os.path.join(tmp, "l")), 1,
+                ["checkpoint_every = -5"])
+    check("--temperature nan", run("generate", "--temperature", "nan", "--tokens", "2").returncode == 2)
+    # a new run never empties another run's log
+    before = open(os.path.join(run_dir, "metrics.jsonl")).read()
+    check_error("--out holds a run", run(*quick, "--out", run_dir), 1, [run_dir, "--resume"])
+    check("--out holds a run: log kept", open(os.path.join(run_dir, "metrics.jsonl")).read() == before)
+    # a corrupt run.json: one line naming it, not a JSON library message
+    for name, text in [("array", "[1, 2]"), ("corpus", json.dumps({**info, "corpus": 5}))]:
+        bad_run = os.path.join(tmp, "badrun-" + name)
+        os.makedirs(bad_run)
+        open(os.path.join(bad_run, "run.json"), "w").write(text)
+        check_error(f"run.json {name}", run("train", "--out", bad_run, "--resume"), 1, [os.path.join(bad_run, "run.json")])
+    # a model too large to train: the message names the config.json that asked for it
+    huge = os.path.join(tmp, "huge")
+    os.makedirs(huge)
+    cfg = dict(info["model"], vocab_size=4 << 20, hidden_size=65536)
+    open(os.path.join(huge, "config.json"), "w").write(json.dumps(cfg))
+    check_error("model too large", run("train", "--config", os.path.join(huge, "config.json"), "--out",
+                                       os.path.join(tmp, "h")), 1, [os.path.join(huge, "config.json"), "needs"])
     # Ctrl-C saves a checkpoint and stops cleanly
     import signal
     import time

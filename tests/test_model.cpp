@@ -188,6 +188,34 @@ TEST(config_errors_name_file_and_problem) {
   j["hidden_size"] = "wide";
   write_file(tmp / "type.json", j.dump());
   CHECK_THROWS_WITH(load_config(tmp / "type.json"), "'hidden_size' must be an integer");
+  // A deeply nested value is described, not dumped (dumping it overflowed the stack).
+  const std::string deep = j.dump();
+  write_file(tmp / "deep.json", deep.substr(0, deep.size() - 1) + ", \"vocab_size\": " + std::string(1000000, '[') +
+                                    std::string(1000000, ']') + "}");
+  CHECK_THROWS_WITH(load_config(tmp / "deep.json"), "'vocab_size' must be an integer, got a list");
+  // 1024 MoE layers of 4096 experts: each dimension within its cap, but the registry would list
+  // 12 million tensors (gigabytes, seconds) before anything else is checked.
+  j = config_to_json(tiny_config());
+  j["num_hidden_layers"] = 1024;
+  j["num_local_experts"] = 4096;
+  write_file(tmp / "experts.json", j.dump());
+  CHECK_THROWS_WITH(load_config(tmp / "experts.json"), "routed experts the lab can list");
+  j = config_to_json(tiny_config(Family::Qwen2Moe));
+  j["mlp_only_layers"] = std::vector<int64_t>(5000, 0);
+  write_file(tmp / "mlp_only.json", j.dump());
+  CHECK_THROWS_WITH(load_config(tmp / "mlp_only.json"), "'mlp_only_layers'");
+  // DeepSeek sizes are checked before they are added or multiplied (a negative rope dimension
+  // was accepted; a huge shared-expert count wrapped around to 0).
+  const std::string ds = std::string(MOELAB_SOURCE_DIR) + "/tests/data/params/deepseek-v3/config.json";
+  j = read_json(ds);
+  j["qk_rope_head_dim"] = -64;
+  j["qk_nope_head_dim"] = 192;
+  write_file(tmp / "rope.json", j.dump());
+  CHECK_THROWS_WITH(load_config(tmp / "rope.json"), "qk_rope_head_dim = -64");
+  j = read_json(ds);
+  j["n_shared_experts"] = int64_t(1) << 62;
+  write_file(tmp / "shared.json", j.dump());
+  CHECK_THROWS_WITH(load_config(tmp / "shared.json"), "n_shared_experts");
 }
 
 TEST(absurd_size_is_refused_before_allocating) {

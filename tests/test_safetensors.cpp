@@ -1,5 +1,8 @@
 // safetensors: dtype conversions against IEEE 754 bit patterns, round trips in three dtypes and
 // sharded, and the reader's refusal of hostile files (each with a one-line error naming the file).
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include "check.hpp"
@@ -105,6 +108,32 @@ TEST(reader_rejects_hostile_files) {
   refuse("negative_dim", safetensors_bytes(header_for(R"("a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]})"), data8), "non-negative");
   refuse("overflow", safetensors_bytes(header_for(R"("a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]})"), data8), "overflows");
   refuse("no_offsets", safetensors_bytes(header_for(R"("a":{"dtype":"F32","shape":[2]})"), data8), "data_offsets");
+}
+
+// A FIFO named model.safetensors: refused at once, not a wait for a writer that never comes.
+TEST(reader_refuses_a_fifo_without_waiting) {
+  TempDir tmp("fifo");
+  const std::string path = tmp / "model.safetensors";
+  CHECK(::mkfifo(path.c_str(), 0644) == 0);
+  ::alarm(20);  // without the fix, open() blocks: the alarm ends the test as a failure
+  CHECK_THROWS_WITH(SafetensorsFile f(path), "not a regular file");
+  CHECK_THROWS_WITH(Checkpoint c(tmp.path.string()), path);
+  ::alarm(0);
+}
+
+// An index naming 300,000 shards: the first missing one is reported in well under a second (the
+// duplicate check was a linear search per name, minutes for such an index).
+TEST(shard_index_with_many_names_fails_fast) {
+  TempDir tmp("many");
+  std::string index = R"({"weight_map": {)";
+  for (int i = 0; i < 300000; ++i) {
+    const std::string n = std::to_string(i);
+    index.append(i ? ",\"t" : "\"t").append(n).append("\": \"s").append(n).append(".safetensors\"");
+  }
+  write_file(tmp / "model.safetensors.index.json", index + "}}");
+  ::alarm(20);
+  CHECK_THROWS_WITH(Checkpoint c(tmp.path.string()), "s0.safetensors: cannot open");
+  ::alarm(0);
 }
 
 CHECK_MAIN()

@@ -8,6 +8,7 @@
 
 #include "check.hpp"
 #include "corpus.hpp"
+#include "params.hpp"
 #include "presets.hpp"
 #include "runlog.hpp"
 #include "test_util.hpp"
@@ -173,6 +174,104 @@ TEST(preset_errors_are_clear) {
   write_file(tmp / "neg.json", R"({"model": {}, "train": {"lr": -1}})");
   CHECK_THROWS_WITH(load_preset(tmp / "neg.json"), "lr = ");
   CHECK_THROWS_WITH(load_preset("no-such-preset"), "no such preset");
+  // Sizes are bounded before experts x fine_grained can overflow; wrong types name the file.
+  write_file(tmp / "overflow.json", R"({"model": {"experts": 4611686018427387904, "fine_grained": 64}})");
+  CHECK_THROWS_WITH(load_preset(tmp / "overflow.json"), "model.experts = 4611686018427387904 is out of range");
+  write_file(tmp / "theta.json", R"({"model": {"rope_theta": "large"}})");
+  CHECK_THROWS_WITH(load_preset(tmp / "theta.json"), tmp / "theta.json");
+  write_file(tmp / "title.json", R"({"title": 5, "model": {}})");
+  CHECK_THROWS_WITH(load_preset(tmp / "title.json"), tmp / "title.json");
+  write_file(tmp / "dense.json", R"({"model": {"dense_layers": ["first"]}})");
+  CHECK_THROWS_WITH(load_preset(tmp / "dense.json"), "model.dense_layers must be a list of layer numbers");
+  write_file(tmp / "probe.json", R"({"model": {}, "train": {"probe_every": -5}})");
+  CHECK_THROWS_WITH(load_preset(tmp / "probe.json"), "probe_every = ");
+}
+
+TEST(training_that_cannot_fit_is_refused_before_allocating) {
+  auto corpus = open_corpus("builtin:domains");
+  ModelConfig c = testutil::tiny_config();
+  Model m = Model::random(c, 1, make_eigen_backend());
+  TrainConfig tc;
+  tc.seq_len = 128;  // the model's context is 64
+  CHECK_THROWS_WITH(Trainer bad(m, *corpus, tc), "longer than the model's context of 64");
+  // 4096 sequences of 8192 tokens through 4096 experts: terabytes of activations per micro-batch.
+  c.num_experts = 4096;
+  c.expert_ffn_size = 1;
+  c.top_k = 1;
+  c.max_positions = 8192;
+  Model wide = Model::random(c, 1, make_eigen_backend());
+  tc.batch = 4096;
+  tc.seq_len = 8192;
+  CHECK_THROWS_WITH(Trainer bad(wide, *corpus, tc), "lower the batch or the sequence length");
+}
+
+TEST(hostile_checkpoints_and_run_logs_are_clear_errors) {
+  TempDir tmp("hostile-run");
+  const Preset p = load_preset("moe-4x-top1");
+  auto corpus = open_corpus("builtin:domains");
+  TrainConfig tc = p.train;
+  tc.batch = 2;
+  tc.seq_len = 8;
+  tc.eval_every = 0;
+  Model m = Model::random(p.model, 1, make_eigen_backend());
+  Trainer t(m, *corpus, tc);
+  t.step();
+  t.save_checkpoint(tmp / "ckpt");
+  const std::string state = testutil::read_file(tmp / "ckpt/trainer.json");
+  auto with_state = [&](const std::string& key, const nlohmann::json& value) {
+    nlohmann::json j = nlohmann::json::parse(state);
+    j[key] = value;
+    write_file(tmp / "ckpt/trainer.json", j.dump());
+  };
+  with_state("data_rng", nlohmann::json::array());  // was read past the end of the list
+  CHECK_THROWS_WITH(t.load_checkpoint(tmp / "ckpt"), "trainer.json: incomplete trainer state");
+  with_state("step", -5);
+  CHECK_THROWS_WITH(t.load_checkpoint(tmp / "ckpt"), "'step' must be a whole number");
+  with_state("step", 1e300);
+  CHECK_THROWS_WITH(t.load_checkpoint(tmp / "ckpt"), "'step' must be a whole number");
+  write_file(tmp / "ckpt/trainer.json", state);
+  // A checkpoint of another model with the same parameter count (twice the experts at half the
+  // width, and fewer vocabulary rows for the extra router rows): refused by its shapes (the equal
+  // count let the copies run on mismatched tensors).
+  ModelConfig other = p.model;
+  other.num_experts *= 2;
+  other.expert_ffn_size /= 2;
+  other.vocab_size -= other.num_layers * (other.num_experts - p.model.num_experts) / 2;
+  CHECK_EQ(count_params(other).total, count_params(p.model).total);
+  Model::random(other, 2, make_eigen_backend()).save(tmp / "ckpt");
+  CHECK_THROWS_WITH(t.load_checkpoint(tmp / "ckpt"), "the checkpoint's model does not match the run's model");
+
+  // metrics.jsonl: a torn last line is skipped; a bad line before others is an error, and the
+  // log is left as it was (it used to be rewritten without every record after the bad line).
+  const std::string run = tmp / "run";
+  fs::create_directories(run);
+  const std::string torn = "{\"step\": 1}\n{\"step\": 2}\n{\"ste";
+  write_file(run + "/metrics.jsonl", torn);
+  CHECK_EQ(read_metrics(run).size(), size_t(2));
+  const std::string bad = "{\"step\": 1}\n[1, 2]\n{\"step\": 2}\n";
+  write_file(run + "/metrics.jsonl", bad);
+  CHECK_THROWS_WITH(RunLog log(run, nlohmann::json::object(), 5), "metrics.jsonl: line 2 is not a JSON object");
+  CHECK_EQ(testutil::read_file(run + "/metrics.jsonl"), bad);
+  // A deeply nested record is kept as written on resume (re-dumping it overflowed the stack).
+  const std::string deep = "{\"step\": 1, \"x\": " + std::string(1000000, '[') + std::string(1000000, ']') + "}\n";
+  write_file(run + "/metrics.jsonl", deep + "{\"step\": 7}\n");
+  { RunLog resumed(run, nlohmann::json::object(), 5); }
+  CHECK(testutil::read_file(run + "/metrics.jsonl") == deep);
+  // CSV export: records of any shape are errors naming the file, or empty cells, never a crash.
+  write_file(run + "/metrics.jsonl", "{\"step\": 1}\n{\"step\": 2, \"loss\": null}\n");
+  export_metrics_csv(run, run + "/out.csv");
+  CHECK_EQ(testutil::read_file(run + "/out.csv").substr(0, 10), std::string("step,loss,"));
+  write_file(run + "/metrics.jsonl", "{\"step\": 1, \"loss\": \"low\", \"layers\": []}\n");
+  CHECK_THROWS_WITH(export_metrics_csv(run, run + "/out.csv"), "metrics.jsonl: malformed step record");
+  write_file(run + "/metrics.jsonl", "{\"step\": 1, \"layers\": [{\"cv\": 1}]}\n");
+  CHECK_THROWS_WITH(export_metrics_csv(run, run + "/out.csv"), "metrics.jsonl: malformed step record");
+
+  // The newest checkpoint by number: past step 999999 the folder names grow a digit.
+  for (const char* step : {"step-999999", "step-1000000", "step-000010"}) {
+    fs::create_directories(run + "/checkpoints/" + step);
+    write_file(run + "/checkpoints/" + step + "/trainer.json", "{}");
+  }
+  CHECK_EQ(RunLog::latest_checkpoint(run), run + "/checkpoints/step-1000000");
 }
 
 TEST(nan_loss_stops_before_the_update) {

@@ -37,6 +37,20 @@ struct RunOptions {
 };
 RunOptions g;
 
+// CLI::Range lets NaN through (every comparison with NaN is false); this range does not.
+CLI::Validator number_in(double lo, double hi) {
+  char range_buf[64];
+  std::snprintf(range_buf, sizeof range_buf, "[%g - %g]", lo, hi);
+  const std::string range = range_buf;
+  return CLI::Validator(
+      [lo, hi, range](std::string& text) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(text, v) || !(v >= lo && v <= hi)) return "Value " + text + " not in " + range;
+        return {};
+      },
+      "FLOAT in " + range);
+}
+
 // "L0 e3:.61 e1:.39 | L1 ..." — the routing of one token position in every MoE layer.
 std::string routing_line(const RoutingTrace& trace, int64_t pos) {
   std::string s;
@@ -176,8 +190,8 @@ void add_run_commands(CLI::App& app) {
   auto* p = gen->add_option("--prompt", g.prompt, "Prompt text (byte-level lab models)");
   gen->add_option("--token-ids", g.token_ids, "Prompt as token ids, for models without a lab tokenizer")->excludes(p);
   gen->add_option("--tokens", g.n_new, "How many tokens to generate")->check(CLI::Range(int64_t(0), int64_t(1) << 20));
-  gen->add_option("--temperature", g.temperature, "0 = greedy")->check(CLI::Range(0.0f, 100.0f));
-  gen->add_option("--top-p", g.top_p, "Nucleus sampling mass")->check(CLI::Range(0.0f, 1.0f));
+  gen->add_option("--temperature", g.temperature, "0 = greedy")->check(number_in(0, 100));
+  gen->add_option("--top-p", g.top_p, "Nucleus sampling mass")->check(number_in(0, 1));
   gen->add_option("--seed", g.seed, "Sampling seed");
   gen->add_option("--trace", g.trace, "Write the routing of every prompt and generated token to this JSON file");
   gen->add_option("--device", g.device, "cpu, cuda or auto");
@@ -188,7 +202,7 @@ void add_run_commands(CLI::App& app) {
   auto* demo = app.add_subcommand("demo", "Generate from the built-in model, printing each token's routing");
   demo->add_option("--prompt", g.prompt, "Prompt text");
   demo->add_option("--tokens", g.n_new, "How many tokens to generate")->check(CLI::Range(int64_t(0), int64_t(4096)));
-  demo->add_option("--temperature", g.temperature, "0 = greedy")->check(CLI::Range(0.0f, 100.0f));
+  demo->add_option("--temperature", g.temperature, "0 = greedy")->check(number_in(0, 100));
   demo->add_option("--seed", g.seed, "Sampling seed");
   demo->callback([] {
     g.n_new = std::min<int64_t>(g.n_new, 64);

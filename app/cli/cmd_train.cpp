@@ -42,10 +42,15 @@ struct TrainOptions {
   std::string export_dir, export_dtype = "f32";
 };
 TrainOptions o;
+CLI::App* g_train = nullptr;  // to ask which options were given
+
+// An option given on the command line: it overrides the preset even when its value is out of
+// range, so the range check below reports it (a NaN or negative value is never silently ignored).
+bool given(const char* option) { return g_train && g_train->count(option) > 0; }
 
 std::string eta_text(double seconds) {
   char buf[32];
-  const int s = int(std::max(0.0, seconds));
+  const int s = int(std::clamp(seconds, 0.0, 1e9));  // in range of int (a NaN becomes 0)
   std::snprintf(buf, sizeof buf, "%d:%02d", s / 60, s % 60);
   return buf;
 }
@@ -53,16 +58,16 @@ std::string eta_text(double seconds) {
 void apply_overrides(TrainConfig& t) {
   if (o.steps > 0) t.steps = o.steps;
   if (o.seed >= 0) t.seed = uint64_t(o.seed);
-  if (o.lr >= 0) t.lr = float(o.lr);
+  if (given("--lr")) t.lr = float(o.lr);
   if (o.batch > 0) t.batch = o.batch;
   if (o.seq_len > 0) t.seq_len = o.seq_len;
-  if (o.aux_alpha >= 0) t.aux_alpha = float(o.aux_alpha);
-  if (o.z_coef >= 0) t.z_coef = float(o.z_coef);
-  if (o.bias_gamma >= 0) t.bias_gamma = float(o.bias_gamma);
-  if (o.capacity_factor >= 0) t.capacity_factor = o.capacity_factor;
-  if (o.router_lr_scale >= 0) t.router_lr_scale = float(o.router_lr_scale);
+  if (given("--aux-alpha")) t.aux_alpha = float(o.aux_alpha);
+  if (given("--z-coef")) t.z_coef = float(o.z_coef);
+  if (given("--bias-gamma")) t.bias_gamma = float(o.bias_gamma);
+  if (given("--capacity-factor")) t.capacity_factor = o.capacity_factor;
+  if (given("--router-lr-scale")) t.router_lr_scale = float(o.router_lr_scale);
   if (o.reroute) t.reroute = true;
-  if (o.checkpoint_every >= 0) t.checkpoint_every = o.checkpoint_every;
+  if (given("--checkpoint-every")) t.checkpoint_every = o.checkpoint_every;
   t = train_config_from_json(train_config_to_json(t), t, "command line");  // range checks
 }
 
@@ -71,23 +76,33 @@ void run_train() {
   ModelConfig mc;
   TrainConfig tc;
   std::string corpus_spec = o.corpus, preset_name;
-  std::string resume_from;
+  std::string resume_from, source;  // source: the file the model comes from, for messages
   if (o.resume) {
     const json info = RunLog::read_run_info(o.out);
-    mc = parse_config(info.at("model"), o.out + "/run.json");
-    tc = train_config_from_json(info.at("train"), tc, o.out + "/run.json");
-    if (corpus_spec.empty()) corpus_spec = info.value("corpus", std::string("builtin:domains"));
-    preset_name = info.value("preset", std::string());
+    source = (fs::path(o.out) / "run.json").string();
+    mc = parse_config(info.at("model"), source);
+    tc = train_config_from_json(info.at("train"), tc, source);
+    try {
+      if (corpus_spec.empty()) corpus_spec = info.value("corpus", std::string("builtin:domains"));
+      preset_name = info.value("preset", std::string());
+    } catch (const json::exception& e) {
+      fail(source, std::string("malformed run description (") + e.what() + ")");
+    }
     resume_from = RunLog::latest_checkpoint(o.out);
     if (resume_from.empty()) fail(o.out, "no checkpoint to resume from");
     if (o.steps > 0) tc.steps = o.steps;
   } else {
     if (o.config.empty()) fail("--config", "give a preset name or a preset/config.json path (or --resume)");
     std::error_code ec;
+    // A new run never overwrites another one's log (RunLog would empty its metrics.jsonl).
+    if (fs::exists(fs::path(o.out) / "run.json", ec))
+      fail(o.out, "already holds a run; continue it with --resume or choose another --out");
     const bool is_model_config =
         fs::is_directory(o.config, ec) || (fs::exists(o.config, ec) && fs::path(o.config).filename() == "config.json");
+    source = o.config;
     if (is_model_config) {
       mc = load_config(o.config);
+      source = config_path_of(o.config);
     } else {
       const Preset p = load_preset(o.config);
       mc = p.model;
@@ -99,11 +114,17 @@ void run_train() {
   }
   if (corpus_spec.empty()) corpus_spec = "builtin:domains";
   if (mc.tokenizer != "bytes") mc.tokenizer = "bytes";
-  if (mc.vocab_size < kByteVocab) fail("model", "lab training uses byte tokens: the vocabulary needs at least 260 entries");
+  if (mc.vocab_size < kByteVocab) fail(source, "lab training uses byte tokens: the vocabulary needs at least 260 entries");
   const auto corpus = open_corpus(corpus_spec);
   Rng check_rng(0);
   corpus->sample(1, tc.seq_len, check_rng, false);  // fails early on a too-short corpus
-  Model model = Model::random(mc, tc.seed + 1000, backend);
+  Model model = [&] {
+    try {
+      return Model::random(mc, tc.seed + 1000, backend);
+    } catch (const Error& e) {
+      fail(source, e.what());  // "the model needs 2.0 TiB ...": say which file asked for it
+    }
+  }();
   Trainer trainer(model, *corpus, tc);
   if (!resume_from.empty()) trainer.load_checkpoint(resume_from);
   const json run_info = {{"version", "0.1.0"},       {"model", config_to_json(mc)}, {"train", train_config_to_json(tc)},
@@ -175,6 +196,7 @@ void run_train() {
 
 void add_train_commands(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a lab model; writes the run log and checkpoints");
+  g_train = cmd;
   cmd->add_option("--config", o.config, "Preset name (see --list) or a preset JSON or config.json path");
   cmd->add_option("--corpus", o.corpus, "builtin:domains or a UTF-8 text file (default: the preset's)");
   cmd->add_option("--steps", o.steps, "Optimizer steps")->check(CLI::Range(int64_t(1), int64_t(10000000)));

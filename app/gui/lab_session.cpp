@@ -23,6 +23,9 @@ QJsonObject load(const QString& path, QString* error) {
     *error = QStringLiteral("%1: %2").arg(path, why);
     return QJsonObject{};
   };
+  // A FIFO or a device would block QFile::open (and then read forever): only plain files.
+  const QFileInfo info(path);
+  if (info.exists() && !info.isFile()) return fail(QObject::tr("not a regular file"));
   QFile f(path);
   if (!f.open(QIODevice::ReadOnly)) return fail(f.errorString());
   if (f.size() > kMaxBytes) return fail(QObject::tr("%1 bytes is too large for a session file").arg(f.size()));

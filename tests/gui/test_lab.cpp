@@ -3,6 +3,8 @@
 // numbers, replay scrubs through a run and opens its checkpoints in the Tokens view, the collapse
 // lesson collapses in the window's own data (and the balanced variant does not), lab sessions
 // save and reopen, unsaved work asks before closing, and a run torn by a crash reopens and goes on.
+#include <sys/stat.h>
+
 #include <QFile>
 #include <QImage>
 #include <QJsonDocument>
@@ -343,6 +345,11 @@ class TestLab : public QObject {
     other.write("{\"hello\": 1}");
     other.close();
     QVERIFY(w2.openSession(other.fileName()).contains("not a MoE Lab session"));
+    // A FIFO (or a directory) named like a session: refused at once, never a blocked open.
+    const QString fifo = tmp.filePath("fifo.moelab");
+    QCOMPARE(::mkfifo(QFile::encodeName(fifo).constData(), 0600), 0);
+    QVERIFY(w2.openSession(fifo).contains("not a regular file"));
+    QVERIFY(w2.openSession(tmp.path()).contains("not a regular file"));
     QCOMPARE(w2.compareView()->runs().size(), 2);
   }
 
