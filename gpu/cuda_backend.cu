@@ -44,6 +44,23 @@ cuda::bf16* b16(const Tensor& t) { return static_cast<cuda::bf16*>(t.ptr); }
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {
+    try {
+      setup();
+    } catch (...) {  // out of memory for the workspace, say: give back what was made so far
+      release();
+      throw;
+    }
+  }
+
+  ~CudaBackend() override {
+    (void)cudaSetDevice(device_);
+    (void)cudaStreamSynchronize(stream_);
+    if (recording_) abort_recording();
+    release();
+  }
+
+ private:
+  void setup() {
     MOELAB_CUDA_CHECK(cudaSetDevice(device_));
     MOELAB_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     MOELAB_CUBLAS_CHECK(cublasCreate(&blas_));
@@ -58,17 +75,15 @@ class CudaBackend final : public Backend {
     MOELAB_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
     cuda::attention_setup(device_);
   }
-
-  ~CudaBackend() override {
-    (void)cudaSetDevice(device_);
-    (void)cudaStreamSynchronize(stream_);
-    if (recording_) abort_recording();
-    (void)cublasDestroy(blas_);
-    (void)cudaFree(blas_workspace_);
-    (void)cudaStreamDestroy(side_);
-    (void)cudaStreamDestroy(stream_);
+  void release() {
+    if (blas_) (void)cublasDestroy(blas_);
+    if (blas_workspace_) (void)cudaFree(blas_workspace_);
+    if (side_) (void)cudaStreamDestroy(side_);
+    if (stream_) (void)cudaStreamDestroy(stream_);
+    blas_ = nullptr, blas_workspace_ = nullptr, side_ = nullptr, stream_ = nullptr;
   }
 
+ public:
   std::string name() const override { return "cuda"; }
 
   Precision precision() const override { return precision_; }
@@ -611,9 +626,9 @@ class CudaBackend final : public Backend {
   }
 
   // The stream of every operation. Also makes this backend's device current for the calling
-  // thread (threads start on device 0, so only other devices need it).
+  // thread (always: the thread may have used another backend's device since; a host-side call).
   cudaStream_t st() const {
-    if (device_ != 0) MOELAB_CUDA_CHECK(cudaSetDevice(device_));
+    MOELAB_CUDA_CHECK(cudaSetDevice(device_));
     return stream_;
   }
 
