@@ -18,30 +18,53 @@ using nlohmann::json;
 
 namespace {
 
-// Every record of metrics.jsonl with its line as written. A torn last line (a crash while it was
-// appended) is skipped; any other line that is not a JSON object is an error naming the file and
-// line, never a silent end of the log (a resume would then rewrite the log without the rest).
-std::vector<std::pair<json, std::string>> read_metric_lines(const std::string& run_dir) {
+// The longest record line read back (a step record of the widest lab model is ~10 MB; a hostile
+// file with no newline must not be read whole into one string).
+constexpr size_t kMaxRecordLine = 64u << 20;
+
+// Calls f(record, line) for every record of metrics.jsonl, streaming. A torn last line (a crash
+// while it was appended) is skipped; any other line that is not a JSON object is an error naming
+// the file and line, never a silent end of the log (a resume would then rewrite the log without
+// the rest). A missing file has no records.
+template <class F>
+void for_each_metric_line(const std::string& run_dir, F&& f) {
   const std::string file = (fs::path(run_dir) / "metrics.jsonl").string();
-  std::vector<std::pair<json, std::string>> out;
-  std::ifstream in(file);
+  std::error_code ec;
+  const auto status = fs::status(file, ec);
+  if (!fs::exists(status)) return;
+  if (!fs::is_regular_file(status)) fail(file, "not a regular file");  // a FIFO would block the reader
+  std::ifstream in(file, std::ios::binary);
+  if (!in) fail(file, std::string("cannot read: ") + std::strerror(errno));
+  std::streambuf& buf = *in.rdbuf();
   std::string line;
   int64_t number = 0, bad = 0;
-  while (std::getline(in, line)) {
+  for (bool more = true; more;) {
+    line.clear();
+    for (;;) {
+      const int c = buf.sbumpc();
+      if (c == std::char_traits<char>::eof()) {
+        more = false;
+        break;
+      }
+      if (c == '\n') break;
+      if (line.size() == kMaxRecordLine)
+        fail(file, "line " + std::to_string(number + 1) + " is over " + std::to_string(kMaxRecordLine >> 20) + " MB");
+      line.push_back(char(c));
+    }
+    if (!more && line.empty()) break;
     ++number;
     if (line.empty()) continue;
     if (bad > 0) fail(file, "line " + std::to_string(bad) + " is not a JSON object");
     try {
       json r = json::parse(line);
       if (r.is_object()) {
-        out.emplace_back(std::move(r), line);
+        f(std::move(r), line);
         continue;
       }
     } catch (const json::exception&) {
     }
     bad = number;  // an error unless it is the last line
   }
-  return out;
 }
 
 // The CSV text of the records (objects). Every access is checked: a record from the file may
@@ -80,7 +103,7 @@ std::string metrics_csv(const std::vector<json>& records) {
 
 std::vector<json> read_metrics(const std::string& run_dir) {
   std::vector<json> out;
-  for (auto& [record, line] : read_metric_lines(run_dir)) out.push_back(std::move(record));
+  for_each_metric_line(run_dir, [&](json&& record, const std::string&) { out.push_back(std::move(record)); });
   return out;
 }
 
@@ -91,12 +114,12 @@ RunLog::RunLog(const std::string& dir, const json& run_info, int64_t resume_step
   const std::string metrics = (fs::path(dir) / "metrics.jsonl").string();
   if (resume_step >= 0) {
     std::string kept;
-    for (const auto& [r, line] : read_metric_lines(dir)) {  // the lines as written: no re-dump
+    for_each_metric_line(dir, [&](json&& r, const std::string& line) {  // the lines as written: no re-dump
       const auto step = r.find("step");
       if (step == r.end() || !step->is_number())
         fail(metrics, "a record has no step number: " + line.substr(0, 60));
       if (step->get<double>() <= double(resume_step)) kept += line + "\n";
-    }
+    });
     write_text_atomic(metrics, kept);
   } else {
     write_text_atomic((fs::path(dir) / "run.json").string(), run_info.dump(2) + "\n");

@@ -155,11 +155,22 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
       fail(path, "truncated safetensors file: header says " + std::to_string(header_len) + " bytes, file has " +
                      std::to_string(map_size_ - 8) + " after the length");
     json h;
+    // The JSON library keeps the last of two equal keys; a header naming a tensor twice is refused instead.
+    std::set<std::string> names;
+    std::string twice;
+    const auto note_duplicates = [&](int depth, json::parse_event_t event, json& parsed) {
+      if (event == json::parse_event_t::key && depth == 1 && twice.empty() && parsed.is_string() &&
+          !names.insert(parsed.get<std::string>()).second)
+        twice = parsed.get<std::string>();
+      return true;
+    };
     try {
-      h = json::parse(reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8 + header_len));
+      h = json::parse(reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8 + header_len),
+                      note_duplicates);
     } catch (const json::exception&) {
       fail(path, "safetensors header is not valid JSON");
     }
+    if (!twice.empty()) fail(path, "safetensors header names tensor '" + twice + "' twice");
     if (!h.is_object()) fail(path, "safetensors header is not a JSON object");
     if (h.size() > size_t(kMaxTensors)) fail(path, "safetensors header lists too many tensors");
     const uint8_t* data = bytes + 8 + header_len;

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <thread>
+#include <type_traits>
 
 #include <nlohmann/json.hpp>
 
@@ -39,9 +41,19 @@ TrainConfig train_config_from_json(const json& j, TrainConfig c, const std::stri
 #undef X
     if (!known) fail(src, "unknown training setting '" + it.key() + "'");
   }
+  // Counts and the seed must be whole numbers (the JSON library truncates 10.5 and wraps -1).
+  auto whole = [&](const char* name, const json& v, bool is_unsigned) {
+    if (!v.is_number_integer() || (is_unsigned && !v.is_number_unsigned()))
+      fail(src, std::string(name) + " = " + v.dump() + " is not a " + (is_unsigned ? "non-negative " : "") +
+                    "whole number");
+  };
   try {
-#define X(f) \
-  if (j.contains(#f)) c.f = j[#f].get<decltype(c.f)>();
+#define X(f)                                                                                \
+  if (j.contains(#f)) {                                                                     \
+    using T = decltype(c.f);                                                                \
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) whole(#f, j[#f], std::is_unsigned_v<T>); \
+    c.f = j[#f].get<T>();                                                                   \
+  }
     MOELAB_TRAIN_FIELDS(X)
 #undef X
   } catch (const json::exception& e) {
@@ -129,15 +141,7 @@ double adamw_update(Model& model, ParamSet& grads, ParamSet& m, ParamSet& v, int
 
 // ---- trainer ----
 
-namespace {
-
-// Validate before allocating: sequences must fit the model's context, and the weights with their
-// gradients and Adam moments, one micro-batch's activations kept for the backward pass and the
-// held-out sample must fit in memory (batch 4096 x seq_len 8192 passes the range checks).
-const TrainConfig& check_training_fits(const ModelConfig& c, const TrainConfig& t) {
-  if (t.seq_len > c.max_positions)
-    fail("seq_len", "sequences of " + std::to_string(t.seq_len) + " tokens are longer than the model's context of " +
-                        std::to_string(c.max_positions) + " (max_position_embeddings)");
+double training_memory_bytes(const ModelConfig& c, const TrainConfig& t, int threads) {
   const double H = double(c.hidden_size), E = double(c.num_experts), K = double(c.top_k),
                qkv = double((2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim),
                mlp = 3.0 * double(std::max({c.dense_ffn_size, c.shared_ffn_size, c.expert_ffn_size * c.top_k}));
@@ -146,8 +150,21 @@ const TrainConfig& check_training_fits(const ModelConfig& c, const TrainConfig& 
   // intermediates; then the logits and their gradient [2V].
   const double per_token = double(c.num_layers) * (4 * H + qkv + 6 * E + 3 * K + mlp) + 2.0 * double(c.vocab_size);
   const double tokens = double(t.batch) * double(t.seq_len);
-  const double need = 4.0 * double(weight_bytes_fp32(c)) + 4.0 * per_token * tokens +
-                      8.0 * tokens * double(t.eval_batches);  // held-out inputs and targets (int32)
+  // Attention backward holds P, dP, dS and one temporary, each [T,T], per head in flight.
+  const double T = double(t.seq_len), attention_scratch = 4.0 * T * T * double(std::max(1, threads));
+  return 4.0 * double(weight_bytes_fp32(c)) + 4.0 * (per_token * tokens + attention_scratch) +
+         8.0 * tokens * double(t.eval_batches);  // held-out inputs and targets (int32)
+}
+
+namespace {
+
+// Validate before allocating: sequences must fit the model's context, and the run must fit in
+// memory (batch 4096 x seq_len 8192 passes the range checks).
+const TrainConfig& check_training_fits(const ModelConfig& c, const TrainConfig& t) {
+  if (t.seq_len > c.max_positions)
+    fail("seq_len", "sequences of " + std::to_string(t.seq_len) + " tokens are longer than the model's context of " +
+                        std::to_string(c.max_positions) + " (max_position_embeddings)");
+  const double need = training_memory_bytes(c, t, int(std::thread::hardware_concurrency()));
   const double have = double(physical_memory_bytes()) * 0.8;
   if (need > have)
     fail("training", "batch " + std::to_string(t.batch) + " x seq_len " + std::to_string(t.seq_len) + " needs about " +

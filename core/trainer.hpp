@@ -65,6 +65,12 @@ struct StepRecord {
 
 nlohmann::json step_record_to_json(const StepRecord& r);
 
+// Host bytes a training run needs, roughly: weights with gradients and Adam moments, one
+// micro-batch's activations kept for the backward pass, the attention scratch of `threads`
+// concurrent heads ([T,T] probabilities and their gradients, recomputed per head) and the
+// held-out sample. The Trainer refuses a run whose estimate is over 80% of physical memory.
+double training_memory_bytes(const ModelConfig& c, const TrainConfig& t, int threads);
+
 class Trainer {
  public:
   Trainer(Model& model, const Corpus& corpus, const TrainConfig& config);

@@ -154,6 +154,10 @@ with tempfile.TemporaryDirectory() as tmp:
     check_error("--checkpoint-every -5", run(*quick, "--checkpoint-every", "-5", "--out", os.path.join(tmp, "l")), 1,
                 ["checkpoint_every = -5"])
     check("--temperature nan", run("generate", "--temperature", "nan", "--tokens", "2").returncode == 2)
+    # a negative seed was wrapped to 2^64-1 and accepted
+    for cmd in (["generate", "--tokens", "2"], ["demo"], quick + ["--out", os.path.join(tmp, "s")]):
+        r = run(*cmd, "--seed", "-1")
+        check(cmd[0] + " --seed -1", r.returncode == 2 and "a seed is a whole number from 0" in r.stderr, r.stderr)
     # a new run never empties another run's log
     before = open(os.path.join(run_dir, "metrics.jsonl")).read()
     check_error("--out holds a run", run(*quick, "--out", run_dir), 1, [run_dir, "--resume"])

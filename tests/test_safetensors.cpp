@@ -101,6 +101,8 @@ TEST(reader_rejects_hostile_files) {
   refuse("not_json", safetensors_bytes("{\"a\": [1,", data8), "not valid JSON");
   refuse("huge_header_len", std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + "{}", "100 MB");
   refuse("overlap", safetensors_bytes(header_for(R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]})"), data8), "overlaps");
+  // Equal keys: the JSON library would keep the last and silently drop the first (same range, so no hole).
+  refuse("named twice", safetensors_bytes(header_for(R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})"), data8), "'a' twice");
   refuse("hole", safetensors_bytes(header_for(R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]})"), data8), "hole");
   refuse("past_end", safetensors_bytes(header_for(R"("a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]})"), data8), "past the end");
   refuse("dtype_size", safetensors_bytes(header_for(R"("a":{"dtype":"F16","shape":[2],"data_offsets":[0,8]})"), data8), "needs 4");

@@ -3,6 +3,7 @@
 // full disk) gives clear errors without losing work.
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 
@@ -183,6 +184,13 @@ TEST(preset_errors_are_clear) {
   CHECK_THROWS_WITH(load_preset(tmp / "title.json"), tmp / "title.json");
   write_file(tmp / "dense.json", R"({"model": {"dense_layers": ["first"]}})");
   CHECK_THROWS_WITH(load_preset(tmp / "dense.json"), "model.dense_layers must be a list of layer numbers");
+  // Counts and seeds are whole numbers: 10.5 was truncated to 10 and a seed of -1 wrapped to 2^64-1.
+  write_file(tmp / "steps.json", R"({"model": {}, "train": {"steps": 10.5}})");
+  CHECK_THROWS_WITH(load_preset(tmp / "steps.json"), "steps = 10.5 is not a whole number");
+  write_file(tmp / "seed.json", R"({"model": {}, "train": {"seed": -1}})");
+  CHECK_THROWS_WITH(load_preset(tmp / "seed.json"), "seed = -1 is not a non-negative whole number");
+  write_file(tmp / "seed2.json", R"({"model": {}, "train": {"seed": 7, "batch": 4}})");
+  CHECK_EQ(load_preset(tmp / "seed2.json").train.seed, uint64_t(7));
   write_file(tmp / "probe.json", R"({"model": {}, "train": {"probe_every": -5}})");
   CHECK_THROWS_WITH(load_preset(tmp / "probe.json"), "probe_every = ");
 }
@@ -203,6 +211,20 @@ TEST(training_that_cannot_fit_is_refused_before_allocating) {
   tc.batch = 4096;
   tc.seq_len = 8192;
   CHECK_THROWS_WITH(Trainer bad(wide, *corpus, tc), "lower the batch or the sequence length");
+}
+
+TEST(memory_estimate_counts_the_attention_scratch) {
+  // Attention recomputes [T,T] probabilities per head: the estimate must grow with T² at a fixed
+  // token count, by at least one fp32 [T,T] matrix per thread (what each thread allocates).
+  ModelConfig c = testutil::tiny_config();
+  c.max_positions = 8192;
+  TrainConfig shortseq, longseq;
+  shortseq.batch = 8, shortseq.seq_len = 1024, shortseq.eval_batches = 1;
+  longseq.batch = 1, longseq.seq_len = 8192, longseq.eval_batches = 1;  // same 8192 tokens
+  for (int threads : {1, 2, 16}) {
+    const double grow = training_memory_bytes(c, longseq, threads) - training_memory_bytes(c, shortseq, threads);
+    CHECK(grow >= 4.0 * (8192.0 * 8192 - 1024.0 * 1024) * threads);
+  }
 }
 
 TEST(hostile_checkpoints_and_run_logs_are_clear_errors) {
@@ -257,6 +279,14 @@ TEST(hostile_checkpoints_and_run_logs_are_clear_errors) {
   write_file(run + "/metrics.jsonl", deep + "{\"step\": 7}\n");
   { RunLog resumed(run, nlohmann::json::object(), 5); }
   CHECK(testutil::read_file(run + "/metrics.jsonl") == deep);
+  // A line with no end is not read whole into memory; a FIFO is not opened (it would block).
+  write_file(run + "/metrics.jsonl", "{\"step\": 1}\n{\"x\": \"" + std::string(65u << 20, 'a'));
+  CHECK_THROWS_WITH(read_metrics(run), "metrics.jsonl: line 2 is over 64 MB");
+  fs::remove(run + "/metrics.jsonl");
+  CHECK(read_metrics(run).empty());  // a run with no log yet
+  CHECK_EQ(::mkfifo((run + "/metrics.jsonl").c_str(), 0600), 0);
+  CHECK_THROWS_WITH(read_metrics(run), "metrics.jsonl: not a regular file");
+  fs::remove(run + "/metrics.jsonl");
   // CSV export: records of any shape are errors naming the file, or empty cells, never a crash.
   write_file(run + "/metrics.jsonl", "{\"step\": 1}\n{\"step\": 2, \"loss\": null}\n");
   export_metrics_csv(run, run + "/out.csv");

@@ -192,7 +192,7 @@ void add_run_commands(CLI::App& app) {
   gen->add_option("--tokens", g.n_new, "How many tokens to generate")->check(CLI::Range(int64_t(0), int64_t(1) << 20));
   gen->add_option("--temperature", g.temperature, "0 = greedy")->check(number_in(0, 100));
   gen->add_option("--top-p", g.top_p, "Nucleus sampling mass")->check(number_in(0, 1));
-  gen->add_option("--seed", g.seed, "Sampling seed");
+  gen->add_option("--seed", g.seed, "Sampling seed")->check(kSeed);
   gen->add_option("--trace", g.trace, "Write the routing of every prompt and generated token to this JSON file");
   gen->add_option("--device", g.device, "cpu, cuda or auto");
   gen->add_option("--precision", g.precision, kPrecisionHelp);
@@ -203,7 +203,7 @@ void add_run_commands(CLI::App& app) {
   demo->add_option("--prompt", g.prompt, "Prompt text");
   demo->add_option("--tokens", g.n_new, "How many tokens to generate")->check(CLI::Range(int64_t(0), int64_t(4096)));
   demo->add_option("--temperature", g.temperature, "0 = greedy")->check(number_in(0, 100));
-  demo->add_option("--seed", g.seed, "Sampling seed");
+  demo->add_option("--seed", g.seed, "Sampling seed")->check(kSeed);
   demo->callback([] {
     g.n_new = std::min<int64_t>(g.n_new, 64);
     run_generate(true);

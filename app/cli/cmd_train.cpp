@@ -201,7 +201,7 @@ void add_train_commands(CLI::App& app) {
   cmd->add_option("--corpus", o.corpus, "builtin:domains or a UTF-8 text file (default: the preset's)");
   cmd->add_option("--steps", o.steps, "Optimizer steps")->check(CLI::Range(int64_t(1), int64_t(10000000)));
   cmd->add_option("--out", o.out, "Run folder")->required();
-  cmd->add_option("--seed", o.seed, "Seed")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--seed", o.seed, "Seed")->check(kSeed);
   cmd->add_flag("--resume", o.resume, "Continue the run in --out from its newest checkpoint");
   cmd->add_option("--lr", o.lr, "Peak learning rate");
   cmd->add_option("--batch", o.batch, "Sequences per step")->check(CLI::Range(int64_t(1), int64_t(4096)));

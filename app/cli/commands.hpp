@@ -12,6 +12,15 @@ void add_run_commands(CLI::App& app);     // info, forward, generate, demo
 void add_bench_command(CLI::App& app);    // bench
 void add_train_commands(CLI::App& app);   // train, presets, log-csv
 
+// A seed: a whole number from 0 (CLI11's NonNegativeNumber names a 300-digit upper bound, and an
+// unsigned option alone wraps -1 to 2^64-1).
+inline const CLI::Validator kSeed(
+    [](std::string& s) -> std::string {
+      if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos) return "a seed is a whole number from 0";
+      return "";
+    },
+    "SEED");
+
 // A subcommand may set a non-zero exit without throwing (e.g. a benchmark target missed).
 int exit_code();
 void set_exit_code(int code);
