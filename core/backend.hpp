@@ -138,7 +138,8 @@ class Backend {
   virtual void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) = 0;
   // Apply expert capacity to a routing (see CapacitySpec); ids/weights are rewritten (weights
   // recomputed from probs over the slots that remain). dropped [T,K] (Real) = 1 where a slot was
-  // dropped, 2 where re-routed, 0 otherwise. sel_bias as in RouterSpec (for next-best choice).
+  // dropped, 2 where re-routed, 0 otherwise. sel_bias as in RouterSpec (for next-best choice);
+  // an expert whose bias is -inf (banned) is never a re-route target.
   virtual void limit_capacity(const Tensor& probs, const RouterSpec& spec, const CapacitySpec& cap, Tensor& ids,
                               Tensor& weights, Tensor& dropped) = 0;
   // Routed experts: out [T,H] += Σ_k weights[t,k] · down_e(silu(gate_e x_t) ⊙ up_e x_t), e = ids[t,k].

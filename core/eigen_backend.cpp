@@ -334,6 +334,7 @@ class EigenBackend final : public Backend {
         if (!cap.reroute) continue;
         selection_order(P(probs) + t * E, bias.empty() ? nullptr : bias.data(), E, E, order, sel);
         for (int32_t cand : order) {
+          if (sel[size_t(cand)] == -std::numeric_limits<S>::infinity()) break;  // banned, and all after it
           bool taken = cand == wanted;
           for (int64_t j = 0; j < K; ++j) taken = taken || id[t * K + j] == cand;
           if (!taken && load[size_t(cand)] < cap.capacity) {

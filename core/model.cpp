@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -260,6 +261,10 @@ void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, Routing
     bias = b.alloc({E});
     b.upload(bias, hb.data());
     spec.selection_bias = &bias;
+    // Banned experts are never chosen: with fewer allowed experts than K, K shrinks to them.
+    const int64_t allowed = std::count_if(hb.begin(), hb.end(), [](float v) { return !(std::isinf(v) && v < 0); });
+    if (allowed == 0) throw Error("every expert is banned: allow at least one");
+    spec.top_k = std::min(spec.top_k, allowed);
   }
   const int64_t K = spec.top_k;
   Tensor logits = b.alloc_uninit({T, E}), probs = b.alloc_uninit({T, E}), ids = b.alloc_uninit({T, K}, TType::I32),

@@ -97,6 +97,7 @@ __global__ void capacity_kernel(const float* probs, int64_t T, int64_t E, int64_
       int64_t cand = -1;
       float cand_s = 0.0f;
       while ((cand = next_in_order(p, bias, E, cand, cand_s, &cand_s)) >= 0) {
+        if (cand_s == -INFINITY) break;  // a banned expert (bias -inf), and every one after it
         bool taken = cand == wanted;
         for (int64_t j = 0; j < K; ++j) taken = taken || ids[t * K + j] == cand;
         if (!taken && load[cand] < cap) {

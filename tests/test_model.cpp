@@ -98,6 +98,46 @@ TEST(overrides_ban_force_and_change_top_k) {
   }
 }
 
+// Banned experts are never chosen, neither by the router nor as a re-route target, and with
+// fewer allowed experts than K the routing keeps only the allowed ones.
+TEST(banned_experts_are_never_chosen) {
+  ModelConfig c = tiny_config();
+  c.num_experts = 6;
+  c.top_k = 2;
+  Model m = Model::random(c, 3, make_eigen_backend(), 0.3f);
+  const int64_t T = int64_t(kTokens.size());
+  RoutingOverrides one_left;
+  one_left.banned = {0, 1, 2, 3, 5};
+  RoutingTrace t1;
+  m.forward_full(kTokens, &t1, &one_left);
+  for (const auto& L : t1.layers()) {
+    CHECK_EQ(L.top_k, int64_t(1));
+    CHECK_EQ(int64_t(L.ids.size()), T);
+    for (int32_t e : L.ids) CHECK_EQ(e, 4);
+  }
+  // Capacity with re-routing: 2 allowed experts x ceil(0.5·11·2/6) = 2 places each; the rest of
+  // the 22 slots are dropped, not sent to a banned expert with room (which all of them have).
+  RoutingOverrides two_left;
+  two_left.banned = {0, 1, 2, 3};
+  two_left.capacity_factor = 0.5;
+  two_left.reroute = true;
+  RoutingTrace t2;
+  m.forward_full(kTokens, &t2, &two_left);
+  for (const auto& L : t2.layers()) {
+    CHECK_EQ(L.top_k, int64_t(2));
+    int64_t kept = 0;
+    for (size_t i = 0; i < L.ids.size(); ++i) {
+      CHECK(L.ids[i] == -1 || L.ids[i] == 4 || L.ids[i] == 5);
+      CHECK_EQ(L.ids[i] == -1, L.dropped[i] == 1);
+      kept += L.ids[i] >= 0;
+    }
+    CHECK_EQ(kept, int64_t(4));
+  }
+  RoutingOverrides none_left;
+  none_left.banned = {0, 1, 2, 3, 4, 5};
+  CHECK_THROWS_WITH(m.forward_full(kTokens, nullptr, &none_left), "every expert is banned");
+}
+
 // Capacity at inference: forward_full's drop flags are exactly what Backend::limit_capacity gives
 // on the same router output, every layer, in both overflow policies; factor 0 changes nothing.
 TEST(capacity_override_matches_limit_capacity) {

@@ -87,7 +87,7 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   form->addRow(tr("Renormalise"), m_renorm);
   m_ban = new QLineEdit(controls);
   m_ban->setPlaceholderText(tr("e.g. 0,3"));
-  m_ban->setToolTip(tr("Experts the router may never choose"));
+  m_ban->setToolTip(tr("Experts the router may never choose, comma-separated (with fewer experts left than top-k, each token gets only those left)"));
   form->addRow(tr("Ban experts"), m_ban);
   m_force = new QSpinBox(controls);
   m_force->setRange(-1, 4095);
