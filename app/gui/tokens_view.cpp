@@ -475,6 +475,10 @@ void TokensView::onSnapshot(SnapshotPtr s) {
                        .arg(m_snap->count() - m_snap->promptLength)
                        .arg(m_snap->topK)
                        .arg(m_snap->experts());
+  int banned = 0;
+  for (int64_t e : settings().overrides.banned) banned += e < m_snap->experts();
+  if (banned > 0)  // say why top-k may have shrunk: a token only goes to experts left
+    status += QLatin1String("; ") + tr("%1 of %2 experts banned").arg(banned).arg(m_snap->experts());
   if (m_snap->capacity > 0) {
     int dropped = 0, rerouted = 0, choices = 0;
     for (const auto& L : m_snap->layers) dropped += L.droppedSlots(), rerouted += L.reroutedSlots(), choices += int(L.ids.size());
@@ -546,6 +550,8 @@ bool TokensView::heatmapMarked(int token, int expert) const {
   const int kind = heatmapMark(token, expert);
   return kind == 0 || kind == 2;  // a slot that ran there
 }
+
+QString TokensView::statusText() const { return m_status->text(); }
 
 int TokensView::markedPerToken(int token) const {
   int n = 0;

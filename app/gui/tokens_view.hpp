@@ -51,6 +51,8 @@ class TokensView : public QWidget {
   double heatmapValue(int token, int expert) const;
   bool heatmapMarked(int token, int expert) const;
   int markedPerToken(int token) const;
+  // The status line under the knobs (model, tokens, top-k, bans, capacity).
+  QString statusText() const;
   // The mark drawn at a cell: -1 none, 0 chosen, 1 dropped (over capacity), 2 re-routed here.
   int heatmapMark(int token, int expert) const;
   // The chart pages (for screenshots).

@@ -181,6 +181,29 @@ class TestGui : public QObject {
     for (int tok = 0; tok < t->snapshot()->count() - 1; ++tok) QVERIFY(!t->heatmapMarked(tok, busiest));
   }
 
+  // Banning all but one expert: every token is sent to that one alone (top-2 shrinks to 1), and
+  // the heatmap marks one expert per token.
+  void banningAllButOneLeavesOnlyThatExpert() {
+    std::unique_ptr<MainWindow> w(window());
+    TokensView* t = w->tokensView();
+    const int E = int(t->snapshot()->experts());
+    QStringList banned;
+    for (int e = 0; e < E; ++e)
+      if (e != 3) banned << QString::number(e);
+    t->setBannedExperts(banned.join(','));
+    QVERIFY(t->waitForIdle());
+    SnapshotPtr s = t->snapshot();
+    QCOMPARE(s->topK, int64_t(1));
+    for (const auto& L : s->layers)
+      for (int id : L.ids) QCOMPARE(id, 3);
+    t->selectLayer(0);
+    for (int tok = 0; tok < s->count() - 1; ++tok) {
+      QCOMPARE(t->markedPerToken(tok), 1);
+      QVERIFY(t->heatmapMarked(tok, 3));
+    }
+    QVERIFY(t->statusText().contains(QStringLiteral("top-1 of %1 experts; %2 of %1 experts banned").arg(E).arg(E - 1)));
+  }
+
   void capacityDropsAndReroutesAreMarkedAsTheCoreSays() {
     std::unique_ptr<MainWindow> w(window());
     TokensView* t = w->tokensView();
