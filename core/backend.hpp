@@ -41,22 +41,9 @@ struct ExpertWeights {
   Tensor gate, up, down;
 };
 
-struct RouterSpec {
-  int64_t top_k = 2;
-  bool renormalize = true;  // divide the K chosen weights by their sum
-  bool sigmoid = false;     // scores = sigmoid(logits) instead of softmax (DeepSeek-V3 style)
-  // [E] added to the scores for choosing only; the weights stay the unbiased scores
-  // (DeepSeek-V3's auxiliary-loss-free balancing; also bans/forces experts with -inf/+inf).
-  const Tensor* selection_bias = nullptr;
-};
-
-// Expert capacity (Switch/GShard): each expert takes at most `capacity` of the N·K slots, first
-// come first served in order of choice rank, then token order. Overflow is dropped (id -1: the
-// token passes through the residual only) or re-routed to its next-best expert with room.
-struct CapacitySpec {
-  int64_t capacity = 0;  // 0 = no limit
-  bool reroute = false;
-};
+// What the router is asked to do (top-k, scores, renormalisation, selection bias, capacity):
+// core/router.hpp, the router's one home.
+struct RouterSpec;
 
 // How matrix products compute; every other op (norms, softmax, router top-k, attention, the
 // residual stream, losses, AdamW) is fp32 in every mode.
@@ -107,7 +94,7 @@ class Backend {
   // Bytes of one Real element: 4, or 8 on the fp64 check backend.
   virtual int64_t real_bytes() const { return 4; }
   virtual void fill(Tensor& t, float value) = 0;
-  virtual void copy(const Tensor& src, Tensor& dst) = 0;  // same numel
+  virtual void copy(const Tensor& src, Tensor& dst) = 0;  // same numel and type (Real or I32)
   // The precision of matrix products (see Precision). A backend refuses a mode it lacks with an
   // Error saying so; the default supports FP32 only.
   virtual Precision precision() const { return Precision::FP32; }
@@ -136,11 +123,14 @@ class Backend {
   // Router: logits [T,E] → probs [T,E] (softmax or sigmoid), ids [T,K] (I32, best first),
   // weights [T,K] (the chosen probs, renormalised if asked).
   virtual void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) = 0;
-  // Apply expert capacity to a routing (see CapacitySpec); ids/weights are rewritten (weights
-  // recomputed from probs over the slots that remain). dropped [T,K] (Real) = 1 where a slot was
-  // dropped, 2 where re-routed, 0 otherwise. sel_bias as in RouterSpec (for next-best choice);
-  // an expert whose bias is -inf (banned) is never a re-route target.
-  virtual void limit_capacity(const Tensor& probs, const RouterSpec& spec, const CapacitySpec& cap, Tensor& ids,
+  // Expert capacity: each expert takes at most `capacity` of the T·K slots (0 = no limit; the
+  // caller resolves spec.capacity for its batch with RouterSpec::capacity_for), first come first
+  // served in order of choice rank, then token order. Overflow is dropped (id -1: the token passes
+  // through the residual only) or, when spec.capacity.reroute, re-routed to its next-best expert
+  // with room by score + selection bias; an expert whose bias is -inf (banned) is never a target.
+  // ids/weights are rewritten (weights recomputed from probs over the slots that remain).
+  // dropped [T,K] (Real) = 1 where a slot was dropped, 2 where re-routed, 0 otherwise.
+  virtual void limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_t capacity, Tensor& ids,
                               Tensor& weights, Tensor& dropped) = 0;
   // Routed experts: out [T,H] += Σ_k weights[t,k] · down_e(silu(gate_e x_t) ⊙ up_e x_t), e = ids[t,k].
   // Grouped by expert inside the backend (tokens sorted by expert, one GEMM per expert group).
@@ -180,12 +170,10 @@ class Backend {
                                Tensor& dup) = 0;
   // Backward of route through the final gate weights: dlogits (+)= ∂L/∂logits given dweights
   // [T,K]; slots with id < 0 carry nothing. Selection itself has no gradient.
-  virtual void route_backward(const Tensor& logits, const Tensor& probs, const Tensor& ids, const Tensor& dweights,
-                              const RouterSpec& spec, Tensor& dlogits, bool accumulate) = 0;
-  // Balancing losses of one MoE layer from its logits [N,E] and choices ids [N,K]:
-  //   aux = E · Σ_i f_i · P_i  (Switch Transformer, Fedus et al. 2021, eq. 4; f_i = share of the N·K
-  //         choices that went to expert i, a constant; P_i = mean softmax probability of expert i),
-  //   z   = mean_t (logsumexp_e logits[t,e])²  (router z-loss, ST-MoE, Zoph et al. 2022, eq. 5).
+  virtual void route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
+                              Tensor& dlogits, bool accumulate) = 0;
+  // Balancing losses of one MoE layer from its logits [N,E] and choices ids [N,K] (Switch
+  // auxiliary loss and ST-MoE z-loss, defined at router_cpu::router_losses in router.hpp).
   // dlogits += aux_coef · ∂aux + z_coef · ∂z. Returns {aux, z}.
   virtual std::pair<double, double> router_losses(const Tensor& logits, const Tensor& ids, float aux_coef,
                                                   float z_coef, Tensor& dlogits) = 0;

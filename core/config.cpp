@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "error.hpp"
+#include "files.hpp"
 
 namespace moelab {
 namespace fs = std::filesystem;
@@ -127,42 +128,9 @@ bool ModelConfig::runnable() const {
          family == Family::Olmoe;
 }
 
-std::string read_text_file(const std::string& path, int64_t max_bytes) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) fail(path, "no such file");
-  if (fs::is_directory(path, ec)) fail(path, "is a directory, expected a file");
-  auto size = fs::file_size(path, ec);
-  if (ec) fail(path, "cannot read size: " + ec.message());
-  if (static_cast<int64_t>(size) > max_bytes)
-    fail(path, "file is " + human_bytes(double(size)) + ", more than the " + human_bytes(double(max_bytes)) + " allowed");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot open for reading");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string config_path_of(const std::string& path) {
-  std::error_code ec;
-  if (fs::is_directory(path, ec)) {
-    auto p = fs::path(path) / "config.json";
-    if (!fs::exists(p, ec)) fail(path, "model directory has no config.json");
-    return p.string();
-  }
-  return path;
-}
-
 ModelConfig load_config(const std::string& path) {
-  std::string file = config_path_of(path);
-  std::string text = read_text_file(file, 16 << 20);
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    std::string what = e.what();
-    fail(file, "malformed JSON (" + what.substr(what.find(']') + 2) + ")");
-  }
-  return parse_config(j, file);
+  const std::string file = config_path_of(path);
+  return parse_config(read_json_file(file, 16 << 20), file);
 }
 
 void set_router_kind(ModelConfig& c, const std::string& kind, const std::string& src) {

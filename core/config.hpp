@@ -99,9 +99,4 @@ void set_router_kind(ModelConfig& c, const std::string& kind, const std::string&
 // Throws when the config is impossible (top-k > experts, heads not dividing, absurd sizes).
 void validate_config(const ModelConfig& c, const std::string& source);
 
-// Read a whole small text file (configs, indexes) with a size cap; errors name the file.
-std::string read_text_file(const std::string& path, int64_t max_bytes);
-// Resolve PATH (file or directory) to the config.json file path.
-std::string config_path_of(const std::string& path);
-
 }  // namespace moelab

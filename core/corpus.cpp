@@ -5,6 +5,7 @@
 
 #include "config.hpp"
 #include "error.hpp"
+#include "files.hpp"
 #include "tokenizer.hpp"
 
 namespace moelab {

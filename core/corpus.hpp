@@ -3,14 +3,21 @@
 // split for validation.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "random.hpp"
-#include "train_step.hpp"
 
 namespace moelab {
+
+// B sequences of T tokens: inputs and next-token targets (-1 = no target), row-major [B,T].
+struct Batch {
+  int64_t B = 0, T = 0;
+  std::vector<int32_t> inputs, targets;
+  std::vector<int32_t> domains;  // [B] domain label of each sequence, or empty
+};
 
 class Corpus {
  public:

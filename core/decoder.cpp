@@ -44,9 +44,9 @@ Decoder::Recorded& Decoder::recorded(bool with_trace) {
     token_ = b.alloc({1}, TType::I32);
     position_ = b.alloc({1}, TType::I32);
   }
-  if (with_trace && trace_.real.empty()) {
+  if (with_trace && trace_.values.empty()) {
     const int64_t M = std::max<int64_t>(1, c.num_moe_layers());
-    trace_.real = b.alloc({M, DeviceTrace::row_width(c.num_experts, c.top_k)});
+    trace_.values = b.alloc({M, DeviceTrace::row_width(c.num_experts, c.top_k)});
     trace_.ids = b.alloc({M, c.top_k}, TType::I32);
   }
   auto r = std::make_unique<Recorded>();
@@ -63,15 +63,11 @@ Decoder::Recorded& Decoder::recorded(bool with_trace) {
   return *slot;
 }
 
-std::vector<float> Decoder::step(int32_t token, RoutingObserver* observer) {
+std::vector<float> Decoder::step(int32_t token, RoutingObserver* observer, const RoutingOverrides* overrides) {
   const ModelConfig& c = model_.config();
+  if (overrides && overrides->active()) return model_.forward({token}, cache_, observer, overrides);
   if (!use_graphs_) return model_.forward({token}, cache_, observer);
-  if (token < 0 || token >= c.vocab_size)
-    fail(c.architecture, "token id " + std::to_string(token) + " is out of range for a vocabulary of " +
-                             std::to_string(c.vocab_size));
-  if (cache_.length + 1 > cache_.capacity)
-    fail(c.architecture, "sequence of " + std::to_string(cache_.length + 1) + " tokens exceeds the context of " +
-                             std::to_string(cache_.capacity));
+  model_.check_input(&token, 1, cache_);
   Backend& b = model_.backend();
   Recorded* rec = nullptr;
   try {
@@ -97,9 +93,9 @@ void Decoder::emit_trace(RoutingObserver& observer, int64_t pos) {
   Backend& b = model_.backend();
   const ModelConfig& c = model_.config();
   const int64_t E = c.num_experts, K = c.top_k, W = DeviceTrace::row_width(E, K);
-  std::vector<float> real(size_t(trace_.real.numel()));
+  std::vector<float> real(size_t(trace_.values.numel()));
   std::vector<int32_t> ids(size_t(trace_.ids.numel()));
-  b.download(trace_.real, real.data());
+  b.download(trace_.values, real.data());
   b.download(trace_.ids, ids.data());
   int64_t m = 0;
   for (int64_t l = 0; l < c.num_layers; ++l) {

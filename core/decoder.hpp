@@ -27,8 +27,12 @@ class Decoder {
   std::vector<float> prefill(const std::vector<int32_t>& tokens, RoutingObserver* observer = nullptr,
                              const RoutingOverrides* overrides = nullptr);
   // One token at the next position; returns its logits [V]. Routing goes to `observer`, read back
-  // from the device once per token on the recorded path.
-  std::vector<float> step(int32_t token, RoutingObserver* observer = nullptr);
+  // from the device once per token on the recorded path. Active overrides (RoutingOverrides::
+  // active) run the plain forward instead: a recorded step holds the model's own routing. (A
+  // capacity limit applies over the tokens of one call, here one token: to limit a whole text,
+  // prefill it in a fresh Decoder; see RoutingOverrides::needs_whole_text.)
+  std::vector<float> step(int32_t token, RoutingObserver* observer = nullptr,
+                          const RoutingOverrides* overrides = nullptr);
 
   int64_t length() const { return cache_.length; }
   int64_t capacity() const { return cache_.capacity; }

@@ -19,6 +19,7 @@
 
 #include "backend.hpp"
 #include "error.hpp"
+#include "router.hpp"
 
 namespace moelab {
 namespace {
@@ -125,8 +126,8 @@ class EigenBackend final : public Backend {
   float* host_f32(Tensor& t) override { return sizeof(S) == 4 ? static_cast<float*>(t.ptr) : nullptr; }
   void fill(Tensor& t, float value) override { std::fill(P(t), P(t) + t.numel(), S(value)); }
   void copy(const Tensor& src, Tensor& dst) override {
-    MOELAB_ASSERT(src.numel() == dst.numel(), "copy sizes");
-    std::memcpy(dst.ptr, src.ptr, size_t(src.numel()) * sizeof(S));
+    MOELAB_ASSERT(src.numel() == dst.numel() && src.type == dst.type, "copy sizes");
+    std::memcpy(dst.ptr, src.ptr, size_t(src.numel()) * (src.type == TType::I32 ? 4 : sizeof(S)));
   }
 
   // ---- forward ----
@@ -256,96 +257,27 @@ class EigenBackend final : public Backend {
       }
   }
 
-  // Scores for one token: softmax or sigmoid of the logits.
-  static void scores(const S* l, int64_t E, bool sig, S* p) {
-    if (sig) {
-      for (int64_t e = 0; e < E; ++e) p[e] = sigmoid(l[e]);
-      return;
-    }
-    const S m = *std::max_element(l, l + E);
-    S sum = 0;
-    for (int64_t e = 0; e < E; ++e) sum += (p[e] = std::exp(l[e] - m));
-    for (int64_t e = 0; e < E; ++e) p[e] /= sum;
-  }
-
-  // Experts of one token in selection order (score + bias, highest first, ties to lower index).
-  static void selection_order(const S* p, const float* bias, int64_t E, int64_t K, std::vector<int32_t>& order,
-                              std::vector<S>& sel) {
-    for (int64_t e = 0; e < E; ++e) sel[size_t(e)] = bias ? p[e] + S(bias[e]) : p[e];
-    order.resize(size_t(E));
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + K, order.end(), [&sel](int32_t a, int32_t b) {
-      return sel[size_t(a)] > sel[size_t(b)] || (sel[size_t(a)] == sel[size_t(b)] && a < b);
-    });
-  }
-
+  // The router's steps are the CPU reference in router.cpp, run on this backend's rows.
   std::vector<float> host_bias(const RouterSpec& spec) {
     std::vector<float> b;
-    if (spec.selection_bias) {
-      b.resize(size_t(spec.selection_bias->numel()));
-      download(*spec.selection_bias, b.data(), 0, -1);
+    if (!spec.selection_bias.empty()) {
+      b.resize(size_t(spec.selection_bias.numel()));
+      download(spec.selection_bias, b.data(), 0, -1);
     }
     return b;
   }
 
-  // Final gate weights of token t's valid slots: the chosen scores, renormalised if asked.
-  static void gate_weights(const S* p, const int32_t* ids, int64_t K, bool renorm, S* w) {
-    S sum = 0;
-    for (int64_t k = 0; k < K; ++k)
-      if (ids[k] >= 0) sum += p[ids[k]];
-    for (int64_t k = 0; k < K; ++k) w[k] = ids[k] < 0 ? S(0) : renorm ? p[ids[k]] / sum : p[ids[k]];
-  }
-
   void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) override {
-    const int64_t T = logits.rows(), E = logits.cols(), K = spec.top_k;
     const std::vector<float> bias = host_bias(spec);
-    std::vector<int32_t> order;
-    std::vector<S> sel(static_cast<size_t>(E));
-    for (int64_t t = 0; t < T; ++t) {
-      S* p = P(probs) + t * E;
-      scores(P(logits) + t * E, E, spec.sigmoid, p);
-      selection_order(p, bias.empty() ? nullptr : bias.data(), E, K, order, sel);
-      for (int64_t k = 0; k < K; ++k) ids.i32()[t * K + k] = order[size_t(k)];
-      gate_weights(p, ids.i32() + t * K, K, spec.renormalize, P(weights) + t * K);
-    }
+    router_cpu::route(P(logits), logits.rows(), logits.cols(), spec.top_k, spec.sigmoid, spec.renormalize,
+                      bias.empty() ? nullptr : bias.data(), P(probs), ids.i32(), P(weights));
   }
 
-  void limit_capacity(const Tensor& probs, const RouterSpec& spec, const CapacitySpec& cap, Tensor& ids,
-                      Tensor& weights, Tensor& dropped) override {
-    const int64_t T = probs.rows(), E = probs.cols(), K = spec.top_k;
-    fill(dropped, 0.0f);
-    if (cap.capacity <= 0) return;
-    const std::vector<float> bias = host_bias(spec);
-    std::vector<int64_t> load(static_cast<size_t>(E), 0);
-    int32_t* id = ids.i32();
-    std::vector<int32_t> order;
-    std::vector<S> sel(static_cast<size_t>(E));
-    // Choice rank first (every token's first choice before any second choice), then token order.
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t t = 0; t < T; ++t) {
-        int32_t& e = id[t * K + k];
-        if (load[size_t(e)] < cap.capacity) {
-          ++load[size_t(e)];
-          continue;
-        }
-        P(dropped)[t * K + k] = 1;
-        const int32_t wanted = e;
-        e = -1;
-        if (!cap.reroute) continue;
-        selection_order(P(probs) + t * E, bias.empty() ? nullptr : bias.data(), E, E, order, sel);
-        for (int32_t cand : order) {
-          if (sel[size_t(cand)] == -std::numeric_limits<S>::infinity()) break;  // banned, and all after it
-          bool taken = cand == wanted;
-          for (int64_t j = 0; j < K; ++j) taken = taken || id[t * K + j] == cand;
-          if (!taken && load[size_t(cand)] < cap.capacity) {
-            e = cand;
-            ++load[size_t(cand)];
-            P(dropped)[t * K + k] = 2;
-            break;
-          }
-        }
-      }
-    for (int64_t t = 0; t < T; ++t) gate_weights(P(probs) + t * E, id + t * K, K, spec.renormalize, P(weights) + t * K);
+  void limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_t capacity, Tensor& ids, Tensor& weights,
+                      Tensor& dropped) override {
+    const std::vector<float> bias = capacity > 0 ? host_bias(spec) : std::vector<float>();
+    router_cpu::limit_capacity(P(probs), probs.rows(), probs.cols(), spec.top_k, bias.empty() ? nullptr : bias.data(),
+                               capacity, spec.capacity.reroute, spec.renormalize, ids.i32(), P(weights), P(dropped));
   }
 
   // Slots of each expert: counting sort of the T·K slots by expert id (id < 0 skipped).
@@ -552,80 +484,16 @@ class EigenBackend final : public Backend {
     }
   }
 
-  void route_backward(const Tensor& logits, const Tensor& probs, const Tensor& ids, const Tensor& dweights,
-                      const RouterSpec& spec, Tensor& dlogits, bool acc) override {
-    const int64_t T = probs.rows(), E = probs.cols(), K = ids.cols();
-    std::vector<S> dp(static_cast<size_t>(E));
-    for (int64_t t = 0; t < T; ++t) {
-      const S* p = P(probs) + t * E;
-      const int32_t* id = ids.i32() + t * K;
-      const S* dw = P(dweights) + t * K;
-      std::fill(dp.begin(), dp.end(), S(0));
-      // w_k = p_{i_k} / Σ_j p_{i_j} (renormalised) or p_{i_k}:
-      //   ∂L/∂p_{i_k} = (dw_k − Σ_j dw_j w_j) / Σ  or  dw_k.
-      S sum = 0, dot = 0;
-      for (int64_t j = 0; j < K; ++j)
-        if (id[j] >= 0) sum += p[id[j]];
-      for (int64_t j = 0; j < K; ++j)
-        if (id[j] >= 0) dot += dw[j] * p[id[j]] / sum;
-      for (int64_t j = 0; j < K; ++j)
-        if (id[j] >= 0) dp[size_t(id[j])] += spec.renormalize ? (dw[j] - dot) / sum : dw[j];
-      S* d = P(dlogits) + t * E;
-      if (spec.sigmoid) {  // s = σ(z): ∂s/∂z = s(1−s)
-        for (int64_t e = 0; e < E; ++e) {
-          const S v = dp[size_t(e)] * p[e] * (S(1) - p[e]);
-          d[e] = acc ? d[e] + v : v;
-        }
-      } else {  // softmax: dz = p ⊙ (dp − p·dp)
-        S pdp = 0;
-        for (int64_t e = 0; e < E; ++e) pdp += p[e] * dp[size_t(e)];
-        for (int64_t e = 0; e < E; ++e) {
-          const S v = p[e] * (dp[size_t(e)] - pdp);
-          d[e] = acc ? d[e] + v : v;
-        }
-      }
-    }
-    (void)logits;
+  void route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
+                      Tensor& dlogits, bool acc) override {
+    router_cpu::route_backward(P(probs), ids.i32(), P(dweights), probs.rows(), probs.cols(), ids.cols(), spec.sigmoid,
+                               spec.renormalize, P(dlogits), acc);
   }
 
   std::pair<double, double> router_losses(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
                                           Tensor& dlogits) override {
-    const int64_t N = logits.rows(), E = logits.cols(), K = ids.cols();
-    std::vector<double> f(static_cast<size_t>(E), 0.0), Pm(static_cast<size_t>(E), 0.0);
-    int64_t slots = 0;
-    for (int64_t s = 0; s < N * K; ++s)
-      if (ids.i32()[s] >= 0) {
-        f[size_t(ids.i32()[s])] += 1.0;
-        ++slots;
-      }
-    for (double& v : f) v /= double(std::max<int64_t>(1, N * K));
-    std::vector<S> p(static_cast<size_t>(E));
-    double z_loss = 0.0;
-    for (int64_t t = 0; t < N; ++t) {
-      const S* l = P(logits) + t * E;
-      scores(l, E, false, p.data());
-      const S m = *std::max_element(l, l + E);
-      double se = 0;
-      for (int64_t e = 0; e < E; ++e) se += std::exp(double(l[e] - m));
-      const double lse = double(m) + std::log(se);
-      z_loss += lse * lse;
-      // aux: ∂/∂p[t,i] = E·f_i / N → through softmax: p ⊙ (g − p·g)
-      double pg = 0;
-      for (int64_t e = 0; e < E; ++e) {
-        Pm[size_t(e)] += double(p[size_t(e)]);
-        pg += double(p[size_t(e)]) * double(E) * f[size_t(e)] / double(N);
-      }
-      S* d = P(dlogits) + t * E;
-      for (int64_t e = 0; e < E; ++e) {
-        const double ga = double(p[size_t(e)]) * (double(E) * f[size_t(e)] / double(N) - pg);
-        const double gz = 2.0 * lse * double(p[size_t(e)]) / double(N);  // ∂(lse²)/∂z = 2·lse·softmax
-        d[e] += S(double(aux_coef) * ga + double(z_coef) * gz);
-      }
-    }
-    double aux = 0.0;
-    for (int64_t e = 0; e < E; ++e) aux += f[size_t(e)] * Pm[size_t(e)] / double(N);
-    (void)slots;
-    return {double(E) * aux, z_loss / double(N)};
+    return router_cpu::router_losses(P(logits), ids.i32(), logits.rows(), logits.cols(), ids.cols(), aux_coef, z_coef,
+                                     P(dlogits));
   }
 
   void moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
@@ -775,8 +643,6 @@ class EigenBackend final : public Backend {
   bool bf16_ = false;        // Precision::BF16 (float backend only)
 };
 
-}  // namespace
-
 // Keep freed buffers in the heap instead of returning them to the kernel: Eigen's temporaries in
 // the expert GEMMs are the same sizes every step, and fresh pages cost a fault each.
 void tune_malloc_once() {
@@ -788,53 +654,7 @@ void tune_malloc_once() {
   (void)done;
 }
 
-const char* precision_name(Precision p) {
-  switch (p) {
-    case Precision::FP32: return "fp32";
-    case Precision::TF32: return "tf32";
-    case Precision::BF16: return "bf16";
-  }
-  return "?";
-}
-
-Precision parse_precision(const std::string& text) {
-  std::string t = text;
-  for (char& c : t) c = char(std::tolower(static_cast<unsigned char>(c)));
-  for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16})
-    if (t == precision_name(p)) return p;
-  fail("precision", "unknown mode '" + text + "' (choose fp32, tf32 or bf16)");
-}
-
-void Backend::router_losses_add(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
-                                Tensor& dlogits, Tensor& sums) {
-  MOELAB_ASSERT(sums.numel() == 2, "router_losses sums shape");
-  const auto [aux, z] = router_losses(logits, ids, aux_coef, z_coef, dlogits);
-  double h[2];
-  download(sums, h);
-  h[0] += aux;
-  h[1] += z;
-  upload(sums, h);
-}
-
-void Backend::set_precision(Precision p) {
-  if (p != Precision::FP32) fail(name(), std::string("no ") + precision_name(p) + " mode on this backend (fp32 only)");
-}
-
-void Backend::begin_recording(const Tensor&, int64_t) {
-  fail(name(), "this backend cannot record operations (no graphs); run them directly");
-}
-std::unique_ptr<OpGraph> Backend::end_recording() { fail(name(), "end_recording without a recording"); }
-
-Tensor slice(const Backend& b, const Tensor& t, int64_t offset, std::vector<int64_t> shape) {
-  Tensor v;
-  v.shape = std::move(shape);
-  v.type = t.type;
-  const int64_t elem = t.type == TType::I32 ? 4 : b.real_bytes();
-  MOELAB_ASSERT(offset >= 0 && offset + v.numel() <= t.numel(), "slice out of range");
-  v.storage = t.storage;
-  v.ptr = static_cast<char*>(t.ptr) + offset * elem;
-  return v;
-}
+}  // namespace
 
 std::shared_ptr<Backend> make_eigen_backend() {
   tune_malloc_once();

@@ -87,8 +87,6 @@ LayerStats layer_stats_window(const std::vector<const StepRouting*>& steps) {
   return s;
 }
 
-LayerStats layer_stats(const StepRouting& r) { return layer_stats_window({&r}); }
-
 std::vector<std::vector<double>> domain_matrix(const StepRouting& r, const std::vector<int32_t>& token_domain,
                                                int64_t n_domains) {
   std::vector<std::vector<double>> m(size_t(n_domains), std::vector<double>(size_t(r.experts), 0.0));

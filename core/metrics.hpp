@@ -30,8 +30,7 @@ struct LayerStats {
   int64_t dead = 0;
 };
 
-LayerStats layer_stats(const StepRouting& r);
-// Loads over several steps (the lessons measure a window, since bias balancing oscillates).
+// Loads over several steps (one step: a window of one) (the lessons measure a window, since bias balancing oscillates).
 LayerStats layer_stats_window(const std::vector<const StepRouting*>& steps);
 
 // counts[d][e]: slots of tokens from domain d (token_domain[t], -1 = unlabelled) that chose e.

@@ -10,9 +10,11 @@
 #include <nlohmann/json.hpp>
 
 #include "error.hpp"
+#include "files.hpp"
 #include "params.hpp"
 #include "random.hpp"
 #include "registry.hpp"
+#include "safetensors.hpp"
 
 namespace moelab {
 namespace fs = std::filesystem;
@@ -191,6 +193,8 @@ std::vector<std::pair<std::string, std::vector<float>>> Model::export_weights() 
   return out;
 }
 
+void Model::save(const std::string& dir) const { save(dir, DType::F32); }
+
 void Model::save(const std::string& dir, DType dtype, int64_t max_shard_bytes) const {
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -225,123 +229,67 @@ std::vector<float> Model::forward_full(const std::vector<int32_t>& tokens, Routi
   return forward(tokens, cache, observer, overrides);
 }
 
+// One token's routing into the device trace row of MoE layer moe_index (recorded decode).
+static void write_device_trace(Backend& b, const Tensor& h, const Routing& r, int64_t moe_index, DeviceTrace& trace) {
+  const int64_t E = r.probs.cols(), K = r.ids.cols();
+  MOELAB_ASSERT(h.rows() == 1 && r.dropped.empty(), "a device trace holds one token without capacity");
+  const int64_t W = DeviceTrace::row_width(E, K), row = moe_index * W;
+  MOELAB_ASSERT(trace.values.numel() >= row + W && trace.ids.numel() >= (moe_index + 1) * K, "device trace size");
+  Tensor norm = slice(b, trace.values, row, {1}), logits = slice(b, trace.values, row + 1, {1, E}),
+         probs = slice(b, trace.values, row + 1 + E, {1, E}), weights = slice(b, trace.values, row + 1 + 2 * E, {1, K}),
+         ids = slice(b, trace.ids, moe_index * K, {1, K});
+  b.row_norms(h, norm);
+  b.copy(r.logits, logits);
+  b.copy(r.probs, probs);
+  b.copy(r.weights, weights);
+  b.copy(r.ids, ids);
+}
+
+// A SwiGLU MLP (dense layer or shared expert): y [T,H] = down(silu(gate · h) ⊙ up · h).
+static Tensor swiglu_mlp(Backend& b, const Tensor& h, const Tensor& gate, const Tensor& up, const Tensor& down) {
+  const int64_t T = h.rows(), F = gate.rows();
+  Tensor g = b.alloc_uninit({T, F}), u = b.alloc_uninit({T, F});
+  b.linear(h, gate, nullptr, g);
+  b.linear(h, up, nullptr, u);
+  b.swiglu(g, u, g);
+  Tensor y = b.alloc_uninit({T, down.rows()});
+  b.linear(g, down, nullptr, y);
+  return y;
+}
+
 void Model::run_ffn(int64_t l, const Tensor& h, Tensor& x, int64_t pos0, RoutingObserver* observer,
                     const RoutingOverrides* ov, DeviceTrace* trace, int64_t moe_index) {
-  const ModelConfig& c = config_;
   Backend& b = *backend_;
   const LayerWeights& L = w_.layers[size_t(l)];
-  const int64_t T = h.rows();
-  auto swiglu_mlp = [&](const Tensor& g_w, const Tensor& u_w, const Tensor& d_w) {
-    const int64_t Fm = g_w.rows();
-    Tensor g = b.alloc_uninit({T, Fm}), u = b.alloc_uninit({T, Fm});
-    b.linear(h, g_w, nullptr, g);
-    b.linear(h, u_w, nullptr, u);
-    b.swiglu(g, u, g);
-    Tensor y = b.alloc_uninit({T, c.hidden_size});
-    b.linear(g, d_w, nullptr, y);
-    return y;
-  };
-  if (!L.moe) {
-    b.add(x, swiglu_mlp(L.dense_gate, L.dense_up, L.dense_down));
+  if (!L.moe) {  // a dense layer: x += mlp(h)
+    b.add(x, swiglu_mlp(b, h, L.dense_gate, L.dense_up, L.dense_down));
     return;
   }
-  const int64_t E = c.num_experts;
-  RouterSpec spec;
-  spec.top_k = ov && ov->top_k > 0 ? std::min(ov->top_k, E) : c.top_k;
-  spec.renormalize = ov && ov->renormalize >= 0 ? ov->renormalize == 1 : c.norm_topk_prob;
-  spec.sigmoid = c.scoring == RouterScoring::Sigmoid;
-  if (!L.selection_bias.empty()) spec.selection_bias = &L.selection_bias;
-  Tensor bias;
-  if (ov && (!ov->banned.empty() || ov->forced >= 0)) {
-    std::vector<float> hb(size_t(E), 0.0f);
-    if (!L.selection_bias.empty()) b.download(L.selection_bias, hb.data());
-    for (int64_t e : ov->banned)
-      if (e >= 0 && e < E) hb[size_t(e)] = -std::numeric_limits<float>::infinity();
-    if (ov->forced >= 0 && ov->forced < E) hb[size_t(ov->forced)] = std::numeric_limits<float>::infinity();
-    bias = b.alloc({E});
-    b.upload(bias, hb.data());
-    spec.selection_bias = &bias;
-    // Banned experts are never chosen: with fewer allowed experts than K, K shrinks to them.
-    const int64_t allowed = std::count_if(hb.begin(), hb.end(), [](float v) { return !(std::isinf(v) && v < 0); });
-    if (allowed == 0) throw Error("every expert is banned: allow at least one");
-    spec.top_k = std::min(spec.top_k, allowed);
+  const RouterSpec spec = router_spec(b, config_, L, ov);      // K, scores, bias, capacity
+  const Routing r = route(b, h, L, spec);                       // probs [T,E], ids [T,K], weights [T,K]
+  if (trace) write_device_trace(b, h, r, moe_index, *trace);    // recorded decode: copies on the device
+  if (observer) observer->on_routing(routing_event(b, l, pos0, h, r));
+  b.moe_experts(h, r.ids, r.weights, L.experts, x);             // x += Σ_k w · expert(h)
+  if (L.shared_gate.empty()) return;
+  const Tensor s = swiglu_mlp(b, h, L.shared_gate, L.shared_up, L.shared_down);  // shared expert
+  if (L.shared_expert_gate.empty()) {
+    b.add(x, s);
+    return;
   }
-  const int64_t K = spec.top_k;
-  Tensor logits = b.alloc_uninit({T, E}), probs = b.alloc_uninit({T, E}), ids = b.alloc_uninit({T, K}, TType::I32),
-         weights = b.alloc_uninit({T, K});
-  b.linear(h, L.router, nullptr, logits);  // [T,E] router logits (no noise at inference)
-  b.route(logits, spec, probs, ids, weights);
-  // Expert capacity over these T tokens, as the trainer applies it over a batch: overflowing
-  // slots are dropped (id -1) or re-routed to the next-best expert with room.
-  CapacitySpec cap;
-  if (ov) {
-    cap.capacity = expert_capacity(ov->capacity_factor, T, K, E);
-    cap.reroute = ov->reroute;
-  }
-  std::vector<int32_t> wanted;  // [T,K] the router's own choices, for the observer
-  Tensor dropped;               // [T,K] 0 kept, 1 dropped, 2 re-routed
-  if (cap.capacity > 0) {
-    if (observer) {
-      wanted.resize(size_t(T * K));
-      b.download(ids, wanted.data());
-    }
-    dropped = b.alloc({T, K});
-    b.limit_capacity(probs, spec, cap, ids, weights, dropped);
-  }
-  if (trace) {  // one token: copy its routing into the trace row of this MoE layer
-    MOELAB_ASSERT(T == 1 && cap.capacity == 0, "a device trace holds one token without capacity");
-    const int64_t W = DeviceTrace::row_width(E, K), row = moe_index * W;
-    MOELAB_ASSERT(trace->real.numel() >= row + W && trace->ids.numel() >= (moe_index + 1) * K, "device trace size");
-    Tensor norm = slice(b, trace->real, row, {1}), lg = slice(b, trace->real, row + 1, {1, E}),
-           pr = slice(b, trace->real, row + 1 + E, {1, E}), wt = slice(b, trace->real, row + 1 + 2 * E, {1, K}),
-           id = slice(b, trace->ids, moe_index * K, {1, K});
-    b.row_norms(h, norm);
-    b.copy(logits, lg);
-    b.copy(probs, pr);
-    b.copy(weights, wt);
-    b.copy(ids, id);
-  }
-  if (observer) {
-    RoutingEvent ev;
-    ev.layer = l;
-    ev.pos0 = pos0;
-    ev.tokens = T;
-    ev.experts = E;
-    ev.top_k = K;
-    Tensor norms = b.alloc({T});
-    b.row_norms(h, norms);
-    ev.input_norm.resize(size_t(T));
-    b.download(norms, ev.input_norm.data());
-    ev.logits.resize(size_t(T * E));
-    ev.probs.resize(size_t(T * E));
-    ev.ids.resize(size_t(T * K));
-    ev.weights.resize(size_t(T * K));
-    b.download(logits, ev.logits.data());
-    b.download(probs, ev.probs.data());
-    b.download(ids, ev.ids.data());
-    b.download(weights, ev.weights.data());
-    ev.dropped.assign(size_t(T * K), 0);
-    if (dropped.empty()) {
-      ev.wanted = ev.ids;
-    } else {
-      ev.wanted = std::move(wanted);
-      std::vector<float> flags(size_t(T * K));
-      b.download(dropped, flags.data());
-      for (size_t i = 0; i < flags.size(); ++i) ev.dropped[i] = uint8_t(flags[i]);
-    }
-    observer->on_routing(ev);
-  }
-  b.moe_experts(h, ids, weights, L.experts, x);  // x += Σ_k w · expert(h)
-  if (!L.shared_gate.empty()) {
-    Tensor s = swiglu_mlp(L.shared_gate, L.shared_up, L.shared_down);
-    if (!L.shared_expert_gate.empty()) {
-      Tensor g = b.alloc({T, 1});
-      b.linear(h, L.shared_expert_gate, nullptr, g);
-      b.add_sigmoid_gated(x, s, g);
-    } else {
-      b.add(x, s);
-    }
-  }
+  Tensor g = b.alloc({h.rows(), 1});
+  b.linear(h, L.shared_expert_gate, nullptr, g);
+  b.add_sigmoid_gated(x, s, g);  // x += sigmoid(g) · s (Qwen2-MoE)
+}
+
+void Model::check_input(const int32_t* tokens, int64_t T, const KvCache& cache) const {
+  const ModelConfig& c = config_;
+  for (int64_t i = 0; i < T; ++i)
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
+      fail(c.architecture, "token id " + std::to_string(tokens[i]) + " is out of range for a vocabulary of " +
+                               std::to_string(c.vocab_size));
+  if (cache.length + T > cache.capacity)
+    fail(c.architecture, "sequence of " + std::to_string(cache.length + T) + " tokens exceeds the context of " +
+                             std::to_string(cache.capacity));
 }
 
 std::vector<float> Model::forward(const std::vector<int32_t>& tokens, KvCache& cache, RoutingObserver* observer,
@@ -350,12 +298,7 @@ std::vector<float> Model::forward(const std::vector<int32_t>& tokens, KvCache& c
   Backend& b = *backend_;
   const int64_t T = int64_t(tokens.size()), V = c.vocab_size, pos0 = cache.length;
   if (T == 0) return {};
-  for (int32_t id : tokens)
-    if (id < 0 || id >= V)
-      fail(c.architecture, "token id " + std::to_string(id) + " is out of range for a vocabulary of " + std::to_string(V));
-  if (pos0 + T > cache.capacity)
-    fail(c.architecture, "sequence of " + std::to_string(pos0 + T) + " tokens exceeds the context of " +
-                             std::to_string(cache.capacity));
+  check_input(tokens.data(), T, cache);
   Tensor ids = b.alloc({T}, TType::I32);
   b.upload(ids, tokens.data());
   Tensor logits = forward_tensors(ids, pos0, cache, observer, ov, nullptr);

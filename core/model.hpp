@@ -14,11 +14,13 @@
 
 #include "backend.hpp"
 #include "config.hpp"
-#include "routing.hpp"
 #include "registry.hpp"
-#include "safetensors.hpp"
+#include "router.hpp"
+#include "routing.hpp"
 
 namespace moelab {
+
+enum class DType;  // safetensors.hpp: the element types of a checkpoint
 
 struct LayerWeights {
   Tensor input_norm, post_attn_norm;                 // [H]
@@ -43,7 +45,7 @@ struct ParamSet {
 
 // One registry tensor's place in a ParamSet: the Tensor and the element offset inside it (routed
 // experts are stacked [E, ...], so expert e starts at e · per-expert size).
-Tensor* slot_for(ParamSet& p, const struct TensorSpec& spec, int64_t* offset);
+Tensor* slot_for(ParamSet& p, const TensorSpec& spec, int64_t* offset);
 
 // A trainable tensor of a ParamSet (stacked experts once, tied lm_head not twice, buffers not).
 struct ParamRef {
@@ -62,10 +64,10 @@ struct KvCache {
 
 // Device buffers one token's routing is copied into by a forward run on the backend, for a caller
 // that reads it back once per token (recorded decode, where nothing can be read mid-step):
-// real [M, 1 + 2E + K] = per MoE layer in order: the router input's norm, logits [E], probs [E],
+// values [M, 1 + 2E + K] = per MoE layer in order: the router input's norm, logits [E], probs [E],
 // gate weights [K]; ids [M, K].
 struct DeviceTrace {
-  Tensor real, ids;
+  Tensor values, ids;
   static int64_t row_width(int64_t E, int64_t K) { return 1 + 2 * E + K; }
 };
 
@@ -79,8 +81,10 @@ class Model {
   // A freshly initialised model (normal(0, init_std) weights, unit norms), deterministic in seed.
   static Model random(const ModelConfig& config, uint64_t seed, std::shared_ptr<Backend> backend,
                       float init_std = 0.02f);
-  // Write config.json + model.safetensors (or shards) in the Hugging Face layout.
-  void save(const std::string& dir, DType dtype = DType::F32, int64_t max_shard_bytes = 0) const;
+  // Write config.json + model.safetensors (or shards) in the Hugging Face layout, as fp32 or in
+  // `dtype` (F32, F16, BF16), in shards of at most max_shard_bytes (0 = one file).
+  void save(const std::string& dir) const;
+  void save(const std::string& dir, DType dtype, int64_t max_shard_bytes = 0) const;
 
   const ModelConfig& config() const { return config_; }
   Backend& backend() const { return *backend_; }
@@ -95,6 +99,8 @@ class Model {
   // expert capacity applies over these T tokens only).
   std::vector<float> forward(const std::vector<int32_t>& tokens, KvCache& cache, RoutingObserver* observer = nullptr,
                              const RoutingOverrides* overrides = nullptr);
+  // Token ids in [0, V) and room in the cache for T more, else an Error naming the model.
+  void check_input(const int32_t* tokens, int64_t T, const KvCache& cache) const;
   // The same on the backend, with no host round trip: ids [T] (I32) at positions pos0.. (which
   // must be cache.length; cache.length is not advanced), returns logits [T,V] on the backend.
   // `trace` (T = 1, no overrides) receives each MoE layer's routing on the device.
@@ -109,7 +115,9 @@ class Model {
   std::vector<std::pair<std::string, std::vector<float>>> export_weights() const;
 
  private:
-  void run_ffn(int64_t layer, const Tensor& x, Tensor& out, int64_t pos0, RoutingObserver* observer,
+  // The feed-forward block of layer `layer`: x [T,H] += mlp(h) for a dense layer, else
+  // norm'd h → route → experts (grouped by expert inside the backend) → weighted sum → shared expert.
+  void run_ffn(int64_t layer, const Tensor& h, Tensor& x, int64_t pos0, RoutingObserver* observer,
                const RoutingOverrides* overrides, DeviceTrace* trace, int64_t moe_index);
 
   ModelConfig config_;

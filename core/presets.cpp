@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "files.hpp"
 #include "error.hpp"
 #include "tokenizer.hpp"
 
@@ -114,13 +115,7 @@ Preset load_preset(const std::string& name_or_path) {
       fail(name_or_path, "no such preset or file (presets: " + known + ")");
     }
   }
-  json j;
-  try {
-    j = json::parse(read_text_file(path, 1 << 20));
-  } catch (const json::exception& e) {
-    std::string what = e.what();
-    fail(path, "malformed JSON (" + what.substr(what.find(']') + 2) + ")");
-  }
+  const json j = read_json_file(path, 1 << 20);
   if (!j.is_object() || !j.contains("model")) fail(path, "a preset needs a \"model\" object");
   Preset p;
   p.name = fs::path(path).stem().string();

@@ -1,13 +1,6 @@
 #include "routing.hpp"
 
-#include <cmath>
-
 namespace moelab {
-
-int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t top_k, int64_t experts) {
-  if (!(capacity_factor > 0) || experts <= 0) return 0;
-  return int64_t(std::ceil(capacity_factor * double(tokens * top_k) / double(experts)));
-}
 
 void RoutingTrace::on_routing(const RoutingEvent& e) {
   Layer* L = nullptr;

@@ -1,9 +1,9 @@
 // Named intermediates of the router, reported per MoE layer to an observer: the routing trace
-// the visualiser draws comes from here, never from inside the math.
+// the visualiser draws comes from here, never from inside the math. (The router itself:
+// router.hpp.)
 #pragma once
 
 #include <cstdint>
-#include <set>
 #include <vector>
 
 namespace moelab {
@@ -46,24 +46,6 @@ class RoutingTrace : public RoutingObserver {
 
  private:
   std::vector<Layer> layers_;  // MoE layers in layer order
-};
-
-// Expert capacity (Switch Transformer, Fedus et al. 2021, eq. 3): each expert takes at most
-// ceil(capacity_factor · tokens · K / E) of a batch's tokens·K slots. 0 when the factor is 0 (no limit).
-// The trainer and the inference overrides share this one formula.
-int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t top_k, int64_t experts);
-
-// Inference-time exploration knobs (GUI "what if"): change K, ban or force experts, switch
-// renormalisation, limit expert capacity. Defaults leave the model's own routing.
-struct RoutingOverrides {
-  int64_t top_k = 0;               // 0 = the model's K
-  int renormalize = -1;            // -1 = the model's choice, 0 off, 1 on
-  std::set<int64_t> banned;        // experts never chosen (logit set to -inf) in every layer
-  int64_t forced = -1;             // expert always chosen first, -1 = none
-  // Capacity over the T tokens of one forward call (see expert_capacity); 0 = no limit. In
-  // KV-cached decode T is 1, so a limit only means something when the text runs as one batch.
-  double capacity_factor = 0;
-  bool reroute = false;            // overflow goes to the next-best expert with room (else dropped)
 };
 
 }  // namespace moelab

@@ -6,8 +6,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
+#include "files.hpp"
 #include "config.hpp"
 #include "error.hpp"
 #include "safetensors.hpp"
@@ -146,18 +148,29 @@ std::string RunLog::checkpoint_dir(int64_t step) const {
 }
 
 std::string RunLog::latest_checkpoint(const std::string& run_dir) {
+  return checkpoint_at_or_before(run_dir, std::numeric_limits<int64_t>::max());
+}
+
+std::string RunLog::checkpoint_at_or_before(const std::string& run_dir, int64_t step) {
   std::string best, best_number;
   std::error_code ec;
+  if (step < 0) return best;
+  // The step number as digits without leading zeros: by number, not by name (past step 999999
+  // names grow a digit and "step-1000000" < "step-999999"); the longer number is the larger, then
+  // the text orders equal lengths. A number past int64 is past every step.
+  auto less = [](const std::string& a, const std::string& b) {
+    return a.size() < b.size() || (a.size() == b.size() && a < b);
+  };
+  const std::string limit = std::to_string(step);
   for (const auto& e : fs::directory_iterator(fs::path(run_dir) / "checkpoints", ec)) {
     const std::string n = e.path().filename().string();
     // step-DIGITS only (skips .tmp/.old folders and anything else put there)
     if (n.rfind("step-", 0) != 0 || n.size() == 5 || n.find_first_not_of("0123456789", 5) != std::string::npos) continue;
     if (!fs::exists(e.path() / "trainer.json")) continue;
-    // By number, not by name: past step 999999 names grow a digit and "step-1000000" < "step-999999".
-    // Without leading zeros, the longer number is the larger, then the text orders equal lengths.
     const size_t z = n.find_first_not_of('0', 5);
     const std::string number = z == std::string::npos ? "0" : n.substr(z);
-    if (best.empty() || number.size() > best_number.size() || (number.size() == best_number.size() && number > best_number)) {
+    if (less(limit, number)) continue;
+    if (best.empty() || less(best_number, number)) {
       best = e.path().string();
       best_number = number;
     }
@@ -167,12 +180,7 @@ std::string RunLog::latest_checkpoint(const std::string& run_dir) {
 
 json RunLog::read_run_info(const std::string& run_dir) {
   const std::string f = (fs::path(run_dir) / "run.json").string();
-  json info;
-  try {
-    info = json::parse(read_text_file(f, 16 << 20));
-  } catch (const json::exception&) {
-    fail(f, "malformed JSON");
-  }
+  const json info = read_json_file(f, 16 << 20);
   if (!info.is_object() || !info.contains("model") || !info.contains("train"))
     fail(f, "a run description must be a JSON object with \"model\" and \"train\"");
   return info;

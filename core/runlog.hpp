@@ -28,6 +28,9 @@ class RunLog {
 
   // The newest complete checkpoint folder of a run, or "" when there is none.
   static std::string latest_checkpoint(const std::string& run_dir);
+  // The newest complete checkpoint at or before `step` ("" when there is none). A checkpoint is
+  // complete when its folder is named step-DIGITS and holds trainer.json.
+  static std::string checkpoint_at_or_before(const std::string& run_dir, int64_t step);
   static nlohmann::json read_run_info(const std::string& run_dir);
 
  private:

@@ -12,10 +12,11 @@
 #include <filesystem>
 #include <set>
 
+#include <Eigen/Core>
 #include <nlohmann/json.hpp>
 
-#include "config.hpp"
 #include "error.hpp"
+#include "files.hpp"
 
 namespace moelab {
 namespace fs = std::filesystem;
@@ -68,62 +69,13 @@ int64_t TensorView::numel() const {
   return n;
 }
 
-// ---- half and bfloat16 conversions (IEEE 754 binary16; bfloat16 = top half of a float) ----
+// ---- half and bfloat16 conversions: Eigen's (IEEE 754 binary16; bfloat16 = the top half of a
+// float), round to nearest even; test_safetensors checks them against bit patterns ----
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      exp = 127 - 15 + 1;
-      while ((mant & 0x400) == 0) {
-        mant <<= 1;
-        --exp;
-      }
-      bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-uint16_t float_to_half(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint16_t sign = uint16_t((x >> 16) & 0x8000);
-  const uint32_t ax = x & 0x7fffffffu;
-  if (ax >= 0x7f800000u) return sign | (ax > 0x7f800000u ? 0x7e00 : 0x7c00);  // NaN / Inf
-  if (ax >= 0x477ff000u) return sign | 0x7c00;                                 // overflow -> Inf
-  if (ax < 0x38800000u) {                                                      // subnormal or zero
-    float a;
-    std::memcpy(&a, &ax, 4);
-    return sign | uint16_t(std::nearbyint(a * 16777216.0f));  // a / 2^-24, round to nearest even
-  }
-  uint32_t r = ax + 0xfff + ((ax >> 13) & 1);  // round to nearest even at bit 13
-  return sign | uint16_t((r - 0x38000000u) >> 13);
-}
-
-float bf16_to_float(uint16_t b) {
-  uint32_t bits = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-uint16_t float_to_bf16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x40);  // quiet NaN
-  x += 0x7fff + ((x >> 16) & 1);
-  return uint16_t(x >> 16);
-}
+float half_to_float(uint16_t h) { return static_cast<float>(Eigen::numext::bit_cast<Eigen::half>(h)); }
+uint16_t float_to_half(float f) { return Eigen::numext::bit_cast<uint16_t>(Eigen::half(f)); }
+float bf16_to_float(uint16_t b) { return static_cast<float>(Eigen::numext::bit_cast<Eigen::bfloat16>(b)); }
+uint16_t float_to_bf16(float f) { return Eigen::numext::bit_cast<uint16_t>(Eigen::bfloat16(f)); }
 
 // ---- reading ----
 
@@ -269,12 +221,7 @@ Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
   if (fs::exists(single, ec)) {
     files.push_back(single.string());
   } else if (fs::exists(index, ec)) {
-    json j;
-    try {
-      j = json::parse(read_text_file(index.string(), 64 << 20));
-    } catch (const json::exception&) {
-      fail(index.string(), "malformed JSON");
-    }
+    json j = read_json_file(index.string(), 64 << 20);
     if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
       fail(index.string(), "has no weight_map object");
     std::set<std::string> seen;  // a set, not a search of `files`: an index may list a million names
@@ -353,48 +300,6 @@ void tensor_to_float(const TensorView& t, float* dst) {
 
 namespace {
 
-// Write bytes to path through a temporary file in the same folder, fsync, rename.
-class AtomicFile {
- public:
-  explicit AtomicFile(const std::string& path) : path_(path), tmp_(path + ".tmp-" + std::to_string(::getpid())) {
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) fail(path, std::string("cannot write: ") + std::strerror(errno));
-  }
-  ~AtomicFile() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-      ::unlink(tmp_.c_str());
-    }
-  }
-  void write(const void* p, size_t n) {
-    const char* c = static_cast<const char*>(p);
-    while (n > 0) {
-      ssize_t w = ::write(fd_, c, n);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) fail(path_, std::string("write failed: ") + std::strerror(w < 0 ? errno : ENOSPC));
-      c += w;
-      n -= size_t(w);
-    }
-  }
-  void commit() {
-    if (::fsync(fd_) != 0) fail(path_, std::string("fsync failed: ") + std::strerror(errno));
-    if (::close(fd_) != 0) {
-      fd_ = -1;
-      ::unlink(tmp_.c_str());
-      fail(path_, std::string("close failed: ") + std::strerror(errno));
-    }
-    fd_ = -1;
-    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
-      ::unlink(tmp_.c_str());
-      fail(path_, std::string("rename failed: ") + std::strerror(errno));
-    }
-  }
-
- private:
-  std::string path_, tmp_;
-  int fd_ = -1;
-};
-
 int64_t bytes_of(const TensorToWrite& t) {
   int64_t n = 1;
   for (int64_t d : t.shape) n = checked_mul(n, d, t.name);
@@ -403,11 +308,6 @@ int64_t bytes_of(const TensorToWrite& t) {
 
 }  // namespace
 
-void write_text_atomic(const std::string& path, const std::string& text) {
-  AtomicFile f(path);
-  f.write(text.data(), text.size());
-  f.commit();
-}
 
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& unsorted,
                        const std::map<std::string, std::string>& metadata) {

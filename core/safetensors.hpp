@@ -95,7 +95,4 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
 void write_checkpoint_weights(const std::string& dir, const std::vector<TensorToWrite>& tensors,
                               int64_t max_shard_bytes = 0);
 
-// Write a small text file atomically.
-void write_text_atomic(const std::string& path, const std::string& text);
-
 }  // namespace moelab

@@ -12,13 +12,18 @@ void zero_params(Backend& b, const ModelConfig& c, ParamSet& p) {
 
 namespace {
 
-// Activations of one layer kept for the backward pass.
+// Activations of one layer kept for the backward pass (N = B·T tokens).
 struct LayerActs {
-  Tensor x_in, h1, q, k, v, att, x_mid, h2;
-  // MoE
-  Tensor clean, raw, noise, logits, probs, ids, weights, dropped;
-  // shared expert or dense MLP
-  Tensor mg, mu, ma, s_out, gate_logit;
+  Tensor x_in;         // [N,H] residual stream entering the layer
+  Tensor attn_input;   // [N,H] rmsnorm(x_in)
+  Tensor q, k, v;      // [N,NH·D] [N,NKV·D] [N,NKV·D] after rope
+  Tensor att;          // [N,NH·D] attention output, before the o projection
+  Tensor x_mid;        // [N,H] residual stream after attention
+  Tensor ffn_input;    // [N,H] rmsnorm(x_mid), the router's and experts' input
+  Routing routing;     // MoE layers: logits, probs, ids, weights, dropped, noise [N,E] / [N,K]
+  Tensor mlp_gate, mlp_up, mlp_act;  // [N,F] the dense MLP's or shared expert's gate, up, silu(gate)⊙up
+  Tensor shared_out;   // [N,H] shared expert output
+  Tensor shared_gate;  // [N,1] shared-expert gate logit (Qwen2-MoE)
 };
 
 void check_trainable(const ModelConfig& c) {
@@ -26,14 +31,6 @@ void check_trainable(const ModelConfig& c) {
     fail(c.architecture, "training supports Mixtral- and Qwen2-MoE-family models (no q/k norms or clipping)");
 }
 
-RouterSpec router_spec(const ModelConfig& c, const LayerWeights& L) {
-  RouterSpec s;
-  s.top_k = c.top_k;
-  s.renormalize = c.norm_topk_prob;
-  s.sigmoid = c.scoring == RouterScoring::Sigmoid;
-  if (!L.selection_bias.empty()) s.selection_bias = &L.selection_bias;
-  return s;
-}
 
 }  // namespace
 
@@ -63,14 +60,14 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
     LayerActs& a = acts[size_t(l)];
     a.x_in = b.alloc({N, H});
     b.copy(x, a.x_in);
-    a.h1 = b.alloc({N, H});
-    b.rmsnorm(x, L.input_norm, eps, a.h1);
+    a.attn_input = b.alloc({N, H});
+    b.rmsnorm(x, L.input_norm, eps, a.attn_input);
     a.q = b.alloc({N, NH * D});
     a.k = b.alloc({N, NKV * D});
     a.v = b.alloc({N, NKV * D});
-    b.linear(a.h1, L.q, L.q_bias.empty() ? nullptr : &L.q_bias, a.q);
-    b.linear(a.h1, L.k, L.k_bias.empty() ? nullptr : &L.k_bias, a.k);
-    b.linear(a.h1, L.v, L.v_bias.empty() ? nullptr : &L.v_bias, a.v);
+    b.linear(a.attn_input, L.q, L.q_bias.empty() ? nullptr : &L.q_bias, a.q);
+    b.linear(a.attn_input, L.k, L.k_bias.empty() ? nullptr : &L.k_bias, a.k);
+    b.linear(a.attn_input, L.v, L.v_bias.empty() ? nullptr : &L.v_bias, a.v);
     b.rope(a.q, NH, D, 0, T, c.rope_theta);
     b.rope(a.k, NKV, D, 0, T, c.rope_theta);
     a.att = b.alloc({N, NH * D});
@@ -78,57 +75,33 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
     b.linear(a.att, L.o, nullptr, x, true);
     a.x_mid = b.alloc({N, H});
     b.copy(x, a.x_mid);
-    a.h2 = b.alloc({N, H});
-    b.rmsnorm(x, L.post_attn_norm, eps, a.h2);
+    a.ffn_input = b.alloc({N, H});
+    b.rmsnorm(x, L.post_attn_norm, eps, a.ffn_input);
     auto mlp = [&](const Tensor& gw, const Tensor& uw, const Tensor& dw, Tensor& out, bool acc) {
       const int64_t F = gw.rows();
-      a.mg = b.alloc({N, F});
-      a.mu = b.alloc({N, F});
-      a.ma = b.alloc({N, F});
-      b.linear(a.h2, gw, nullptr, a.mg);
-      b.linear(a.h2, uw, nullptr, a.mu);
-      b.swiglu(a.mg, a.mu, a.ma);
-      b.linear(a.ma, dw, nullptr, out, acc);
+      a.mlp_gate = b.alloc({N, F});
+      a.mlp_up = b.alloc({N, F});
+      a.mlp_act = b.alloc({N, F});
+      b.linear(a.ffn_input, gw, nullptr, a.mlp_gate);
+      b.linear(a.ffn_input, uw, nullptr, a.mlp_up);
+      b.swiglu(a.mlp_gate, a.mlp_up, a.mlp_act);
+      b.linear(a.mlp_act, dw, nullptr, out, acc);
     };
     if (!L.moe) {
       mlp(L.dense_gate, L.dense_up, L.dense_down, x, true);
       continue;
     }
-    const RouterSpec spec = router_spec(c, L);
-    a.logits = b.alloc({N, E});
-    if (!L.router_noise.empty() && knobs.noise) {
-      // Noisy top-k: logits = x·W_g + ε ⊙ softplus(x·W_noise), ε ~ N(0, 1).
-      a.clean = b.alloc({N, E});
-      a.raw = b.alloc({N, E});
-      a.noise = b.alloc({N, E});
-      b.linear(a.h2, L.router, nullptr, a.clean);
-      b.linear(a.h2, L.router_noise, nullptr, a.raw);
-      std::vector<float> eps_host(size_t(N * E));
-      for (float& e : eps_host) e = float(noise_rng.normal());
-      b.upload(a.noise, eps_host.data());
-      b.noisy_logits(a.clean, a.raw, a.noise, a.logits);
-    } else {
-      b.linear(a.h2, L.router, nullptr, a.logits);
-    }
-    a.probs = b.alloc({N, E});
-    a.ids = b.alloc({N, K}, TType::I32);
-    a.weights = b.alloc({N, K});
-    a.dropped = b.alloc({N, K});
-    b.route(a.logits, spec, a.probs, a.ids, a.weights);
-    CapacitySpec cap;
-    cap.capacity = expert_capacity(knobs.capacity_factor, N, K, E);  // over the whole batch
-    cap.reroute = knobs.reroute;
-    b.limit_capacity(a.probs, spec, cap, a.ids, a.weights, a.dropped);
-    b.moe_experts(a.h2, a.ids, a.weights, L.experts, x);
+    a.routing = route(b, a.ffn_input, L, router_spec(b, c, L, nullptr, &knobs), &noise_rng);  // capacity over the batch
+    b.moe_experts(a.ffn_input, a.routing.ids, a.routing.weights, L.experts, x);
     if (!L.shared_gate.empty()) {
-      a.s_out = b.alloc({N, H});
-      mlp(L.shared_gate, L.shared_up, L.shared_down, a.s_out, false);
+      a.shared_out = b.alloc({N, H});
+      mlp(L.shared_gate, L.shared_up, L.shared_down, a.shared_out, false);
       if (!L.shared_expert_gate.empty()) {
-        a.gate_logit = b.alloc({N, 1});
-        b.linear(a.h2, L.shared_expert_gate, nullptr, a.gate_logit);
-        b.add_sigmoid_gated(x, a.s_out, a.gate_logit);
+        a.shared_gate = b.alloc({N, 1});
+        b.linear(a.ffn_input, L.shared_expert_gate, nullptr, a.shared_gate);
+        b.add_sigmoid_gated(x, a.shared_out, a.shared_gate);
       } else {
-        b.add(x, a.s_out);
+        b.add(x, a.shared_out);
       }
     }
     if (want_routing) {
@@ -161,36 +134,37 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
                             Tensor& duw, Tensor& ddw) {
       const int64_t F = gw.rows();
       Tensor da = b.alloc({N, F}), dg = b.alloc({N, F}), du = b.alloc({N, F});
-      b.linear_backward(a.ma, dw, dy, &da, false, ddw, nullptr);
-      b.swiglu_backward(a.mg, a.mu, da, dg, du);
-      b.linear_backward(a.h2, gw, dg, &dh, true, dgw, nullptr);
-      b.linear_backward(a.h2, uw, du, &dh, true, duw, nullptr);
+      b.linear_backward(a.mlp_act, dw, dy, &da, false, ddw, nullptr);
+      b.swiglu_backward(a.mlp_gate, a.mlp_up, da, dg, du);
+      b.linear_backward(a.ffn_input, gw, dg, &dh, true, dgw, nullptr);
+      b.linear_backward(a.ffn_input, uw, du, &dh, true, duw, nullptr);
     };
     if (!L.moe) {
       mlp_backward(L.dense_gate, L.dense_up, L.dense_down, dx, G.dense_gate, G.dense_up, G.dense_down);
     } else {
-      const RouterSpec spec = router_spec(c, L);
+      const RouterSpec spec = router_spec(b, c, L, nullptr, &knobs);
+      const Routing& r = a.routing;
       if (!L.shared_gate.empty()) {
         Tensor ds = b.alloc({N, H});
         if (!L.shared_expert_gate.empty()) {
           Tensor dg = b.alloc({N, 1});
-          b.sigmoid_gated_backward(a.s_out, a.gate_logit, dx, ds, dg);
-          b.linear_backward(a.h2, L.shared_expert_gate, dg, &dh, true, G.shared_expert_gate, nullptr);
+          b.sigmoid_gated_backward(a.shared_out, a.shared_gate, dx, ds, dg);
+          b.linear_backward(a.ffn_input, L.shared_expert_gate, dg, &dh, true, G.shared_expert_gate, nullptr);
         } else {
           b.copy(dx, ds);
         }
         mlp_backward(L.shared_gate, L.shared_up, L.shared_down, ds, G.shared_gate, G.shared_up, G.shared_down);
       }
       Tensor dweights = b.alloc({N, K}), dlog = b.alloc({N, E});
-      b.moe_experts_backward(a.h2, a.ids, a.weights, L.experts, dx, dh, dweights, G.experts);
-      b.route_backward(a.logits, a.probs, a.ids, dweights, spec, dlog, false);
-      b.router_losses_add(a.logits, a.ids, knobs.aux_alpha * scale, knobs.z_coef * scale, dlog, loss_sums);
-      if (!a.raw.empty()) {
+      b.moe_experts_backward(a.ffn_input, r.ids, r.weights, L.experts, dx, dh, dweights, G.experts);
+      b.route_backward(r.probs, r.ids, dweights, spec, dlog, false);
+      b.router_losses_add(r.logits, r.ids, knobs.aux_alpha * scale, knobs.z_coef * scale, dlog, loss_sums);
+      if (!r.raw.empty()) {
         Tensor draw = b.alloc({N, E});
-        b.noisy_logits_backward(a.raw, a.noise, dlog, draw);
-        b.linear_backward(a.h2, L.router_noise, draw, &dh, true, G.router_noise, nullptr);
+        b.noisy_logits_backward(r.raw, r.noise, dlog, draw);
+        b.linear_backward(a.ffn_input, L.router_noise, draw, &dh, true, G.router_noise, nullptr);
       }
-      b.linear_backward(a.h2, L.router, dlog, &dh, true, G.router, nullptr);
+      b.linear_backward(a.ffn_input, L.router, dlog, &dh, true, G.router, nullptr);
     }
     b.rmsnorm_backward(a.x_mid, L.post_attn_norm, dh, eps, dx, true, G.post_attn_norm);
     Tensor datt = b.alloc({N, NH * D}), dq = b.alloc({N, NH * D}), dk = b.alloc({N, NKV * D}),
@@ -199,9 +173,9 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
     b.attention_backward(a.q, a.k, a.v, datt, B, NH, NKV, D, dq, dk, dv);
     b.rope(dq, NH, D, 0, T, c.rope_theta, /*inverse=*/true);
     b.rope(dk, NKV, D, 0, T, c.rope_theta, /*inverse=*/true);
-    b.linear_backward(a.h1, L.q, dq, &dh1, false, G.q, L.q_bias.empty() ? nullptr : &G.q_bias);
-    b.linear_backward(a.h1, L.k, dk, &dh1, true, G.k, L.k_bias.empty() ? nullptr : &G.k_bias);
-    b.linear_backward(a.h1, L.v, dv, &dh1, true, G.v, L.v_bias.empty() ? nullptr : &G.v_bias);
+    b.linear_backward(a.attn_input, L.q, dq, &dh1, false, G.q, L.q_bias.empty() ? nullptr : &G.q_bias);
+    b.linear_backward(a.attn_input, L.k, dk, &dh1, true, G.k, L.k_bias.empty() ? nullptr : &G.k_bias);
+    b.linear_backward(a.attn_input, L.v, dv, &dh1, true, G.v, L.v_bias.empty() ? nullptr : &G.v_bias);
     b.rmsnorm_backward(a.x_in, L.input_norm, dh1, eps, dx, true, G.input_norm);
   }
   b.embedding_backward(ids, dx, grads.embed);
@@ -212,20 +186,19 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
   // The routing is read back only now: a download waits for the device, and three waits per MoE
   // layer in the forward pass would keep a GPU from running ahead of the host through the step.
   for (StepRouting& r : res.routing) {
-    const LayerActs& a = acts[size_t(r.layer)];
+    const Routing& a = acts[size_t(r.layer)].routing;
     r.ids.resize(size_t(r.tokens * r.top_k));
     r.probs.resize(size_t(r.tokens * r.experts));
-    r.dropped.resize(size_t(r.tokens * r.top_k));
+    r.dropped.assign(size_t(r.tokens * r.top_k), 0.0f);
     b.download(a.ids, r.ids.data());
     b.download(a.probs, r.probs.data(), 0, -1);
-    b.download(a.dropped, r.dropped.data(), 0, -1);
+    if (!a.dropped.empty()) b.download(a.dropped, r.dropped.data(), 0, -1);
   }
   res.loss = res.lm_loss + double(knobs.aux_alpha) * res.aux_loss + double(knobs.z_coef) * res.z_loss;
   return res;
 }
 
 double evaluate_loss(Model& model, const Batch& batch) {
-  Backend& b = model.backend();
   const int64_t T = batch.T, V = model.config().vocab_size;
   double total = 0;
   int64_t count = 0;
@@ -243,7 +216,6 @@ double evaluate_loss(Model& model, const Batch& batch) {
       ++count;
     }
   }
-  (void)b;
   return count ? total / double(count) : 0.0;
 }
 

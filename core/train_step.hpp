@@ -6,26 +6,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "corpus.hpp"
 #include "model.hpp"
 #include "random.hpp"
 
 namespace moelab {
 
-// B sequences of T tokens: inputs and next-token targets (-1 = no target), row-major [B,T].
-struct Batch {
-  int64_t B = 0, T = 0;
-  std::vector<int32_t> inputs, targets;
-  std::vector<int32_t> domains;  // [B] domain label of each sequence, or empty
-};
-
-// What a step adds to the plain forward: balancing losses, capacity, router noise.
-struct StepKnobs {
-  float aux_alpha = 0.0f;         // Switch/GShard auxiliary load-balancing loss coefficient
-  float z_coef = 0.0f;            // router z-loss coefficient
-  double capacity_factor = 0.0;   // capacity = expert_capacity(cf, tokens, K, E); 0 = no limit
-  bool reroute = false;           // overflow re-routed to the next-best expert (else dropped)
-  bool noise = true;              // noisy top-k routers add noise (training only)
-};
+// StepKnobs (balancing losses, capacity, router noise) live with the router: router.hpp.
 
 // One MoE layer's routing in a step, on the host, for metrics.
 struct StepRouting {

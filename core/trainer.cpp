@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "files.hpp"
 #include "error.hpp"
 #include "params.hpp"
 #include "safetensors.hpp"
@@ -19,14 +20,18 @@ using nlohmann::json;
 
 // ---- config (de)serialisation ----
 
-#define MOELAB_TRAIN_FIELDS(X)                                                                         \
-  X(steps) X(batch) X(seq_len) X(grad_accum) X(lr) X(min_lr_ratio) X(warmup) X(weight_decay) X(beta1) \
-  X(beta2) X(adam_eps) X(clip) X(router_lr_scale) X(aux_alpha) X(z_coef) X(bias_gamma)                 \
-  X(capacity_factor) X(reroute) X(seed) X(eval_every) X(eval_batches) X(probe_every) X(checkpoint_every)
+// X(JSON key, TrainConfig member)
+#define MOELAB_TRAIN_FIELDS(X)                                                                   \
+  X(steps, steps) X(batch, batch) X(seq_len, seq_len) X(grad_accum, grad_accum) X(lr, lr)                  \
+  X(min_lr_ratio, min_lr_ratio) X(warmup, warmup) X(weight_decay, weight_decay) X(beta1, beta1)            \
+  X(beta2, beta2) X(adam_eps, adam_eps) X(clip, clip) X(router_lr_scale, router_lr_scale)                  \
+  X(aux_alpha, aux_alpha) X(z_coef, z_coef) X(bias_gamma, bias_gamma) X(capacity_factor, capacity.factor)  \
+  X(reroute, capacity.reroute) X(seed, seed) X(eval_every, eval_every) X(eval_batches, eval_batches)       \
+  X(probe_every, probe_every) X(checkpoint_every, checkpoint_every)
 
 json train_config_to_json(const TrainConfig& c) {
   json j;
-#define X(f) j[#f] = c.f;
+#define X(name, member) j[#name] = c.member;
   MOELAB_TRAIN_FIELDS(X)
 #undef X
   return j;
@@ -36,7 +41,7 @@ TrainConfig train_config_from_json(const json& j, TrainConfig c, const std::stri
   if (!j.is_object()) fail(src, "training settings must be a JSON object");
   for (auto it = j.begin(); it != j.end(); ++it) {
     bool known = false;
-#define X(f) known = known || it.key() == #f;
+#define X(name, member) known = known || it.key() == #name;
     MOELAB_TRAIN_FIELDS(X)
 #undef X
     if (!known) fail(src, "unknown training setting '" + it.key() + "'");
@@ -48,11 +53,11 @@ TrainConfig train_config_from_json(const json& j, TrainConfig c, const std::stri
                     "whole number");
   };
   try {
-#define X(f)                                                                                \
-  if (j.contains(#f)) {                                                                     \
-    using T = decltype(c.f);                                                                \
-    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) whole(#f, j[#f], std::is_unsigned_v<T>); \
-    c.f = j[#f].get<T>();                                                                   \
+#define X(name, member)                                                                                        \
+  if (j.contains(#name)) {                                                                                     \
+    using T = decltype(c.member);                                                                              \
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) whole(#name, j[#name], std::is_unsigned_v<T>); \
+    c.member = j[#name].get<T>();                                                                              \
   }
     MOELAB_TRAIN_FIELDS(X)
 #undef X
@@ -79,7 +84,7 @@ TrainConfig train_config_from_json(const json& j, TrainConfig c, const std::stri
   range(c.aux_alpha, 0, 100, "aux_alpha");
   range(c.z_coef, 0, 100, "z_coef");
   range(c.bias_gamma, 0, 10, "bias_gamma");
-  range(c.capacity_factor, 0, 1000, "capacity_factor");
+  range(c.capacity.factor, 0, 1000, "capacity_factor");
   range(double(c.eval_batches), 1, 1000, "eval_batches");
   range(double(c.eval_every), 0, 1e7, "eval_every");
   range(double(c.probe_every), 0, 1e7, "probe_every");
@@ -197,30 +202,17 @@ double Trainer::learning_rate(int64_t step) const {
 }
 
 void Trainer::update_bias(const std::vector<StepRouting>& routing) {
-  // DeepSeek-V3 auxiliary-loss-free balancing (Wang et al. 2024; DeepSeek-V3 report §2.1.2):
-  // after each step, b_i += γ · sign(mean load − load_i): overloaded experts become less likely
-  // to be chosen, idle ones more. The bias affects selection only, never the gate weights.
+  // DeepSeek-V3's bias update (router.hpp, update_selection_bias) on each MoE layer's bias.
   Backend& b = model_.backend();
   for (auto& L : model_.params().layers) {
     if (L.selection_bias.empty()) continue;
     const int64_t l = &L - model_.params().layers.data();
-    const int64_t E = L.selection_bias.numel();
-    std::vector<double> load(size_t(E), 0.0);
-    double total = 0;
+    std::vector<const std::vector<int32_t>*> ids;  // this layer's choices in every micro-batch
     for (const StepRouting& r : routing)
-      if (r.layer == l)
-        for (int32_t id : r.ids)
-          if (id >= 0) {
-            load[size_t(id)] += 1;
-            total += 1;
-          }
-    std::vector<float> bias(static_cast<size_t>(E));
+      if (r.layer == l) ids.push_back(&r.ids);
+    std::vector<float> bias(static_cast<size_t>(L.selection_bias.numel()));
     b.download(L.selection_bias, bias.data());
-    const double mean = total / double(E);
-    for (int64_t e = 0; e < E; ++e) {
-      const double d = mean - load[size_t(e)];
-      bias[size_t(e)] += cfg_.bias_gamma * float(d > 0 ? 1 : d < 0 ? -1 : 0);
-    }
+    update_selection_bias(bias, ids, cfg_.bias_gamma);
     b.upload(L.selection_bias, bias.data());
   }
 }
@@ -236,8 +228,7 @@ StepRecord Trainer::step() {
   StepKnobs knobs;
   knobs.aux_alpha = cfg_.aux_alpha;
   knobs.z_coef = cfg_.z_coef;
-  knobs.capacity_factor = cfg_.capacity_factor;
-  knobs.reroute = cfg_.reroute;
+  knobs.capacity = cfg_.capacity;
   std::vector<int32_t> token_domain;
   const float scale = 1.0f / float(cfg_.grad_accum);
   for (int64_t a = 0; a < cfg_.grad_accum; ++a) {
@@ -358,12 +349,7 @@ void Trainer::save_checkpoint(const std::string& dir) const {
 
 void Trainer::load_checkpoint(const std::string& dir) {
   const std::string state_file = (fs::path(dir) / "trainer.json").string();
-  json state;
-  try {
-    state = json::parse(read_text_file(state_file, 1 << 20));
-  } catch (const json::exception&) {
-    fail(state_file, "malformed JSON");
-  }
+  const json state = read_json_file(state_file, 1 << 20);
   // The trainer state is read whole before any weight is replaced.
   int64_t step = 0;
   double elapsed = 0;

@@ -34,9 +34,11 @@ struct TrainConfig {
   float aux_alpha = 0.0f;        // Switch/GShard auxiliary loss coefficient
   float z_coef = 0.0f;           // router z-loss coefficient
   float bias_gamma = 0.0f;       // DeepSeek-V3 bias update speed (sigmoid router)
-  double capacity_factor = 0.0;  // 0 = no limit
-  bool reroute = false;          // overflow to the next-best expert instead of dropping
+  CapacityPolicy capacity;       // factor 0 = no limit; reroute: overflow to the next-best expert (JSON: capacity_factor, reroute)
   uint64_t seed = 0;
+  // The seed of a new run's initial weights: one rule, so a run made by the command line, the
+  // GUI or a test starts from the same model.
+  uint64_t weights_seed() const { return seed + 1000; }
   // Recording
   int64_t eval_every = 50;       // validation loss every N steps (0 = never)
   int64_t eval_batches = 2;

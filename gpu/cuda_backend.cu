@@ -21,6 +21,7 @@
 #include "device_memory.cuh"
 #include "error.hpp"
 #include "kernels.hpp"
+#include "router.hpp"
 
 namespace moelab {
 namespace {
@@ -242,15 +243,15 @@ class CudaBackend final : public Backend {
                 st());
   }
 
-  void limit_capacity(const Tensor& probs, const RouterSpec& spec, const CapacitySpec& cap, Tensor& ids,
-                      Tensor& weights, Tensor& dropped) override {
+  void limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_t capacity, Tensor& ids, Tensor& weights,
+                      Tensor& dropped) override {
     const int64_t T = probs.rows(), E = probs.cols(), K = spec.top_k;
     MOELAB_ASSERT(ids.numel() == T * K && dropped.numel() == T * K && weights.numel() == T * K, "capacity shapes");
     const cudaStream_t s = st();
     cuda::fill(f32(dropped), dropped.numel(), 0.0f, s);
-    if (cap.capacity <= 0) return;
+    if (capacity <= 0) return;
     Tensor load = scratch(size_t(E) * 4);
-    cuda::limit_capacity(f32(probs), T, E, K, spec.renormalize, bias_of(spec, E), cap.capacity, cap.reroute, s32(ids),
+    cuda::limit_capacity(f32(probs), T, E, K, spec.renormalize, bias_of(spec, E), capacity, spec.capacity.reroute, s32(ids),
                          f32(weights), f32(dropped), s32(load), s);
   }
 
@@ -386,11 +387,10 @@ class CudaBackend final : public Backend {
     cuda::swiglu_backward(f32(gate), f32(up), f32(dout), gate.numel(), f32(dgate), f32(dup), st());
   }
 
-  void route_backward(const Tensor& logits, const Tensor& probs, const Tensor& ids, const Tensor& dweights,
-                      const RouterSpec& spec, Tensor& dlogits, bool acc) override {
+  void route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
+                      Tensor& dlogits, bool acc) override {
     const int64_t T = probs.rows(), E = probs.cols(), K = ids.cols();
     MOELAB_ASSERT(ids.rows() == T && dweights.numel() == T * K && dlogits.numel() == T * E, "route_backward shapes");
-    (void)logits;
     cuda::route_backward(f32(probs), s32(ids), f32(dweights), T, E, K, spec.sigmoid, spec.renormalize, f32(dlogits), acc, st());
   }
 
@@ -720,9 +720,9 @@ class CudaBackend final : public Backend {
   }
 
   static const float* bias_of(const RouterSpec& spec, int64_t E) {
-    if (!spec.selection_bias) return nullptr;
-    MOELAB_ASSERT(spec.selection_bias->numel() == E, "selection bias shape");
-    return f32(*spec.selection_bias);
+    if (spec.selection_bias.empty()) return nullptr;
+    MOELAB_ASSERT(spec.selection_bias.numel() == E, "selection bias shape");
+    return f32(spec.selection_bias);
   }
 
   // Device buffers of one grouping of slots by expert (see cuda::ExpertGroups).

@@ -1,6 +1,7 @@
 // The router on the device: scores (softmax or sigmoid), selection with an optional bias, top-k,
-// gate weights; expert capacity; the router's backward pass and the balancing losses. Written to
-// make the same choices as the Eigen backend bit for bit where the inputs are equal: one thread
+// gate weights; expert capacity; the router's backward pass and the balancing losses. The
+// semantics are core/router.hpp's, step by step; its CPU reference (router_cpu in router.cpp) is
+// what these kernels mirror, making the same choices bit for bit where the inputs are equal: one thread
 // per token adds in the same order, and selection order is "score + bias, highest first, ties to
 // the lower expert index" (std::partial_sort with the Eigen backend's comparator).
 #include "cuda_check.hpp"

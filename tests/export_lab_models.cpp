@@ -8,6 +8,7 @@
 
 #include "check.hpp"
 #include "model.hpp"
+#include "safetensors.hpp"
 #include "test_util.hpp"
 
 using namespace moelab;

@@ -108,22 +108,13 @@ class RecordingBackend final : public moelab::Backend {
     const bool dyn = bool(rec_);
     op([=, this]() mutable { in_->attention(q, k, v, B, dyn ? position() : past, nh, nkv, d, out); });
   }
+  // The spec is copied into the closure: it holds its selection bias by (shared) value.
   void route(const Tensor& logits, const moelab::RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& w) override {
-    const Tensor bias = spec.selection_bias ? *spec.selection_bias : Tensor();
-    op([=, this]() mutable {
-      moelab::RouterSpec s = spec;
-      s.selection_bias = bias.empty() ? nullptr : &bias;
-      in_->route(logits, s, probs, ids, w);
-    });
+    op([=, this]() mutable { in_->route(logits, spec, probs, ids, w); });
   }
-  void limit_capacity(const Tensor& probs, const moelab::RouterSpec& spec, const moelab::CapacitySpec& cap,
-                      Tensor& ids, Tensor& w, Tensor& dropped) override {
-    const Tensor bias = spec.selection_bias ? *spec.selection_bias : Tensor();
-    op([=, this]() mutable {
-      moelab::RouterSpec s = spec;
-      s.selection_bias = bias.empty() ? nullptr : &bias;
-      in_->limit_capacity(probs, s, cap, ids, w, dropped);
-    });
+  void limit_capacity(const Tensor& probs, const moelab::RouterSpec& spec, int64_t capacity, Tensor& ids, Tensor& w,
+                      Tensor& dropped) override {
+    op([=, this]() mutable { in_->limit_capacity(probs, spec, capacity, ids, w, dropped); });
   }
   void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w, const moelab::ExpertWeights& ew,
                    Tensor& out) override {
@@ -161,9 +152,9 @@ class RecordingBackend final : public moelab::Backend {
   void swiglu_backward(const Tensor& g, const Tensor& u, const Tensor& d, Tensor& dg, Tensor& du) override {
     host("swiglu_backward"), in_->swiglu_backward(g, u, d, dg, du);
   }
-  void route_backward(const Tensor& l, const Tensor& p, const Tensor& ids, const Tensor& dw,
-                      const moelab::RouterSpec& s, Tensor& dl, bool a) override {
-    host("route_backward"), in_->route_backward(l, p, ids, dw, s, dl, a);
+  void route_backward(const Tensor& p, const Tensor& ids, const Tensor& dw, const moelab::RouterSpec& s, Tensor& dl,
+                      bool a) override {
+    host("route_backward"), in_->route_backward(p, ids, dw, s, dl, a);
   }
   std::pair<double, double> router_losses(const Tensor& l, const Tensor& ids, float ac, float zc, Tensor& dl) override {
     return host("router_losses"), in_->router_losses(l, ids, ac, zc, dl);

@@ -337,8 +337,8 @@ void check_router_ops(const OpShape& s, Rng& r) {
     sc.renormalize = sg.renormalize = var.renorm;
     sc.sigmoid = sg.sigmoid = var.sigmoid;
     if (var.use_bias) {
-      sc.selection_bias = &bias.cpu;
-      sg.selection_bias = &bias.gpu;
+      sc.selection_bias = bias.cpu;
+      sg.selection_bias = bias.gpu;
     }
     // Exact ties must break toward the lower expert index: token 0 has all logits equal, token 1
     // two equal best logits (first and last expert).
@@ -359,8 +359,8 @@ void check_router_ops(const OpShape& s, Rng& r) {
     for (bool acc : {false, true}) {
       Both p = both({T, E}, p_host), id = both_ids({T, K}, id_host), dw = random_both(r, {T, K}),
            dl = random_both(r, {T, E});
-      g_cpu->route_backward(logits.cpu, p.cpu, id.cpu, dw.cpu, sc, dl.cpu, acc);
-      g_gpu->route_backward(logits.gpu, p.gpu, id.gpu, dw.gpu, sg, dl.gpu, acc);
+      g_cpu->route_backward(p.cpu, id.cpu, dw.cpu, sc, dl.cpu, acc);
+      g_gpu->route_backward(p.gpu, id.gpu, dw.gpu, sg, dl.gpu, acc);
       expect_close(name + (acc ? " / route_backward (+=)" : " / route_backward"), dl);
     }
 
@@ -368,7 +368,8 @@ void check_router_ops(const OpShape& s, Rng& r) {
     for (bool reroute : {false, true}) {
       Both p = both({T, E}, p_host), id = both_ids({T, K}, id_host), w = random_both(r, {T, K}),
            dropped = random_both(r, {T, K});
-      CapacitySpec cap{std::max<int64_t>(1, int64_t(std::ceil(0.6 * double(T * K) / double(E)))), reroute};
+      const int64_t cap = std::max<int64_t>(1, int64_t(std::ceil(0.6 * double(T * K) / double(E))));
+      sc.capacity.reroute = sg.capacity.reroute = reroute;
       g_cpu->limit_capacity(p.cpu, sc, cap, id.cpu, w.cpu, dropped.cpu);
       g_gpu->limit_capacity(p.gpu, sg, cap, id.gpu, w.gpu, dropped.gpu);
       const std::string cn = name + (reroute ? " / capacity re-route" : " / capacity drop");

@@ -42,14 +42,14 @@ std::vector<Variant> variants() {
   ModelConfig sw = base;
   sw.top_k = 1;
   sw.norm_topk_prob = false;
-  v.push_back({"switch top-1 (gate = p) + aux", sw, {0.2f, 0.0f, 0.0, false, true}});
+  v.push_back({"switch top-1 (gate = p) + aux", sw, {.aux_alpha = 0.2f, .z_coef = 0.0f, .capacity = {}, .noise = true}});
   ModelConfig noisy = base;
   noisy.router_noise = true;
   v.push_back({"noisy top-k", noisy, k});
   ModelConfig sig = base;
   sig.scoring = RouterScoring::Sigmoid;
   sig.score_correction_bias = true;
-  v.push_back({"sigmoid + selection bias", sig, {0.0f, 0.02f, 0.0, false, true}});
+  v.push_back({"sigmoid + selection bias", sig, {.aux_alpha = 0.0f, .z_coef = 0.02f, .capacity = {}, .noise = true}});
   ModelConfig qw = testutil::tiny_config(Family::Qwen2Moe);
   qw.hidden_size = 16;
   qw.head_dim = 4;
@@ -63,8 +63,8 @@ std::vector<Variant> variants() {
   qw.norm_topk_prob = false;
   qw.mlp_only_layers = {1};
   v.push_back({"qwen2-moe: shared expert, dense layer, biases", qw, k});
-  v.push_back({"capacity 0.6, dropped", base, {0.1f, 0.0f, 0.6, false, true}});
-  v.push_back({"capacity 0.6, re-routed", base, {0.1f, 0.0f, 0.6, true, true}});
+  v.push_back({"capacity 0.6, dropped", base, {.aux_alpha = 0.1f, .z_coef = 0.0f, .capacity = {.factor = 0.6, .reroute = false}, .noise = true}});
+  v.push_back({"capacity 0.6, re-routed", base, {.aux_alpha = 0.1f, .z_coef = 0.0f, .capacity = {.factor = 0.6, .reroute = true}, .noise = true}});
   return v;
 }
 

@@ -12,7 +12,7 @@ using namespace moelab;
 static std::vector<StepRecord> run_lesson(const std::string& name, int64_t steps, StepRecord* first = nullptr) {
   const Preset p = load_preset(name);
   auto corpus = open_corpus(p.corpus);
-  Model m = Model::random(p.model, p.train.seed + 1000, make_eigen_backend());
+  Model m = Model::random(p.model, p.train.weights_seed(), make_eigen_backend());
   TrainConfig tc = p.train;
   tc.steps = steps;
   tc.eval_every = 0;

@@ -9,6 +9,7 @@
 #include "generate.hpp"
 #include "model.hpp"
 #include "params.hpp"
+#include "safetensors.hpp"
 #include "test_util.hpp"
 
 using namespace moelab;
@@ -119,8 +120,7 @@ TEST(banned_experts_are_never_chosen) {
   // the 22 slots are dropped, not sent to a banned expert with room (which all of them have).
   RoutingOverrides two_left;
   two_left.banned = {0, 1, 2, 3};
-  two_left.capacity_factor = 0.5;
-  two_left.reroute = true;
+  two_left.capacity = {0.5, true};
   RoutingTrace t2;
   m.forward_full(kTokens, &t2, &two_left);
   for (const auto& L : t2.layers()) {
@@ -149,7 +149,7 @@ TEST(capacity_override_matches_limit_capacity) {
   const int64_t T = int64_t(kTokens.size()), E = c.num_experts, K = c.top_k;
   RoutingTrace plain;
   const std::vector<float> plain_logits = m.forward_full(kTokens, &plain);
-  RoutingOverrides none;  // capacity_factor 0: no limit
+  RoutingOverrides none;  // capacity factor 0: no limit
   RoutingTrace unlimited;
   CHECK(m.forward_full(kTokens, &unlimited, &none) == plain_logits);
   for (const auto& L : unlimited.layers()) {
@@ -158,9 +158,8 @@ TEST(capacity_override_matches_limit_capacity) {
   }
   for (bool reroute : {false, true}) {
     RoutingOverrides ov;
-    ov.capacity_factor = 0.5;  // each expert takes ceil(0.5 · 11 · 2 / 6) = 2 of the 22 slots
-    ov.reroute = reroute;
-    CHECK_EQ(expert_capacity(ov.capacity_factor, T, K, E), int64_t(2));
+    ov.capacity = {0.5, reroute};  // each expert takes ceil(0.5 · 11 · 2 / 6) = 2 of the 22 slots
+    CHECK_EQ(expert_capacity(ov.capacity.factor, T, K, E), int64_t(2));
     RoutingTrace trace;
     const std::vector<float> logits = m.forward_full(kTokens, &trace, &ov);
     CHECK(logits != plain_logits);
@@ -173,11 +172,11 @@ TEST(capacity_override_matches_limit_capacity) {
       RouterSpec spec;
       spec.top_k = K;
       spec.renormalize = c.norm_topk_prob;
+      spec.capacity = ov.capacity;
       b.route(lg, spec, probs, ids, w);
       std::vector<int32_t> wanted(size_t(T * K)), got(size_t(T * K));
       b.download(ids, wanted.data());
-      b.limit_capacity(probs, spec, CapacitySpec{expert_capacity(ov.capacity_factor, T, K, E), reroute}, ids, w,
-                       dropped);
+      b.limit_capacity(probs, spec, expert_capacity(ov.capacity.factor, T, K, E), ids, w, dropped);
       std::vector<float> flags(size_t(T * K)), weights(size_t(T * K));
       b.download(dropped, flags.data());
       b.download(ids, got.data());

@@ -33,8 +33,8 @@ TEST(capacity_drops_exactly_the_overflow) {
   for (bool reroute : {false, true}) {
     const std::vector<int32_t> first = {0, 0, 0, 0, 2};
     b->upload(ids, first.data());
-    CapacitySpec cap{2, reroute};
-    b->limit_capacity(p, spec, cap, ids, w, dropped);
+    spec.capacity.reroute = reroute;
+    b->limit_capacity(p, spec, 2, ids, w, dropped);
     std::vector<int32_t> got(5);
     std::vector<float> gw(5), gd(5);
     b->download(ids, got.data());

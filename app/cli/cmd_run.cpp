@@ -9,6 +9,7 @@
 #include "commands.hpp"
 #include "common.hpp"
 #include "error.hpp"
+#include "files.hpp"
 #include "generate.hpp"
 #include "params.hpp"
 #include "safetensors.hpp"
@@ -74,7 +75,7 @@ std::vector<int32_t> prompt_ids(const Model& m) {
 }
 
 void run_generate(bool demo) {
-  Model m = open_model(g.model, make_backend(g.device, g.precision));
+  Model m = open_model(g.model, cli_backend(g.device, g.precision));
   if (demo && g.prompt.empty()) g.prompt = "the quiet river ";
   const std::vector<int32_t> prompt = prompt_ids(m);
   const bool bytes = m.config().tokenizer == "bytes";
@@ -123,7 +124,7 @@ void run_generate(bool demo) {
 }
 
 void run_forward() {
-  Model m = open_model(g.model, make_backend(g.device, g.precision));
+  Model m = open_model(g.model, cli_backend(g.device, g.precision));
   const std::vector<int32_t> ids = parse_token_ids(g.tokens, "--tokens");
   RoutingTrace trace;
   const std::vector<float> logits = m.forward_full(ids, &trace);
@@ -160,13 +161,9 @@ void run_info() {
   std::printf("memory (weights)  %s as fp32, %s as bf16\n", human_bytes(double(p.total) * 4).c_str(),
               human_bytes(double(p.total) * 2).c_str());
   std::error_code ec;
-  if (fs::is_directory(g.model, ec)) {
-    const bool has = fs::exists(fs::path(g.model) / "model.safetensors") ||
-                     fs::exists(fs::path(g.model) / "model.safetensors.index.json");
-    if (has) {
-      Checkpoint ck(g.model);
-      std::printf("checkpoint        %zu tensors, %s on disk\n", ck.all().size(), human_bytes(double(ck.total_bytes())).c_str());
-    }
+  if (fs::is_directory(g.model, ec) && has_weights(g.model)) {
+    Checkpoint ck(g.model);
+    std::printf("checkpoint        %zu tensors, %s on disk\n", ck.all().size(), human_bytes(double(ck.total_bytes())).c_str());
   }
 }
 

@@ -16,11 +16,14 @@
 #include "common.hpp"
 #include "corpus.hpp"
 #include "error.hpp"
+#include "safetensors.hpp"
+#include "files.hpp"
 #include "params.hpp"
 #include "presets.hpp"
 #include "runlog.hpp"
 #include "tokenizer.hpp"
 #include "trainer.hpp"
+#include "training_run.hpp"
 
 namespace moelab::cli {
 namespace fs = std::filesystem;
@@ -64,106 +67,64 @@ void apply_overrides(TrainConfig& t) {
   if (given("--aux-alpha")) t.aux_alpha = float(o.aux_alpha);
   if (given("--z-coef")) t.z_coef = float(o.z_coef);
   if (given("--bias-gamma")) t.bias_gamma = float(o.bias_gamma);
-  if (given("--capacity-factor")) t.capacity_factor = o.capacity_factor;
+  if (given("--capacity-factor")) t.capacity.factor = o.capacity_factor;
   if (given("--router-lr-scale")) t.router_lr_scale = float(o.router_lr_scale);
-  if (o.reroute) t.reroute = true;
+  if (o.reroute) t.capacity.reroute = true;
   if (given("--checkpoint-every")) t.checkpoint_every = o.checkpoint_every;
   t = train_config_from_json(train_config_to_json(t), t, "command line");  // range checks
 }
 
 void run_train() {
-  std::shared_ptr<Backend> backend = make_backend(o.device, o.precision);
-  ModelConfig mc;
-  TrainConfig tc;
-  std::string corpus_spec = o.corpus, preset_name;
-  std::string resume_from, source;  // source: the file the model comes from, for messages
+  std::shared_ptr<Backend> backend = cli_backend(o.device, o.precision);
+  std::unique_ptr<TrainingRun> run;
   if (o.resume) {
-    const json info = RunLog::read_run_info(o.out);
-    source = (fs::path(o.out) / "run.json").string();
-    mc = parse_config(info.at("model"), source);
-    tc = train_config_from_json(info.at("train"), tc, source);
-    try {
-      if (corpus_spec.empty()) corpus_spec = info.value("corpus", std::string("builtin:domains"));
-      preset_name = info.value("preset", std::string());
-    } catch (const json::exception& e) {
-      fail(source, std::string("malformed run description (") + e.what() + ")");
-    }
-    resume_from = RunLog::latest_checkpoint(o.out);
-    if (resume_from.empty()) fail(o.out, "no checkpoint to resume from");
-    if (o.steps > 0) tc.steps = o.steps;
+    run = TrainingRun::resume(o.out, backend, o.steps);
   } else {
     if (o.config.empty()) fail("--config", "give a preset name or a preset/config.json path (or --resume)");
     std::error_code ec;
-    // A new run never overwrites another one's log (RunLog would empty its metrics.jsonl).
-    if (fs::exists(fs::path(o.out) / "run.json", ec))
-      fail(o.out, "already holds a run; continue it with --resume or choose another --out");
     const bool is_model_config =
         fs::is_directory(o.config, ec) || (fs::exists(o.config, ec) && fs::path(o.config).filename() == "config.json");
-    source = o.config;
+    RunSpec spec;
     if (is_model_config) {
-      mc = load_config(o.config);
-      source = config_path_of(o.config);
+      spec.model = load_config(o.config);
+      spec.source = config_path_of(o.config);
     } else {
-      const Preset p = load_preset(o.config);
-      mc = p.model;
-      tc = p.train;
-      preset_name = p.name;
-      if (corpus_spec.empty()) corpus_spec = p.corpus;
+      spec = run_spec_from_preset(o.config);
     }
-    apply_overrides(tc);
+    if (!o.corpus.empty()) spec.corpus = o.corpus;
+    apply_overrides(spec.train);
+    run = TrainingRun::start(spec, o.out, backend);
   }
-  if (corpus_spec.empty()) corpus_spec = "builtin:domains";
-  if (mc.tokenizer != "bytes") mc.tokenizer = "bytes";
-  if (mc.vocab_size < kByteVocab) fail(source, "lab training uses byte tokens: the vocabulary needs at least 260 entries");
-  const auto corpus = open_corpus(corpus_spec);
-  Rng check_rng(0);
-  corpus->sample(1, tc.seq_len, check_rng, false);  // fails early on a too-short corpus
-  Model model = [&] {
-    try {
-      return Model::random(mc, tc.seed + 1000, backend);
-    } catch (const Error& e) {
-      fail(source, e.what());  // "the model needs 2.0 TiB ...": say which file asked for it
-    }
-  }();
-  Trainer trainer(model, *corpus, tc);
-  if (!resume_from.empty()) trainer.load_checkpoint(resume_from);
-  const json run_info = {{"version", "0.1.0"},       {"model", config_to_json(mc)}, {"train", train_config_to_json(tc)},
-                         {"seed", tc.seed},          {"backend", backend->name()},  {"corpus", corpus_spec},
-                         {"precision", precision_name(backend->precision())}, {"preset", preset_name},    {"params", count_params(mc).total}};
-  RunLog log(o.out, run_info, resume_from.empty() ? -1 : trainer.steps_done());
+  const RunSpec& spec = run->spec();
+  const ModelConfig& mc = spec.model;
+  const TrainConfig& tc = run->config();
   std::signal(SIGINT, on_sigint);
   const bool tty = ::isatty(2) == 1 && !o.quiet;
   std::fprintf(stderr, "training %s (%s params, %d experts, top-%d) on %s for %lld steps -> %s\n",
-               preset_name.empty() ? mc.architecture.c_str() : preset_name.c_str(),
+               spec.preset.empty() ? mc.architecture.c_str() : spec.preset.c_str(),
                human_count(double(count_params(mc).total)).c_str(), int(mc.num_experts), int(mc.top_k),
-               corpus_spec.c_str(), (long long)tc.steps, o.out.c_str());
-  if (!resume_from.empty()) std::fprintf(stderr, "resumed from %s\n", resume_from.c_str());
-  std::string last_checkpoint = resume_from;
-  auto checkpoint = [&] {
-    last_checkpoint = log.checkpoint_dir(trainer.steps_done());
-    trainer.save_checkpoint(last_checkpoint);
-  };
+               spec.corpus.c_str(), (long long)tc.steps, o.out.c_str());
+  if (o.resume) std::fprintf(stderr, "resumed from %s\n", run->last_checkpoint().c_str());
   double smoothed_tps = 0;
-  while (trainer.steps_done() < tc.steps) {
+  while (!run->done()) {
     if (g_interrupted) {
       if (tty) std::fprintf(stderr, "\n");
-      checkpoint();
+      run->checkpoint();
       std::fprintf(stderr, "interrupted at step %lld; checkpoint saved to %s (continue with --resume)\n",
-                   (long long)trainer.steps_done(), last_checkpoint.c_str());
+                   (long long)run->steps_done(), run->last_checkpoint().c_str());
       export_metrics_csv(o.out, o.out + "/metrics.csv");
       return;
     }
     StepRecord r;
     try {
-      r = trainer.step();
+      r = run->step();  // logged, and checkpointed on schedule
     } catch (const Error& e) {
       if (tty) std::fprintf(stderr, "\n");
-      throw Error(std::string(e.what()) + (last_checkpoint.empty() ? "; no checkpoint was written yet"
-                                                                    : "; the last good checkpoint is " + last_checkpoint));
+      const std::string& last = run->last_checkpoint();
+      throw Error(std::string(e.what()) +
+                  (last.empty() ? "; no checkpoint was written yet" : "; the last good checkpoint is " + last));
     }
-    log.append(step_record_to_json(r));
     smoothed_tps = smoothed_tps == 0 ? r.tokens_per_s : 0.9 * smoothed_tps + 0.1 * r.tokens_per_s;
-    if (tc.checkpoint_every > 0 && r.step % tc.checkpoint_every == 0 && r.step < tc.steps) checkpoint();
     const double eta = double(tc.steps - r.step) * double(tc.batch * tc.seq_len * tc.grad_accum) / smoothed_tps;
     double worst_cv = 0;
     for (const auto& L : r.layers) worst_cv = std::max(worst_cv, L.cv);
@@ -180,15 +141,15 @@ void run_train() {
     }
   }
   if (tty) std::fprintf(stderr, "\n");
-  checkpoint();
+  run->checkpoint();
   export_metrics_csv(o.out, o.out + "/metrics.csv");
   if (!o.export_dir.empty()) {
     const DType d = o.export_dtype == "bf16" ? DType::BF16 : o.export_dtype == "f16" ? DType::F16 : DType::F32;
-    model.save(o.export_dir, d);
+    run->model().save(o.export_dir, d);
     std::fprintf(stderr, "model exported to %s (%s)\n", o.export_dir.c_str(), o.export_dtype.c_str());
   }
   std::fprintf(stderr, "done: %lld steps; model in %s (loads with moelab-cli forward%s)\n",
-               (long long)trainer.steps_done(), last_checkpoint.c_str(),
+               (long long)run->steps_done(), run->last_checkpoint().c_str(),
                mc.router_noise || mc.scoring == RouterScoring::Sigmoid || (mc.family == Family::Mixtral && !mc.norm_topk_prob) ? "; it uses lab router extensions, so not transformers" : " and transformers");
 }
 

@@ -7,6 +7,7 @@
 
 #include "devices.hpp"
 #include "error.hpp"
+#include "files.hpp"
 #include "presets.hpp"
 #include "safetensors.hpp"
 #include "tokenizer.hpp"
@@ -35,7 +36,7 @@ ModelConfig builtin_config() {
   return c;
 }
 
-std::shared_ptr<Backend> make_backend(const std::string& device, const std::string& precision) {
+std::shared_ptr<Backend> cli_backend(const std::string& device, const std::string& precision) {
   const Precision p = parse_precision(precision);
   std::string why;
   std::shared_ptr<Backend> backend = moelab::make_backend(device, &why);

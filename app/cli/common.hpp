@@ -13,15 +13,15 @@
 
 namespace moelab::cli {
 
-// The built-in lab model (Mixtral family, byte tokenizer): what `moelab-cli demo` and a model
-// argument of "builtin" run. Its weights are made from a fixed seed, so it is the same
-// everywhere; it is untrained until the trainer ships a trained one.
+// The built-in lab model's architecture (Mixtral family, byte tokenizer). Its trained weights ship
+// in resources/models/builtin; where they are missing, "builtin" runs this architecture with
+// random weights from a fixed seed (the same everywhere).
 ModelConfig builtin_config();
 constexpr uint64_t kBuiltinSeed = 20261123;
 
 // moelab::make_backend (devices.hpp), saying on stderr in one line why when "cuda" falls back to
 // the CPU, in the given precision ("fp32", "tf32", "bf16"; a mode the device lacks is an error).
-std::shared_ptr<Backend> make_backend(const std::string& device, const std::string& precision = "fp32");
+std::shared_ptr<Backend> cli_backend(const std::string& device, const std::string& precision = "fp32");
 // The help text of --precision.
 constexpr const char* kPrecisionHelp =
     "Matrix products: fp32 (default), bf16 (bf16 operands, fp32 sums; emulated on the CPU) or tf32 (GPU)";

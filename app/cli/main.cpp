@@ -7,11 +7,12 @@
 
 #include "commands.hpp"
 #include "error.hpp"
+#include "version.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"MoE Lab command line: count, run and benchmark Mixture-of-Experts models"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "moelab-cli 0.1.0");
+  app.set_version_flag("--version", std::string("moelab-cli ") + moelab::moelab_version());
   moelab::cli::add_params_command(app);
   moelab::cli::add_run_commands(app);
   moelab::cli::add_bench_command(app);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "files.hpp"
 #include "decoder.hpp"
 #include "devices.hpp"
 #include "error.hpp"
@@ -30,10 +31,6 @@ GenerationWorker::GenerationWorker(QObject* parent) : QObject(parent), m_trace(s
 
 GenerationWorker::~GenerationWorker() = default;
 
-bool routingOverridesActive(const RoutingOverrides& o) {
-  return o.top_k > 0 || o.renormalize >= 0 || !o.banned.empty() || o.forced >= 0 || o.capacity_factor > 0;
-}
-
 namespace {
 // "builtin" or a model directory / config.json on `backend`; *name is what the view calls it.
 std::unique_ptr<Model> openModel(const QString& path, std::shared_ptr<Backend> backend, QString* name) {
@@ -43,8 +40,7 @@ std::unique_ptr<Model> openModel(const QString& path, std::shared_ptr<Backend> b
   }
   const std::string cfg = config_path_of(path.toStdString());
   const QFileInfo cfgInfo(QString::fromStdString(cfg));
-  const bool hasWeights = QFileInfo::exists(cfgInfo.dir().filePath("model.safetensors")) ||
-                          QFileInfo::exists(cfgInfo.dir().filePath("model.safetensors.index.json"));
+  const bool hasWeights = has_weights(cfgInfo.dir().path().toStdString());
   *name = cfgInfo.dir().dirName() + (hasWeights ? QString() : GenerationWorker::tr(" (random weights)"));
   if (hasWeights) return std::make_unique<Model>(Model::load(cfgInfo.dir().path().toStdString(), std::move(backend)));
   // A bare config.json: the architecture with random weights, so its routing can be explored.
@@ -84,7 +80,7 @@ void GenerationWorker::loadModel(const QString& path) {
 
 void GenerationWorker::runTokens(const std::vector<int32_t>& ids, bool prompt) {
   const RoutingOverrides& ov = m_settings.overrides;
-  if (ov.capacity_factor > 0) {
+  if (ov.needs_whole_text()) {  // a capacity limit: the whole text again, as one batch
     std::vector<int32_t> text = m_tokens;
     text.insert(text.end(), ids.begin(), ids.end());
     auto fresh = std::make_unique<Decoder>(*m_model, m_decoder->capacity());
@@ -95,10 +91,10 @@ void GenerationWorker::runTokens(const std::vector<int32_t>& ids, bool prompt) {
     m_tokens = std::move(text);
     return;
   }
-  if (prompt || routingOverridesActive(ov)) {
-    m_lastLogits = m_decoder->prefill(ids, m_trace.get(), &ov);  // Model::forward with the overrides
-  } else {
-    for (int32_t id : ids) m_lastLogits = m_decoder->step(id, m_trace.get());
+  if (prompt) {
+    m_lastLogits = m_decoder->prefill(ids, m_trace.get(), &ov);
+  } else {  // the decoder runs the plain forward when the overrides are active
+    for (int32_t id : ids) m_lastLogits = m_decoder->step(id, m_trace.get(), &ov);
   }
   m_tokens.insert(m_tokens.end(), ids.begin(), ids.end());
 }
@@ -157,9 +153,9 @@ void GenerationWorker::emitSnapshot() {
   s->modelName = m_name;
   s->config = c;
   s->promptLength = m_promptLength;
-  s->capacityFactor = m_settings.overrides.capacity_factor;
-  s->reroute = m_settings.overrides.reroute;
-  s->decoderSteps = !routingOverridesActive(m_settings.overrides);
+  s->capacityFactor = m_settings.overrides.capacity.factor;
+  s->reroute = m_settings.overrides.capacity.reroute;
+  s->decoderSteps = !m_settings.overrides.active();
   if (m_decoder) s->decodeProblem = QString::fromStdString(m_decoder->graph_problem());
   s->precision = m_model->backend().precision();
   const bool bytes = c.tokenizer == "bytes";

@@ -94,10 +94,6 @@ struct GenerationSettings {
   moelab::RoutingOverrides overrides;
 };
 
-// Whether any routing knob is moved from its default (then tokens run through Model::forward,
-// since Decoder::step takes no overrides). A knob set to the model's own value counts as moved.
-bool routingOverridesActive(const moelab::RoutingOverrides& o);
-
 class GenerationWorker : public QObject {
   Q_OBJECT
  public:

@@ -18,6 +18,7 @@
 #include "main_window.hpp"
 #include "tokens_view.hpp"
 #include "training_view.hpp"
+#include "version.hpp"
 
 #include <QElapsedTimer>
 
@@ -87,7 +88,7 @@ int main(int argc, char** argv) {
   QApplication app(argc, argv);
   QApplication::setApplicationName(QStringLiteral("MoE Lab"));
   QApplication::setOrganizationName(QStringLiteral("MoE Lab"));
-  QApplication::setApplicationVersion(QStringLiteral("0.1.0"));
+  QApplication::setApplicationVersion(QString::fromLatin1(moelab::moelab_version()));
   QApplication::setStyle(QStyleFactory::create(QStringLiteral("Fusion")));
   if (exporting) {
     QStringList args = app.arguments();

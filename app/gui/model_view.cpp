@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <qcustomplot.h>
 
+#include "files.hpp"
 #include "block_diagram.hpp"
 #include "chart_panel.hpp"
 #include "error.hpp"

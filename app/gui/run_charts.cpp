@@ -673,8 +673,8 @@ QString balancingText(const moelab::TrainConfig& c) {
   QString s = c.aux_alpha > 0    ? QObject::tr("aux loss %1").arg(double(c.aux_alpha))
               : c.bias_gamma > 0 ? QObject::tr("bias %1").arg(double(c.bias_gamma))
                                  : QObject::tr("none");
-  if (c.capacity_factor > 0)
-    s += QObject::tr(", capacity %1 (%2)").arg(c.capacity_factor).arg(c.reroute ? QObject::tr("re-route") : QObject::tr("drop"));
+  if (c.capacity.limited())
+    s += QObject::tr(", capacity %1 (%2)").arg(c.capacity.factor).arg(c.capacity.reroute ? QObject::tr("re-route") : QObject::tr("drop"));
   return s;
 }
 

@@ -90,7 +90,7 @@ bool RunData::hasDrops() const {
   for (const auto& s : history)
     for (const auto& l : s->layers)
       if (l.droppedRate > 0) return true;
-  return train.capacity_factor > 0;
+  return train.capacity.limited();
 }
 
 bool RunData::hasDomains() const {

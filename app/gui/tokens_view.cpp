@@ -378,10 +378,9 @@ GenerationSettings TokensView::settings() const {
   s.temperature = float(m_temperature->value());
   s.seed = quint64(m_seed->value());
   s.overrides.top_k = m_topk->value();
-  s.overrides.renormalize = m_renorm->currentIndex() == 0 ? -1 : m_renorm->currentIndex() == 1 ? 0 : 1;
-  s.overrides.forced = m_force->value();
-  s.overrides.capacity_factor = m_capacity->value();
-  s.overrides.reroute = m_overflow->currentIndex() == 1;
+  if (m_renorm->currentIndex() > 0) s.overrides.renormalize = m_renorm->currentIndex() == 2;
+  if (m_force->value() >= 0) s.overrides.forced = m_force->value();
+  s.overrides.capacity = {m_capacity->value(), m_overflow->currentIndex() == 1};
   for (const QString& part : m_ban->text().split(',', Qt::SkipEmptyParts)) {
     bool ok = false;
     const int e = part.trimmed().toInt(&ok);

@@ -384,9 +384,9 @@ void TrainingView::selectPreset(const QString& name) {
     m_description->setText(QString::fromStdString(p.description));
     m_balance->setCurrentIndex(p.train.bias_gamma > 0 ? 2 : p.train.aux_alpha > 0 ? 1 : 0);
     m_coef->setValue(p.train.bias_gamma > 0 ? p.train.bias_gamma : p.train.aux_alpha);
-    m_capacity->setValue(p.train.capacity_factor);
+    m_capacity->setValue(p.train.capacity.factor);
     m_z->setValue(p.train.z_coef);
-    m_overflow->setCurrentIndex(p.train.reroute ? 1 : 0);
+    m_overflow->setCurrentIndex(p.train.capacity.reroute ? 1 : 0);
     m_lr->setValue(p.train.lr);
     m_steps->setValue(int(p.train.steps));
     m_router->setCurrentIndex(0);
@@ -408,9 +408,9 @@ TrainConfig TrainingView::configFromKnobs() const {
   TrainConfig c = m_presetConfig;
   c.aux_alpha = m_balance->currentIndex() == 1 ? float(m_coef->value()) : 0.0f;
   c.bias_gamma = m_balance->currentIndex() == 2 ? float(m_coef->value()) : 0.0f;
-  c.capacity_factor = m_capacity->value();
+  c.capacity.factor = m_capacity->value();
   c.z_coef = float(m_z->value());
-  c.reroute = m_overflow->currentIndex() == 1;
+  c.capacity.reroute = m_overflow->currentIndex() == 1;
   c.lr = float(m_lr->value());
   c.steps = m_steps->value();
   c.eval_every = std::max<int64_t>(10, c.steps / 20);
@@ -530,18 +530,11 @@ void TrainingView::openInTokens() {
   }
   // A replayed run: the newest checkpoint at or before the step shown.
   const int64_t step = m_run.history[std::max(0, shownSteps() - 1)]->step;
-  QString best;
-  int64_t bestStep = -1;
-  for (const QFileInfo& f : QDir(QDir(m_run.dir).filePath(QStringLiteral("checkpoints"))).entryInfoList(QDir::Dirs)) {
-    if (!f.fileName().startsWith(QLatin1String("step-")) || f.fileName().contains('.')) continue;
-    const int64_t s = f.fileName().mid(5).toLongLong();
-    if (s <= step && s > bestStep && QFileInfo::exists(f.filePath() + "/config.json")) bestStep = s, best = f.filePath();
-  }
-  if (best.isEmpty()) {
-    const QString latest = QString::fromStdString(moelab::RunLog::latest_checkpoint(m_run.dir.toStdString()));
-    if (latest.isEmpty()) return emit errorOccurred(tr("%1: the run has no checkpoint").arg(m_run.dir));
-    best = latest;
-  }
+  const std::string dir = m_run.dir.toStdString();
+  std::string found = moelab::RunLog::checkpoint_at_or_before(dir, step);
+  if (found.empty()) found = moelab::RunLog::latest_checkpoint(dir);  // none that early: the newest there is
+  if (found.empty()) return emit errorOccurred(tr("%1: the run has no checkpoint").arg(m_run.dir));
+  const QString best = QString::fromStdString(found);
   m_status->setText(tr("Opening the model of %1").arg(QDir(best).dirName()));
   emit openModelRequested(best);
 }

@@ -3,16 +3,13 @@
 #include <QDir>
 #include <QThread>
 #include <QTimer>
-#include <tuple>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#include <nlohmann/json.hpp>
 
 #include "devices.hpp"
 #include "error.hpp"
 #include "presets.hpp"
-#include "runlog.hpp"
 
 using namespace moelab;
 
@@ -35,28 +32,20 @@ void shareCoresWithTheGui() {
 }  // namespace
 
 void TrainingWorker::start(const TrainingRequest& request) {
-  const TrainConfig& config = request.config;
-  const QString& runDir = request.runDir;
   try {
     m_running = false;
-    m_log.reset();
-    m_trainer.reset();
+    m_run.reset();  // the previous run's memory first: it may be the GPU's
     shareCoresWithTheGui();
-    Preset p = load_preset(request.preset.toStdString());
-    if (!request.corpus.isEmpty()) p.corpus = request.corpus.toStdString();
-    if (!request.router.isEmpty()) set_router_kind(p.model, request.router.toStdString(), "router");
-    m_corpus = open_corpus(p.corpus);
-    buildOnDevice(p.model, config, "");
-    m_topK = p.model.top_k;
-    if (!runDir.isEmpty()) {
-      const nlohmann::json info = {{"version", "0.1.0"},       {"model", config_to_json(p.model)},
-                                   {"train", train_config_to_json(config)}, {"seed", config.seed},
-                                   {"backend", m_model->backend().name()},
-                                   {"precision", precision_name(m_model->backend().precision())},
-                                   {"corpus", p.corpus},       {"preset", p.name}};
-      m_log = std::make_unique<RunLog>(runDir.toStdString(), info);
-    }
-    emit started(QString::fromStdString(p.title), runDir, p.model.num_experts, p.model.num_moe_layers(), m_topK, 0);
+    const Preset preset = load_preset(request.preset.toStdString());
+    RunSpec spec = run_spec_from_preset(request.preset.toStdString());
+    spec.train = request.config;
+    if (!request.corpus.isEmpty()) spec.corpus = request.corpus.toStdString();
+    if (!request.router.isEmpty()) set_router_kind(spec.model, request.router.toStdString(), "router");
+    const std::string dir = request.runDir.toStdString();
+    buildOnDevice([&](std::shared_ptr<Backend> b) { return TrainingRun::start(spec, dir, std::move(b)); });
+    const ModelConfig& mc = m_run->spec().model;
+    m_topK = mc.top_k;
+    emit started(QString::fromStdString(preset.title), request.runDir, mc.num_experts, mc.num_moe_layers(), m_topK, 0);
     m_running = true;
     QTimer::singleShot(0, this, &TrainingWorker::runOne);
   } catch (const std::exception& e) {
@@ -67,48 +56,33 @@ void TrainingWorker::start(const TrainingRequest& request) {
 void TrainingWorker::continueRun(const QString& runDir) {
   try {
     m_running = false;
-    m_log.reset();
-    m_trainer.reset();
+    m_run.reset();
     shareCoresWithTheGui();
     const std::string dir = runDir.toStdString();
-    const nlohmann::json info = RunLog::read_run_info(dir);
-    const std::string src = dir + "/run.json";
-    const ModelConfig mc = parse_config(info.at("model"), src);
-    const TrainConfig tc = train_config_from_json(info.at("train"), TrainConfig{}, src);
-    const std::string ckpt = RunLog::latest_checkpoint(dir);
-    if (ckpt.empty()) fail(dir, "the run has no checkpoint to continue from");
-    m_corpus = open_corpus(info.value("corpus", std::string("builtin:domains")));
-    buildOnDevice(mc, tc, ckpt);
-    m_topK = mc.top_k;
-    m_log = std::make_unique<RunLog>(dir, info, m_trainer->steps_done());
-    QString title = QString::fromStdString(info.value("preset", mc.architecture));
-    emit started(title, runDir, mc.num_experts, mc.num_moe_layers(), m_topK, m_trainer->steps_done());
+    buildOnDevice([&](std::shared_ptr<Backend> b) { return TrainingRun::resume(dir, std::move(b)); });
+    const RunSpec& spec = m_run->spec();
+    m_topK = spec.model.top_k;
+    const QString title = QString::fromStdString(spec.preset.empty() ? spec.model.architecture : spec.preset);
+    emit started(title, runDir, spec.model.num_experts, spec.model.num_moe_layers(), m_topK, m_run->steps_done());
     m_running = true;
     QTimer::singleShot(0, this, &TrainingWorker::runOne);
-  } catch (const nlohmann::json::exception& e) {
-    emit errorOccurred(tr("%1/run.json: malformed run description (%2)").arg(runDir, QString::fromUtf8(e.what())));
   } catch (const std::exception& e) {
     emit errorOccurred(QString::fromUtf8(e.what()));
   }
 }
 
-void TrainingWorker::buildOnDevice(const ModelConfig& model, const TrainConfig& train, const std::string& checkpoint) {
-  m_trainer.reset();
-  m_model.reset();  // the previous run's memory first: it may be the GPU's
+void TrainingWorker::buildOnDevice(const std::function<std::unique_ptr<TrainingRun>(std::shared_ptr<Backend>)>& make) {
   std::string precisionProblem;
   auto build = [&](std::shared_ptr<Backend> b) {
     // Set before the weights are made, as the command line does; a refusal keeps fp32 and is
     // reported, not taken for the device failing.
     precisionProblem = apply_precision(*b, m_precision);
-    auto m = std::make_unique<Model>(Model::random(model, train.seed + 1000, std::move(b)));
-    auto t = std::make_unique<Trainer>(*m, *m_corpus, train);
-    if (!checkpoint.empty()) t->load_checkpoint(checkpoint);
-    return std::make_pair(std::move(m), std::move(t));
+    return make(std::move(b));
   };
   std::string problem;
-  std::tie(m_model, m_trainer) = make_on_device(m_device, build, &problem);
-  emit deviceInUse(QString::fromStdString(device_display_name(m_model->backend())), QString::fromStdString(problem),
-                   QString::fromStdString(precisionProblem));
+  m_run = make_on_device(m_device, build, &problem);
+  emit deviceInUse(QString::fromStdString(device_display_name(m_run->model().backend())),
+                   QString::fromStdString(problem), QString::fromStdString(precisionProblem));
 }
 
 void TrainingWorker::setDevice(const QString& device) { m_device = device.toStdString(); }
@@ -118,45 +92,36 @@ void TrainingWorker::setPrecision(Precision precision) { m_precision = precision
 void TrainingWorker::pause() { m_running = false; }
 
 void TrainingWorker::stepOnce() {
-  if (!m_trainer || m_running) return;
+  if (!m_run || m_running) return;
   m_running = true;
   m_stopAfterOne = true;
   runOne();
 }
 
 void TrainingWorker::resume() {
-  if (!m_trainer || m_running) return;
+  if (!m_run || m_running) return;
   m_running = true;
   QTimer::singleShot(0, this, &TrainingWorker::runOne);
 }
 
 void TrainingWorker::stop() {
   m_running = false;
-  if (!m_trainer) return;
+  if (!m_run) return;
   const QString ckpt = checkpointNow();
-  emit finished(ckpt.isEmpty() ? tr("Stopped at step %1").arg(m_trainer->steps_done())
-                               : tr("Stopped at step %1; checkpoint saved").arg(m_trainer->steps_done()));
+  emit finished(ckpt.isEmpty() ? tr("Stopped at step %1").arg(m_run->steps_done())
+                               : tr("Stopped at step %1; checkpoint saved").arg(m_run->steps_done()));
 }
 
 void TrainingWorker::updateConfig(const TrainConfig& config) {
-  if (m_trainer) m_trainer->set_config(config);
+  if (m_run) m_run->set_config(config);
 }
 
 QString TrainingWorker::checkpointNow(const QString& fallbackDir) {
-  if (!m_trainer) return {};
+  if (!m_run) return {};
   try {
-    std::string dir;
-    if (m_log)
-      dir = m_log->checkpoint_dir(m_trainer->steps_done());
-    else if (!fallbackDir.isEmpty())
-      dir = fallbackDir.toStdString();
-    else
-      return {};
-    if (!QDir(QString::fromStdString(dir) + "/..").exists()) QDir().mkpath(QString::fromStdString(dir) + "/..");
-    m_trainer->save_checkpoint(dir);
-    const QString d = QString::fromStdString(dir);
-    emit checkpointSaved(d, m_trainer->steps_done());
-    return d;
+    const QString dir = QString::fromStdString(m_run->checkpoint(fallbackDir.toStdString()));
+    if (!dir.isEmpty()) emit checkpointSaved(dir, m_run->steps_done());
+    return dir;
   } catch (const std::exception& e) {
     emit errorOccurred(QString::fromUtf8(e.what()));
     return {};
@@ -166,19 +131,16 @@ QString TrainingWorker::checkpointNow(const QString& fallbackDir) {
 void TrainingWorker::saveCheckpoint(const QString& fallbackDir) { checkpointNow(fallbackDir); }
 
 void TrainingWorker::runOne() {
-  if (!m_running || !m_trainer) return;
-  if (m_trainer->steps_done() >= m_trainer->config().steps) {
+  if (!m_running || !m_run) return;
+  if (m_run->done()) {
     m_running = false;
     checkpointNow();
-    emit finished(tr("Finished %1 steps").arg(m_trainer->steps_done()));
+    emit finished(tr("Finished %1 steps").arg(m_run->steps_done()));
     return;
   }
   try {
-    const StepRecord r = m_trainer->step();
-    if (m_log) m_log->append(step_record_to_json(r));
-    emit stepDone(summaryFromRecord(r, m_trainer->config().steps, m_topK));
-    const int64_t every = m_trainer->config().checkpoint_every;
-    if (m_log && every > 0 && r.step % every == 0 && r.step < m_trainer->config().steps) checkpointNow();
+    const StepRecord r = m_run->step();  // logged, and checkpointed on schedule
+    emit stepDone(summaryFromRecord(r, m_run->config().steps, m_topK));
     if (m_stopAfterOne) {
       m_stopAfterOne = m_running = false;
       return;

@@ -6,11 +6,13 @@
 
 #include <QObject>
 #include <QString>
+
+#include <functional>
 #include <memory>
 
 #include "run_data.hpp"
-#include "runlog.hpp"
 #include "trainer.hpp"
+#include "training_run.hpp"
 
 Q_DECLARE_METATYPE(StepSummaryPtr)
 Q_DECLARE_METATYPE(moelab::TrainConfig)
@@ -62,15 +64,12 @@ class TrainingWorker : public QObject {
 
  private:
   void runOne();
-  // The model and its trainer on the device set (the CPU when that fails), from a checkpoint when
-  // one is given; says where with deviceInUse.
-  void buildOnDevice(const moelab::ModelConfig& model, const moelab::TrainConfig& train, const std::string& checkpoint);
+  // The run on the device set (the CPU when that fails), made by `make` (TrainingRun::start or
+  // resume); says where with deviceInUse.
+  void buildOnDevice(const std::function<std::unique_ptr<moelab::TrainingRun>(std::shared_ptr<moelab::Backend>)>& make);
   QString checkpointNow(const QString& fallbackDir = QString());
 
-  std::unique_ptr<moelab::Model> m_model;
-  std::unique_ptr<moelab::Corpus> m_corpus;
-  std::unique_ptr<moelab::Trainer> m_trainer;
-  std::unique_ptr<moelab::RunLog> m_log;
+  std::unique_ptr<moelab::TrainingRun> m_run;
   int64_t m_topK = 0;
   std::string m_device = "cpu";
   moelab::Precision m_precision = moelab::Precision::FP32;

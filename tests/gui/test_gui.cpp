@@ -104,7 +104,7 @@ class TestGui : public QObject {
         s.temperature = 0;  // greedy
         if (knobsAtModelValues) {
           s.overrides.top_k = config.top_k;
-          s.overrides.renormalize = config.norm_topk_prob ? 1 : 0;
+          s.overrides.renormalize = config.norm_topk_prob;
         }
         w.reset(s, 0);
         w.step(5);
@@ -215,8 +215,7 @@ class TestGui : public QObject {
       SnapshotPtr s = t->snapshot();
       QCOMPARE(s->count(), 10 + 6);
       RoutingOverrides ov;
-      ov.capacity_factor = 1.0;
-      ov.reroute = reroute;
+      ov.capacity = {1.0, reroute};
       const RoutingTrace trace = coreTrace(*s, &ov);  // the whole text as one batch
       QCOMPARE(int(trace.layers().size()), int(s->layers.size()));
       const int E = int(s->experts()), K = int(s->topK);

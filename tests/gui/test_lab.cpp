@@ -26,6 +26,7 @@
 #include "presets.hpp"
 #include "table_chart.hpp"
 #include "runlog.hpp"
+#include "training_run.hpp"
 #include "tokens_view.hpp"
 #include "training_view.hpp"
 
@@ -36,24 +37,16 @@ namespace {
 
 // A run made by the core alone (no GUI code): the independent source the views must match.
 void makeRun(const QString& dir, const std::string& preset, int steps, int checkpointEvery) {
-  Preset p = load_preset(preset);
-  TrainConfig c = p.train;
+  RunSpec spec = run_spec_from_preset(preset);
+  TrainConfig& c = spec.train;
   c.steps = steps;
   c.batch = 8;
   c.eval_every = 5;
   c.probe_every = 5;
   c.checkpoint_every = checkpointEvery;
-  auto corpus = open_corpus(p.corpus);
-  Model m = Model::random(p.model, c.seed + 1000, make_eigen_backend());
-  Trainer t(m, *corpus, c);
-  const json info = {{"model", config_to_json(p.model)}, {"train", train_config_to_json(c)}, {"preset", p.name},
-                     {"corpus", p.corpus}};
-  RunLog log(dir.toStdString(), info);
-  for (int i = 0; i < steps; ++i) {
-    const StepRecord r = t.step();
-    log.append(step_record_to_json(r));
-    if (checkpointEvery > 0 && r.step % checkpointEvery == 0) t.save_checkpoint(log.checkpoint_dir(r.step));
-  }
+  auto run = TrainingRun::start(spec, dir.toStdString(), make_eigen_backend());
+  while (!run->done()) run->step();  // checkpoints every checkpointEvery steps before the last
+  if (checkpointEvery > 0 && steps % checkpointEvery == 0) run->checkpoint();
 }
 
 std::vector<json> records(const QString& dir) { return read_metrics(dir.toStdString()); }
