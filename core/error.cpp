@@ -4,28 +4,28 @@
 
 namespace moelab {
 
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+namespace {
+// v divided by `step` until below it (at most n - 1 times), with one decimal past the first unit.
+std::string scaled(double v, double step, const char* const* units, int n, const char* space) {
   int u = 0;
-  while (bytes >= 1024.0 && u < 5) {
-    bytes /= 1024.0;
+  while (v >= step && u < n - 1) {
+    v /= step;
     ++u;
   }
   char buf[64];
-  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", bytes, units[u]);
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f%s%s" : "%.1f%s%s", v, space, units[u]);
   return buf;
+}
+}  // namespace
+
+std::string human_bytes(double bytes) {
+  static const char* const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  return scaled(bytes, 1024.0, units, 6, " ");
 }
 
 std::string human_count(double n) {
-  const char* units[] = {"", "K", "M", "B", "T"};
-  int u = 0;
-  while (n >= 1000.0 && u < 4) {
-    n /= 1000.0;
-    ++u;
-  }
-  char buf[64];
-  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f%s" : "%.1f%s", n, units[u]);
-  return buf;
+  static const char* const units[] = {"", "K", "M", "B", "T"};
+  return scaled(n, 1000.0, units, 5, "");
 }
 
 }  // namespace moelab

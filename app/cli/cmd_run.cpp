@@ -177,8 +177,7 @@ void add_run_commands(CLI::App& app) {
   auto* fwd = app.add_subcommand("forward", "Run a full forward pass and print logits and routing");
   fwd->add_option("--model", g.model, "Model directory (or 'builtin')")->required();
   fwd->add_option("--tokens", g.tokens, "Comma-separated token ids, e.g. 3,1,4,1")->required();
-  fwd->add_option("--device", g.device, "cpu, cuda or auto");
-  fwd->add_option("--precision", g.precision, kPrecisionHelp);
+  add_device_options(fwd, g.device, g.precision);
   fwd->add_flag("--json", g.json_out, "JSON on stdout: {logits, routing}");
   fwd->callback(run_forward);
 
@@ -191,8 +190,7 @@ void add_run_commands(CLI::App& app) {
   gen->add_option("--top-p", g.top_p, "Nucleus sampling mass")->check(number_in(0, 1));
   gen->add_option("--seed", g.seed, "Sampling seed")->check(kSeed);
   gen->add_option("--trace", g.trace, "Write the routing of every prompt and generated token to this JSON file");
-  gen->add_option("--device", g.device, "cpu, cuda or auto");
-  gen->add_option("--precision", g.precision, kPrecisionHelp);
+  add_device_options(gen, g.device, g.precision);
   gen->add_flag("--show-routing", g.show_routing, "Print each token with its routing");
   gen->callback([] { run_generate(false); });
 

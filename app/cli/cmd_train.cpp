@@ -174,8 +174,7 @@ void add_train_commands(CLI::App& app) {
   cmd->add_flag("--reroute", o.reroute, "Re-route overflow to the next-best expert instead of dropping it");
   cmd->add_option("--router-lr-scale", o.router_lr_scale, "Router learning-rate multiplier");
   cmd->add_option("--checkpoint-every", o.checkpoint_every, "Checkpoint every N steps (0 = only at the end)");
-  cmd->add_option("--device", o.device, "cpu, cuda or auto");
-  cmd->add_option("--precision", o.precision, kPrecisionHelp);
+  add_device_options(cmd, o.device, o.precision);
   cmd->add_flag("--quiet", o.quiet, "No progress output");
   cmd->add_option("--export", o.export_dir, "Also write the final model (config.json + model.safetensors) here");
   cmd->add_option("--export-dtype", o.export_dtype, "f32, bf16 or f16")->check(CLI::IsMember({"f32", "bf16", "f16"}));

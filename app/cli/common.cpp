@@ -45,6 +45,12 @@ std::shared_ptr<Backend> cli_backend(const std::string& device, const std::strin
   return backend;
 }
 
+void add_device_options(CLI::App* cmd, std::string& device, std::string& precision) {
+  cmd->add_option("--device", device, "cpu, cuda or auto");
+  cmd->add_option("--precision", precision,
+                  "Matrix products: fp32 (default), bf16 (bf16 operands, fp32 sums; emulated on the CPU) or tf32 (GPU)");
+}
+
 std::string builtin_model_dir() { return resources_dir() + "/models/builtin"; }
 
 Model open_model(const std::string& dir, std::shared_ptr<Backend> backend) {

@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "backend.hpp"
@@ -22,9 +23,8 @@ constexpr uint64_t kBuiltinSeed = 20261123;
 // moelab::make_backend (devices.hpp), saying on stderr in one line why when "cuda" falls back to
 // the CPU, in the given precision ("fp32", "tf32", "bf16"; a mode the device lacks is an error).
 std::shared_ptr<Backend> cli_backend(const std::string& device, const std::string& precision = "fp32");
-// The help text of --precision.
-constexpr const char* kPrecisionHelp =
-    "Matrix products: fp32 (default), bf16 (bf16 operands, fp32 sums; emulated on the CPU) or tf32 (GPU)";
+// --device (cpu, cuda or auto) and --precision (fp32, bf16, tf32) of a command that runs a model.
+void add_device_options(CLI::App* cmd, std::string& device, std::string& precision);
 // Where the trained built-in model lives (resources/models/builtin).
 std::string builtin_model_dir();
 // "builtin" (or empty) means the built-in model; otherwise a model directory.
