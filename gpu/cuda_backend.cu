@@ -18,6 +18,7 @@
 
 #include "cuda_backend.hpp"
 #include "cuda_check.hpp"
+#include "cuda_device.hpp"
 #include "device_memory.cuh"
 #include "error.hpp"
 #include "kernels.hpp"
@@ -805,32 +806,6 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
-
-bool cuda_device_available(std::string* why, int device) {
-  auto no = [why](const std::string& reason) {
-    if (why) *why = reason;
-    return false;
-  };
-  int count = 0;
-  const cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    return no(std::string("no usable CUDA driver (") + cudaGetErrorString(err) + ")");
-  }
-  if (count == 0) return no("no CUDA device");
-  if (device < 0 || device >= count)
-    return no("no CUDA device " + std::to_string(device) + " (" + std::to_string(count) + " present)");
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return no("cannot read the properties of CUDA device " + std::to_string(device));
-  }
-  if (prop.major < 8)
-    return no(std::string(prop.name) + " has compute capability " + std::to_string(prop.major) + "." +
-              std::to_string(prop.minor) + "; the CUDA backend needs 8.0 or newer");
-  if (why) why->clear();
-  return true;
-}
 
 std::shared_ptr<Backend> make_cuda_backend(int device) {
   std::string why;
