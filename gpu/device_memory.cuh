@@ -1,5 +1,6 @@
 // Device memory of the CUDA backend: the cache of cudaMalloc buffers (DevicePool) and the bf16
-// copies of weights kept for Precision::BF16 (Bf16Copies). Included by cuda_backend.cu only.
+// copies of weights kept for Precision::BF16 (Bf16Copies). Included by cuda_backend.cu and
+// cuda_graph.cuh only.
 #pragma once
 
 #include <cuda_runtime.h>
