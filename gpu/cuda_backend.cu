@@ -175,13 +175,9 @@ class CudaBackend final : public Backend {
     if (T == 0 || N == 0) return;
     if (K == 0) {
       if (!accumulate) cuda::fill(f32(out), out.numel(), 0.0f, s);
-    } else if (precision_ == Precision::BF16) {
-      const Tensor xb = bf16_operand(x);
-      gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, bf16_weight(w), K, b16(xb), K, accumulate, f32(out), N);
     } else {
-      const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-      MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, as_int(N, "linear N"), as_int(T, "linear T"),
-                                      as_int(K, "linear K"), &one, f32(w), int(K), f32(x), int(K), &beta, f32(out), int(N)));
+      const Operand xo = activation_operand(x);
+      gemm(CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, weight_operand(w), K, xo, K, accumulate, f32(out), N);
     }
     if (bias) cuda::add_bias_rows(f32(out), f32(*bias), T, N, s);
   }
@@ -323,38 +319,17 @@ class CudaBackend final : public Backend {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
     MOELAB_ASSERT(w.cols() == K && dy.rows() == T && dy.cols() == N && dw.numel() == N * K, "linear_backward shapes");
     const cudaStream_t s = set_device_get_stream();
-    const float one = 1.0f;
-    if (precision_ == Precision::BF16) {  // bf16 operands, fp32 sums; the bias gradient is a plain fp32 sum
-      const Tensor dyb = bf16_operand(dy);
-      if (dx && T > 0 && K > 0) {
-        MOELAB_ASSERT(dx->numel() == T * K, "linear_backward dx shape");
-        if (N == 0) {
-          if (!acc) cuda::fill(f32(*dx), dx->numel(), 0.0f, s);
-        } else {
-          gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, bf16_weight(w), K, b16(dyb), N, acc, f32(*dx), K);
-        }
-      }
-      if (T > 0 && K > 0 && N > 0) {
-        const Tensor xb = bf16_operand(x);
-        gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, K, N, T, b16(xb), K, b16(dyb), N, true, f32(dw), K);
-      }
-      if (db) cuda::add_column_sums(f32(dy), T, N, f32(*db), s);
-      return;
-    }
+    const Operand dyo = activation_operand(dy);  // rounded once for both products in bf16
     if (dx && T > 0 && K > 0) {
       MOELAB_ASSERT(dx->numel() == T * K, "linear_backward dx shape");
       if (N == 0) {
         if (!acc) cuda::fill(f32(*dx), dx->numel(), 0.0f, s);
       } else {
-        const float beta = acc ? 1.0f : 0.0f;
-        MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, as_int(K, "linear K"), as_int(T, "linear T"),
-                                        as_int(N, "linear N"), &one, f32(w), int(K), f32(dy), int(N), &beta, f32(*dx), int(K)));
+        gemm(CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, weight_operand(w), K, dyo, N, acc, f32(*dx), K);
       }
     }
-    if (T > 0 && K > 0 && N > 0)
-      MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, as_int(K, "linear K"), as_int(N, "linear N"),
-                                      as_int(T, "linear T"), &one, f32(x), int(K), f32(dy), int(N), &one, f32(dw), int(K)));
-    if (db) cuda::add_column_sums(f32(dy), T, N, f32(*db), s);
+    if (T > 0 && K > 0 && N > 0) gemm(CUBLAS_OP_N, CUBLAS_OP_T, K, N, T, activation_operand(x), K, dyo, N, true, f32(dw), K);
+    if (db) cuda::add_column_sums(f32(dy), T, N, f32(*db), s);  // an fp32 sum in every precision
   }
 
   void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool acc,
@@ -569,26 +544,47 @@ class CudaBackend final : public Backend {
     if (!convert && recorder_.active()) recorder_.keep_copy({f32(w), n, e.buf});  // replay() refreshes it when stale
     return static_cast<const cuda::bf16*>(e.buf.get());
   }
-  // An activation operand rounded to bf16, in a scratch buffer.
-  Tensor bf16_operand(const Tensor& x) {
-    Tensor t = make_tensor({(x.numel() + 1) / 2}, TType::I32, false);
-    cuda::to_bf16(f32(x), x.numel(), b16(t), set_device_get_stream());
-    return t;
+
+  // ---- dense products: cuBLAS ----
+  // An operand of a product: its fp32 values and, in Precision::BF16, their bf16 rounding (a
+  // weight's cached copy, or an activation rounded into `rounded`, which keeps it alive).
+  struct Operand {
+    const float* f32 = nullptr;
+    const cuda::bf16* b16 = nullptr;
+    Tensor rounded;
+  };
+  Operand weight_operand(const Tensor& w) {
+    Operand o;
+    o.f32 = f32(w);
+    if (precision_ == Precision::BF16) o.b16 = bf16_weight(w);
+    return o;
   }
-  cuda::ExpertMatrix expert_matrix(const Tensor& w) {
-    cuda::ExpertMatrix m;
-    m.f32 = f32(w);
-    if (precision_ == Precision::BF16) m.b16 = bf16_weight(w);
-    return m;
+  cuda::ExpertMatrix expert_matrix(const Tensor& w) {  // the same for the grouped expert kernels
+    const Operand o = weight_operand(w);
+    return {o.f32, o.b16};
   }
-  // C (+)= op(A) · op(B), column-major as cublasSgemm, with bf16 A and B and fp32 C and sums.
-  void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const cuda::bf16* A,
-                 int64_t lda, const cuda::bf16* B, int64_t ldb, bool accumulate, float* C, int64_t ldc) {
+  Operand activation_operand(const Tensor& x) {
+    Operand o;
+    o.f32 = f32(x);
+    if (precision_ == Precision::BF16) {
+      o.rounded = make_tensor({(x.numel() + 1) / 2}, TType::I32, false);
+      o.b16 = b16(o.rounded);
+      cuda::to_bf16(f32(x), x.numel(), b16(o.rounded), set_device_get_stream());
+    }
+    return o;
+  }
+  // C (+)= op(A) · op(B), column-major as cublasSgemm. fp32 (TF32 tensor cores when the handle's
+  // math mode says so), or in Precision::BF16 bf16 A and B with fp32 C and sums.
+  void gemm(cublasOperation_t op_a, cublasOperation_t op_b, int64_t m, int64_t n, int64_t k, const Operand& A,
+            int64_t lda, const Operand& B, int64_t ldb, bool accumulate, float* C, int64_t ldc) {
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    MOELAB_CUBLAS_CHECK(cublasGemmEx(blas_, ta, tb, as_int(m, "gemm m"), as_int(n, "gemm n"), as_int(k, "gemm k"), &one,
-                                     A, CUDA_R_16BF, as_int(lda, "gemm lda"), B, CUDA_R_16BF, as_int(ldb, "gemm ldb"),
-                                     &beta, C, CUDA_R_32F, as_int(ldc, "gemm ldc"), CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT));
+    const int M = as_int(m, "gemm m"), N = as_int(n, "gemm n"), K = as_int(k, "gemm k");
+    const int LDA = as_int(lda, "gemm lda"), LDB = as_int(ldb, "gemm ldb"), LDC = as_int(ldc, "gemm ldc");
+    if (precision_ == Precision::BF16)
+      MOELAB_CUBLAS_CHECK(cublasGemmEx(blas_, op_a, op_b, M, N, K, &one, A.b16, CUDA_R_16BF, LDA, B.b16, CUDA_R_16BF, LDB,
+                                       &beta, C, CUDA_R_32F, LDC, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    else
+      MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, op_a, op_b, M, N, K, &one, A.f32, LDA, B.f32, LDB, &beta, C, LDC));
   }
 
   Tensor make_tensor(std::vector<int64_t> shape, TType type, bool zero) {
