@@ -641,23 +641,12 @@ class CudaBackend final : public Backend {
   };
   Groups make_groups(const Tensor& ids, int64_t E, cudaStream_t s) {
     MOELAB_ASSERT(ids.type == TType::I32 && E >= 1, "expert ids");
-    const int64_t n = ids.numel(), tiles = cuda::expert_max_tiles(n, E);
+    const int64_t n = ids.numel();
     MOELAB_ASSERT(n < INT_MAX, "too many expert slots");
     Groups grp;
-    grp.storage = scratch(size_t((E + 1) + 2 * n + 2 * tiles + 1 + E) * 4);
-    int32_t* p = s32(grp.storage);
-    cuda::ExpertGroups& g = grp.g;
-    g.begin = p;
-    g.order = g.begin + (E + 1);
-    g.pos = g.order + n;
-    g.tile_expert = g.pos + n;
-    g.tile_row0 = g.tile_expert + tiles;
-    g.num_tiles = g.tile_row0 + tiles;
-    g.counts = g.num_tiles + 1;
-    g.slots = n;
-    g.experts = E;
-    g.max_tiles = tiles;
-    cuda::group_by_expert(s32(ids), g, s);
+    grp.storage = scratch(size_t(cuda::expert_groups_ints(n, E)) * 4);
+    grp.g = cuda::expert_groups_in(s32(grp.storage), n, E);
+    cuda::group_by_expert(s32(ids), grp.g, s);
     return grp;
   }
 
