@@ -28,13 +28,6 @@
 namespace moelab {
 namespace {
 
-// Sizes are rounded so that nearby sizes share cache entries.
-size_t round_bytes(size_t n) {
-  if (n <= (size_t(1) << 20)) return std::max<size_t>(512, (n + 511) / 512 * 512);
-  const size_t step = size_t(128) << 10;
-  return (n + step - 1) / step * step;
-}
-
 int as_int(int64_t v, const char* what) {
   MOELAB_ASSERT(v >= 0 && v <= INT_MAX, std::string(what) + " exceeds cuBLAS's int range");
   return int(v);
@@ -458,12 +451,7 @@ class CudaBackend final : public Backend {
     cuda::noisy_logits_backward(f32(raw), f32(noise), f32(dout), raw.numel(), f32(draw), set_device_get_stream());
   }
 
-  double sum_squares(const Tensor& x) override {
-    Tensor buf = scratch(size_t(cuda::kSumBlocks + 1) * 8);
-    double* partials = static_cast<double*>(buf.ptr);
-    cuda::sum_squares(f32(x), x.numel(), partials, partials + cuda::kSumBlocks, set_device_get_stream());
-    return download_doubles(partials + cuda::kSumBlocks, 1)[0];
-  }
+  double sum_squares(const Tensor& x) override { return sum_squares_all({&x}); }  // 0 + r: r exactly
 
   // One result slot per tensor, one copy back; summed on the host in order, as the default does.
   double sum_squares_all(const std::vector<const Tensor*>& xs) override {
@@ -592,20 +580,11 @@ class CudaBackend final : public Backend {
     t.shape = std::move(shape);
     t.type = type;
     for (int64_t d : t.shape) MOELAB_ASSERT(d >= 0, "negative tensor dimension");
-    const size_t bytes = round_bytes(size_t(t.numel()) * 4);  // fp32 and int32 alike
+    const size_t bytes = DevicePool::round_bytes(size_t(t.numel()) * 4);  // fp32 and int32 alike
     const cudaStream_t s = set_device_get_stream();
-    void* p = pool_->get(bytes);
-    std::weak_ptr<DevicePool> pool = pool_;
-    std::weak_ptr<Bf16Copies> copies = copies_;
-    t.storage = std::shared_ptr<void>(p, [pool, copies, bytes](void* q) {
-      if (auto c = copies.lock()) c->forget(q, bytes);
-      if (auto pl = pool.lock())
-        pl->put(q, bytes);
-      else
-        (void)cudaFree(q);
-    });
-    t.ptr = p;
-    if (zero) MOELAB_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, s));
+    t.storage = pooled_buffer(pool_, copies_, bytes);
+    t.ptr = t.storage.get();
+    if (zero) MOELAB_CUDA_CHECK(cudaMemsetAsync(t.ptr, 0, bytes, s));
     recorder_.keep(t.storage);
     return t;
   }
