@@ -4,7 +4,8 @@
 // kernels_*.cu. Memory comes from a cache of cudaMalloc buffers keyed by size, so
 // a training step that allocates the same activations every step does not call cudaMalloc.
 // Only downloads wait for the device (and the ops that return a number: cross_entropy,
-// router_losses, sum_squares, one small copy each).
+// router_losses, sum_squares, one small copy each). Recording the decode step as a CUDA graph is
+// cuda_graph.{cuh,cu}; the device query behind make_cuda_backend is cuda_device.{hpp,cu}.
 //
 // The semantics are the Eigen backend's (core/eigen_backend.cpp), op for op, including top-k tie
 // breaking, capacity order, -1 for dropped slots and the accumulate flags; tests/test_gpu_parity
@@ -18,6 +19,8 @@
 
 #include "cuda_backend.hpp"
 #include "cuda_check.hpp"
+#include "cuda_device.hpp"
+#include "cuda_graph.cuh"
 #include "device_memory.cuh"
 #include "error.hpp"
 #include "kernels.hpp"
@@ -25,13 +28,6 @@
 
 namespace moelab {
 namespace {
-
-// Sizes are rounded so that nearby sizes share cache entries.
-size_t round_bytes(size_t n) {
-  if (n <= (size_t(1) << 20)) return std::max<size_t>(512, (n + 511) / 512 * 512);
-  const size_t step = size_t(128) << 10;
-  return (n + step - 1) / step * step;
-}
 
 int as_int(int64_t v, const char* what) {
   MOELAB_ASSERT(v >= 0 && v <= INT_MAX, std::string(what) + " exceeds cuBLAS's int range");
@@ -56,7 +52,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     (void)cudaSetDevice(device_);
     (void)cudaStreamSynchronize(stream_);
-    if (recording_) abort_recording();
+    recorder_.abort(stream_);
     release();
   }
 
@@ -107,14 +103,14 @@ class CudaBackend final : public Backend {
     copies_->touched(f32(dst) + offset, size_t(count) * sizeof(float));
     // From pageable memory, cudaMemcpyAsync returns once the host data has been staged: the
     // caller may free `host` right away.
-    MOELAB_CUDA_CHECK(
-        cudaMemcpyAsync(f32(dst) + offset, host, size_t(count) * sizeof(float), cudaMemcpyHostToDevice, st()));
+    MOELAB_CUDA_CHECK(cudaMemcpyAsync(f32(dst) + offset, host, size_t(count) * sizeof(float), cudaMemcpyHostToDevice,
+                                      set_device_get_stream()));
   }
   void download(const Tensor& src, float* host, int64_t offset, int64_t count) override {
     not_recording("download");
     count = checked_range(src, offset, count, "download range");
     if (count == 0) return;
-    const cudaStream_t s = st();
+    const cudaStream_t s = set_device_get_stream();
     MOELAB_CUDA_CHECK(cudaMemcpyAsync(host, f32(src) + offset, size_t(count) * sizeof(float), cudaMemcpyDeviceToHost, s));
     MOELAB_CUDA_CHECK(cudaStreamSynchronize(s));
   }
@@ -133,52 +129,49 @@ class CudaBackend final : public Backend {
   void upload(Tensor& dst, const int32_t* host) override {
     not_recording("upload");
     if (dst.numel() == 0) return;
-    MOELAB_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, host, size_t(dst.numel()) * 4, cudaMemcpyHostToDevice, st()));
+    MOELAB_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, host, size_t(dst.numel()) * 4, cudaMemcpyHostToDevice, set_device_get_stream()));
   }
   void download(const Tensor& src, int32_t* host) override {
     not_recording("download");
     if (src.numel() == 0) return;
-    const cudaStream_t s = st();
+    const cudaStream_t s = set_device_get_stream();
     MOELAB_CUDA_CHECK(cudaMemcpyAsync(host, src.ptr, size_t(src.numel()) * 4, cudaMemcpyDeviceToHost, s));
     MOELAB_CUDA_CHECK(cudaStreamSynchronize(s));
   }
   float* host_f32(Tensor&) override { return nullptr; }  // device memory: loaders go through upload
   void synchronize() override {
     not_recording("synchronize");
-    MOELAB_CUDA_CHECK(cudaStreamSynchronize(st()));
+    MOELAB_CUDA_CHECK(cudaStreamSynchronize(set_device_get_stream()));
   }
   void fill(Tensor& t, float value) override {
     copies_->touched(t.ptr, size_t(t.numel()) * 4);
-    cuda::fill(f32(t), t.numel(), value, st());
+    cuda::fill(f32(t), t.numel(), value, set_device_get_stream());
   }
   void copy(const Tensor& src, Tensor& dst) override {
     MOELAB_ASSERT(src.numel() == dst.numel(), "copy sizes");
     if (src.numel() == 0 || src.ptr == dst.ptr) return;
     copies_->touched(dst.ptr, size_t(dst.numel()) * 4);
-    MOELAB_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, size_t(src.numel()) * 4, cudaMemcpyDeviceToDevice, st()));
+    MOELAB_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, size_t(src.numel()) * 4, cudaMemcpyDeviceToDevice,
+                                      set_device_get_stream()));
   }
 
   // ---- forward ----
   void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
     MOELAB_ASSERT(ids.type == TType::I32 && out.numel() == ids.numel() * table.cols(), "embedding shapes");
-    cuda::embedding(f32(table), s32(ids), ids.numel(), table.cols(), f32(out), st());
+    cuda::embedding(f32(table), s32(ids), ids.numel(), table.cols(), f32(out), set_device_get_stream());
   }
 
   // out [T,N] = x [T,K] · w [N,K]ᵀ. cuBLAS is column-major: there out is [N,T] = wᵀ(as [K,N])ᵀ · x(as [K,T]).
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) override {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
     MOELAB_ASSERT(w.cols() == K && out.rows() == T && out.cols() == N, "linear shapes");
-    const cudaStream_t s = st();
+    const cudaStream_t s = set_device_get_stream();
     if (T == 0 || N == 0) return;
     if (K == 0) {
       if (!accumulate) cuda::fill(f32(out), out.numel(), 0.0f, s);
-    } else if (precision_ == Precision::BF16) {
-      const Tensor xb = bf16_operand(x);
-      gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, bf16_weight(w), K, b16(xb), K, accumulate, f32(out), N);
     } else {
-      const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-      MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, as_int(N, "linear N"), as_int(T, "linear T"),
-                                      as_int(K, "linear K"), &one, f32(w), int(K), f32(x), int(K), &beta, f32(out), int(N)));
+      const Operand xo = activation_operand(x);
+      gemm(CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, weight_operand(w), K, xo, K, accumulate, f32(out), N);
     }
     if (bias) cuda::add_bias_rows(f32(out), f32(*bias), T, N, s);
   }
@@ -186,41 +179,40 @@ class CudaBackend final : public Backend {
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
     const int64_t C = w.numel(), R = C ? x.numel() / C : 0;
     MOELAB_ASSERT(R * C == x.numel() && out.numel() == x.numel(), "rmsnorm shapes");
-    cuda::rmsnorm(f32(x), f32(w), R, C, eps, f32(out), st());
+    cuda::rmsnorm(f32(x), f32(w), R, C, eps, f32(out), set_device_get_stream());
   }
 
   void clamp(Tensor& x, float lo, float hi) override {
     copies_->touched(x.ptr, size_t(x.numel()) * 4);
-    cuda::clamp(f32(x), x.numel(), lo, hi, st());
+    cuda::clamp(f32(x), x.numel(), lo, hi, set_device_get_stream());
   }
 
   void rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta, bool inverse) override {
     const int64_t R = x.rows();
     MOELAB_ASSERT(x.cols() == n_heads * D && D % 2 == 0 && seq_len > 0, "rope shapes");
     if (R == 0) return;
-    const cudaStream_t s = st();
-    if (recording_) {  // the position comes from the device; the table covers every one the graph may see
-      ensure_rope_table(D, theta, rec_max_positions_);
-      rec_keep_.push_back(rope_.cos.storage);
-      rec_keep_.push_back(rope_.sin.storage);
+    const cudaStream_t s = set_device_get_stream();
+    if (recorder_.active()) {  // the position comes from the device; the table covers every one the graph may see
+      ensure_rope_table(D, theta, recorder_.max_positions());
+      recorder_.keep(rope_.cos.storage);
+      recorder_.keep(rope_.sin.storage);
     } else {
       ensure_rope_table(D, theta, pos0 + std::min(seq_len, R));
     }
-    cuda::rope(f32(x), R, n_heads, D, pos0, recording_ ? rec_position_ : nullptr, seq_len, f32(rope_.cos),
-               f32(rope_.sin), inverse, s);
+    cuda::rope(f32(x), R, n_heads, D, pos0, recorder_.position(), seq_len, f32(rope_.cos), f32(rope_.sin), inverse, s);
   }
 
   void copy_rows(const Tensor& src, Tensor& dst, int64_t row0) override {
     MOELAB_ASSERT(src.cols() == dst.cols() && row0 >= 0 && row0 + src.rows() <= dst.rows(), "copy_rows shapes");
     if (src.numel() == 0) return;
     copies_->touched(dst.ptr, size_t(dst.numel()) * 4);
-    if (recording_) {  // the row comes from the device at replay
+    if (recorder_.active()) {  // the row comes from the device at replay
       MOELAB_ASSERT(src.rows() <= dst.rows(), "copy_rows shapes");
-      cuda::copy_rows_at(f32(src), src.rows(), src.cols(), rec_position_, f32(dst), st());
+      cuda::copy_rows_at(f32(src), src.rows(), src.cols(), recorder_.position(), f32(dst), set_device_get_stream());
       return;
     }
     MOELAB_CUDA_CHECK(cudaMemcpyAsync(f32(dst) + row0 * dst.cols(), f32(src), size_t(src.numel()) * sizeof(float),
-                                      cudaMemcpyDeviceToDevice, st()));
+                                      cudaMemcpyDeviceToDevice, set_device_get_stream()));
   }
 
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t past, int64_t NH, int64_t NKV,
@@ -230,8 +222,8 @@ class CudaBackend final : public Backend {
     MOELAB_ASSERT(q.cols() == NH * D && k.cols() == NKV * D && v.numel() == k.numel() && past + T <= S &&
                       out.numel() == q.numel(),
                   "attention shapes");
-    cuda::attention(f32(q), f32(k), f32(v), B, T, S, past, recording_ ? rec_position_ : nullptr, NH, NKV, D, f32(out),
-                    st());
+    cuda::attention(f32(q), f32(k), f32(v), B, T, S, past, recorder_.position(), NH, NKV, D, f32(out),
+                    set_device_get_stream());
   }
 
   void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) override {
@@ -240,14 +232,14 @@ class CudaBackend final : public Backend {
                       probs.numel() == T * E,
                   "route shapes");
     cuda::route(f32(logits), T, E, K, spec.sigmoid, spec.renormalize, bias_of(spec, E), f32(probs), s32(ids), f32(weights),
-                st());
+                set_device_get_stream());
   }
 
   void limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_t capacity, Tensor& ids, Tensor& weights,
                       Tensor& dropped) override {
     const int64_t T = probs.rows(), E = probs.cols(), K = spec.top_k;
     MOELAB_ASSERT(ids.numel() == T * K && dropped.numel() == T * K && weights.numel() == T * K, "capacity shapes");
-    const cudaStream_t s = st();
+    const cudaStream_t s = set_device_get_stream();
     cuda::fill(f32(dropped), dropped.numel(), 0.0f, s);
     if (capacity <= 0) return;
     Tensor load = scratch(size_t(E) * 4);
@@ -264,7 +256,7 @@ class CudaBackend final : public Backend {
                   "moe_experts shapes");
     const int64_t n = T * K;
     if (n == 0) return;
-    const cudaStream_t s = st();
+    const cudaStream_t s = set_device_get_stream();
     Groups grp = make_groups(ids, E, s);
     // g and u are zeroed: swiglu runs over all N rows, and rows past the used ones (dropped
     // slots) are never written by the GEMMs.
@@ -282,31 +274,31 @@ class CudaBackend final : public Backend {
 
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
     MOELAB_ASSERT(gate.numel() == up.numel() && out.numel() == gate.numel(), "swiglu shapes");
-    cuda::swiglu(f32(gate), f32(up), gate.numel(), f32(out), st());
+    cuda::swiglu(f32(gate), f32(up), gate.numel(), f32(out), set_device_get_stream());
   }
   void add(Tensor& y, const Tensor& x) override {
     MOELAB_ASSERT(y.numel() == x.numel(), "add shapes");
-    cuda::add(f32(y), f32(x), y.numel(), st());
+    cuda::add(f32(y), f32(x), y.numel(), set_device_get_stream());
   }
   void row_norms(const Tensor& x, Tensor& out) override {
     MOELAB_ASSERT(out.numel() == x.rows(), "row_norms shapes");
-    cuda::row_norms(f32(x), x.rows(), x.cols(), f32(out), st());
+    cuda::row_norms(f32(x), x.rows(), x.cols(), f32(out), set_device_get_stream());
   }
   void add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) override {
     MOELAB_ASSERT(x.numel() == y.numel() && g.numel() == y.rows(), "add_sigmoid_gated shapes");
-    cuda::add_sigmoid_gated(f32(y), f32(x), f32(g), y.rows(), y.cols(), st());
+    cuda::add_sigmoid_gated(f32(y), f32(x), f32(g), y.rows(), y.cols(), set_device_get_stream());
   }
   void noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out) override {
     MOELAB_ASSERT(raw.numel() == clean.numel() && noise.numel() == clean.numel() && out.numel() == clean.numel(),
                   "noisy_logits shapes");
-    cuda::noisy_logits(f32(clean), f32(raw), f32(noise), clean.numel(), f32(out), st());
+    cuda::noisy_logits(f32(clean), f32(raw), f32(noise), clean.numel(), f32(out), set_device_get_stream());
   }
 
   // ---- training ----
   double cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& dlogits, float scale) override {
     const int64_t N = logits.rows(), V = logits.cols();
     MOELAB_ASSERT(targets.numel() == N && dlogits.numel() == logits.numel(), "cross_entropy shapes");
-    const cudaStream_t s = st();
+    const cudaStream_t s = set_device_get_stream();
     Tensor rows = scratch(size_t(N) * 8 + 16);  // [N] double row losses, then the count and the result
     double* row_loss = static_cast<double*>(rows.ptr);
     double* result = row_loss + N;
@@ -320,39 +312,18 @@ class CudaBackend final : public Backend {
                        Tensor* db) override {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
     MOELAB_ASSERT(w.cols() == K && dy.rows() == T && dy.cols() == N && dw.numel() == N * K, "linear_backward shapes");
-    const cudaStream_t s = st();
-    const float one = 1.0f;
-    if (precision_ == Precision::BF16) {  // bf16 operands, fp32 sums; the bias gradient is a plain fp32 sum
-      const Tensor dyb = bf16_operand(dy);
-      if (dx && T > 0 && K > 0) {
-        MOELAB_ASSERT(dx->numel() == T * K, "linear_backward dx shape");
-        if (N == 0) {
-          if (!acc) cuda::fill(f32(*dx), dx->numel(), 0.0f, s);
-        } else {
-          gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, bf16_weight(w), K, b16(dyb), N, acc, f32(*dx), K);
-        }
-      }
-      if (T > 0 && K > 0 && N > 0) {
-        const Tensor xb = bf16_operand(x);
-        gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, K, N, T, b16(xb), K, b16(dyb), N, true, f32(dw), K);
-      }
-      if (db) cuda::add_column_sums(f32(dy), T, N, f32(*db), s);
-      return;
-    }
+    const cudaStream_t s = set_device_get_stream();
+    const Operand dyo = activation_operand(dy);  // rounded once for both products in bf16
     if (dx && T > 0 && K > 0) {
       MOELAB_ASSERT(dx->numel() == T * K, "linear_backward dx shape");
       if (N == 0) {
         if (!acc) cuda::fill(f32(*dx), dx->numel(), 0.0f, s);
       } else {
-        const float beta = acc ? 1.0f : 0.0f;
-        MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_N, as_int(K, "linear K"), as_int(T, "linear T"),
-                                        as_int(N, "linear N"), &one, f32(w), int(K), f32(dy), int(N), &beta, f32(*dx), int(K)));
+        gemm(CUBLAS_OP_N, CUBLAS_OP_N, K, T, N, weight_operand(w), K, dyo, N, acc, f32(*dx), K);
       }
     }
-    if (T > 0 && K > 0 && N > 0)
-      MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, CUBLAS_OP_N, CUBLAS_OP_T, as_int(K, "linear K"), as_int(N, "linear N"),
-                                      as_int(T, "linear T"), &one, f32(x), int(K), f32(dy), int(N), &one, f32(dw), int(K)));
-    if (db) cuda::add_column_sums(f32(dy), T, N, f32(*db), s);
+    if (T > 0 && K > 0 && N > 0) gemm(CUBLAS_OP_N, CUBLAS_OP_T, K, N, T, activation_operand(x), K, dyo, N, true, f32(dw), K);
+    if (db) cuda::add_column_sums(f32(dy), T, N, f32(*db), s);  // an fp32 sum in every precision
   }
 
   void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool acc,
@@ -360,12 +331,13 @@ class CudaBackend final : public Backend {
     const int64_t C = w.numel(), R = C ? x.numel() / C : 0;
     MOELAB_ASSERT(dy.numel() == x.numel() && dx.numel() == x.numel() && dw.numel() == C, "rmsnorm_backward shapes");
     Tensor rr = scratch(size_t(std::max<int64_t>(R, 1)) * 8);
-    cuda::rmsnorm_backward(f32(x), f32(w), f32(dy), R, C, eps, f32(dx), acc, f32(dw), static_cast<double*>(rr.ptr), st());
+    cuda::rmsnorm_backward(f32(x), f32(w), f32(dy), R, C, eps, f32(dx), acc, f32(dw), static_cast<double*>(rr.ptr),
+                           set_device_get_stream());
   }
 
   void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
     MOELAB_ASSERT(ids.type == TType::I32 && dout.numel() == ids.numel() * dtable.cols(), "embedding_backward shapes");
-    cuda::embedding_backward(s32(ids), f32(dout), ids.numel(), dtable.cols(), f32(dtable), st());
+    cuda::embedding_backward(s32(ids), f32(dout), ids.numel(), dtable.cols(), f32(dtable), set_device_get_stream());
   }
 
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, int64_t B, int64_t NH,
@@ -377,28 +349,30 @@ class CudaBackend final : public Backend {
                       dk.numel() == k.numel() && dv.numel() == v.numel(),
                   "attention_backward shapes");
     Tensor stats = scratch(size_t(std::max<int64_t>(1, B * T * NH)) * 3 * 4);
-    cuda::attention_backward(f32(q), f32(k), f32(v), f32(dout), B, T, NH, NKV, D, f32(stats), f32(dq), f32(dk), f32(dv), st());
+    cuda::attention_backward(f32(q), f32(k), f32(v), f32(dout), B, T, NH, NKV, D, f32(stats), f32(dq), f32(dk), f32(dv),
+                             set_device_get_stream());
   }
 
   void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate, Tensor& dup) override {
     MOELAB_ASSERT(up.numel() == gate.numel() && dout.numel() == gate.numel() && dgate.numel() == gate.numel() &&
                       dup.numel() == gate.numel(),
                   "swiglu_backward shapes");
-    cuda::swiglu_backward(f32(gate), f32(up), f32(dout), gate.numel(), f32(dgate), f32(dup), st());
+    cuda::swiglu_backward(f32(gate), f32(up), f32(dout), gate.numel(), f32(dgate), f32(dup), set_device_get_stream());
   }
 
   void route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
                       Tensor& dlogits, bool acc) override {
     const int64_t T = probs.rows(), E = probs.cols(), K = ids.cols();
     MOELAB_ASSERT(ids.rows() == T && dweights.numel() == T * K && dlogits.numel() == T * E, "route_backward shapes");
-    cuda::route_backward(f32(probs), s32(ids), f32(dweights), T, E, K, spec.sigmoid, spec.renormalize, f32(dlogits), acc, st());
+    cuda::route_backward(f32(probs), s32(ids), f32(dweights), T, E, K, spec.sigmoid, spec.renormalize, f32(dlogits), acc,
+                         set_device_get_stream());
   }
 
   std::pair<double, double> router_losses(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
                                           Tensor& dlogits) override {
     const int64_t N = logits.rows(), E = logits.cols(), K = ids.cols();
     MOELAB_ASSERT(ids.rows() == N && dlogits.numel() == N * E, "router_losses shapes");
-    const cudaStream_t s = st();
+    const cudaStream_t s = set_device_get_stream();
     Tensor probs = scratch_f({std::max<int64_t>(1, N), E});
     Tensor buf = scratch(size_t(N) * 8 + 16 + size_t(E) * 4);  // z rows [N], result [2], counts [E]
     double* z_rows = static_cast<double*>(buf.ptr);
@@ -415,7 +389,7 @@ class CudaBackend final : public Backend {
                          Tensor& sums) override {
     const int64_t N = logits.rows(), E = logits.cols(), K = ids.cols();
     MOELAB_ASSERT(ids.rows() == N && dlogits.numel() == N * E && sums.numel() == 2, "router_losses shapes");
-    const cudaStream_t s = st();
+    const cudaStream_t s = set_device_get_stream();
     Tensor probs = scratch_f({std::max<int64_t>(1, N), E});
     Tensor buf = scratch(size_t(N) * 8 + 16 + size_t(E) * 4);
     double* z_rows = static_cast<double*>(buf.ptr);
@@ -436,7 +410,7 @@ class CudaBackend final : public Backend {
                   "moe_experts_backward shapes");
     const int64_t n = T * K;
     if (n == 0) return;
-    const cudaStream_t s = st();
+    const cudaStream_t s = set_device_get_stream();
     Groups grp = make_groups(ids, E, s);
     using cuda::WeightLayout;
     // Zeroed where element-wise kernels run over all N rows (see moe_experts).
@@ -469,21 +443,16 @@ class CudaBackend final : public Backend {
   void sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
     MOELAB_ASSERT(dy.numel() == x.numel() && dx.numel() == x.numel() && g.numel() == x.rows() && dg.numel() == x.rows(),
                   "sigmoid_gated_backward shapes");
-    cuda::sigmoid_gated_backward(f32(x), f32(g), f32(dy), x.rows(), x.cols(), f32(dx), f32(dg), st());
+    cuda::sigmoid_gated_backward(f32(x), f32(g), f32(dy), x.rows(), x.cols(), f32(dx), f32(dg), set_device_get_stream());
   }
 
   void noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) override {
     MOELAB_ASSERT(noise.numel() == raw.numel() && dout.numel() == raw.numel() && draw.numel() == raw.numel(),
                   "noisy_logits_backward shapes");
-    cuda::noisy_logits_backward(f32(raw), f32(noise), f32(dout), raw.numel(), f32(draw), st());
+    cuda::noisy_logits_backward(f32(raw), f32(noise), f32(dout), raw.numel(), f32(draw), set_device_get_stream());
   }
 
-  double sum_squares(const Tensor& x) override {
-    Tensor buf = scratch(size_t(cuda::kSumBlocks + 1) * 8);
-    double* partials = static_cast<double*>(buf.ptr);
-    cuda::sum_squares(f32(x), x.numel(), partials, partials + cuda::kSumBlocks, st());
-    return download_doubles(partials + cuda::kSumBlocks, 1)[0];
-  }
+  double sum_squares(const Tensor& x) override { return sum_squares_all({&x}); }  // 0 + r: r exactly
 
   // One result slot per tensor, one copy back; summed on the host in order, as the default does.
   double sum_squares_all(const std::vector<const Tensor*>& xs) override {
@@ -491,7 +460,7 @@ class CudaBackend final : public Backend {
     Tensor buf = scratch(size_t(cuda::kSumBlocks + xs.size()) * 8);
     double* partials = static_cast<double*>(buf.ptr);
     double* results = partials + cuda::kSumBlocks;
-    const cudaStream_t s = st();
+    const cudaStream_t s = set_device_get_stream();
     for (size_t i = 0; i < xs.size(); ++i) cuda::sum_squares(f32(*xs[i]), xs[i]->numel(), partials, results + i, s);
     double total = 0;
     for (double r : download_doubles(results, xs.size())) total += r;
@@ -500,7 +469,7 @@ class CudaBackend final : public Backend {
 
   void scale(Tensor& x, float s) override {
     copies_->touched(x.ptr, size_t(x.numel()) * 4);
-    cuda::scale(f32(x), x.numel(), s, st());
+    cuda::scale(f32(x), x.numel(), s, set_device_get_stream());
   }
 
   void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
@@ -516,118 +485,28 @@ class CudaBackend final : public Backend {
     copies_->touched(p.ptr, size_t(p.numel()) * 4);
     cuda::adamw(f32(p), f32(g), f32(m), f32(v), p.numel(), b1, b2, float(double(lr) / c1), float(1.0 / std::sqrt(c2)),
                 float(1.0 - double(lr) * double(wd)), eps,
-                has_copy ? static_cast<cuda::bf16*>(copy.buf.get()) : nullptr, st());
+                has_copy ? static_cast<cuda::bf16*>(copy.buf.get()) : nullptr, set_device_get_stream());
     if (has_copy) copies_->set_fresh(p.ptr, true);
   }
 
-  // ---- recording: CUDA graphs ----
-  // Stream capture in relaxed mode: the pool may still call cudaMalloc and the rope table may be
-  // uploaded on the side stream while the main stream is captured. Every buffer allocated while
-  // capturing is kept with the graph, so nothing the graph touches returns to the pool.
+  // ---- recording: CUDA graphs (cuda_graph.cuh) ----
   bool can_record() const override { return true; }
-
   void begin_recording(const Tensor& position, int64_t max_positions) override {
-    if (recording_) fail("cuda", "begin_recording while already recording");
-    MOELAB_ASSERT(position.type == TType::I32 && position.numel() == 1 && max_positions > 0, "recording position");
-    const cudaStream_t s = st();
-    MOELAB_CUDA_CHECK(cudaStreamSynchronize(s));  // recycled buffers are idle from here on
-    MOELAB_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
-    recording_ = true;
-    rec_position_ = s32(position);
-    rec_max_positions_ = max_positions;
-    rec_keep_.assign(1, position.storage);
-    rec_copies_.clear();
+    recorder_.begin(set_device_get_stream(), position, max_positions);
   }
-
-  std::unique_ptr<OpGraph> end_recording() override {
-    if (!recording_) fail("cuda", "end_recording without a recording");
-    recording_ = false;
-    cudaGraph_t graph = nullptr;
-    const cudaError_t err = cudaStreamEndCapture(stream_, &graph);
-    std::vector<std::shared_ptr<void>> keep = std::move(rec_keep_);
-    rec_keep_.clear();
-    if (err != cudaSuccess || !graph) {
-      (void)cudaGetLastError();
-      if (graph) (void)cudaGraphDestroy(graph);
-      fail("cuda", std::string("recording the decode step failed: ") + cudaGetErrorString(err));
-    }
-    return std::make_unique<CudaGraph>(graph, stream_, std::move(keep), std::move(rec_copies_), copies_);
-  }
-
-  void abort_recording() override {
-    if (!recording_) return;
-    recording_ = false;
-    cudaGraph_t graph = nullptr;
-    (void)cudaStreamEndCapture(stream_, &graph);
-    if (graph) (void)cudaGraphDestroy(graph);
-    (void)cudaGetLastError();
-    rec_keep_.clear();
-    rec_copies_.clear();
-  }
+  std::unique_ptr<OpGraph> end_recording() override { return recorder_.end(stream_, copies_); }
+  void abort_recording() override { recorder_.abort(stream_); }
 
  private:
   static constexpr size_t kBlasWorkspace = size_t(32) << 20;
 
-  // An instantiated graph and the buffers it reads and writes.
-  // A bf16 weight copy a recorded graph reads without converting it (it was fresh when recorded).
-  struct RecordedCopy {
-    const float* src = nullptr;
-    int64_t n = 0;
-    std::shared_ptr<void> buf;
-  };
-
-  class CudaGraph final : public OpGraph {
-   public:
-    CudaGraph(cudaGraph_t graph, cudaStream_t stream, std::vector<std::shared_ptr<void>> keep,
-              std::vector<RecordedCopy> copies, std::weak_ptr<Bf16Copies> table)
-        : graph_(graph), stream_(stream), keep_(std::move(keep)), copies_(std::move(copies)), table_(std::move(table)) {
-      size_t n = 0;
-      const cudaError_t e = cudaGraphGetNodes(graph_, nullptr, &n);
-      nodes_ = e == cudaSuccess ? int64_t(n) : 0;
-      const cudaError_t err = cudaGraphInstantiate(&exec_, graph_, 0);
-      if (err != cudaSuccess) {
-        (void)cudaGetLastError();
-        (void)cudaGraphDestroy(graph_);
-        fail("cuda", std::string("cannot instantiate the recorded graph: ") + cudaGetErrorString(err));
-      }
-    }
-    ~CudaGraph() override {
-      (void)cudaStreamSynchronize(stream_);  // no replay may be running when its buffers go back
-      (void)cudaGraphExecDestroy(exec_);
-      (void)cudaGraphDestroy(graph_);
-    }
-    void replay() override {
-      // Weights written since the recording (upload, copy, AdamW outside the graph) left their
-      // bf16 copies stale: refresh them first, on the same stream, as an eager product would.
-      if (auto table = table_.lock())
-        for (const RecordedCopy& c : copies_) {
-          Bf16Copies::Entry e;
-          if (!table->find(c.src, c.n, &e) || e.buf != c.buf) continue;  // freed or replaced: not ours to fix
-          if (e.fresh) continue;
-          cuda::to_bf16(c.src, c.n, static_cast<cuda::bf16*>(c.buf.get()), stream_);
-          table->set_fresh(c.src, true);
-        }
-      MOELAB_CUDA_CHECK(cudaGraphLaunch(exec_, stream_));
-    }
-    int64_t nodes() const override { return nodes_; }
-
-   private:
-    cudaGraph_t graph_ = nullptr;
-    cudaGraphExec_t exec_ = nullptr;
-    cudaStream_t stream_ = nullptr;
-    std::vector<std::shared_ptr<void>> keep_;
-    std::vector<RecordedCopy> copies_;
-    std::weak_ptr<Bf16Copies> table_;
-    int64_t nodes_ = 0;
-  };
-
   void not_recording(const char* what) const {
-    if (recording_) fail("cuda", std::string(what) + " is not possible while a decode step is being recorded");
+    if (recorder_.active()) fail("cuda", std::string(what) + " is not possible while a decode step is being recorded");
   }
 
-  // The stream of every operation. Also makes this backend's device current for the calling
-  // thread (always: the thread may have used another backend's device since; a host-side call).
-  cudaStream_t st() const {
+  // Makes this backend's device current for the calling thread and returns the stream of every
+  // operation (always: the thread may have used another backend's device since; a host-side call).
+  cudaStream_t set_device_get_stream() const {
     MOELAB_CUDA_CHECK(cudaSetDevice(device_));
     return stream_;
   }
@@ -646,36 +525,55 @@ class CudaBackend final : public Backend {
     } else {
       convert = !e.fresh;
     }
-    if (convert) cuda::to_bf16(f32(w), n, static_cast<cuda::bf16*>(e.buf.get()), st());
+    if (convert) cuda::to_bf16(f32(w), n, static_cast<cuda::bf16*>(e.buf.get()), set_device_get_stream());
     // A conversion recorded into a graph has not run yet: the copy becomes fresh only eagerly
     // (a recorded step whose weights were stale converts them at every replay: right, if slower).
-    if (convert && !recording_) copies_->set_fresh(w.ptr, true);
-    if (recording_) {
-      rec_keep_.push_back(e.buf);
-      if (!convert) rec_copies_.push_back({f32(w), n, e.buf});  // replay() refreshes it when stale
-    }
+    if (convert && !recorder_.active()) copies_->set_fresh(w.ptr, true);
+    recorder_.keep(e.buf);
+    if (!convert && recorder_.active()) recorder_.keep_copy({f32(w), n, e.buf});  // replay() refreshes it when stale
     return static_cast<const cuda::bf16*>(e.buf.get());
   }
-  // An activation operand rounded to bf16, in a scratch buffer.
-  Tensor bf16_operand(const Tensor& x) {
-    Tensor t = make_tensor({(x.numel() + 1) / 2}, TType::I32, false);
-    cuda::to_bf16(f32(x), x.numel(), b16(t), st());
-    return t;
+
+  // ---- dense products: cuBLAS ----
+  // An operand of a product: its fp32 values and, in Precision::BF16, their bf16 rounding (a
+  // weight's cached copy, or an activation rounded into `rounded`, which keeps it alive).
+  struct Operand {
+    const float* f32 = nullptr;
+    const cuda::bf16* b16 = nullptr;
+    Tensor rounded;
+  };
+  Operand weight_operand(const Tensor& w) {
+    Operand o;
+    o.f32 = f32(w);
+    if (precision_ == Precision::BF16) o.b16 = bf16_weight(w);
+    return o;
   }
-  cuda::ExpertMatrix expert_matrix(const Tensor& w) {
-    cuda::ExpertMatrix m;
-    m.f32 = f32(w);
-    if (precision_ == Precision::BF16) m.b16 = bf16_weight(w);
-    return m;
+  cuda::ExpertMatrix expert_matrix(const Tensor& w) {  // the same for the grouped expert kernels
+    const Operand o = weight_operand(w);
+    return {o.f32, o.b16};
   }
-  // C (+)= op(A) · op(B), column-major as cublasSgemm, with bf16 A and B and fp32 C and sums.
-  void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const cuda::bf16* A,
-                 int64_t lda, const cuda::bf16* B, int64_t ldb, bool accumulate, float* C, int64_t ldc) {
+  Operand activation_operand(const Tensor& x) {
+    Operand o;
+    o.f32 = f32(x);
+    if (precision_ == Precision::BF16) {
+      o.rounded = make_tensor({(x.numel() + 1) / 2}, TType::I32, false);
+      o.b16 = b16(o.rounded);
+      cuda::to_bf16(f32(x), x.numel(), b16(o.rounded), set_device_get_stream());
+    }
+    return o;
+  }
+  // C (+)= op(A) · op(B), column-major as cublasSgemm. fp32 (TF32 tensor cores when the handle's
+  // math mode says so), or in Precision::BF16 bf16 A and B with fp32 C and sums.
+  void gemm(cublasOperation_t op_a, cublasOperation_t op_b, int64_t m, int64_t n, int64_t k, const Operand& A,
+            int64_t lda, const Operand& B, int64_t ldb, bool accumulate, float* C, int64_t ldc) {
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    MOELAB_CUBLAS_CHECK(cublasGemmEx(blas_, ta, tb, as_int(m, "gemm m"), as_int(n, "gemm n"), as_int(k, "gemm k"), &one,
-                                     A, CUDA_R_16BF, as_int(lda, "gemm lda"), B, CUDA_R_16BF, as_int(ldb, "gemm ldb"),
-                                     &beta, C, CUDA_R_32F, as_int(ldc, "gemm ldc"), CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT));
+    const int M = as_int(m, "gemm m"), N = as_int(n, "gemm n"), K = as_int(k, "gemm k");
+    const int LDA = as_int(lda, "gemm lda"), LDB = as_int(ldb, "gemm ldb"), LDC = as_int(ldc, "gemm ldc");
+    if (precision_ == Precision::BF16)
+      MOELAB_CUBLAS_CHECK(cublasGemmEx(blas_, op_a, op_b, M, N, K, &one, A.b16, CUDA_R_16BF, LDA, B.b16, CUDA_R_16BF, LDB,
+                                       &beta, C, CUDA_R_32F, LDC, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    else
+      MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, op_a, op_b, M, N, K, &one, A.f32, LDA, B.f32, LDB, &beta, C, LDC));
   }
 
   Tensor make_tensor(std::vector<int64_t> shape, TType type, bool zero) {
@@ -683,21 +581,12 @@ class CudaBackend final : public Backend {
     t.shape = std::move(shape);
     t.type = type;
     for (int64_t d : t.shape) MOELAB_ASSERT(d >= 0, "negative tensor dimension");
-    const size_t bytes = round_bytes(size_t(t.numel()) * 4);  // fp32 and int32 alike
-    const cudaStream_t s = st();
-    void* p = pool_->get(bytes);
-    std::weak_ptr<DevicePool> pool = pool_;
-    std::weak_ptr<Bf16Copies> copies = copies_;
-    t.storage = std::shared_ptr<void>(p, [pool, copies, bytes](void* q) {
-      if (auto c = copies.lock()) c->forget(q, bytes);
-      if (auto pl = pool.lock())
-        pl->put(q, bytes);
-      else
-        (void)cudaFree(q);
-    });
-    t.ptr = p;
-    if (zero) MOELAB_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, s));
-    if (recording_) rec_keep_.push_back(t.storage);
+    const size_t bytes = DevicePool::round_bytes(size_t(t.numel()) * 4);  // fp32 and int32 alike
+    const cudaStream_t s = set_device_get_stream();
+    t.storage = pooled_buffer(pool_, copies_, bytes);
+    t.ptr = t.storage.get();
+    if (zero) MOELAB_CUDA_CHECK(cudaMemsetAsync(t.ptr, 0, bytes, s));
+    recorder_.keep(t.storage);
     return t;
   }
   // Uninitialised device memory for intermediates that are written before they are read.
@@ -713,7 +602,7 @@ class CudaBackend final : public Backend {
   std::vector<double> download_doubles(const double* dev, size_t n) {
     not_recording("reading a result back");
     std::vector<double> host(n);
-    const cudaStream_t s = st();
+    const cudaStream_t s = set_device_get_stream();
     MOELAB_CUDA_CHECK(cudaMemcpyAsync(host.data(), dev, n * sizeof(double), cudaMemcpyDeviceToHost, s));
     MOELAB_CUDA_CHECK(cudaStreamSynchronize(s));
     return host;
@@ -732,23 +621,12 @@ class CudaBackend final : public Backend {
   };
   Groups make_groups(const Tensor& ids, int64_t E, cudaStream_t s) {
     MOELAB_ASSERT(ids.type == TType::I32 && E >= 1, "expert ids");
-    const int64_t n = ids.numel(), tiles = cuda::expert_max_tiles(n, E);
+    const int64_t n = ids.numel();
     MOELAB_ASSERT(n < INT_MAX, "too many expert slots");
     Groups grp;
-    grp.storage = scratch(size_t((E + 1) + 2 * n + 2 * tiles + 1 + E) * 4);
-    int32_t* p = s32(grp.storage);
-    cuda::ExpertGroups& g = grp.g;
-    g.begin = p;
-    g.order = g.begin + (E + 1);
-    g.pos = g.order + n;
-    g.tile_expert = g.pos + n;
-    g.tile_row0 = g.tile_expert + tiles;
-    g.num_tiles = g.tile_row0 + tiles;
-    g.counts = g.num_tiles + 1;
-    g.slots = n;
-    g.experts = E;
-    g.max_tiles = tiles;
-    cuda::group_by_expert(s32(ids), g, s);
+    grp.storage = scratch(size_t(cuda::expert_groups_ints(n, E)) * 4);
+    grp.g = cuda::expert_groups_in(s32(grp.storage), n, E);
+    cuda::group_by_expert(s32(ids), grp.g, s);
     return grp;
   }
 
@@ -775,7 +653,7 @@ class CudaBackend final : public Backend {
     }
     rope_.cos = make_tensor({n, half}, TType::Real, false);
     rope_.sin = make_tensor({n, half}, TType::Real, false);
-    if (recording_) {  // the main stream is being captured (and idle): upload beside it, now
+    if (recorder_.active()) {  // the main stream is being captured (and idle): upload beside it, now
       const size_t bytes = size_t(n * half) * sizeof(float);
       MOELAB_CUDA_CHECK(cudaMemcpyAsync(rope_.cos.ptr, rope_.cos_host.data(), bytes, cudaMemcpyHostToDevice, side_));
       MOELAB_CUDA_CHECK(cudaMemcpyAsync(rope_.sin.ptr, rope_.sin_host.data(), bytes, cudaMemcpyHostToDevice, side_));
@@ -793,11 +671,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr, side_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   void* blas_workspace_ = nullptr;
-  bool recording_ = false;
-  const int32_t* rec_position_ = nullptr;
-  int64_t rec_max_positions_ = 0;
-  std::vector<std::shared_ptr<void>> rec_keep_;
-  std::vector<RecordedCopy> rec_copies_;
+  GraphRecorder recorder_;
   std::shared_ptr<DevicePool> pool_ = std::make_shared<DevicePool>();
   std::shared_ptr<Bf16Copies> copies_ = std::make_shared<Bf16Copies>();
   Precision precision_ = Precision::FP32;
@@ -805,32 +679,6 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
-
-bool cuda_device_available(std::string* why, int device) {
-  auto no = [why](const std::string& reason) {
-    if (why) *why = reason;
-    return false;
-  };
-  int count = 0;
-  const cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    return no(std::string("no usable CUDA driver (") + cudaGetErrorString(err) + ")");
-  }
-  if (count == 0) return no("no CUDA device");
-  if (device < 0 || device >= count)
-    return no("no CUDA device " + std::to_string(device) + " (" + std::to_string(count) + " present)");
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return no("cannot read the properties of CUDA device " + std::to_string(device));
-  }
-  if (prop.major < 8)
-    return no(std::string(prop.name) + " has compute capability " + std::to_string(prop.major) + "." +
-              std::to_string(prop.minor) + "; the CUDA backend needs 8.0 or newer");
-  if (why) why->clear();
-  return true;
-}
 
 std::shared_ptr<Backend> make_cuda_backend(int device) {
   std::string why;

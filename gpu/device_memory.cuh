@@ -1,9 +1,11 @@
 // Device memory of the CUDA backend: the cache of cudaMalloc buffers (DevicePool) and the bf16
-// copies of weights kept for Precision::BF16 (Bf16Copies). Included by cuda_backend.cu only.
+// copies of weights kept for Precision::BF16 (Bf16Copies). Included by cuda_backend.cu and
+// cuda_graph.cuh only.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <iterator>
 #include <map>
@@ -24,6 +26,13 @@ namespace moelab {
 class DevicePool {
  public:
   ~DevicePool() { release(); }
+
+  // Sizes are rounded so that nearby sizes share cache entries.
+  static size_t round_bytes(size_t n) {
+    if (n <= (size_t(1) << 20)) return std::max<size_t>(512, (n + 511) / 512 * 512);
+    const size_t step = size_t(128) << 10;
+    return (n + step - 1) / step * step;
+  }
 
   void* get(size_t bytes) {
     {
@@ -142,5 +151,21 @@ class Bf16Copies {
   std::mutex mu_;
   std::map<uintptr_t, Entry> at_;  // by fp32 address; live fp32 buffers never overlap
 };
+
+// `bytes` of device memory from the pool, owned: when its last owner lets go it drops the bf16
+// copies made from it and goes back to the pool (to cudaFree once the pool is gone).
+inline std::shared_ptr<void> pooled_buffer(const std::shared_ptr<DevicePool>& pool,
+                                           const std::shared_ptr<Bf16Copies>& copies, size_t bytes) {
+  void* p = pool->get(bytes);
+  std::weak_ptr<DevicePool> weak_pool = pool;
+  std::weak_ptr<Bf16Copies> weak_copies = copies;
+  return std::shared_ptr<void>(p, [weak_pool, weak_copies, bytes](void* q) {
+    if (auto c = weak_copies.lock()) c->forget(q, bytes);
+    if (auto pl = weak_pool.lock())
+      pl->put(q, bytes);
+    else
+      (void)cudaFree(q);
+  });
+}
 
 }  // namespace moelab

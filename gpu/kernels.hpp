@@ -115,6 +115,10 @@ struct ExpertGroups {
   int64_t slots = 0, experts = 0, max_tiles = 0;
 };
 int64_t expert_max_tiles(int64_t slots, int64_t experts);
+// The int32 values the groups of `slots` over `experts` take in one buffer, and the groups laid out
+// in such a buffer (its contents are written by group_by_expert).
+int64_t expert_groups_ints(int64_t slots, int64_t experts);
+ExpertGroups expert_groups_in(int32_t* buffer, int64_t slots, int64_t experts);
 void group_by_expert(const int32_t* ids, const ExpertGroups& g, cudaStream_t s);
 // out [N,H] row r = x [T,H] row (order[r] / K), times scale[order[r]] when scale is given.
 void gather_rows(const float* x, const ExpertGroups& g, int64_t K, int64_t H, const float* scale, float* out,

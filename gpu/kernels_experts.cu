@@ -293,6 +293,25 @@ int64_t expert_max_tiles(int64_t slots, int64_t experts) {
   return slots / BM + std::min(experts, slots) + 1;
 }
 
+int64_t expert_groups_ints(int64_t slots, int64_t experts) {
+  return (experts + 1) + 2 * slots + 2 * expert_max_tiles(slots, experts) + 1 + experts;
+}
+
+ExpertGroups expert_groups_in(int32_t* buffer, int64_t slots, int64_t experts) {
+  ExpertGroups g;
+  g.slots = slots;
+  g.experts = experts;
+  g.max_tiles = expert_max_tiles(slots, experts);
+  g.begin = buffer;
+  g.order = g.begin + (experts + 1);
+  g.pos = g.order + slots;
+  g.tile_expert = g.pos + slots;
+  g.tile_row0 = g.tile_expert + g.max_tiles;
+  g.num_tiles = g.tile_row0 + g.max_tiles;
+  g.counts = g.num_tiles + 1;
+  return g;
+}
+
 void group_by_expert(const int32_t* ids, const ExpertGroups& g, cudaStream_t s) {
   group_by_expert_kernel<<<1, 1024, 0, s>>>(ids, g.slots, g.experts, g.begin, g.order, g.pos, g.tile_expert,
                                             g.tile_row0, g.num_tiles, g.counts);

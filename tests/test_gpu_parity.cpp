@@ -21,6 +21,7 @@
 #include "check.hpp"
 #include "corpus.hpp"
 #include "cuda_backend.hpp"
+#include "cuda_device.hpp"
 #include "decoder.hpp"
 #include "model.hpp"
 #include "test_util.hpp"

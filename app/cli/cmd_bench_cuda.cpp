@@ -34,7 +34,7 @@
 #ifdef MOELAB_HAVE_CUDA
 #include "cuda_backend.hpp"
 #include "cuda_bench.hpp"
-#include "device.hpp"
+#include "cuda_device.hpp"
 #endif
 
 namespace moelab::cli {

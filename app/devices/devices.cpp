@@ -7,6 +7,7 @@
 #include "error.hpp"
 #ifdef MOELAB_HAVE_CUDA
 #include "cuda_backend.hpp"
+#include "cuda_device.hpp"
 #endif
 
 namespace moelab {

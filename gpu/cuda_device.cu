@@ -1,7 +1,6 @@
 #include <cuda_runtime.h>
 
-#include "cuda_backend.hpp"
-#include "device.hpp"
+#include "cuda_device.hpp"
 
 namespace moelab {
 namespace {
@@ -21,8 +20,12 @@ CudaDeviceInfo query_cuda_device(int device) {
     info.reason = std::string("no usable CUDA driver (") + cudaGetErrorString(err) + ")";
     return info;
   }
-  if (count == 0 || device < 0 || device >= count) {
-    info.reason = count == 0 ? "no CUDA device" : "no CUDA device " + std::to_string(device);
+  if (count == 0) {
+    info.reason = "no CUDA device";
+    return info;
+  }
+  if (device < 0 || device >= count) {
+    info.reason = "no CUDA device " + std::to_string(device) + " (" + std::to_string(count) + " present)";
     return info;
   }
   cudaDeviceProp prop{};
@@ -47,6 +50,17 @@ CudaDeviceInfo query_cuda_device(int device) {
   info.peak_bandwidth = 2.0 * mem_khz * 1e3 * (info.bus_width_bits / 8.0);
   info.peak_fp32_flops = 2.0 * fp32_lanes_per_sm(prop.major, prop.minor) * info.sm_count * clock_khz * 1e3;
   return info;
+}
+
+bool cuda_device_available(std::string* why, int device) {
+  const CudaDeviceInfo info = query_cuda_device(device);
+  std::string reason = info.reason;  // "" when a device answers
+  const bool usable = info.available && info.compute_major >= 8;
+  if (info.available && !usable)
+    reason = info.name + " has compute capability " + std::to_string(info.compute_major) + "." +
+             std::to_string(info.compute_minor) + "; the CUDA backend needs 8.0 or newer";
+  if (why) *why = reason;
+  return usable;
 }
 
 std::string cuda_device_name(int device) {
