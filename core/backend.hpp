@@ -93,8 +93,8 @@ class Backend {
   virtual void synchronize() {}
   // Bytes of one Real element: 4, or 8 on the fp64 check backend.
   virtual int64_t real_bytes() const { return 4; }
-  virtual void fill(Tensor& t, float value) = 0;
-  virtual void copy(const Tensor& src, Tensor& dst) = 0;  // same numel and type (Real or I32)
+  void fill(Tensor& t, float value);
+  void copy(const Tensor& src, Tensor& dst);  // same numel and type (Real or I32)
   // The precision of matrix products (see Precision). A backend refuses a mode it lacks with an
   // Error saying so; the default supports FP32 only.
   virtual Precision precision() const { return Precision::FP32; }
@@ -102,27 +102,27 @@ class Backend {
 
   // ---- forward ops ----
   // out [T,H] = table [V,H] rows ids [T] (I32). Ids are validated by the caller.
-  virtual void embedding(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
+  void embedding(const Tensor& table, const Tensor& ids, Tensor& out);
   // out [T,N] = x [T,K] · w[N,K]ᵀ (+ bias [N]); accumulate adds to out instead of overwriting.
-  virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate = false) = 0;
+  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate = false);
   // RMSNorm over groups of C = w.numel() consecutive values: out = x / sqrt(mean(x²) + eps) · w.
   // x holds R·C values ([T,H] rows, or [T, NH·D] per head when C = D). out may alias x.
-  virtual void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
-  virtual void clamp(Tensor& x, float lo, float hi) = 0;
+  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out);
+  void clamp(Tensor& x, float lo, float hi);
   // Rotary embedding, rotate-half convention, in place on x [R, n·D]: row r is position
   // pos0 + r % seq_len. inverse rotates back (the backward pass of rope).
-  virtual void rope(Tensor& x, int64_t n_heads, int64_t head_dim, int64_t pos0, int64_t seq_len, double theta,
-                    bool inverse = false) = 0;
+  void rope(Tensor& x, int64_t n_heads, int64_t head_dim, int64_t pos0, int64_t seq_len, double theta,
+            bool inverse = false);
   // dst rows [row0, row0 + src.rows) = src (KV-cache append).
-  virtual void copy_rows(const Tensor& src, Tensor& dst, int64_t row0) = 0;
+  void copy_rows(const Tensor& src, Tensor& dst, int64_t row0);
   // Causal attention over `batch` independent sequences. q [B·T, NH·D], sequence b's queries are
   // rows b·T.. at positions past..past+T-1; k, v [B·S, NKV·D], sequence b's keys start at row
   // b·S and hold positions 0..past+T-1. Head h reads kv head h / (NH/NKV). out [B·T, NH·D].
-  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t batch, int64_t past,
-                         int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, Tensor& out) = 0;
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t batch, int64_t past,
+                 int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, Tensor& out);
   // Router: logits [T,E] → probs [T,E] (softmax or sigmoid), ids [T,K] (I32, best first),
   // weights [T,K] (the chosen probs, renormalised if asked).
-  virtual void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) = 0;
+  void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights);
   // Expert capacity: each expert takes at most `capacity` of the T·K slots (0 = no limit; the
   // caller resolves spec.capacity for its batch with RouterSpec::capacity_for), first come first
   // served in order of choice rank, then token order. Overflow is dropped (id -1: the token passes
@@ -130,78 +130,74 @@ class Backend {
   // with room by score + selection bias; an expert whose bias is -inf (banned) is never a target.
   // ids/weights are rewritten (weights recomputed from probs over the slots that remain).
   // dropped [T,K] (Real) = 1 where a slot was dropped, 2 where re-routed, 0 otherwise.
-  virtual void limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_t capacity, Tensor& ids,
-                              Tensor& weights, Tensor& dropped) = 0;
+  void limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_t capacity, Tensor& ids,
+                      Tensor& weights, Tensor& dropped);
   // Routed experts: out [T,H] += Σ_k weights[t,k] · down_e(silu(gate_e x_t) ⊙ up_e x_t), e = ids[t,k].
   // Grouped by expert inside the backend (tokens sorted by expert, one GEMM per expert group).
   // An id < 0 means the slot was dropped and contributes nothing.
-  virtual void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
-                           Tensor& out) = 0;
+  void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                   Tensor& out);
   // out = silu(gate) ⊙ up, all [T,F].
-  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out);
   // y += x (same shape).
-  virtual void add(Tensor& y, const Tensor& x) = 0;
+  void add(Tensor& y, const Tensor& x);
   // out [R] = the L2 norm of each row of x [R,C] (for the routing trace: the router's input).
-  virtual void row_norms(const Tensor& x, Tensor& out) = 0;
+  void row_norms(const Tensor& x, Tensor& out);
   // y [T,H] += sigmoid(g [T,1]) · x [T,H]  (Qwen2-MoE shared-expert gate).
-  virtual void add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) = 0;
+  void add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g);
   // Noisy top-k gating (Shazeer et al. 2017): out = clean + noise ⊙ softplus(raw), all [T,E];
   // noise is standard normal, drawn by the caller.
-  virtual void noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out) = 0;
+  void noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out);
 
   // ---- training ----
   // Mean cross-entropy of logits [N,V] against targets [N] (I32, -1 = ignore); writes
   // dlogits = d(mean loss)/dlogits · scale. Returns the mean loss (summed in double).
-  virtual double cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& dlogits, float scale) = 0;
+  double cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& dlogits, float scale);
   // Backward of linear: dx (+)= dy · w (skipped when dx is null), dw += dyᵀ · x, db += Σ_rows dy.
-  virtual void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool accumulate_dx,
-                               Tensor& dw, Tensor* db) = 0;
+  void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool accumulate_dx,
+                       Tensor& dw, Tensor* db);
   // Backward of rmsnorm: dx (+)= ∂/∂x, dw += ∂/∂w.
-  virtual void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx,
-                                bool accumulate_dx, Tensor& dw) = 0;
+  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx,
+                        bool accumulate_dx, Tensor& dw);
   // dtable [V,H] += scatter of dout [T,H] rows by ids.
-  virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) = 0;
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable);
   // Backward of attention (past = 0): dq, dk, dv overwritten.
-  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
-                                  int64_t batch, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, Tensor& dq,
-                                  Tensor& dk, Tensor& dv) = 0;
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                          int64_t batch, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, Tensor& dq,
+                          Tensor& dk, Tensor& dv);
   // dgate, dup from dout for out = silu(gate) ⊙ up.
-  virtual void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate,
-                               Tensor& dup) = 0;
+  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate,
+                       Tensor& dup);
   // Backward of route through the final gate weights: dlogits (+)= ∂L/∂logits given dweights
   // [T,K]; slots with id < 0 carry nothing. Selection itself has no gradient.
-  virtual void route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
-                              Tensor& dlogits, bool accumulate) = 0;
+  void route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
+                      Tensor& dlogits, bool accumulate);
   // Balancing losses of one MoE layer from its logits [N,E] and choices ids [N,K] (Switch
   // auxiliary loss and ST-MoE z-loss, defined at router_cpu::router_losses in router.hpp).
   // dlogits += aux_coef · ∂aux + z_coef · ∂z. Returns {aux, z}.
-  virtual std::pair<double, double> router_losses(const Tensor& logits, const Tensor& ids, float aux_coef,
-                                                  float z_coef, Tensor& dlogits) = 0;
+  std::pair<double, double> router_losses(const Tensor& logits, const Tensor& ids, float aux_coef,
+                                          float z_coef, Tensor& dlogits);
   // The same, adding {aux, z} to sums (Real [2]) instead of returning them, so a backward pass
   // over many MoE layers reads its balancing losses back once (a GPU need not wait per layer).
-  virtual void router_losses_add(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
-                                 Tensor& dlogits, Tensor& sums);
+  void router_losses_add(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
+                         Tensor& dlogits, Tensor& sums);
   // Backward of moe_experts: dx += ∂/∂x, dweights [T,K] = ∂/∂weights, expert weight grads +=.
-  virtual void moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights,
-                                    const ExpertWeights& w, const Tensor& dout, Tensor& dx, Tensor& dweights,
-                                    ExpertWeights& dw) = 0;
+  void moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                            const ExpertWeights& w, const Tensor& dout, Tensor& dx, Tensor& dweights,
+                            ExpertWeights& dw);
   // Backward of y += sigmoid(g) · x: dx = sigmoid(g) · dy, dg = Σ_c dy · x · σ'(g).
-  virtual void sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) = 0;
+  void sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg);
   // Backward of noisy_logits with respect to raw (the clean part passes dout through).
-  virtual void noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) = 0;
+  void noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw);
   // Σ x² (in double), and x *= s — for the global gradient norm and clipping.
-  virtual double sum_squares(const Tensor& x) = 0;
+  double sum_squares(const Tensor& x);
   // Σ over the tensors of Σ x², summed in this order (one wait for the device, not one per tensor).
-  virtual double sum_squares_all(const std::vector<const Tensor*>& xs) {
-    double total = 0;
-    for (const Tensor* x : xs) total += sum_squares(*x);
-    return total;
-  }
-  virtual void scale(Tensor& x, float s) = 0;
+  double sum_squares_all(const std::vector<const Tensor*>& xs);
+  void scale(Tensor& x, float s);
   // AdamW (Loshchilov & Hutter 2019), bias-corrected, decoupled weight decay:
   //   m = b1·m + (1-b1)·g; v = b2·v + (1-b2)·g²; p -= lr·(m̂/(sqrt(v̂)+eps) + wd·p), step >= 1.
-  virtual void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps,
-                     float wd, int64_t step) = 0;
+  void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps,
+             float wd, int64_t step);
 
   // ---- recording (optional; CUDA graphs) ----
   // Between begin_recording and end_recording, ops are recorded instead of run: their results do
@@ -217,6 +213,63 @@ class Backend {
   virtual std::unique_ptr<OpGraph> end_recording();
   // Drop a recording after an error; the backend runs ops again.
   virtual void abort_recording() {}
+
+ protected:
+  // The implementations of the ops above. The public functions check every shape and element
+  // type once, here for every backend (backend.cpp), then call these: a backend may assume its
+  // arguments are consistent.
+  virtual void do_fill(Tensor& t, float value) = 0;
+  virtual void do_copy(const Tensor& src, Tensor& dst) = 0;
+  virtual void do_embedding(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
+  virtual void do_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) = 0;
+  virtual void do_rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
+  virtual void do_clamp(Tensor& x, float lo, float hi) = 0;
+  virtual void do_rope(Tensor& x, int64_t n_heads, int64_t head_dim, int64_t pos0, int64_t seq_len, double theta,
+                       bool inverse) = 0;
+  virtual void do_copy_rows(const Tensor& src, Tensor& dst, int64_t row0) = 0;
+  virtual void do_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t batch, int64_t past,
+                            int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, Tensor& out) = 0;
+  virtual void do_route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) = 0;
+  virtual void do_limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_t capacity, Tensor& ids,
+                                 Tensor& weights, Tensor& dropped) = 0;
+  virtual void do_moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                              Tensor& out) = 0;
+  virtual void do_swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  virtual void do_add(Tensor& y, const Tensor& x) = 0;
+  virtual void do_row_norms(const Tensor& x, Tensor& out) = 0;
+  virtual void do_add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) = 0;
+  virtual void do_noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out) = 0;
+  virtual double do_cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& dlogits, float scale) = 0;
+  virtual void do_linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool accumulate_dx,
+                                  Tensor& dw, Tensor* db) = 0;
+  virtual void do_rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx,
+                                   bool accumulate_dx, Tensor& dw) = 0;
+  virtual void do_embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) = 0;
+  virtual void do_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                                     int64_t batch, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, Tensor& dq,
+                                     Tensor& dk, Tensor& dv) = 0;
+  virtual void do_swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate,
+                                  Tensor& dup) = 0;
+  virtual void do_route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
+                                 Tensor& dlogits, bool accumulate) = 0;
+  virtual std::pair<double, double> do_router_losses(const Tensor& logits, const Tensor& ids, float aux_coef,
+                                                     float z_coef, Tensor& dlogits) = 0;
+  virtual void do_router_losses_add(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
+                                    Tensor& dlogits, Tensor& sums);
+  virtual void do_moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                                       const ExpertWeights& w, const Tensor& dout, Tensor& dx, Tensor& dweights,
+                                       ExpertWeights& dw) = 0;
+  virtual void do_sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) = 0;
+  virtual void do_noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) = 0;
+  virtual double do_sum_squares(const Tensor& x) = 0;
+  virtual double do_sum_squares_all(const std::vector<const Tensor*>& xs) {
+    double total = 0;
+    for (const Tensor* x : xs) total += sum_squares(*x);
+    return total;
+  }
+  virtual void do_scale(Tensor& x, float s) = 0;
+  virtual void do_adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps,
+                        float wd, int64_t step) = 0;
 };
 
 // A view of elements [offset, offset + Π shape) of t, sharing its buffer (Real tensors of backend b).

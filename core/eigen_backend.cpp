@@ -124,21 +124,19 @@ class EigenBackend final : public Backend {
   void upload(Tensor& d, const int32_t* h) override { std::memcpy(d.ptr, h, size_t(d.numel()) * 4); }
   void download(const Tensor& s, int32_t* h) override { std::memcpy(h, s.ptr, size_t(s.numel()) * 4); }
   float* host_f32(Tensor& t) override { return sizeof(S) == 4 ? static_cast<float*>(t.ptr) : nullptr; }
-  void fill(Tensor& t, float value) override { std::fill(P(t), P(t) + t.numel(), S(value)); }
-  void copy(const Tensor& src, Tensor& dst) override {
-    MOELAB_ASSERT(src.numel() == dst.numel() && src.type == dst.type, "copy sizes");
+  void do_fill(Tensor& t, float value) override { std::fill(P(t), P(t) + t.numel(), S(value)); }
+  void do_copy(const Tensor& src, Tensor& dst) override {
     std::memcpy(dst.ptr, src.ptr, size_t(src.numel()) * (src.type == TType::I32 ? 4 : sizeof(S)));
   }
 
   // ---- forward ----
-  void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
+  void do_embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
     const int64_t T = ids.numel(), H = table.cols();
     for (int64_t t = 0; t < T; ++t) std::memcpy(P(out) + t * H, P(table) + int64_t(ids.i32()[t]) * H, size_t(H) * sizeof(S));
   }
 
-  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) override {
+  void do_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) override {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
-    MOELAB_ASSERT(w.cols() == K && out.rows() == T && out.cols() == N, "linear shapes");
     MapM Y = mat(out, T, N);
     std::vector<S> xb, wb;
     const S* X = operand(P(x), T * K, xb);
@@ -153,7 +151,7 @@ class EigenBackend final : public Backend {
     if (bias) Y.rowwise() += Eigen::Map<const RowVec>(P(*bias), N);
   }
 
-  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+  void do_rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
     const int64_t C = w.numel(), R = x.numel() / C;
     const S* wp = P(w);
     for (int64_t r = 0; r < R; ++r) {
@@ -166,7 +164,7 @@ class EigenBackend final : public Backend {
     }
   }
 
-  void clamp(Tensor& x, float lo, float hi) override {
+  void do_clamp(Tensor& x, float lo, float hi) override {
     S* p = P(x);
     for (int64_t i = 0, n = x.numel(); i < n; ++i) p[i] = std::min(S(hi), std::max(S(lo), p[i]));
   }
@@ -199,7 +197,7 @@ class EigenBackend final : public Backend {
     return rope_;
   }
 
-  void rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta, bool inverse) override {
+  void do_rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta, bool inverse) override {
     const int64_t R = x.rows(), half = D / 2, stride = n_heads * D;
     const RopeTable& tab = rope_table(D, theta, pos0 + std::min(seq_len, R));
     const S sign = inverse ? S(-1) : S(1);
@@ -218,8 +216,7 @@ class EigenBackend final : public Backend {
     }
   }
 
-  void copy_rows(const Tensor& src, Tensor& dst, int64_t row0) override {
-    MOELAB_ASSERT(src.cols() == dst.cols() && row0 + src.rows() <= dst.rows(), "copy_rows shapes");
+  void do_copy_rows(const Tensor& src, Tensor& dst, int64_t row0) override {
     std::memcpy(P(dst) + row0 * dst.cols(), P(src), size_t(src.numel()) * sizeof(S));
   }
 
@@ -240,8 +237,8 @@ class EigenBackend final : public Backend {
     return Pm;
   }
 
-  void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t past, int64_t NH,
-                 int64_t NKV, int64_t D, Tensor& out) override {
+  void do_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t past, int64_t NH,
+                    int64_t NKV, int64_t D, Tensor& out) override {
     const int64_t T = q.rows() / B, Skv = k.rows() / B, S_used = past + T, group = NH / NKV;
     const S scale = S(1) / std::sqrt(S(D));
 #pragma omp parallel for collapse(2) schedule(static) if (B * T * S_used * NH > 32768)
@@ -267,14 +264,14 @@ class EigenBackend final : public Backend {
     return b;
   }
 
-  void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) override {
+  void do_route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) override {
     const std::vector<float> bias = host_bias(spec);
     router_cpu::route(P(logits), logits.rows(), logits.cols(), spec.top_k, spec.sigmoid, spec.renormalize,
                       bias.empty() ? nullptr : bias.data(), P(probs), ids.i32(), P(weights));
   }
 
-  void limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_t capacity, Tensor& ids, Tensor& weights,
-                      Tensor& dropped) override {
+  void do_limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_t capacity, Tensor& ids, Tensor& weights,
+                         Tensor& dropped) override {
     const std::vector<float> bias = capacity > 0 ? host_bias(spec) : std::vector<float>();
     router_cpu::limit_capacity(P(probs), probs.rows(), probs.cols(), spec.top_k, bias.empty() ? nullptr : bias.data(),
                                capacity, spec.capacity.reroute, spec.renormalize, ids.i32(), P(weights), P(dropped));
@@ -316,8 +313,8 @@ class EigenBackend final : public Backend {
       }
   }
 
-  void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
-                   Tensor& out) override {
+  void do_moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                      Tensor& out) override {
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
     const Groups g = group_by_expert(ids, E);
     const int64_t used = g.begin[size_t(E)];
@@ -351,17 +348,17 @@ class EigenBackend final : public Backend {
     combine_slots(g, T, K, H, P(weights), P(out));  // out[t] += w[t,k] · y[slot]
   }
 
-  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
+  void do_swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
     for (int64_t i = 0, n = gate.numel(); i < n; ++i) P(out)[i] = silu(P(gate)[i]) * P(up)[i];
   }
-  void add(Tensor& y, const Tensor& x) override {
+  void do_add(Tensor& y, const Tensor& x) override {
     for (int64_t i = 0, n = y.numel(); i < n; ++i) P(y)[i] += P(x)[i];
   }
-  void row_norms(const Tensor& x, Tensor& out) override {
+  void do_row_norms(const Tensor& x, Tensor& out) override {
     const int64_t R = x.rows(), C = x.cols();
     for (int64_t r = 0; r < R; ++r) P(out)[r] = CMapM(P(x) + r * C, 1, C).norm();
   }
-  void add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) override {
+  void do_add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) override {
     const int64_t T = y.rows(), H = y.cols();
     for (int64_t t = 0; t < T; ++t) {
       const S s = sigmoid(P(g)[t]);
@@ -369,12 +366,12 @@ class EigenBackend final : public Backend {
     }
   }
   static S softplus(S x) { return x > S(20) ? x : std::log1p(std::exp(x)); }
-  void noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out) override {
+  void do_noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out) override {
     for (int64_t i = 0, n = clean.numel(); i < n; ++i) P(out)[i] = P(clean)[i] + P(noise)[i] * softplus(P(raw)[i]);
   }
 
   // ---- training ----
-  double cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& dlogits, float scale) override {
+  double do_cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& dlogits, float scale) override {
     const int64_t N = logits.rows(), V = logits.cols();
     int64_t count = 0;
     for (int64_t t = 0; t < N; ++t) count += targets.i32()[t] >= 0;
@@ -399,8 +396,8 @@ class EigenBackend final : public Backend {
     return count ? loss / double(count) : 0.0;
   }
 
-  void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool acc, Tensor& dw,
-                       Tensor* db) override {
+  void do_linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool acc, Tensor& dw,
+                          Tensor* db) override {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
     std::vector<S> xb, wb, dyb;
     CMapM X(operand(P(x), T * K, xb), T, K), W(operand(P(w), N * K, wb), N, K), DY(operand(P(dy), T * N, dyb), T, N);
@@ -414,8 +411,8 @@ class EigenBackend final : public Backend {
     if (db) Eigen::Map<RowVec>(P(*db), N) += cmat(dy, T, N).colwise().sum();  // a sum, not a product: fp32
   }
 
-  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool acc,
-                        Tensor& dw) override {
+  void do_rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool acc,
+                           Tensor& dw) override {
     // y = x·r·w with r = (mean(x²)+eps)^-1/2:  dx = r·(dy⊙w) − x·r³·mean(dy⊙w⊙x),  dw += Σ dy⊙x·r.
     const int64_t C = w.numel(), R = x.numel() / C;
     for (int64_t r = 0; r < R; ++r) {
@@ -437,7 +434,7 @@ class EigenBackend final : public Backend {
     }
   }
 
-  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+  void do_embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
     const int64_t T = ids.numel(), H = dtable.cols();
     for (int64_t t = 0; t < T; ++t) {
       S* row = P(dtable) + int64_t(ids.i32()[t]) * H;
@@ -446,8 +443,8 @@ class EigenBackend final : public Backend {
     }
   }
 
-  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, int64_t B,
-                          int64_t NH, int64_t NKV, int64_t D, Tensor& dq, Tensor& dk, Tensor& dv) override {
+  void do_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, int64_t B,
+                             int64_t NH, int64_t NKV, int64_t D, Tensor& dq, Tensor& dk, Tensor& dv) override {
     const int64_t T = q.rows() / B, group = NH / NKV;
     const S scale = S(1) / std::sqrt(S(D));
     fill(dk, 0.0f);
@@ -476,7 +473,7 @@ class EigenBackend final : public Backend {
       }
   }
 
-  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate, Tensor& dup) override {
+  void do_swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate, Tensor& dup) override {
     for (int64_t i = 0, n = gate.numel(); i < n; ++i) {
       const S g = P(gate)[i], s = sigmoid(g), d = P(dout)[i];
       P(dup)[i] = d * g * s;
@@ -484,20 +481,20 @@ class EigenBackend final : public Backend {
     }
   }
 
-  void route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
-                      Tensor& dlogits, bool acc) override {
+  void do_route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
+                         Tensor& dlogits, bool acc) override {
     router_cpu::route_backward(P(probs), ids.i32(), P(dweights), probs.rows(), probs.cols(), ids.cols(), spec.sigmoid,
                                spec.renormalize, P(dlogits), acc);
   }
 
-  std::pair<double, double> router_losses(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
-                                          Tensor& dlogits) override {
+  std::pair<double, double> do_router_losses(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
+                                             Tensor& dlogits) override {
     return router_cpu::router_losses(P(logits), ids.i32(), logits.rows(), logits.cols(), ids.cols(), aux_coef, z_coef,
                                      P(dlogits));
   }
 
-  void moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
-                            const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw) override {
+  void do_moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                               const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw) override {
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
     const Groups g = group_by_expert(ids, E);
     const int64_t used = g.begin[size_t(E)];
@@ -543,7 +540,7 @@ class EigenBackend final : public Backend {
     combine_slots(g, T, K, H, nullptr, P(dx));  // dx[t] += dx_slot
   }
 
-  void sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
+  void do_sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
     const int64_t T = x.rows(), H = x.cols();
     for (int64_t t = 0; t < T; ++t) {
       const S s = sigmoid(P(g)[t]);
@@ -556,12 +553,12 @@ class EigenBackend final : public Backend {
     }
   }
 
-  void noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) override {
+  void do_noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) override {
     for (int64_t i = 0, n = raw.numel(); i < n; ++i)  // softplus' = sigmoid
       P(draw)[i] = P(dout)[i] * P(noise)[i] * sigmoid(P(raw)[i]);
   }
 
-  double sum_squares(const Tensor& x) override {
+  double do_sum_squares(const Tensor& x) override {
     const int64_t n = x.numel();
     const S* p = P(x);
     double total = 0;
@@ -575,11 +572,11 @@ class EigenBackend final : public Backend {
     }
     return total;
   }
-  void scale(Tensor& x, float s) override {
+  void do_scale(Tensor& x, float s) override {
     for (int64_t i = 0, n = x.numel(); i < n; ++i) P(x)[i] *= S(s);
   }
-  void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
-             int64_t step) override {
+  void do_adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
+                int64_t step) override {
     // torch.optim.AdamW: p *= 1 − lr·wd, then p −= lr/c1 · m / (sqrt(v)/sqrt(c2) + eps).
     const double c1 = 1.0 - std::pow(double(b1), double(step)), c2 = 1.0 - std::pow(double(b2), double(step));
     const S B1 = S(b1), B2 = S(b2), step_size = S(double(lr) / c1), inv_sqrt_c2 = S(1.0 / std::sqrt(c2)),

@@ -143,12 +143,11 @@ class CudaBackend final : public Backend {
     not_recording("synchronize");
     MOELAB_CUDA_CHECK(cudaStreamSynchronize(set_device_get_stream()));
   }
-  void fill(Tensor& t, float value) override {
+  void do_fill(Tensor& t, float value) override {
     copies_->touched(t.ptr, size_t(t.numel()) * 4);
     cuda::fill(f32(t), t.numel(), value, set_device_get_stream());
   }
-  void copy(const Tensor& src, Tensor& dst) override {
-    MOELAB_ASSERT(src.numel() == dst.numel(), "copy sizes");
+  void do_copy(const Tensor& src, Tensor& dst) override {
     if (src.numel() == 0 || src.ptr == dst.ptr) return;
     copies_->touched(dst.ptr, size_t(dst.numel()) * 4);
     MOELAB_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, size_t(src.numel()) * 4, cudaMemcpyDeviceToDevice,
@@ -156,15 +155,13 @@ class CudaBackend final : public Backend {
   }
 
   // ---- forward ----
-  void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
-    MOELAB_ASSERT(ids.type == TType::I32 && out.numel() == ids.numel() * table.cols(), "embedding shapes");
+  void do_embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
     cuda::embedding(f32(table), s32(ids), ids.numel(), table.cols(), f32(out), set_device_get_stream());
   }
 
   // out [T,N] = x [T,K] · w [N,K]ᵀ. cuBLAS is column-major: there out is [N,T] = wᵀ(as [K,N])ᵀ · x(as [K,T]).
-  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) override {
+  void do_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) override {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
-    MOELAB_ASSERT(w.cols() == K && out.rows() == T && out.cols() == N, "linear shapes");
     const cudaStream_t s = set_device_get_stream();
     if (T == 0 || N == 0) return;
     if (K == 0) {
@@ -176,20 +173,18 @@ class CudaBackend final : public Backend {
     if (bias) cuda::add_bias_rows(f32(out), f32(*bias), T, N, s);
   }
 
-  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+  void do_rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
     const int64_t C = w.numel(), R = C ? x.numel() / C : 0;
-    MOELAB_ASSERT(R * C == x.numel() && out.numel() == x.numel(), "rmsnorm shapes");
     cuda::rmsnorm(f32(x), f32(w), R, C, eps, f32(out), set_device_get_stream());
   }
 
-  void clamp(Tensor& x, float lo, float hi) override {
+  void do_clamp(Tensor& x, float lo, float hi) override {
     copies_->touched(x.ptr, size_t(x.numel()) * 4);
     cuda::clamp(f32(x), x.numel(), lo, hi, set_device_get_stream());
   }
 
-  void rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta, bool inverse) override {
+  void do_rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta, bool inverse) override {
     const int64_t R = x.rows();
-    MOELAB_ASSERT(x.cols() == n_heads * D && D % 2 == 0 && seq_len > 0, "rope shapes");
     if (R == 0) return;
     const cudaStream_t s = set_device_get_stream();
     if (recorder_.active()) {  // the position comes from the device; the table covers every one the graph may see
@@ -202,12 +197,10 @@ class CudaBackend final : public Backend {
     cuda::rope(f32(x), R, n_heads, D, pos0, recorder_.position(), seq_len, f32(rope_.cos), f32(rope_.sin), inverse, s);
   }
 
-  void copy_rows(const Tensor& src, Tensor& dst, int64_t row0) override {
-    MOELAB_ASSERT(src.cols() == dst.cols() && row0 >= 0 && row0 + src.rows() <= dst.rows(), "copy_rows shapes");
+  void do_copy_rows(const Tensor& src, Tensor& dst, int64_t row0) override {
     if (src.numel() == 0) return;
     copies_->touched(dst.ptr, size_t(dst.numel()) * 4);
     if (recorder_.active()) {  // the row comes from the device at replay
-      MOELAB_ASSERT(src.rows() <= dst.rows(), "copy_rows shapes");
       cuda::copy_rows_at(f32(src), src.rows(), src.cols(), recorder_.position(), f32(dst), set_device_get_stream());
       return;
     }
@@ -215,30 +208,22 @@ class CudaBackend final : public Backend {
                                       cudaMemcpyDeviceToDevice, set_device_get_stream()));
   }
 
-  void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t past, int64_t NH, int64_t NKV,
-                 int64_t D, Tensor& out) override {
-    MOELAB_ASSERT(B > 0 && NKV > 0 && NH % NKV == 0 && q.rows() % B == 0 && k.rows() % B == 0, "attention shapes");
+  void do_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t past, int64_t NH, int64_t NKV,
+                    int64_t D, Tensor& out) override {
     const int64_t T = q.rows() / B, S = k.rows() / B;
-    MOELAB_ASSERT(q.cols() == NH * D && k.cols() == NKV * D && v.numel() == k.numel() && past + T <= S &&
-                      out.numel() == q.numel(),
-                  "attention shapes");
     cuda::attention(f32(q), f32(k), f32(v), B, T, S, past, recorder_.position(), NH, NKV, D, f32(out),
                     set_device_get_stream());
   }
 
-  void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) override {
+  void do_route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) override {
     const int64_t T = logits.rows(), E = logits.cols(), K = spec.top_k;
-    MOELAB_ASSERT(K >= 1 && K <= E && ids.type == TType::I32 && ids.numel() == T * K && weights.numel() == T * K &&
-                      probs.numel() == T * E,
-                  "route shapes");
     cuda::route(f32(logits), T, E, K, spec.sigmoid, spec.renormalize, bias_of(spec, E), f32(probs), s32(ids), f32(weights),
                 set_device_get_stream());
   }
 
-  void limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_t capacity, Tensor& ids, Tensor& weights,
-                      Tensor& dropped) override {
+  void do_limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_t capacity, Tensor& ids, Tensor& weights,
+                         Tensor& dropped) override {
     const int64_t T = probs.rows(), E = probs.cols(), K = spec.top_k;
-    MOELAB_ASSERT(ids.numel() == T * K && dropped.numel() == T * K && weights.numel() == T * K, "capacity shapes");
     const cudaStream_t s = set_device_get_stream();
     cuda::fill(f32(dropped), dropped.numel(), 0.0f, s);
     if (capacity <= 0) return;
@@ -249,11 +234,9 @@ class CudaBackend final : public Backend {
 
   // Routed experts: sort the slots by expert, gather their rows, three grouped GEMMs, then each
   // token adds its K slots' outputs weighted, in slot order (deterministic, no atomics).
-  void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
-                   Tensor& out) override {
+  void do_moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                      Tensor& out) override {
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
-    MOELAB_ASSERT(ids.rows() == T && weights.numel() == T * K && out.numel() == T * H && w.gate.shape[2] == H,
-                  "moe_experts shapes");
     const int64_t n = T * K;
     if (n == 0) return;
     const cudaStream_t s = set_device_get_stream();
@@ -272,32 +255,25 @@ class CudaBackend final : public Backend {
     cuda::combine_slots(f32(y), grp.g, f32(weights), T, K, H, f32(out), s);  // out[t] += Σ_k w·Y
   }
 
-  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
-    MOELAB_ASSERT(gate.numel() == up.numel() && out.numel() == gate.numel(), "swiglu shapes");
+  void do_swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
     cuda::swiglu(f32(gate), f32(up), gate.numel(), f32(out), set_device_get_stream());
   }
-  void add(Tensor& y, const Tensor& x) override {
-    MOELAB_ASSERT(y.numel() == x.numel(), "add shapes");
+  void do_add(Tensor& y, const Tensor& x) override {
     cuda::add(f32(y), f32(x), y.numel(), set_device_get_stream());
   }
-  void row_norms(const Tensor& x, Tensor& out) override {
-    MOELAB_ASSERT(out.numel() == x.rows(), "row_norms shapes");
+  void do_row_norms(const Tensor& x, Tensor& out) override {
     cuda::row_norms(f32(x), x.rows(), x.cols(), f32(out), set_device_get_stream());
   }
-  void add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) override {
-    MOELAB_ASSERT(x.numel() == y.numel() && g.numel() == y.rows(), "add_sigmoid_gated shapes");
+  void do_add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) override {
     cuda::add_sigmoid_gated(f32(y), f32(x), f32(g), y.rows(), y.cols(), set_device_get_stream());
   }
-  void noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out) override {
-    MOELAB_ASSERT(raw.numel() == clean.numel() && noise.numel() == clean.numel() && out.numel() == clean.numel(),
-                  "noisy_logits shapes");
+  void do_noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out) override {
     cuda::noisy_logits(f32(clean), f32(raw), f32(noise), clean.numel(), f32(out), set_device_get_stream());
   }
 
   // ---- training ----
-  double cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& dlogits, float scale) override {
+  double do_cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& dlogits, float scale) override {
     const int64_t N = logits.rows(), V = logits.cols();
-    MOELAB_ASSERT(targets.numel() == N && dlogits.numel() == logits.numel(), "cross_entropy shapes");
     const cudaStream_t s = set_device_get_stream();
     Tensor rows = scratch(size_t(N) * 8 + 16);  // [N] double row losses, then the count and the result
     double* row_loss = static_cast<double*>(rows.ptr);
@@ -308,14 +284,12 @@ class CudaBackend final : public Backend {
   }
 
   // dx (+)= dy · w, dw += dyᵀ · x, db += Σ_rows dy (column-major views as in linear()).
-  void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool acc, Tensor& dw,
-                       Tensor* db) override {
+  void do_linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool acc, Tensor& dw,
+                          Tensor* db) override {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
-    MOELAB_ASSERT(w.cols() == K && dy.rows() == T && dy.cols() == N && dw.numel() == N * K, "linear_backward shapes");
     const cudaStream_t s = set_device_get_stream();
     const Operand dyo = activation_operand(dy);  // rounded once for both products in bf16
     if (dx && T > 0 && K > 0) {
-      MOELAB_ASSERT(dx->numel() == T * K, "linear_backward dx shape");
       if (N == 0) {
         if (!acc) cuda::fill(f32(*dx), dx->numel(), 0.0f, s);
       } else {
@@ -326,52 +300,40 @@ class CudaBackend final : public Backend {
     if (db) cuda::add_column_sums(f32(dy), T, N, f32(*db), s);  // an fp32 sum in every precision
   }
 
-  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool acc,
-                        Tensor& dw) override {
+  void do_rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool acc,
+                           Tensor& dw) override {
     const int64_t C = w.numel(), R = C ? x.numel() / C : 0;
-    MOELAB_ASSERT(dy.numel() == x.numel() && dx.numel() == x.numel() && dw.numel() == C, "rmsnorm_backward shapes");
     Tensor rr = scratch(size_t(std::max<int64_t>(R, 1)) * 8);
     cuda::rmsnorm_backward(f32(x), f32(w), f32(dy), R, C, eps, f32(dx), acc, f32(dw), static_cast<double*>(rr.ptr),
                            set_device_get_stream());
   }
 
-  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
-    MOELAB_ASSERT(ids.type == TType::I32 && dout.numel() == ids.numel() * dtable.cols(), "embedding_backward shapes");
+  void do_embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
     cuda::embedding_backward(s32(ids), f32(dout), ids.numel(), dtable.cols(), f32(dtable), set_device_get_stream());
   }
 
-  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, int64_t B, int64_t NH,
-                          int64_t NKV, int64_t D, Tensor& dq, Tensor& dk, Tensor& dv) override {
-    MOELAB_ASSERT(B > 0 && NKV > 0 && NH % NKV == 0 && q.rows() % B == 0 && k.rows() == q.rows(),
-                  "attention_backward shapes");
+  void do_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, int64_t B, int64_t NH,
+                             int64_t NKV, int64_t D, Tensor& dq, Tensor& dk, Tensor& dv) override {
     const int64_t T = q.rows() / B;
-    MOELAB_ASSERT(q.cols() == NH * D && k.cols() == NKV * D && dout.numel() == q.numel() && dq.numel() == q.numel() &&
-                      dk.numel() == k.numel() && dv.numel() == v.numel(),
-                  "attention_backward shapes");
     Tensor stats = scratch(size_t(std::max<int64_t>(1, B * T * NH)) * 3 * 4);
     cuda::attention_backward(f32(q), f32(k), f32(v), f32(dout), B, T, NH, NKV, D, f32(stats), f32(dq), f32(dk), f32(dv),
                              set_device_get_stream());
   }
 
-  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate, Tensor& dup) override {
-    MOELAB_ASSERT(up.numel() == gate.numel() && dout.numel() == gate.numel() && dgate.numel() == gate.numel() &&
-                      dup.numel() == gate.numel(),
-                  "swiglu_backward shapes");
+  void do_swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate, Tensor& dup) override {
     cuda::swiglu_backward(f32(gate), f32(up), f32(dout), gate.numel(), f32(dgate), f32(dup), set_device_get_stream());
   }
 
-  void route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
-                      Tensor& dlogits, bool acc) override {
+  void do_route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
+                         Tensor& dlogits, bool acc) override {
     const int64_t T = probs.rows(), E = probs.cols(), K = ids.cols();
-    MOELAB_ASSERT(ids.rows() == T && dweights.numel() == T * K && dlogits.numel() == T * E, "route_backward shapes");
     cuda::route_backward(f32(probs), s32(ids), f32(dweights), T, E, K, spec.sigmoid, spec.renormalize, f32(dlogits), acc,
                          set_device_get_stream());
   }
 
-  std::pair<double, double> router_losses(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
-                                          Tensor& dlogits) override {
+  std::pair<double, double> do_router_losses(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
+                                             Tensor& dlogits) override {
     const int64_t N = logits.rows(), E = logits.cols(), K = ids.cols();
-    MOELAB_ASSERT(ids.rows() == N && dlogits.numel() == N * E, "router_losses shapes");
     const cudaStream_t s = set_device_get_stream();
     Tensor probs = scratch_f({std::max<int64_t>(1, N), E});
     Tensor buf = scratch(size_t(N) * 8 + 16 + size_t(E) * 4);  // z rows [N], result [2], counts [E]
@@ -385,10 +347,9 @@ class CudaBackend final : public Backend {
   }
 
   // The same without a wait: {aux, z} are added to sums on the device.
-  void router_losses_add(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef, Tensor& dlogits,
-                         Tensor& sums) override {
+  void do_router_losses_add(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef, Tensor& dlogits,
+                            Tensor& sums) override {
     const int64_t N = logits.rows(), E = logits.cols(), K = ids.cols();
-    MOELAB_ASSERT(ids.rows() == N && dlogits.numel() == N * E && sums.numel() == 2, "router_losses shapes");
     const cudaStream_t s = set_device_get_stream();
     Tensor probs = scratch_f({std::max<int64_t>(1, N), E});
     Tensor buf = scratch(size_t(N) * 8 + 16 + size_t(E) * 4);
@@ -402,12 +363,9 @@ class CudaBackend final : public Backend {
   // Backward of moe_experts: the forward's products again (kept per sorted row), then the data
   // gradient through each expert, the gate-weight gradient (a dot per slot), and the expert
   // weight gradients as grouped Σ over each expert's rows.
-  void moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
-                            const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw) override {
+  void do_moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                               const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw) override {
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
-    MOELAB_ASSERT(ids.rows() == T && weights.numel() == T * K && dout.numel() == T * H && dx.numel() == T * H &&
-                      dweights.numel() == T * K,
-                  "moe_experts_backward shapes");
     const int64_t n = T * K;
     if (n == 0) return;
     const cudaStream_t s = set_device_get_stream();
@@ -440,22 +398,18 @@ class CudaBackend final : public Backend {
     cuda::combine_slots(f32(dxs), grp.g, nullptr, T, K, H, f32(dx), s);                               // dx[t] += Σ_k
   }
 
-  void sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
-    MOELAB_ASSERT(dy.numel() == x.numel() && dx.numel() == x.numel() && g.numel() == x.rows() && dg.numel() == x.rows(),
-                  "sigmoid_gated_backward shapes");
+  void do_sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
     cuda::sigmoid_gated_backward(f32(x), f32(g), f32(dy), x.rows(), x.cols(), f32(dx), f32(dg), set_device_get_stream());
   }
 
-  void noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) override {
-    MOELAB_ASSERT(noise.numel() == raw.numel() && dout.numel() == raw.numel() && draw.numel() == raw.numel(),
-                  "noisy_logits_backward shapes");
+  void do_noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) override {
     cuda::noisy_logits_backward(f32(raw), f32(noise), f32(dout), raw.numel(), f32(draw), set_device_get_stream());
   }
 
-  double sum_squares(const Tensor& x) override { return sum_squares_all({&x}); }  // 0 + r: r exactly
+  double do_sum_squares(const Tensor& x) override { return sum_squares_all({&x}); }  // 0 + r: r exactly
 
   // One result slot per tensor, one copy back; summed on the host in order, as the default does.
-  double sum_squares_all(const std::vector<const Tensor*>& xs) override {
+  double do_sum_squares_all(const std::vector<const Tensor*>& xs) override {
     if (xs.empty()) return 0.0;
     Tensor buf = scratch(size_t(cuda::kSumBlocks + xs.size()) * 8);
     double* partials = static_cast<double*>(buf.ptr);
@@ -467,16 +421,14 @@ class CudaBackend final : public Backend {
     return total;
   }
 
-  void scale(Tensor& x, float s) override {
+  void do_scale(Tensor& x, float s) override {
     copies_->touched(x.ptr, size_t(x.numel()) * 4);
     cuda::scale(f32(x), x.numel(), s, set_device_get_stream());
   }
 
-  void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
-             int64_t step) override {
+  void do_adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
+                int64_t step) override {
     not_recording("adamw");
-    MOELAB_ASSERT(step >= 1 && g.numel() == p.numel() && m.numel() == p.numel() && v.numel() == p.numel(),
-                  "adamw shapes");
     // The same constants as the Eigen backend, computed in double on the host.
     const double c1 = 1.0 - std::pow(double(b1), double(step)), c2 = 1.0 - std::pow(double(b2), double(step));
     // A bf16 copy of p, if products made one, is rewritten in the same pass and stays fresh.

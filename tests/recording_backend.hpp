@@ -80,99 +80,99 @@ class RecordingBackend final : public moelab::Backend {
   void download(const Tensor& s, int32_t* h) override { host("download"), in_->download(s, h); }
   float* host_f32(Tensor&) override { return nullptr; }  // like a device: loaders go through upload
   void synchronize() override { host("synchronize"); }
-  void fill(Tensor& t, float value) override { op([=, this]() mutable { in_->fill(t, value); }); }
-  void copy(const Tensor& s, Tensor& d) override { op([=, this]() mutable { in_->copy(s, d); }); }
+  void do_fill(Tensor& t, float value) override { op([=, this]() mutable { in_->fill(t, value); }); }
+  void do_copy(const Tensor& s, Tensor& d) override { op([=, this]() mutable { in_->copy(s, d); }); }
 
   // ---- forward ----
-  void embedding(const Tensor& a, const Tensor& ids, Tensor& out) override {
+  void do_embedding(const Tensor& a, const Tensor& ids, Tensor& out) override {
     op([=, this]() mutable { in_->embedding(a, ids, out); });
   }
-  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool acc) override {
+  void do_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool acc) override {
     const Tensor b = bias ? *bias : Tensor();
     op([=, this]() mutable { in_->linear(x, w, b.empty() ? nullptr : &b, out, acc); });
   }
-  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+  void do_rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
     op([=, this]() mutable { in_->rmsnorm(x, w, eps, out); });
   }
-  void clamp(Tensor& x, float lo, float hi) override { op([=, this]() mutable { in_->clamp(x, lo, hi); }); }
-  void rope(Tensor& x, int64_t nh, int64_t d, int64_t pos0, int64_t len, double theta, bool inv) override {
+  void do_clamp(Tensor& x, float lo, float hi) override { op([=, this]() mutable { in_->clamp(x, lo, hi); }); }
+  void do_rope(Tensor& x, int64_t nh, int64_t d, int64_t pos0, int64_t len, double theta, bool inv) override {
     const bool dyn = bool(rec_);
     op([=, this]() mutable { in_->rope(x, nh, d, dyn ? position() : pos0, len, theta, inv); });
   }
-  void copy_rows(const Tensor& s, Tensor& d, int64_t row0) override {
+  void do_copy_rows(const Tensor& s, Tensor& d, int64_t row0) override {
     const bool dyn = bool(rec_);
     op([=, this]() mutable { in_->copy_rows(s, d, dyn ? position() : row0); });
   }
-  void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t past, int64_t nh, int64_t nkv,
-                 int64_t d, Tensor& out) override {
+  void do_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t past, int64_t nh, int64_t nkv,
+                    int64_t d, Tensor& out) override {
     const bool dyn = bool(rec_);
     op([=, this]() mutable { in_->attention(q, k, v, B, dyn ? position() : past, nh, nkv, d, out); });
   }
   // The spec is copied into the closure: it holds its selection bias by (shared) value.
-  void route(const Tensor& logits, const moelab::RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& w) override {
+  void do_route(const Tensor& logits, const moelab::RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& w) override {
     op([=, this]() mutable { in_->route(logits, spec, probs, ids, w); });
   }
-  void limit_capacity(const Tensor& probs, const moelab::RouterSpec& spec, int64_t capacity, Tensor& ids, Tensor& w,
-                      Tensor& dropped) override {
+  void do_limit_capacity(const Tensor& probs, const moelab::RouterSpec& spec, int64_t capacity, Tensor& ids, Tensor& w,
+                         Tensor& dropped) override {
     op([=, this]() mutable { in_->limit_capacity(probs, spec, capacity, ids, w, dropped); });
   }
-  void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w, const moelab::ExpertWeights& ew,
-                   Tensor& out) override {
+  void do_moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w, const moelab::ExpertWeights& ew,
+                      Tensor& out) override {
     op([=, this]() mutable { in_->moe_experts(x, ids, w, ew, out); });
   }
-  void swiglu(const Tensor& g, const Tensor& u, Tensor& out) override { op([=, this]() mutable { in_->swiglu(g, u, out); }); }
-  void add(Tensor& y, const Tensor& x) override { op([=, this]() mutable { in_->add(y, x); }); }
-  void row_norms(const Tensor& x, Tensor& out) override { op([=, this]() mutable { in_->row_norms(x, out); }); }
-  void add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) override {
+  void do_swiglu(const Tensor& g, const Tensor& u, Tensor& out) override { op([=, this]() mutable { in_->swiglu(g, u, out); }); }
+  void do_add(Tensor& y, const Tensor& x) override { op([=, this]() mutable { in_->add(y, x); }); }
+  void do_row_norms(const Tensor& x, Tensor& out) override { op([=, this]() mutable { in_->row_norms(x, out); }); }
+  void do_add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) override {
     op([=, this]() mutable { in_->add_sigmoid_gated(y, x, g); });
   }
-  void noisy_logits(const Tensor& c, const Tensor& r, const Tensor& n, Tensor& out) override {
+  void do_noisy_logits(const Tensor& c, const Tensor& r, const Tensor& n, Tensor& out) override {
     op([=, this]() mutable { in_->noisy_logits(c, r, n, out); });
   }
 
   // ---- training: direct only ----
-  double cross_entropy(const Tensor& l, const Tensor& t, Tensor& d, float s) override {
+  double do_cross_entropy(const Tensor& l, const Tensor& t, Tensor& d, float s) override {
     return host("cross_entropy"), in_->cross_entropy(l, t, d, s);
   }
-  void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool a, Tensor& dw,
-                       Tensor* db) override {
+  void do_linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool a, Tensor& dw,
+                          Tensor* db) override {
     host("linear_backward"), in_->linear_backward(x, w, dy, dx, a, dw, db);
   }
-  void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool a,
-                        Tensor& dw) override {
+  void do_rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool a,
+                           Tensor& dw) override {
     host("rmsnorm_backward"), in_->rmsnorm_backward(x, w, dy, eps, dx, a, dw);
   }
-  void embedding_backward(const Tensor& ids, const Tensor& d, Tensor& dt) override {
+  void do_embedding_backward(const Tensor& ids, const Tensor& d, Tensor& dt) override {
     host("embedding_backward"), in_->embedding_backward(ids, d, dt);
   }
-  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& d, int64_t B, int64_t nh,
-                          int64_t nkv, int64_t hd, Tensor& dq, Tensor& dk, Tensor& dv) override {
+  void do_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& d, int64_t B, int64_t nh,
+                             int64_t nkv, int64_t hd, Tensor& dq, Tensor& dk, Tensor& dv) override {
     host("attention_backward"), in_->attention_backward(q, k, v, d, B, nh, nkv, hd, dq, dk, dv);
   }
-  void swiglu_backward(const Tensor& g, const Tensor& u, const Tensor& d, Tensor& dg, Tensor& du) override {
+  void do_swiglu_backward(const Tensor& g, const Tensor& u, const Tensor& d, Tensor& dg, Tensor& du) override {
     host("swiglu_backward"), in_->swiglu_backward(g, u, d, dg, du);
   }
-  void route_backward(const Tensor& p, const Tensor& ids, const Tensor& dw, const moelab::RouterSpec& s, Tensor& dl,
-                      bool a) override {
+  void do_route_backward(const Tensor& p, const Tensor& ids, const Tensor& dw, const moelab::RouterSpec& s, Tensor& dl,
+                         bool a) override {
     host("route_backward"), in_->route_backward(p, ids, dw, s, dl, a);
   }
-  std::pair<double, double> router_losses(const Tensor& l, const Tensor& ids, float ac, float zc, Tensor& dl) override {
+  std::pair<double, double> do_router_losses(const Tensor& l, const Tensor& ids, float ac, float zc, Tensor& dl) override {
     return host("router_losses"), in_->router_losses(l, ids, ac, zc, dl);
   }
-  void moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& w, const moelab::ExpertWeights& ew,
-                            const Tensor& d, Tensor& dx, Tensor& dw, moelab::ExpertWeights& dew) override {
+  void do_moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& w, const moelab::ExpertWeights& ew,
+                               const Tensor& d, Tensor& dx, Tensor& dw, moelab::ExpertWeights& dew) override {
     host("moe_experts_backward"), in_->moe_experts_backward(x, ids, w, ew, d, dx, dw, dew);
   }
-  void sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
+  void do_sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
     host("sigmoid_gated_backward"), in_->sigmoid_gated_backward(x, g, dy, dx, dg);
   }
-  void noisy_logits_backward(const Tensor& r, const Tensor& n, const Tensor& d, Tensor& dr) override {
+  void do_noisy_logits_backward(const Tensor& r, const Tensor& n, const Tensor& d, Tensor& dr) override {
     host("noisy_logits_backward"), in_->noisy_logits_backward(r, n, d, dr);
   }
-  double sum_squares(const Tensor& x) override { return host("sum_squares"), in_->sum_squares(x); }
-  void scale(Tensor& x, float s) override { host("scale"), in_->scale(x, s); }
-  void adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
-             int64_t step) override {
+  double do_sum_squares(const Tensor& x) override { return host("sum_squares"), in_->sum_squares(x); }
+  void do_scale(Tensor& x, float s) override { host("scale"), in_->scale(x, s); }
+  void do_adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
+                int64_t step) override {
     host("adamw"), in_->adamw(p, g, m, v, lr, b1, b2, eps, wd, step);
   }
 

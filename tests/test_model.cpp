@@ -206,6 +206,33 @@ static void save_tiny(const std::string& dir) { Model::random(tiny_config(), 1, 
 
 static nlohmann::json read_json(const std::string& path) { return nlohmann::json::parse(testutil::read_file(path)); }
 
+// Shapes are checked once, by Backend's public ops, for every backend: the CPU refuses what the
+// GPU refuses, before any element is touched.
+TEST(backend_ops_refuse_inconsistent_shapes) {
+  for (auto b : {make_eigen_backend(), make_eigen_backend_f64()}) {
+    Tensor x = b->alloc({3, 4}), w = b->alloc({5, 4}), out = b->alloc({3, 5}), wrong = b->alloc({3, 6});
+    b->linear(x, w, nullptr, out);  // [3,4] · [5,4]ᵀ = [3,5]
+    CHECK_THROWS_WITH(b->linear(x, w, nullptr, wrong), "linear shapes");
+    Tensor ids = b->alloc({3, 2}, TType::I32), real_ids = b->alloc({3, 2}), weights = b->alloc({3, 2});
+    CHECK_THROWS_WITH(b->copy(ids, real_ids), "same size and element type");
+    RouterSpec spec;
+    spec.top_k = 6;  // more than the 5 experts
+    Tensor probs = b->alloc({3, 5});
+    CHECK_THROWS_WITH(b->route(out, spec, probs, ids, weights), "route shapes");
+    spec.top_k = 2;
+    b->route(out, spec, probs, ids, weights);
+    CHECK_THROWS_WITH(b->route(out, spec, probs, real_ids, weights), "route shapes");  // ids must be I32
+    ExpertWeights ew{b->alloc({5, 8, 4}), b->alloc({5, 8, 4}), b->alloc({5, 4, 8})};
+    Tensor y = b->alloc({3, 4});
+    b->moe_experts(x, ids, weights, ew, y);
+    ExpertWeights bad{b->alloc({5, 8, 4}), b->alloc({5, 8, 4}), b->alloc({5, 8, 4})};  // down must be [E,H,F]
+    CHECK_THROWS_WITH(b->moe_experts(x, ids, weights, bad, y), "moe_experts shapes");
+    Tensor cache = b->alloc({4, 4});
+    CHECK_THROWS_WITH(b->copy_rows(x, cache, 2), "copy_rows shapes");  // rows 2..4 of a 4-row cache
+    CHECK_THROWS_WITH(b->attention(x, cache, cache, 2, 0, 1, 1, 4, y), "attention");  // 3 rows in 2 sequences
+  }
+}
+
 TEST(config_errors_name_file_and_problem) {
   TempDir tmp("cfg");
   CHECK_THROWS_WITH(load_config(tmp / "nope"), "no such file");
