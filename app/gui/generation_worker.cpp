@@ -16,14 +16,7 @@
 
 using namespace moelab;
 
-// Keeps every routing event of the current text.
-class RoutingCollector : public RoutingObserver {
- public:
-  void on_routing(const RoutingEvent& e) override { trace.on_routing(e); }
-  RoutingTrace trace;
-};
-
-GenerationWorker::GenerationWorker(QObject* parent) : QObject(parent), m_trace(std::make_unique<RoutingCollector>()) {
+GenerationWorker::GenerationWorker(QObject* parent) : QObject(parent) {
   qRegisterMetaType<SnapshotPtr>("SnapshotPtr");
   qRegisterMetaType<GenerationSettings>("GenerationSettings");
   qRegisterMetaType<moelab::ModelConfig>("moelab::ModelConfig");
@@ -84,17 +77,17 @@ void GenerationWorker::runTokens(const std::vector<int32_t>& ids, bool prompt) {
     std::vector<int32_t> text = m_tokens;
     text.insert(text.end(), ids.begin(), ids.end());
     auto fresh = std::make_unique<Decoder>(*m_model, m_decoder->capacity());
-    RoutingCollector trace;
+    RoutingTrace trace;
     m_lastLogits = fresh->prefill(text, &trace, &ov);
     m_decoder = std::move(fresh);
-    m_trace->trace = std::move(trace.trace);
+    m_trace = std::move(trace);
     m_tokens = std::move(text);
     return;
   }
   if (prompt) {
-    m_lastLogits = m_decoder->prefill(ids, m_trace.get(), &ov);
+    m_lastLogits = m_decoder->prefill(ids, &m_trace, &ov);
   } else {  // the decoder runs the plain forward when the overrides are active
-    for (int32_t id : ids) m_lastLogits = m_decoder->step(id, m_trace.get(), &ov);
+    for (int32_t id : ids) m_lastLogits = m_decoder->step(id, &m_trace, &ov);
   }
   m_tokens.insert(m_tokens.end(), ids.begin(), ids.end());
 }
@@ -115,7 +108,7 @@ void GenerationWorker::reset(const GenerationSettings& settings, int regenerate)
     if (int64_t(prompt.size()) >= capacity) throw Error("the prompt is longer than the " + std::to_string(capacity) + " tokens shown");
     m_decoder.reset();  // its recorded graph and cache go before the new ones are allocated
     m_decoder = std::make_unique<Decoder>(*m_model, capacity);
-    m_trace->trace.clear();
+    m_trace.clear();
     m_tokens.clear();
     m_rng = std::make_unique<Rng>(settings.seed);
     runTokens(prompt, true);
@@ -163,7 +156,7 @@ void GenerationWorker::emitSnapshot() {
     s->tokens.push_back(id);
     s->labels.push_back(bytes ? QString::fromStdString(token_label(id)) : QString::number(id));
   }
-  for (const auto& L : m_trace->trace.layers()) {
+  for (const auto& L : m_trace.layers()) {
     TokensSnapshot::Layer l;
     l.layer = L.layer;
     l.inputNorm = QVector<float>(L.input_norm.begin(), L.input_norm.end());

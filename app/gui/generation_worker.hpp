@@ -143,7 +143,7 @@ class GenerationWorker : public QObject {
   std::vector<int32_t> m_tokens;
   int m_promptLength = 0;
   std::vector<float> m_lastLogits;
-  std::unique_ptr<class RoutingCollector> m_trace;
+  moelab::RoutingTrace m_trace;  // every routing event of the current text
   std::unique_ptr<moelab::Rng> m_rng;
 };
 
