@@ -7,7 +7,7 @@
 #include <qcustomplot.h>
 
 #include "chart_panel.hpp"
-#include "run_charts.hpp"
+#include "chart_kit.hpp"
 #include "theme.hpp"
 #include "token_text.hpp"
 #include "tokenizer.hpp"
@@ -327,9 +327,9 @@ void TokensView::drawLoad() {
   plot->yAxis->setRange(0, top * 1.15);
   plot->yAxis->ticker()->setTickCount(Theme::current().presentation ? 3 : 5);
   // The lines' names go in the right margin, where they never cover a bar.
-  QVector<RunCharts::ReferenceLine> lines{{1.0 / E, tr("even split\n1/%1").arg(E), Theme::series(3)}};
+  QVector<ChartKit::ReferenceLine> lines{{1.0 / E, tr("even split\n1/%1").arg(E), Theme::series(3)}};
   if (capacity) lines.push_back({cap, tr("capacity\n%1").arg(m_snap->capacity), Theme::current().foreground, Qt::DotLine});
-  RunCharts::referenceLines(plot, lines);
+  ChartKit::referenceLines(plot, lines);
   if (E <= 16) {
     QSharedPointer<QCPAxisTickerFixed> fixed(new QCPAxisTickerFixed);
     fixed->setTickStep(1);
