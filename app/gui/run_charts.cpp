@@ -511,9 +511,7 @@ QString dropByPositionCsv(const RunData& run, int shown) {
 
 namespace RunCharts {
 
-QString RunChart::titleFor(int layer) const {
-  return perLayer ? QObject::tr("%1 (MoE layer %2)").arg(title).arg(layer) : title;
-}
+QString RunChart::titleFor(int layer) const { return title.contains(QLatin1String("%1")) ? title.arg(layer) : title; }
 
 QString RunChart::exportNameFor(int layer) const {
   const QString name = exportName.isEmpty() ? id : exportName;
@@ -522,13 +520,13 @@ QString RunChart::exportNameFor(int layer) const {
 
 const QVector<RunChart>& runCharts() {
   // Charts of every layer take (plot, run, shown) and ignore the layer; a per-layer chart's
-  // draw and CSV take it.
+  // draw and CSV take it. Captions are prose, one line each.
   using Draw = void (*)(QCustomPlot*, const RunData&, int);
   using Csv = QString (*)(const RunData&, int);
   auto all = [](Draw d) { return [d](QCustomPlot* p, const RunData& r, int n, int) { d(p, r, n); }; };
   auto allCsv = [](Csv c) { return [c](const RunData& r, int n, int) { return c(r, n); }; };
   static const QVector<RunChart> charts = {
-      {QStringLiteral("collapse"), tr("Collapse view: expert load over training"),
+      {QStringLiteral("collapse"), tr("Collapse view: expert load over training (MoE layer %1)"),
        tr("Each column is a training step, each row an expert; bright = that expert got a large share of the tokens. Collapse looks like one or two bright rows and dark rest."),
        true, [](QCustomPlot* p, const RunData& r, int n, int l) { drawCollapse(p, r, n, l); }, collapseCsv, {}, {}},
       {QStringLiteral("loss"), tr("Loss"),

@@ -22,7 +22,7 @@ namespace RunCharts {
 // One chart of a run, as the Training view shows it and `moelab export` writes it.
 struct RunChart {
   QString id;               // the panel's id, and the name of the files it exports to
-  QString title;            // one title everywhere (titleFor names the layer of a per-layer chart)
+  QString title;            // one title everywhere; "%1": the layer, where the axes do not name it
   QString caption;          // what it shows, in plain words, under the chart
   bool perLayer = false;    // of one MoE layer: the export writes one per layer
   std::function<void(QCustomPlot*, const RunData&, int shown, int layer)> draw;
@@ -30,7 +30,7 @@ struct RunChart {
   QString exportName;       // `moelab export`'s file name when not the id (per layer: + "-layerN")
   std::function<bool(const RunData&)> exported;  // whether the export writes it for a run (null: always)
 
-  QString titleFor(int layer) const;       // "Load per expert now (MoE layer 1)"
+  QString titleFor(int layer) const;       // "Collapse view: … (MoE layer 1)"
   QString exportNameFor(int layer) const;  // "load-final-layer1"
 };
 // Every run chart, in the Training view's order (collapse first).

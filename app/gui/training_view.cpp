@@ -285,7 +285,7 @@ TrainingView::~TrainingView() {
 void TrainingView::setupCharts() {
   // One panel per run chart, with the title, caption, drawing and CSV that `moelab export` uses.
   for (const RunCharts::RunChart& c : RunCharts::runCharts()) {
-    auto* panel = new ChartPanel(c.id, c.title, c.caption);
+    auto* panel = new ChartPanel(c.id, c.titleFor(0), c.caption);
     panel->setCsvProvider([this, &c] { return c.csv(m_run, shownSteps(), selectedLayer()); });
     m_charts.push_back(panel);
   }
