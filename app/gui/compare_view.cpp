@@ -14,6 +14,7 @@
 #include <QVBoxLayout>
 #include <qcustomplot.h>
 
+#include "chart_kit.hpp"
 #include "chart_panel.hpp"
 #include "table_chart.hpp"
 #include "theme.hpp"
@@ -65,7 +66,7 @@ CompareView::CompareView(QWidget* parent) : QWidget(parent) {
     QString out = QStringLiteral("run,step,lm_loss,val_loss\n");
     for (int i = 0; i < m_runs.size(); ++i)
       for (const auto& s : m_runs[i].history)
-        out += QStringLiteral("%1,%2,%3,%4\n").arg(label(i)).arg(s->step).arg(s->lmLoss, 0, 'g', 8).arg(std::isnan(s->valLoss) ? QString() : QString::number(s->valLoss, 'g', 8));
+        out += QStringLiteral("%1,%2,%3,%4\n").arg(label(i)).arg(s->step).arg(s->lmLoss, 0, 'g', 8).arg(ChartKit::csvNumber(s->valLoss));
     return out;
   });
   m_cv->setCsvProvider([this] {
@@ -176,7 +177,7 @@ void CompareView::refreshList() {
   int64_t layers = 0;
   for (int i = 0; i < m_runs.size(); ++i) {
     const RunData& r = m_runs[i];
-    auto* item = new QListWidgetItem(QStringLiteral("%1\n%2").arg(label(i), RunCharts::balancingText(r.train)));
+    auto* item = new QListWidgetItem(QStringLiteral("%1\n%2").arg(label(i), balancingText(r.train)));
     item->setForeground(Theme::series(i));
     item->setToolTip(QStringLiteral("%1\n%2").arg(r.title, r.dir));
     m_list->addItem(item);
@@ -201,14 +202,12 @@ void CompareView::redraw() {
 
 void CompareView::drawLoss() {
   QCustomPlot* plot = m_loss->plot();
-  RunCharts::resetPlot(plot);
-  RunCharts::legendBelow(plot, 2);  // under the axes: the curves cross every corner
+  ChartKit::resetPlot(plot);
+  ChartKit::legendBelow(plot, 2);  // under the axes: the curves cross every corner
   plot->legend->setVisible(!m_runs.isEmpty());
   for (int i = 0; i < m_runs.size(); ++i) {
     const RunData& r = m_runs[i];
-    QCPGraph* g = plot->addGraph();
-    g->setName(label(i));
-    g->setPen(QPen(Theme::series(i), Theme::current().lineWidth));
+    QCPGraph* g = ChartKit::line(plot, plot->yAxis, label(i), Theme::series(i));
     QCPGraph* v = plot->addGraph();
     v->removeFromLegend();
     v->setLineStyle(QCPGraph::lsNone);
@@ -222,20 +221,17 @@ void CompareView::drawLoss() {
   plot->yAxis->setLabel(tr("language-model loss"));
   plot->rescaleAxes();
   plot->yAxis->setRangeLower(0);
-  Theme::current().applyTo(plot);
-  plot->replot(QCustomPlot::rpQueuedReplot);
+  ChartKit::finish(plot);
 }
 
 void CompareView::drawCv() {
   QCustomPlot* plot = m_cv->plot();
-  RunCharts::resetPlot(plot);
-  RunCharts::legendBelow(plot, 2);
+  ChartKit::resetPlot(plot);
+  ChartKit::legendBelow(plot, 2);
   plot->legend->setVisible(!m_runs.isEmpty());
   const int l = selectedLayer();
   for (int i = 0; i < m_runs.size(); ++i) {
-    QCPGraph* g = plot->addGraph();
-    g->setName(label(i));
-    g->setPen(QPen(Theme::series(i), Theme::current().lineWidth));
+    QCPGraph* g = ChartKit::line(plot, plot->yAxis, label(i), Theme::series(i));
     for (const auto& s : m_runs[i].history)
       if (l < s->layers.size()) g->addData(double(s->step), s->layers[l].cv);
   }
@@ -243,70 +239,39 @@ void CompareView::drawCv() {
   plot->yAxis->setLabel(tr("CV of load, MoE layer %1").arg(l));
   plot->rescaleAxes();
   plot->yAxis->setRangeLower(0);
-  Theme::current().applyTo(plot);
-  plot->replot(QCustomPlot::rpQueuedReplot);
+  ChartKit::finish(plot);
 }
 
 void CompareView::drawCollapse() {
   QCustomPlot* plot = m_collapse->plot();
-  RunCharts::resetPlot(plot);
-  plot->plotLayout()->clear();
-  plot->legend = nullptr;
   const int l = selectedLayer(), n = int(m_runs.size());
   if (n == 0) {
-    auto* rect = RunCharts::resetPlot(plot);
-    Q_UNUSED(rect);
-    auto* label = new QCPItemText(plot);
-    label->position->setType(QCPItemPosition::ptAxisRectRatio);
-    label->position->setCoords(0.5, 0.5);
-    label->setText(tr("Add two or more runs to compare them"));
-    label->setFont(Theme::current().text);
-    label->setColor(Theme::current().subtle);
-    Theme::current().applyTo(plot);
-    plot->replot(QCustomPlot::rpQueuedReplot);
+    ChartKit::resetPlot(plot);
+    ChartKit::emptyMessage(plot, tr("Add two or more runs to compare them"));
+    ChartKit::finish(plot);
     return;
   }
-  auto* scale = new QCPColorScale(plot);
-  scale->setGradient(viridisGradient());
-  scale->setDataRange(QCPRange(0, 1));  // shared: share of the tokens, the same for every run
-  scale->axis()->setLabel(tr("share of tokens"));
+  // Each run's collapse heatmap (RunCharts::drawCollapse) side by side, its name and balancing
+  // above it, on one colour scale: the share of the tokens, the same for every run.
+  ChartKit::clearPlot(plot);
   auto* group = new QCPMarginGroup(plot);
   for (int i = 0; i < n; ++i) {
     const RunData& r = m_runs[i];
-    auto* title = new QCPTextElement(plot, QStringLiteral("%1\n%2").arg(label(i), RunCharts::balancingText(r.train)),
+    auto* title = new QCPTextElement(plot, QStringLiteral("%1\n%2").arg(label(i), balancingText(r.train)),
                                      Theme::current().axisLabel);
     title->setTextColor(Theme::series(i).darker(120));
     plot->plotLayout()->addElement(0, i, title);
     auto* rect = new QCPAxisRect(plot);
     rect->setMarginGroup(QCP::msTop | QCP::msBottom, group);
     plot->plotLayout()->addElement(1, i, rect);
-    const int E = int(r.experts), T = int(r.history.size());
     rect->axis(QCPAxis::atBottom)->setLabel(tr("training step"));
     if (i == 0) rect->axis(QCPAxis::atLeft)->setLabel(tr("expert (MoE layer %1)").arg(l));
-    if (T == 0 || l >= r.moeLayers) continue;
-    auto* map = new QCPColorMap(rect->axis(QCPAxis::atBottom), rect->axis(QCPAxis::atLeft));
-    map->data()->setSize(T, E);
-    map->data()->setRange(QCPRange(r.history.front()->step, r.history.back()->step), QCPRange(0, E - 1));
-    for (int t = 0; t < T; ++t)
-      for (int e = 0; e < E; ++e) map->data()->setCell(t, e, r.history[t]->layers[l].load.value(e));
-    map->setInterpolate(false);
-    map->setGradient(viridisGradient());
-    map->setDataRange(QCPRange(0, 1));
-    rect->axis(QCPAxis::atBottom)->setRange(r.history.front()->step - 0.5, r.history.back()->step + 0.5);
-    rect->axis(QCPAxis::atLeft)->setRange(-0.5, E - 0.5);
-    if (E <= 16) {
-      QSharedPointer<QCPAxisTickerFixed> fixed(new QCPAxisTickerFixed);
-      fixed->setTickStep(1);
-      rect->axis(QCPAxis::atLeft)->setTicker(fixed);
-    }
+    RunCharts::drawCollapse(rect, r, int(r.history.size()), l);
   }
-  plot->plotLayout()->addElement(1, n, scale);
+  QCPColorScale* scale = ChartKit::colorScale(plot, QCPRange(0, 1), tr("share of tokens"), 1, n);
   scale->setMarginGroup(QCP::msTop | QCP::msBottom, group);
   plot->plotLayout()->setRowStretchFactor(0, 0.01);
-  Theme::current().applyTo(plot);
-  scale->axis()->setLabelFont(Theme::current().axisLabel);
-  scale->axis()->setTickLabelFont(Theme::current().tickLabel);
-  plot->replot(QCustomPlot::rpQueuedReplot);
+  ChartKit::finish(plot, scale);
 }
 
 double CompareView::collapseValue(int r, int i, int e) const {
@@ -328,8 +293,8 @@ void CompareView::fillTable() {
   QVector<QStringList> rows;
   QVector<QColor> colors;
   for (int i = 0; i < m_runs.size(); ++i) {
-    const RunCharts::FinalFigures f = RunCharts::finalFigures(m_runs[i]);
-    const QStringList cells = {label(i), RunCharts::balancingText(m_runs[i].train), QString::number(f.step),
+    const FinalFigures f = finalFigures(m_runs[i]);
+    const QStringList cells = {label(i), balancingText(m_runs[i].train), QString::number(f.step),
                                fmt(f.lmLoss, 3), fmt(f.valLoss, 3), fmt(f.cv, 2),
                                std::isnan(f.maxShare) ? QStringLiteral("–") : QStringLiteral("%1%").arg(100 * f.maxShare, 0, 'f', 0),
                                QString::number(f.dead), fmt(f.specialisation, 2)};
@@ -341,12 +306,12 @@ void CompareView::fillTable() {
 
 QString CompareView::tableCsv() const {
   QString out = QStringLiteral("run,balancing,steps,lm_loss,val_loss,cv,max_share,dead,specialisation,collapse\n");
-  auto n = [](double v) { return std::isnan(v) ? QString() : QString::number(v, 'g', 8); };
+  const auto n = ChartKit::csvNumber;
   for (int i = 0; i < m_runs.size(); ++i) {
     const RunData& r = m_runs[i];
-    const RunCharts::FinalFigures f = RunCharts::finalFigures(r);
+    const FinalFigures f = finalFigures(r);
     out += QStringLiteral("%1,\"%2\",%3,%4,%5,%6,%7,%8,%9,%10\n")
-               .arg(label(i), RunCharts::balancingText(r.train))
+               .arg(label(i), balancingText(r.train))
                .arg(f.step)
                .arg(n(f.lmLoss), n(f.valLoss), n(f.cv), n(f.maxShare))
                .arg(f.dead)

@@ -14,24 +14,22 @@
 
 namespace {
 
-struct ChartSpec {
-  QString id, title, caption;
-  std::function<void(QCustomPlot*)> draw;
-  std::function<QString()> csv;
-};
-
-QString writeChart(const ChartSpec& spec, const ExportOptions& o, QStringList* written) {
-  ChartPanel panel(spec.id, spec.title, spec.caption);
+// One chart of the run into files of every format asked for, at once.
+QString writeChart(const RunCharts::RunChart& chart, int layer, const RunData& run, const QString& caption,
+                   const ExportOptions& o, QStringList* written) {
+  const int shown = int(run.history.size());
+  const QString title = chart.titleFor(layer);
+  ChartPanel panel(chart.exportNameFor(layer), title, caption);
   panel.resize(o.size);
-  spec.draw(panel.plot());
+  chart.draw(panel.plot(), run, shown, layer);
   // The title goes on the chart itself: an exported file is shown without the panel around it.
   QCustomPlot* plot = panel.plot();
   plot->plotLayout()->insertRow(0);
-  auto* title = new QCPTextElement(plot, spec.title, Theme::current().title);
-  title->setTextColor(Theme::current().foreground);
-  plot->plotLayout()->addElement(0, 0, title);
-  panel.setCsvProvider(spec.csv);
-  const QString base = QDir(o.outDir).filePath(spec.id);
+  auto* text = new QCPTextElement(plot, title, Theme::current().title);
+  text->setTextColor(Theme::current().foreground);
+  plot->plotLayout()->addElement(0, 0, text);
+  panel.setCsvProvider([&] { return chart.csv(run, shown, layer); });
+  const QString base = QDir(o.outDir).filePath(panel.id());
   for (const QString& f : o.formats) {
     const QString path = base + '.' + f;
     QString err = f == QLatin1String("png")   ? panel.exportPng(path, o.size, o.dpi)
@@ -60,41 +58,15 @@ QString exportRun(const ExportOptions& o, QStringList* written) {
   if (!QDir().mkpath(o.outDir)) return QObject::tr("%1: cannot create the folder").arg(o.outDir);
   const Theme saved = Theme::current();
   Theme::setCurrent(o.presentation ? Theme::projector() : Theme::normal());
-  const int n = int(run.history.size());
-  const QString stepText = QObject::tr("%1, %2 steps, balancing: %3").arg(run.title).arg(run.history.back()->step).arg(RunCharts::balancingText(run.train));
-  using namespace RunCharts;
-  QVector<ChartSpec> specs = {
-      {"loss", QObject::tr("Loss"), stepText, [&](QCustomPlot* p) { drawLoss(p, run, n); }, [&] { return lossCsv(run, n); }},
-      {"balance", QObject::tr("How uneven is the load?"), stepText, [&](QCustomPlot* p) { drawBalance(p, run, n); },
-       [&] { return balanceCsv(run, n); }},
-      {"entropy", QObject::tr("Router entropy and dropped tokens"), stepText, [&](QCustomPlot* p) { drawEntropy(p, run, n); },
-       [&] { return entropyCsv(run, n); }},
-      {"saturation", QObject::tr("Router saturation"), stepText, [&](QCustomPlot* p) { drawSaturation(p, run, n); },
-       [&] { return saturationCsv(run, n); }},
-  };
-  if (run.hasDomains())
-    specs.push_back({"specialisation-score", QObject::tr("Specialisation over training"), stepText,
-                     [&](QCustomPlot* p) { drawSpecialisationScore(p, run, n); }, [&] { return specialisationScoreCsv(run, n); }});
-  if (run.hasDrops())
-    specs.push_back({"drop-by-position", QObject::tr("Dropped tokens by position"), stepText,
-                     [&](QCustomPlot* p) { drawDropByPosition(p, run, n); }, [&] { return dropByPositionCsv(run, n); }});
-  for (int l = 0; l < run.moeLayers; ++l) {
-    const QString L = QString::number(l);
-    specs.push_back({"collapse-layer" + L, QObject::tr("Collapse view: expert load over training (MoE layer %1)").arg(l), stepText,
-                     [&, l](QCustomPlot* p) { drawCollapse(p, run, n, l); }, [&, l] { return collapseCsv(run, n, l); }});
-    specs.push_back({"load-final-layer" + L, QObject::tr("Final load per expert (MoE layer %1)").arg(l), stepText,
-                     [&, l](QCustomPlot* p) { drawLoadNow(p, run, n, l); }, [&, l] { return loadNowCsv(run, n, l); }});
-    if (run.hasDomains())
-      specs.push_back({"specialisation-layer" + L, QObject::tr("Which expert reads which kind of text? (MoE layer %1)").arg(l),
-                       stepText, [&, l](QCustomPlot* p) { drawSpecialisation(p, run, n, l); },
-                       [&, l] { return specialisationCsv(run, n, l); }});
-    if (run.hasBias())
-      specs.push_back({"bias-layer" + L, QObject::tr("Balancing bias per expert (MoE layer %1)").arg(l), stepText,
-                       [&, l](QCustomPlot* p) { drawBias(p, run, n, l); }, [&, l] { return biasCsv(run, n, l); }});
-  }
+  const QString caption = QObject::tr("%1, %2 steps, balancing: %3").arg(run.title).arg(run.history.back()->step).arg(balancingText(run.train));
+  // The Training view's charts (RunCharts::runCharts), those of every layer first, then each
+  // MoE layer's; a chart with nothing to show for this run (bias without bias balancing) is left out.
   QString err;
-  for (const ChartSpec& s : specs)
-    if (err = writeChart(s, o, written); !err.isEmpty()) break;
+  for (int layer = -1; layer < run.moeLayers && err.isEmpty(); ++layer)
+    for (const RunCharts::RunChart& chart : RunCharts::runCharts()) {
+      if (chart.perLayer != (layer >= 0) || (chart.exported && !chart.exported(run))) continue;
+      if (err = writeChart(chart, layer, run, caption, o, written); !err.isEmpty()) break;
+    }
   Theme::setCurrent(saved);
   return err;
 }

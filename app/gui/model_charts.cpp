@@ -1,62 +1,173 @@
-// The Model view's charts: parameters by component, real models, memory vs compute, and their CSV.
-#include "model_view.hpp"
+#include "model_charts.hpp"
 
-#include <QComboBox>
-#include <QFormLayout>
-#include <QHBoxLayout>
-#include <QLabel>
-#include <QLineEdit>
-#include <QRegularExpression>
-#include <QRegularExpressionValidator>
-#include <QScrollArea>
-#include <QScrollBar>
-#include <QSpinBox>
-#include <QSplitter>
-#include <QTimer>
+#include <QObject>
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <functional>
-#include <nlohmann/json.hpp>
 #include <qcustomplot.h>
 
-#include "block_diagram.hpp"
-#include "chart_panel.hpp"
-#include "error.hpp"
-#include "presets.hpp"
-#include "registry.hpp"
+#include "chart_kit.hpp"
+#include "theme.hpp"
 
-#include "model_charts_util.hpp"
+namespace ModelCharts {
 
-using namespace model_charts;
+using namespace ChartKit;
 
-QVector<ModelView::Row> ModelView::rows() const {
+namespace {
+
+QString tr(const char* s) { return QObject::tr(s); }
+
+// Tick labels in the units above instead of QCustomPlot's "1.2·10^6".
+class FormattedTicker : public QCPAxisTicker {
+ public:
+  explicit FormattedTicker(std::function<QString(double)> f) : m_format(std::move(f)) {}
+
+ protected:
+  QString getTickLabel(double tick, const QLocale&, QChar, int) override { return m_format(tick); }
+
+ private:
+  std::function<QString(double)> m_format;
+};
+// A log axis with a tick and grid line at every power of ten ("each step is 10×"). Over more
+// than three decades only 1K, 1M, 1B, 1T… carry a label, so narrow charts and projector fonts
+// never crowd the axis with overlapping numbers.
+class DecadeTicker : public QCPAxisTicker {
+ public:
+  explicit DecadeTicker(std::function<QString(double)> f) : m_format(std::move(f)) {}
+
+ protected:
+  int getSubTickCount(double) override { return 0; }
+  QVector<double> createTickVector(double, const QCPRange& range) override {
+    QVector<double> ticks;
+    if (range.lower <= 0) return ticks;
+    const int lo = int(std::ceil(std::log10(range.lower) - 1e-9)), hi = int(std::floor(std::log10(range.upper) + 1e-9));
+    m_labelEvery = hi - lo > 3 ? 3 : 1;
+    for (int e = lo; e <= hi; ++e) ticks << std::pow(10.0, e);
+    return ticks;
+  }
+  QString getTickLabel(double tick, const QLocale&, QChar, int) override {
+    const int e = int(std::lround(std::log10(tick)));
+    return ((e % m_labelEvery) + m_labelEvery) % m_labelEvery == 0 ? m_format(tick) : QString();
+  }
+
+ private:
+  std::function<QString(double)> m_format;
+  int m_labelEvery = 1;
+};
+
+void setLogAxis(QCPAxis* axis, std::function<QString(double)> format) {
+  axis->setScaleType(QCPAxis::stLogarithmic);
+  axis->setTicker(QSharedPointer<DecadeTicker>::create(std::move(format)));
+}
+
+// Whole decades around [lo, hi], so the log axis starts and ends on a labelled tick.
+QCPRange decades(double lo, double hi) {
+  lo = std::max(lo, 1.0);
+  hi = std::max(hi, lo * 10);
+  return QCPRange(std::pow(10.0, std::floor(std::log10(lo))), std::pow(10.0, std::ceil(std::log10(hi))));
+}
+
+QString componentLabel(int i) {
+  QString s = QString::fromLatin1(moelab::component_name(moelab::Component(i))).replace('_', ' ');
+  return s.replace(QStringLiteral("ffn"), QStringLiteral("FFN")).replace(QStringLiteral("lm head"), QStringLiteral("LM head"));
+}
+
+// Horizontal bars along a vertical key axis, outlined so neighbours stay apart in greyscale.
+QCPBars* horizontalBars(QCPAxis* keys, QCPAxis* values, const QColor& fill, double width, const Theme& t) {
+  auto* bars = new QCPBars(keys, values);
+  bars->setWidth(width);
+  bars->setBrush(fill);
+  bars->setPen(QPen(t.foreground, t.presentation ? 1.5 : 1));
+  bars->setBaseValue(values->scaleType() == QCPAxis::stLogarithmic ? 1 : 0);  // a log axis has no zero
+  return bars;
+}
+
+QCPItemText* textItem(QCustomPlot* plot, const QString& text, const QFont& font, const QColor& color, Qt::Alignment align) {
+  auto* label = new QCPItemText(plot);
+  label->setText(text);
+  label->setFont(font);
+  label->setColor(color);
+  label->setPositionAlignment(align);
+  return label;
+}
+
+// A point whose x is a fraction of the axis rect (0 = left edge, 1 = right edge) and y a row.
+void placeInRow(QCPItemPosition* pos, QCPAxisRect* rect, double x, double key) {
+  pos->setAxisRect(rect);
+  pos->setAxes(rect->axis(QCPAxis::atBottom), rect->axis(QCPAxis::atLeft));
+  pos->setTypeX(QCPItemPosition::ptAxisRectRatio);
+  pos->setTypeY(QCPItemPosition::ptPlotCoords);
+  pos->setCoords(x, key);
+}
+
+// The number column right of the bars, outside the plotting area.
+QCPItemText* rowLabel(QCustomPlot* plot, QCPAxisRect* rect, double key, const QString& text, const QFont& font,
+                      const QColor& color) {
+  auto* label = textItem(plot, text, font, color, Qt::AlignLeft | Qt::AlignVCenter);
+  label->setClipToAxisRect(false);
+  placeInRow(label->position, rect, 1.0, key);
+  label->setPadding(QMargins(6, 0, 0, 0));
+  return label;
+}
+
+// A thick outline around one row of a horizontal bar chart (the compared model).
+void outlineRow(QCustomPlot* plot, QCPAxisRect* rect, double key, const QPen& pen) {
+  auto* box = new QCPItemRect(plot);
+  box->setClipToAxisRect(false);
+  placeInRow(box->topLeft, rect, 0.0, key + 0.48);
+  placeInRow(box->bottomRight, rect, 1.0, key - 0.48);
+  box->setPen(pen);
+  box->setBrush(Qt::NoBrush);
+}
+
+// The right margin an axis rect needs for a column of labels.
+void reserveRightMargin(QCPAxisRect* rect, const QFont& font, const QStringList& labels) {
+  const QFontMetrics fm(font);
+  int w = 0;
+  for (const QString& s : labels) w = std::max(w, fm.horizontalAdvance(s));
+  rect->setAutoMargins(QCP::msLeft | QCP::msTop | QCP::msBottom);
+  QMargins m = rect->margins();
+  m.setRight(w + 14);
+  rect->setMargins(m);
+}
+
+// CSV cells: whole numbers (text is quoted: csvQuote).
+QString num(double v) { return QString::number(v, 'f', 0); }
+
+}  // namespace
+
+QString Row::label() const { return (lab ? QStringLiteral("★ ") : compared ? QStringLiteral("▶ ") : QString()) + name; }
+
+QVector<Row> rows(const ModelSnapshot& m) {
   QVector<Row> rows;
-  const QString compared = m_compare->currentData().toString();
-  for (const RealModel& m : m_real)
-    rows << Row{m.name, double(m.params.total), double(m.params.active), m.flops, false, m.id == compared};
-  rows << Row{m_name.isEmpty() ? tr("lab model") : m_name, double(m_params.total), double(m_params.active), m_flops,
+  for (const RealModel& r : m.real)
+    rows << Row{r.name, double(r.params.total), double(r.params.active), r.flops, false, r.id == m.compared};
+  rows << Row{m.name.isEmpty() ? tr("lab model") : m.name, double(m.params.total), double(m.params.active), m.flops,
               true, false};
   std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.total < b.total; });
   return rows;
 }
 
-void ModelView::updateParamsChart() {
-  const Theme& t = m_theme;
-  QCustomPlot* plot = m_paramsChart->plot();
+void setupParams(QCustomPlot* plot) {
+  plot->plotLayout()->insertRow(0);
+  plot->plotLayout()->addElement(0, 0, new QCPTextElement(plot, QString()));
+  legendBelow(plot, 0, 2);
+}
+
+void drawParams(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
   plot->clearPlottables();
   plot->clearItems();
   QCPAxis* keys = plot->yAxis;
   QCPAxis* values = plot->xAxis;
-  const double total = double(m_params.total), active = double(m_params.active);
+  const double total = double(m.params.total), active = double(m.params.active);
   QCPBars* below = nullptr;
   for (int i = 0; i < moelab::kNumComponents; ++i) {
-    if (m_params.total_by[i] == 0) continue;
+    if (m.params.total_by[i] == 0) continue;
     auto* bars = horizontalBars(keys, values, Theme::component(i), 0.6, t);
-    const double share = total > 0 ? 100.0 * double(m_params.total_by[i]) / total : 0;
+    const double share = total > 0 ? 100.0 * double(m.params.total_by[i]) / total : 0;
     bars->setName(QStringLiteral("%1 (%2)").arg(componentLabel(i),
                                                 share < 1 ? QStringLiteral("<1%") : QString::number(share, 'f', 0) + '%'));
-    bars->setData({1, 2}, {double(m_params.active_by[i]), double(m_params.total_by[i])}, true);
+    bars->setData({1, 2}, {double(m.params.active_by[i]), double(m.params.total_by[i])}, true);
     if (below) bars->moveAbove(below);
     below = bars;
   }
@@ -84,15 +195,18 @@ void ModelView::updateParamsChart() {
     head->setTextColor(t.foreground);
   }
   plot->legend->setWrap(2);
-  m_paramsChart->replot();
+  plot->replot(QCustomPlot::rpQueuedReplot);
 }
 
-void ModelView::updateRealModelsChart() {
-  const Theme& t = m_theme;
-  QCustomPlot* plot = m_realChart->plot();
+void setupRealModels(QCustomPlot* plot) {
+  plot->plotLayout()->insertRow(0);
+  legendBelow(plot, 0, 0);
+}
+
+void drawRealModels(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
   plot->clearPlottables();
   plot->clearItems();
-  const QVector<Row> rows = this->rows();
+  const QVector<Row> rows = ModelCharts::rows(m);
   setLogAxis(plot->xAxis, countText);
   auto* totalBars = horizontalBars(plot->yAxis, plot->xAxis, Theme::series(0), 0.4, t);
   auto* activeBars = horizontalBars(plot->yAxis, plot->xAxis, Theme::series(1), 0.4, t);
@@ -124,19 +238,32 @@ void ModelView::updateRealModelsChart() {
   header->setPositionAlignment(Qt::AlignLeft | Qt::AlignBottom);
   reserveRightMargin(plot->axisRect(), t.tickLabel, numbers);
   plot->legend->setWrap(2);
-  m_realChart->replot();
+  plot->replot(QCustomPlot::rpQueuedReplot);
 }
 
-void ModelView::updateMemoryChart() {
-  const Theme& t = m_theme;
-  QCustomPlot* plot = m_memoryChart->plot();
+void setupMemory(QCustomPlot* plot) {
+  QCPAxisRect* mem = plot->axisRect();
+  plot->plotLayout()->take(mem);
+  auto* pair = new QCPLayoutGrid;
+  plot->plotLayout()->addElement(0, 0, pair);
+  pair->addElement(0, 0, mem);
+  pair->addElement(0, 1, new QCPAxisRect(plot));
+  pair->setColumnStretchFactor(0, 1.6);
+  pair->setColumnSpacing(4);
+  auto* rows = new QCPMarginGroup(plot);
+  for (QCPAxisRect* r : plot->axisRects()) r->setMarginGroup(QCP::msTop | QCP::msBottom, rows);
+  plot->plotLayout()->insertRow(0);
+  legendBelow(plot, 0, 0);
+}
+
+void drawMemory(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
   plot->clearPlottables();
   plot->clearItems();
   const QList<QCPAxisRect*> rects = plot->axisRects();
   if (rects.size() < 2) return;
   QCPAxisRect* mem = rects[0];
   QCPAxisRect* flop = rects[1];
-  const QVector<Row> rows = this->rows();
+  const QVector<Row> rows = ModelCharts::rows(m);
   auto names = QSharedPointer<QCPAxisTickerText>::create();
   for (int i = 0; i < int(rows.size()); ++i) names->addTick(i, rows[i].label());
   for (QCPAxisRect* r : {mem, flop}) {
@@ -215,51 +342,53 @@ void ModelView::updateMemoryChart() {
     if (rows[i].compared)
       for (QCPAxisRect* r : {mem, flop}) outlineRow(plot, r, i, QPen(t.foreground, t.presentation ? 4 : 2.5));
   plot->legend->setWrap(4);
-  m_memoryChart->replot();
+  plot->replot(QCustomPlot::rpQueuedReplot);
 }
 
-QString ModelView::paramsCsv() const {
+QString paramsCsv(const ModelSnapshot& m) {
   QStringList lines{QStringLiteral("component,total_params,active_params_per_token")};
   for (int i = 0; i < moelab::kNumComponents; ++i)
-    lines << QStringList{QString::fromLatin1(moelab::component_name(moelab::Component(i))), num(m_params.total_by[i]),
-                         num(m_params.active_by[i])}
+    lines << QStringList{QString::fromLatin1(moelab::component_name(moelab::Component(i))), num(m.params.total_by[i]),
+                         num(m.params.active_by[i])}
                  .join(',');
-  lines << QStringList{QStringLiteral("all"), num(m_params.total), num(m_params.active)}.join(',');
+  lines << QStringList{QStringLiteral("all"), num(m.params.total), num(m.params.active)}.join(',');
   return lines.join('\n') + '\n';
 }
 
-QString ModelView::realModelsCsv() const {
+QString realModelsCsv(const ModelSnapshot& m) {
   QStringList lines{QStringLiteral("model,total_params,active_params,headline,compared")};
-  for (const RealModel& m : m_real)
-    lines << QStringList{quoted(m.name), num(m.params.total), num(m.params.active), quoted(m.headline),
-                         m.id == m_compare->currentData().toString() ? QStringLiteral("1") : QStringLiteral("0")}
+  for (const RealModel& r : m.real)
+    lines << QStringList{csvQuote(r.name), num(r.params.total), num(r.params.active), csvQuote(r.headline),
+                         r.id == m.compared ? QStringLiteral("1") : QStringLiteral("0")}
                  .join(',');
-  lines << QStringList{quoted(m_name + tr(" (lab)")), num(m_params.total), num(m_params.active), QString(), QStringLiteral("0")}
+  lines << QStringList{csvQuote(m.name + tr(" (lab)")), num(m.params.total), num(m.params.active), QString(), QStringLiteral("0")}
                .join(',');
   return lines.join('\n') + '\n';
 }
 
-QString ModelView::memoryCsv() const {
+QString memoryCsv(const ModelSnapshot& m) {
   QStringList lines{QStringLiteral("model,total_params,active_params,bytes_fp32,bytes_bf16,bytes_int8,bytes_int4,"
                                    "flops_per_token_ctx%1").arg(kContext)};
-  for (const Row& r : rows())
-    lines << QStringList{quoted(r.name), num(r.total), num(r.active), num(r.total * 4), num(r.total * 2), num(r.total),
+  for (const Row& r : rows(m))
+    lines << QStringList{csvQuote(r.name), num(r.total), num(r.active), num(r.total * 4), num(r.total * 2), num(r.total),
                          num(r.total / 2), num(r.flops)}
                  .join(',');
   return lines.join('\n') + '\n';
 }
 
-QString ModelView::blockCsv() const {
+QString blockCsv(const ModelSnapshot& m) {
   QStringList lines{QStringLiteral("layer,kind,routed_experts,top_k,shared_ffn_size,dense_ffn_size,highlighted_experts")};
-  for (int64_t l = 0; l < m_config.num_layers; ++l) {
-    const bool moe = m_config.is_moe_layer(l);
+  for (int64_t l = 0; l < m.config.num_layers; ++l) {
+    const bool moe = m.config.is_moe_layer(l);
     QStringList hi;
-    for (int e : m_highlights.value(int(l))) hi << QString::number(e);
-    lines << QStringList{num(l), moe ? QStringLiteral("moe") : QStringLiteral("dense"), num(moe ? m_config.num_experts : 0),
-                         num(moe ? m_config.top_k : 0), num(moe ? m_config.shared_ffn_size : 0),
-                         num(moe ? 0 : m_config.dense_ffn_size), quoted(hi.join(' '))}
+    for (int e : m.highlights.value(int(l))) hi << QString::number(e);
+    lines << QStringList{num(l), moe ? QStringLiteral("moe") : QStringLiteral("dense"), num(moe ? m.config.num_experts : 0),
+                         num(moe ? m.config.top_k : 0), num(moe ? m.config.shared_ffn_size : 0),
+                         num(moe ? 0 : m.config.dense_ffn_size), csvQuote(hi.join(' '))}
                  .join(',');
   }
   return lines.join('\n') + '\n';
 }
 
+
+}  // namespace ModelCharts

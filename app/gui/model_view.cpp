@@ -21,15 +21,27 @@
 
 #include "files.hpp"
 #include "block_diagram.hpp"
+#include "chart_kit.hpp"
 #include "chart_panel.hpp"
 #include "error.hpp"
+#include "model_charts.hpp"
 #include "presets.hpp"
 #include "registry.hpp"
 
-#include "model_charts_util.hpp"
+namespace fs = std::filesystem;
+using nlohmann::json;
+using ModelCharts::kContext;
 
-using namespace model_charts;
+namespace {
 
+constexpr int64_t kMaxExpertBlocks = 32768;  // layers × experts the knobs may ask to count (~0.15 s)
+
+QString stripSource(QString message) {
+  if (message.startsWith(QLatin1String("knobs: "))) message.remove(0, 7);
+  return message;
+}
+
+}  // namespace
 
 ModelView::ModelView(QWidget* parent)
     : QWidget(parent), m_theme(Theme::current()), m_extraSpec(std::make_unique<json>(json::object())) {
@@ -139,8 +151,8 @@ QWidget* ModelView::buildKnobs() {
   section(tr("Charts"));
   m_compare = nameBox(tr("A published model to mark in the comparison charts"));
   connect(m_compare, &QComboBox::currentIndexChanged, this, [this] {
-    updateRealModelsChart();
-    updateMemoryChart();
+    ModelCharts::drawRealModels(m_realChart->plot(), snapshot(), m_theme);
+    ModelCharts::drawMemory(m_memoryChart->plot(), snapshot(), m_theme);
   });
   form->addRow(tr("Compare with"), m_compare);
   m_blockLayer = new QSpinBox(m_knobs);
@@ -197,33 +209,14 @@ void ModelView::buildCharts() {
     row->setStretchFactor(1, 1);
   }
   for (ChartPanel* c : charts()) connect(c, &ChartPanel::errorOccurred, this, &ModelView::errorOccurred);
-  m_paramsChart->setCsvProvider([this] { return paramsCsv(); });
-  m_realChart->setCsvProvider([this] { return realModelsCsv(); });
-  m_memoryChart->setCsvProvider([this] { return memoryCsv(); });
-  m_blockChart->setCsvProvider([this] { return blockCsv(); });
+  m_paramsChart->setCsvProvider([this] { return ModelCharts::paramsCsv(snapshot()); });
+  m_realChart->setCsvProvider([this] { return ModelCharts::realModelsCsv(snapshot()); });
+  m_memoryChart->setCsvProvider([this] { return ModelCharts::memoryCsv(snapshot()); });
+  m_blockChart->setCsvProvider([this] { return ModelCharts::blockCsv(snapshot()); });
 
-  // params: a headline row above the bars and the legend below.
-  QCustomPlot* plot = m_paramsChart->plot();
-  plot->plotLayout()->insertRow(0);
-  plot->plotLayout()->addElement(0, 0, new QCPTextElement(plot, QString()));
-  legendRow(plot, 2);
-  m_realChart->plot()->plotLayout()->insertRow(0);
-  legendRow(m_realChart->plot(), 0);
-
-  // memory-compute: two axis rects side by side sharing the model rows.
-  plot = m_memoryChart->plot();
-  QCPAxisRect* mem = plot->axisRect();
-  plot->plotLayout()->take(mem);
-  auto* pair = new QCPLayoutGrid;
-  plot->plotLayout()->addElement(0, 0, pair);
-  pair->addElement(0, 0, mem);
-  pair->addElement(0, 1, new QCPAxisRect(plot));
-  pair->setColumnStretchFactor(0, 1.6);
-  pair->setColumnSpacing(4);
-  auto* rows = new QCPMarginGroup(plot);
-  for (QCPAxisRect* r : plot->axisRects()) r->setMarginGroup(QCP::msTop | QCP::msBottom, rows);
-  plot->plotLayout()->insertRow(0);
-  legendRow(plot, 0);
+  ModelCharts::setupParams(m_paramsChart->plot());
+  ModelCharts::setupRealModels(m_realChart->plot());
+  ModelCharts::setupMemory(m_memoryChart->plot());
 
   m_chartScroll = new QScrollArea;
   m_chartScroll->setWidgetResizable(true);
@@ -233,7 +226,13 @@ void ModelView::buildCharts() {
 
 QList<ChartPanel*> ModelView::charts() const { return {m_paramsChart, m_realChart, m_memoryChart, m_blockChart}; }
 
-const moelab::ModelConfig& ModelView::labConfig() const { return m_config; }
+const moelab::ModelConfig& ModelView::labConfig() const { return m_model.config; }
+
+ModelCharts::ModelSnapshot ModelView::snapshot() const {
+  ModelCharts::ModelSnapshot s = m_model;
+  s.compared = m_compare->currentData().toString();
+  return s;
+}
 
 void ModelView::loadRealModels() {
   const fs::path dir = fs::path(moelab::resources_dir()) / "real-models";
@@ -244,14 +243,14 @@ void ModelView::loadRealModels() {
     for (const json& e : index) {
       const std::string id = e.value("id", std::string());
       try {
-        RealModel m;
+        ModelCharts::RealModel m;
         m.id = QString::fromStdString(id);
         m.name = QString::fromStdString(e.value("name", id));
         m.headline = QString::fromStdString(e.value("headline", std::string()));
         m.config = moelab::load_config((dir / id / "config.json").string());
         m.params = moelab::count_params(m.config);
         m.flops = moelab::forward_flops_per_token(m.config, kContext);
-        m_real << m;
+        m_model.real << m;
       } catch (const std::exception& ex) {
         errors << QString::fromStdString(ex.what());
       }
@@ -260,7 +259,7 @@ void ModelView::loadRealModels() {
     errors << QString::fromStdString(ex.what());
   }
   m_compare->addItem(tr("(none)"));
-  for (const RealModel& m : m_real) {
+  for (const ModelCharts::RealModel& m : m_model.real) {
     m_compare->addItem(m.name, m.id);
     m_compare->setItemData(m_compare->count() - 1, m.headline, Qt::ToolTipRole);
   }
@@ -408,19 +407,20 @@ void ModelView::setConfig(const moelab::ModelConfig& c, const QString& name) {
     m_error->show();
     return;
   }
-  if (c.num_experts != m_config.num_experts || c.num_layers != m_config.num_layers) m_highlights.clear();
-  m_config = c;
-  m_name = name;
-  m_params = params;
-  m_flops = flops;
+  if (c.num_experts != m_model.config.num_experts || c.num_layers != m_model.config.num_layers) m_model.highlights.clear();
+  m_model.config = c;
+  m_model.name = name;
+  m_model.params = params;
+  m_model.flops = flops;
   const QString family = QString::fromLatin1(moelab::family_name(c.family));
-  const QString total = countText(double(params.total)), active = countText(double(params.active));
+  const QString total = ChartKit::countText(double(params.total)), active = ChartKit::countText(double(params.active));
   m_summary->setText(c.num_experts > 0 ? tr("%1: %2 of %3 layers are MoE, %4 experts of width %5, top-%6. %7 parameters, "
                                             "%8 per token.")
-                                             .arg(family, num(c.num_moe_layers()), num(c.num_layers), num(c.num_experts),
-                                                  num(c.expert_ffn_size), num(c.top_k), total, active)
+                                             .arg(family, QString::number(c.num_moe_layers()), QString::number(c.num_layers),
+                                                  QString::number(c.num_experts), QString::number(c.expert_ffn_size),
+                                                  QString::number(c.top_k), total, active)
                                        : tr("%1: a dense model, FFN width %2. %3 parameters, all used by every token.")
-                                             .arg(family, num(c.dense_ffn_size), total));
+                                             .arg(family, QString::number(c.dense_ffn_size), total));
   {
     const QSignalBlocker block(m_blockLayer);
     m_blockLayer->setRange(0, int(std::max<int64_t>(1, c.num_layers)) - 1);
@@ -431,8 +431,8 @@ void ModelView::setConfig(const moelab::ModelConfig& c, const QString& name) {
 }
 
 void ModelView::setHighlightedExperts(int layer, QVector<int> experts) {
-  m_highlights[layer] = experts;
-  if (layer < 0 || layer >= m_config.num_layers) return;
+  m_model.highlights[layer] = experts;
+  if (layer < 0 || layer >= m_model.config.num_layers) return;
   if (m_blockLayer->value() != layer)
     m_blockLayer->setValue(layer);  // updateBlock runs from valueChanged
   else
@@ -440,15 +440,16 @@ void ModelView::setHighlightedExperts(int layer, QVector<int> experts) {
 }
 
 void ModelView::updateCharts() {
-  updateParamsChart();
-  updateRealModelsChart();
-  updateMemoryChart();
+  const ModelCharts::ModelSnapshot s = snapshot();
+  ModelCharts::drawParams(m_paramsChart->plot(), s, m_theme);
+  ModelCharts::drawRealModels(m_realChart->plot(), s, m_theme);
+  ModelCharts::drawMemory(m_memoryChart->plot(), s, m_theme);
   updateBlock();
 }
 
 void ModelView::updateBlock() {
   m_block->setLayer(m_blockLayer->value());
-  m_block->setHighlighted(m_highlights.value(m_blockLayer->value()));
+  m_block->setHighlighted(m_model.highlights.value(m_blockLayer->value()));
   m_blockChart->replot();
 }
 

@@ -13,6 +13,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "config.hpp"
+#include "model_charts.hpp"
 #include "params.hpp"
 #include "theme.hpp"
 
@@ -54,21 +55,6 @@ class ModelView : public QWidget {
   void resizeEvent(QResizeEvent* e) override;
 
  private:
-  // A published model from resources/real-models, counted once at start.
-  struct RealModel {
-    QString id, name, headline;
-    moelab::ModelConfig config;
-    moelab::ParamCount params;
-    double flops = 0;  // forward FLOPs per token at a context of 1024
-  };
-  // One row of the comparison charts (real models and the lab model), sorted by total.
-  struct Row {
-    QString name;
-    double total = 0, active = 0, flops = 0;
-    bool lab = false, compared = false;
-    QString label() const { return (lab ? QStringLiteral("★ ") : compared ? QStringLiteral("▶ ") : QString()) + name; }
-  };
-
   // A spin-box knob, its key in the model spec (presets.hpp) and lab_model_from_json's default.
   struct Knob {
     const char* key;
@@ -85,25 +71,14 @@ class ModelView : public QWidget {
   void setConfig(const moelab::ModelConfig& c, const QString& name);
   void updateKnobStates();
   void updateCharts();
-  void updateParamsChart();
-  void updateRealModelsChart();
-  void updateMemoryChart();
   void updateBlock();
   void applyMinimumSizes();
-  QVector<Row> rows() const;
-  QString paramsCsv() const;
-  QString realModelsCsv() const;
-  QString memoryCsv() const;
-  QString blockCsv() const;
+  // What the charts show: the model, the published models, the one compared, the highlights.
+  ModelCharts::ModelSnapshot snapshot() const;
 
   Theme m_theme;
-  moelab::ModelConfig m_config;
-  moelab::ParamCount m_params;
-  double m_flops = 0;
-  QString m_name;
+  ModelCharts::ModelSnapshot m_model;  // all but `compared`, which the combo box holds
   std::unique_ptr<nlohmann::json> m_extraSpec;  // preset keys without a knob (vocab, dense_hidden…)
-  QVector<RealModel> m_real;
-  QHash<int, QVector<int>> m_highlights;  // layer → experts the last token chose
   bool m_settingKnobs = false;   // filling the knobs: their signals must not rebuild the model
   bool m_showingOpened = false;  // the charts show a model given to showConfig
 

@@ -4,9 +4,12 @@
 #include <algorithm>
 #include <qcustomplot.h>
 
+#include "chart_kit.hpp"
 #include "theme.hpp"
 
 namespace RunCharts {
+
+using namespace ChartKit;
 
 namespace {
 
@@ -14,124 +17,6 @@ QString tr(const char* s) { return QObject::tr(s); }
 
 int clampShown(const RunData& run, int shown) { return std::clamp(shown, 0, int(run.history.size())); }
 
-void integerTicks(QCPAxis* axis, int count) {
-  if (count > 16) return;
-  QSharedPointer<QCPAxisTickerFixed> fixed(new QCPAxisTickerFixed);
-  fixed->setTickStep(1);
-  axis->setTicker(fixed);
-}
-
-QCPGraph* line(QCustomPlot* plot, QCPAxis* y, const QString& name, const QColor& c, Qt::PenStyle style = Qt::SolidLine) {
-  QCPGraph* g = plot->addGraph(plot->xAxis, y);
-  g->setName(name);
-  g->setPen(QPen(c, Theme::current().lineWidth, style));
-  return g;
-}
-
-// Words on lines of at most `width` characters (a chart item does not wrap by itself).
-QString wrapWords(const QString& text, int width) {
-  QString out, line;
-  for (const QString& word : text.split(' ', Qt::SkipEmptyParts)) {
-    if (!line.isEmpty() && line.size() + 1 + word.size() > width) {
-      out += line + '\n';
-      line.clear();
-    }
-    line += (line.isEmpty() ? QString() : QStringLiteral(" ")) + word;
-  }
-  return out + line;
-}
-
-// A message in the middle of an empty chart, so an empty chart says why it is empty. Wrapped,
-// so it fits a half-width chart (about 500 px) in either theme's font.
-void emptyMessage(QCustomPlot* plot, const QString& text) {
-  auto* label = new QCPItemText(plot);
-  label->position->setType(QCPItemPosition::ptAxisRectRatio);
-  label->position->setCoords(0.5, 0.5);
-  label->setText(wrapWords(text, Theme::current().presentation ? 40 : 60));
-  label->setTextAlignment(Qt::AlignCenter);
-  label->setFont(Theme::current().text);
-  label->setColor(Theme::current().subtle);
-  plot->xAxis->setTickLabels(false);
-  plot->yAxis->setTickLabels(false);
-}
-
-QCPColorScale* colorScale(QCustomPlot* plot, QCPColorMap* map, const QString& label, QCPRange range) {
-  map->setInterpolate(false);
-  map->setGradient(viridisGradient());
-  map->setDataRange(range);
-  auto* scale = new QCPColorScale(plot);
-  scale->setGradient(viridisGradient());
-  scale->setDataRange(range);
-  scale->axis()->setLabel(label);
-  plot->plotLayout()->addElement(0, 1, scale);
-  return scale;
-}
-
-void finish(QCustomPlot* plot, QCPColorScale* scale = nullptr) {
-  Theme::current().applyTo(plot);
-  if (scale) {
-    scale->axis()->setLabelFont(Theme::current().axisLabel);
-    scale->axis()->setTickLabelFont(Theme::current().tickLabel);
-    scale->axis()->setLabelColor(Theme::current().foreground);
-    scale->axis()->setTickLabelColor(Theme::current().foreground);
-  }
-  plot->replot(QCustomPlot::rpQueuedReplot);
-}
-
-}  // namespace
-
-// The legend in a row under the axes, `columns` entries wide: it never covers the data.
-void legendBelow(QCustomPlot* plot, int columns) {
-  plot->legend->setVisible(true);
-  if (auto* inset = qobject_cast<QCPLayoutInset*>(plot->legend->layout())) inset->take(plot->legend);
-  plot->plotLayout()->addElement(1, 0, plot->legend);
-  plot->plotLayout()->setRowStretchFactor(1, 0.001);
-  plot->legend->setFillOrder(QCPLayoutGrid::foColumnsFirst);
-  plot->legend->setWrap(columns);
-  plot->legend->setMargins(QMargins(6, 2, 6, 2));
-}
-
-void referenceLines(QCustomPlot* plot, const QVector<ReferenceLine>& lines) {
-  const Theme& t = Theme::current();
-  QFont font = t.tickLabel;
-  font.setBold(true);
-  const QFontMetrics fm(font);
-  const int gap = t.presentation ? 8 : 5;  // between the axes' edge and the name
-  const double span = plot->yAxis->range().size();
-  int widest = 0;
-  for (int i = 0; i < int(lines.size()); ++i) {
-    const ReferenceLine& l = lines[i];
-    auto* line = new QCPItemStraightLine(plot);
-    line->point1->setCoords(0, l.value);
-    line->point2->setCoords(1, l.value);
-    line->setPen(QPen(l.color, t.lineWidth, l.style));
-    auto* name = new QCPItemText(plot);
-    name->setClipToAxisRect(false);  // it lives in the margin, outside the axes
-    name->position->setTypeX(QCPItemPosition::ptAxisRectRatio);
-    name->position->setCoords(1.0, l.value);
-    // Level with its line; when two lines are close, the upper's name sits above it and the
-    // lower's below, so the names never overlap each other either.
-    Qt::Alignment vertical = Qt::AlignVCenter;
-    for (int j = 0; j < int(lines.size()); ++j)
-      if (j != i && std::abs(lines[j].value - l.value) < 0.25 * span)
-        vertical = l.value > lines[j].value || (l.value == lines[j].value && i < j) ? Qt::AlignBottom : Qt::AlignTop;
-    name->setPositionAlignment(Qt::AlignLeft | vertical);
-    name->setTextAlignment(Qt::AlignLeft);
-    name->setPadding(QMargins(gap, 0, 0, 0));
-    name->setText(l.name);
-    name->setFont(font);
-    name->setColor(l.color);
-    widest = std::max(widest, fm.boundingRect(QRect(), Qt::TextDontClip, l.name).width());
-  }
-  if (lines.isEmpty()) return;
-  QCPAxisRect* rect = plot->axisRect();
-  rect->setAutoMargins(QCP::msLeft | QCP::msTop | QCP::msBottom);
-  rect->setMargins(QMargins(0, 0, widest + 2 * gap, 0));
-}
-
-namespace {
-
-QString csvNum(double v) { return std::isnan(v) ? QString() : QString::number(v, 'g', 8); }
 
 bool validLayer(const RunData& run, int shown, int layer) {
   return shown > 0 && layer >= 0 && layer < run.history[shown - 1]->layers.size() && run.experts > 0;
@@ -142,27 +27,6 @@ bool validLayer(const RunData& run, int shown, int layer) {
 QColor expertColor(int e, int experts) {
   if (experts <= 8) return Theme::series(e);
   return viridisColor(experts > 1 ? double(e) / (experts - 1) : 0.0);
-}
-
-QCPAxisRect* resetPlot(QCustomPlot* plot) {
-  plot->clearPlottables();
-  plot->clearItems();
-  plot->plotLayout()->clear();  // deletes the axis rects and with them the legend
-  plot->plotLayout()->simplify();
-  auto* rect = new QCPAxisRect(plot, true);
-  plot->plotLayout()->addElement(0, 0, rect);
-  plot->xAxis = rect->axis(QCPAxis::atBottom);
-  plot->yAxis = rect->axis(QCPAxis::atLeft);
-  plot->xAxis2 = rect->axis(QCPAxis::atTop);
-  plot->yAxis2 = rect->axis(QCPAxis::atRight);
-  plot->xAxis2->setVisible(false);
-  plot->yAxis2->setVisible(false);
-  plot->legend = new QCPLegend;
-  plot->legend->setVisible(false);
-  rect->insetLayout()->addElement(plot->legend, Qt::AlignRight | Qt::AlignTop);  // moved where a chart needs
-  rect->insetLayout()->setMargins(QMargins(12, 12, 12, 12));
-  plot->legend->setLayer(QStringLiteral("legend"));
-  return rect;
 }
 
 // ---- loss ----
@@ -200,36 +64,40 @@ QString lossCsv(const RunData& run, int shown) {
     const StepSummary& s = *run.history[i];
     out += QStringLiteral("%1,%2,%3,%4,%5,%6\n")
                .arg(s.step)
-               .arg(csvNum(s.loss), csvNum(s.lmLoss), csvNum(s.auxLoss), csvNum(s.zLoss), csvNum(s.valLoss));
+               .arg(csvNumber(s.loss), csvNumber(s.lmLoss), csvNumber(s.auxLoss), csvNumber(s.zLoss), csvNumber(s.valLoss));
   }
   return out;
 }
 
 // ---- collapse ----
 
+QCPColorMap* drawCollapse(QCPAxisRect* rect, const RunData& run, int shown, int layer) {
+  shown = clampShown(run, shown);
+  if (!validLayer(run, shown, layer)) return nullptr;
+  const int E = int(run.experts);
+  const double step0 = run.history.front()->step, step1 = run.history[shown - 1]->step;
+  // One scale for every run and layer: the share of the step's choices.
+  QCPColorMap* map = heatmap(rect, shown, E, QCPRange(step0, step1), QCPRange(0, E - 1), QCPRange(0, 1));
+  for (int i = 0; i < shown; ++i)
+    for (int e = 0; e < E; ++e) map->data()->setCell(i, e, run.history[i]->layers[layer].load.value(e));
+  const double half = shown > 1 ? (step1 - step0) / (shown - 1) / 2 : 0.5;  // half a column each side
+  rect->axis(QCPAxis::atBottom)->setRange(step0 - half, step1 + half);
+  rect->axis(QCPAxis::atLeft)->setRange(-0.5, E - 0.5);
+  integerTicks(rect->axis(QCPAxis::atLeft), E);
+  return map;
+}
+
 QCPColorMap* drawCollapse(QCustomPlot* plot, const RunData& run, int shown, int layer) {
   QCPAxisRect* rect = resetPlot(plot);
-  shown = clampShown(run, shown);
-  const int E = int(run.experts);
-  if (!validLayer(run, shown, layer)) {
+  QCPColorMap* map = drawCollapse(rect, run, shown, layer);
+  if (!map) {
     emptyMessage(plot, tr("No steps yet: press Start, or open a run"));
     finish(plot);
     return nullptr;
   }
-  auto* map = new QCPColorMap(rect->axis(QCPAxis::atBottom), rect->axis(QCPAxis::atLeft));
-  map->data()->setSize(shown, E);
-  map->data()->setRange(QCPRange(run.history.front()->step, run.history[shown - 1]->step), QCPRange(0, E - 1));
-  for (int i = 0; i < shown; ++i)
-    for (int e = 0; e < E; ++e) map->data()->setCell(i, e, run.history[i]->layers[layer].load.value(e));
-  // One scale for every run and layer: the share of the step's choices.
-  QCPColorScale* scale = colorScale(plot, map, tr("share of tokens"), QCPRange(0, 1));
+  QCPColorScale* scale = colorScale(plot, QCPRange(0, 1), tr("share of tokens"));
   plot->xAxis->setLabel(tr("training step"));
   plot->yAxis->setLabel(tr("expert"));
-  const double step0 = run.history.front()->step, step1 = run.history[shown - 1]->step;
-  const double half = shown > 1 ? (step1 - step0) / (shown - 1) / 2 : 0.5;
-  plot->xAxis->setRange(step0 - half, step1 + half);
-  plot->yAxis->setRange(-0.5, E - 0.5);
-  integerTicks(plot->yAxis, E);
   finish(plot, scale);
   return map;
 }
@@ -241,7 +109,7 @@ QString collapseCsv(const RunData& run, int shown, int layer) {
   if (layer < 0 || layer >= run.moeLayers) return out;
   for (int i = 0; i < clampShown(run, shown); ++i) {
     out += QString::number(run.history[i]->step);
-    for (double v : run.history[i]->layers[layer].load) out += ',' + csvNum(v);
+    for (double v : run.history[i]->layers[layer].load) out += ',' + csvNumber(v);
     out += '\n';
   }
   return out;
@@ -281,7 +149,7 @@ QString loadNowCsv(const RunData& run, int shown, int layer) {
   shown = clampShown(run, shown);
   if (!validLayer(run, shown, layer)) return out;
   const auto& L = run.history[shown - 1]->layers[layer];
-  for (int e = 0; e < L.load.size(); ++e) out += QStringLiteral("%1,%2,%3\n").arg(e).arg(csvNum(L.load[e]), csvNum(1.0 / run.experts));
+  for (int e = 0; e < L.load.size(); ++e) out += QStringLiteral("%1,%2,%3\n").arg(e).arg(csvNumber(L.load[e]), csvNumber(1.0 / run.experts));
   return out;
 }
 
@@ -320,7 +188,7 @@ QString balanceCsv(const RunData& run, int shown) {
   out += '\n';
   for (int i = 0; i < clampShown(run, shown); ++i) {
     out += QString::number(run.history[i]->step);
-    for (const auto& L : run.history[i]->layers) out += ',' + csvNum(L.cv) + ',' + QString::number(L.dead);
+    for (const auto& L : run.history[i]->layers) out += ',' + csvNumber(L.cv) + ',' + QString::number(L.dead);
     out += '\n';
   }
   return out;
@@ -361,7 +229,7 @@ QString entropyCsv(const RunData& run, int shown) {
   out += '\n';
   for (int i = 0; i < clampShown(run, shown); ++i) {
     out += QString::number(run.history[i]->step);
-    for (const auto& L : run.history[i]->layers) out += ',' + csvNum(L.entropy) + ',' + csvNum(L.droppedRate);
+    for (const auto& L : run.history[i]->layers) out += ',' + csvNumber(L.entropy) + ',' + csvNumber(L.droppedRate);
     out += '\n';
   }
   return out;
@@ -406,7 +274,7 @@ QString biasCsv(const RunData& run, int shown, int layer) {
     const auto& b = run.history[i]->layers[layer].bias;
     if (b.isEmpty()) continue;
     out += QString::number(run.history[i]->step);
-    for (float v : b) out += ',' + csvNum(v);
+    for (float v : b) out += ',' + csvNumber(v);
     out += '\n';
   }
   return out;
@@ -485,7 +353,7 @@ QString saturationCsv(const RunData& run, int shown) {
   out += '\n';
   forEachSaturation(run, shown, [&](int64_t step, const QVector<double>& o) {
     out += QString::number(step);
-    for (double v : o) out += ',' + csvNum(v);
+    for (double v : o) out += ',' + csvNumber(v);
     out += '\n';
   });
   return out;
@@ -525,16 +393,13 @@ QCPColorMap* drawSpecialisation(QCustomPlot* plot, const RunData& run, int shown
   }
   const QVector<QVector<double>> rows = domainShares(*s, layer);
   const int D = int(rows.size()), E = int(run.experts);
-  auto* map = new QCPColorMap(rect->axis(QCPAxis::atBottom), rect->axis(QCPAxis::atLeft));
-  map->data()->setSize(E, D);
-  map->data()->setRange(QCPRange(0, E - 1), QCPRange(0, D - 1));
   double top = 2.0 / E;
   for (int d = 0; d < D; ++d)
-    for (int e = 0; e < E; ++e) {
-      map->data()->setCell(e, d, rows[d].value(e));
-      top = std::max(top, rows[d].value(e));
-    }
-  QCPColorScale* scale = colorScale(plot, map, tr("share of domain"), QCPRange(0, top));
+    for (int e = 0; e < E; ++e) top = std::max(top, rows[d].value(e));
+  QCPColorMap* map = heatmap(rect, E, D, QCPRange(0, E - 1), QCPRange(0, D - 1), QCPRange(0, top));
+  for (int d = 0; d < D; ++d)
+    for (int e = 0; e < E; ++e) map->data()->setCell(e, d, rows[d].value(e));
+  QCPColorScale* scale = colorScale(plot, QCPRange(0, top), tr("share of domain"));
   QSharedPointer<QCPAxisTickerText> names(new QCPAxisTickerText);
   for (int d = 0; d < D; ++d) names->addTick(d, d < s->domains.size() ? s->domains[d] : QString::number(d));
   plot->yAxis->setTicker(names);
@@ -559,7 +424,7 @@ QString specialisationCsv(const RunData& run, int shown, int layer) {
   const auto rows = domainShares(*s, layer);
   for (int d = 0; d < rows.size(); ++d) {
     out += d < s->domains.size() ? s->domains[d] : QString::number(d);
-    for (double v : rows[d]) out += ',' + csvNum(v);
+    for (double v : rows[d]) out += ',' + csvNumber(v);
     out += '\n';
   }
   return out;
@@ -596,7 +461,7 @@ QString specialisationScoreCsv(const RunData& run, int shown) {
     const StepSummary& s = *run.history[i];
     if (s.layers.isEmpty() || std::isnan(s.layers[0].specialisation)) continue;
     out += QString::number(s.step);
-    for (const auto& L : s.layers) out += ',' + csvNum(L.specialisation);
+    for (const auto& L : s.layers) out += ',' + csvNumber(L.specialisation);
     out += '\n';
   }
   return out;
@@ -638,7 +503,7 @@ QString dropByPositionCsv(const RunData& run, int shown) {
   QString out = QStringLiteral("position,dropped_rate\n");
   const StepSummary* s = run.hasDrops() ? lastDropProbe(run, shown) : nullptr;
   if (!s) return out;
-  for (int t = 0; t < s->dropByPosition.size(); ++t) out += QStringLiteral("%1,%2\n").arg(t).arg(csvNum(s->dropByPosition[t]));
+  for (int t = 0; t < s->dropByPosition.size(); ++t) out += QStringLiteral("%1,%2\n").arg(t).arg(csvNumber(s->dropByPosition[t]));
   return out;
 }
 
@@ -646,36 +511,53 @@ QString dropByPositionCsv(const RunData& run, int shown) {
 
 namespace RunCharts {
 
-FinalFigures finalFigures(const RunData& run) {
-  FinalFigures f;
-  if (run.history.isEmpty()) return f;
-  const StepSummary& last = *run.history.back();
-  f.step = last.step;
-  f.lmLoss = last.lmLoss;
-  for (int i = int(run.history.size()) - 1; i >= 0 && std::isnan(f.valLoss); --i) f.valLoss = run.history[i]->valLoss;
-  for (const auto& L : last.layers) {
-    f.cv = std::isnan(f.cv) ? L.cv : std::max(f.cv, L.cv);
-    f.maxShare = std::isnan(f.maxShare) ? L.maxShare : std::max(f.maxShare, L.maxShare);
-    f.collapse = std::isnan(f.collapse) ? L.collapse : std::max(f.collapse, L.collapse);
-    f.dead += L.dead;
-  }
-  for (int i = int(run.history.size()) - 1; i >= 0; --i) {
-    const StepSummary& s = *run.history[i];
-    if (s.layers.isEmpty() || std::isnan(s.layers[0].specialisation)) continue;
-    for (const auto& L : s.layers)
-      f.specialisation = std::isnan(f.specialisation) ? L.specialisation : std::max(f.specialisation, L.specialisation);
-    break;
-  }
-  return f;
+QString RunChart::titleFor(int layer) const { return title.contains(QLatin1String("%1")) ? title.arg(layer) : title; }
+
+QString RunChart::exportNameFor(int layer) const {
+  const QString name = exportName.isEmpty() ? id : exportName;
+  return perLayer ? QStringLiteral("%1-layer%2").arg(name).arg(layer) : name;
 }
 
-QString balancingText(const moelab::TrainConfig& c) {
-  QString s = c.aux_alpha > 0    ? QObject::tr("aux loss %1").arg(double(c.aux_alpha))
-              : c.bias_gamma > 0 ? QObject::tr("bias %1").arg(double(c.bias_gamma))
-                                 : QObject::tr("none");
-  if (c.capacity.limited())
-    s += QObject::tr(", capacity %1 (%2)").arg(c.capacity.factor).arg(c.capacity.reroute ? QObject::tr("re-route") : QObject::tr("drop"));
-  return s;
+const QVector<RunChart>& runCharts() {
+  // Charts of every layer take (plot, run, shown) and ignore the layer; a per-layer chart's
+  // draw and CSV take it. Captions are prose, one line each.
+  using Draw = void (*)(QCustomPlot*, const RunData&, int);
+  using Csv = QString (*)(const RunData&, int);
+  auto all = [](Draw d) { return [d](QCustomPlot* p, const RunData& r, int n, int) { d(p, r, n); }; };
+  auto allCsv = [](Csv c) { return [c](const RunData& r, int n, int) { return c(r, n); }; };
+  static const QVector<RunChart> charts = {
+      {QStringLiteral("collapse"), tr("Collapse view: expert load over training (MoE layer %1)"),
+       tr("Each column is a training step, each row an expert; bright = that expert got a large share of the tokens. Collapse looks like one or two bright rows and dark rest."),
+       true, [](QCustomPlot* p, const RunData& r, int n, int l) { drawCollapse(p, r, n, l); }, collapseCsv, {}, {}},
+      {QStringLiteral("loss"), tr("Loss"),
+       tr("How wrong the model's next-token guesses are (lower is better); dots are the validation loss on text it never trains on. The balancing losses are the extra terms that push the router toward an even load."),
+       false, all(drawLoss), allCsv(lossCsv), {}, {}},
+      {QStringLiteral("load-now"), tr("Load per expert now"),
+       tr("Share of the tokens each expert got in the step shown; the dashed line is an even split. Bars far above it are overloaded, empty ones are dead."),
+       true, drawLoadNow, loadNowCsv, QStringLiteral("load-final"), {}},
+      {QStringLiteral("balance"), tr("How uneven is the load?"),
+       tr("Coefficient of variation of the load (0 = perfectly even) for every MoE layer, and the number of dead experts (almost no tokens)."),
+       false, all(drawBalance), allCsv(balanceCsv), {}, {}},
+      {QStringLiteral("entropy"), tr("How sure is the router? Are tokens dropped?"),
+       tr("Router entropy: 1 = it cannot tell the experts apart, near 0 = it is certain. With a capacity limit, the dashed lines are the share of tokens an overfull expert turned away."),
+       false, all(drawEntropy), allCsv(entropyCsv), {}, {}},
+      {QStringLiteral("bias"), tr("Balancing bias per expert"),
+       tr("DeepSeek-V3's method: a bias added to each expert's score for choosing only. It goes up for underused experts and down for busy ones, so the load evens out without a loss term."),
+       true, drawBias, biasCsv, {}, [](const RunData& r) { return r.hasBias(); }},
+      {QStringLiteral("saturation"), tr("Router saturation: do the choices still change?"),
+       tr("For the same probe text, the share of expert choices that are already the ones the current model makes. Near 1 = routing has settled."),
+       false, all(drawSaturation), allCsv(saturationCsv), {}, {}},
+      {QStringLiteral("specialisation"), tr("Which expert reads which kind of text?"),
+       tr("Rows are kinds of text, columns experts; bright = that expert gets much of this domain's tokens. A bright cell per row means experts have specialised."),
+       true, [](QCustomPlot* p, const RunData& r, int n, int l) { drawSpecialisation(p, r, n, l); }, specialisationCsv,
+       {}, [](const RunData& r) { return r.hasDomains(); }},
+      {QStringLiteral("specialisation-score"), tr("Specialisation over training"),
+       tr("How much knowing the chosen expert tells about the kind of text (0 = nothing, 1 = every domain has its own experts)."),
+       false, all(drawSpecialisationScore), allCsv(specialisationScoreCsv), {}, [](const RunData& r) { return r.hasDomains(); }},
+      {QStringLiteral("drop-by-position"), tr("Dropped tokens by position"),
+       tr("With a capacity limit, the share of each position's choices an overfull expert turned away (on the probe text)."),
+       false, all(drawDropByPosition), allCsv(dropByPositionCsv), {}, [](const RunData& r) { return r.hasDrops(); }},
+  };  return charts;
 }
 
 }  // namespace RunCharts

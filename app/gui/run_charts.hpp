@@ -1,13 +1,15 @@
 // The charts of a training run, drawn from its step summaries (run_data.hpp). The Training view
 // (live and replay), the Compare view and the headless `moelab export` all call these, so every
-// place shows the same picture of the same numbers. `shown` is how many steps to draw (replay
-// scrubs through a finished run); `layer` indexes the MoE layers. Each chart has a CSV of exactly
-// the data it draws.
+// place shows the same picture of the same numbers; runCharts() is the one table of them (id,
+// title, caption, draw, CSV) that the Training view and the export iterate. `shown` is how many
+// steps to draw (replay scrubs through a finished run); `layer` indexes the MoE layers. Each
+// chart has a CSV of exactly the data it draws. The drawing pieces are the chart kit's.
 #pragma once
 
 #include <QColor>
 #include <QString>
 #include <QVector>
+#include <functional>
 
 #include "run_data.hpp"
 
@@ -17,27 +19,31 @@ class QCPColorMap;
 
 namespace RunCharts {
 
-// Clear a plot down to one axis rect with a (hidden) legend in its corner.
-QCPAxisRect* resetPlot(QCustomPlot* plot);
-// Show the legend in a row under the axes, `columns` entries wide, where it never covers data.
-void legendBelow(QCustomPlot* plot, int columns);
-// A horizontal reference line across a plot's axes (the even split 1/E, an expert's capacity),
-// named in the right margin level with its line, where the name never covers a bar. The Tokens
-// view's load chart uses it too. Call after the y range is set; the right margin is fixed to the
-// widest name (keep names short; a line break is fine).
-struct ReferenceLine {
-  double value;
-  QString name;
-  QColor color;
-  Qt::PenStyle style = Qt::DashLine;
+// One chart of a run, as the Training view shows it and `moelab export` writes it.
+struct RunChart {
+  QString id;               // the panel's id, and the name of the files it exports to
+  QString title;            // one title everywhere; "%1": the layer, where the axes do not name it
+  QString caption;          // what it shows, in plain words, under the chart
+  bool perLayer = false;    // of one MoE layer: the export writes one per layer
+  std::function<void(QCustomPlot*, const RunData&, int shown, int layer)> draw;
+  std::function<QString(const RunData&, int shown, int layer)> csv;
+  QString exportName;       // `moelab export`'s file name when not the id (per layer: + "-layerN")
+  std::function<bool(const RunData&)> exported;  // whether the export writes it for a run (null: always)
+
+  QString titleFor(int layer) const;       // "Collapse view: … (MoE layer 1)"
+  QString exportNameFor(int layer) const;  // "load-final-layer1"
 };
-void referenceLines(QCustomPlot* plot, const QVector<ReferenceLine>& lines);
+// Every run chart, in the Training view's order (collapse first).
+const QVector<RunChart>& runCharts();
 
 // Loss: total, language model, validation; the balancing terms when they are switched on.
 void drawLoss(QCustomPlot* plot, const RunData& run, int shown);
 QString lossCsv(const RunData& run, int shown);
 // Collapse view: step × expert load share of one MoE layer, on one 0–1 colour scale.
 QCPColorMap* drawCollapse(QCustomPlot* plot, const RunData& run, int shown, int layer);
+// The same heatmap in one axis rect of a larger plot, without labels or colour scale: the Compare
+// view puts one per run side by side on a shared scale. Null when there is nothing to draw.
+QCPColorMap* drawCollapse(QCPAxisRect* rect, const RunData& run, int shown, int layer);
 QString collapseCsv(const RunData& run, int shown, int layer);
 // The load per expert at the last shown step against the even split 1/E.
 void drawLoadNow(QCustomPlot* plot, const RunData& run, int shown, int layer);
@@ -71,19 +77,5 @@ double choiceOverlap(const QVector<int32_t>& a, const QVector<int32_t>& b, int64
 const StepSummary* lastProbe(const RunData& run, int shown);
 // A colour per expert (Okabe–Ito up to 8, viridis beyond).
 QColor expertColor(int e, int experts);
-
-}  // namespace RunCharts
-
-namespace RunCharts {
-
-// The figures a comparison table shows, from a run's last step (worst MoE layer where a figure
-// is per layer; specialisation: the best layer's last probe).
-struct FinalFigures {
-  int64_t step = 0, dead = 0;
-  double lmLoss = NAN, valLoss = NAN, cv = NAN, maxShare = NAN, collapse = NAN, specialisation = NAN;
-};
-FinalFigures finalFigures(const RunData& run);
-// "none", "aux loss 0.01", "bias 0.001", plus the capacity limit when there is one.
-QString balancingText(const moelab::TrainConfig& c);
 
 }  // namespace RunCharts

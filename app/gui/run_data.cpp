@@ -2,6 +2,8 @@
 
 #include <QDir>
 #include <QFileInfo>
+#include <QObject>
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "error.hpp"
@@ -141,4 +143,36 @@ RunData loadRun(const QString& dir) {
       if (l.load.size() != run.experts) moelab::fail(metrics, "a step record's load does not have one value per expert");
   }
   return run;
+}
+
+FinalFigures finalFigures(const RunData& run) {
+  FinalFigures f;
+  if (run.history.isEmpty()) return f;
+  const StepSummary& last = *run.history.back();
+  f.step = last.step;
+  f.lmLoss = last.lmLoss;
+  for (int i = int(run.history.size()) - 1; i >= 0 && std::isnan(f.valLoss); --i) f.valLoss = run.history[i]->valLoss;
+  for (const auto& L : last.layers) {
+    f.cv = std::isnan(f.cv) ? L.cv : std::max(f.cv, L.cv);
+    f.maxShare = std::isnan(f.maxShare) ? L.maxShare : std::max(f.maxShare, L.maxShare);
+    f.collapse = std::isnan(f.collapse) ? L.collapse : std::max(f.collapse, L.collapse);
+    f.dead += L.dead;
+  }
+  for (int i = int(run.history.size()) - 1; i >= 0; --i) {
+    const StepSummary& s = *run.history[i];
+    if (s.layers.isEmpty() || std::isnan(s.layers[0].specialisation)) continue;
+    for (const auto& L : s.layers)
+      f.specialisation = std::isnan(f.specialisation) ? L.specialisation : std::max(f.specialisation, L.specialisation);
+    break;
+  }
+  return f;
+}
+
+QString balancingText(const moelab::TrainConfig& c) {
+  QString s = c.aux_alpha > 0    ? QObject::tr("aux loss %1").arg(double(c.aux_alpha))
+              : c.bias_gamma > 0 ? QObject::tr("bias %1").arg(double(c.bias_gamma))
+                                 : QObject::tr("none");
+  if (c.capacity.limited())
+    s += QObject::tr(", capacity %1 (%2)").arg(c.capacity.factor).arg(c.capacity.reroute ? QObject::tr("re-route") : QObject::tr("drop"));
+  return s;
 }

@@ -54,3 +54,14 @@ struct RunData {
 
 // Read a run folder (run.json + metrics.jsonl). Throws moelab::Error naming the file.
 RunData loadRun(const QString& dir);
+
+// The figures a comparison table shows, from a run's last step: loss, CV, busiest expert's share
+// and collapse index of the worst MoE layer, dead experts summed over every MoE layer, and the
+// specialisation of the best layer at the last probe step. NaN where the run has no such figure.
+struct FinalFigures {
+  int64_t step = 0, dead = 0;
+  double lmLoss = NAN, valLoss = NAN, cv = NAN, maxShare = NAN, collapse = NAN, specialisation = NAN;
+};
+FinalFigures finalFigures(const RunData& run);
+// "none", "aux loss 0.01", "bias 0.001", plus the capacity limit when there is one.
+QString balancingText(const moelab::TrainConfig& c);

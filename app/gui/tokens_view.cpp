@@ -22,15 +22,8 @@
 
 #include "chart_panel.hpp"
 #include "theme.hpp"
+#include "token_charts.hpp"
 #include "token_text.hpp"
-#include "tokenizer.hpp"
-
-namespace {
-QString csvEscape(QString s) {
-  if (s.contains(',') || s.contains('"') || s.contains('\n')) s = '"' + s.replace('"', "\"\"") + '"';
-  return s;
-}
-}  // namespace
 
 TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   m_worker = new GenerationWorker;
@@ -211,142 +204,28 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
     redraw();
   });
   connect(m_heatmap->plot(), &QCustomPlot::mouseMove, this, [this](QMouseEvent* e) {
-    auto* map = qobject_cast<QCPColorMap*>(m_heatmap->plot()->plottable(0));
-    const TokensSnapshot::Layer* L = layerData();
-    if (!map || !L || !m_snap) return;
-    int key = 0, value = 0;
-    map->data()->coordToCell(map->keyAxis()->pixelToCoord(e->pos().x()), map->valueAxis()->pixelToCoord(e->pos().y()),
-                             &key, &value);
-    const int64_t E = m_snap->experts(), K = m_snap->topK;
-    if (key < 0 || key >= m_snap->count() || value < 0 || value >= E) return;
-    const auto c = L->cell(key, value, int(K));
-    QString chosen = tr("not chosen");
-    if (c.flag == 1)
-      chosen = tr("choice %1, DROPPED: the expert was full (capacity %2),\nthe token passes on through the residual only")
-                   .arg(c.wantedRank)
-                   .arg(m_snap->capacity);
-    else if (c.movedTo >= 0)
-      chosen = tr("choice %1, but the expert was full: re-routed to expert %2").arg(c.wantedRank).arg(c.movedTo);
-    else if (c.flag == 2)
-      chosen = tr("choice %1 RE-ROUTED here (expert %2 was full), gate weight %3")
-                   .arg(c.rank)
-                   .arg(c.from)
-                   .arg(c.weight, 0, 'f', 3);
-    else if (c.rank)
-      chosen = tr("choice %1, gate weight %2").arg(c.rank).arg(c.weight, 0, 'f', 3);
-    QToolTip::showText(e->globalPosition().toPoint(),
-                       tr("token %1 '%2', expert %3\nprobability %4 (logit %5)\n%6")
-                           .arg(key)
-                           .arg(m_snap->labels[key])
-                           .arg(value)
-                           .arg(L->probs[key * int(E) + value], 0, 'f', 4)
-                           .arg(L->logits[key * int(E) + value], 0, 'f', 3)
-                           .arg(chosen),
-                       m_heatmap->plot());
+    int token = 0, expert = 0;
+    if (!TokenCharts::heatmapCellAt(m_heatmap->plot(), QPointF(e->pos()), &token, &expert)) return;
+    const QString tip = TokenCharts::heatmapToolTip(snap(), selectedLayer(), token, expert);
+    if (!tip.isEmpty()) QToolTip::showText(e->globalPosition().toPoint(), tip, m_heatmap->plot());
   });
   connect(m_heatmap->plot(), &QCustomPlot::mousePress, this, [this](QMouseEvent* e) {
-    auto* map = qobject_cast<QCPColorMap*>(m_heatmap->plot()->plottable(0));
-    if (!map || !m_snap) return;
-    const int t = int(std::lround(map->keyAxis()->pixelToCoord(e->pos().x())));
-    if (t >= 0 && t < m_snap->count()) {
-      m_token = t;
+    int token = 0, expert = 0;
+    if (!TokenCharts::heatmapCellAt(m_heatmap->plot(), QPointF(e->pos()), &token, &expert)) return;
+    if (token >= 0 && token < snap().count()) {
+      m_token = token;
       redraw();
     }
   });
 
-  // CSV of every chart's data.
-  m_heatmap->setCsvProvider([this] {
-    // chosen_rank: the slot that ran on this expert; wanted_rank: the router's own choice before
-    // capacity; dropped: 1 the router chose this expert but it was full, 2 a slot was re-routed here.
-    QString s = QStringLiteral("layer,token_index,token,expert,probability,logit,chosen_rank,gate_weight,wanted_rank,dropped\n");
-    if (!m_snap) return s;
-    const int64_t E = m_snap->experts(), K = m_snap->topK;
-    for (const auto& L : m_snap->layers)
-      for (int t = 0; t < L.ids.size() / int(K); ++t)
-        for (int e = 0; e < E; ++e) {
-          const auto c = L.cell(t, e, int(K));
-          s += QStringLiteral("%1,%2,%3,%4,%5,%6,%7,%8,%9,%10\n")
-                   .arg(L.layer)
-                   .arg(t)
-                   .arg(csvEscape(m_snap->labels[t]))
-                   .arg(e)
-                   .arg(double(L.probs[t * int(E) + e]), 0, 'g', 9)
-                   .arg(double(L.logits[t * int(E) + e]), 0, 'g', 9)
-                   .arg(c.rank)
-                   .arg(double(c.weight), 0, 'g', 9)
-                   .arg(c.wantedRank)
-                   .arg(c.flag);
-        }
-    return s;
-  });
-  m_text->setCsvProvider([this] {
-    QString s = QStringLiteral("token_index,token,first_choice_expert\n");
-    const auto* L = layerData();
-    if (!m_snap || !L) return s;
-    for (int t = 0; t < m_snap->count() && t * m_snap->topK < L->ids.size(); ++t)
-      s += QStringLiteral("%1,%2,%3\n").arg(t).arg(csvEscape(m_snap->labels[t])).arg(L->ids[t * int(m_snap->topK)]);
-    return s;
-  });
-  m_load->setCsvProvider([this] {
-    QString s = QStringLiteral("expert,share_of_choices,share_dropped\n");
-    const auto* L = layerData();
-    if (!m_snap || !L) return s;
-    QVector<double> ran, refused;
-    expertLoad(*L, int(m_snap->experts()), &ran, &refused);
-    for (int e = 0; e < ran.size(); ++e)
-      s += QStringLiteral("%1,%2,%3\n").arg(e).arg(ran[e], 0, 'g', 9).arg(refused[e], 0, 'g', 9);
-    return s;
-  });
-  m_why->setCsvProvider([this] {
-    QString s = QStringLiteral("expert,logit,probability,chosen_rank,gate_weight,wanted_rank,dropped\n");
-    const auto* L = layerData();
-    if (!m_snap || !L || m_snap->count() == 0) return s;
-    const int t = std::clamp(m_token < 0 ? m_snap->count() - 1 : m_token, 0, m_snap->count() - 1);
-    const int64_t E = m_snap->experts(), K = m_snap->topK;
-    if (t * K >= L->ids.size()) return s;
-    for (int e = 0; e < E; ++e) {
-      const auto c = L->cell(t, e, int(K));
-      s += QStringLiteral("%1,%2,%3,%4,%5,%6,%7\n")
-               .arg(e)
-               .arg(L->logits[t * int(E) + e])
-               .arg(L->probs[t * int(E) + e])
-               .arg(c.rank)
-               .arg(c.weight)
-               .arg(c.wantedRank)
-               .arg(c.flag);
-    }
-    return s;
-  });
-  m_coact->setCsvProvider([this] {
-    QString s = QStringLiteral("expert_i,expert_j,tokens_with_both\n");
-    auto* map = m_coact->plot()->plottableCount() ? qobject_cast<QCPColorMap*>(m_coact->plot()->plottable(0)) : nullptr;
-    if (!map) return s;
-    for (int i = 0; i < map->data()->keySize(); ++i)
-      for (int j = 0; j < map->data()->valueSize(); ++j)
-        s += QStringLiteral("%1,%2,%3\n").arg(i).arg(j).arg(map->data()->cell(i, j));
-    return s;
-  });
-  m_tokenLayers->setCsvProvider([this] {
-    QString s = QStringLiteral("layer,expert,probability,chosen_rank\n");
-    if (!m_snap || m_snap->count() == 0) return s;
-    const int t = std::clamp(m_token < 0 ? m_snap->count() - 1 : m_token, 0, m_snap->count() - 1);
-    const int64_t E = m_snap->experts(), K = m_snap->topK;
-    for (const auto& L : m_snap->layers)
-      for (int e = 0; e < E; ++e) {
-        int rank = 0;
-        for (int k = 0; k < K; ++k)
-          if (L.ids[t * int(K) + k] == e) rank = k + 1;
-        s += QStringLiteral("%1,%2,%3,%4\n").arg(L.layer).arg(e).arg(double(L.probs[t * int(E) + e]), 0, 'g', 9).arg(rank);
-      }
-    return s;
-  });
-  m_next->setCsvProvider([this] {
-    QString s = QStringLiteral("token_id,token,probability\n");
-    if (!m_snap) return s;
-    for (const auto& [id, p] : m_snap->next)
-      s += QStringLiteral("%1,%2,%3\n").arg(id).arg(csvEscape(m_snap->config.tokenizer == "bytes" ? QString::fromStdString(moelab::token_label(id)) : QString::number(id))).arg(p, 0, 'g', 9);
-    return s;
-  });
+  // CSV of every chart's data, from the snapshot shown.
+  m_heatmap->setCsvProvider([this] { return TokenCharts::routingHeatmapCsv(snap()); });
+  m_text->setCsvProvider([this] { return TokenCharts::textCsv(snap(), selectedLayer()); });
+  m_load->setCsvProvider([this] { return TokenCharts::loadCsv(snap(), selectedLayer()); });
+  m_why->setCsvProvider([this] { return TokenCharts::whyCsv(snap(), selectedLayer(), m_token); });
+  m_coact->setCsvProvider([this] { return TokenCharts::coactivationCsv(snap(), selectedLayer()); });
+  m_tokenLayers->setCsvProvider([this] { return TokenCharts::tokenLayersCsv(snap(), m_token); });
+  m_next->setCsvProvider([this] { return TokenCharts::nextCsv(snap()); });
   applyTheme(Theme::current());
 }
 
@@ -497,7 +376,7 @@ void TokensView::onSnapshot(SnapshotPtr s) {
     status += QLatin1String("; ") + tr("each token runs op by op (no CUDA graph: %1)").arg(m_snap->decodeProblem);
   m_status->setText(status);
   redraw();
-  if (const auto* L = layerData(); L && m_snap->topK > 0 && !L->ids.isEmpty()) {
+  if (const auto* L = TokenCharts::layerAt(*m_snap, selectedLayer()); L && m_snap->topK > 0 && !L->ids.isEmpty()) {
     const int K = int(m_snap->topK);
     QVector<int> ran;  // the experts the last token ran on (a dropped slot has none)
     for (int id : L->ids.mid(L->ids.size() - K, K))
@@ -523,53 +402,38 @@ void TokensView::selectLayer(int index) { m_layer->setCurrentIndex(index < 0 ? 0
 
 int TokensView::selectedLayer() const { return m_layer->currentIndex() - 1; }
 
-const TokensSnapshot::Layer* TokensView::layerData() const {
-  if (!m_snap || m_snap->layers.isEmpty()) return nullptr;
-  const int i = selectedLayer();
-  return &m_snap->layers[std::clamp(i < 0 ? 0 : i, 0, int(m_snap->layers.size()) - 1)];
+const TokensSnapshot& TokensView::snap() const {
+  static const TokensSnapshot none;  // before the first snapshot: every chart empty
+  return m_snap ? *m_snap : none;
 }
 
 double TokensView::heatmapValue(int token, int expert) const {
-  auto* map = m_heatmap->plot()->plottableCount() ? qobject_cast<QCPColorMap*>(m_heatmap->plot()->plottable(0)) : nullptr;
-  return map ? map->data()->cell(token, expert) : std::nan("");
+  return TokenCharts::heatmapValue(m_heatmap->plot(), token, expert);
 }
 
-int TokensView::heatmapMark(int token, int expert) const {
-  QCustomPlot* plot = m_heatmap->plot();
-  for (int i = 0; i < plot->graphCount(); ++i) {
-    const QVariant kind = plot->graph(i)->property("mark");
-    if (!kind.isValid()) continue;
-    for (auto it = plot->graph(i)->data()->constBegin(); it != plot->graph(i)->data()->constEnd(); ++it)
-      if (int(std::lround(it->key)) == token && int(std::lround(it->value)) == expert) return kind.toInt();
-  }
-  return -1;
-}
+int TokensView::heatmapMark(int token, int expert) const { return TokenCharts::heatmapMark(m_heatmap->plot(), token, expert); }
 
 bool TokensView::heatmapMarked(int token, int expert) const {
   const int kind = heatmapMark(token, expert);
   return kind == 0 || kind == 2;  // a slot that ran there
 }
 
+int TokensView::markedPerToken(int token) const { return TokenCharts::markedPerToken(m_heatmap->plot(), token); }
+
 QString TokensView::statusText() const { return m_status->text(); }
 
-int TokensView::markedPerToken(int token) const {
-  int n = 0;
-  QCustomPlot* plot = m_heatmap->plot();
-  for (int i = 0; i < plot->graphCount(); ++i) {
-    const int kind = plot->graph(i)->property("mark").toInt();
-    if (kind != 0 && kind != 2) continue;
-    for (auto it = plot->graph(i)->data()->constBegin(); it != plot->graph(i)->data()->constEnd(); ++it)
-      n += int(std::lround(it->key)) == token;
-  }
-  return n;
-}
-
 void TokensView::redraw() {
-  drawHeatmap();
-  m_tokenText->setSnapshot(m_snap, std::max(0, selectedLayer()), m_token);
-  drawLoad();
-  drawWhy();
-  drawCoactivation();
-  drawNext();
-  drawTokenLayers();
+  const TokensSnapshot& s = snap();
+  const int layer = selectedLayer();
+  TokenCharts::drawRoutingHeatmap(m_heatmap->plot(), s, layer, m_token);
+  m_heatmap->setTitle(TokenCharts::routingHeatmapTitle(s, layer));
+  m_heatmap->setCaption(TokenCharts::routingHeatmapCaption(s, layer));
+  m_tokenText->setSnapshot(m_snap, std::max(0, layer), m_token);
+  TokenCharts::drawLoad(m_load->plot(), s, layer);
+  m_load->setCaption(TokenCharts::loadCaption(s));
+  m_whyLabel->setText(TokenCharts::whyHtml(s, layer, m_token));
+  TokenCharts::drawCoactivation(m_coact->plot(), s, layer);
+  TokenCharts::drawNext(m_next->plot(), s);
+  TokenCharts::drawTokenLayers(m_tokenLayers->plot(), s, m_token);
+  m_tokenLayers->setCaption(TokenCharts::tokenLayersCaption(s));
 }

@@ -46,8 +46,9 @@ class TokensView : public QWidget {
   void setCapacityFactor(double factor);  // 0 = no limit
   void setOverflowReroute(bool reroute);  // overflow re-routed to the next-best expert, else dropped
   void selectLayer(int index);    // -1 = all layers
-  // Data of the heatmap as drawn: value at (token, expert) of the selected layer, and whether
-  // the cell is marked as chosen (a slot that ran there: kept or re-routed).
+  // Data of the heatmap as drawn (TokenCharts reads it back): value at (token, expert) of the
+  // selected layer, and whether the cell is marked as chosen (a slot that ran there: kept or
+  // re-routed).
   double heatmapValue(int token, int expert) const;
   bool heatmapMarked(int token, int expert) const;
   int markedPerToken(int token) const;
@@ -86,13 +87,7 @@ class TokensView : public QWidget {
   GenerationSettings settings() const;
   void request(int pendingDelta);
   void redraw();
-  void drawHeatmap();
-  void drawLoad();
-  void drawWhy();
-  void drawCoactivation();
-  void drawNext();
-  void drawTokenLayers();
-  const TokensSnapshot::Layer* layerData() const;
+  const TokensSnapshot& snap() const;  // the snapshot shown (an empty one before the first)
 
   QThread m_thread;
   GenerationWorker* m_worker = nullptr;
@@ -120,6 +115,3 @@ class TokensView : public QWidget {
   QList<ChartPage*> m_chartPages;
   QLabel* m_whyLabel = nullptr;
 };
-
-// Share of a layer's T·K choices each expert ran, and the share it refused when full (dropped).
-void expertLoad(const TokensSnapshot::Layer& L, int E, QVector<double>* ran, QVector<double>* refused);

@@ -283,60 +283,41 @@ TrainingView::~TrainingView() {
 }
 
 void TrainingView::setupCharts() {
-  m_loss = new ChartPanel(QStringLiteral("loss"), tr("Loss"),
-                          tr("How wrong the model's next-token guesses are (lower is better); dots are the validation "
-                             "loss on text it never trains on. The balancing losses are the extra terms that push the "
-                             "router toward an even load."));
-  m_collapse = new ChartPanel(QStringLiteral("collapse"), tr("Collapse view: expert load over training"),
-                              tr("Each column is a training step, each row an expert; bright = that expert got a large "
-                                 "share of the tokens. Collapse looks like one or two bright rows and dark rest."));
-  m_loadNow = new ChartPanel(QStringLiteral("load-now"), tr("Load per expert now"),
-                             tr("Share of the tokens each expert got in the step shown; the dashed line is an even "
-                                "split. Bars far above it are overloaded, empty ones are dead."));
-  m_balanceChart = new ChartPanel(QStringLiteral("balance"), tr("How uneven is the load?"),
-                                  tr("Coefficient of variation of the load (0 = perfectly even) for every MoE layer, and "
-                                     "the number of dead experts (almost no tokens)."));
-  m_entropy = new ChartPanel(QStringLiteral("entropy"), tr("How sure is the router? Are tokens dropped?"),
-                             tr("Router entropy: 1 = it cannot tell the experts apart, near 0 = it is certain. With a "
-                                "capacity limit, the dashed lines are the share of tokens an overfull expert turned away."));
-  m_bias = new ChartPanel(QStringLiteral("bias"), tr("Balancing bias per expert"),
-                          tr("DeepSeek-V3's method: a bias added to each expert's score for choosing only. It goes up "
-                             "for underused experts and down for busy ones, so the load evens out without a loss term."));
-  m_saturation = new ChartPanel(QStringLiteral("saturation"), tr("Router saturation: do the choices still change?"),
-                                tr("For the same probe text, the share of expert choices that are already the ones the "
-                                   "current model makes. Near 1 = routing has settled."));
-  m_special = new ChartPanel(QStringLiteral("specialisation"), tr("Which expert reads which kind of text?"),
-                             tr("Rows are kinds of text, columns experts; bright = that expert gets much of this "
-                                "domain's tokens. A bright cell per row means experts have specialised."));
-  m_specialScore = new ChartPanel(QStringLiteral("specialisation-score"), tr("Specialisation over training"),
-                                  tr("How much knowing the chosen expert tells about the kind of text (0 = nothing, "
-                                     "1 = every domain has its own experts)."));
-  m_dropPos = new ChartPanel(QStringLiteral("drop-by-position"), tr("Dropped tokens by position"),
-                             tr("With a capacity limit, the share of each position's choices an overfull expert turned "
-                                "away (on the probe text)."));
+  // One panel per run chart, with the title, caption, drawing and CSV that `moelab export` uses.
+  for (const RunCharts::RunChart& c : RunCharts::runCharts()) {
+    auto* panel = new ChartPanel(c.id, c.titleFor(0), c.caption);
+    panel->setCsvProvider([this, &c] { return c.csv(m_run, shownSteps(), selectedLayer()); });
+    m_charts.push_back(panel);
+  }
+  m_chartPage.fill(0, m_charts.size());
   // Normal: a wide chart over two half-width ones, or two side by side. Presentation: one
   // column, every chart the page's full width and tall enough to read, and the page scrolls.
   m_pages = new QTabWidget(this);
+  auto add = [this](ChartPage* page, const char* id, int row, int column, int columnSpan = 1) {
+    ChartPanel* panel = chart(QLatin1String(id));
+    page->add(panel, row, column, 1, columnSpan);
+    m_chartPage[m_charts.indexOf(panel)] = m_pages->count();  // the page being filled
+  };
   auto* p1 = new ChartPage(ChartPage::Presentation::Stack);
-  p1->add(m_collapse, 0, 0, 1, 2);
-  p1->add(m_loadNow, 1, 0);
-  p1->add(m_loss, 1, 1);
+  add(p1, "collapse", 0, 0, 2);
+  add(p1, "load-now", 1, 0);
+  add(p1, "loss", 1, 1);
   p1->setRowStretch(0, 3);
   p1->setRowStretch(1, 2);
   m_pages->addTab(p1, tr("Collapse"));
   // Side by side: each chart gets the page's full height.
   auto* p2 = new ChartPage(ChartPage::Presentation::Stack);
-  p2->add(m_balanceChart, 0, 0);
-  p2->add(m_entropy, 0, 1);
+  add(p2, "balance", 0, 0);
+  add(p2, "entropy", 0, 1);
   m_pages->addTab(p2, tr("Unevenness over time"));
   auto* p3 = new ChartPage(ChartPage::Presentation::Stack);
-  p3->add(m_bias, 0, 0);
-  p3->add(m_saturation, 0, 1);
+  add(p3, "bias", 0, 0);
+  add(p3, "saturation", 0, 1);
   m_pages->addTab(p3, tr("Router"));
   auto* p4 = new ChartPage(ChartPage::Presentation::Stack);
-  p4->add(m_special, 0, 0, 1, 2);
-  p4->add(m_specialScore, 1, 0);
-  p4->add(m_dropPos, 1, 1);
+  add(p4, "specialisation", 0, 0, 2);
+  add(p4, "specialisation-score", 1, 0);
+  add(p4, "drop-by-position", 1, 1);
   p4->setRowStretch(0, 3);
   p4->setRowStretch(1, 2);
   m_pages->addTab(p4, tr("Specialisation and drops"));
@@ -345,23 +326,14 @@ void TrainingView::setupCharts() {
   // a right axis above a two-row legend), a colour bar's title and a legend all fit at projector
   // font sizes; a panel with its title and caption still fits the page's height at 1280×800.
   for (ChartPanel* c : charts()) c->setMinimumChartHeight(160, 400);
-
-  const auto shown = [this] { return shownSteps(); };
-  m_loss->setCsvProvider([this, shown] { return RunCharts::lossCsv(m_run, shown()); });
-  m_collapse->setCsvProvider([this, shown] { return RunCharts::collapseCsv(m_run, shown(), selectedLayer()); });
-  m_loadNow->setCsvProvider([this, shown] { return RunCharts::loadNowCsv(m_run, shown(), selectedLayer()); });
-  m_balanceChart->setCsvProvider([this, shown] { return RunCharts::balanceCsv(m_run, shown()); });
-  m_entropy->setCsvProvider([this, shown] { return RunCharts::entropyCsv(m_run, shown()); });
-  m_bias->setCsvProvider([this, shown] { return RunCharts::biasCsv(m_run, shown(), selectedLayer()); });
-  m_saturation->setCsvProvider([this, shown] { return RunCharts::saturationCsv(m_run, shown()); });
-  m_special->setCsvProvider([this, shown] { return RunCharts::specialisationCsv(m_run, shown(), selectedLayer()); });
-  m_specialScore->setCsvProvider([this, shown] { return RunCharts::specialisationScoreCsv(m_run, shown()); });
-  m_dropPos->setCsvProvider([this, shown] { return RunCharts::dropByPositionCsv(m_run, shown()); });
 }
 
-QList<ChartPanel*> TrainingView::charts() const {
-  return {m_collapse, m_loss,  m_loadNow,  m_balanceChart, m_entropy,
-          m_bias,     m_saturation, m_special, m_specialScore, m_dropPos};
+QList<ChartPanel*> TrainingView::charts() const { return QList<ChartPanel*>(m_charts.begin(), m_charts.end()); }
+
+ChartPanel* TrainingView::chart(const QString& id) const {
+  for (ChartPanel* c : m_charts)
+    if (c->id() == id) return c;
+  return nullptr;
 }
 
 QString TrainingView::runsFolder() {
@@ -577,7 +549,7 @@ void TrainingView::setReplaySpeed(int stepsPerSecond) {
 int TrainingView::selectedLayer() const { return std::max(0, m_layer->currentIndex()); }
 
 double TrainingView::collapseValue(int stepIndex, int expert) const {
-  QCustomPlot* p = m_collapse->plot();
+  QCustomPlot* p = chart(QStringLiteral("collapse"))->plot();
   auto* map = p->plottableCount() ? qobject_cast<QCPColorMap*>(p->plottable(0)) : nullptr;
   return map ? map->data()->cell(stepIndex, expert) : std::nan("");
 }
@@ -600,24 +572,14 @@ void TrainingView::redraw(bool all) {
   m_dirty = false;
   ++m_frames;
   const int n = shownSteps(), layer = selectedLayer();
-  RunCharts::drawLoss(m_loss->plot(), m_run, n);
-  RunCharts::drawCollapse(m_collapse->plot(), m_run, n, layer);
-  m_collapse->setTitle(tr("Collapse view: expert load over training (MoE layer %1)").arg(layer));
-  RunCharts::drawLoadNow(m_loadNow->plot(), m_run, n, layer);
-  // The other pages are drawn when they are showing (or all of them, before an export).
+  // The first page always (the collapse view is the lesson); the others when they are showing,
+  // or all of them before an export.
   const int page = m_pages->currentIndex();
-  if (all || page == 1) {
-    RunCharts::drawBalance(m_balanceChart->plot(), m_run, n);
-    RunCharts::drawEntropy(m_entropy->plot(), m_run, n);
-  }
-  if (all || page == 2) {
-    RunCharts::drawBias(m_bias->plot(), m_run, n, layer);
-    RunCharts::drawSaturation(m_saturation->plot(), m_run, n);
-  }
-  if (all || page == 3) {
-    RunCharts::drawSpecialisation(m_special->plot(), m_run, n, layer);
-    RunCharts::drawSpecialisationScore(m_specialScore->plot(), m_run, n);
-    RunCharts::drawDropByPosition(m_dropPos->plot(), m_run, n);
+  for (int i = 0; i < int(m_charts.size()); ++i) {
+    if (!all && m_chartPage[i] != 0 && m_chartPage[i] != page) continue;
+    const RunCharts::RunChart& c = RunCharts::runCharts()[i];
+    c.draw(m_charts[i]->plot(), m_run, n, layer);
+    if (c.perLayer) m_charts[i]->setTitle(c.titleFor(layer));
   }
   updateReplayBar();
   if (!m_run.history.isEmpty() && m_running) {

@@ -93,6 +93,7 @@ class TrainingView : public QWidget {
   void redraw(bool all = false);
   void updateReplayBar();
   void setupCharts();
+  ChartPanel* chart(const QString& id) const;
 
   QThread m_thread;
   TrainingWorker* m_worker = nullptr;
@@ -116,7 +117,6 @@ class TrainingView : public QWidget {
   QTabWidget* m_pages = nullptr;
   QList<ChartPage*> m_chartPages;
   QScrollArea* m_scroll = nullptr;
-  ChartPanel *m_loss = nullptr, *m_collapse = nullptr, *m_loadNow = nullptr, *m_balanceChart = nullptr,
-             *m_entropy = nullptr, *m_bias = nullptr, *m_saturation = nullptr, *m_special = nullptr,
-             *m_specialScore = nullptr, *m_dropPos = nullptr;
+  QVector<ChartPanel*> m_charts;  // one per RunCharts::runCharts(), in its order
+  QVector<int> m_chartPage;       // the page each is on
 };

@@ -26,6 +26,7 @@
 #include "params.hpp"
 #include "presets.hpp"
 #include "run_charts.hpp"
+#include "token_charts.hpp"
 #include "tokens_view.hpp"
 #include "training_view.hpp"
 #include <nlohmann/json.hpp>
@@ -272,6 +273,57 @@ class TestGui : public QObject {
     QCOMPARE(t->snapshot()->capacity, int64_t(0));
     for (int tok = 0; tok < t->snapshot()->count(); ++tok)
       for (int e = 0; e < int(t->snapshot()->experts()); ++e) QVERIFY(t->heatmapMark(tok, e) != 1 && t->heatmapMark(tok, e) != 2);
+  }
+
+  // TokenCharts draws a snapshot without any view: each slot's mark sits where the snapshot says
+  // (a dropped slot at the expert it wanted), the CSVs carry the same flags and counts, and the
+  // tooltip and the Why panel name what became of each choice.
+  void tokenChartsMarkEverySlotOfASnapshot() {
+    TokensSnapshot s;
+    s.config.num_experts = 4;
+    s.config.top_k = 2;
+    s.topK = 2;
+    s.tokens = {1, 2, 3};
+    s.labels = {QStringLiteral("a"), QStringLiteral("b,\"c\""), QStringLiteral("d")};
+    s.capacity = 2;
+    s.capacityFactor = 1.0;
+    s.reroute = true;
+    TokensSnapshot::Layer L;
+    L.layer = 1;
+    L.inputNorm = {1, 1, 1};
+    for (int i = 0; i < 12; ++i) L.probs << 0.25f, L.logits << float(i) / 10;
+    // token 0: experts 0, 1; token 1: 0 and 1 again; token 2: wanted 0 (full) re-routed to 2, and 3
+    L.ids = {0, 1, 0, 1, 2, 3};
+    L.wanted = {0, 1, 0, 1, 0, 3};
+    L.dropped = {0, 0, 0, 0, 2, 0};
+    L.weights = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+    s.layers = {L};
+    QCustomPlot plot;
+    plot.resize(600, 300);
+    TokenCharts::drawRoutingHeatmap(&plot, s, 0, -1);
+    const int want[3][4] = {{0, 0, -1, -1}, {0, 0, -1, -1}, {-1, -1, 2, 0}};
+    for (int t = 0; t < 3; ++t) {
+      QCOMPARE(TokenCharts::markedPerToken(&plot, t), 2);
+      for (int e = 0; e < 4; ++e) {
+        QCOMPARE(TokenCharts::heatmapMark(&plot, t, e), want[t][e]);
+        QCOMPARE(TokenCharts::heatmapValue(&plot, t, e), 0.25);
+      }
+    }
+    QVERIFY(TokenCharts::heatmapToolTip(s, 0, 2, 0).contains(QStringLiteral("re-routed to expert 2")));
+    QVERIFY(TokenCharts::heatmapToolTip(s, 0, 2, 2).contains(QStringLiteral("RE-ROUTED here (expert 0 was full)")));
+    QVERIFY(TokenCharts::heatmapToolTip(s, 0, 0, 3).contains(QStringLiteral("not chosen")));
+    QVERIFY(TokenCharts::heatmapToolTip(s, 0, 3, 0).isEmpty());  // no such token
+    QVERIFY(TokenCharts::whyHtml(s, 0, 2).contains(QStringLiteral("<b>re-routed</b> to expert 2")));
+    QVERIFY(TokenCharts::routingHeatmapCaption(s, 0).contains(QStringLiteral("Layer 1: 1 of 6 choices re-routed, 0 dropped.")));
+    // The CSV: one row per (token, expert), the label quoted as RFC 4180 asks, the flags as drawn.
+    const QStringList rows = TokenCharts::routingHeatmapCsv(s).split('\n', Qt::SkipEmptyParts);
+    QCOMPARE(rows.size(), 1 + 3 * 4);
+    QVERIFY(rows[5].startsWith(QStringLiteral("1,1,\"b,\"\"c\"\"\",0,")));
+    QVERIFY(rows[1 + 2 * 4 + 2].endsWith(QStringLiteral(",1,0.5,0,2")));  // token 2, expert 2: re-routed here
+    // Co-activation: experts 0 and 1 together twice; 2 and 3 once.
+    QVERIFY(TokenCharts::coactivationCsv(s, 0).contains(QStringLiteral("\n0,1,2\n")));
+    QVERIFY(TokenCharts::coactivationCsv(s, 0).contains(QStringLiteral("\n2,3,1\n")));
+    QVERIFY(TokenCharts::loadCsv(s, 0).contains(QStringLiteral("\n0,0.333333333,0\n")));
   }
 
   // The names of the reference lines (the even split 1/E, the capacity) sit in the right margin,
