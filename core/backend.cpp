@@ -31,8 +31,8 @@ Precision parse_precision(const std::string& text) {
 // user input is validated before it reaches a Backend.
 
 namespace {
-bool real(const Tensor& t) { return t.type == TType::Real; }
-bool i32(const Tensor& t) { return t.type == TType::I32; }
+bool real(const Tensor& t) { return t.type == Elem::Real; }
+bool i32(const Tensor& t) { return t.type == Elem::Int32; }
 bool same(const Tensor& a, const Tensor& b) { return a.numel() == b.numel(); }
 // An expert stack [E,F,H] [E,F,H] [E,H,F] of hidden size H.
 bool experts_ok(const ExpertWeights& w, int64_t H) {
@@ -287,7 +287,7 @@ Tensor slice(const Backend& b, const Tensor& t, int64_t offset, std::vector<int6
   Tensor v;
   v.shape = std::move(shape);
   v.type = t.type;
-  const int64_t elem = t.type == TType::I32 ? 4 : b.real_bytes();
+  const int64_t elem = t.type == Elem::Int32 ? 4 : b.real_bytes();
   MOELAB_ASSERT(offset >= 0 && offset + v.numel() <= t.numel(), "slice out of range");
   v.storage = t.storage;
   v.ptr = static_cast<char*>(t.ptr) + offset * elem;

@@ -11,15 +11,15 @@
 
 namespace moelab {
 
-// Real: the backend's compute scalar (fp32 on the normal backends, fp64 on the gradient-check
-// backend). I32: token ids and expert ids.
-enum class TType { Real, I32 };
+// A tensor's element type. Real: the backend's compute scalar (fp32 on the normal backends, fp64
+// on the gradient-check backend). Int32: token ids and expert ids.
+enum class Elem { Real, Int32 };
 
 // A buffer owned by a backend plus its shape (row-major). Copying a Tensor shares the buffer.
 class Tensor {
  public:
   std::vector<int64_t> shape;
-  TType type = TType::Real;
+  Elem type = Elem::Real;
   std::shared_ptr<void> storage;  // keeps the buffer alive; freed by the backend's deleter
   void* ptr = nullptr;            // host pointer (CPU) or device pointer (CUDA)
 
@@ -74,10 +74,10 @@ class Backend {
   virtual std::string name() const = 0;
 
   // ---- memory ----
-  virtual Tensor alloc(std::vector<int64_t> shape, TType type = TType::Real) = 0;  // zero-filled
+  virtual Tensor alloc(std::vector<int64_t> shape, Elem type = Elem::Real) = 0;  // zero-filled
   // The same with undefined contents, for a tensor the next op overwrites entirely (it saves a
   // fill per tensor where filling is a launch of its own, as on a GPU).
-  virtual Tensor alloc_uninit(std::vector<int64_t> shape, TType type = TType::Real) {
+  virtual Tensor alloc_uninit(std::vector<int64_t> shape, Elem type = Elem::Real) {
     return alloc(std::move(shape), type);
   }
   // Copy `count` elements (default: all from `offset`) between host memory and the tensor,
@@ -86,7 +86,7 @@ class Backend {
   virtual void download(const Tensor& src, float* host, int64_t offset = 0, int64_t count = -1) = 0;
   virtual void upload(Tensor& dst, const double* host, int64_t offset = 0, int64_t count = -1) = 0;
   virtual void download(const Tensor& src, double* host, int64_t offset = 0, int64_t count = -1) = 0;
-  virtual void upload(Tensor& dst, const int32_t* host) = 0;  // I32 tensors
+  virtual void upload(Tensor& dst, const int32_t* host) = 0;  // Int32 tensors
   virtual void download(const Tensor& src, int32_t* host) = 0;
   // Where a loader may write fp32 values directly (host memory, fp32 scalar), else nullptr.
   virtual float* host_f32(Tensor& t) = 0;
@@ -94,14 +94,14 @@ class Backend {
   // Bytes of one Real element: 4, or 8 on the fp64 check backend.
   virtual int64_t real_bytes() const { return 4; }
   void fill(Tensor& t, float value);
-  void copy(const Tensor& src, Tensor& dst);  // same numel and type (Real or I32)
+  void copy(const Tensor& src, Tensor& dst);  // same numel and type (Real or Int32)
   // The precision of matrix products (see Precision). A backend refuses a mode it lacks with an
   // Error saying so; the default supports FP32 only.
   virtual Precision precision() const { return Precision::FP32; }
   virtual void set_precision(Precision p);
 
   // ---- forward ops ----
-  // out [T,H] = table [V,H] rows ids [T] (I32). Ids are validated by the caller.
+  // out [T,H] = table [V,H] rows ids [T] (Int32). Ids are validated by the caller.
   void embedding(const Tensor& table, const Tensor& ids, Tensor& out);
   // out [T,N] = x [T,K] · w[N,K]ᵀ (+ bias [N]); accumulate adds to out instead of overwriting.
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate = false);
@@ -120,7 +120,7 @@ class Backend {
   // b·S and hold positions 0..past+T-1. Head h reads kv head h / (NH/NKV). out [B·T, NH·D].
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t batch, int64_t past,
                  int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, Tensor& out);
-  // Router: logits [T,E] → probs [T,E] (softmax or sigmoid), ids [T,K] (I32, best first),
+  // Router: logits [T,E] → probs [T,E] (softmax or sigmoid), ids [T,K] (Int32, best first),
   // weights [T,K] (the chosen probs, renormalised if asked).
   void route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights);
   // Expert capacity: each expert takes at most `capacity` of the T·K slots (0 = no limit; the
@@ -150,7 +150,7 @@ class Backend {
   void noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out);
 
   // ---- training ----
-  // Mean cross-entropy of logits [N,V] against targets [N] (I32, -1 = ignore); writes
+  // Mean cross-entropy of logits [N,V] against targets [N] (Int32, -1 = ignore); writes
   // dlogits = d(mean loss)/dlogits · scale. Returns the mean loss (summed in double).
   double cross_entropy(const Tensor& logits, const Tensor& targets, Tensor& dlogits, float scale);
   // Backward of linear: dx (+)= dy · w (skipped when dx is null), dw += dyᵀ · x, db += Σ_rows dy.
@@ -203,7 +203,7 @@ class Backend {
   // Between begin_recording and end_recording, ops are recorded instead of run: their results do
   // not exist yet, so uploads, downloads and the ops that return a number are refused. While
   // recording, rope, copy_rows and attention take the position from the device scalar `position`
-  // (I32 [1], read at replay) instead of their pos0 / row0 / past arguments, so one recorded
+  // (Int32 [1], read at replay) instead of their pos0 / row0 / past arguments, so one recorded
   // decode step serves every position below `max_positions`; the caller writes the position
   // before each replay. Tensors allocated while recording belong to the graph (they are zero
   // again at the start of each replay, as alloc promises). A backend that cannot record says so

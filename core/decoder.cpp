@@ -41,13 +41,13 @@ Decoder::Recorded& Decoder::recorded(bool with_trace) {
   Backend& b = model_.backend();
   const ModelConfig& c = model_.config();
   if (token_.empty()) {
-    token_ = b.alloc({1}, TType::I32);
-    position_ = b.alloc({1}, TType::I32);
+    token_ = b.alloc({1}, Elem::Int32);
+    position_ = b.alloc({1}, Elem::Int32);
   }
   if (with_trace && trace_.values.empty()) {
     const int64_t M = std::max<int64_t>(1, c.num_moe_layers());
     trace_.values = b.alloc({M, DeviceTrace::row_width(c.num_experts, c.top_k)});
-    trace_.ids = b.alloc({M, c.top_k}, TType::I32);
+    trace_.ids = b.alloc({M, c.top_k}, Elem::Int32);
   }
   auto r = std::make_unique<Recorded>();
   b.synchronize();

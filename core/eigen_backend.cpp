@@ -69,15 +69,15 @@ class EigenBackend final : public Backend {
   };
   std::shared_ptr<Pool> pool_ = std::make_shared<Pool>();
 
-  Tensor alloc(std::vector<int64_t> shape, TType type) override { return allocate(std::move(shape), type, true); }
-  Tensor alloc_uninit(std::vector<int64_t> shape, TType type) override {
+  Tensor alloc(std::vector<int64_t> shape, Elem type) override { return allocate(std::move(shape), type, true); }
+  Tensor alloc_uninit(std::vector<int64_t> shape, Elem type) override {
     return allocate(std::move(shape), type, false);
   }
-  Tensor allocate(std::vector<int64_t> shape, TType type, bool zero) {
+  Tensor allocate(std::vector<int64_t> shape, Elem type, bool zero) {
     Tensor t;
     t.shape = std::move(shape);
     t.type = type;
-    const size_t elem = type == TType::I32 ? 4 : sizeof(S);
+    const size_t elem = type == Elem::Int32 ? 4 : sizeof(S);
     const size_t bytes = std::max<size_t>(64, (size_t(t.numel()) * elem + 63) / 64 * 64);
     void* p = nullptr;
     {
@@ -126,7 +126,7 @@ class EigenBackend final : public Backend {
   float* host_f32(Tensor& t) override { return sizeof(S) == 4 ? static_cast<float*>(t.ptr) : nullptr; }
   void do_fill(Tensor& t, float value) override { std::fill(P(t), P(t) + t.numel(), S(value)); }
   void do_copy(const Tensor& src, Tensor& dst) override {
-    std::memcpy(dst.ptr, src.ptr, size_t(src.numel()) * (src.type == TType::I32 ? 4 : sizeof(S)));
+    std::memcpy(dst.ptr, src.ptr, size_t(src.numel()) * (src.type == Elem::Int32 ? 4 : sizeof(S)));
   }
 
   // ---- forward ----

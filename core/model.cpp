@@ -299,7 +299,7 @@ std::vector<float> Model::forward(const std::vector<int32_t>& tokens, KvCache& c
   const int64_t T = int64_t(tokens.size()), V = c.vocab_size, pos0 = cache.length;
   if (T == 0) return {};
   check_input(tokens.data(), T, cache);
-  Tensor ids = b.alloc({T}, TType::I32);
+  Tensor ids = b.alloc({T}, Elem::Int32);
   b.upload(ids, tokens.data());
   Tensor logits = forward_tensors(ids, pos0, cache, observer, ov, nullptr);
   cache.length = pos0 + T;
@@ -314,7 +314,7 @@ Tensor Model::forward_tensors(const Tensor& ids, int64_t pos0, KvCache& cache, R
   Backend& b = *backend_;
   const int64_t T = ids.numel(), H = c.hidden_size, NH = c.num_heads, NKV = c.num_kv_heads, D = c.head_dim,
                 V = c.vocab_size;
-  MOELAB_ASSERT(ids.type == TType::I32 && T > 0 && pos0 + T <= cache.capacity, "forward_tensors inputs");
+  MOELAB_ASSERT(ids.type == Elem::Int32 && T > 0 && pos0 + T <= cache.capacity, "forward_tensors inputs");
   Tensor x = b.alloc_uninit({T, H});  // [T,H] residual stream
   b.embedding(w_.embed, ids, x);
   // Each is overwritten whole by the op that first writes it in every layer.

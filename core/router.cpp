@@ -74,11 +74,11 @@ Routing route(Backend& b, const Tensor& h, const LayerWeights& L, const RouterSp
     b.linear(h, L.router, nullptr, r.logits);  // [T,E]
   }
   r.probs = b.alloc_uninit({T, E});
-  r.ids = b.alloc_uninit({T, K}, TType::I32);
+  r.ids = b.alloc_uninit({T, K}, Elem::Int32);
   r.weights = b.alloc_uninit({T, K});
   b.route(r.logits, spec, r.probs, r.ids, r.weights);
   if (const int64_t capacity = spec.capacity_for(T, E); capacity > 0) {
-    r.wanted = b.alloc_uninit({T, K}, TType::I32);
+    r.wanted = b.alloc_uninit({T, K}, Elem::Int32);
     b.copy(r.ids, r.wanted);
     r.dropped = b.alloc({T, K});
     b.limit_capacity(r.probs, spec, capacity, r.ids, r.weights, r.dropped);

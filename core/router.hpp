@@ -100,9 +100,9 @@ RouterSpec router_spec(Backend& b, const ModelConfig& c, const LayerWeights& L,
 struct Routing {
   Tensor logits;   // [T,E] router logits (with noise, when noisy)
   Tensor probs;    // [T,E] softmax or sigmoid scores
-  Tensor ids;      // [T,K] I32 experts that run each slot, best first (-1 = dropped)
+  Tensor ids;      // [T,K] Int32 experts that run each slot, best first (-1 = dropped)
   Tensor weights;  // [T,K] gate weights (0 where dropped)
-  Tensor wanted;   // [T,K] I32 the router's own top-k before capacity (empty without a limit)
+  Tensor wanted;   // [T,K] Int32 the router's own top-k before capacity (empty without a limit)
   Tensor dropped;  // [T,K] 0 kept, 1 dropped, 2 re-routed (empty without a limit)
   Tensor raw, noise;  // [T,E] noisy top-k: h · W_noiseᵀ and ε, kept for the backward pass
 };

@@ -48,7 +48,7 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
   const float eps = float(c.rms_norm_eps);
   StepResult res;
 
-  Tensor ids = b.alloc({N}, TType::I32), targets = b.alloc({N}, TType::I32);
+  Tensor ids = b.alloc({N}, Elem::Int32), targets = b.alloc({N}, Elem::Int32);
   b.upload(ids, batch.inputs.data());
   b.upload(targets, batch.targets.data());
   Tensor x = b.alloc({N, H});  // [N,H] residual stream

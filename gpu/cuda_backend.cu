@@ -91,8 +91,8 @@ class CudaBackend final : public Backend {
   }
 
   // ---- memory ----
-  Tensor alloc(std::vector<int64_t> shape, TType type) override { return make_tensor(std::move(shape), type, true); }
-  Tensor alloc_uninit(std::vector<int64_t> shape, TType type) override {
+  Tensor alloc(std::vector<int64_t> shape, Elem type) override { return make_tensor(std::move(shape), type, true); }
+  Tensor alloc_uninit(std::vector<int64_t> shape, Elem type) override {
     return make_tensor(std::move(shape), type, false);
   }
 
@@ -243,7 +243,7 @@ class CudaBackend final : public Backend {
     Groups grp = make_groups(ids, E, s);
     // g and u are zeroed: swiglu runs over all N rows, and rows past the used ones (dropped
     // slots) are never written by the GEMMs.
-    Tensor xs = scratch_f({n, H}), g = alloc({n, F}, TType::Real), u = alloc({n, F}, TType::Real),
+    Tensor xs = scratch_f({n, H}), g = alloc({n, F}, Elem::Real), u = alloc({n, F}, Elem::Real),
            y = scratch_f({n, H});
     using cuda::WeightLayout;
     const cuda::ExpertMatrix Wg = expert_matrix(w.gate), Wu = expert_matrix(w.up), Wd = expert_matrix(w.down);
@@ -372,8 +372,8 @@ class CudaBackend final : public Backend {
     Groups grp = make_groups(ids, E, s);
     using cuda::WeightLayout;
     // Zeroed where element-wise kernels run over all N rows (see moe_experts).
-    Tensor xs = scratch_f({n, H}), dys = scratch_f({n, H}), g = alloc({n, F}, TType::Real),
-           u = alloc({n, F}, TType::Real), a = scratch_f({n, F}), y = scratch_f({n, H});
+    Tensor xs = scratch_f({n, H}), dys = scratch_f({n, H}), g = alloc({n, F}, Elem::Real),
+           u = alloc({n, F}, Elem::Real), a = scratch_f({n, F}), y = scratch_f({n, H});
     // In bf16 mode every product below rounds its activation operands as it loads them and reads
     // the bf16 weight copies (the Eigen backend rounds the same operands).
     const cuda::ExpertMatrix Wg = expert_matrix(w.gate), Wu = expert_matrix(w.up), Wd = expert_matrix(w.down);
@@ -385,7 +385,7 @@ class CudaBackend final : public Backend {
     cuda::swiglu(f32(g), f32(u), n * F, f32(a), s);                                        // A [N,F]
     cuda::grouped_gemm(f32(a), F, Wd, WeightLayout::OutIn, H, grp.g, f32(y), false, s);    // unweighted Y [N,H]
     cuda::slot_dots(f32(dout), f32(y), grp.g, K, H, f32(dweights), s);                     // dweights = dout·Y
-    Tensor da = alloc({n, F}, TType::Real);
+    Tensor da = alloc({n, F}, Elem::Real);
     cuda::grouped_gemm(f32(dys), H, Wd, WeightLayout::InOut, F, grp.g, f32(da), false, s);  // dA = dY·Wd
     Tensor dg = scratch_f({n, F}), du = scratch_f({n, F});
     cuda::swiglu_backward(f32(g), f32(u), f32(da), n * F, f32(dg), f32(du), s);
@@ -471,7 +471,7 @@ class CudaBackend final : public Backend {
     bool convert = false;
     if (!copies_->find(w.ptr, n, &e)) {
       e.n = n;
-      e.buf = make_tensor({(n + 1) / 2}, TType::I32, false).storage;
+      e.buf = make_tensor({(n + 1) / 2}, Elem::Int32, false).storage;
       copies_->put(w.ptr, e);
       convert = true;
     } else {
@@ -508,7 +508,7 @@ class CudaBackend final : public Backend {
     Operand o;
     o.f32 = f32(x);
     if (precision_ == Precision::BF16) {
-      o.rounded = make_tensor({(x.numel() + 1) / 2}, TType::I32, false);
+      o.rounded = make_tensor({(x.numel() + 1) / 2}, Elem::Int32, false);
       o.b16 = b16(o.rounded);
       cuda::to_bf16(f32(x), x.numel(), b16(o.rounded), set_device_get_stream());
     }
@@ -528,7 +528,7 @@ class CudaBackend final : public Backend {
       MOELAB_CUBLAS_CHECK(cublasSgemm(blas_, op_a, op_b, M, N, K, &one, A.f32, LDA, B.f32, LDB, &beta, C, LDC));
   }
 
-  Tensor make_tensor(std::vector<int64_t> shape, TType type, bool zero) {
+  Tensor make_tensor(std::vector<int64_t> shape, Elem type, bool zero) {
     Tensor t;
     t.shape = std::move(shape);
     t.type = type;
@@ -542,8 +542,8 @@ class CudaBackend final : public Backend {
     return t;
   }
   // Uninitialised device memory for intermediates that are written before they are read.
-  Tensor scratch(size_t bytes) { return make_tensor({int64_t((bytes + 3) / 4)}, TType::I32, false); }
-  Tensor scratch_f(std::vector<int64_t> shape) { return make_tensor(std::move(shape), TType::Real, false); }
+  Tensor scratch(size_t bytes) { return make_tensor({int64_t((bytes + 3) / 4)}, Elem::Int32, false); }
+  Tensor scratch_f(std::vector<int64_t> shape) { return make_tensor(std::move(shape), Elem::Real, false); }
 
   static int64_t checked_range(const Tensor& t, int64_t offset, int64_t count, const char* what) {
     if (count < 0) count = t.numel() - offset;
@@ -572,7 +572,7 @@ class CudaBackend final : public Backend {
     cuda::ExpertGroups g;
   };
   Groups make_groups(const Tensor& ids, int64_t E, cudaStream_t s) {
-    MOELAB_ASSERT(ids.type == TType::I32 && E >= 1, "expert ids");
+    MOELAB_ASSERT(ids.type == Elem::Int32 && E >= 1, "expert ids");
     const int64_t n = ids.numel();
     MOELAB_ASSERT(n < INT_MAX, "too many expert slots");
     Groups grp;
@@ -603,8 +603,8 @@ class CudaBackend final : public Backend {
         rope_.sin_host[size_t(p * half + i)] = std::sin(ang);
       }
     }
-    rope_.cos = make_tensor({n, half}, TType::Real, false);
-    rope_.sin = make_tensor({n, half}, TType::Real, false);
+    rope_.cos = make_tensor({n, half}, Elem::Real, false);
+    rope_.sin = make_tensor({n, half}, Elem::Real, false);
     if (recorder_.active()) {  // the main stream is being captured (and idle): upload beside it, now
       const size_t bytes = size_t(n * half) * sizeof(float);
       MOELAB_CUDA_CHECK(cudaMemcpyAsync(rope_.cos.ptr, rope_.cos_host.data(), bytes, cudaMemcpyHostToDevice, side_));

@@ -58,7 +58,7 @@ class CudaGraph final : public OpGraph {
 
 void GraphRecorder::begin(cudaStream_t stream, const Tensor& position, int64_t max_positions) {
   if (active_) fail("cuda", "begin_recording while already recording");
-  MOELAB_ASSERT(position.type == TType::I32 && position.numel() == 1 && max_positions > 0, "recording position");
+  MOELAB_ASSERT(position.type == Elem::Int32 && position.numel() == 1 && max_positions > 0, "recording position");
   MOELAB_CUDA_CHECK(cudaStreamSynchronize(stream));  // recycled buffers are idle from here on
   MOELAB_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
   active_ = true;

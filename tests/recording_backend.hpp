@@ -22,7 +22,7 @@ namespace testutil {
 class RecordingBackend final : public moelab::Backend {
  public:
   using Tensor = moelab::Tensor;
-  using TType = moelab::TType;
+  using Elem = moelab::Elem;
   explicit RecordingBackend(std::shared_ptr<moelab::Backend> inner) : in_(std::move(inner)) {}
 
   int recordings = 0, replays = 0;
@@ -63,15 +63,15 @@ class RecordingBackend final : public moelab::Backend {
   void abort_recording() override { rec_.reset(); }
 
   // ---- memory ----
-  Tensor alloc(std::vector<int64_t> shape, TType type) override {
+  Tensor alloc(std::vector<int64_t> shape, Elem type) override {
     Tensor t = in_->alloc(std::move(shape), type);
     if (rec_) {
-      const size_t bytes = size_t(t.numel()) * size_t(type == TType::I32 ? 4 : in_->real_bytes());
+      const size_t bytes = size_t(t.numel()) * size_t(type == Elem::Int32 ? 4 : in_->real_bytes());
       rec_->ops.push_back([t, bytes] { std::memset(t.ptr, 0, bytes); });
     }
     return t;
   }
-  Tensor alloc_uninit(std::vector<int64_t> shape, TType type) override { return in_->alloc_uninit(std::move(shape), type); }
+  Tensor alloc_uninit(std::vector<int64_t> shape, Elem type) override { return in_->alloc_uninit(std::move(shape), type); }
   void upload(Tensor& d, const float* h, int64_t o, int64_t c) override { host("upload"), in_->upload(d, h, o, c); }
   void download(const Tensor& s, float* h, int64_t o, int64_t c) override { host("download"), in_->download(s, h, o, c); }
   void upload(Tensor& d, const double* h, int64_t o, int64_t c) override { host("upload"), in_->upload(d, h, o, c); }

@@ -144,7 +144,7 @@ TEST(decode_errors_are_clear) {
   CHECK(check::error_of([&] { dec.step(4); }).find("exceeds the context of 3") != std::string::npos);
   // A backend without recording refuses to record, in one line naming itself.
   auto cpu = make_eigen_backend();
-  Tensor pos = cpu->alloc({1}, TType::I32);
+  Tensor pos = cpu->alloc({1}, Elem::Int32);
   CHECK(check::error_of([&] { cpu->begin_recording(pos, 8); }).find("cpu") != std::string::npos);
 }
 

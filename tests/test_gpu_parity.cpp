@@ -50,7 +50,7 @@ Both both(const std::vector<int64_t>& shape, const std::vector<float>& values) {
   return t;
 }
 Both both_ids(const std::vector<int64_t>& shape, const std::vector<int32_t>& values) {
-  Both t{g_cpu->alloc(shape, TType::I32), g_gpu->alloc(shape, TType::I32)};
+  Both t{g_cpu->alloc(shape, Elem::Int32), g_gpu->alloc(shape, Elem::Int32)};
   g_cpu->upload(t.cpu, values.data());
   g_gpu->upload(t.gpu, values.data());
   return t;
@@ -525,7 +525,7 @@ TEST(every_op_matches_the_cpu_backend_over_the_shape_table) {
   CHECK_NEAR(back[1], -3.5, 0);
   CHECK_NEAR(back[2], 1e-3, 1e-10);
   const std::vector<int32_t> iv = {7, -1, 3};
-  Tensor ti = g_gpu->alloc({3}, TType::I32);
+  Tensor ti = g_gpu->alloc({3}, Elem::Int32);
   g_gpu->upload(ti, iv.data());
   CHECK(host_ids(*g_gpu, ti) == iv);
   CHECK(g_gpu->host_f32(t2) == nullptr);

@@ -166,7 +166,7 @@ TEST(capacity_override_matches_limit_capacity) {
     CHECK_EQ(int64_t(trace.layers().size()), c.num_moe_layers());
     for (const auto& L : trace.layers()) {
       // The same router output through route + limit_capacity, by hand.
-      Tensor lg = b.alloc({T, E}), probs = b.alloc({T, E}), ids = b.alloc({T, K}, TType::I32), w = b.alloc({T, K}),
+      Tensor lg = b.alloc({T, E}), probs = b.alloc({T, E}), ids = b.alloc({T, K}, Elem::Int32), w = b.alloc({T, K}),
              dropped = b.alloc({T, K});
       b.upload(lg, L.logits.data());
       RouterSpec spec;
@@ -213,7 +213,7 @@ TEST(backend_ops_refuse_inconsistent_shapes) {
     Tensor x = b->alloc({3, 4}), w = b->alloc({5, 4}), out = b->alloc({3, 5}), wrong = b->alloc({3, 6});
     b->linear(x, w, nullptr, out);  // [3,4] · [5,4]ᵀ = [3,5]
     CHECK_THROWS_WITH(b->linear(x, w, nullptr, wrong), "linear shapes");
-    Tensor ids = b->alloc({3, 2}, TType::I32), real_ids = b->alloc({3, 2}), weights = b->alloc({3, 2});
+    Tensor ids = b->alloc({3, 2}, Elem::Int32), real_ids = b->alloc({3, 2}), weights = b->alloc({3, 2});
     CHECK_THROWS_WITH(b->copy(ids, real_ids), "same size and element type");
     RouterSpec spec;
     spec.top_k = 6;  // more than the 5 experts

@@ -25,7 +25,7 @@ TEST(capacity_drops_exactly_the_overflow) {
   // 5 tokens, 3 experts, top-1. Expert 0 is everyone's first choice; capacity 2.
   const std::vector<float> probs = {0.7f, 0.2f, 0.1f, 0.6f, 0.1f, 0.3f, 0.5f, 0.4f, 0.1f,
                                     0.8f, 0.05f, 0.15f, 0.1f, 0.2f, 0.7f};
-  Tensor p = b->alloc({5, 3}), ids = b->alloc({5, 1}, TType::I32), w = b->alloc({5, 1}), dropped = b->alloc({5, 1});
+  Tensor p = b->alloc({5, 3}), ids = b->alloc({5, 1}, Elem::Int32), w = b->alloc({5, 1}), dropped = b->alloc({5, 1});
   b->upload(p, probs.data());
   RouterSpec spec;
   spec.top_k = 1;
