@@ -1,7 +1,10 @@
 // A training step against the independent PyTorch reference (tests/reference/train_reference.py,
 // float64 autograd and torch.optim.AdamW semantics): the loss and each part of it, every gradient
-// of every tensor at step 0, and the weights after three AdamW steps with clipping; in fp32, and
-// in bf16 mode against the same reference with every product's operands rounded to bfloat16.
+// of every tensor at step 0, the weights after the AdamW steps with clipping, and every step's
+// expert choices and dropped flags; in fp32, and in bf16 mode against the same reference with every
+// product's operands rounded to bfloat16. Besides plain top-k routing, fixtures cover expert
+// capacity (K=2, dropped and re-routed), noisy top-k gating and the sigmoid router with a
+// selection bias, each forward written independently in the reference.
 #include <filesystem>
 #include <fstream>
 
@@ -79,6 +82,10 @@ static Run run_fixture(const std::string& dir, Precision precision) {
   StepKnobs knobs;
   knobs.aux_alpha = batch_j["aux_loss_alpha"];
   knobs.z_coef = batch_j["z_loss_coef"];
+  // The lab's router options (train_reference.py's docstring): capacity over the batch, and the
+  // seed of the noisy router's ε (the reference draws the same SplitMix64 + Box–Muller stream).
+  knobs.capacity.factor = batch_j.value("capacity_factor", 0.0);
+  knobs.capacity.reroute = batch_j.value("reroute", false);
   TrainConfig tc;
   tc.beta1 = batch_j["betas"][0];
   tc.beta2 = batch_j["betas"][1];
@@ -88,7 +95,7 @@ static Run run_fixture(const std::string& dir, Precision precision) {
   Run run;
   run.lr = batch_j["lr"];
   ParamSet grads = m.zeros_like(), mom = m.zeros_like(), var = m.zeros_like();
-  Rng noise(0);
+  Rng noise(batch_j.value("noise_seed", uint64_t(0)));
   for (int step = 0; step < batch_j["steps"].get<int>(); ++step) {
     zero_params(m.backend(), m.config(), grads);
     run.steps.push_back(forward_backward(m, grads, batch, knobs, noise));
@@ -101,6 +108,64 @@ static Run run_fixture(const std::string& dir, Precision precision) {
 
 static double term(const StepResult& r, const std::string& key) {
   return key == "loss" ? r.loss : key == "lm_loss" ? r.lm_loss : key == "aux_loss" ? r.aux_loss : r.z_loss;
+}
+
+// The forward's discrete decisions against the reference's own forward: every step's expert ids
+// after capacity and the dropped / re-routed flags, exactly; the step-0 router scores to 1e-5.
+static void check_routing(const std::string& dir, const Run& run, const json& want) {
+  if (!want.contains("routing")) {
+    check::report(__FILE__, __LINE__, dir + ": the reference wrote no routing");
+    return;
+  }
+  CHECK_EQ(want["routing"].size(), run.steps.size());
+  double worst_probs = 0;
+  for (size_t step = 0; step < std::min(run.steps.size(), want["routing"].size()); ++step) {
+    const auto& layers = run.steps[step].routing;
+    const json& wl = want["routing"][step];
+    CHECK_EQ(layers.size(), wl.size());
+    for (size_t l = 0; l < std::min(layers.size(), wl.size()); ++l) {
+      const std::string at = dir + " step " + std::to_string(step) + " MoE layer " + std::to_string(l);
+      if (layers[l].ids != wl[l]["ids"].get<std::vector<int32_t>>())
+        check::report(__FILE__, __LINE__, at + ": expert ids differ from the reference's");
+      std::vector<float> flags;
+      for (int v : wl[l]["dropped"].get<std::vector<int>>()) flags.push_back(float(v));
+      if (layers[l].dropped != flags) check::report(__FILE__, __LINE__, at + ": dropped flags differ from the reference's");
+      if (step == 0) {
+        const json& wp = want["probs0"][l];
+        CHECK_EQ(wp.size(), layers[l].probs.size());
+        for (size_t i = 0; i < std::min(wp.size(), layers[l].probs.size()); ++i)
+          worst_probs = std::max(worst_probs, std::fabs(double(layers[l].probs[i]) - wp[i].get<double>()));
+      }
+    }
+  }
+  if (!(worst_probs <= 1e-5)) check::report(__FILE__, __LINE__, dir + ": step-0 router scores differ by " + std::to_string(worst_probs));
+}
+
+// One line per fixture with the largest differences, for the record.
+static void print_agreement(const std::string& dir, const Run& run, const json& want) {
+  double loss_abs = 0, loss_rel = 0, grad_rel = 0, grad_abs = 0;
+  for (size_t step = 0; step < run.steps.size(); ++step) {
+    const double w = want["loss"][step], d = std::fabs(run.steps[step].loss - w);
+    loss_abs = std::max(loss_abs, d);
+    loss_rel = std::max(loss_rel, d / std::fabs(w));
+  }
+  int64_t drops = 0, reroutes = 0;
+  for (const StepResult& r : run.steps)
+    for (const StepRouting& l : r.routing)
+      for (float f : l.dropped) {
+        drops += f == 1;
+        reroutes += f == 2;
+      }
+  for (const auto& [name, g] : run.grads0) {
+    if (!want["grads"].contains(name)) continue;
+    grad_rel = std::max(grad_rel, rel(g, want["grads"][name]));
+    for (size_t i = 0; i < g.size(); ++i)
+      grad_abs = std::max(grad_abs, std::fabs(double(g[i]) - want["grads"][name][i].get<double>()));
+  }
+  std::printf("  %s: loss max abs diff %.2e (rel %.2e); step-0 gradients max abs diff %.2e, max rel (of the tensor's "
+              "scale) %.2e; %lld slots dropped, %lld re-routed over the steps\n",
+              fs::path(dir).filename().c_str(), loss_abs, loss_rel, grad_abs, grad_rel, (long long)drops,
+              (long long)reroutes);
 }
 
 TEST(training_steps_match_pytorch_reference) {
@@ -153,9 +218,11 @@ TEST(training_steps_match_pytorch_reference) {
       }
     }
     std::fprintf(stderr, "  %s: %d weights compared, %d with tiny gradients held to Adam's bound\n", dir.c_str(), total, sensitive);
+    check_routing(dir, run, want);
+    print_agreement(dir, run, want);
     ++fixtures;
   }
-  CHECK(fixtures >= 2);
+  CHECK(fixtures >= 6);  // plain Mixtral and Qwen2-MoE, capacity drop and re-route, noisy, sigmoid + bias
 }
 
 // How closely a set of tensors (gradients or weights) follows an expectation: the share of

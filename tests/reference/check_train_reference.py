@@ -15,7 +15,12 @@ embedding variant of the Mixtral one) it checks:
     (token, slot)) divided by K;
   * the hand-written clip + AdamW equals torch.nn.utils.clip_grad_norm_ +
     torch.optim.AdamW with a decay / no-decay parameter-group split;
-  * expected_train.json is reproduced exactly.
+  * expected_train.json is reproduced exactly;
+  * the batched forward (train_reference.py's, for the router options) equals
+    the per-sequence moe_reference.forward path.
+For the fixtures with router options (capacity, noisy, sigmoid + bias):
+  * expected_train.json is reproduced exactly, and every tensor's largest
+    gradient entry matches central differences with unchanged choices.
 In bf16 mode (train_reference.py --bf16), for every fixture:
   * expected_train_bf16.json is reproduced exactly;
   * with aux_loss_alpha = z_loss_coef = 0 the loss equals the mean cross-entropy
@@ -90,6 +95,64 @@ def fd_check(label, cfg, tensors, batch, which, alpha, zc, rng):
     report("%s FD d(%s)" % (label, which), ok,
            "%d entries in %d tensors, max|fd-ad|=%.2e max rel=%.2e (worst %s), top-k flips=%d" % (
                n, len(params), worst_abs, worst_rel, worst_at, flips))
+
+
+def batched_check(label, cfg, tensors, batch):
+    """The batched forward (the lab's router options, off here) against the
+    moe_reference.forward path, which is checked against transformers: the
+    same loss terms and gradients to float64 rounding."""
+    alpha, zc = batch["aux_loss_alpha"], batch["z_loss_coef"]
+    got = []
+    for batched in (False, True):
+        params = tr.make_params(cfg, tensors)
+        if batched:
+            terms = tr.loss_terms_batched(cfg, params, batch["tokens"], alpha, zc, {}, tr.SplitMix64Normal(0))
+        else:
+            terms = tr.loss_terms(cfg, params, batch["tokens"], alpha, zc)
+        terms["loss"].backward()
+        got.append((terms, OrderedDict((n, p.grad.clone()) for n, p in params.items())))
+    (a, ga), (b, gb) = got
+    d_terms = max(abs(float(a[k]) - float(b[k])) for k in ("loss", "lm_loss", "aux_loss", "z_loss"))
+    d_grads = max(float((ga[n] - gb[n]).abs().max()) for n in ga)
+    same = all(bool((x["experts"] == y["experts"]).all()) for x, y in zip(a["routing"], b["routing"]))
+    report("%s batched forward == per-sequence" % label, d_terms < 1e-12 and d_grads < 1e-12 and same,
+           "loss terms %.1e, gradients %.1e, same choices %s" % (d_terms, d_grads, same))
+
+
+def router_option_checks(label, cfg, tensors, batch):
+    """Fixtures with the lab's router options: the gradients against central
+    differences, every perturbed forward making the same choices (and drawing
+    the same noise)."""
+    alpha, zc = batch["aux_loss_alpha"], batch["z_loss_coef"]
+    opts = dict(capacity_factor=float(batch.get("capacity_factor", 0)), reroute=bool(batch.get("reroute", False)))
+    seed = int(batch.get("noise_seed", 0))
+
+    def run(params):
+        return tr.loss_terms_batched(cfg, params, batch["tokens"], alpha, zc, opts, tr.SplitMix64Normal(seed))
+
+    params = tr.make_params(cfg, tensors)
+    terms = run(params)
+    terms["loss"].backward()
+    base = [(r["experts"].clone(), r["dropped"].clone()) for r in terms["routing"]]
+    worst, flips = 0.0, 0
+    for name, p in params.items():
+        if not p.requires_grad:
+            continue
+        i = int(p.grad.abs().reshape(-1).argmax())
+        vals = []
+        for h in (H_FD, -H_FD):
+            q = tr.make_params(cfg, tensors)
+            with torch.no_grad():
+                q[name].view(-1)[i] += h
+                t = run(q)
+            flips += any(not (bool((e == r["experts"]).all()) and bool((d == r["dropped"]).all()))
+                         for (e, d), r in zip(base, t["routing"]))
+            vals.append(float(t["loss"]))
+        fd = (vals[0] - vals[1]) / (2 * H_FD)
+        g = float(p.grad.view(-1)[i])
+        worst = max(worst, abs(fd - g) / max(1e-6, abs(g)))
+    report("%s fd gradients (router options)" % label, worst < 1e-5 and flips == 0,
+           "worst rel %.1e over %d tensors, %d choice flips" % (worst, len(params), flips))
 
 
 def ce_check(label, cfg, tensors, batch):
@@ -225,6 +288,10 @@ def main():
         res = json.loads(json.dumps(tr.train(cfg, tensors, batch)))
         report("%s expected_train.json reproduced" % name, res == exp,
                "steps=%d loss=%s" % (batch["steps"], ["%.6f" % x for x in exp["loss"]]))
+        if tr.uses_router_options(cfg, batch):
+            router_option_checks(name, cfg, tensors, batch)
+            continue
+        batched_check(name, cfg, tensors, batch)
         bf16_path = os.path.join(d, "expected_train_bf16.json")
         if os.path.exists(bf16_path):
             with open(bf16_path) as f:

@@ -20,11 +20,22 @@ lr 1e-2, betas [0.9, 0.95], eps 1e-8, weight_decay 0.1, clip 1.0, steps 3.
 expected_train.json is written by train_reference.py (see its docstring for the
 schema), expected_train_bf16.json by train_reference.py --bf16 (the same steps
 with every matrix product's operands rounded to bfloat16, forward and backward).
+The lab's router options, each on the Mixtral fixture's shapes, 2 steps, fp32
+only (train_reference.py's batched forward; see its docstring):
+    mixtral_capacity_drop      capacity_factor 0.6 (8 of the 48 slots per
+                               expert), overflow dropped
+    mixtral_capacity_reroute   the same, overflow re-routed
+    mixtral_noisy              noisy top-k gating, noise_seed 1234
+    mixtral_sigmoid_bias       sigmoid scores, selection bias [E] that changes
+                               some tokens' choices
+expected_train.json also holds every step's expert ids and dropped flags.
 Weights are stored in F32; router weights are re-drawn (next seed) until, at
 every one of the training steps of both runs, every token of every MoE layer
 has a relative gap >= MIN_GAP between consecutive probabilities among its top
 k+1, so fp32 (and bf16) implementations make the same expert choices as the
-float64 reference.
+float64 reference (with the router options: between consecutive selection
+scores score + bias among the top k+1, and among all experts for a token that
+lost a slot to capacity when re-routing).
 """
 
 import argparse
@@ -75,10 +86,30 @@ def qwen2_moe_train_cfg():
         tie_word_embeddings=False, bos_token_id=None, eos_token_id=None)
 
 
+def with_router(mk, kind):
+    def cfg():
+        c = mk()
+        c["moelab"] = {"router": kind}
+        return c
+    return cfg
+
+
+# name -> (config, first seed, options): "batch" extra batch.json keys (steps
+# overridden), "bf16" whether a bf16 expectation is written.
+PLAIN = dict(batch={}, bf16=True)
 FIXTURES = OrderedDict([
-    ("mixtral_train", (mixtral_train_cfg, 11000)),
-    ("qwen2_moe_train", (qwen2_moe_train_cfg, 12000)),
+    ("mixtral_train", (mixtral_train_cfg, 11000, PLAIN)),
+    ("qwen2_moe_train", (qwen2_moe_train_cfg, 12000, PLAIN)),
+    ("mixtral_capacity_drop", (mixtral_train_cfg, 13000,
+                               dict(batch=dict(steps=2, capacity_factor=0.6, reroute=False), bf16=False))),
+    ("mixtral_capacity_reroute", (mixtral_train_cfg, 14000,
+                                  dict(batch=dict(steps=2, capacity_factor=0.6, reroute=True), bf16=False))),
+    ("mixtral_noisy", (with_router(mixtral_train_cfg, "noisy"), 15000,
+                       dict(batch=dict(steps=2, noise_seed=1234), bf16=False))),
+    ("mixtral_sigmoid_bias", (with_router(mixtral_train_cfg, "sigmoid"), 16000,
+                              dict(batch=dict(steps=2), bf16=False))),
 ])
+SELECTION_BIAS = [0.12, -0.06, 0.0, 0.09]  # [E]: moves some tokens' choices (checked below)
 
 
 def make_weights(cfg, seed):
@@ -86,19 +117,57 @@ def make_weights(cfg, seed):
     for n in w:
         if n.endswith(".gate.weight"):  # router
             w[n] = (w[n] * ROUTER_SCALE).to(torch.float32)
+    g = torch.Generator().manual_seed(seed + 7)
+    for n, shape in tr.lab_tensor_shapes(cfg).items():
+        if n.endswith("gate_noise.weight"):  # softplus(x Wn) of ~0.3 to ~3: noise that moves choices
+            w[n] = (torch.randn(shape, generator=g) / shape[1] ** 0.5).to(torch.float32)
+        else:
+            w[n] = torch.tensor(SELECTION_BIAS, dtype=torch.float32)
     return w
 
 
-def make_batch(cfg, seed):
+def make_batch(cfg, seed, extra):
     g = torch.Generator().manual_seed(seed + 31)
     toks = torch.randint(0, cfg["vocab_size"], (B, T + 1), generator=g)
     b = OrderedDict([("tokens", toks.tolist())])
     b.update(BATCH)
+    b.update(extra)
     return b
 
 
-def min_margin(res, topk):
-    return min(ref.routing_margin(r, topk) for r in res["_routing"])
+def min_margin(res, topk, reroute=False):
+    """The smallest relative gap between consecutive selection scores that
+    decide a choice, over every step, MoE layer and token (when re-routing,
+    every gap of a token that lost a slot: its next-best expert was chosen)."""
+    worst = float("inf")
+    for step in res["_routing"]:
+        for r in step:
+            if "sel" not in r:
+                worst = min(worst, ref.routing_margin([r], topk))
+                continue
+            srt = torch.sort(r["sel"], dim=-1, descending=True).values
+            E = srt.shape[-1]
+            for t in range(srt.shape[0]):
+                upto = E - 1 if reroute and t in r["touched"] else min(topk, E - 1)
+                for j in range(upto):
+                    worst = min(worst, float((srt[t, j] - srt[t, j + 1]) / srt[t, j].abs().clamp(min=1e-12)))
+    return worst
+
+
+def describe(res):
+    """Counts that show the fixture exercises its option: slots dropped and
+    re-routed, and tokens whose choice the selection bias changed."""
+    drops = reroutes = moved = 0
+    for step in res["_routing"]:
+        for r in step:
+            drops += int((r["dropped"] == 1).sum())
+            reroutes += int((r["dropped"] == 2).sum())
+            if "sel" in r:
+                k = r["experts"].shape[1]
+                by_score = torch.sort(r["probs"], dim=-1, descending=True, stable=True).indices[:, :k]
+                by_sel = torch.sort(r["sel"], dim=-1, descending=True, stable=True).indices[:, :k]
+                moved += int((by_score.sort(-1).values != by_sel.sort(-1).values).any(-1).sum())
+    return dict(dropped=drops, rerouted=reroutes, bias_moved=moved)
 
 
 def main():
@@ -107,21 +176,26 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     t_all = time.time()
-    for name, (mk, seed0) in FIXTURES.items():
+    for name, (mk, seed0, opts) in FIXTURES.items():
         t0 = time.time()
         cfg = mk()
         spec = ref.model_spec(cfg)
-        batch = make_batch(cfg, seed0)
+        batch = make_batch(cfg, seed0, opts["batch"])
         for attempt in range(200):
             seed = seed0 + attempt
             tensors = make_weights(cfg, seed)
             res = tr.train(cfg, tensors, batch, keep_routing=True)
-            res_bf16 = tr.train(cfg, tensors, batch, keep_routing=True, bf16=True)
-            gap = min(min_margin(res, spec["topk"]), min_margin(res_bf16, spec["topk"]))
+            res_bf16 = tr.train(cfg, tensors, batch, keep_routing=True, bf16=True) if opts["bf16"] else None
+            gap = min(min_margin(r, spec["topk"], bool(batch.get("reroute"))) for r in (res, res_bf16) if r is not None)
             if gap >= MIN_GAP:
                 break
         else:
             raise SystemExit("%s: no seed with routing gap >= %g at every step" % (name, MIN_GAP))
+        shown = describe(res)
+        if float(batch.get("capacity_factor", 0)) > 0:
+            assert shown["dropped" if not batch["reroute"] else "rerouted"] > 0, (name, shown)
+        if tr.lab_router(cfg) == "sigmoid":
+            assert shown["bias_moved"] > 0, (name, shown)
         d = os.path.join(a.out, name)
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, "config.json"), "w") as f:
@@ -132,7 +206,8 @@ def main():
             json.dump(batch, f, indent=1)
             f.write("\n")
         got = {}
-        for key, r, flags in (("fp32", res, []), ("bf16", res_bf16, ["--bf16"])):
+        runs = (("fp32", res, []), ("bf16", res_bf16, ["--bf16"])) if opts["bf16"] else (("fp32", res, []),)
+        for key, r, flags in runs:
             out_path = os.path.join(d, "expected_train%s.json" % ("_bf16" if flags else ""))
             rc = tr.main(["--model", d, "--batch", os.path.join(d, "batch.json"), "--out", out_path] + flags)
             assert rc == 0
@@ -141,13 +216,14 @@ def main():
             # the CLI run from the files must reproduce the in-process run exactly
             r.pop("_routing")
             assert got[key] == json.loads(json.dumps(r)), "%s: %s CLI result differs from in-process run" % (name, key)
-        routing = [r["layer"] for r in ref.forward(cfg, tensors, batch["tokens"][0][:-1])[1]]
-        print("%-16s %-9s L=%d H=%d V=%d heads=%d/%d hd=%d E=%d k=%d moe_layers=%s B=%d T=%d seed=%d "
-              "min_gap=%.3g loss=%s grad_norm=%s bf16 loss=%s %.2fs" % (
+        routing = [i for i, sparse in enumerate(spec["sparse"]) if sparse]
+        print("%-24s %-9s L=%d H=%d V=%d heads=%d/%d hd=%d E=%d k=%d moe_layers=%s B=%d T=%d seed=%d "
+              "min_gap=%.3g loss=%s grad_norm=%s bf16 loss=%s %s %.2fs" % (
                   name, spec["family"], spec["layers"], spec["hidden"], spec["vocab"], spec["heads"],
                   spec["kv_heads"], spec["head_dim"], spec["experts"], spec["topk"], routing, B, T,
                   seed, gap, ["%.5f" % x for x in got["fp32"]["loss"]],
-                  ["%.4f" % x for x in got["fp32"]["grad_norm"]], ["%.5f" % x for x in got["bf16"]["loss"]],
+                  ["%.4f" % x for x in got["fp32"]["grad_norm"]],
+                  ["%.5f" % x for x in got["bf16"]["loss"]] if "bf16" in got else "-", shown,
                   time.time() - t0))
     print("train fixtures written to %s in %.1fs" % (a.out, time.time() - t_all))
     return 0

@@ -38,11 +38,37 @@ Optimizer, per step s = 1..S on the same batch:
         m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
         w -= lr / (1 - b1^s) * m / (sqrt(v) / sqrt(1 - b2^s) + eps)
 
+The lab's router options (a batch or config that names one takes the batched
+forward below instead of moe_reference.forward, written from the papers):
+    batch "capacity_factor": cf > 0, "reroute": bool
+        expert capacity (Switch Transformer, Fedus et al. 2021, eq. 3):
+        C = ceil(cf * N * K / E) over the whole batch (N = B*T tokens). Slots are
+        served in order of choice rank, then token (all first choices, then all
+        second choices, ...); a slot whose expert already serves C slots is
+        dropped, or with reroute given to the token's best expert by score +
+        bias that it does not hold, that has room and is not banned (bias -inf).
+        Gate weights: the scores of the slots that remain (renormalised over
+        them). f_i in aux counts the final assignment.
+    config "moelab": {"router": "noisy"}, batch "noise_seed": s
+        noisy top-k gating (Shazeer et al. 2017, eq. 3-5): logits = x Wg^T +
+        eps * softplus(x Wnoise^T) with tensor <moe>.gate_noise.weight [E,H];
+        eps ~ N(0,1) drawn by SplitMix64 + Box-Muller from seed s (the C++
+        Rng, core/random.hpp), [N,E] row-major per MoE layer in layer order,
+        per step, rounded to float32. The losses see the noisy logits.
+    config "moelab": {"router": "sigmoid"}
+        scores = sigmoid(logits) (DeepSeek-V3); <moe>.gate.e_score_correction_bias
+        [E] (a buffer, no gradient, not updated) is added to the scores for
+        choosing only; the gate weights are the unbiased scores. aux's P_i is
+        still the mean softmax probability of the logits.
+
 OUT.json
     {"loss": [S], "lm_loss": [S], "aux_loss": [S], "z_loss": [S],   (before each update)
      "grad_norm": [S],                                             (before clipping)
      "grads": {name: [flat row-major step-0 gradient, unclipped]},
-     "weights_after": {name: [flat row-major weights after S steps]}}
+     "weights_after": {name: [flat row-major weights after S steps]},
+     "routing": [S][MoE layers] {"ids": [N*K] final experts (-1 dropped),
+                                 "dropped": [N*K] 0 kept, 1 dropped, 2 re-routed},
+     "probs0": [MoE layers][N*E] step-0 router scores}
 Names are the checkpoint's HF names (tied embeddings: only
 "model.embed_tokens.weight"). All numbers are float64, written with repr
 precision (round-trip exact).
@@ -140,12 +166,209 @@ def record_router_logits(store):
         ref.route = orig
 
 
+# --------------------------------------------------------------------------
+# the lab's router options: a batched forward (capacity couples the sequences)
+# --------------------------------------------------------------------------
+
+MASK64 = (1 << 64) - 1
+
+
+class SplitMix64Normal:
+    """Standard normals from SplitMix64 (Steele, Lea & Flood 2014; Vigna's
+    constants) and the Box-Muller transform, cos sample first, sin sample kept
+    for the next call: the generator of core/random.hpp."""
+
+    def __init__(self, seed):
+        self.state = seed & MASK64
+        self.spare = None
+
+    def next_u64(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        return z ^ (z >> 31)
+
+    def uniform(self):  # [0, 1) from the top 53 bits
+        return (self.next_u64() >> 11) * (1.0 / 9007199254740992.0)
+
+    def normal(self):
+        if self.spare is not None:
+            v, self.spare = self.spare, None
+            return v
+        u1, u2 = max(self.uniform(), 1e-300), self.uniform()
+        r, a = math.sqrt(-2.0 * math.log(u1)), 2.0 * math.pi * u2
+        self.spare = r * math.sin(a)
+        return r * math.cos(a)
+
+    def normals_f32(self, rows, cols):
+        vals = [self.normal() for _ in range(rows * cols)]
+        return torch.tensor(vals, dtype=torch.float32).to(torch.float64).reshape(rows, cols)
+
+
+def lab_router(cfg):
+    return (cfg.get("moelab") or {}).get("router", "softmax")
+
+
+def lab_tensor_shapes(cfg):
+    """The lab router's extra tensors (C++ core/registry.cpp add_lab_router),
+    name -> shape, for every MoE layer."""
+    s = ref.model_spec(cfg)
+    out = OrderedDict()
+    for i in range(s["layers"]):
+        if not s["sparse"][i]:
+            continue
+        m = ref.moe_prefix(s, i)
+        if lab_router(cfg) == "noisy":
+            out[m + ".gate_noise.weight"] = (s["experts"], s["hidden"])
+        if lab_router(cfg) == "sigmoid":
+            out[m + ".gate.e_score_correction_bias"] = (s["experts"],)
+    return out
+
+
+def is_buffer(name):
+    return name.endswith("e_score_correction_bias")
+
+
+def uses_router_options(cfg, batch):
+    return lab_router(cfg) != "softmax" or float(batch.get("capacity_factor", 0)) > 0
+
+
+def choose_with_capacity(sel, K, capacity, reroute, banned):
+    """sel [N,E] selection scores (score + bias), capacity C (0 = none).
+    Returns (ids [N,K] long, -1 = dropped; dropped [N,K] 0/1/2; rerouted_tokens)."""
+    N, E = sel.shape
+    # best first, ties to the lower index (a stable sort keeps index order among equals)
+    order = torch.sort(sel, dim=-1, descending=True, stable=True).indices.tolist()
+    ids = [row[:K] for row in order]
+    dropped = [[0] * K for _ in range(N)]
+    touched = set()
+    if capacity > 0:
+        load = [0] * E
+        for k in range(K):            # choice rank first ...
+            for t in range(N):        # ... then token order
+                e = ids[t][k]
+                if load[e] < capacity:
+                    load[e] += 1
+                    continue
+                touched.add(t)
+                ids[t][k], dropped[t][k] = -1, 1
+                if not reroute:
+                    continue
+                for cand in order[t]:
+                    if cand == e or cand in ids[t] or banned[cand] or load[cand] >= capacity:
+                        continue
+                    ids[t][k], dropped[t][k] = cand, 2
+                    load[cand] += 1
+                    break
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(dropped, dtype=torch.long), touched
+
+
+def moe_layer(cfg, W, x, i, opts, noise):
+    """One MoE layer over all N tokens of the batch. Returns (y [N,H], record)."""
+    s = ref.model_spec(cfg)
+    m = ref.moe_prefix(s, i)
+    E, K = s["experts"], s["topk"]
+    logits = ref.matmul_t(x, W[m + ".gate.weight"])  # [N,E]
+    if lab_router(cfg) == "noisy":
+        eps = noise.normals_f32(x.shape[0], E)
+        logits = logits + eps * torch.nn.functional.softplus(ref.matmul_t(x, W[m + ".gate_noise.weight"]))
+    scores = torch.sigmoid(logits) if lab_router(cfg) == "sigmoid" else torch.softmax(logits, dim=-1)
+    bias = W.get(m + ".gate.e_score_correction_bias")
+    sel = (scores + bias if bias is not None else scores).detach()
+    banned = [bool(b == -math.inf) for b in bias.tolist()] if bias is not None else [False] * E
+    N = x.shape[0]
+    cf = float(opts.get("capacity_factor", 0))
+    capacity = math.ceil(cf * N * K / E) if cf > 0 else 0
+    ids, dropped, touched = choose_with_capacity(sel, K, capacity, bool(opts.get("reroute", False)), banned)
+    kept = ids >= 0
+    w = torch.where(kept, scores.gather(1, ids.clamp(min=0)), torch.zeros((), dtype=scores.dtype))
+    if s["renorm"]:
+        w = w / w.sum(-1, keepdim=True).clamp(min=1e-300)
+    g, u, dn = ref.expert_names(s)
+    y = torch.zeros_like(x)
+    for t in range(N):
+        for k in range(K):
+            e = int(ids[t, k])
+            if e < 0:
+                continue
+            pe = "%s.experts.%d." % (m, e)
+            out = ref.swiglu(x[t:t + 1], W[pe + g + ".weight"], W[pe + u + ".weight"], W[pe + dn + ".weight"])
+            y = y + torch.nn.functional.pad(w[t, k] * out, (0, 0, t, N - t - 1))
+    if s["family"] == "qwen2_moe":
+        se = m + ".shared_expert."
+        shared = ref.swiglu(x, W[se + "gate_proj.weight"], W[se + "up_proj.weight"], W[se + "down_proj.weight"])
+        y = y + torch.sigmoid(ref.matmul_t(x, W[m + ".shared_expert_gate.weight"])) * shared
+    rec = dict(layer=i, logits=logits, scores=scores, sel=sel, ids=ids, dropped=dropped, touched=touched)
+    return y, rec
+
+
+def batch_forward(cfg, W, inputs, opts, noise):
+    """The model over B sequences at once: attention inside each sequence, each
+    MoE layer over all B*T tokens (so capacity is shared by the batch).
+    Returns (logits [B*T, V], per-MoE-layer records)."""
+    s = ref.model_spec(cfg)
+    if s["qk_norm"] or s["clip_qkv"] is not None or s["o_bias"]:
+        raise ValueError("the batched forward covers the training families only")
+    B, T = inputs.shape
+    NH, NKV, D, eps = s["heads"], s["kv_heads"], s["head_dim"], s["eps"]
+    cos, sin = ref.rope_tables(torch.arange(T), D, s["theta"], torch.float64)
+    h = W["model.embed_tokens.weight"][inputs.reshape(-1)]  # [N,H]
+    records = []
+    for i in range(s["layers"]):
+        p, a = "model.layers.%d" % i, "model.layers.%d.self_attn" % i
+        x = ref.rms_norm(h, W[p + ".input_layernorm.weight"], eps)
+        q, k, v = (ref.matmul_t(x, W[a + ".%s_proj.weight" % n]) for n in "qkv")
+        if s["qkv_bias"]:
+            q, k, v = q + W[a + ".q_proj.bias"], k + W[a + ".k_proj.bias"], v + W[a + ".v_proj.bias"]
+        att = torch.cat([
+            ref.causal_attention(ref.apply_rope(q[b * T:(b + 1) * T].reshape(T, NH, D), cos, sin),
+                                 ref.apply_rope(k[b * T:(b + 1) * T].reshape(T, NKV, D), cos, sin),
+                                 v[b * T:(b + 1) * T].reshape(T, NKV, D)) for b in range(B)], 0)
+        h = h + ref.matmul_t(att, W[a + ".o_proj.weight"])
+        x = ref.rms_norm(h, W[p + ".post_attention_layernorm.weight"], eps)
+        if s["sparse"][i]:
+            y, rec = moe_layer(cfg, W, x, i, opts, noise)
+            records.append(rec)
+        else:
+            m = p + ".mlp"
+            y = ref.swiglu(x, W[m + ".gate_proj.weight"], W[m + ".up_proj.weight"], W[m + ".down_proj.weight"])
+        h = h + y
+    h = ref.rms_norm(h, W["model.norm.weight"], eps)
+    head = W["model.embed_tokens.weight"] if s["tie"] else W["lm_head.weight"]
+    return ref.matmul_t(h, head), records
+
+
+def loss_terms_batched(cfg, params, tokens, aux_alpha, z_coef, opts, noise):
+    """loss_terms for the lab's router options (see the module docstring)."""
+    s = ref.model_spec(cfg)
+    tok = torch.as_tensor(tokens, dtype=torch.long)
+    inputs, targets = tok[:, :-1], tok[:, 1:]
+    logits, records = batch_forward(cfg, params, inputs, opts, noise)
+    lm = torch.nn.functional.cross_entropy(logits, targets.reshape(-1), reduction="mean")
+    aux = zl = logits.new_zeros(())
+    E, K = s["experts"], s["topk"]
+    routing = []
+    for r in records:
+        N = r["logits"].shape[0]
+        kept = r["ids"][r["ids"] >= 0]
+        f = torch.bincount(kept, minlength=E).to(torch.float64) / (N * K)  # constant
+        P = torch.softmax(r["logits"], dim=-1).mean(0)
+        aux = aux + E * (f * P).sum()
+        zl = zl + (torch.logsumexp(r["logits"], dim=-1) ** 2).mean()
+        routing.append(dict(layer=r["layer"], probs=r["scores"].detach(), sel=r["sel"], experts=r["ids"],
+                            dropped=r["dropped"], touched=r["touched"]))
+    loss = lm + aux_alpha * aux + z_coef * zl
+    return dict(loss=loss, lm_loss=lm, aux_loss=aux, z_loss=zl, routing=routing)
+
+
 def make_params(cfg, tensors):
     """float64 leaf copies (requires_grad) of every checkpoint tensor, in model
     order (moe_reference.tensor_shapes), whatever the order in the file; the
     global grad norm is summed tensor by tensor in this order."""
-    return OrderedDict((n, tensors[n].detach().to(torch.float64).clone().requires_grad_(True))
-                       for n in ref.tensor_shapes(cfg))
+    names = list(ref.tensor_shapes(cfg)) + list(lab_tensor_shapes(cfg))
+    return OrderedDict((n, tensors[n].detach().to(torch.float64).clone().requires_grad_(not is_buffer(n)))
+                       for n in names)
 
 
 def loss_terms(cfg, params, tokens, aux_alpha, z_coef, bf16=False):
@@ -187,7 +410,8 @@ def loss_terms(cfg, params, tokens, aux_alpha, z_coef, bf16=False):
         P = probs.mean(0)
         aux = aux + E * (f * P).sum()
         zl = zl + (torch.logsumexp(z, dim=-1) ** 2).mean()
-        routing.append(dict(layer=acc[0]["layer"], probs=probs.detach(), experts=chosen))
+        routing.append(dict(layer=acc[0]["layer"], probs=probs.detach(), experts=chosen,
+                            dropped=torch.zeros_like(chosen)))
     loss = lm + aux_alpha * aux + z_coef * zl
     return dict(loss=loss, lm_loss=lm, aux_loss=aux, z_loss=zl, routing=routing)
 
@@ -203,7 +427,16 @@ def train(cfg, tensors, batch, keep_routing=False, bf16=False):
     s = ref.model_spec(cfg)
     if s["family"] not in TRAIN_FAMILIES:
         raise ValueError("training reference supports %s, not %s" % (TRAIN_FAMILIES, s["family"]))
-    ref.check_tensors(cfg, tensors, strict=True)
+    lab = lab_tensor_shapes(cfg)
+    ref.check_tensors(cfg, OrderedDict((n, t) for n, t in tensors.items() if n not in lab), strict=True)
+    for n, shape in lab.items():
+        if n not in tensors or tuple(tensors[n].shape) != tuple(shape):
+            raise ValueError("the %s router needs %s %s" % (lab_router(cfg), n, shape))
+    batched = uses_router_options(cfg, batch)
+    if batched and bf16:
+        raise ValueError("the router options have no bf16 reference")
+    noise = SplitMix64Normal(int(batch.get("noise_seed", 0)))
+    opts = dict(capacity_factor=float(batch.get("capacity_factor", 0)), reroute=bool(batch.get("reroute", False)))
     params = make_params(cfg, tensors)
     lr = float(batch["lr"])
     b1, b2 = (float(x) for x in batch["betas"])
@@ -217,14 +450,22 @@ def train(cfg, tensors, batch, keep_routing=False, bf16=False):
     v = OrderedDict((n, torch.zeros_like(p)) for n, p in params.items())
     out = OrderedDict((k, []) for k in ("loss", "lm_loss", "aux_loss", "z_loss", "grad_norm"))
     out["grads"] = OrderedDict()
+    out["routing"] = []
     routings = []
     for step in range(1, steps + 1):
         for p in params.values():
             p.grad = None
-        terms = loss_terms(cfg, params, batch["tokens"], alpha, zc, bf16)
+        if batched:
+            terms = loss_terms_batched(cfg, params, batch["tokens"], alpha, zc, opts, noise)
+        else:
+            terms = loss_terms(cfg, params, batch["tokens"], alpha, zc, bf16)
         terms["loss"].backward()
         for k in ("loss", "lm_loss", "aux_loss", "z_loss"):
             out[k].append(float(terms[k]))
+        out["routing"].append([dict(ids=r["experts"].reshape(-1).tolist(), dropped=r["dropped"].reshape(-1).tolist())
+                               for r in terms["routing"]])
+        if step == 1:
+            out["probs0"] = [r["probs"].reshape(-1).tolist() for r in terms["routing"]]
         if keep_routing:
             routings.append(terms["routing"])
         grads = OrderedDict((n, p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
@@ -243,6 +484,8 @@ def train(cfg, tensors, batch, keep_routing=False, bf16=False):
         with torch.no_grad():
             for n, p in params.items():
                 g = grads[n]
+                if is_buffer(n):  # the selection bias: no gradient, no update
+                    continue
                 if weight_decay_applies(p):
                     p.mul_(1.0 - lr * wd)
                 m[n].mul_(b1).add_(g, alpha=1.0 - b1)
