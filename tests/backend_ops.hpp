@@ -275,18 +275,16 @@ inline void check_dense_ops(Pair& p, const OpShape& s, Rng& r) {
   // linear: with and without a bias, overwriting and accumulating
   Both x = random_both(p, r, {T, H}), w = random_both(p, r, {F, H}, 0.2f), bias = random_both(p, r, {F}),
        y = random_both(p, r, {T, F});
-  R.linear(x.ref, w.ref, &bias.ref, y.ref, false);
-  A.linear(x.test, w.test, &bias.test, y.test, false);
-  expect_close(p, tag(s, "linear + bias"), y);
-  R.linear(x.ref, w.ref, nullptr, y.ref, true);
-  A.linear(x.test, w.test, nullptr, y.test, true);
-  expect_close(p, tag(s, "linear accumulate"), y);
-  R.linear(x.ref, w.ref, &bias.ref, y.ref, true);
-  A.linear(x.test, w.test, &bias.test, y.test, true);
-  expect_close(p, tag(s, "linear + bias accumulate"), y);
-  R.linear(x.ref, w.ref, nullptr, y.ref, false);
-  A.linear(x.test, w.test, nullptr, y.test, false);
-  expect_close(p, tag(s, "linear"), y);
+  struct LinearCase {
+    const char* name;
+    bool bias, accumulate;
+  };
+  for (const LinearCase& c : {LinearCase{"linear + bias", true, false}, LinearCase{"linear accumulate", false, true},
+                              LinearCase{"linear + bias accumulate", true, true}, LinearCase{"linear", false, false}}) {
+    R.linear(x.ref, w.ref, c.bias ? &bias.ref : nullptr, y.ref, c.accumulate);
+    A.linear(x.test, w.test, c.bias ? &bias.test : nullptr, y.test, c.accumulate);
+    expect_close(p, tag(s, c.name), y);
+  }
   for (bool acc : {false, true}) {
     Both dy = random_both(p, r, {T, F}), dx = random_both(p, r, {T, H}), dw = random_both(p, r, {F, H}),
          db = random_both(p, r, {F});

@@ -200,14 +200,7 @@ TEST(every_gradient_of_a_training_step_matches) {
   for (const ModelVariant& v : model_variants()) {
     if (!v.trainable) continue;
     Model mc = model_on(v.config, g_cpu, 0.3f), mg = model_on(v.config, g_gpu, 0.3f);
-    Batch batch;
-    batch.B = 2;
-    batch.T = 10;
-    Rng r(5);
-    for (int64_t i = 0; i < batch.B * batch.T; ++i) {
-      batch.inputs.push_back(int32_t(r.next_u64() % uint64_t(v.config.vocab_size)));
-      batch.targets.push_back(i == 3 ? -1 : int32_t(r.next_u64() % uint64_t(v.config.vocab_size)));
-    }
+    const Batch batch = testutil::random_batch(v.config, 2, 10);
     ParamSet gc = mc.zeros_like(), gg = mg.zeros_like();
     Rng nc(77), ng(77);
     const StepResult rc = forward_backward(mc, gc, batch, v.knobs, nc, 0.5f);
@@ -412,14 +405,7 @@ TEST(bf16_gradients_match_the_cpu_emulation) {
   for (const ModelVariant& v : model_variants()) {
     if (!v.trainable) continue;
     Model mc = model_on(v.config, g_cpu16, 0.3f), mg = model_on(v.config, g_gpu16, 0.3f);
-    Batch batch;
-    batch.B = 2;
-    batch.T = 10;
-    Rng r(5);
-    for (int64_t i = 0; i < batch.B * batch.T; ++i) {
-      batch.inputs.push_back(int32_t(r.next_u64() % uint64_t(v.config.vocab_size)));
-      batch.targets.push_back(i == 3 ? -1 : int32_t(r.next_u64() % uint64_t(v.config.vocab_size)));
-    }
+    const Batch batch = testutil::random_batch(v.config, 2, 10);
     ParamSet gc = mc.zeros_like(), gg = mg.zeros_like();
     Rng nc(77), ng(77);
     const StepResult rc = forward_backward(mc, gc, batch, v.knobs, nc, 0.5f);

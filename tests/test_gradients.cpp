@@ -15,19 +15,6 @@ struct Variant {
   StepKnobs knobs;
 };
 
-Batch tiny_batch(const ModelConfig& c) {
-  Batch b;
-  b.B = 2;
-  b.T = 6;
-  Rng r(5);
-  for (int64_t i = 0; i < b.B * b.T; ++i) {
-    b.inputs.push_back(int32_t(r.next_u64() % uint64_t(c.vocab_size)));
-    b.targets.push_back(int32_t(r.next_u64() % uint64_t(c.vocab_size)));
-  }
-  b.targets[3] = -1;  // an ignored position
-  return b;
-}
-
 std::vector<Variant> variants() {
   std::vector<Variant> v;
   ModelConfig base = testutil::tiny_config(Family::Mixtral);
@@ -92,7 +79,7 @@ TEST(finite_differences_match_backward_for_every_tensor_and_variant) {
           backend->upload(L.selection_bias, bias.data());
         }
     }
-    const Batch batch = tiny_batch(v.config);
+    const Batch batch = testutil::random_batch(v.config, 2, 6);
     ParamSet grads = m.zeros_like();
     Rng noise(77);
     const StepResult base = forward_backward(m, grads, batch, v.knobs, noise);

@@ -8,6 +8,8 @@
 #include <string>
 
 #include "config.hpp"
+#include "corpus.hpp"
+#include "random.hpp"
 
 namespace testutil {
 
@@ -32,6 +34,20 @@ inline moelab::ModelConfig tiny_config(moelab::Family family = moelab::Family::M
   c.expert_ffn_size = 16;
   c.dense_ffn_size = 24;
   return c;
+}
+
+// B sequences of T random tokens with random next-token targets; position 3 has none (ignored).
+inline moelab::Batch random_batch(const moelab::ModelConfig& c, int64_t B, int64_t T) {
+  moelab::Batch b;
+  b.B = B;
+  b.T = T;
+  moelab::Rng r(5);
+  for (int64_t i = 0; i < B * T; ++i) {
+    b.inputs.push_back(int32_t(r.next_u64() % uint64_t(c.vocab_size)));
+    b.targets.push_back(int32_t(r.next_u64() % uint64_t(c.vocab_size)));
+  }
+  b.targets[3] = -1;
+  return b;
 }
 
 // A fresh folder under the system temp dir, removed when the object goes away.
