@@ -259,7 +259,8 @@ class Backend {
   virtual void do_moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights,
                                        const ExpertWeights& w, const Tensor& dout, Tensor& dx, Tensor& dweights,
                                        ExpertWeights& dw) = 0;
-  virtual void do_sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) = 0;
+  virtual void do_sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx,
+                                         Tensor& dg) = 0;
   virtual void do_noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) = 0;
   virtual double do_sum_squares(const Tensor& x) = 0;
   virtual double do_sum_squares_all(const std::vector<const Tensor*>& xs) {

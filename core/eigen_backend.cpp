@@ -34,11 +34,11 @@ class EigenBackend final : public Backend {
   using Strided = Eigen::Map<Mat, 0, Eigen::OuterStride<>>;
   using CStrided = Eigen::Map<const Mat, 0, Eigen::OuterStride<>>;
 
-  static S* P(const Tensor& t) { return static_cast<S*>(t.ptr); }
+  static S* elems(const Tensor& t) { return static_cast<S*>(t.ptr); }  // a Real tensor's elements
   static S silu(S x) { return x / (S(1) + std::exp(-x)); }
   static S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }
-  static CMapM cmat(const Tensor& t, int64_t r, int64_t c) { return CMapM(P(t), r, c); }
-  static MapM mat(const Tensor& t, int64_t r, int64_t c) { return MapM(P(t), r, c); }
+  static CMapM cmat(const Tensor& t, int64_t r, int64_t c) { return CMapM(elems(t), r, c); }
+  static MapM mat(const Tensor& t, int64_t r, int64_t c) { return MapM(elems(t), r, c); }
 
  public:
   std::string name() const override { return sizeof(S) == 4 ? "cpu" : "cpu-f64"; }
@@ -107,14 +107,14 @@ class EigenBackend final : public Backend {
   void up(Tensor& dst, const H* host, int64_t offset, int64_t count) {
     if (count < 0) count = dst.numel() - offset;
     MOELAB_ASSERT(offset >= 0 && offset + count <= dst.numel(), "upload range");
-    S* d = P(dst) + offset;
+    S* d = elems(dst) + offset;
     for (int64_t i = 0; i < count; ++i) d[i] = S(host[i]);
   }
   template <class H>
   void down(const Tensor& src, H* host, int64_t offset, int64_t count) {
     if (count < 0) count = src.numel() - offset;
     MOELAB_ASSERT(offset >= 0 && offset + count <= src.numel(), "download range");
-    const S* s = P(src) + offset;
+    const S* s = elems(src) + offset;
     for (int64_t i = 0; i < count; ++i) host[i] = H(s[i]);
   }
   void upload(Tensor& d, const float* h, int64_t o, int64_t c) override { up(d, h, o, c); }
@@ -124,7 +124,7 @@ class EigenBackend final : public Backend {
   void upload(Tensor& d, const int32_t* h) override { std::memcpy(d.ptr, h, size_t(d.numel()) * 4); }
   void download(const Tensor& s, int32_t* h) override { std::memcpy(h, s.ptr, size_t(s.numel()) * 4); }
   float* host_f32(Tensor& t) override { return sizeof(S) == 4 ? static_cast<float*>(t.ptr) : nullptr; }
-  void do_fill(Tensor& t, float value) override { std::fill(P(t), P(t) + t.numel(), S(value)); }
+  void do_fill(Tensor& t, float value) override { std::fill(elems(t), elems(t) + t.numel(), S(value)); }
   void do_copy(const Tensor& src, Tensor& dst) override {
     std::memcpy(dst.ptr, src.ptr, size_t(src.numel()) * (src.type == Elem::Int32 ? 4 : sizeof(S)));
   }
@@ -132,31 +132,32 @@ class EigenBackend final : public Backend {
   // ---- forward ----
   void do_embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
     const int64_t T = ids.numel(), H = table.cols();
-    for (int64_t t = 0; t < T; ++t) std::memcpy(P(out) + t * H, P(table) + int64_t(ids.i32()[t]) * H, size_t(H) * sizeof(S));
+    for (int64_t t = 0; t < T; ++t)
+      std::memcpy(elems(out) + t * H, elems(table) + int64_t(ids.i32()[t]) * H, size_t(H) * sizeof(S));
   }
 
   void do_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) override {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
     MapM Y = mat(out, T, N);
     std::vector<S> xb, wb;
-    const S* X = operand(P(x), T * K, xb);
-    const S* W = operand(P(w), N * K, wb);
+    const S* X = operand(elems(x), T * K, xb);
+    const S* W = operand(elems(w), N * K, wb);
     if (T == 1) {
-      gemv(W, X, P(out), N, K, accumulate);  // decode: a matrix-vector product
+      gemv(W, X, elems(out), N, K, accumulate);  // decode: a matrix-vector product
     } else if (accumulate) {
       Y.noalias() += CMapM(X, T, K) * CMapM(W, N, K).transpose();
     } else {
       Y.noalias() = CMapM(X, T, K) * CMapM(W, N, K).transpose();
     }
-    if (bias) Y.rowwise() += Eigen::Map<const RowVec>(P(*bias), N);
+    if (bias) Y.rowwise() += Eigen::Map<const RowVec>(elems(*bias), N);
   }
 
   void do_rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
     const int64_t C = w.numel(), R = x.numel() / C;
-    const S* wp = P(w);
+    const S* wp = elems(w);
     for (int64_t r = 0; r < R; ++r) {
-      const S* xr = P(x) + r * C;
-      S* yr = P(out) + r * C;
+      const S* xr = elems(x) + r * C;
+      S* yr = elems(out) + r * C;
       double ss = 0.0;
       for (int64_t c = 0; c < C; ++c) ss += double(xr[c]) * double(xr[c]);
       const S inv = S(1.0 / std::sqrt(ss / double(C) + double(eps)));
@@ -165,7 +166,7 @@ class EigenBackend final : public Backend {
   }
 
   void do_clamp(Tensor& x, float lo, float hi) override {
-    S* p = P(x);
+    S* p = elems(x);
     for (int64_t i = 0, n = x.numel(); i < n; ++i) p[i] = std::min(S(hi), std::max(S(lo), p[i]));
   }
 
@@ -197,7 +198,8 @@ class EigenBackend final : public Backend {
     return rope_;
   }
 
-  void do_rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta, bool inverse) override {
+  void do_rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta,
+               bool inverse) override {
     const int64_t R = x.rows(), half = D / 2, stride = n_heads * D;
     const RopeTable& tab = rope_table(D, theta, pos0 + std::min(seq_len, R));
     const S sign = inverse ? S(-1) : S(1);
@@ -206,7 +208,7 @@ class EigenBackend final : public Backend {
       const S* cs = tab.cos.data() + pos * half;
       const S* sn = tab.sin.data() + pos * half;
       for (int64_t h = 0; h < n_heads; ++h) {
-        S* v = P(x) + r * stride + h * D;
+        S* v = elems(x) + r * stride + h * D;
         for (int64_t i = 0; i < half; ++i) {
           const S a = v[i], b = v[i + half], sgn = sign * sn[i];
           v[i] = a * cs[i] - b * sgn;
@@ -217,24 +219,24 @@ class EigenBackend final : public Backend {
   }
 
   void do_copy_rows(const Tensor& src, Tensor& dst, int64_t row0) override {
-    std::memcpy(P(dst) + row0 * dst.cols(), P(src), size_t(src.numel()) * sizeof(S));
+    std::memcpy(elems(dst) + row0 * dst.cols(), elems(src), size_t(src.numel()) * sizeof(S));
   }
 
   // Scores of one (sequence, head), softmaxed with the causal mask: P [T,S].
   static Mat attention_probs(const CStrided& Q, const CStrided& K, int64_t past, S scale) {
     const int64_t T = Q.rows(), Sn = K.rows();
-    Mat Pm = (Q * K.transpose()) * scale;
+    Mat attn = (Q * K.transpose()) * scale;
     for (int64_t t = 0; t < T; ++t) {
       const int64_t visible = past + t + 1;  // causal: keys 0..past+t
       S m = -std::numeric_limits<S>::infinity();
-      for (int64_t s = 0; s < visible; ++s) m = std::max(m, Pm(t, s));
+      for (int64_t s = 0; s < visible; ++s) m = std::max(m, attn(t, s));
       S sum = 0;
-      for (int64_t s = 0; s < visible; ++s) sum += (Pm(t, s) = std::exp(Pm(t, s) - m));
+      for (int64_t s = 0; s < visible; ++s) sum += (attn(t, s) = std::exp(attn(t, s) - m));
       const S inv = S(1) / sum;
-      for (int64_t s = 0; s < visible; ++s) Pm(t, s) *= inv;
-      for (int64_t s = visible; s < Sn; ++s) Pm(t, s) = 0;
+      for (int64_t s = 0; s < visible; ++s) attn(t, s) *= inv;
+      for (int64_t s = visible; s < Sn; ++s) attn(t, s) = 0;
     }
-    return Pm;
+    return attn;
   }
 
   void do_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t past, int64_t NH,
@@ -245,12 +247,12 @@ class EigenBackend final : public Backend {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < NH; ++h) {
         const int64_t g = h / group;
-        CStrided Q(P(q) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
-        CStrided Kh(P(k) + b * Skv * NKV * D + g * D, S_used, D, Eigen::OuterStride<>(NKV * D));
-        CStrided Vh(P(v) + b * Skv * NKV * D + g * D, S_used, D, Eigen::OuterStride<>(NKV * D));
-        const Mat Pm = attention_probs(Q, Kh, past, scale);
-        Strided O(P(out) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
-        O.noalias() = Pm * Vh;
+        CStrided Q(elems(q) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
+        CStrided Kh(elems(k) + b * Skv * NKV * D + g * D, S_used, D, Eigen::OuterStride<>(NKV * D));
+        CStrided Vh(elems(v) + b * Skv * NKV * D + g * D, S_used, D, Eigen::OuterStride<>(NKV * D));
+        const Mat attn = attention_probs(Q, Kh, past, scale);
+        Strided O(elems(out) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
+        O.noalias() = attn * Vh;
       }
   }
 
@@ -266,15 +268,16 @@ class EigenBackend final : public Backend {
 
   void do_route(const Tensor& logits, const RouterSpec& spec, Tensor& probs, Tensor& ids, Tensor& weights) override {
     const std::vector<float> bias = host_bias(spec);
-    router_cpu::route(P(logits), logits.rows(), logits.cols(), spec.top_k, spec.sigmoid, spec.renormalize,
-                      bias.empty() ? nullptr : bias.data(), P(probs), ids.i32(), P(weights));
+    router_cpu::route(elems(logits), logits.rows(), logits.cols(), spec.top_k, spec.sigmoid, spec.renormalize,
+                      bias.empty() ? nullptr : bias.data(), elems(probs), ids.i32(), elems(weights));
   }
 
   void do_limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_t capacity, Tensor& ids, Tensor& weights,
                          Tensor& dropped) override {
     const std::vector<float> bias = capacity > 0 ? host_bias(spec) : std::vector<float>();
-    router_cpu::limit_capacity(P(probs), probs.rows(), probs.cols(), spec.top_k, bias.empty() ? nullptr : bias.data(),
-                               capacity, spec.capacity.reroute, spec.renormalize, ids.i32(), P(weights), P(dropped));
+    router_cpu::limit_capacity(elems(probs), probs.rows(), probs.cols(), spec.top_k,
+                               bias.empty() ? nullptr : bias.data(), capacity, spec.capacity.reroute, spec.renormalize,
+                               ids.i32(), elems(weights), elems(dropped));
   }
 
   // Slots of each expert: counting sort of the T·K slots by expert id (id < 0 skipped).
@@ -320,13 +323,13 @@ class EigenBackend final : public Backend {
     const int64_t used = g.begin[size_t(E)];
     slot_out_.resize(size_t(used * H));
     std::vector<S> gb, ub, db;
-    const S *WG = operand(P(w.gate), E * F * H, gb), *WU = operand(P(w.up), E * F * H, ub),
-            *WD = operand(P(w.down), E * H * F, db);
+    const S *WG = operand(elems(w.gate), E * F * H, gb), *WU = operand(elems(w.up), E * F * H, ub),
+            *WD = operand(elems(w.down), E * H * F, db);
 #pragma omp parallel for schedule(dynamic) if (g.active.size() > 1)
     for (size_t ai = 0; ai < g.active.size(); ++ai) {
       const int64_t e = g.active[ai], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
       Mat Xe(n, H);
-      for (int64_t i = 0; i < n; ++i) Xe.row(i) = CMapM(P(x) + (g.order[size_t(b + i)] / K) * H, 1, H);
+      for (int64_t i = 0; i < n; ++i) Xe.row(i) = CMapM(elems(x) + (g.order[size_t(b + i)] / K) * H, 1, H);
       round_operand(Xe);
       CMapM Wg(WG + e * F * H, F, H), Wu(WU + e * F * H, F, H), Wd(WD + e * H * F, H, F);
       Mat A(n, F), U(n, F);
@@ -345,29 +348,30 @@ class EigenBackend final : public Backend {
         Ye.noalias() = A * Wd.transpose();
       }
     }
-    combine_slots(g, T, K, H, P(weights), P(out));  // out[t] += w[t,k] · y[slot]
+    combine_slots(g, T, K, H, elems(weights), elems(out));  // out[t] += w[t,k] · y[slot]
   }
 
   void do_swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
-    for (int64_t i = 0, n = gate.numel(); i < n; ++i) P(out)[i] = silu(P(gate)[i]) * P(up)[i];
+    for (int64_t i = 0, n = gate.numel(); i < n; ++i) elems(out)[i] = silu(elems(gate)[i]) * elems(up)[i];
   }
   void do_add(Tensor& y, const Tensor& x) override {
-    for (int64_t i = 0, n = y.numel(); i < n; ++i) P(y)[i] += P(x)[i];
+    for (int64_t i = 0, n = y.numel(); i < n; ++i) elems(y)[i] += elems(x)[i];
   }
   void do_row_norms(const Tensor& x, Tensor& out) override {
     const int64_t R = x.rows(), C = x.cols();
-    for (int64_t r = 0; r < R; ++r) P(out)[r] = CMapM(P(x) + r * C, 1, C).norm();
+    for (int64_t r = 0; r < R; ++r) elems(out)[r] = CMapM(elems(x) + r * C, 1, C).norm();
   }
   void do_add_sigmoid_gated(Tensor& y, const Tensor& x, const Tensor& g) override {
     const int64_t T = y.rows(), H = y.cols();
     for (int64_t t = 0; t < T; ++t) {
-      const S s = sigmoid(P(g)[t]);
-      for (int64_t c = 0; c < H; ++c) P(y)[t * H + c] += s * P(x)[t * H + c];
+      const S s = sigmoid(elems(g)[t]);
+      for (int64_t c = 0; c < H; ++c) elems(y)[t * H + c] += s * elems(x)[t * H + c];
     }
   }
   static S softplus(S x) { return x > S(20) ? x : std::log1p(std::exp(x)); }
   void do_noisy_logits(const Tensor& clean, const Tensor& raw, const Tensor& noise, Tensor& out) override {
-    for (int64_t i = 0, n = clean.numel(); i < n; ++i) P(out)[i] = P(clean)[i] + P(noise)[i] * softplus(P(raw)[i]);
+    for (int64_t i = 0, n = clean.numel(); i < n; ++i)
+      elems(out)[i] = elems(clean)[i] + elems(noise)[i] * softplus(elems(raw)[i]);
   }
 
   // ---- training ----
@@ -378,8 +382,8 @@ class EigenBackend final : public Backend {
     double loss = 0.0;
     const S inv = count ? S(scale) / S(count) : S(0);
     for (int64_t t = 0; t < N; ++t) {
-      const S* l = P(logits) + t * V;
-      S* d = P(dlogits) + t * V;
+      const S* l = elems(logits) + t * V;
+      S* d = elems(dlogits) + t * V;
       const int32_t y = targets.i32()[t];
       if (y < 0) {
         std::fill(d, d + V, S(0));
@@ -400,7 +404,8 @@ class EigenBackend final : public Backend {
                           Tensor* db) override {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
     std::vector<S> xb, wb, dyb;
-    CMapM X(operand(P(x), T * K, xb), T, K), W(operand(P(w), N * K, wb), N, K), DY(operand(P(dy), T * N, dyb), T, N);
+    CMapM X(operand(elems(x), T * K, xb), T, K), W(operand(elems(w), N * K, wb), N, K),
+        DY(operand(elems(dy), T * N, dyb), T, N);
     if (dx) {
       if (acc)
         mat(*dx, T, K).noalias() += DY * W;
@@ -408,7 +413,7 @@ class EigenBackend final : public Backend {
         mat(*dx, T, K).noalias() = DY * W;
     }
     mat(dw, N, K).noalias() += DY.transpose() * X;
-    if (db) Eigen::Map<RowVec>(P(*db), N) += cmat(dy, T, N).colwise().sum();  // a sum, not a product: fp32
+    if (db) Eigen::Map<RowVec>(elems(*db), N) += cmat(dy, T, N).colwise().sum();  // a sum, not a product: fp32
   }
 
   void do_rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& dy, float eps, Tensor& dx, bool acc,
@@ -416,20 +421,20 @@ class EigenBackend final : public Backend {
     // y = x·r·w with r = (mean(x²)+eps)^-1/2:  dx = r·(dy⊙w) − x·r³·mean(dy⊙w⊙x),  dw += Σ dy⊙x·r.
     const int64_t C = w.numel(), R = x.numel() / C;
     for (int64_t r = 0; r < R; ++r) {
-      const S* xr = P(x) + r * C;
-      const S* g = P(dy) + r * C;
-      S* d = P(dx) + r * C;
+      const S* xr = elems(x) + r * C;
+      const S* g = elems(dy) + r * C;
+      S* d = elems(dx) + r * C;
       double ss = 0, dot = 0;
       for (int64_t c = 0; c < C; ++c) {
         ss += double(xr[c]) * double(xr[c]);
-        dot += double(g[c]) * double(P(w)[c]) * double(xr[c]);
+        dot += double(g[c]) * double(elems(w)[c]) * double(xr[c]);
       }
       const double rr = 1.0 / std::sqrt(ss / double(C) + double(eps));
       const double k = rr * rr * rr * dot / double(C);
       for (int64_t c = 0; c < C; ++c) {
-        const S v = S(rr * double(g[c]) * double(P(w)[c]) - double(xr[c]) * k);
+        const S v = S(rr * double(g[c]) * double(elems(w)[c]) - double(xr[c]) * k);
         d[c] = acc ? d[c] + v : v;
-        P(dw)[c] += S(double(g[c]) * double(xr[c]) * rr);
+        elems(dw)[c] += S(double(g[c]) * double(xr[c]) * rr);
       }
     }
   }
@@ -437,8 +442,8 @@ class EigenBackend final : public Backend {
   void do_embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
     const int64_t T = ids.numel(), H = dtable.cols();
     for (int64_t t = 0; t < T; ++t) {
-      S* row = P(dtable) + int64_t(ids.i32()[t]) * H;
-      const S* g = P(dout) + t * H;
+      S* row = elems(dtable) + int64_t(ids.i32()[t]) * H;
+      const S* g = elems(dout) + t * H;
       for (int64_t c = 0; c < H; ++c) row[c] += g[c];
     }
   }
@@ -453,44 +458,45 @@ class EigenBackend final : public Backend {
 #pragma omp parallel for collapse(2) schedule(static) if (B * T * T * NH > 32768)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t g = 0; g < NKV; ++g) {
-        CStrided Kh(P(k) + b * T * NKV * D + g * D, T, D, Eigen::OuterStride<>(NKV * D));
-        CStrided Vh(P(v) + b * T * NKV * D + g * D, T, D, Eigen::OuterStride<>(NKV * D));
-        Strided dK(P(dk) + b * T * NKV * D + g * D, T, D, Eigen::OuterStride<>(NKV * D));
-        Strided dV(P(dv) + b * T * NKV * D + g * D, T, D, Eigen::OuterStride<>(NKV * D));
+        CStrided Kh(elems(k) + b * T * NKV * D + g * D, T, D, Eigen::OuterStride<>(NKV * D));
+        CStrided Vh(elems(v) + b * T * NKV * D + g * D, T, D, Eigen::OuterStride<>(NKV * D));
+        Strided dK(elems(dk) + b * T * NKV * D + g * D, T, D, Eigen::OuterStride<>(NKV * D));
+        Strided dV(elems(dv) + b * T * NKV * D + g * D, T, D, Eigen::OuterStride<>(NKV * D));
         for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-          CStrided Q(P(q) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
-          CStrided dO(P(dout) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
-          Strided dQ(P(dq) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
-          const Mat Pm = attention_probs(Q, Kh, 0, scale);  // recomputed, [T,T]
-          dV.noalias() += Pm.transpose() * dO;
+          CStrided Q(elems(q) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
+          CStrided dO(elems(dout) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
+          Strided dQ(elems(dq) + b * T * NH * D + h * D, T, D, Eigen::OuterStride<>(NH * D));
+          const Mat attn = attention_probs(Q, Kh, 0, scale);  // recomputed, [T,T]
+          dV.noalias() += attn.transpose() * dO;
           Mat dP = dO * Vh.transpose();
           // softmax backward: dS = P ⊙ (dP − rowsum(dP ⊙ P))
-          const Vec rowdot = (dP.array() * Pm.array()).rowwise().sum();
-          Mat dS = Pm.array() * (dP.colwise() - rowdot).array();
+          const Vec rowdot = (dP.array() * attn.array()).rowwise().sum();
+          Mat dS = attn.array() * (dP.colwise() - rowdot).array();
           dQ.noalias() = dS * Kh * scale;
           dK.noalias() += dS.transpose() * Q * scale;
         }
       }
   }
 
-  void do_swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate, Tensor& dup) override {
+  void do_swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate,
+                          Tensor& dup) override {
     for (int64_t i = 0, n = gate.numel(); i < n; ++i) {
-      const S g = P(gate)[i], s = sigmoid(g), d = P(dout)[i];
-      P(dup)[i] = d * g * s;
-      P(dgate)[i] = d * P(up)[i] * s * (S(1) + g * (S(1) - s));  // silu'(g) = s(1 + g(1-s))
+      const S g = elems(gate)[i], s = sigmoid(g), d = elems(dout)[i];
+      elems(dup)[i] = d * g * s;
+      elems(dgate)[i] = d * elems(up)[i] * s * (S(1) + g * (S(1) - s));  // silu'(g) = s(1 + g(1-s))
     }
   }
 
   void do_route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
                          Tensor& dlogits, bool acc) override {
-    router_cpu::route_backward(P(probs), ids.i32(), P(dweights), probs.rows(), probs.cols(), ids.cols(), spec.sigmoid,
-                               spec.renormalize, P(dlogits), acc);
+    router_cpu::route_backward(elems(probs), ids.i32(), elems(dweights), probs.rows(), probs.cols(), ids.cols(),
+                               spec.sigmoid, spec.renormalize, elems(dlogits), acc);
   }
 
   std::pair<double, double> do_router_losses(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
                                              Tensor& dlogits) override {
-    return router_cpu::router_losses(P(logits), ids.i32(), logits.rows(), logits.cols(), ids.cols(), aux_coef, z_coef,
-                                     P(dlogits));
+    return router_cpu::router_losses(elems(logits), ids.i32(), logits.rows(), logits.cols(), ids.cols(), aux_coef,
+                                     z_coef, elems(dlogits));
   }
 
   void do_moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
@@ -501,16 +507,16 @@ class EigenBackend final : public Backend {
     slot_out_.assign(size_t(used * H), S(0));  // per-slot dx, combined below in a fixed order
     fill(dweights, 0.0f);
     std::vector<S> gb, ub, db;
-    const S *WG = operand(P(w.gate), E * F * H, gb), *WU = operand(P(w.up), E * F * H, ub),
-            *WD = operand(P(w.down), E * H * F, db);
+    const S *WG = operand(elems(w.gate), E * F * H, gb), *WU = operand(elems(w.up), E * F * H, ub),
+            *WD = operand(elems(w.down), E * H * F, db);
 #pragma omp parallel for schedule(dynamic) if (g.active.size() > 1)
     for (size_t ai = 0; ai < g.active.size(); ++ai) {
       const int64_t e = g.active[ai], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
       Mat Xe(n, H), dY(n, H);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t slot = g.order[size_t(b + i)], t = slot / K;
-        Xe.row(i) = CMapM(P(x) + t * H, 1, H);
-        dY.row(i) = CMapM(P(dout) + t * H, 1, H) * P(weights)[slot];
+        Xe.row(i) = CMapM(elems(x) + t * H, 1, H);
+        dY.row(i) = CMapM(elems(dout) + t * H, 1, H) * elems(weights)[slot];
       }
       round_operand(Xe);
       round_operand(dY);
@@ -522,7 +528,7 @@ class EigenBackend final : public Backend {
       const Mat Y = A * Wd.transpose();  // unweighted expert output, for dweights
       for (int64_t i = 0; i < n; ++i) {
         const int64_t slot = g.order[size_t(b + i)], t = slot / K;
-        P(dweights)[slot] = CMapM(P(dout) + t * H, 1, H).row(0).dot(Y.row(i));
+        elems(dweights)[slot] = CMapM(elems(dout) + t * H, 1, H).row(0).dot(Y.row(i));
       }
       const Mat dA = dY * Wd;
       for (int64_t i = 0; i < n * F; ++i) {
@@ -537,30 +543,30 @@ class EigenBackend final : public Backend {
       mat(dw.up, E * F, H).middleRows(e * F, F).noalias() += dU.transpose() * Xe;
       MapM(slot_out_.data() + b * H, n, H).noalias() = dG * Wg + dU * Wu;
     }
-    combine_slots(g, T, K, H, nullptr, P(dx));  // dx[t] += dx_slot
+    combine_slots(g, T, K, H, nullptr, elems(dx));  // dx[t] += dx_slot
   }
 
   void do_sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
     const int64_t T = x.rows(), H = x.cols();
     for (int64_t t = 0; t < T; ++t) {
-      const S s = sigmoid(P(g)[t]);
+      const S s = sigmoid(elems(g)[t]);
       S dot = 0;
       for (int64_t c = 0; c < H; ++c) {
-        P(dx)[t * H + c] = s * P(dy)[t * H + c];
-        dot += P(dy)[t * H + c] * P(x)[t * H + c];
+        elems(dx)[t * H + c] = s * elems(dy)[t * H + c];
+        dot += elems(dy)[t * H + c] * elems(x)[t * H + c];
       }
-      P(dg)[t] = dot * s * (S(1) - s);
+      elems(dg)[t] = dot * s * (S(1) - s);
     }
   }
 
   void do_noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) override {
     for (int64_t i = 0, n = raw.numel(); i < n; ++i)  // softplus' = sigmoid
-      P(draw)[i] = P(dout)[i] * P(noise)[i] * sigmoid(P(raw)[i]);
+      elems(draw)[i] = elems(dout)[i] * elems(noise)[i] * sigmoid(elems(raw)[i]);
   }
 
   double do_sum_squares(const Tensor& x) override {
     const int64_t n = x.numel();
-    const S* p = P(x);
+    const S* p = elems(x);
     double total = 0;
 #pragma omp parallel for reduction(+ : total) schedule(static) if (n > 65536)
     for (int64_t c = 0; c < n; c += 4096) {  // fp32 partial sums of 4096, added in double
@@ -573,7 +579,7 @@ class EigenBackend final : public Backend {
     return total;
   }
   void do_scale(Tensor& x, float s) override {
-    for (int64_t i = 0, n = x.numel(); i < n; ++i) P(x)[i] *= S(s);
+    for (int64_t i = 0, n = x.numel(); i < n; ++i) elems(x)[i] *= S(s);
   }
   void do_adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
                 int64_t step) override {
@@ -581,10 +587,10 @@ class EigenBackend final : public Backend {
     const double c1 = 1.0 - std::pow(double(b1), double(step)), c2 = 1.0 - std::pow(double(b2), double(step));
     const S B1 = S(b1), B2 = S(b2), step_size = S(double(lr) / c1), inv_sqrt_c2 = S(1.0 / std::sqrt(c2)),
             decay = S(1.0 - double(lr) * double(wd)), E = S(eps);
-    S* pp = P(p);
-    const S* gp = P(g);
-    S* mp = P(m);
-    S* vp = P(v);
+    S* pp = elems(p);
+    const S* gp = elems(g);
+    S* mp = elems(m);
+    S* vp = elems(v);
     const int64_t n = p.numel();
 #pragma omp parallel for simd schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; ++i) {

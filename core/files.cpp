@@ -24,7 +24,8 @@ std::string read_text_file(const std::string& path, int64_t max_bytes) {
   auto size = fs::file_size(path, ec);
   if (ec) fail(path, "cannot read size: " + ec.message());
   if (static_cast<int64_t>(size) > max_bytes)
-    fail(path, "file is " + human_bytes(double(size)) + ", more than the " + human_bytes(double(max_bytes)) + " allowed");
+    fail(path,
+         "file is " + human_bytes(double(size)) + ", more than the " + human_bytes(double(max_bytes)) + " allowed");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open for reading");
   std::ostringstream ss;

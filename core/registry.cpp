@@ -14,6 +14,7 @@ const char* component_name(Component c) {
     case Component::SharedExperts: return "shared_experts";
     case Component::DenseFfn: return "dense_ffn";
     case Component::LmHead: return "lm_head";
+    case Component::kCount: break;
   }
   return "?";
 }

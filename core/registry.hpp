@@ -11,8 +11,8 @@
 
 namespace moelab {
 
-enum class Component { Embeddings, Attention, Norms, Router, RoutedExperts, SharedExperts, DenseFfn, LmHead };
-constexpr int kNumComponents = 8;
+enum class Component { Embeddings, Attention, Norms, Router, RoutedExperts, SharedExperts, DenseFfn, LmHead, kCount };
+constexpr int kNumComponents = int(Component::kCount);  // counted by the enum, not by hand
 const char* component_name(Component c);  // "embeddings", "attention", ... (snake_case, JSON keys)
 
 enum class Role {
