@@ -128,6 +128,10 @@ bool ModelConfig::runnable() const {
          family == Family::Olmoe;
 }
 
+bool is_model_config_json(const json& j) {
+  return j.is_object() && !j.contains("model") && (j.contains("architectures") || j.contains("model_type"));
+}
+
 ModelConfig load_config(const std::string& path) {
   const std::string file = config_path_of(path);
   return parse_config(read_json_file(file, 16 << 20), file);

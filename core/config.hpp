@@ -91,6 +91,9 @@ const char* family_name(Family f);
 ModelConfig parse_config(const nlohmann::json& j, const std::string& source);
 // PATH is a config.json or a model directory holding one.
 ModelConfig load_config(const std::string& path);
+// Whether a JSON object is a Hugging Face config.json (it names "architectures" or "model_type"),
+// whatever its file is called; a lab preset has a "model" object instead.
+bool is_model_config_json(const nlohmann::json& j);
 // The config.json a model the lab writes carries (both dtype and torch_dtype).
 nlohmann::json config_to_json(const ModelConfig& c);
 // The lab's router kinds: "softmax" (top-k of softmax), "noisy" (noisy top-k gating), "sigmoid"

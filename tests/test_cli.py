@@ -175,6 +175,13 @@ with tempfile.TemporaryDirectory() as tmp:
     open(os.path.join(huge, "config.json"), "w").write(json.dumps(cfg))
     check_error("model too large", run("train", "--config", os.path.join(huge, "config.json"), "--out",
                                        os.path.join(tmp, "h")), 1, [os.path.join(huge, "config.json"), "needs"])
+    # a Hugging Face config.json saved under another name is recognised by its content, not taken for a preset
+    renamed = os.path.join(tmp, "tiny-mixtral.json")
+    open(renamed, "w").write(json.dumps(info["model"]))
+    r = run("train", "--config", renamed, "--steps", "1", "--batch", "1", "--seq-len", "8", "--out",
+            os.path.join(tmp, "renamed"), "--quiet")
+    check("config.json under another name trains", r.returncode == 0 and
+          os.path.exists(os.path.join(tmp, "renamed", "run.json")), r.stderr)
     # Ctrl-C saves a checkpoint and stops cleanly
     import signal
     import time

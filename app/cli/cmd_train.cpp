@@ -82,8 +82,12 @@ void run_train() {
   } else {
     if (o.config.empty()) fail("--config", "give a preset name or a preset/config.json path (or --resume)");
     std::error_code ec;
+    // A model folder, or a Hugging Face config.json under any name (recognised by its content).
     const bool is_model_config =
-        fs::is_directory(o.config, ec) || (fs::exists(o.config, ec) && fs::path(o.config).filename() == "config.json");
+        fs::is_directory(o.config, ec) ||
+        (fs::is_regular_file(o.config, ec) && (fs::path(o.config).filename() == "config.json" ||
+                                               (fs::path(o.config).extension() == ".json" &&
+                                                is_model_config_json(read_json_file(o.config, 16 << 20)))));
     RunSpec spec;
     if (is_model_config) {
       spec.model = load_config(o.config);
