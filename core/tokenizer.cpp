@@ -2,7 +2,9 @@
 
 #include <cstdio>
 
+#include "config.hpp"
 #include "error.hpp"
+#include "hf_tokenizer.hpp"
 
 namespace moelab {
 
@@ -53,6 +55,67 @@ std::vector<int32_t> parse_token_ids(const std::string& text, const std::string&
   }
   if (ids.empty()) fail(where, "no token ids given");
   return ids;
+}
+
+namespace {
+std::string unknown_label(int32_t id) {
+  std::string s = "<";
+  s += std::to_string(id);
+  s += '>';
+  return s;
+}
+}  // namespace
+
+std::shared_ptr<const TextTokenizer> TextTokenizer::bytes() {
+  static const auto t = std::make_shared<const TextTokenizer>();
+  return t;
+}
+
+std::shared_ptr<const TextTokenizer> TextTokenizer::hugging_face(std::shared_ptr<const HfTokenizer> tok) {
+  auto t = std::make_shared<TextTokenizer>();
+  t->hf_ = std::move(tok);
+  return t;
+}
+
+std::shared_ptr<const TextTokenizer> TextTokenizer::for_model(const std::string& dir, const ModelConfig& config) {
+  if (!dir.empty()) {
+    const std::string file = tokenizer_json_of(dir);
+    if (!file.empty()) return hugging_face(HfTokenizer::load(file));
+  }
+  if (config.tokenizer == "bytes") return bytes();
+  return nullptr;
+}
+
+std::vector<int32_t> TextTokenizer::encode_prompt(const std::string& text) const {
+  if (hf_) return hf_->encode_prompt(text);
+  return encode_bytes(text, true);
+}
+
+std::string TextTokenizer::decode(const std::vector<int32_t>& ids) const {
+  if (hf_) return hf_->decode(ids, false);
+  return decode_bytes(ids);
+}
+
+std::string TextTokenizer::label(int32_t id) const {
+  if (!hf_) return token_label(id);
+  if (!hf_->known(id)) return unknown_label(id);
+  if (hf_->is_special(id)) return hf_->piece(id);
+  return visible_token_text(hf_->token_bytes(id));
+}
+
+std::string TextTokenizer::piece(int32_t id) const {
+  if (!hf_) return token_label(id);
+  return hf_->known(id) ? hf_->piece(id) : unknown_label(id);
+}
+
+std::optional<int32_t> TextTokenizer::eos() const {
+  if (hf_) return hf_->eos_id();
+  return kEosToken;
+}
+
+std::string TextTokenizer::describe() const {
+  if (!hf_) return "the lab's byte tokenizer";
+  return hf_->path() + ": " + hf_->summary();
 }
 
 }  // namespace moelab

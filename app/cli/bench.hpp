@@ -23,6 +23,8 @@ struct BenchOptions {
   std::string device = "cpu";      // cpu | cuda
   std::string sizes = "";          // GPU: comma-separated lab sizes (tiny,small,medium,large); empty = all
   std::string precision = "fp32";  // GPU: fp32 | tf32 | bf16
+  std::string tokenizer;           // bench --tokenizer FILE: the encoder against the Rust library
+  double tokenizer_mb = 10;
 };
 BenchOptions& bench_options();
 
@@ -36,6 +38,9 @@ double median_train_step_seconds(Model& m, const BenchOptions& opt);
 
 // Runs the peer script with `args` (after `env`) and returns its one JSON line, or null.
 nlohmann::json run_peer_script(const std::string& env, const std::string& args);
+
+// bench --tokenizer FILE: encode a ~10 MB text, MB/s beside the Rust tokenizers library (cmd_tokenize.cpp).
+void run_tokenizer_bench(const BenchOptions& o);
 
 // The GPU benchmark (moelab-cli bench --device cuda).
 void run_cuda_bench();

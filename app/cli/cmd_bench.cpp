@@ -155,6 +155,10 @@ void run_train_bench() {
 }
 
 void run_bench() {
+  if (!o.tokenizer.empty()) {
+    run_tokenizer_bench(o);
+    return;
+  }
   if (o.device == "cuda") {
     run_cuda_bench();
     return;
@@ -367,6 +371,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--device", o.device, "cpu, or cuda: the GPU benchmark over lab sizes from tiny to large");
   cmd->add_option("--sizes", o.sizes, "GPU: lab sizes to run (tiny,small,medium,large; default all)");
   cmd->add_option("--precision", o.precision, "GPU: fp32 (TF32 off), tf32 or bf16; the PyTorch peer runs in the same mode");
+  cmd->add_option("--tokenizer", o.tokenizer, "Benchmark this tokenizer.json's encoder against the Rust tokenizers library");
+  cmd->add_option("--text-mb", o.tokenizer_mb, "Tokenizer: megabytes of text to encode")->check(CLI::Range(0.01, 512.0));
   cmd->callback(run_bench);
 }
 

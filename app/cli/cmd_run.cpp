@@ -11,6 +11,7 @@
 #include "error.hpp"
 #include "files.hpp"
 #include "generate.hpp"
+#include "hf_tokenizer.hpp"
 #include "params.hpp"
 #include "safetensors.hpp"
 #include "tokenizer.hpp"
@@ -67,18 +68,28 @@ std::string routing_line(const RoutingTrace& trace, int64_t pos) {
   return s;
 }
 
-std::vector<int32_t> prompt_ids(const Model& m) {
+// The model's tokenizer: its folder's tokenizer.json, or the byte tokenizer of lab models.
+std::shared_ptr<const TextTokenizer> model_tokenizer(const Model& m) {
+  std::error_code ec;
+  const std::string dir = g.model.empty() || g.model == "builtin" ? builtin_model_dir() : g.model;
+  const std::string folder = std::filesystem::is_directory(dir, ec) ? dir : std::filesystem::path(dir).parent_path().string();
+  return TextTokenizer::for_model(folder, m.config());
+}
+
+std::vector<int32_t> prompt_ids(const TextTokenizer* tok) {
   if (!g.token_ids.empty()) return parse_token_ids(g.token_ids, "--token-ids");
-  if (m.config().tokenizer != "bytes")
-    fail(g.model, "this model has no tokenizer the lab knows; pass --token-ids instead of --prompt");
-  return encode_bytes(g.prompt, true);
+  if (!tok)
+    fail(g.model, "this model has no tokenizer.json; put the model's tokenizer.json in its folder, "
+                  "or pass --token-ids instead of --prompt");
+  if (auto bad = invalid_utf8_offset(g.prompt)) fail("--prompt", "not valid UTF-8 at byte " + std::to_string(*bad));
+  return tok->encode_prompt(g.prompt);
 }
 
 void run_generate(bool demo) {
   Model m = open_model(g.model, cli_backend(g.device, g.precision));
   if (demo && g.prompt.empty()) g.prompt = "the quiet river ";
-  const std::vector<int32_t> prompt = prompt_ids(m);
-  const bool bytes = m.config().tokenizer == "bytes";
+  const auto tok = model_tokenizer(m);
+  const std::vector<int32_t> prompt = prompt_ids(tok.get());
   RoutingTrace trace;
   SamplingOptions opt{g.temperature, g.top_p, g.seed};
   if (demo) {
@@ -89,35 +100,53 @@ void run_generate(bool demo) {
     std::fprintf(stderr, "each line: the token, then per MoE layer the chosen experts and their gate weights\n");
   }
   int64_t pos = int64_t(prompt.size()) - 1;
+  std::vector<int32_t> generated;
+  std::string shown;  // the text printed so far (streaming: a character split over tokens waits)
   auto on_token = [&](int32_t id) {
+    generated.push_back(id);
     if (demo || g.show_routing) {
       // The routing shown is the one that produced this token: the previous position's.
-      std::printf("%-8s %s\n", bytes ? ("'" + token_label(id) + "'").c_str() : std::to_string(id).c_str(),
-                  routing_line(trace, pos).c_str());
-    } else if (bytes && id < 256) {
-      std::fputc(id, stdout);
+      const std::string label = tok ? "'" + tok->label(id) + "'" : std::to_string(id);
+      std::printf("%-8s %s\n", label.c_str(), routing_line(trace, pos).c_str());
+    } else if (tok) {
+      const std::string text = tok->decode(generated);
+      if (text.size() >= shown.size() && text.compare(0, shown.size(), shown) == 0 &&
+          !(text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0)) {
+        std::fputs(text.c_str() + shown.size(), stdout);
+        shown = text;
+      }
     } else {
       std::printf("%d ", id);
     }
     std::fflush(stdout);
     ++pos;
   };
-  const int32_t stop = bytes ? kEosToken : -1;
-  const std::vector<int32_t> out = generate(m, prompt, g.n_new, opt, &trace, on_token, stop);
+  const std::optional<int32_t> eos = tok ? tok->eos() : std::nullopt;
+  const std::vector<int32_t> out = generate(m, prompt, g.n_new, opt, &trace, on_token, eos ? *eos : -1);
+  if (!demo && !g.show_routing && tok) {
+    const std::string text = tok->decode(out);
+    if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) std::fputs(text.c_str() + shown.size(), stdout);
+  }
   if (!demo && !g.show_routing) std::printf("\n");
-  if (demo && bytes) std::printf("\ntext: %s%s\n", g.prompt.c_str(), decode_bytes(out).c_str());
+  if (demo && tok) std::printf("\ntext: %s%s\n", g.prompt.c_str(), tok->decode(out).c_str());
   if (!g.trace.empty()) {
     std::vector<int32_t> all = prompt;
     all.insert(all.end(), out.begin(), out.end());
     json labels = json::array();
-    for (int32_t id : all) labels.push_back(bytes ? token_label(id) : std::to_string(id));
+    for (int32_t id : all) labels.push_back(tok ? tok->label(id) : std::to_string(id));
     json j = {{"model", g.model},
               {"architecture", m.config().architecture},
+              {"tokenizer", tok ? tok->describe() : "none (token ids)"},
               {"tokens", all},
               {"token_text", labels},
               {"prompt_length", prompt.size()},
               {"sampling", {{"temperature", opt.temperature}, {"top_p", opt.top_p}, {"seed", opt.seed}}},
               {"routing", routing_to_json(trace)}};
+    if (tok && tok->hf()) {
+      json pieces = json::array();
+      for (int32_t id : all) pieces.push_back(tok->piece(id));
+      j["token_pieces"] = pieces;
+    }
     write_json_file(g.trace, j);
     std::fprintf(stderr, "routing trace of %zu tokens written to %s\n", all.size(), g.trace.c_str());
   }
@@ -183,7 +212,7 @@ void add_run_commands(CLI::App& app) {
 
   auto* gen = app.add_subcommand("generate", "Generate token by token (greedy or sampled) with the routing trace");
   gen->add_option("--model", g.model, "Model directory, or 'builtin' (default)");
-  auto* p = gen->add_option("--prompt", g.prompt, "Prompt text (byte-level lab models)");
+  auto* p = gen->add_option("--prompt", g.prompt, "Prompt text (through the model folder's tokenizer.json, or the lab's byte tokenizer)");
   gen->add_option("--token-ids", g.token_ids, "Prompt as token ids, for models without a lab tokenizer")->excludes(p);
   gen->add_option("--tokens", g.n_new, "How many tokens to generate")->check(CLI::Range(int64_t(0), int64_t(1) << 20));
   gen->add_option("--temperature", g.temperature, "0 = greedy")->check(number_in(0, 100));

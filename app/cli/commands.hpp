@@ -11,6 +11,7 @@ void add_params_command(CLI::App& app);   // params
 void add_run_commands(CLI::App& app);     // info, forward, generate, demo
 void add_bench_command(CLI::App& app);    // bench
 void add_train_commands(CLI::App& app);   // train, presets, log-csv
+void add_tokenize_command(CLI::App& app); // tokenize
 
 // A seed: a whole number from 0 (CLI11's NonNegativeNumber names a 300-digit upper bound, and an
 // unsigned option alone wraps -1 to 2^64-1).

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   moelab::cli::add_run_commands(app);
   moelab::cli::add_bench_command(app);
   moelab::cli::add_train_commands(app);
+  moelab::cli::add_tokenize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -30,7 +30,7 @@
 //     FILE: UTF-8 text to encode (e.g. from make_tokenizer_strings.py --bench-text);
 //     without it a deterministic built-in mixed text of ~N MB (default 10) is used.
 //     --repeat R: best of R runs.
-//     --chunk B: encode the text as consecutive pieces of about B bytes cut after a
+//     --chunk B: encode the text as consecutive pieces of about B UTF-8 bytes cut after a
 //       newline, one encode() call each, one after another (default 0: the whole text
 //       in one call). Rust is 2-3x faster per byte on ~4 KB pieces than on one 10 MB
 //       string; compare the lab with the same chunking.
@@ -124,12 +124,14 @@ async function runBench(tok, o) {
   await tok.encode(text.slice(0, 10000), null, { addSpecialTokens: false });
   const pieces = [];
   if (o.chunk > 0) {
+    // Cut by UTF-8 bytes, as moelab-cli bench does: about B bytes, then up to the next newline.
+    const buf = Buffer.from(text, 'utf8');
     let start = 0;
-    while (start < text.length) {
-      let end = Math.min(text.length, start + o.chunk);  // chars ~ bytes; cut after a newline
-      const nl = text.indexOf('\n', end);
-      end = nl < 0 ? text.length : nl + 1;
-      pieces.push(text.slice(start, end));
+    while (start < buf.length) {
+      let end = Math.min(buf.length, start + o.chunk);
+      const nl = buf.indexOf(0x0a, end);
+      end = nl < 0 ? buf.length : nl + 1;
+      pieces.push(buf.toString('utf8', start, end));
       start = end;
     }
   } else pieces.push(text);
