@@ -209,7 +209,9 @@ struct Ctx {
 };
 
 std::string shown(const json& j) {
-  std::string s = j.is_string() ? j.get<std::string>() : j.dump();
+  if (j.is_array()) return "a list";      // never dumped: a deeply nested value would recurse
+  if (j.is_object()) return "an object";
+  std::string s = j.is_string() ? j.get<std::string>() : j.dump(-1, ' ', false, json::error_handler_t::replace);
   if (s.size() > 60) s = s.substr(0, 57) + "...";
   return s;
 }
@@ -461,7 +463,10 @@ struct Normalizer {
   bool left = false, right = false;  // Strip
 };
 
-void parse_normalizer(const Ctx& c, const json& j, const std::string& where, std::vector<Normalizer>& out) {
+constexpr int kMaxNesting = 8;
+
+void parse_normalizer(const Ctx& c, const json& j, const std::string& where, std::vector<Normalizer>& out, int depth = 0) {
+  if (depth > kMaxNesting) c.bad(where + ": Sequences nested more than 8 deep are not supported");
   const std::string t = type_of(c, j, where);
   Normalizer n{};
   if (t == "Sequence") {
@@ -470,7 +475,7 @@ void parse_normalizer(const Ctx& c, const json& j, const std::string& where, std
     if (!list || !list->is_array()) c.bad(where + ".normalizers must be a list");
     if (list->size() > 64) c.bad(where + ".normalizers has more than 64 entries");
     for (size_t i = 0; i < list->size(); ++i)
-      parse_normalizer(c, (*list)[i], where + ".normalizers[" + std::to_string(i) + "]", out);
+      parse_normalizer(c, (*list)[i], where + ".normalizers[" + std::to_string(i) + "]", out, depth + 1);
     return;
   }
   if (t == "NFC" || t == "NFD" || t == "NFKC" || t == "NFKD") {
@@ -542,7 +547,8 @@ SplitBehavior parse_behavior(const Ctx& c, const std::string& b, const std::stri
   c.bad(where + ".behavior '" + b + "' is not a split behaviour");
 }
 
-void parse_pre_tokenizer(const Ctx& c, const json& j, const std::string& where, std::vector<PreTokenizer>& out) {
+void parse_pre_tokenizer(const Ctx& c, const json& j, const std::string& where, std::vector<PreTokenizer>& out, int depth = 0) {
+  if (depth > kMaxNesting) c.bad(where + ": Sequences nested more than 8 deep are not supported");
   const std::string t = type_of(c, j, where);
   PreTokenizer p{};
   if (t == "Sequence") {
@@ -551,7 +557,7 @@ void parse_pre_tokenizer(const Ctx& c, const json& j, const std::string& where, 
     if (!list || !list->is_array()) c.bad(where + ".pretokenizers must be a list");
     if (list->size() > 64) c.bad(where + ".pretokenizers has more than 64 entries");
     for (size_t i = 0; i < list->size(); ++i)
-      parse_pre_tokenizer(c, (*list)[i], where + ".pretokenizers[" + std::to_string(i) + "]", out);
+      parse_pre_tokenizer(c, (*list)[i], where + ".pretokenizers[" + std::to_string(i) + "]", out, depth + 1);
     return;
   }
   if (t == "Split") {
@@ -647,7 +653,8 @@ struct Decoder {
   bool prepend_never = false;
 };
 
-void parse_decoder(const Ctx& c, const json& j, const std::string& where, std::vector<Decoder>& out) {
+void parse_decoder(const Ctx& c, const json& j, const std::string& where, std::vector<Decoder>& out, int depth = 0) {
+  if (depth > kMaxNesting) c.bad(where + ": Sequences nested more than 8 deep are not supported");
   const std::string t = type_of(c, j, where);
   Decoder d{};
   if (t == "Sequence") {
@@ -656,7 +663,7 @@ void parse_decoder(const Ctx& c, const json& j, const std::string& where, std::v
     if (!list || !list->is_array()) c.bad(where + ".decoders must be a list");
     if (list->size() > 64) c.bad(where + ".decoders has more than 64 entries");
     for (size_t i = 0; i < list->size(); ++i)
-      parse_decoder(c, (*list)[i], where + ".decoders[" + std::to_string(i) + "]", out);
+      parse_decoder(c, (*list)[i], where + ".decoders[" + std::to_string(i) + "]", out, depth + 1);
     return;
   }
   if (t == "ByteLevel") {
@@ -1416,7 +1423,8 @@ void parse_added(const Ctx& c, const json& j, HfTokenizerImpl& t) {
   }
 }
 
-void parse_post_processor(const Ctx& c, const json& j, const std::string& where, HfTokenizerImpl& t) {
+void parse_post_processor(const Ctx& c, const json& j, const std::string& where, HfTokenizerImpl& t, int depth = 0) {
+  if (depth > kMaxNesting) c.bad(where + ": Sequences nested more than 8 deep are not supported");
   const std::string type = type_of(c, j, where);
   const auto special_of = [&](const json& pair, const std::string& w) -> int32_t {
     if (!pair.is_array() || pair.size() != 2 || !pair[0].is_string() || !pair[1].is_number_integer())
@@ -1431,7 +1439,7 @@ void parse_post_processor(const Ctx& c, const json& j, const std::string& where,
     if (!list || !list->is_array()) c.bad(where + ".processors must be a list");
     if (list->size() > 16) c.bad(where + ".processors has more than 16 entries");
     for (size_t i = 0; i < list->size(); ++i)
-      parse_post_processor(c, (*list)[i], where + ".processors[" + std::to_string(i) + "]", t);
+      parse_post_processor(c, (*list)[i], where + ".processors[" + std::to_string(i) + "]", t, depth + 1);
   } else if (type == "ByteLevel") {
     only_keys(c, j, where, {"type", "add_prefix_space", "trim_offsets", "use_regex"});  // offsets only
   } else if (type == "TemplateProcessing") {
