@@ -133,6 +133,12 @@ r = run("info", "--model", builtin)
 check("info matching weights", r.returncode == 0 and "runs in the lab" in r.stdout and
       "weights           model.safetensors, " in r.stdout and "bf16" in r.stdout and "match the config" in r.stdout,
       r.stdout + r.stderr)
+# the independent PyTorch reference's checkpoints (four families, fp32/bf16/f16, one sharded) match
+for name in sorted(os.listdir(fixtures)):
+    if os.path.exists(os.path.join(fixtures, name, "config.json")):
+        r = run("info", "--model", os.path.join(fixtures, name))
+        check(f"info {name}", r.returncode == 0 and "match the config" in r.stdout and "runs in the lab" in r.stdout,
+              r.stdout + r.stderr)
 with tempfile.TemporaryDirectory() as tmp:
     spec = {k: (v["dtype"], v["shape"]) for k, v in read_header(os.path.join(builtin, "model.safetensors")).items()
             if k != "__metadata__"}
