@@ -104,6 +104,104 @@ with tempfile.TemporaryDirectory() as tmp:
     check_error("run count-only model", run("forward", "--model", os.path.join(params_dir, "deepseek-v3"), "--tokens", "1"),
                 1, ["config.json", "parameter counts only"])
 
+
+def read_header(path):
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n))
+
+
+def write_weights(path, tensors):
+    """A safetensors file of zeros: tensors is {name: (dtype, shape)}."""
+    size = {"F32": 4, "BF16": 2, "F16": 2, "I64": 8}
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, (dtype, shape) in sorted(tensors.items()):
+        n = size[dtype]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + bytes(offset))
+
+
+# info: the checkpoint's safetensors headers against the tensors its config.json implies
+builtin = os.path.join(src, "resources/models/builtin")
+r = run("info", "--model", builtin)
+check("info matching weights", r.returncode == 0 and "runs in the lab" in r.stdout and
+      "weights           model.safetensors, " in r.stdout and "bf16" in r.stdout and "match the config" in r.stdout,
+      r.stdout + r.stderr)
+# the independent PyTorch reference's checkpoints (four families, fp32/bf16/f16, one sharded) match
+for name in sorted(os.listdir(fixtures)):
+    if os.path.exists(os.path.join(fixtures, name, "config.json")):
+        r = run("info", "--model", os.path.join(fixtures, name))
+        check(f"info {name}", r.returncode == 0 and "match the config" in r.stdout and "runs in the lab" in r.stdout,
+              r.stdout + r.stderr)
+with tempfile.TemporaryDirectory() as tmp:
+    spec = {k: (v["dtype"], v["shape"]) for k, v in read_header(os.path.join(builtin, "model.safetensors")).items()
+            if k != "__metadata__"}
+    config = open(os.path.join(builtin, "config.json")).read()
+    gate = "model.layers.0.block_sparse_moe.gate.weight"
+    norm = "model.layers.2.post_attention_layernorm.weight"
+    cases = {
+        "none": None,
+        "same": spec,
+        "shape": {**spec, gate: ("BF16", [6, spec[gate][1][1]])},
+        "missing": {k: v for k, v in spec.items() if k != norm},
+        "unexpected": {**spec, "model.layers.3.input_layernorm.weight": ("BF16", [96])},
+        "int": {**spec, norm: ("I64", [96])},
+        "f32": {k: ("F32", v[1]) for k, v in spec.items()},
+    }
+    out = {}
+    for name, tensors in cases.items():
+        d = os.path.join(tmp, name)
+        os.makedirs(d)
+        open(os.path.join(d, "config.json"), "w").write(config)
+        if tensors is not None:
+            write_weights(os.path.join(d, "model.safetensors"), tensors)
+        out[name] = run("info", "--model", d)
+    # the same tensors in two shards and an index, and named by the config.json's path
+    d = os.path.join(tmp, "sharded")
+    os.makedirs(d)
+    open(os.path.join(d, "config.json"), "w").write(config)
+    names = sorted(spec)
+    weight_map = {}
+    for i, part in enumerate((names[:40], names[40:])):
+        shard = f"model-{i + 1:05d}-of-00002.safetensors"
+        write_weights(os.path.join(d, shard), {k: spec[k] for k in part})
+        weight_map.update({k: shard for k in part})
+    json.dump({"metadata": {}, "weight_map": weight_map}, open(os.path.join(d, "model.safetensors.index.json"), "w"))
+    out["sharded"] = run("info", "--model", os.path.join(d, "config.json"))
+
+    def says(name, *needles, absent=("runs in the lab",)):
+        r = out[name]
+        check(f"info {name}", r.returncode == 0 and all(n in r.stdout for n in needles) and
+              not any(a in r.stdout for a in absent), r.stdout + r.stderr)
+
+    says("none", "weights           none (config only: counts, no forward)", "config only")
+    says("same", f"model.safetensors, {len(spec)} tensors, bf16", "match the config", "runs in the lab", absent=())
+    says("sharded", f"2 shards, {len(spec)} tensors, bf16", "match the config", "runs in the lab", absent=())
+    says("shape", f"{gate}: config expects [8, 96], file has [6, 96]", "1 difference from the config",
+         "weights do not match the config")
+    says("missing", f"missing: {norm}", "1 difference")
+    says("unexpected", "unexpected: model.layers.3.input_layernorm.weight [96]")
+    says("int", f"{norm}: config expects floating weights, file has I64")
+    # fp32 weights under a bfloat16 config load (converted); info says so and still runs them
+    says("f32", f"{len(spec)} tensors, f32", "match the config", "stored in another dtype than bfloat16",
+         "runs in the lab", absent=())
+    # the weights forward loads agree with what info said
+    check("info agrees with forward", run("forward", "--model", os.path.join(tmp, "shape"), "--tokens", "1").returncode == 1
+          and run("forward", "--model", os.path.join(tmp, "sharded"), "--tokens", "1").returncode == 0)
+    # a hostile header: the description, then one error line naming the file, exit 1
+    bad = os.path.join(tmp, "missing", "model.safetensors")
+    open(bad, "wb").write((1 << 40).to_bytes(8, "little") + b"{}      ")
+    r = run("info", "--model", os.path.join(tmp, "missing"))
+    check_error("info unreadable weights", r, 1, [bad, "100 MB"])
+    check("info unreadable weights: described", "weights unreadable" in r.stdout and "runs in the lab" not in r.stdout,
+          r.stdout)
+
 # train: run log, checkpoints, resume, CSV, errors
 with tempfile.TemporaryDirectory() as tmp:
     run_dir = os.path.join(tmp, "run")

@@ -1,4 +1,5 @@
 // info, forward, generate, demo: run a model token by token with its routing exposed.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -15,6 +16,7 @@
 #include "params.hpp"
 #include "safetensors.hpp"
 #include "tokenizer.hpp"
+#include "weights_check.hpp"
 
 namespace moelab::cli {
 namespace fs = std::filesystem;
@@ -172,10 +174,36 @@ void run_forward() {
   }
 }
 
+// "model.safetensors, 291 tensors, bf16, 13.8 GB"
+std::string weights_summary(const WeightsCheck& w) {
+  std::string s = w.files.size() == 1 ? w.files[0] : std::to_string(w.files.size()) + " shards";
+  s += ", " + std::to_string(w.tensors) + " tensors, ";
+  std::string dtypes;
+  for (const auto& [name, n] : w.dtypes)
+    dtypes += (dtypes.empty() ? "" : " + ") + name + (w.dtypes.size() > 1 ? " (" + std::to_string(n) + ")" : "");
+  return s + (dtypes.empty() ? "no dtype" : dtypes) + ", " + human_bytes(double(w.bytes));
+}
+
+// Describe the config, then compare the checkpoint's safetensors headers with it (no weights are
+// read): only weights that match the config "run in the lab".
 void run_info() {
-  const ModelConfig c = load_config(g.model == "builtin" ? builtin_model_dir() : g.model);
+  const std::string model = g.model == "builtin" ? builtin_model_dir() : g.model;
+  const ModelConfig c = load_config(model);
+  const std::string dir = fs::path(config_path_of(model)).parent_path().string();
+  WeightsCheck w;
+  std::string unreadable;
+  try {
+    w = check_weights(c, dir.empty() ? "." : dir);
+  } catch (const Error& e) {
+    unreadable = e.what();
+  }
+  const char* status = !c.runnable()       ? "count only"
+                       : !unreadable.empty() ? "weights unreadable: counts only"
+                       : !w.present          ? "config only: counts, no forward"
+                       : !w.matches()        ? "weights do not match the config: counts only"
+                                             : "runs in the lab";
   const ParamCount p = count_params(c);
-  std::printf("architecture      %s (%s)\n", c.architecture.c_str(), c.runnable() ? "runs in the lab" : "count only");
+  std::printf("architecture      %s (%s)\n", c.architecture.c_str(), status);
   std::printf("layers            %d (%d MoE, %d dense)\n", int(c.num_layers), int(c.num_moe_layers()),
               int(c.num_layers - c.num_moe_layers()));
   std::printf("hidden / heads    %d / %d query, %d key-value, head dim %d\n", int(c.hidden_size), int(c.num_heads),
@@ -189,11 +217,32 @@ void run_info() {
               human_count(double(p.active)).c_str(), 100.0 * double(p.active) / double(p.total));
   std::printf("memory (weights)  %s as fp32, %s as bf16\n", human_bytes(double(p.total) * 4).c_str(),
               human_bytes(double(p.total) * 2).c_str());
-  std::error_code ec;
-  if (fs::is_directory(g.model, ec) && has_weights(g.model)) {
-    Checkpoint ck(g.model);
-    std::printf("checkpoint        %zu tensors, %s on disk\n", ck.all().size(), human_bytes(double(ck.total_bytes())).c_str());
+  if (!unreadable.empty()) {
+    // The description above stands; the unreadable file is an error: one line, exit 1.
+    std::printf("weights           unreadable (%s)\n", unreadable.c_str());
+    std::fflush(stdout);
+    std::fprintf(stderr, "moelab-cli: %s\n", unreadable.c_str());
+    set_exit_code(1);
+    return;
   }
+  if (!w.present) {
+    std::printf("weights           none (config only: counts, no forward)\n");
+    return;
+  }
+  if (w.matches()) {
+    std::printf("weights           %s — match the config\n", weights_summary(w).c_str());
+  } else {
+    std::printf("weights           %s — %lld difference%s from the config:\n", weights_summary(w).c_str(),
+                static_cast<long long>(w.problem_count), w.problem_count == 1 ? "" : "s");
+    const size_t shown = std::min<size_t>(w.problems.size(), 8);
+    for (size_t i = 0; i < shown; ++i) std::printf("  %s\n", w.problems[i].c_str());
+    if (w.problem_count > int64_t(shown))
+      std::printf("  … and %lld more\n", static_cast<long long>(w.problem_count - int64_t(shown)));
+  }
+  if (w.other_dtype > 0)
+    std::printf("  %lld tensor%s stored in another dtype than %s (e.g. %s); the lab converts them as it loads\n",
+                static_cast<long long>(w.other_dtype), w.other_dtype == 1 ? "" : "s", c.dtype.c_str(),
+                w.other_dtype_example.c_str());
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <QActionGroup>
 #include <QApplication>
 #include <QCloseEvent>
+#include <QDragEnterEvent>
+#include <QDropEvent>
 #include <QDir>
 #include <QFileDialog>
 #include <QFileInfo>
@@ -13,11 +15,13 @@
 #include <QLabel>
 #include <QMessageBox>
 #include <QMenuBar>
+#include <QMimeData>
 #include <QScreen>
 #include <QSettings>
 #include <QShortcut>
 #include <QStatusBar>
 #include <QTabWidget>
+#include <QUrl>
 #include <QVBoxLayout>
 #include <qcustomplot.h>
 
@@ -104,6 +108,17 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
   for (ChartPanel* c : m_model->charts() + m_tokens->charts() + m_training->charts() + m_compare->charts())
     connect(c, &ChartPanel::errorOccurred, this, &MainWindow::showError);
 
+  // A model joins the recent list once it has loaded (the load runs on the worker thread).
+  connect(m_tokens, &TokensView::modelChanged, this, [this] {
+    if (!m_pendingRecent.isEmpty()) addRecent(m_pendingRecent);
+    m_pendingRecent.clear();
+  });
+  connect(m_tokens, &TokensView::errorOccurred, this, [this] { m_pendingRecent.clear(); });
+
+  // Files dropped anywhere in the window, text fields included (eventFilter).
+  setAcceptDrops(true);
+  qApp->installEventFilter(this);
+
   createActions();
   readSettings();
   m_tokens->openModel(QStringLiteral("builtin"));
@@ -118,7 +133,10 @@ void MainWindow::updateTitle() {
 void MainWindow::createActions() {
   QMenu* file = menuBar()->addMenu(tr("&File"));
   QAction* open = file->addAction(tr("&Open Model Folder…"), this, [this] {
-    const QString dir = QFileDialog::getExistingDirectory(this, tr("Open a model folder (config.json + safetensors)"));
+    // Start beside the model opened last.
+    const QString last = recentModels().value(0);
+    const QString dir = QFileDialog::getExistingDirectory(this, tr("Open a model folder (config.json + safetensors)"),
+                                                          last.isEmpty() ? QString() : QFileInfo(last).absolutePath());
     if (!dir.isEmpty()) openModel(dir);
   });
   open->setShortcut(QKeySequence::Open);
@@ -128,7 +146,9 @@ void MainWindow::createActions() {
     if (!f.isEmpty()) openModel(f);
   })->setStatusTip(tr("Open a Hugging Face config.json: its architecture runs with random weights"));
   file->addAction(tr("Built-in Model"), this, [this] { openModel(QStringLiteral("builtin")); });
-  m_recentMenu = file->addMenu(tr("Open &Recent"));
+  m_recentMenu = file->addMenu(tr("Open Recent &Model"));
+  m_recentMenu->setToolTipsVisible(true);  // why an entry is disabled
+  connect(m_recentMenu, &QMenu::aboutToShow, this, &MainWindow::rebuildRecentMenu);  // a folder may have gone
   file->addSeparator();
   file->addAction(tr("Open &Run Folder…"), this, [this] {
     const QString dir = QFileDialog::getExistingDirectory(this, tr("Open a run folder (run.json + metrics.jsonl)"),
@@ -329,7 +349,7 @@ void MainWindow::openModel(const QString& path) {
   m_errorBanner->hide();
   if (path != m_modelPath) markUnsaved();
   m_modelPath = path;
-  if (path != QLatin1String("builtin")) addRecent(path);
+  m_pendingRecent = path == QLatin1String("builtin") ? QString() : path;
   m_tokens->openModel(path);
   m_tabs->setCurrentWidget(m_tokens);
 }
@@ -385,21 +405,100 @@ QString MainWindow::saveScreenshots(const QString& dir, QSize size) {
   return {};
 }
 
+namespace {
+const QString kRecentKey = QStringLiteral("recentModels");
+}  // namespace
+
+QStringList MainWindow::recentModels() const { return QSettings().value(kRecentKey).toStringList(); }
+
 void MainWindow::addRecent(const QString& path) {
-  QSettings s;
-  QStringList recent = s.value(QStringLiteral("recentModels")).toStringList();
-  recent.removeAll(path);
-  recent.prepend(path);
-  while (recent.size() > 8) recent.removeLast();
-  s.setValue(QStringLiteral("recentModels"), recent);
+  // Absolute and clean, so that "run/ck" and "./run/ck/" are one entry and a path given on the
+  // command line still opens from another working directory.
+  const QString p = QDir::cleanPath(QFileInfo(path).absoluteFilePath());
+  QStringList recent = recentModels();
+  recent.removeAll(p);
+  recent.prepend(p);
+  while (recent.size() > kMaxRecentModels) recent.removeLast();
+  QSettings().setValue(kRecentKey, recent);
   rebuildRecentMenu();
+}
+
+void MainWindow::clearRecentModels() {
+  QSettings().remove(kRecentKey);
+  // Rebuilt after the menu's action that called this has returned: clear() deletes that action.
+  QMetaObject::invokeMethod(this, &MainWindow::rebuildRecentMenu, Qt::QueuedConnection);
+}
+
+void MainWindow::openRecent(const QString& path) {
+  if (QFileInfo::exists(path)) return openModel(path);
+  // Gone since the menu was built: say so and forget it.
+  QStringList recent = recentModels();
+  recent.removeAll(path);
+  QSettings().setValue(kRecentKey, recent);
+  QMetaObject::invokeMethod(this, &MainWindow::rebuildRecentMenu, Qt::QueuedConnection);  // as in clearRecentModels
+  statusBar()->showMessage(tr("%1: no longer exists; removed from the recent models").arg(path), 10000);
 }
 
 void MainWindow::rebuildRecentMenu() {
   m_recentMenu->clear();
-  const QStringList recent = QSettings().value(QStringLiteral("recentModels")).toStringList();
-  for (const QString& p : recent) m_recentMenu->addAction(p, this, [this, p] { openModel(p); });
-  m_recentMenu->setEnabled(!recent.isEmpty());
+  const QStringList recent = recentModels();
+  for (int i = 0; i < recent.size(); ++i) {
+    const QString& p = recent[i];
+    const QString shown = QDir::toNativeSeparators(p).replace(QLatin1Char('&'), QStringLiteral("&&"));
+    const bool exists = QFileInfo::exists(p);
+    QAction* a = m_recentMenu->addAction(i < 9 ? QStringLiteral("&%1 %2").arg(i + 1).arg(shown) : shown, this,
+                                         [this, p] { openRecent(p); });
+    a->setData(p);
+    a->setEnabled(exists);
+    a->setToolTip(exists ? tr("Open %1").arg(p) : tr("%1 no longer exists").arg(p));
+    a->setStatusTip(a->toolTip());
+    if (!exists) a->setText(tr("%1 (missing)").arg(a->text()));
+  }
+  m_recentMenu->addSeparator();
+  QAction* clear = m_recentMenu->addAction(tr("&Clear Recent"), this, &MainWindow::clearRecentModels);
+  clear->setEnabled(!recent.isEmpty());
+  clear->setStatusTip(tr("Forget the models opened before"));
+}
+
+QString MainWindow::openDropped(const QString& path) {
+  const QFileInfo fi(path);
+  const QString name = fi.fileName();
+  auto say = [this](const QString& message) {
+    statusBar()->showMessage(message, 10000);
+    return message;
+  };
+  if (!fi.exists()) return say(tr("%1: no such file or folder").arg(path));
+  const QDir dir = fi.isDir() ? QDir(fi.absoluteFilePath()) : fi.absoluteDir();
+  if (fi.isFile() && fi.suffix() == QLatin1String("moelab")) {
+    if (!maybeSave()) return say(tr("%1: not opened (the session has unsaved changes)").arg(path));
+    if (const QString err = openSession(fi.absoluteFilePath()); !err.isEmpty()) {
+      showError(err);
+      return err;
+    }
+    return {};
+  }
+  // A run folder, or its run.json or metrics.jsonl.
+  if ((fi.isDir() || name == QLatin1String("run.json") || name == QLatin1String("metrics.jsonl")) &&
+      dir.exists(QStringLiteral("run.json"))) {
+    if (!m_training->openRun(dir.path())) return lastError();  // openRun showed the error
+    m_tabs->setCurrentWidget(m_training);
+    return {};
+  }
+  // A model folder, its config.json, or its weights (model.safetensors, a shard, the index).
+  const bool weightsFile = name.endsWith(QLatin1String(".safetensors")) ||
+                           name == QLatin1String("model.safetensors.index.json");
+  if (fi.isFile() && name == QLatin1String("config.json")) {
+    openModel(fi.absoluteFilePath());
+    return {};
+  }
+  if ((fi.isDir() || weightsFile) && dir.exists(QStringLiteral("config.json"))) {
+    openModel(dir.path());
+    return {};
+  }
+  if (weightsFile) return say(tr("%1: no config.json beside it, so the lab cannot tell its architecture").arg(path));
+  if (fi.isDir())
+    return say(tr("%1: not a model folder (no config.json) or a run folder (no run.json)").arg(path));
+  return say(tr("%1: not a model folder, config.json, safetensors file, run folder or lab session").arg(path));
 }
 
 void MainWindow::readSettings() {
@@ -423,6 +522,38 @@ void MainWindow::writeSettings() {
 bool MainWindow::eventFilter(QObject* watched, QEvent* e) {
   if (watched == m_errorBanner && e->type() == QEvent::MouseButtonPress) {
     m_errorBanner->hide();
+    return true;
+  }
+  const QEvent::Type type = e->type();
+  if (type == QEvent::DragEnter || type == QEvent::DragMove || type == QEvent::Drop) {
+    auto* w = qobject_cast<QWidget*>(watched);
+    auto* drop = static_cast<QDropEvent*>(e);  // QDragEnterEvent and QDragMoveEvent derive from it
+    if (!w || (w != this && !isAncestorOf(w)) || !drop->mimeData() || !drop->mimeData()->hasUrls())
+      return QMainWindow::eventFilter(watched, e);
+    if (type != QEvent::Drop) {
+      drop->acceptProposedAction();  // anything with a URL: what it is is said on the drop
+      return true;
+    }
+    drop->acceptProposedAction();
+    const QList<QUrl> urls = drop->mimeData()->urls();
+    const QUrl& url = urls.first();
+    if (!url.isLocalFile()) {
+      statusBar()->showMessage(tr("%1: only files and folders on this computer can be opened").arg(url.toString()), 10000);
+      return true;
+    }
+    // Opened after the drop has returned: a session's "save changes?" dialog must not run inside
+    // the drag-and-drop loop.
+    const QString path = url.toLocalFile();
+    const int more = int(urls.size()) - 1;
+    QMetaObject::invokeMethod(
+        this,
+        [this, path, more] {
+          if (openDropped(path).isEmpty() && more > 0)
+            statusBar()->showMessage(tr("Opened %1; the other %n dropped item(s) were not opened", "", more)
+                                         .arg(QFileInfo(path).fileName()),
+                                     10000);
+        },
+        Qt::QueuedConnection);
     return true;
   }
   return QMainWindow::eventFilter(watched, e);

@@ -43,6 +43,16 @@ class MainWindow : public QMainWindow {
   // effect checked; a mode the device in use lacks (tf32 on the CPU) is disabled, its tooltip
   // saying why.
   QAction* precisionAction(const QString& id) const;
+  // File ▸ Open Recent Model: the models opened (most recent first, at most kMaxRecentModels,
+  // absolute paths, kept in QSettings "recentModels"); one that no longer exists is disabled.
+  static constexpr int kMaxRecentModels = 8;
+  QStringList recentModels() const;
+  QMenu* recentMenu() const { return m_recentMenu; }
+  void clearRecentModels();
+  // A file or folder dropped on the window: a model folder (or its config.json or safetensors
+  // file) opens as File ▸ Open Model does, a run folder (or its run.json) as Open Run Folder, a
+  // *.moelab file as Open Lab Session. "" when it opened, else the one line the status bar shows.
+  QString openDropped(const QString& path);
 
  public slots:
   void openModel(const QString& path);
@@ -58,13 +68,16 @@ class MainWindow : public QMainWindow {
 
  protected:
   void closeEvent(QCloseEvent* e) override;
-  bool eventFilter(QObject* watched, QEvent* e) override;  // click the error banner to dismiss it
+  // Click the error banner to dismiss it; files dropped anywhere in the window (also on a text
+  // field, which would otherwise take the path as text) go to openDropped.
+  bool eventFilter(QObject* watched, QEvent* e) override;
 
  private:
   void createActions();
   void readSettings();
   void writeSettings();
   void addRecent(const QString& path);
+  void openRecent(const QString& path);
   void rebuildRecentMenu();
   bool maybeSave();  // true = go on (saved or discarded), false = cancel
   void updateTitle();
@@ -84,6 +97,7 @@ class MainWindow : public QMainWindow {
   QLabel* m_modelLabel = nullptr;
   QLabel* m_deviceLabel = nullptr;
   QMenu* m_recentMenu = nullptr;
+  QString m_pendingRecent;  // the model asked for, added to the recent list once it has loaded
   QMenu* m_deviceMenu = nullptr;
   QActionGroup* m_devices = nullptr;
   QString m_device = QStringLiteral("auto");  // the user's choice (settings, sessions)
