@@ -940,11 +940,12 @@ void HfTokenizerImpl::pre_tokenize(std::vector<Piece>& pieces, Arena& arena, Mat
         next.push_back(pc);
         continue;
       }
+      if (pc.text.empty()) continue;  // the Rust library drops empty pieces at every split
       std::string_view s = pc.text;
       switch (p.kind) {
         case PreTokenizer::ByteLevel: {
           if (pc.byte_level) fail(path, "pre_tokenizer applies ByteLevel twice, which is not supported");
-          if (p.add_prefix_space && (s.empty() || s[0] != ' ')) s = arena.keep(" " + std::string(s));
+          if (p.add_prefix_space && s[0] != ' ') s = arena.keep(" " + std::string(s));
           if (p.use_regex) {
             p.pattern.find_all(m, path, s, hits);
             spans.clear();
