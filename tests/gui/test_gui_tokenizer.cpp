@@ -195,6 +195,9 @@ class TestGuiTokenizer : public QObject {
     QCOMPARE(t->snapshot()->tokens.mid(0, 3), (QVector<int>{3, 1, 4}));
     QCOMPARE(t->snapshot()->labels.mid(0, 3), (QStringList{QStringLiteral("3"), QStringLiteral("1"), QStringLiteral("4")}));
     QCOMPARE(TokenCharts::tokenDescription(*t->snapshot(), 0), QStringLiteral("id 3"));
+    // Long labels (a 150K vocabulary's pieces, named specials) end in an ellipsis on the axes.
+    QCOMPARE(TokenCharts::shortLabel(QStringLiteral("<|endoftext|>"), 9), QStringLiteral("<|endoft…"));
+    QCOMPARE(TokenCharts::shortLabel(QStringLiteral("␣the"), 9), QStringLiteral("␣the"));
   }
 
   void malformedTokenizerIsOneLineError() {
