@@ -4,6 +4,7 @@
 #include <QFileInfo>
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "files.hpp"
 #include "decoder.hpp"
@@ -26,14 +27,17 @@ GenerationWorker::~GenerationWorker() = default;
 
 namespace {
 // "builtin" or a model directory / config.json on `backend`; *name is what the view calls it.
-std::unique_ptr<Model> openModel(const QString& path, std::shared_ptr<Backend> backend, QString* name) {
+// *dir: the model's folder, where its tokenizer.json would be.
+std::unique_ptr<Model> openModel(const QString& path, std::shared_ptr<Backend> backend, QString* name, std::string* dir) {
   if (path.isEmpty() || path == QLatin1String("builtin")) {
     *name = GenerationWorker::tr("built-in model");
+    *dir = resources_dir() + "/models/builtin";
     return std::make_unique<Model>(Model::load(resources_dir() + "/models/builtin", std::move(backend)));
   }
   const std::string cfg = config_path_of(path.toStdString());
   const QFileInfo cfgInfo(QString::fromStdString(cfg));
   const bool hasWeights = has_weights(cfgInfo.dir().path().toStdString());
+  *dir = cfgInfo.dir().path().toStdString();
   *name = cfgInfo.dir().dirName() + (hasWeights ? QString() : GenerationWorker::tr(" (random weights)"));
   if (hasWeights) return std::make_unique<Model>(Model::load(cfgInfo.dir().path().toStdString(), std::move(backend)));
   // A bare config.json: the architecture with random weights, so its routing can be explored.
@@ -48,23 +52,28 @@ void GenerationWorker::setPrecision(Precision precision) { m_precision = precisi
 void GenerationWorker::loadModel(const QString& path) {
   try {
     QString name;
-    std::string problem, precisionProblem;
+    std::string problem, precisionProblem, dir;
     // The precision is set before the weights load, as the command line does; a refusal (tf32 on
     // the CPU a GPU fell back to) keeps fp32 and is reported, not taken for the device failing.
     auto make = [&](std::shared_ptr<Backend> b) {
       precisionProblem = apply_precision(*b, m_precision);
-      return openModel(path, std::move(b), &name);
+      return openModel(path, std::move(b), &name, &dir);
     };
     auto m = make_on_device(m_device, make, &problem);
+    // Its tokenizer, before anything is replaced: a broken tokenizer.json fails the open as a
+    // broken model file would (one line naming the file) and the model shown stays.
+    auto tok = TextTokenizer::for_model(dir, m->config());
     if (!problem.empty()) m_device = "cpu";                        // until the GUI chooses again
     if (!precisionProblem.empty()) m_precision = Precision::FP32;  // likewise
     m_decoder.reset();  // it refers to the model it replaces
     m_model = std::move(m);
+    m_tok = std::move(tok);
     m_name = name;
     m_path = path;
     m_tokens.clear();
     emit deviceInUse(QString::fromStdString(device_display_name(m_model->backend())), QString::fromStdString(problem),
                      QString::fromStdString(precisionProblem));
+    emit tokenizerLoaded(m_tok ? QString::fromStdString(m_tok->describe()) : QString());
     emit modelLoaded(m_name, m_model->config());
   } catch (const std::exception& e) {
     emit errorOccurred(QString::fromUtf8(e.what()));
@@ -98,12 +107,17 @@ void GenerationWorker::reset(const GenerationSettings& settings, int regenerate)
     m_settings = settings;
     const ModelConfig& c = m_model->config();
     std::vector<int32_t> prompt;
-    if (c.tokenizer == "bytes") {
-      prompt = encode_bytes(settings.prompt.toStdString(), true);
+    if (m_tok) {
+      prompt = m_tok->encode_prompt(settings.prompt.toStdString());
+      if (prompt.empty()) throw Error("the prompt is empty: type some text");
     } else {
-      // Models without the lab's tokenizer: the prompt is a list of token ids.
+      // Models without a tokenizer: the prompt is a list of token ids.
       prompt = parse_token_ids(settings.prompt.trimmed().isEmpty() ? "1" : settings.prompt.toStdString(), "prompt");
     }
+    for (int32_t id : prompt)
+      if (id < 0 || id >= c.vocab_size)
+        throw Error("prompt token " + std::to_string(id) + " is outside the model's vocabulary (0.." +
+                    std::to_string(c.vocab_size - 1) + ")");
     const int64_t capacity = std::min<int64_t>(c.max_positions, 512);
     if (int64_t(prompt.size()) >= capacity) throw Error("the prompt is longer than the " + std::to_string(capacity) + " tokens shown");
     m_decoder.reset();  // its recorded graph and cache go before the new ones are allocated
@@ -127,9 +141,11 @@ void GenerationWorker::step(int n) {
   if (!m_model || !m_decoder) return;
   try {
     const int64_t V = m_model->config().vocab_size;
+    const std::optional<int32_t> eos = m_tok ? m_tok->eos() : std::nullopt;
     SamplingOptions opt;
     opt.temperature = m_settings.temperature;
     for (int i = 0; i < n && m_decoder->length() < m_decoder->capacity(); ++i) {
+      if (eos && int64_t(m_tokens.size()) > m_promptLength && m_tokens.back() == *eos) break;  // the text has ended
       const float* last = m_lastLogits.data() + (int64_t(m_lastLogits.size()) / V - 1) * V;
       const int32_t next = sample_token(last, V, opt, *m_rng);
       runTokens({next}, false);
@@ -151,10 +167,14 @@ void GenerationWorker::emitSnapshot() {
   s->decoderSteps = !m_settings.overrides.active();
   if (m_decoder) s->decodeProblem = QString::fromStdString(m_decoder->graph_problem());
   s->precision = m_model->backend().precision();
-  const bool bytes = c.tokenizer == "bytes";
+  // Labels and pieces of the tokens shown only, here on the worker: never the whole vocabulary.
+  if (m_tok) s->tokenizer = QString::fromStdString(m_tok->describe());
+  const std::optional<int32_t> eos = m_tok ? m_tok->eos() : std::nullopt;
+  s->ended = eos && int64_t(m_tokens.size()) > m_promptLength && m_tokens.back() == *eos;
   for (int32_t id : m_tokens) {
     s->tokens.push_back(id);
-    s->labels.push_back(bytes ? QString::fromStdString(token_label(id)) : QString::number(id));
+    s->labels.push_back(labelOf(id));
+    if (m_tok) s->pieces.push_back(QString::fromStdString(m_tok->piece(id)));
   }
   for (const auto& L : m_trace.layers()) {
     TokensSnapshot::Layer l;
@@ -182,7 +202,14 @@ void GenerationWorker::emitSnapshot() {
     std::partial_sort(order.begin(), order.begin() + std::min<int64_t>(10, V), order.end(),
                       [last](int a, int b) { return last[a] > last[b]; });
     for (int64_t i = 0; i < std::min<int64_t>(10, V); ++i)
+    {
       s->next.push_back(qMakePair(order[size_t(i)], float(std::exp(double(last[order[size_t(i)]] - mx)) / sum)));
+      s->nextLabels.push_back(labelOf(order[size_t(i)]));
+    }
   }
   emit snapshotReady(std::move(s));
+}
+
+QString GenerationWorker::labelOf(int32_t id) const {
+  return m_tok ? QString::fromStdString(m_tok->label(id)) : QString::number(id);
 }

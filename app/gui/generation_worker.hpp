@@ -18,6 +18,7 @@
 
 namespace moelab {
 class Decoder;
+class TextTokenizer;
 }
 
 // Everything the Tokens view draws, for the text so far (prompt + generated tokens).
@@ -25,7 +26,10 @@ struct TokensSnapshot {
   QString modelName;
   moelab::ModelConfig config;
   QVector<int> tokens;       // ids
-  QStringList labels;        // how each token reads
+  QStringList labels;        // how each token reads: TextTokenizer::label ("␣the", "↵"), or the id
+  QStringList pieces;        // each token's vocabulary entry ("Ġthe", "▁the"); empty without a tokenizer
+  QString tokenizer;         // TextTokenizer::describe(), "" when the model takes token ids only
+  bool ended = false;        // the last token generated is the tokenizer's end-of-text token
   int promptLength = 0;
   int64_t topK = 0;          // K used for this text (after overrides)
   struct Layer {
@@ -74,6 +78,7 @@ struct TokensSnapshot {
   int64_t capacity = 0;
   QVector<Layer> layers;             // MoE layers in order
   QVector<QPair<int, float>> next;   // most probable next tokens after the last one
+  QStringList nextLabels;            // their labels, as `labels`
   // How the generated tokens ran: Decoder::step (overrides at their defaults) or Model::forward
   // with the overrides. decodeProblem: why the decoder could not record its graph and runs the
   // ops directly ("" when it could, or when it is not used).
@@ -118,6 +123,9 @@ class GenerationWorker : public QObject {
 
  signals:
   void modelLoaded(const QString& name, const moelab::ModelConfig& config);
+  // Before modelLoaded: how the model reads text, TextTokenizer::describe() ("" when the model has
+  // no tokenizer and takes comma-separated token ids).
+  void tokenizerLoaded(const QString& description);
   // Before modelLoaded: where the model runs ("CPU (Eigen, 2 threads)", "GPU: ...", with the
   // precision when not fp32: "... · bf16"); when the device set failed and the CPU was used
   // instead, deviceProblem says why in one line; when the backend refused the precision set
@@ -135,6 +143,8 @@ class GenerationWorker : public QObject {
   void runTokens(const std::vector<int32_t>& ids, bool prompt);
 
   std::unique_ptr<moelab::Model> m_model;
+  std::shared_ptr<const moelab::TextTokenizer> m_tok;  // nullptr: the model takes token ids only
+  QString labelOf(int32_t id) const;
   QString m_name, m_path = QStringLiteral("builtin");
   std::string m_device = "cpu";
   moelab::Precision m_precision = moelab::Precision::FP32;

@@ -23,11 +23,13 @@ QString tr(const char* s) { return QObject::tr(s); }
 
 // Token labels on the x axis: all of them when they fit, else every n-th.
 // Axis labels: one character where possible (specials as symbols), so they need no rotation.
+// Long labels (a 150K vocabulary has pieces of 16 characters and more) are cut with an ellipsis,
+// shorter on the projector so that the ticks stay large.
 QString axisLabel(const QString& label) {
   if (label == QLatin1String(" ")) return QStringLiteral("␣");
   if (label == QLatin1String("<bos>")) return QStringLiteral("▶");
   if (label == QLatin1String("<eos>")) return QStringLiteral("■");
-  return label;
+  return shortLabel(label, Theme::current().presentation ? 6 : 9);
 }
 
 QSharedPointer<QCPAxisTickerText> tokenTicker(const TokensSnapshot& s, int maxLabels, bool* needsRotation = nullptr) {
@@ -46,9 +48,9 @@ QSharedPointer<QCPAxisTickerText> tokenTicker(const TokensSnapshot& s, int maxLa
 // The selected token, or the last one.
 int tokenOrLast(const TokensSnapshot& s, int token) { return std::clamp(token < 0 ? s.count() - 1 : token, 0, s.count() - 1); }
 
-// A token's name for the next-token chart and its CSV.
-QString tokenName(const TokensSnapshot& s, int id) {
-  return s.config.tokenizer == "bytes" ? QString::fromStdString(moelab::token_label(id)) : QString::number(id);
+// The name of the i-th most probable next token, for the next-token chart and its CSV.
+QString nextName(const TokensSnapshot& s, int i) {
+  return i < s.nextLabels.size() ? s.nextLabels[i] : QString::number(s.next[i].first);
 }
 
 // One layer's router probabilities [T, E] as a heatmap of tokens × experts, on the 0–1 scale.
@@ -328,12 +330,27 @@ QString routingHeatmapCsv(const TokensSnapshot& s) {
   return out;
 }
 
+QString shortLabel(const QString& label, int maxChars) {
+  if (label.size() <= maxChars) return label;
+  return label.left(std::max(1, maxChars - 1)) + QStringLiteral("…");
+}
+
+QString tokenDescription(const TokensSnapshot& s, int t) {
+  if (t < 0 || t >= s.count()) return {};
+  const QString id = tr("id %1").arg(s.tokens[t]);
+  if (s.tokenizer.isEmpty() || t >= s.labels.size()) return id;
+  const QString label = s.labels[t];
+  const QString piece = t < s.pieces.size() ? s.pieces[t] : label;
+  if (piece == label) return QStringLiteral("%1  (%2)").arg(label, id);
+  return QStringLiteral("\"%1\"  %2  (%3)").arg(piece, label, id);
+}
+
 QString heatmapToolTip(const TokensSnapshot& s, int layer, int token, int expert) {
   const TokensSnapshot::Layer* L = layerAt(s, layer);
   const int64_t E = s.experts(), K = s.topK;
   if (!L || token < 0 || token >= s.count() || expert < 0 || expert >= E) return {};
-  return tr("token %1 '%2', expert %3\nprobability %4 (logit %5)\n%6")
-      .arg(token).arg(s.labels[token]).arg(expert)
+  return tr("token %1: %2, expert %3\nprobability %4 (logit %5)\n%6")
+      .arg(token).arg(tokenDescription(s, token)).arg(expert)
       .arg(L->probs[token * int(E) + expert], 0, 'f', 4)
       .arg(L->logits[token * int(E) + expert], 0, 'f', 3)
       .arg(choiceText(L->cell(token, expert, int(K)), s.capacity, false));
@@ -509,12 +526,12 @@ QString whyHtml(const TokensSnapshot& s, int layer, int token) {
     capacity = tr("<br>Every choice fitted: no expert it chose was full (capacity %1).").arg(s.capacity);
   const bool renorm = std::abs(std::accumulate(L->weights.begin() + t * K, L->weights.begin() + (t + 1) * K, 0.0) - 1.0) < 1e-4 &&
                       std::abs(chosenSum - 1.0) > 1e-4;
-  return tr("<b>Token %1 '%2', layer %3.</b> Its hidden state, RMS-normed (length %11), is scored against each expert "
+  return tr("<b>Token %1: %2, layer %3.</b> Its hidden state, RMS-normed (length %11), is scored against each expert "
             "(logit = router row · state); %4 "
             "The top-%5 are kept%6.<table cellspacing=4><tr><th align=left>expert</th><th>logit</th><th>%7</th>"
             "<th align=left>chosen</th></tr>%8</table>Output: <b>%9</b>%10")
       .arg(t)
-      .arg(s.labels[t].toHtmlEscaped())
+      .arg(tokenDescription(s, t).toHtmlEscaped())
       .arg(L->layer)
       .arg(sigmoid ? tr("sigmoid gives each a score in (0, 1).") : tr("softmax turns them into probabilities."))
       .arg(K)
@@ -610,7 +627,7 @@ void drawNext(QCustomPlot* plot, const TokensSnapshot& s) {
     const auto& [id, p] = s.next[i];
     keys << double(shown - 1 - i);
     values << p;
-    ticker->addTick(double(shown - 1 - i), axisLabel(tokenName(s, id)));
+    ticker->addTick(double(shown - 1 - i), axisLabel(nextName(s, i)));
   }
   auto* bars = new QCPBars(plot->yAxis, plot->xAxis);
   bars->setData(keys, values);
@@ -625,8 +642,8 @@ void drawNext(QCustomPlot* plot, const TokensSnapshot& s) {
 
 QString nextCsv(const TokensSnapshot& s) {
   QString out = QStringLiteral("token_id,token,probability\n");
-  for (const auto& [id, p] : s.next)
-    out += QStringLiteral("%1,%2,%3\n").arg(id).arg(csvEscape(tokenName(s, id))).arg(p, 0, 'g', 9);
+  for (int i = 0; i < s.next.size(); ++i)
+    out += QStringLiteral("%1,%2,%3\n").arg(s.next[i].first).arg(csvEscape(nextName(s, i))).arg(s.next[i].second, 0, 'g', 9);
   return out;
 }
 

@@ -29,6 +29,12 @@ QString routingHeatmapCaption(const TokensSnapshot& s, int layer);
 QString routingHeatmapCsv(const TokensSnapshot& s);  // every layer, token and expert
 // The heatmap's tooltip for a cell: probability, logit, and what became of the choice.
 QString heatmapToolTip(const TokensSnapshot& s, int layer, int token, int expert);
+// Token t as the tooltips and the Why panel name it: its vocabulary piece, label and id
+// ("\"Ġworld\"  ␣world  (id 1879)"), the label and id for the byte tokenizer, the id alone
+// for a model without a tokenizer.
+QString tokenDescription(const TokensSnapshot& s, int t);
+// A label short enough for an axis tick: long labels end in an ellipsis.
+QString shortLabel(const QString& label, int maxChars);
 // The heatmap cell (token, expert) under a pixel of the drawn plot; false when none is drawn.
 bool heatmapCellAt(QCustomPlot* plot, QPointF pixel, int* token, int* expert);
 // Reading the drawn heatmap back (tests): the cell's value, and the mark drawn on it:

@@ -1,10 +1,13 @@
 #include "token_text.hpp"
 
+#include <QHelpEvent>
 #include <QMouseEvent>
+#include <QToolTip>
 #include <QPainter>
 #include <QTimer>
 
 #include "theme.hpp"
+#include "token_charts.hpp"
 
 namespace {
 const QColor kDroppedColor("#bbbbbb");
@@ -48,6 +51,7 @@ void TokenText::paintEvent(QPaintEvent*) {
   for (int i = 0; i < m_snap->count(); ++i) {
     QString label = m_snap->labels[i];
     if (label == QLatin1String(" ")) label = QStringLiteral("␣");
+    label = TokenCharts::shortLabel(label, 24);  // a box never wider than the view
     const int w = fm.horizontalAdvance(label) + 8;
     if (x + w > width() - 6) {
       x = 6;
@@ -119,4 +123,22 @@ void TokenText::paintEvent(QPaintEvent*) {
 void TokenText::mousePressEvent(QMouseEvent* e) {
   for (int i = 0; i < m_boxes.size(); ++i)
     if (m_boxes[i].contains(e->pos())) emit tokenClicked(i);
+}
+
+QString TokenText::toolTipAt(const QPoint& pos) const {
+  if (!m_snap) return {};
+  for (int i = 0; i < m_boxes.size(); ++i)
+    if (m_boxes[i].contains(pos)) return tr("token %1: %2").arg(i).arg(TokenCharts::tokenDescription(*m_snap, i));
+  return {};
+}
+
+bool TokenText::event(QEvent* e) {
+  if (e->type() == QEvent::ToolTip) {
+    auto* help = static_cast<QHelpEvent*>(e);
+    const QString text = toolTipAt(help->pos());
+    if (text.isEmpty()) QToolTip::hideText(), e->ignore();
+    else QToolTip::showText(help->globalPos(), text, this);
+    return true;
+  }
+  return QWidget::event(e);
 }

@@ -10,6 +10,7 @@
 #include <QLabel>
 #include <QLineEdit>
 #include <QPushButton>
+#include <QRegularExpression>
 #include <QSlider>
 #include <QSpinBox>
 #include <QSplitter>
@@ -32,6 +33,7 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   connect(m_worker, &GenerationWorker::snapshotReady, this, &TokensView::onSnapshot);
   connect(m_worker, &GenerationWorker::modelLoaded, this, &TokensView::onModelLoaded);
   connect(m_worker, &GenerationWorker::deviceInUse, this, &TokensView::deviceInUse);
+  connect(m_worker, &GenerationWorker::tokenizerLoaded, this, &TokensView::onTokenizerLoaded);
   connect(m_worker, &GenerationWorker::errorOccurred, this, [this](const QString& m) {
     m_pending = std::max(0, m_pending - 1);
     pause();
@@ -305,6 +307,22 @@ void TokensView::onModelLoaded(const QString& name, const moelab::ModelConfig& c
   resetText();
 }
 
+void TokensView::onTokenizerLoaded(const QString& description) {
+  if (description.isEmpty()) {
+    // Token ids only: a typed text from the model before would not parse, so it goes.
+    static const QRegularExpression ids(QStringLiteral("^[0-9,\\s]*$"));
+    if (!ids.match(m_prompt->text()).hasMatch()) m_prompt->clear();
+    m_prompt->setPlaceholderText(tr("token ids, e.g. 1,2,3"));
+    m_prompt->setToolTip(tr("This model has no tokenizer.json: type token ids, e.g. 1,2,3; press Enter to start "
+                            "again from them"));
+    return;
+  }
+  // "tokenizer.json: byte-level BPE, 151.7K tokens (26 added), NFC": the kind and size suffice here.
+  const QString kind = description.section(QStringLiteral(", "), 0, 1);
+  m_prompt->setPlaceholderText(tr("text, read by %1").arg(TokenCharts::shortLabel(kind, 60)));
+  m_prompt->setToolTip(tr("The prompt as text, read by %1; press Enter to start again from it").arg(description));
+}
+
 void TokensView::resetText() {
   pause();
   m_token = -1;
@@ -346,7 +364,7 @@ bool TokensView::waitForIdle(int timeoutMs) {
 void TokensView::onSnapshot(SnapshotPtr s) {
   m_pending = std::max(0, m_pending - 1);
   m_snap = std::move(s);
-  if (m_snap->count() >= std::min<int64_t>(m_snap->config.max_positions, 512)) pause();
+  if (m_snap->count() >= std::min<int64_t>(m_snap->config.max_positions, 512) || m_snap->ended) pause();
   QString status = tr("%1: %2 tokens (%3 generated), top-%4 of %5 experts")
                        .arg(m_snap->modelName)
                        .arg(m_snap->count())

@@ -58,6 +58,7 @@ class TokensView : public QWidget {
   int heatmapMark(int token, int expert) const;
   // The chart pages (for screenshots).
   QTabWidget* pages() const { return m_pages; }
+  QLineEdit* promptEdit() const { return m_prompt; }
 
  public slots:
   void openModel(const QString& path);
@@ -81,6 +82,7 @@ class TokensView : public QWidget {
  private slots:
   void onSnapshot(SnapshotPtr s);
   void onModelLoaded(const QString& name, const moelab::ModelConfig& config);
+  void onTokenizerLoaded(const QString& description);
   void routingKnobsChanged();
 
  private:
