@@ -32,13 +32,25 @@ Precision parse_precision(const std::string& text) {
 
 namespace {
 bool real(const Tensor& t) { return t.type == Elem::Real; }
+bool weight(const Tensor& t) { return t.type == Elem::Real || is_stored_lowp(t.type); }
 bool i32(const Tensor& t) { return t.type == Elem::Int32; }
 bool same(const Tensor& a, const Tensor& b) { return a.numel() == b.numel(); }
 // An expert stack [E,F,H] [E,F,H] [E,H,F] of hidden size H.
 bool experts_ok(const ExpertWeights& w, int64_t H) {
-  return w.gate.shape.size() == 3 && w.up.shape == w.gate.shape && w.down.shape.size() == 3 &&
-         w.down.shape[0] == w.gate.shape[0] && w.down.shape[1] == H && w.down.shape[2] == w.gate.shape[1] &&
-         w.gate.shape[2] == H;
+  const bool stacked = w.gate.shape.size() == 3 && w.up.shape == w.gate.shape && w.down.shape.size() == 3 &&
+                       w.down.shape[0] == w.gate.shape[0] && w.down.shape[1] == H &&
+                       w.down.shape[2] == w.gate.shape[1] && w.gate.shape[2] == H;
+  if (!stacked) return false;
+  if (!w.per_expert()) return real(w.gate) && real(w.up) && real(w.down);
+  const int64_t E = w.gate.shape[0], F = w.gate.shape[1];
+  if (int64_t(w.gate_e.size()) != E || int64_t(w.up_e.size()) != E || int64_t(w.down_e.size()) != E) return false;
+  for (int64_t e = 0; e < E; ++e) {
+    const Tensor &g = w.gate_e[size_t(e)], &u = w.up_e[size_t(e)], &d = w.down_e[size_t(e)];
+    if (!is_stored_lowp(g.type) || u.type != g.type || d.type != g.type || g.ptr == nullptr || u.ptr == nullptr ||
+        d.ptr == nullptr || g.numel() != F * H || u.numel() != F * H || d.numel() != H * F)
+      return false;
+  }
+  return true;
 }
 // Routing of T tokens with K slots each: ids [T,K] (I32) and weights [T,K] (Real).
 bool slots_ok(const Tensor& ids, const Tensor& weights, int64_t T) {
@@ -57,14 +69,15 @@ void Backend::copy(const Tensor& src, Tensor& dst) {
 }
 
 void Backend::embedding(const Tensor& table, const Tensor& ids, Tensor& out) {
-  MOELAB_ASSERT(i32(ids) && real(table) && out.rows() == ids.numel() && out.cols() == table.cols(),
+  MOELAB_ASSERT(i32(ids) && weight(table) && out.rows() == ids.numel() && out.cols() == table.cols(),
                 "embedding shapes: table [V,H], ids [T], out [T,H]");
   do_embedding(table, ids, out);
 }
 
 void Backend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) {
   const int64_t T = x.rows(), K = x.cols(), N = w.rows();
-  MOELAB_ASSERT(w.cols() == K && out.rows() == T && out.cols() == N && (!bias || bias->numel() == N),
+  MOELAB_ASSERT(w.cols() == K && out.rows() == T && out.cols() == N && (!bias || bias->numel() == N) && real(x) &&
+                    real(out) && weight(w) && (!bias || real(*bias)),
                 "linear shapes: x [T,K], w [N,K], bias [N], out [T,N]");
   do_linear(x, w, bias, out, accumulate);
 }
@@ -165,7 +178,7 @@ void Backend::linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy
                               Tensor& dw, Tensor* db) {
   const int64_t T = x.rows(), K = x.cols(), N = w.rows();
   MOELAB_ASSERT(w.cols() == K && dy.rows() == T && dy.cols() == N && same(dw, w) && (!dx || same(*dx, x)) &&
-                    (!db || db->numel() == N),
+                    (!db || db->numel() == N) && real(w),
                 "linear_backward shapes: x [T,K], w and dw [N,K], dy [T,N], dx like x, db [N]");
   do_linear_backward(x, w, dy, dx, accumulate_dx, dw, db);
 }
@@ -224,9 +237,9 @@ void Backend::router_losses_add(const Tensor& logits, const Tensor& ids, float a
 void Backend::moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights,
                                    const ExpertWeights& w, const Tensor& dout, Tensor& dx, Tensor& dweights,
                                    ExpertWeights& dw) {
-  MOELAB_ASSERT(experts_ok(w, x.cols()) && slots_ok(ids, weights, x.rows()) && same(dout, x) && same(dx, x) &&
-                    same(dweights, weights) && dw.gate.shape == w.gate.shape && dw.up.shape == w.up.shape &&
-                    dw.down.shape == w.down.shape,
+  MOELAB_ASSERT(experts_ok(w, x.cols()) && !w.per_expert() && slots_ok(ids, weights, x.rows()) && same(dout, x) &&
+                    same(dx, x) && same(dweights, weights) && dw.gate.shape == w.gate.shape &&
+                    dw.up.shape == w.up.shape && dw.down.shape == w.down.shape,
                 "moe_experts_backward shapes: x, dout and dx [T,H], ids, weights and dweights [T,K], "
                 "expert gradients like the experts");
   do_moe_experts_backward(x, ids, weights, w, dout, dx, dweights, dw);

@@ -13,7 +13,12 @@ namespace moelab {
 
 // A tensor's element type. Real: the backend's compute scalar (fp32 on the normal backends, fp64
 // on the gradient-check backend). Int32: token ids and expert ids.
-enum class Elem { Real, Int32 };
+// Real: the backend's float type (fp32; fp64 in the gradient-check backend). Int32: ids.
+// BF16, F16: weights kept as a checkpoint stores them (read-only, usually in its memory map);
+// only the CPU backend takes them (Backend::maps_stored_weights), as the weight operand of
+// linear, embedding and moe_experts.
+enum class Elem { Real, Int32, BF16, F16 };
+inline bool is_stored_lowp(Elem e) { return e == Elem::BF16 || e == Elem::F16; }
 
 // A buffer owned by a backend plus its shape (row-major). Copying a Tensor shares the buffer.
 class Tensor {
@@ -38,7 +43,12 @@ class Tensor {
 
 // Routed experts of one MoE layer, stacked: gate [E,F,H], up [E,F,H], down [E,H,F].
 struct ExpertWeights {
+  // Stacked [E,F,H] [E,F,H] [E,H,F] (Real); or, for weights kept as stored (BF16/F16), these carry
+  // the stacked shapes and the element type while each expert's matrices are the views below
+  // (a checkpoint holds every expert as its own tensor, anywhere in its files).
   Tensor gate, up, down;
+  std::vector<Tensor> gate_e, up_e, down_e;  // per expert [F,H] [F,H] [H,F], when stored
+  bool per_expert() const { return !gate_e.empty(); }
 };
 
 // What the router is asked to do (top-k, scores, renormalisation, selection bias, capacity):
@@ -98,6 +108,9 @@ class Backend {
   // The precision of matrix products (see Precision). A backend refuses a mode it lacks with an
   // Error saying so; the default supports FP32 only.
   virtual Precision precision() const { return Precision::FP32; }
+  // Whether linear/embedding/moe_experts take BF16/F16 weights in place (the CPU backend); other
+  // backends get fp32 weights.
+  virtual bool maps_stored_weights() const { return false; }
   virtual void set_precision(Precision p);
 
   // ---- forward ops ----

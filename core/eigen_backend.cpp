@@ -19,7 +19,9 @@
 
 #include "backend.hpp"
 #include "error.hpp"
+#include "lowp.hpp"
 #include "router.hpp"
+#include "safetensors.hpp"
 
 namespace moelab {
 namespace {
@@ -35,6 +37,29 @@ class EigenBackend final : public Backend {
   using CStrided = Eigen::Map<const Mat, 0, Eigen::OuterStride<>>;
 
   static S* elems(const Tensor& t) { return static_cast<S*>(t.ptr); }  // a Real tensor's elements
+  static const uint16_t* lowp(const Tensor& t) { return static_cast<const uint16_t*>(t.ptr); }
+  static LowpType lowp_type(const Tensor& t) { return t.type == Elem::BF16 ? LowpType::BF16 : LowpType::F16; }
+  // y [T,N] (+)= x [T,K] · wᵀ for a weight kept as stored (bf16/f16); fp32 sums. In bf16 mode the
+  // activations are rounded too, as every product's operands are.
+  void linear_stored(const S* x, int64_t T, int64_t K, const Tensor& w, int64_t N, S* y, bool accumulate) {
+    if constexpr (sizeof(S) != 4) {
+      fail(name(), "the gradient-check backend takes fp32/fp64 weights only");
+    } else {
+      std::vector<S> xb;
+      const S* X = operand(x, T * K, xb);
+      if (bf16_ && w.type == Elem::F16) {  // bf16 mode rounds f16 weights to bf16 too: widen, round
+        std::vector<S> wb(size_t(N * K));
+        lowp_to_f32(lowp(w), LowpType::F16, wb.data(), N * K);
+        for (S& v : wb) v = bf16_round(v);
+        if (T == 1) gemv(wb.data(), X, y, N, K, accumulate);
+        else if (accumulate) MapM(y, T, N).noalias() += CMapM(X, T, K) * CMapM(wb.data(), N, K).transpose();
+        else MapM(y, T, N).noalias() = CMapM(X, T, K) * CMapM(wb.data(), N, K).transpose();
+        return;
+      }
+      linear_lowp(X, T, K, lowp(w), lowp_type(w), N, y, N, accumulate);
+    }
+  }
+
   static S silu(S x) { return x / (S(1) + std::exp(-x)); }
   static S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }
   static CMapM cmat(const Tensor& t, int64_t r, int64_t c) { return CMapM(elems(t), r, c); }
@@ -42,6 +67,7 @@ class EigenBackend final : public Backend {
 
  public:
   std::string name() const override { return sizeof(S) == 4 ? "cpu" : "cpu-f64"; }
+  bool maps_stored_weights() const override { return sizeof(S) == 4; }
   int64_t real_bytes() const override { return int64_t(sizeof(S)); }
 
   // bf16 is emulated: each matrix product rounds its operands to bfloat16 (Eigen::bfloat16 rounds
@@ -114,6 +140,13 @@ class EigenBackend final : public Backend {
   void down(const Tensor& src, H* host, int64_t offset, int64_t count) {
     if (count < 0) count = src.numel() - offset;
     MOELAB_ASSERT(offset >= 0 && offset + count <= src.numel(), "download range");
+    if (is_stored_lowp(src.type)) {  // weights kept as stored: widened
+      for (int64_t i = 0; i < count; ++i) {
+        const uint16_t v = lowp(src)[offset + i];
+        host[i] = H(src.type == Elem::BF16 ? bf16_to_float(v) : half_to_float(v));
+      }
+      return;
+    }
     const S* s = elems(src) + offset;
     for (int64_t i = 0; i < count; ++i) host[i] = H(s[i]);
   }
@@ -132,6 +165,14 @@ class EigenBackend final : public Backend {
   // ---- forward ----
   void do_embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
     const int64_t T = ids.numel(), H = table.cols();
+    if (is_stored_lowp(table.type)) {
+      if constexpr (sizeof(S) == 4) {
+        for (int64_t t = 0; t < T; ++t)
+          lowp_to_f32(lowp(table) + int64_t(ids.i32()[t]) * H, lowp_type(table), elems(out) + t * H, H);
+        return;
+      }
+      fail(name(), "the gradient-check backend takes fp32/fp64 weights only");
+    }
     for (int64_t t = 0; t < T; ++t)
       std::memcpy(elems(out) + t * H, elems(table) + int64_t(ids.i32()[t]) * H, size_t(H) * sizeof(S));
   }
@@ -139,6 +180,11 @@ class EigenBackend final : public Backend {
   void do_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) override {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
     MapM Y = mat(out, T, N);
+    if (is_stored_lowp(w.type)) {
+      linear_stored(elems(x), T, K, w, N, elems(out), accumulate);
+      if (bias) Y.rowwise() += Eigen::Map<const RowVec>(elems(*bias), N);
+      return;
+    }
     std::vector<S> xb, wb;
     const S* X = operand(elems(x), T * K, xb);
     const S* W = operand(elems(w), N * K, wb);
@@ -316,12 +362,47 @@ class EigenBackend final : public Backend {
       }
   }
 
+  // The experts of weights kept as stored: each active expert's tokens through its own views;
+  // few tokens per expert (decode) parallelise inside each product, many across experts.
+  void moe_experts_stored(const Tensor& x, const Groups& g, int64_t K, const ExpertWeights& w, int64_t F) {
+    const int64_t H = x.cols();
+    if constexpr (sizeof(S) != 4) {
+      fail(name(), "the gradient-check backend takes fp32/fp64 weights only");
+    } else {
+      const auto run = [&](size_t ai) {
+        const int64_t e = g.active[ai], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
+        Mat Xe(n, H);
+        for (int64_t i = 0; i < n; ++i) Xe.row(i) = CMapM(elems(x) + (g.order[size_t(b + i)] / K) * H, 1, H);
+        round_operand(Xe);
+        Mat A(n, F), U(n, F);
+        // Xe and A are rounded already in bf16 mode; linear_stored's own rounding is then a no-op.
+        linear_stored(Xe.data(), n, H, w.gate_e[size_t(e)], F, A.data(), false);
+        linear_stored(Xe.data(), n, H, w.up_e[size_t(e)], F, U.data(), false);
+        for (int64_t i = 0; i < n * F; ++i) A.data()[i] = silu(A.data()[i]) * U.data()[i];
+        round_operand(A);
+        linear_stored(A.data(), n, F, w.down_e[size_t(e)], H, slot_out_.data() + b * H, false);
+      };
+      const int64_t used = g.begin.back();
+      if (used <= int64_t(2 * g.active.size())) {  // a token or two per expert: threads inside
+        for (size_t ai = 0; ai < g.active.size(); ++ai) run(ai);
+      } else {
+#pragma omp parallel for schedule(dynamic) if (g.active.size() > 1)
+        for (size_t ai = 0; ai < g.active.size(); ++ai) run(ai);
+      }
+    }
+  }
+
   void do_moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
                       Tensor& out) override {
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
     const Groups g = group_by_expert(ids, E);
     const int64_t used = g.begin[size_t(E)];
     slot_out_.resize(size_t(used * H));
+    if (w.per_expert()) {
+      moe_experts_stored(x, g, K, w, F);
+      combine_slots(g, T, K, H, elems(weights), elems(out));
+      return;
+    }
     std::vector<S> gb, ub, db;
     const S *WG = operand(elems(w.gate), E * F * H, gb), *WU = operand(elems(w.up), E * F * H, ub),
             *WD = operand(elems(w.down), E * H * F, db);

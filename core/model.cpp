@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 
@@ -40,6 +41,16 @@ void check_fits(const ModelConfig& c, const std::string& where) {
   if (need > have / 10 * 8)
     fail(where, "the model needs " + human_bytes(double(need)) + " to hold its " + human_count(double(need / 4)) +
                     " parameters as fp32, more than this machine's " + human_bytes(double(have)) + " of memory");
+}
+
+// Refuse before mapping or allocating when the weights cannot fit: `mapped` bytes read from the
+// checkpoint's memory map (bf16/f16 as stored) plus `owned` bytes of fp32 copies.
+void check_memory(int64_t mapped, int64_t owned, const std::string& where) {
+  const int64_t need = checked_add(mapped, owned, where), have = physical_memory_bytes();
+  if (need > have / 10 * 8)
+    fail(where, "the model needs " + human_bytes(double(need)) + " (" + human_bytes(double(mapped)) +
+                    " of weights as stored + " + human_bytes(double(owned)) + " as fp32), more than this machine's " +
+                    human_bytes(double(have)) + " of memory can hold (80% of it)");
 }
 
 // Allocate every tensor of a ParamSet from the registry (experts stacked per layer).
@@ -134,32 +145,155 @@ Model::Model(const ModelConfig& config, std::shared_ptr<Backend> backend)
 
 ParamSet Model::zeros_like() const { return alloc_params(config_, *backend_); }
 
-Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend) {
+namespace {
+
+// Whether a checkpoint tensor is kept as stored (bf16/f16, in the memory map) rather than widened
+// to fp32: the matrices the products read (attention, experts, shared and dense MLPs, the
+// embedding and LM head). Norms, biases and the router stay fp32 (small, and the router's scores
+// decide the routing).
+bool keep_as_stored(const TensorSpec& s, const TensorView& t) {
+  if (t.dtype != DType::BF16 && t.dtype != DType::F16) return false;
+  if (reinterpret_cast<uintptr_t>(t.data) % 2 != 0) return false;  // a hostile layout: widen instead
+  switch (s.role) {
+    case Role::Embed: case Role::LmHead: case Role::Q: case Role::K: case Role::V: case Role::O:
+    case Role::ExpertGate: case Role::ExpertUp: case Role::ExpertDown: case Role::SharedGate:
+    case Role::SharedUp: case Role::SharedDown: case Role::DenseGate: case Role::DenseUp: case Role::DenseDown:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// NaN/Inf in a bf16/f16 tensor, without widening it (exponent bits all ones).
+void check_finite_stored(const TensorView& t) {
+  const uint16_t mask = t.dtype == DType::BF16 ? 0x7F80 : 0x7C00;
+  const uint16_t frac = t.dtype == DType::BF16 ? 0x007F : 0x03FF;
+  const int64_t n = t.numel();
+  const uint8_t* p = t.data;
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t v;
+    std::memcpy(&v, p + 2 * i, 2);
+    if ((v & mask) == mask)
+      throw Error((t.file ? *t.file : std::string("checkpoint")) + ": tensor '" + t.name + "': holds " +
+                  ((v & frac) ? "NaN" : "Inf") + " at element " + std::to_string(i));
+  }
+}
+
+Tensor stored_view(const TensorView& t, std::vector<int64_t> shape, const std::shared_ptr<Checkpoint>& ckpt) {
+  Tensor v;
+  v.shape = std::move(shape);
+  v.type = t.dtype == DType::BF16 ? Elem::BF16 : Elem::F16;
+  v.ptr = const_cast<uint8_t*>(t.data);
+  v.storage = std::shared_ptr<void>(ckpt, v.ptr);  // keeps the files mapped while the view lives
+  return v;
+}
+
+}  // namespace
+
+Model::Model(const ModelConfig& config, std::shared_ptr<Backend> backend, NoAlloc)
+    : config_(config), backend_(std::move(backend)) {
+  if (!config_.runnable())
+    fail(config_.architecture, "the lab counts this architecture's parameters but cannot run it");
+  validate_config(config_, config_.architecture);
+  w_.layers.resize(size_t(config_.num_layers));
+  for (int64_t l = 0; l < config_.num_layers; ++l) w_.layers[size_t(l)].moe = config_.is_moe_layer(l);
+}
+
+Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool widen) {
   const ModelConfig config = load_config(dir);
   const std::string cfg_file = config_path_of(dir);
   if (!config.runnable())
     fail(cfg_file, std::string(config.architecture) + " is supported for parameter counts only, not for running");
-  check_fits(config, cfg_file);
+  // Before anything is opened: even at 2 bytes a parameter (as stored), or 4 (fp32), must it fit?
+  const bool map = !widen && backend->maps_stored_weights();
+  check_memory(map ? checked_mul(count_params(config).total, 2, cfg_file) : 0,
+               map ? 0 : weight_bytes_fp32(config), cfg_file);
   const std::string model_dir = fs::is_directory(dir) ? dir : fs::path(dir).parent_path().string();
-  Checkpoint ckpt(model_dir);
-  Model m(config, std::move(backend));
-  std::vector<float> staging;
-  for (const TensorSpec& s : tensor_specs(config)) {
-    const TensorView* t = ckpt.find(s.name);
+  auto ckpt = std::make_shared<Checkpoint>(model_dir);
+  const auto specs = tensor_specs(config);
+  // Every tensor present with the shape the config implies, before anything is allocated.
+  std::vector<const TensorView*> views;
+  views.reserve(specs.size());
+  for (const TensorSpec& s : specs) {
+    const TensorView* t = ckpt->find(s.name);
     if (!t) fail(model_dir, "checkpoint has no tensor '" + s.name + "' that " + config.architecture + " needs");
     if (t->shape != s.shape)
       fail(*t->file, "tensor '" + s.name + "' has shape " + shape_str(t->shape) + " but config.json implies " +
                          shape_str(s.shape));
+    if (!dtype_is_float(t->dtype))
+      fail(*t->file, "tensor '" + s.name + "' is " + dtype_name(t->dtype) +
+                         ", which the lab cannot compute with (F32, F16 and BF16 are supported)");
+    views.push_back(t);
+  }
+  // Which tensors stay as stored. A layer's experts are kept together or not at all (one stack).
+  std::vector<bool> keep(specs.size(), false);
+  std::vector<int> experts_kept(size_t(config.num_layers), -1);  // -1 undecided, 0 widen, 1 keep
+  std::vector<int> experts_dtype(size_t(config.num_layers), -1);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    keep[i] = map && keep_as_stored(specs[i], *views[i]);
+    if (specs[i].expert < 0) continue;
+    const size_t l = size_t(specs[i].layer);
+    const int dt = int(views[i]->dtype);
+    const bool ok = keep[i] && (experts_dtype[l] < 0 || experts_dtype[l] == dt);
+    experts_dtype[l] = dt;
+    experts_kept[l] = experts_kept[l] != 0 && ok ? 1 : 0;
+  }
+  for (size_t i = 0; i < specs.size(); ++i)
+    if (specs[i].expert >= 0) keep[i] = experts_kept[size_t(specs[i].layer)] == 1;
+  // Memory: the stored tensors are read from the map (its pages must fit too), the rest is fp32.
+  int64_t mapped = 0, owned = 0;
+  for (size_t i = 0; i < specs.size(); ++i)
+    if (keep[i]) mapped = checked_add(mapped, views[i]->nbytes, cfg_file);
+    else owned = checked_add(owned, checked_mul(specs[i].numel(), backend->real_bytes(), cfg_file), cfg_file);
+  check_memory(mapped, owned, cfg_file);
+
+  Model m(config, std::move(backend), NoAlloc{});
+  Backend& b = *m.backend_;
+  std::vector<float> staging;
+  const int64_t H = config.hidden_size, E = config.num_experts, F = config.expert_ffn_size;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const TensorSpec& s = specs[i];
+    const TensorView& t = *views[i];
+    if (keep[i]) {
+      check_finite_stored(t);
+      m.stored_bytes_ += t.nbytes;
+      if (s.expert >= 0) {
+        ExpertWeights& X = m.w_.layers[size_t(s.layer)].experts;
+        if (X.gate_e.empty()) {
+          X.gate_e.resize(size_t(E));
+          X.up_e.resize(size_t(E));
+          X.down_e.resize(size_t(E));
+        }
+        std::vector<Tensor>& slot = s.role == Role::ExpertGate ? X.gate_e : s.role == Role::ExpertUp ? X.up_e : X.down_e;
+        slot[size_t(s.expert)] = stored_view(t, s.shape, ckpt);
+        Tensor& stack = s.role == Role::ExpertGate ? X.gate : s.role == Role::ExpertUp ? X.up : X.down;
+        if (stack.empty()) {  // the stacked shape and type; the data are the per-expert views
+          stack = slot[size_t(s.expert)];
+          stack.shape = s.role == Role::ExpertDown ? std::vector<int64_t>{E, H, F} : std::vector<int64_t>{E, F, H};
+        }
+      } else {
+        int64_t off = 0;
+        *slot_for(m.w_, s, &off) = stored_view(t, s.shape, ckpt);
+      }
+      continue;
+    }
     int64_t off = 0;
     Tensor* dst = slot_for(m.w_, s, &off);
-    if (float* host = m.backend_->host_f32(*dst)) {
-      tensor_to_float(*t, host + off);  // straight from the memory map into the weights
+    if (dst->empty()) {
+      if (s.expert >= 0)
+        *dst = b.alloc(s.role == Role::ExpertDown ? std::vector<int64_t>{E, H, F} : std::vector<int64_t>{E, F, H});
+      else
+        *dst = b.alloc(s.shape);
+    }
+    if (float* host = b.host_f32(*dst)) {
+      tensor_to_float(t, host + off);  // straight from the memory map into the weights
     } else {
-      staging.resize(size_t(t->numel()));
-      tensor_to_float(*t, staging.data());
-      m.backend_->upload(*dst, staging.data(), off, t->numel());
+      staging.resize(size_t(t.numel()));
+      tensor_to_float(t, staging.data());
+      b.upload(*dst, staging.data(), off, t.numel());
     }
   }
+  if (config.tie_word_embeddings) m.w_.lm_head = m.w_.embed;
   return m;
 }
 
@@ -187,7 +321,13 @@ std::vector<std::pair<std::string, std::vector<float>>> Model::export_weights() 
     int64_t off = 0;
     Tensor* src = slot_for(w, s, &off);
     std::vector<float> host(size_t(s.numel()));
-    backend_->download(*src, host.data(), off, s.numel());
+    if (s.expert >= 0 && w.layers[size_t(s.layer)].experts.per_expert()) {  // kept as stored: one view each
+      const ExpertWeights& X = w.layers[size_t(s.layer)].experts;
+      const std::vector<Tensor>& v = s.role == Role::ExpertGate ? X.gate_e : s.role == Role::ExpertUp ? X.up_e : X.down_e;
+      backend_->download(v[size_t(s.expert)], host.data(), 0, s.numel());
+    } else {
+      backend_->download(*src, host.data(), off, s.numel());
+    }
     out.emplace_back(s.name, std::move(host));
   }
   return out;

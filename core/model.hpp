@@ -77,7 +77,10 @@ class Model {
 
   // Load config.json + safetensors from a model directory. Checks memory before allocating,
   // shapes against the config, and values for NaN/Inf; errors name the file and tensor.
-  static Model load(const std::string& dir, std::shared_ptr<Backend> backend);
+  // On a backend that takes them (the CPU), bf16/f16 matrices stay as stored, read in place from
+  // the memory-mapped checkpoint (no fp32 copy); `widen` converts everything to fp32 instead
+  // (training needs fp32 weights). The memory check counts what is really needed.
+  static Model load(const std::string& dir, std::shared_ptr<Backend> backend, bool widen = false);
   // A freshly initialised model (normal(0, init_std) weights, unit norms), deterministic in seed.
   static Model random(const ModelConfig& config, uint64_t seed, std::shared_ptr<Backend> backend,
                       float init_std = 0.02f);
@@ -87,6 +90,8 @@ class Model {
   void save(const std::string& dir, DType dtype, int64_t max_shard_bytes = 0) const;
 
   const ModelConfig& config() const { return config_; }
+  // Bytes of weights kept as stored (bf16/f16 in the checkpoint's memory map); 0 for fp32 models.
+  int64_t stored_weight_bytes() const { return stored_bytes_; }
   Backend& backend() const { return *backend_; }
   std::shared_ptr<Backend> backend_ptr() const { return backend_; }
   ParamSet& params() { return w_; }
@@ -115,6 +120,8 @@ class Model {
   std::vector<std::pair<std::string, std::vector<float>>> export_weights() const;
 
  private:
+  struct NoAlloc {};
+  Model(const ModelConfig& config, std::shared_ptr<Backend> backend, NoAlloc);  // weights filled by load()
   // The feed-forward block of layer `layer`: x [T,H] += mlp(h) for a dense layer, else
   // norm'd h → route → experts (grouped by expert inside the backend) → weighted sum → shared expert.
   void run_ffn(int64_t layer, const Tensor& h, Tensor& x, int64_t pos0, RoutingObserver* observer,
@@ -123,6 +130,7 @@ class Model {
   ModelConfig config_;
   std::shared_ptr<Backend> backend_;
   ParamSet w_;
+  int64_t stored_bytes_ = 0;
 };
 
 // Bytes needed to hold the weights as fp32, and the memory this machine has.

@@ -189,6 +189,9 @@ Trainer::Trainer(Model& model, const Corpus& corpus, const TrainConfig& config)
       v_(model.zeros_like()),
       data_rng_(config.seed * 2 + 1),
       noise_rng_(config.seed * 2 + 2) {
+  if (model.stored_weight_bytes() > 0)
+    fail(model.config().architecture, "this model's weights are bf16/f16 as stored in its checkpoint; training "
+                                      "needs fp32 weights (Model::load with widen)");
   Rng probe_rng(12345);
   probe_ = corpus_.sample(4, cfg_.seq_len, probe_rng, /*validation=*/true);
 }
@@ -367,7 +370,7 @@ void Trainer::load_checkpoint(const std::string& dir) {
   } catch (const json::exception& e) {
     fail(state_file, std::string("incomplete trainer state: ") + e.what());
   }
-  Model saved = Model::load(dir, model_.backend_ptr());
+  Model saved = Model::load(dir, model_.backend_ptr(), /*widen=*/true);  // training needs fp32 weights
   Backend& b = model_.backend();
   const ModelConfig& c = model_.config();
   // Every tensor, by name and shape (equal parameter counts are not enough: the copies below

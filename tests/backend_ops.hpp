@@ -436,8 +436,8 @@ inline void check_attention_ops(Pair& p, const OpShape& s, Rng& r) {
 // Routed-expert weights [E,F,H], [E,F,H], [E,H,F] on both backends.
 struct BothExperts {
   Both gate, up, down;
-  moelab::ExpertWeights test() const { return {gate.test, up.test, down.test}; }
-  moelab::ExpertWeights ref() const { return {gate.ref, up.ref, down.ref}; }
+  moelab::ExpertWeights test() const { return {gate.test, up.test, down.test, {}, {}, {}}; }
+  moelab::ExpertWeights ref() const { return {gate.ref, up.ref, down.ref, {}, {}, {}}; }
 };
 
 // The routed experts and their backward over a routing (ids may hold dropped slots, -1). The

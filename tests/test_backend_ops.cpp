@@ -77,7 +77,7 @@ TEST(bf16_mode_rounds_the_operands_of_products) {
   outs.clear();
   for (Backend* b : {eigen16.get(), ref16.get(), ref32.get()}) {
     Tensor x = b->alloc({T, H}), id = b->alloc({T, K}, Elem::Int32), w = b->alloc({T, K}), y = b->alloc({T, H});
-    ExpertWeights ew{b->alloc({E, F, H}), b->alloc({E, F, H}), b->alloc({E, H, F})};
+    ExpertWeights ew{b->alloc({E, F, H}), b->alloc({E, F, H}), b->alloc({E, H, F}), {}, {}, {}};
     b->upload(x, xv.data(), 0, T * H);
     b->upload(id, ids.data());
     b->upload(w, wts.data());

@@ -222,10 +222,10 @@ TEST(backend_ops_refuse_inconsistent_shapes) {
     spec.top_k = 2;
     b->route(out, spec, probs, ids, weights);
     CHECK_THROWS_WITH(b->route(out, spec, probs, real_ids, weights), "route shapes");  // ids must be I32
-    ExpertWeights ew{b->alloc({5, 8, 4}), b->alloc({5, 8, 4}), b->alloc({5, 4, 8})};
+    ExpertWeights ew{b->alloc({5, 8, 4}), b->alloc({5, 8, 4}), b->alloc({5, 4, 8}), {}, {}, {}};
     Tensor y = b->alloc({3, 4});
     b->moe_experts(x, ids, weights, ew, y);
-    ExpertWeights bad{b->alloc({5, 8, 4}), b->alloc({5, 8, 4}), b->alloc({5, 8, 4})};  // down must be [E,H,F]
+    ExpertWeights bad{b->alloc({5, 8, 4}), b->alloc({5, 8, 4}), b->alloc({5, 8, 4}), {}, {}, {}};  // down must be [E,H,F]
     CHECK_THROWS_WITH(b->moe_experts(x, ids, weights, bad, y), "moe_experts shapes");
     Tensor cache = b->alloc({4, 4});
     CHECK_THROWS_WITH(b->copy_rows(x, cache, 2), "copy_rows shapes");  // rows 2..4 of a 4-row cache

@@ -70,7 +70,7 @@ static Run run_fixture(const std::string& dir, Precision precision) {
   auto backend = make_eigen_backend();
   backend->set_precision(precision);
   CHECK(backend->precision() == precision);
-  Model m = Model::load(dir, backend);
+  Model m = Model::load(dir, backend, /*widen=*/true);  // training: fp32 weights
   Batch batch;
   for (const auto& seq : batch_j["tokens"]) {
     const auto t = seq.get<std::vector<int32_t>>();
