@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include <nlohmann/json.hpp>
+
 #include "error.hpp"
 
 namespace moelab {
@@ -26,13 +28,21 @@ struct LayerActs {
   Tensor shared_gate;  // [N,1] shared-expert gate logit (Qwen2-MoE)
 };
 
+}  // namespace
+
 void check_trainable(const ModelConfig& c) {
+  if (c.family == Family::GraniteMoe || c.has_multipliers())
+    fail(c.architecture, "training GraniteMoE models is not implemented (its multipliers have no backward pass); "
+                         "they run for inference only");
   if (c.qk_norm != QkNorm::None || c.clip_qkv > 0 || c.o_bias)
     fail(c.architecture, "training supports Mixtral- and Qwen2-MoE-family models (no q/k norms or clipping)");
+  if (c.attention_dropout != 0.0)
+    fail(c.architecture, "'attention_dropout' = " + nlohmann::json(c.attention_dropout).dump() +
+                             ": the lab trains without dropout (set it to 0)");
+  if (c.router_jitter_noise != 0.0)
+    fail(c.architecture, "'router_jitter_noise' = " + nlohmann::json(c.router_jitter_noise).dump() +
+                             ": the lab's trainer has no router jitter (set it to 0, or use the noisy router)");
 }
-
-
-}  // namespace
 
 StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, const StepKnobs& knobs,
                             Rng& noise_rng, float scale, bool want_routing) {

@@ -64,7 +64,16 @@ TEST(export_lab_models_of_every_family) {
   ol.clip_qkv = 0.3;
   ol.norm_topk_prob = false;
   export_one(out + "/olmoe", ol, DType::F32, 0);
+  ModelConfig gr = testutil::tiny_config(Family::GraniteMoe);  // head_dim 8 = 32 / 4
+  gr.norm_topk_prob = true;
+  gr.tie_word_embeddings = true;
+  gr.embedding_multiplier = 12.0;
+  gr.attention_multiplier = 0.05;
+  gr.residual_multiplier = 0.22;
+  gr.logits_scaling = 6.0;
+  export_one(out + "/granitemoe_bf16_sharded", gr, DType::BF16, 20000);
   CHECK(std::filesystem::exists(out + "/mixtral_bf16_sharded/model.safetensors.index.json"));
+  CHECK(std::filesystem::exists(out + "/granitemoe_bf16_sharded/model.safetensors.index.json"));
 }
 
 CHECK_MAIN()
