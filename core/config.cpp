@@ -83,30 +83,71 @@ void check_range(int64_t v, int64_t lo, int64_t hi, const char* what, const std:
   fail(src, "'" + field + "' = " + value + ": " + why);
 }
 
+// One RoPE settings object (rope_scaling, or rope_parameters in transformers 5): the static
+// scalings rope.hpp implements (linear, llama3), "dynamic" (NTK) where it equals the plain RoPE,
+// and a one-line refusal for the rest (yarn, longrope, ...).
+RopeScaling parse_rope_scaling(const json& r, const char* key, int64_t max_positions, const std::string& src) {
+  const std::string type = get_string(r, "rope_type", get_string(r, "type", "default", src), src);
+  auto required = [&](const char* name) {
+    if (!r.contains(name) || r[name].is_null())
+      fail(src, std::string("'") + key + "' of rope_type \"" + type + "\" needs '" + name + "'");
+    return get_double(r, name, 0.0, src);
+  };
+  const double partial = get_double(r, "partial_rotary_factor", 1.0, src);
+  if (partial != 1.0)
+    refuse(src, std::string(key) + ".partial_rotary_factor", shown(r["partial_rotary_factor"]),
+           "partial rotary embeddings are not implemented");
+  RopeScaling s;
+  if (type == "default") return s;
+  if (type == "dynamic") {
+    // Dynamic NTK changes the frequencies only for sequences longer than the pre-training context
+    // (max_position_embeddings, or original_max_position_embeddings where given), and the lab
+    // never runs a context longer than max_position_embeddings.
+    const int64_t original = get_int(r, "original_max_position_embeddings", max_positions, src);
+    if (original < max_positions)
+      refuse(src, std::string(key) + ".original_max_position_embeddings", std::to_string(original),
+             "dynamic NTK scaling below max_position_embeddings (" + std::to_string(max_positions) +
+                 ") is not implemented");
+    return s;
+  }
+  if (type == "linear" || type == "llama3") {
+    s.type = type == "linear" ? RopeType::Linear : RopeType::Llama3;
+    s.factor = required("factor");
+    if (!(s.factor > 0.0 && s.factor < 1e6)) refuse(src, std::string(key) + ".factor", shown(r["factor"]), "must be positive");
+    if (s.type == RopeType::Llama3) {
+      s.low_freq_factor = required("low_freq_factor");
+      s.high_freq_factor = required("high_freq_factor");
+      required("original_max_position_embeddings");
+      s.original_max_positions = get_int(r, "original_max_position_embeddings", 0, src);
+      if (!(s.high_freq_factor > s.low_freq_factor && s.low_freq_factor > 0.0) || s.original_max_positions < 1)
+        fail(src, std::string("'") + key + "' of rope_type \"llama3\" needs 0 < low_freq_factor < high_freq_factor "
+                                           "and original_max_position_embeddings >= 1");
+    }
+    return s;
+  }
+  std::string factor;
+  if (auto f = r.find("factor"); f != r.end()) factor = " (factor " + shown(*f) + ")";
+  refuse(src, key, "{rope_type: \"" + type + "\"" + factor + "}",
+         "this RoPE scaling is not implemented (default, linear, dynamic and llama3 are)");
+}
+
 // The RoPE settings: rope_theta at the top level (transformers 4) or inside rope_parameters
-// (transformers 5). Scaled variants (rope_scaling / rope_parameters with a rope_type other than
-// "default": linear, dynamic, yarn, longrope, llama3) and partial rotation are refused where the
-// lab runs the model (`refuse_scaling`); count-only families just read theta.
-double parse_rope(const json& j, double default_theta, bool refuse_scaling, const std::string& src) {
+// (transformers 5), and the scaling of rope_scaling / rope_parameters where the lab runs the model
+// (`runnable`); count-only families just read theta.
+double parse_rope(const json& j, ModelConfig& c, double default_theta, bool runnable, const std::string& src) {
   double theta = get_double(j, "rope_theta", 0.0, src);
+  bool seen = false;
   for (const char* key : {"rope_scaling", "rope_parameters"}) {
     auto it = j.find(key);
     if (it == j.end() || it->is_null()) continue;
     if (!it->is_object()) fail(src, std::string("'") + key + "' must be an object, got " + shown(*it));
-    const json& r = *it;
-    if (theta == 0.0) theta = get_double(r, "rope_theta", 0.0, src);
-    if (!refuse_scaling) continue;
-    std::string type = get_string(r, "rope_type", get_string(r, "type", "default", src), src);
-    if (type != "default") {
-      std::string factor;
-      if (auto f = r.find("factor"); f != r.end()) factor = " (factor " + shown(*f) + ")";
-      refuse(src, key, "{rope_type: \"" + type + "\"" + factor + "}",
-             "RoPE scaling is not implemented, only the default RoPE");
-    }
-    const double partial = get_double(r, "partial_rotary_factor", 1.0, src);
-    if (partial != 1.0)
-      refuse(src, std::string(key) + ".partial_rotary_factor", shown(r["partial_rotary_factor"]),
-             "partial rotary embeddings are not implemented");
+    if (theta == 0.0) theta = get_double(*it, "rope_theta", 0.0, src);
+    if (!runnable) continue;
+    const RopeScaling s = parse_rope_scaling(*it, key, c.max_positions, src);
+    if (seen && s.type != RopeType::Default && !(s == c.rope_scaling))
+      fail(src, "'rope_scaling' and 'rope_parameters' ask for different RoPE scalings");
+    if (s.type != RopeType::Default || !seen) c.rope_scaling = s;
+    seen = seen || s.type != RopeType::Default;
   }
   return theta == 0.0 ? default_theta : theta;
 }
@@ -243,7 +284,7 @@ ModelConfig parse_config(const json& j, const std::string& src) {
   c.num_kv_heads = get_int(j, "num_key_value_heads", c.num_heads, src);
   c.max_positions = get_int(j, "max_position_embeddings", 4096, src);
   c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-6, src);
-  c.rope_theta = parse_rope(j, 10000.0, c.runnable(), src);
+  c.rope_theta = parse_rope(j, c, 10000.0, c.runnable(), src);
   if (c.runnable()) {
     refuse_unimplemented(j, src);
     c.sliding_window = parse_sliding_window(j, c.family, src);
@@ -270,7 +311,7 @@ ModelConfig parse_config(const json& j, const std::string& src) {
       c.top_k = get_int(j, "num_experts_per_tok", 2, src);
       c.expert_ffn_size = get_int(j, "intermediate_size", 0, src);
       c.norm_topk_prob = true;  // Mixtral always renormalises (the lab may switch it off, below)
-      c.rope_theta = parse_rope(j, 1e6, true, src);
+      c.rope_theta = parse_rope(j, c, 1e6, true, src);
       c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-5, src);
       c.router_jitter_noise = get_double(j, "router_jitter_noise", 0.0, src);
       break;
@@ -462,7 +503,18 @@ json config_to_json(const ModelConfig& c) {
   j["hidden_act"] = "silu";
   j["attention_dropout"] = c.attention_dropout;
   j["use_cache"] = true;
-  j["rope_scaling"] = nullptr;
+  if (c.rope_scaling.type == RopeType::Default) {
+    j["rope_scaling"] = nullptr;
+  } else {  // the transformers 4 key; transformers 5 reads it too
+    const RopeScaling& s = c.rope_scaling;
+    json r = {{"rope_type", rope_type_name(s.type)}, {"factor", s.factor}};
+    if (s.type == RopeType::Llama3) {
+      r["low_freq_factor"] = s.low_freq_factor;
+      r["high_freq_factor"] = s.high_freq_factor;
+      r["original_max_position_embeddings"] = s.original_max_positions;
+    }
+    j["rope_scaling"] = r;
+  }
   switch (c.family) {
     case Family::Mixtral:
       j["num_local_experts"] = c.num_experts;

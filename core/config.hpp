@@ -13,6 +13,8 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "rope.hpp"
+
 namespace moelab {
 
 enum class Family { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe, DeepseekV2, DeepseekV3, GptOss, GraniteMoe };
@@ -40,6 +42,7 @@ struct ModelConfig {
   int64_t max_positions = 4096;   // max_position_embeddings
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;  // static RoPE scaling (linear, llama3); Default = none
   bool tie_word_embeddings = false;  // lm_head shares embed_tokens
 
   // Attention details
@@ -97,6 +100,8 @@ struct ModelConfig {
   int64_t num_moe_layers() const;
   // True for the families the model can run; the others are parameter-count only.
   bool runnable() const;
+  // The rotary embedding: theta and its scaling.
+  RopeSpec rope() const { return {rope_theta, rope_scaling}; }
   // Whether any of GraniteMoE's multipliers differs from its neutral value.
   bool has_multipliers() const;
 };

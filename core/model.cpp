@@ -367,8 +367,8 @@ Tensor Model::forward_tensors(const Tensor& ids, int64_t pos0, KvCache& cache, R
       b.clamp(k, -clip, clip);
       b.clamp(v, -clip, clip);
     }
-    b.rope(q, NH, D, pos0, T, c.rope_theta);
-    b.rope(k, NKV, D, pos0, T, c.rope_theta);
+    b.rope(q, NH, D, pos0, T, c.rope());
+    b.rope(k, NKV, D, pos0, T, c.rope());
     if (q_scale != 1.0f) b.scale(q, q_scale);
     b.copy_rows(k, cache.k[size_t(l)], pos0);
     b.copy_rows(v, cache.v[size_t(l)], pos0);

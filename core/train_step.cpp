@@ -78,8 +78,8 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
     b.linear(a.attn_input, L.q, L.q_bias.empty() ? nullptr : &L.q_bias, a.q);
     b.linear(a.attn_input, L.k, L.k_bias.empty() ? nullptr : &L.k_bias, a.k);
     b.linear(a.attn_input, L.v, L.v_bias.empty() ? nullptr : &L.v_bias, a.v);
-    b.rope(a.q, NH, D, 0, T, c.rope_theta);
-    b.rope(a.k, NKV, D, 0, T, c.rope_theta);
+    b.rope(a.q, NH, D, 0, T, c.rope());
+    b.rope(a.k, NKV, D, 0, T, c.rope());
     a.att = b.alloc({N, NH * D});
     b.attention(a.q, a.k, a.v, B, 0, NH, NKV, D, a.att);
     b.linear(a.att, L.o, nullptr, x, true);
@@ -181,8 +181,8 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
            dv = b.alloc({N, NKV * D}), dh1 = b.alloc({N, H});
     b.linear_backward(a.att, L.o, dx, &datt, false, G.o, nullptr);
     b.attention_backward(a.q, a.k, a.v, datt, B, NH, NKV, D, dq, dk, dv);
-    b.rope(dq, NH, D, 0, T, c.rope_theta, /*inverse=*/true);
-    b.rope(dk, NKV, D, 0, T, c.rope_theta, /*inverse=*/true);
+    b.rope(dq, NH, D, 0, T, c.rope(), /*inverse=*/true);
+    b.rope(dk, NKV, D, 0, T, c.rope(), /*inverse=*/true);
     b.linear_backward(a.attn_input, L.q, dq, &dh1, false, G.q, L.q_bias.empty() ? nullptr : &G.q_bias);
     b.linear_backward(a.attn_input, L.k, dk, &dh1, true, G.k, L.k_bias.empty() ? nullptr : &G.k_bias);
     b.linear_backward(a.attn_input, L.v, dv, &dh1, true, G.v, L.v_bias.empty() ? nullptr : &G.v_bias);

@@ -36,18 +36,39 @@ static void check_refused(const json& j, std::initializer_list<std::string> need
 static const Family kRunnable[] = {Family::Mixtral, Family::Qwen2Moe, Family::Qwen3Moe, Family::Olmoe,
                                    Family::GraniteMoe};
 
-TEST(rope_scaling_variants_are_refused_with_their_type) {
+TEST(rope_scaling_is_read_or_refused_with_its_type) {
   for (Family f : kRunnable) {
     json j = config_of(f);
+    // linear and llama3 are implemented (the reference fixtures qwen3_moe_rope_linear_f32 and
+    // mixtral_rope_llama3_f32 check the numbers), under either key (the old "type" spelling too)
     j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
-    check_refused(j, {"'rope_scaling'", "linear", "factor 2.0"});
+    ModelConfig c = parse_config(j, kSrc);
+    CHECK(c.rope_scaling.type == RopeType::Linear);
+    CHECK_EQ(c.rope_scaling.factor, 2.0);
+    CHECK(parse_config(config_to_json(c), kSrc).rope_scaling == c.rope_scaling);  // written back
+    j["rope_scaling"] = nullptr;
+    j["rope_parameters"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                            {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 16}};
+    c = parse_config(j, kSrc);
+    CHECK(c.rope_scaling.type == RopeType::Llama3);
+    CHECK_EQ(c.rope_scaling.original_max_positions, 16);
+    CHECK(parse_config(config_to_json(c), kSrc).rope_scaling == c.rope_scaling);
+    j["rope_parameters"].erase("low_freq_factor");
+    check_refused(j, {"'rope_parameters' of rope_type \"llama3\" needs 'low_freq_factor'"});
+    j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 2.0}};
+    j["rope_parameters"] = {{"rope_type", "linear"}, {"factor", 3.0}};
+    check_refused(j, {"ask for different RoPE scalings"});
+    // dynamic NTK equals the plain RoPE up to max_position_embeddings, which the lab never exceeds
+    j["rope_parameters"] = nullptr;
     j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 4.0}};
-    check_refused(j, {"'rope_scaling'", "dynamic"});
+    CHECK(parse_config(j, kSrc).rope_scaling.type == RopeType::Default);
+    j["rope_scaling"]["original_max_position_embeddings"] = 16;  // max_position_embeddings is 64
+    check_refused(j, {"'rope_scaling.original_max_position_embeddings' = 16", "dynamic NTK"});
     j["rope_scaling"] = nullptr;
     j["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"rope_theta", 1e6}};
-    check_refused(j, {"'rope_parameters'", "yarn"});
-    j["rope_parameters"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
-    check_refused(j, {"'rope_parameters'", "llama3"});
+    check_refused(j, {"'rope_parameters' = {rope_type: \"yarn\" (factor 4.0)}", "not implemented"});
+    j["rope_parameters"] = {{"rope_type", "longrope"}, {"factor", 4.0}};
+    check_refused(j, {"'rope_parameters'", "longrope"});
     j["rope_parameters"] = {{"rope_type", "default"}, {"partial_rotary_factor", 0.5}};
     check_refused(j, {"partial_rotary_factor", "0.5"});
     // The default RoPE in either place is accepted, and transformers 5's rope_parameters carries theta.

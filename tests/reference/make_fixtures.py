@@ -42,7 +42,7 @@ MIN_GAP = 5e-3
 SEQ_LEN = 12
 
 
-def _base(model_type, arch, dtype, **kw):
+def _base(model_type, arch, dtype, rope=None, **kw):
     cfg = OrderedDict()
     cfg["architectures"] = [arch]
     cfg["model_type"] = model_type
@@ -57,12 +57,15 @@ def _base(model_type, arch, dtype, **kw):
     # transformers >= 5 keeps RoPE settings in rope_parameters; older versions
     # read the top-level rope_theta. Both carry the same value.
     cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg["rope_theta"]}
+    if rope is not None:  # a RoPE scaling, under both keys
+        cfg["rope_scaling"] = OrderedDict(rope)
+        cfg["rope_parameters"] = OrderedDict(rope, rope_theta=cfg["rope_theta"])
     return cfg
 
 
-def mixtral_cfg(dtype, window=None):
+def mixtral_cfg(dtype, window=None, rope=None):
     return _base(
-        "mixtral", "MixtralForCausalLM", dtype,
+        "mixtral", "MixtralForCausalLM", dtype, rope=rope,
         vocab_size=96, hidden_size=64, intermediate_size=32, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
         max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=1000000.0,
@@ -85,9 +88,9 @@ def qwen2_moe_cfg(dtype, layers=3, mlp_only=(1,), step=1, experts=6, topk=2, nor
         tie_word_embeddings=False, bos_token_id=None, eos_token_id=None)
 
 
-def qwen3_moe_cfg(dtype):
+def qwen3_moe_cfg(dtype, rope=None):
     return _base(
-        "qwen3_moe", "Qwen3MoeForCausalLM", dtype,
+        "qwen3_moe", "Qwen3MoeForCausalLM", dtype, rope=rope,
         vocab_size=72, hidden_size=48, intermediate_size=64, moe_intermediate_size=32,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
         max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1000000.0,
@@ -137,6 +140,14 @@ FIXTURES = OrderedDict([
                    "norm_topk_prob=false")),
     ("mixtral_bf16", (mixtral_cfg("bfloat16"), torch.bfloat16, 1, 5000,
                       "as mixtral_f32, BF16 storage")),
+    ("qwen3_moe_rope_linear_f32", (qwen3_moe_cfg("float32", rope={"rope_type": "linear", "factor": 4.0}),
+                                   torch.float32, 1, 12000, "as qwen3_moe_f32 with linear RoPE scaling, factor 4")),
+    # theta 1e6, D 16: pair 0's wavelength 6.3 < 64 / 4 (kept), pair 1's 35 (interpolated), the
+    # others > 64 (divided by 8): every branch of the llama3 rule.
+    ("mixtral_rope_llama3_f32", (mixtral_cfg("float32", rope={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}), torch.float32, 1, 13000,
+        "Llama-3.1 RoPE scaling: factor 8, low/high freq factors 1/4, original context 64")),
     ("mixtral_window_f32", (mixtral_cfg("float32", window=SEQ_LEN), torch.float32, 1, 11000,
                             "sliding_window = %d = the sequence: the window mask is applied and "
                             "hides nothing" % SEQ_LEN)),

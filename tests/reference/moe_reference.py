@@ -34,6 +34,13 @@ attention:
     RoPE (rotate-half / NeoX layout): inv_freq[i] = theta^(-2i/D), i < D/2,
         angle = pos * inv_freq, emb = cat(angle, angle),
         x' = x*cos(emb) + cat(-x[D/2:], x[:D/2])*sin(emb)
+    RoPE scaling (rope_scaling, or rope_parameters in transformers 5; from
+        modeling_rope_utils): "linear": inv_freq / factor; "llama3": with
+        wavelen = 2 pi / inv_freq, L = original_max_position_embeddings:
+        wavelen > L / low_freq_factor -> inv_freq / factor, wavelen <
+        L / high_freq_factor -> inv_freq, else (1 - s) inv_freq / factor +
+        s inv_freq with s = (L / wavelen - low) / (high - low); "dynamic"
+        changes nothing up to max_position_embeddings.
     GQA: query head h reads kv head h // (NH/NKV)
     scores = q.k / sqrt(D), causal mask, softmax, weighted sum of v,
     heads concatenated, o_proj.
@@ -133,10 +140,14 @@ def model_spec(cfg):
         qkv_bias = o_bias = False
     if cfg.get("hidden_act", "silu") != "silu":
         raise ValueError("only silu experts are supported")
+    rope = {"rope_type": "default"}
     for key in ("rope_scaling", "rope_parameters"):
         rs = cfg.get(key) or {}
-        if rs.get("rope_type", rs.get("type", "default")) != "default":
-            raise ValueError("only the default RoPE is implemented here, not %s" % key)
+        kind = rs.get("rope_type", rs.get("type", "default"))
+        if kind not in ("default", "linear", "llama3", "dynamic"):
+            raise ValueError("RoPE scaling %r (%s) is not implemented here" % (kind, key))
+        if kind in ("linear", "llama3"):
+            rope = dict(rs, rope_type=kind)
     granite = fam == "granitemoe"
     if fam == "mixtral":
         window = cfg.get("sliding_window")
@@ -171,6 +182,7 @@ def model_spec(cfg):
         clip_qkv=(float(cfg["clip_qkv"]) if fam == "olmoe" and cfg.get("clip_qkv") is not None else None),
         tie=bool(cfg.get("tie_word_embeddings", False)),
         window=int(window) if window else None,
+        rope=rope,
         # GraniteMoE's multipliers; neutral for the other families
         emb_mult=float(cfg.get("embedding_multiplier", 1.0)) if granite else 1.0,
         attn_scale=float(cfg.get("attention_multiplier", 1.0)) if granite else 1.0 / math.sqrt(D),
@@ -281,8 +293,24 @@ def swiglu(x, wg, wu, wd, mm=matmul_t):
     return mm(silu(mm(x, wg)) * mm(x, wu), wd)
 
 
-def rope_tables(positions, dim, theta, dtype=torch.float64):
+def rope_inv_freq(dim, theta, rope=None):
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    kind = (rope or {}).get("rope_type", "default")
+    if kind == "linear":
+        inv_freq = inv_freq / float(rope["factor"])
+    elif kind == "llama3":
+        factor, low, high = float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
+        old = float(rope["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old / wavelen - low) / (high - low)
+        medium = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = torch.where(wavelen > old / low, inv_freq / factor,
+                               torch.where(wavelen < old / high, inv_freq, medium))
+    return inv_freq
+
+
+def rope_tables(positions, dim, theta, dtype=torch.float64, rope=None):
+    inv_freq = rope_inv_freq(dim, theta, rope)
     ang = positions.to(torch.float64)[:, None] * inv_freq[None, :]
     emb = torch.cat([ang, ang], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -396,7 +424,7 @@ def forward(cfg, tensors, tokens, dtype=torch.float64, cache=None, stats=None, b
     T = ids.shape[0]
     past = cache.length() if cache is not None else 0
     NH, NKV, D, eps = s["heads"], s["kv_heads"], s["head_dim"], s["eps"]
-    cos, sin = rope_tables(torch.arange(past, past + T), D, s["theta"], dtype)
+    cos, sin = rope_tables(torch.arange(past, past + T), D, s["theta"], dtype, s["rope"])
 
     h = W("model.embed_tokens.weight")[ids] * s["emb_mult"]
     routing = []
