@@ -293,7 +293,11 @@ ModelConfig parse_config(const json& j, const std::string& src) {
 
   const int64_t default_head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
   c.head_dim = get_int(j, "head_dim", default_head_dim, src);
-  const int64_t n_experts_key = get_int(j, "num_local_experts", get_int(j, "num_experts", 0, src), src);
+  // The expert count under either name; absent, the configuration class's default.
+  auto n_experts = [&](int64_t dflt) {
+    return get_int(j, "num_local_experts", get_int(j, "num_experts", dflt, src), src);
+  };
+  const int64_t n_experts_key = n_experts(0);
   // Families whose attention takes head_dim = hidden_size / num_attention_heads: a different
   // head_dim in the file is read by some transformers versions and not by others, so refuse it.
   auto fixed_head_dim = [&]() {
@@ -307,7 +311,7 @@ ModelConfig parse_config(const json& j, const std::string& src) {
   switch (c.family) {
     case Family::Mixtral:
       c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
-      c.num_experts = n_experts_key;
+      c.num_experts = n_experts(8);
       c.top_k = get_int(j, "num_experts_per_tok", 2, src);
       c.expert_ffn_size = get_int(j, "intermediate_size", 0, src);
       c.norm_topk_prob = true;  // Mixtral always renormalises (the lab may switch it off, below)
@@ -318,8 +322,8 @@ ModelConfig parse_config(const json& j, const std::string& src) {
     case Family::Qwen2Moe:
     case Family::Qwen3Moe:
       c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
-      c.num_experts = n_experts_key;
-      c.top_k = get_int(j, "num_experts_per_tok", 2, src);
+      c.num_experts = n_experts(c.family == Family::Qwen2Moe ? 60 : 128);
+      c.top_k = get_int(j, "num_experts_per_tok", c.family == Family::Qwen2Moe ? 4 : 8, src);
       c.dense_ffn_size = get_int(j, "intermediate_size", 0, src);
       c.expert_ffn_size = get_int(j, "moe_intermediate_size", 0, src);
       c.norm_topk_prob = get_bool(j, "norm_topk_prob", false, src);
@@ -333,7 +337,7 @@ ModelConfig parse_config(const json& j, const std::string& src) {
       }
       if (c.family == Family::Qwen2Moe) {
         c.qkv_bias = get_bool(j, "qkv_bias", true, src);  // a field since transformers 5; true before
-        c.shared_ffn_size = get_int(j, "shared_expert_intermediate_size", 0, src);
+        c.shared_ffn_size = get_int(j, "shared_expert_intermediate_size", 5632, src);  // the class's default
         c.shared_expert_gate = c.shared_ffn_size > 0;
         c.head_dim = fixed_head_dim();
       } else {
@@ -344,7 +348,7 @@ ModelConfig parse_config(const json& j, const std::string& src) {
       break;
     case Family::Olmoe:
       c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
-      c.num_experts = n_experts_key;
+      c.num_experts = n_experts(64);
       c.top_k = get_int(j, "num_experts_per_tok", 8, src);
       c.expert_ffn_size = get_int(j, "intermediate_size", 0, src);
       c.norm_topk_prob = get_bool(j, "norm_topk_prob", false, src);

@@ -109,7 +109,14 @@ TEST(other_unimplemented_fields_are_refused) {
 }
 
 TEST(fields_are_read_as_transformers_reads_them) {
+  // Absent keys take the configuration class's defaults.
   json j = config_of(Family::Qwen2Moe);
+  for (const char* k : {"num_experts", "num_experts_per_tok", "shared_expert_intermediate_size"}) j.erase(k);
+  const ModelConfig d = parse_config(j, kSrc);
+  CHECK_EQ(d.num_experts, 60);
+  CHECK_EQ(d.top_k, 4);
+  CHECK_EQ(d.shared_ffn_size, 5632);
+  j = config_of(Family::Qwen2Moe);
   j["qkv_bias"] = false;  // a Qwen2MoeConfig field since transformers 5
   CHECK(!parse_config(j, kSrc).qkv_bias);
   j.erase("qkv_bias");

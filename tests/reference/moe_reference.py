@@ -173,7 +173,7 @@ def model_spec(cfg):
         topk=int(cfg.get("num_experts_per_tok", d["num_experts_per_tok"])),
         moe_inter=moe_I,
         dense_inter=int(cfg.get("intermediate_size", 0)),
-        shared_inter=int(cfg.get("shared_expert_intermediate_size", 0)) if fam == "qwen2_moe" else 0,
+        shared_inter=int(cfg.get("shared_expert_intermediate_size", 5632)) if fam == "qwen2_moe" else 0,
         renorm=renorm,
         sparse=sparse,
         qkv_bias=qkv_bias,
