@@ -93,11 +93,11 @@ void Backend::clamp(Tensor& x, float lo, float hi) {
   do_clamp(x, lo, hi);
 }
 
-void Backend::rope(Tensor& x, int64_t n_heads, int64_t head_dim, int64_t pos0, int64_t seq_len, double theta,
+void Backend::rope(Tensor& x, int64_t n_heads, int64_t head_dim, int64_t pos0, int64_t seq_len, const RopeSpec& rope,
                    bool inverse) {
   MOELAB_ASSERT(x.cols() == n_heads * head_dim && head_dim % 2 == 0 && seq_len > 0 && pos0 >= 0,
                 "rope shapes: x [R, n·D], D even");
-  do_rope(x, n_heads, head_dim, pos0, seq_len, theta, inverse);
+  do_rope(x, n_heads, head_dim, pos0, seq_len, rope, inverse);
 }
 
 void Backend::copy_rows(const Tensor& src, Tensor& dst, int64_t row0) {

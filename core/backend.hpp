@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "rope.hpp"
+
 namespace moelab {
 
 // A tensor's element type. Real: the backend's compute scalar (fp32 on the normal backends, fp64
@@ -123,8 +125,9 @@ class Backend {
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out);
   void clamp(Tensor& x, float lo, float hi);
   // Rotary embedding, rotate-half convention, in place on x [R, n·D]: row r is position
-  // pos0 + r % seq_len. inverse rotates back (the backward pass of rope).
-  void rope(Tensor& x, int64_t n_heads, int64_t head_dim, int64_t pos0, int64_t seq_len, double theta,
+  // pos0 + r % seq_len; the frequencies from rope (theta and a static scaling, rope.hpp). inverse
+  // rotates back (the backward pass of rope).
+  void rope(Tensor& x, int64_t n_heads, int64_t head_dim, int64_t pos0, int64_t seq_len, const RopeSpec& rope,
             bool inverse = false);
   // dst rows [row0, row0 + src.rows) = src (KV-cache append).
   void copy_rows(const Tensor& src, Tensor& dst, int64_t row0);
@@ -237,7 +240,7 @@ class Backend {
   virtual void do_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) = 0;
   virtual void do_rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
   virtual void do_clamp(Tensor& x, float lo, float hi) = 0;
-  virtual void do_rope(Tensor& x, int64_t n_heads, int64_t head_dim, int64_t pos0, int64_t seq_len, double theta,
+  virtual void do_rope(Tensor& x, int64_t n_heads, int64_t head_dim, int64_t pos0, int64_t seq_len, const RopeSpec& rope,
                        bool inverse) = 0;
   virtual void do_copy_rows(const Tensor& src, Tensor& dst, int64_t row0) = 0;
   virtual void do_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t batch, int64_t past,

@@ -77,6 +77,111 @@ void check_range(int64_t v, int64_t lo, int64_t hi, const char* what, const std:
                   ", " + std::to_string(hi) + "]");
 }
 
+// A refused field: one line naming the field, its value and why the lab does not run it.
+[[noreturn]] void refuse(const std::string& src, const std::string& field, const std::string& value,
+                         const std::string& why) {
+  fail(src, "'" + field + "' = " + value + ": " + why);
+}
+
+// One RoPE settings object (rope_scaling, or rope_parameters in transformers 5): the static
+// scalings rope.hpp implements (linear, llama3), "dynamic" (NTK) where it equals the plain RoPE,
+// and a one-line refusal for the rest (yarn, longrope, ...).
+RopeScaling parse_rope_scaling(const json& r, const char* key, int64_t max_positions, const std::string& src) {
+  const std::string type = get_string(r, "rope_type", get_string(r, "type", "default", src), src);
+  auto required = [&](const char* name) {
+    if (!r.contains(name) || r[name].is_null())
+      fail(src, std::string("'") + key + "' of rope_type \"" + type + "\" needs '" + name + "'");
+    return get_double(r, name, 0.0, src);
+  };
+  const double partial = get_double(r, "partial_rotary_factor", 1.0, src);
+  if (partial != 1.0)
+    refuse(src, std::string(key) + ".partial_rotary_factor", shown(r["partial_rotary_factor"]),
+           "partial rotary embeddings are not implemented");
+  RopeScaling s;
+  if (type == "default") return s;
+  if (type == "dynamic") {
+    // Dynamic NTK changes the frequencies only for sequences longer than the pre-training context
+    // (max_position_embeddings, or original_max_position_embeddings where given), and the lab
+    // never runs a context longer than max_position_embeddings.
+    const int64_t original = get_int(r, "original_max_position_embeddings", max_positions, src);
+    if (original < max_positions)
+      refuse(src, std::string(key) + ".original_max_position_embeddings", std::to_string(original),
+             "dynamic NTK scaling below max_position_embeddings (" + std::to_string(max_positions) +
+                 ") is not implemented");
+    return s;
+  }
+  if (type == "linear" || type == "llama3") {
+    s.type = type == "linear" ? RopeType::Linear : RopeType::Llama3;
+    s.factor = required("factor");
+    if (!(s.factor > 0.0 && s.factor < 1e6)) refuse(src, std::string(key) + ".factor", shown(r["factor"]), "must be positive");
+    if (s.type == RopeType::Llama3) {
+      s.low_freq_factor = required("low_freq_factor");
+      s.high_freq_factor = required("high_freq_factor");
+      required("original_max_position_embeddings");
+      s.original_max_positions = get_int(r, "original_max_position_embeddings", 0, src);
+      if (!(s.high_freq_factor > s.low_freq_factor && s.low_freq_factor > 0.0) || s.original_max_positions < 1)
+        fail(src, std::string("'") + key + "' of rope_type \"llama3\" needs 0 < low_freq_factor < high_freq_factor "
+                                           "and original_max_position_embeddings >= 1");
+    }
+    return s;
+  }
+  std::string factor;
+  if (auto f = r.find("factor"); f != r.end()) factor = " (factor " + shown(*f) + ")";
+  refuse(src, key, "{rope_type: \"" + type + "\"" + factor + "}",
+         "this RoPE scaling is not implemented (default, linear, dynamic and llama3 are)");
+}
+
+// The RoPE settings: rope_theta at the top level (transformers 4) or inside rope_parameters
+// (transformers 5), and the scaling of rope_scaling / rope_parameters where the lab runs the model
+// (`runnable`); count-only families just read theta.
+double parse_rope(const json& j, ModelConfig& c, double default_theta, bool runnable, const std::string& src) {
+  double theta = get_double(j, "rope_theta", 0.0, src);
+  bool seen = false;
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) continue;
+    if (!it->is_object()) fail(src, std::string("'") + key + "' must be an object, got " + shown(*it));
+    if (theta == 0.0) theta = get_double(*it, "rope_theta", 0.0, src);
+    if (!runnable) continue;
+    const RopeScaling s = parse_rope_scaling(*it, key, c.max_positions, src);
+    if (seen && s.type != RopeType::Default && !(s == c.rope_scaling))
+      fail(src, "'rope_scaling' and 'rope_parameters' ask for different RoPE scalings");
+    if (s.type != RopeType::Default || !seen) c.rope_scaling = s;
+    seen = seen || s.type != RopeType::Default;
+  }
+  return theta == 0.0 ? default_theta : theta;
+}
+
+// Fields a runnable family's config may carry that change the computation and are not
+// implemented: refused here (docs/config-fields.md lists every field and its status).
+void refuse_unimplemented(const json& j, const std::string& src) {
+  const std::string act = get_string(j, "hidden_act", "silu", src);
+  if (act != "silu" && act != "swish")  // transformers' ACT2FN maps both to SiLU
+    refuse(src, "hidden_act", "\"" + act + "\"", "the lab's experts and MLPs use silu only");
+  if (auto it = j.find("quantization_config"); it != j.end() && !it->is_null()) {
+    std::string method = it->is_object() && it->contains("quant_method") ? shown((*it)["quant_method"]) : shown(*it);
+    refuse(src, "quantization_config", "{quant_method: " + method + "}", "quantized checkpoints are not implemented");
+  }
+}
+
+// Sliding-window attention: the window when the config turns it on, else 0.
+int64_t parse_sliding_window(const json& j, Family family, const std::string& src) {
+  if (family == Family::Mixtral) return get_int(j, "sliding_window", 0, src);  // applied whenever it is not null
+  // Qwen's default window is 4096 when the key is absent; null means none.
+  const int64_t window = j.contains("sliding_window") && j["sliding_window"].is_null()
+                             ? 0
+                             : get_int(j, "sliding_window", 4096, src);
+  // Qwen2-MoE / Qwen3-MoE: only with use_sliding_window (then on some layers, by
+  // max_window_layers or layer_types; the lab's context cap makes the choice of layers moot).
+  if (auto it = j.find("layer_types"); it != j.end() && !it->is_null()) {
+    if (!it->is_array()) fail(src, "'layer_types' must be a list, got " + shown(*it));
+    for (const auto& t : *it)
+      if (!t.is_string() || (t.get<std::string>() != "full_attention" && t.get<std::string>() != "sliding_attention"))
+        refuse(src, "layer_types", "[..., " + shown(t) + ", ...]", "only full_attention and sliding_attention layers exist");
+  }
+  return get_bool(j, "use_sliding_window", false, src) ? window : 0;
+}
+
 struct ArchInfo {
   const char* architecture;
   const char* model_type;
@@ -125,7 +230,12 @@ int64_t ModelConfig::num_moe_layers() const {
 
 bool ModelConfig::runnable() const {
   return family == Family::Mixtral || family == Family::Qwen2Moe || family == Family::Qwen3Moe ||
-         family == Family::Olmoe;
+         family == Family::Olmoe || family == Family::GraniteMoe;
+}
+
+bool ModelConfig::has_multipliers() const {
+  return embedding_multiplier != 1.0 || attention_multiplier != 0.0 || residual_multiplier != 1.0 ||
+         logits_scaling != 1.0;
 }
 
 bool is_model_config_json(const json& j) {
@@ -174,27 +284,46 @@ ModelConfig parse_config(const json& j, const std::string& src) {
   c.num_kv_heads = get_int(j, "num_key_value_heads", c.num_heads, src);
   c.max_positions = get_int(j, "max_position_embeddings", 4096, src);
   c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-6, src);
-  c.rope_theta = get_double(j, "rope_theta", 10000.0, src);
+  c.rope_theta = parse_rope(j, c, 10000.0, c.runnable(), src);
+  if (c.runnable()) {
+    refuse_unimplemented(j, src);
+    c.sliding_window = parse_sliding_window(j, c.family, src);
+    c.attention_dropout = get_double(j, "attention_dropout", 0.0, src);
+  }
 
   const int64_t default_head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
   c.head_dim = get_int(j, "head_dim", default_head_dim, src);
-  const int64_t n_experts_key = get_int(j, "num_local_experts", get_int(j, "num_experts", 0, src), src);
+  // The expert count under either name; absent, the configuration class's default.
+  auto n_experts = [&](int64_t dflt) {
+    return get_int(j, "num_local_experts", get_int(j, "num_experts", dflt, src), src);
+  };
+  const int64_t n_experts_key = n_experts(0);
+  // Families whose attention takes head_dim = hidden_size / num_attention_heads: a different
+  // head_dim in the file is read by some transformers versions and not by others, so refuse it.
+  auto fixed_head_dim = [&]() {
+    const int64_t hd = get_int(j, "head_dim", default_head_dim, src);
+    if (hd != default_head_dim)
+      refuse(src, "head_dim", std::to_string(hd),
+             "this family's attention uses hidden_size / num_attention_heads = " + std::to_string(default_head_dim));
+    return default_head_dim;
+  };
 
   switch (c.family) {
     case Family::Mixtral:
       c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
-      c.num_experts = n_experts_key;
+      c.num_experts = n_experts(8);
       c.top_k = get_int(j, "num_experts_per_tok", 2, src);
       c.expert_ffn_size = get_int(j, "intermediate_size", 0, src);
       c.norm_topk_prob = true;  // Mixtral always renormalises (the lab may switch it off, below)
-      c.rope_theta = get_double(j, "rope_theta", 1e6, src);
+      c.rope_theta = parse_rope(j, c, 1e6, true, src);
       c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-5, src);
+      c.router_jitter_noise = get_double(j, "router_jitter_noise", 0.0, src);
       break;
     case Family::Qwen2Moe:
     case Family::Qwen3Moe:
       c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
-      c.num_experts = n_experts_key;
-      c.top_k = get_int(j, "num_experts_per_tok", 2, src);
+      c.num_experts = n_experts(c.family == Family::Qwen2Moe ? 60 : 128);
+      c.top_k = get_int(j, "num_experts_per_tok", c.family == Family::Qwen2Moe ? 4 : 8, src);
       c.dense_ffn_size = get_int(j, "intermediate_size", 0, src);
       c.expert_ffn_size = get_int(j, "moe_intermediate_size", 0, src);
       c.norm_topk_prob = get_bool(j, "norm_topk_prob", false, src);
@@ -207,10 +336,10 @@ ModelConfig parse_config(const json& j, const std::string& src) {
         }
       }
       if (c.family == Family::Qwen2Moe) {
-        c.qkv_bias = true;  // Qwen2-MoE attention always has q/k/v biases
-        c.shared_ffn_size = get_int(j, "shared_expert_intermediate_size", 0, src);
+        c.qkv_bias = get_bool(j, "qkv_bias", true, src);  // a field since transformers 5; true before
+        c.shared_ffn_size = get_int(j, "shared_expert_intermediate_size", 5632, src);  // the class's default
         c.shared_expert_gate = c.shared_ffn_size > 0;
-        c.head_dim = default_head_dim;
+        c.head_dim = fixed_head_dim();
       } else {
         c.qkv_bias = get_bool(j, "attention_bias", false, src);
         c.o_bias = c.qkv_bias;
@@ -219,7 +348,7 @@ ModelConfig parse_config(const json& j, const std::string& src) {
       break;
     case Family::Olmoe:
       c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
-      c.num_experts = n_experts_key;
+      c.num_experts = n_experts(64);
       c.top_k = get_int(j, "num_experts_per_tok", 8, src);
       c.expert_ffn_size = get_int(j, "intermediate_size", 0, src);
       c.norm_topk_prob = get_bool(j, "norm_topk_prob", false, src);
@@ -228,7 +357,7 @@ ModelConfig parse_config(const json& j, const std::string& src) {
       c.qk_norm = QkNorm::Whole;
       c.clip_qkv = get_double(j, "clip_qkv", 0.0, src);
       c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-5, src);
-      c.head_dim = default_head_dim;
+      c.head_dim = fixed_head_dim();
       break;
     case Family::DeepseekV2:
     case Family::DeepseekV3:
@@ -276,12 +405,22 @@ ModelConfig parse_config(const json& j, const std::string& src) {
       c.expert_bias = true;
       break;
     case Family::GraniteMoe:
-      c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", true, src);
-      c.num_experts = n_experts_key;
+      c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, src);
+      c.num_experts = get_int(j, "num_local_experts", 8, src);
       c.top_k = get_int(j, "num_experts_per_tok", 2, src);
       c.expert_ffn_size = get_int(j, "intermediate_size", 0, src);
       c.qkv_bias = get_bool(j, "attention_bias", false, src);
       c.o_bias = c.qkv_bias;
+      c.head_dim = fixed_head_dim();
+      // Top-k of the router logits, softmax over those k: the same weights as softmax over all
+      // experts renormalised over the chosen k (GraniteMoeTopKGating).
+      c.norm_topk_prob = true;
+      c.embedding_multiplier = get_double(j, "embedding_multiplier", 1.0, src);
+      c.attention_multiplier = get_double(j, "attention_multiplier", 1.0, src);  // the softmax scale itself
+      c.residual_multiplier = get_double(j, "residual_multiplier", 1.0, src);
+      c.logits_scaling = get_double(j, "logits_scaling", 1.0, src);
+      if (const std::string pe = get_string(j, "position_embedding_type", "rope", src); pe != "rope")
+        refuse(src, "position_embedding_type", "\"" + pe + "\"", "only rotary position embeddings are implemented");
       break;
   }
   if (auto it = j.find("moelab"); it != j.end()) {
@@ -331,6 +470,16 @@ void validate_config(const ModelConfig& c, const std::string& src) {
     if (!c.is_moe_layer(l) && c.dense_ffn_size <= 0)
       fail(src, "layer " + std::to_string(l) + " is dense but intermediate_size is 0");
   if (c.clip_qkv < 0.0) fail(src, "clip_qkv must be positive");
+  if (c.sliding_window < 0) fail(src, "sliding_window must be positive");
+  if (!(c.attention_dropout >= 0.0 && c.attention_dropout < 1.0)) fail(src, "attention_dropout must be in [0, 1)");
+  for (auto [name, v] : {std::pair{"embedding_multiplier", c.embedding_multiplier},
+                         std::pair{"residual_multiplier", c.residual_multiplier},
+                         std::pair{"logits_scaling", c.logits_scaling}})
+    if (!(std::isfinite(v) && v != 0.0 && std::fabs(v) < 1e6))
+      fail(src, std::string(name) + " = " + std::to_string(v) + " must be a non-zero number below 1e6");
+  if (!(c.attention_multiplier >= 0.0 && c.attention_multiplier < 1e6) ||
+      (c.family == Family::GraniteMoe && !(c.attention_multiplier > 0.0)))
+    fail(src, "attention_multiplier = " + std::to_string(c.attention_multiplier) + " must be positive");
   if (c.mla) {
     check_range(c.kv_lora_rank, 1, kMaxHidden, "kv_lora_rank", src);
     check_range(c.q_lora_rank, 0, kMaxHidden, "q_lora_rank", src);
@@ -356,15 +505,28 @@ json config_to_json(const ModelConfig& c) {
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   j["num_experts_per_tok"] = c.top_k;
   j["hidden_act"] = "silu";
-  j["attention_dropout"] = 0.0;
+  j["attention_dropout"] = c.attention_dropout;
   j["use_cache"] = true;
+  if (c.rope_scaling.type == RopeType::Default) {
+    j["rope_scaling"] = nullptr;
+  } else {  // the transformers 4 key; transformers 5 reads it too
+    const RopeScaling& s = c.rope_scaling;
+    json r = {{"rope_type", rope_type_name(s.type)}, {"factor", s.factor}};
+    if (s.type == RopeType::Llama3) {
+      r["low_freq_factor"] = s.low_freq_factor;
+      r["high_freq_factor"] = s.high_freq_factor;
+      r["original_max_position_embeddings"] = s.original_max_positions;
+    }
+    j["rope_scaling"] = r;
+  }
   switch (c.family) {
     case Family::Mixtral:
       j["num_local_experts"] = c.num_experts;
       j["intermediate_size"] = c.expert_ffn_size;
       j["head_dim"] = c.head_dim;
-      j["sliding_window"] = nullptr;
+      j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
       j["router_aux_loss_coef"] = 0.0;
+      j["router_jitter_noise"] = c.router_jitter_noise;
       break;
     case Family::Qwen2Moe:
     case Family::Qwen3Moe:
@@ -374,9 +536,11 @@ json config_to_json(const ModelConfig& c) {
       j["norm_topk_prob"] = c.norm_topk_prob;
       j["decoder_sparse_step"] = c.decoder_sparse_step;
       j["mlp_only_layers"] = c.mlp_only_layers;
-      j["use_sliding_window"] = false;
+      j["use_sliding_window"] = c.sliding_window > 0;
+      j["sliding_window"] = c.sliding_window > 0 ? json(c.sliding_window) : json(nullptr);
       if (c.family == Family::Qwen2Moe) {
         j["shared_expert_intermediate_size"] = c.shared_ffn_size;
+        j["qkv_bias"] = c.qkv_bias;
       } else {
         j["head_dim"] = c.head_dim;
         j["attention_bias"] = c.qkv_bias;
@@ -388,6 +552,16 @@ json config_to_json(const ModelConfig& c) {
       j["norm_topk_prob"] = c.norm_topk_prob;
       j["clip_qkv"] = c.clip_qkv > 0 ? json(c.clip_qkv) : json(nullptr);
       j["attention_bias"] = c.qkv_bias;
+      break;
+    case Family::GraniteMoe:
+      j["num_local_experts"] = c.num_experts;
+      j["intermediate_size"] = c.expert_ffn_size;
+      j["attention_bias"] = c.qkv_bias;
+      j["embedding_multiplier"] = c.embedding_multiplier;
+      j["attention_multiplier"] = c.attention_multiplier;
+      j["residual_multiplier"] = c.residual_multiplier;
+      j["logits_scaling"] = c.logits_scaling;
+      j["router_aux_loss_coef"] = 0.0;
       break;
     default:
       break;

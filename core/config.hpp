@@ -1,6 +1,8 @@
 // Model configuration: what a Hugging Face config.json says, normalised into one struct for the
-// families the lab runs (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) and the ones it only counts
-// (DeepSeek-V3, gpt-oss, GraniteMoE). Dimension letters used across core/:
+// families the lab runs (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GraniteMoE) and the ones it only
+// counts (DeepSeek-V2/V3, gpt-oss). For the runnable families every field of the transformers
+// configuration class is either implemented or refused with a one-line error naming it (see
+// docs/config-fields.md). Dimension letters used across core/:
 //   T tokens, H hidden, E experts, K top-k, F expert hidden, V vocab, L layers, NH heads,
 //   NKV key/value heads, D head dim.
 #pragma once
@@ -10,6 +12,8 @@
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
+
+#include "rope.hpp"
 
 namespace moelab {
 
@@ -38,6 +42,7 @@ struct ModelConfig {
   int64_t max_positions = 4096;   // max_position_embeddings
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;  // static RoPE scaling (linear, llama3); Default = none
   bool tie_word_embeddings = false;  // lm_head shares embed_tokens
 
   // Attention details
@@ -46,6 +51,18 @@ struct ModelConfig {
   QkNorm qk_norm = QkNorm::None;
   double clip_qkv = 0.0;    // OLMoE: clamp q, k, v to [-clip, clip]; 0 = off
   bool attention_sinks = false;  // gpt-oss: one learned logit per head
+  // Sliding-window attention (Mixtral `sliding_window`; Qwen with `use_sliding_window`), 0 = none.
+  // The lab has no window mask: it runs contexts no longer than the window, where the window
+  // changes nothing, and refuses longer ones (Model::new_cache).
+  int64_t sliding_window = 0;
+  double attention_dropout = 0.0;   // dropout on attention weights in training (the lab has none)
+  double router_jitter_noise = 0.0;  // Mixtral: multiplicative router noise in training only
+
+  // GraniteMoE's multipliers (the neutral values elsewhere)
+  double embedding_multiplier = 1.0;  // x = embed(ids) · m
+  double attention_multiplier = 0.0;  // softmax scale of q·k; 0 = 1/sqrt(D)
+  double residual_multiplier = 1.0;   // x += m · attention(x), x += m · ffn(x)
+  double logits_scaling = 1.0;        // logits = lm_head(h) / s
 
   // DeepSeek multi-head latent attention (count-only)
   bool mla = false;
@@ -83,6 +100,10 @@ struct ModelConfig {
   int64_t num_moe_layers() const;
   // True for the families the model can run; the others are parameter-count only.
   bool runnable() const;
+  // The rotary embedding: theta and its scaling.
+  RopeSpec rope() const { return {rope_theta, rope_scaling}; }
+  // Whether any of GraniteMoE's multipliers differs from its neutral value.
+  bool has_multipliers() const;
 };
 
 const char* family_name(Family f);

@@ -216,24 +216,24 @@ class EigenBackend final : public Backend {
     for (int64_t i = 0, n = x.numel(); i < n; ++i) p[i] = std::min(S(hi), std::max(S(lo), p[i]));
   }
 
-  // cos/sin of position p and frequency i, computed once per (D, theta) and extended as needed.
+  // cos/sin of position p and frequency i, computed once per (D, RoPE) and extended as needed.
   struct RopeTable {
     int64_t D = 0, positions = 0;
-    double theta = 0;
+    RopeSpec rope{0.0};
     std::vector<S> cos, sin;  // [positions, D/2]
   };
   RopeTable rope_;
-  const RopeTable& rope_table(int64_t D, double theta, int64_t positions) {
-    if (rope_.D != D || rope_.theta != theta || rope_.positions < positions) {
+  const RopeTable& rope_table(int64_t D, const RopeSpec& rope, int64_t positions) {
+    if (rope_.D != D || !(rope_.rope == rope) || rope_.positions < positions) {
       const int64_t half = D / 2, n = std::max<int64_t>(positions, 256);
       rope_.D = D;
-      rope_.theta = theta;
+      rope_.rope = rope;
       rope_.positions = n;
       rope_.cos.resize(size_t(n * half));
       rope_.sin.resize(size_t(n * half));
       for (int64_t i = 0; i < half; ++i) {
-        // theta^(-2i/D) and the angle in fp32, like the reference implementations
-        const float inv_freq = 1.0f / float(std::pow(theta, double(2 * i) / double(D)));
+        // the frequency and the angle in fp32, like the reference implementations
+        const float inv_freq = rope_inv_freq(rope, i, D);
         for (int64_t p = 0; p < n; ++p) {
           const S ang = S(float(p) * inv_freq);
           rope_.cos[size_t(p * half + i)] = std::cos(ang);
@@ -244,10 +244,10 @@ class EigenBackend final : public Backend {
     return rope_;
   }
 
-  void do_rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta,
+  void do_rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, const RopeSpec& rope,
                bool inverse) override {
     const int64_t R = x.rows(), half = D / 2, stride = n_heads * D;
-    const RopeTable& tab = rope_table(D, theta, pos0 + std::min(seq_len, R));
+    const RopeTable& tab = rope_table(D, rope, pos0 + std::min(seq_len, R));
     const S sign = inverse ? S(-1) : S(1);
     for (int64_t r = 0; r < R; ++r) {
       const int64_t pos = pos0 + r % seq_len;

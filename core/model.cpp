@@ -68,6 +68,7 @@ ParamSet alloc_params(const ModelConfig& c, Backend& b) {
     }
   }
   for (const TensorSpec& s : tensor_specs(c)) {
+    if (s.role == Role::ExpertsGateUpStacked) continue;  // the stacked gate and up, allocated above
     int64_t off = 0;
     Tensor* t = slot_for(p, s, &off);
     if (t->empty()) *t = b.alloc(s.shape);
@@ -109,6 +110,8 @@ Tensor* slot_for(ParamSet& p, const TensorSpec& s, int64_t* off) {
       case Role::ExpertGate: *off = s.expert * per_expert; return &L.experts.gate;
       case Role::ExpertUp: *off = s.expert * per_expert; return &L.experts.up;
       case Role::ExpertDown: *off = s.expert * per_expert; return &L.experts.down;
+      case Role::ExpertsDownStacked: return &L.experts.down;  // [E,H,F], the stacked layout itself
+      case Role::ExpertsGateUpStacked: fail(s.name, "is split over the gate and up experts: use pieces_for");
       case Role::SharedGate: return &L.shared_gate;
       case Role::SharedUp: return &L.shared_up;
       case Role::SharedDown: return &L.shared_down;
@@ -122,10 +125,32 @@ Tensor* slot_for(ParamSet& p, const TensorSpec& s, int64_t* off) {
   fail(s.name, "tensor role not supported by the runnable model");
 }
 
+std::vector<TensorPiece> pieces_for(ParamSet& p, const TensorSpec& s) {
+  if (s.role != Role::ExpertsGateUpStacked) {
+    int64_t off = 0;
+    Tensor* t = slot_for(p, s, &off);
+    return {{t, off, 0, s.numel()}};
+  }
+  LayerWeights& L = p.layers[size_t(s.layer)];
+  const int64_t E = s.shape[0], F = s.shape[1] / 2, H = s.shape[2], FH = F * H;  // [E,2F,H]
+  std::vector<TensorPiece> out;
+  for (int64_t e = 0; e < E; ++e) {
+    out.push_back({&L.experts.gate, e * FH, 2 * e * FH, FH});       // rows [0, F): gate
+    out.push_back({&L.experts.up, e * FH, 2 * e * FH + FH, FH});  // rows [F, 2F): up
+  }
+  return out;
+}
+
 std::vector<ParamRef> trainable_params(const ModelConfig& c, ParamSet& p) {
   std::vector<ParamRef> out;
   for (const TensorSpec& s : tensor_specs(c)) {
     if (s.buffer) continue;
+    if (s.role == Role::ExpertsGateUpStacked) {  // two tensors of the ParamSet, named by their half
+      LayerWeights& L = p.layers[size_t(s.layer)];
+      out.push_back({s.name + ":gate", &L.experts.gate, true, false});
+      out.push_back({s.name + ":up", &L.experts.up, true, false});
+      continue;
+    }
     int64_t off = 0;
     Tensor* t = slot_for(p, s, &off);
     if (off != 0) continue;  // experts 1..E-1 share the stacked tensor of expert 0
@@ -277,20 +302,29 @@ Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool
       }
       continue;
     }
-    int64_t off = 0;
-    Tensor* dst = slot_for(m.w_, s, &off);
-    if (dst->empty()) {
-      if (s.expert >= 0)
-        *dst = b.alloc(s.role == Role::ExpertDown ? std::vector<int64_t>{E, H, F} : std::vector<int64_t>{E, F, H});
-      else
-        *dst = b.alloc(s.shape);
+    const std::vector<TensorPiece> pieces = pieces_for(m.w_, s);
+    for (const TensorPiece& p : pieces) {
+      if (!p.dst->empty()) continue;
+      if (s.layer >= 0) {  // stacked experts: allocated whole, filled piece by piece
+        const ExpertWeights& X = m.w_.layers[size_t(s.layer)].experts;
+        if (p.dst == &X.gate || p.dst == &X.up) {
+          *p.dst = b.alloc({E, F, H});
+          continue;
+        }
+        if (p.dst == &X.down) {
+          *p.dst = b.alloc({E, H, F});
+          continue;
+        }
+      }
+      *p.dst = b.alloc(s.shape);
     }
-    if (float* host = b.host_f32(*dst)) {
-      tensor_to_float(t, host + off);  // straight from the memory map into the weights
+    float* host = pieces.size() == 1 ? b.host_f32(*pieces[0].dst) : nullptr;
+    if (host) {
+      tensor_to_float(t, host + pieces[0].dst_offset);  // straight from the memory map into the weights
     } else {
       staging.resize(size_t(t.numel()));
       tensor_to_float(t, staging.data());
-      b.upload(*dst, staging.data(), off, t.numel());
+      for (const TensorPiece& p : pieces) b.upload(*p.dst, staging.data() + p.src_offset, p.dst_offset, p.count);
     }
   }
   if (config.tie_word_embeddings) m.w_.lm_head = m.w_.embed;
@@ -307,9 +341,7 @@ Model Model::random(const ModelConfig& config, uint64_t seed, std::shared_ptr<Ba
     const bool zero = s.role == Role::QBias || s.role == Role::KBias || s.role == Role::VBias || s.role == Role::OBias ||
                       s.role == Role::ScoreCorrectionBias || s.role == Role::RouterNoise;
     for (float& v : host) v = is_norm ? 1.0f : zero ? 0.0f : float(rng.normal()) * init_std;
-    int64_t off = 0;
-    Tensor* dst = slot_for(m.w_, s, &off);
-    m.backend_->upload(*dst, host.data(), off, s.numel());
+    for (const TensorPiece& p : pieces_for(m.w_, s)) m.backend_->upload(*p.dst, host.data() + p.src_offset, p.dst_offset, p.count);
   }
   return m;
 }
@@ -318,15 +350,13 @@ std::vector<std::pair<std::string, std::vector<float>>> Model::export_weights() 
   std::vector<std::pair<std::string, std::vector<float>>> out;
   ParamSet& w = const_cast<ParamSet&>(w_);
   for (const TensorSpec& s : tensor_specs(config_)) {
-    int64_t off = 0;
-    Tensor* src = slot_for(w, s, &off);
     std::vector<float> host(size_t(s.numel()));
     if (s.expert >= 0 && w.layers[size_t(s.layer)].experts.per_expert()) {  // kept as stored: one view each
       const ExpertWeights& X = w.layers[size_t(s.layer)].experts;
       const std::vector<Tensor>& v = s.role == Role::ExpertGate ? X.gate_e : s.role == Role::ExpertUp ? X.up_e : X.down_e;
       backend_->download(v[size_t(s.expert)], host.data(), 0, s.numel());
     } else {
-      backend_->download(*src, host.data(), off, s.numel());
+      for (const TensorPiece& p : pieces_for(w, s)) backend_->download(*p.dst, host.data() + p.src_offset, p.dst_offset, p.count);
     }
     out.emplace_back(s.name, std::move(host));
   }
@@ -353,6 +383,10 @@ KvCache Model::new_cache(int64_t capacity) const {
   if (capacity < 1 || capacity > config_.max_positions)
     fail(config_.architecture, "a context of " + std::to_string(capacity) + " tokens is outside [1, " +
                                    std::to_string(config_.max_positions) + "] (max_position_embeddings)");
+  if (config_.sliding_window > 0 && capacity > config_.sliding_window)
+    fail(config_.architecture, "a context of " + std::to_string(capacity) + " tokens is longer than sliding_window = " +
+                                   std::to_string(config_.sliding_window) +
+                                   ": the lab has no sliding-window mask, so it runs contexts up to the window only");
   KvCache cache;
   cache.capacity = capacity;
   const int64_t kv = config_.num_kv_heads * config_.head_dim;
@@ -457,6 +491,11 @@ Tensor Model::forward_tensors(const Tensor& ids, int64_t pos0, KvCache& cache, R
   MOELAB_ASSERT(ids.type == Elem::Int32 && T > 0 && pos0 + T <= cache.capacity, "forward_tensors inputs");
   Tensor x = b.alloc_uninit({T, H});  // [T,H] residual stream
   b.embedding(w_.embed, ids, x);
+  if (c.embedding_multiplier != 1.0) b.scale(x, float(c.embedding_multiplier));  // GraniteMoE
+  // GraniteMoE's attention_multiplier is the softmax scale of q·k in place of 1/sqrt(D): attention
+  // divides by sqrt(D), so q is scaled by multiplier · sqrt(D) first (q is not cached).
+  const float q_scale = c.attention_multiplier > 0.0 ? float(c.attention_multiplier * std::sqrt(double(D))) : 1.0f;
+  const float residual = float(c.residual_multiplier);  // x += residual · block(x) (GraniteMoE)
   // Each is overwritten whole by the op that first writes it in every layer.
   Tensor h = b.alloc_uninit({T, H}), q = b.alloc_uninit({T, NH * D}), k = b.alloc_uninit({T, NKV * D}),
          v = b.alloc_uninit({T, NKV * D}), att = b.alloc_uninit({T, NH * D});
@@ -477,19 +516,36 @@ Tensor Model::forward_tensors(const Tensor& ids, int64_t pos0, KvCache& cache, R
       b.clamp(k, -clip, clip);
       b.clamp(v, -clip, clip);
     }
-    b.rope(q, NH, D, pos0, T, c.rope_theta);
-    b.rope(k, NKV, D, pos0, T, c.rope_theta);
+    b.rope(q, NH, D, pos0, T, c.rope());
+    b.rope(k, NKV, D, pos0, T, c.rope());
+    if (q_scale != 1.0f) b.scale(q, q_scale);
     b.copy_rows(k, cache.k[size_t(l)], pos0);
     b.copy_rows(v, cache.v[size_t(l)], pos0);
     b.attention(q, cache.k[size_t(l)], cache.v[size_t(l)], 1, pos0, NH, NKV, D, att);
-    b.linear(att, L.o, L.o_bias.empty() ? nullptr : &L.o_bias, x, /*accumulate=*/true);  // x += o(att)
+    const Tensor* o_bias = L.o_bias.empty() ? nullptr : &L.o_bias;
+    if (residual == 1.0f) {
+      b.linear(att, L.o, o_bias, x, /*accumulate=*/true);  // x += o(att)
+    } else {
+      Tensor y = b.alloc_uninit({T, H});
+      b.linear(att, L.o, o_bias, y);
+      b.scale(y, residual);
+      b.add(x, y);  // x += residual · o(att)
+    }
     b.rmsnorm(x, L.post_attn_norm, eps, h);
-    run_ffn(l, h, x, pos0, observer, ov, trace, moe_index);
+    if (residual == 1.0f) {
+      run_ffn(l, h, x, pos0, observer, ov, trace, moe_index);
+    } else {
+      Tensor y = b.alloc({T, H});  // zero: run_ffn adds to it
+      run_ffn(l, h, y, pos0, observer, ov, trace, moe_index);
+      b.scale(y, residual);
+      b.add(x, y);  // x += residual · ffn(h)
+    }
     if (L.moe) ++moe_index;
   }
   b.rmsnorm(x, w_.final_norm, eps, h);
   Tensor logits = b.alloc_uninit({T, V});
   b.linear(h, w_.lm_head, nullptr, logits);
+  if (c.logits_scaling != 1.0) b.scale(logits, float(1.0 / c.logits_scaling));  // GraniteMoE: logits / s
   return logits;
 }
 

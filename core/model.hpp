@@ -1,7 +1,8 @@
 // The decoder-only MoE transformer: pre-norm RMSNorm, RoPE, grouped-query attention (dense),
 // and a feed-forward block that is either a dense SwiGLU MLP or router + top-k SwiGLU experts
 // (+ an optional shared expert). It computes what Hugging Face `transformers` computes for
-// Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE. All math goes through a Backend.
+// Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and GraniteMoE (with its embedding, attention and
+// residual multipliers and logits scaling). All math goes through a Backend.
 //
 // One code path serves the full forward and token-by-token decode: forward() runs T new tokens
 // after the `cache.length` tokens already in the KV cache.
@@ -44,8 +45,19 @@ struct ParamSet {
 };
 
 // One registry tensor's place in a ParamSet: the Tensor and the element offset inside it (routed
-// experts are stacked [E, ...], so expert e starts at e · per-expert size).
+// experts are stacked [E, ...], so expert e starts at e · per-expert size). A checkpoint tensor
+// split over two ParamSet tensors (GraniteMoE's input_linear) has no single slot: see pieces_for.
 Tensor* slot_for(ParamSet& p, const TensorSpec& spec, int64_t* offset);
+
+// Where a registry tensor's elements live in a ParamSet, as contiguous runs: elements
+// [src_offset, src_offset + count) of the checkpoint tensor are elements [dst_offset, ...) of
+// *dst. One piece for most tensors; 2E for GraniteMoE's input_linear [E,2F,H], whose gate and up
+// halves go to the stacked experts.gate and experts.up [E,F,H].
+struct TensorPiece {
+  Tensor* dst;
+  int64_t dst_offset, src_offset, count;
+};
+std::vector<TensorPiece> pieces_for(ParamSet& p, const TensorSpec& spec);
 
 // A trainable tensor of a ParamSet (stacked experts once, tied lm_head not twice, buffers not).
 struct ParamRef {

@@ -114,8 +114,11 @@ void add_ffn(Builder& b, const ModelConfig& c) {
       break;
     case Family::GraniteMoe:
       b.add("block_sparse_moe.router.layer.weight", {E, H}, Role::Router, Component::Router);
-      b.add("block_sparse_moe.input_linear.weight", {E, 2 * F, H}, Role::ExpertsFused, Component::RoutedExperts, -1, E);
-      b.add("block_sparse_moe.output_linear.weight", {E, H, F}, Role::ExpertsFused, Component::RoutedExperts, -1, E);
+      // GraniteMoeParallelExperts: input_linear's output is chunked in two, silu(first half) ⊙
+      // second half, so rows [0, F) of each expert are its gate and rows [F, 2F) its up projection.
+      b.add("block_sparse_moe.input_linear.weight", {E, 2 * F, H}, Role::ExpertsGateUpStacked,
+            Component::RoutedExperts, -1, E);
+      b.add("block_sparse_moe.output_linear.weight", {E, H, F}, Role::ExpertsDownStacked, Component::RoutedExperts, -1, E);
       break;
     case Family::GptOss:
       b.add("mlp.router.weight", {E, H}, Role::Router, Component::Router);

@@ -22,7 +22,9 @@ enum class Role {
   MlaQA, MlaQANorm, MlaQB, MlaKvA, MlaKvANorm, MlaKvB,  // DeepSeek latent attention
   Router, RouterBias, ScoreCorrectionBias, RouterNoise,
   ExpertGate, ExpertUp, ExpertDown,       // one tensor per expert: [F,H], [F,H], [H,F]
-  ExpertsFused,                           // all experts in one tensor (gpt-oss, GraniteMoE)
+  ExpertsFused,                           // all experts in one tensor (gpt-oss; count only)
+  ExpertsGateUpStacked,                   // GraniteMoE input_linear [E,2F,H]: expert e's gate rows, then its up rows
+  ExpertsDownStacked,                     // GraniteMoE output_linear [E,H,F]
   SharedGate, SharedUp, SharedDown, SharedExpertGate,
   DenseGate, DenseUp, DenseDown,
 };

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include <nlohmann/json.hpp>
+
 #include "error.hpp"
 
 namespace moelab {
@@ -26,13 +28,21 @@ struct LayerActs {
   Tensor shared_gate;  // [N,1] shared-expert gate logit (Qwen2-MoE)
 };
 
+}  // namespace
+
 void check_trainable(const ModelConfig& c) {
+  if (c.family == Family::GraniteMoe || c.has_multipliers())
+    fail(c.architecture, "training GraniteMoE models is not implemented (its multipliers have no backward pass); "
+                         "they run for inference only");
   if (c.qk_norm != QkNorm::None || c.clip_qkv > 0 || c.o_bias)
     fail(c.architecture, "training supports Mixtral- and Qwen2-MoE-family models (no q/k norms or clipping)");
+  if (c.attention_dropout != 0.0)
+    fail(c.architecture, "'attention_dropout' = " + nlohmann::json(c.attention_dropout).dump() +
+                             ": the lab trains without dropout (set it to 0)");
+  if (c.router_jitter_noise != 0.0)
+    fail(c.architecture, "'router_jitter_noise' = " + nlohmann::json(c.router_jitter_noise).dump() +
+                             ": the lab's trainer has no router jitter (set it to 0, or use the noisy router)");
 }
-
-
-}  // namespace
 
 StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, const StepKnobs& knobs,
                             Rng& noise_rng, float scale, bool want_routing) {
@@ -68,8 +78,8 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
     b.linear(a.attn_input, L.q, L.q_bias.empty() ? nullptr : &L.q_bias, a.q);
     b.linear(a.attn_input, L.k, L.k_bias.empty() ? nullptr : &L.k_bias, a.k);
     b.linear(a.attn_input, L.v, L.v_bias.empty() ? nullptr : &L.v_bias, a.v);
-    b.rope(a.q, NH, D, 0, T, c.rope_theta);
-    b.rope(a.k, NKV, D, 0, T, c.rope_theta);
+    b.rope(a.q, NH, D, 0, T, c.rope());
+    b.rope(a.k, NKV, D, 0, T, c.rope());
     a.att = b.alloc({N, NH * D});
     b.attention(a.q, a.k, a.v, B, 0, NH, NKV, D, a.att);
     b.linear(a.att, L.o, nullptr, x, true);
@@ -171,8 +181,8 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
            dv = b.alloc({N, NKV * D}), dh1 = b.alloc({N, H});
     b.linear_backward(a.att, L.o, dx, &datt, false, G.o, nullptr);
     b.attention_backward(a.q, a.k, a.v, datt, B, NH, NKV, D, dq, dk, dv);
-    b.rope(dq, NH, D, 0, T, c.rope_theta, /*inverse=*/true);
-    b.rope(dk, NKV, D, 0, T, c.rope_theta, /*inverse=*/true);
+    b.rope(dq, NH, D, 0, T, c.rope(), /*inverse=*/true);
+    b.rope(dk, NKV, D, 0, T, c.rope(), /*inverse=*/true);
     b.linear_backward(a.attn_input, L.q, dq, &dh1, false, G.q, L.q_bias.empty() ? nullptr : &G.q_bias);
     b.linear_backward(a.attn_input, L.k, dk, &dh1, true, G.k, L.k_bias.empty() ? nullptr : &G.k_bias);
     b.linear_backward(a.attn_input, L.v, dv, &dh1, true, G.v, L.v_bias.empty() ? nullptr : &G.v_bias);

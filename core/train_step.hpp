@@ -37,5 +37,8 @@ double evaluate_loss(Model& model, const Batch& batch);
 
 // Zero every tensor of a ParamSet.
 void zero_params(Backend& b, const ModelConfig& c, ParamSet& p);
+// Throws, in one line naming the family or the field, when the training step cannot train this
+// model: q/k norms, clipping, GraniteMoE's multipliers, attention dropout, router jitter.
+void check_trainable(const ModelConfig& c);
 
 }  // namespace moelab

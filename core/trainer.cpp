@@ -166,6 +166,10 @@ namespace {
 // Validate before allocating: sequences must fit the model's context, and the run must fit in
 // memory (batch 4096 x seq_len 8192 passes the range checks).
 const TrainConfig& check_training_fits(const ModelConfig& c, const TrainConfig& t) {
+  check_trainable(c);
+  if (c.sliding_window > 0 && t.seq_len > c.sliding_window)
+    fail("seq_len", "sequences of " + std::to_string(t.seq_len) + " tokens are longer than the model's sliding_window = " +
+                        std::to_string(c.sliding_window) + " (the lab has no sliding-window mask)");
   if (t.seq_len > c.max_positions)
     fail("seq_len", "sequences of " + std::to_string(t.seq_len) + " tokens are longer than the model's context of " +
                         std::to_string(c.max_positions) + " (max_position_embeddings)");

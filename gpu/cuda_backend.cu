@@ -183,16 +183,17 @@ class CudaBackend final : public Backend {
     cuda::clamp(f32(x), x.numel(), lo, hi, set_device_get_stream());
   }
 
-  void do_rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, double theta, bool inverse) override {
+  void do_rope(Tensor& x, int64_t n_heads, int64_t D, int64_t pos0, int64_t seq_len, const RopeSpec& rope,
+               bool inverse) override {
     const int64_t R = x.rows();
     if (R == 0) return;
     const cudaStream_t s = set_device_get_stream();
     if (recorder_.active()) {  // the position comes from the device; the table covers every one the graph may see
-      ensure_rope_table(D, theta, recorder_.max_positions());
+      ensure_rope_table(D, rope, recorder_.max_positions());
       recorder_.keep(rope_.cos.storage);
       recorder_.keep(rope_.sin.storage);
     } else {
-      ensure_rope_table(D, theta, pos0 + std::min(seq_len, R));
+      ensure_rope_table(D, rope, pos0 + std::min(seq_len, R));
     }
     cuda::rope(f32(x), R, n_heads, D, pos0, recorder_.position(), seq_len, f32(rope_.cos), f32(rope_.sin), inverse, s);
   }
@@ -586,17 +587,17 @@ class CudaBackend final : public Backend {
   // its table (fp32 angle, std::cos/std::sin), so both backends rotate by the same numbers.
   struct RopeTable {
     int64_t D = 0, positions = 0;
-    double theta = 0;
+    RopeSpec rope{0.0};
     std::vector<float> cos_host, sin_host;
     Tensor cos, sin;  // [positions, D/2]
   };
-  void ensure_rope_table(int64_t D, double theta, int64_t positions) {
-    if (rope_.D == D && rope_.theta == theta && rope_.positions >= positions) return;
+  void ensure_rope_table(int64_t D, const RopeSpec& rope, int64_t positions) {
+    if (rope_.D == D && rope_.rope == rope && rope_.positions >= positions) return;
     const int64_t half = D / 2, n = std::max<int64_t>(positions, 256);
     rope_.cos_host.assign(size_t(n * half), 0.0f);
     rope_.sin_host.assign(size_t(n * half), 0.0f);
     for (int64_t i = 0; i < half; ++i) {
-      const float inv_freq = 1.0f / float(std::pow(theta, double(2 * i) / double(D)));
+      const float inv_freq = rope_inv_freq(rope, i, D);
       for (int64_t p = 0; p < n; ++p) {
         const float ang = float(p) * inv_freq;
         rope_.cos_host[size_t(p * half + i)] = std::cos(ang);
@@ -615,7 +616,7 @@ class CudaBackend final : public Backend {
       upload(rope_.sin, rope_.sin_host.data(), 0, -1);
     }
     rope_.D = D;
-    rope_.theta = theta;
+    rope_.rope = rope;
     rope_.positions = n;
   }
 

@@ -411,6 +411,11 @@ inline void check_attention_ops(Pair& p, const OpShape& s, Rng& r) {
   R.rope(k.ref, NKV, D, 0, S, 1e6, true);
   A.rope(k.test, NKV, D, 0, S, 1e6, true);
   expect_close(p, tag(s, "rope inverse"), k);
+  // Llama-3.1 scaling (every branch when D >= 8 at theta 1e6 and an original context of 64)
+  const moelab::RopeSpec llama3(1e6, {moelab::RopeType::Llama3, 8.0, 1.0, 4.0, 64});
+  R.rope(q.ref, NH, D, past, T, llama3);
+  A.rope(q.test, NH, D, past, T, llama3);
+  expect_close(p, tag(s, "rope (llama3 scaling)"), q);
   // KV-cache append
   Both rows = random_both(p, r, {T, NKV * D});
   R.copy_rows(rows.ref, k.ref, past);

@@ -43,6 +43,10 @@ TEST(export_lab_models_of_every_family) {
   ModelConfig mix = testutil::tiny_config(Family::Mixtral);
   export_one(out + "/mixtral", mix, DType::F32, 0);
   export_one(out + "/mixtral_bf16_sharded", mix, DType::BF16, 30000);
+  ModelConfig scaled = mix;  // Llama-3.1 RoPE scaling, written to config.json's rope_scaling
+  scaled.rope_theta = 1e6;
+  scaled.rope_scaling = {RopeType::Llama3, 8.0, 1.0, 4.0, 16};
+  export_one(out + "/mixtral_rope_llama3", scaled, DType::F32, 0);
   ModelConfig q2 = testutil::tiny_config(Family::Qwen2Moe);
   q2.num_layers = 3;
   q2.head_dim = q2.hidden_size / q2.num_heads;
@@ -64,7 +68,16 @@ TEST(export_lab_models_of_every_family) {
   ol.clip_qkv = 0.3;
   ol.norm_topk_prob = false;
   export_one(out + "/olmoe", ol, DType::F32, 0);
+  ModelConfig gr = testutil::tiny_config(Family::GraniteMoe);  // head_dim 8 = 32 / 4
+  gr.norm_topk_prob = true;
+  gr.tie_word_embeddings = true;
+  gr.embedding_multiplier = 12.0;
+  gr.attention_multiplier = 0.05;
+  gr.residual_multiplier = 0.22;
+  gr.logits_scaling = 6.0;
+  export_one(out + "/granitemoe_bf16_sharded", gr, DType::BF16, 20000);
   CHECK(std::filesystem::exists(out + "/mixtral_bf16_sharded/model.safetensors.index.json"));
+  CHECK(std::filesystem::exists(out + "/granitemoe_bf16_sharded/model.safetensors.index.json"));
 }
 
 CHECK_MAIN()

@@ -95,9 +95,10 @@ class RecordingBackend final : public moelab::Backend {
     op([=, this]() mutable { in_->rmsnorm(x, w, eps, out); });
   }
   void do_clamp(Tensor& x, float lo, float hi) override { op([=, this]() mutable { in_->clamp(x, lo, hi); }); }
-  void do_rope(Tensor& x, int64_t nh, int64_t d, int64_t pos0, int64_t len, double theta, bool inv) override {
+  void do_rope(Tensor& x, int64_t nh, int64_t d, int64_t pos0, int64_t len, const moelab::RopeSpec& rope,
+               bool inv) override {
     const bool dyn = bool(rec_);
-    op([=, this]() mutable { in_->rope(x, nh, d, dyn ? position() : pos0, len, theta, inv); });
+    op([=, this]() mutable { in_->rope(x, nh, d, dyn ? position() : pos0, len, rope, inv); });
   }
   void do_copy_rows(const Tensor& s, Tensor& d, int64_t row0) override {
     const bool dyn = bool(rec_);

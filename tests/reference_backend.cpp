@@ -125,7 +125,7 @@ class ReferenceBackend final : public Backend {
 
   // Rotate-half RoPE. The frequencies and angles are fp32, as in transformers' rotary embedding
   // (inv_freq and position_ids are float32 tensors); cos and sin are taken in double.
-  void do_rope(Tensor& x, int64_t n_heads, int64_t Dh, int64_t pos0, int64_t seq_len, double theta,
+  void do_rope(Tensor& x, int64_t n_heads, int64_t Dh, int64_t pos0, int64_t seq_len, const RopeSpec& rope,
                bool inverse) override {
     const int64_t R = x.rows(), half = Dh / 2;
     require(x.cols() == n_heads * Dh && Dh % 2 == 0 && seq_len > 0, "rope");
@@ -134,7 +134,7 @@ class ReferenceBackend final : public Backend {
       for (int64_t h = 0; h < n_heads; ++h) {
         double* v = D(x) + r * n_heads * Dh + h * Dh;
         for (int64_t i = 0; i < half; ++i) {
-          const float inv_freq = 1.0f / float(std::pow(theta, double(2 * i) / double(Dh)));
+          const float inv_freq = rope_inv_freq(rope, i, Dh);
           const double angle = double(float(pos) * inv_freq) * (inverse ? -1.0 : 1.0);
           const double a = v[i], b = v[i + half];
           v[i] = a * std::cos(angle) - b * std::sin(angle);

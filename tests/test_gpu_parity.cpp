@@ -130,6 +130,13 @@ std::vector<ModelVariant> model_variants() {
   ol.qk_norm = QkNorm::Whole;
   ol.clip_qkv = 0.5;
   v.push_back({"olmoe q/k norm + clip", ol, k, false});
+  ModelConfig gr = testutil::tiny_config(Family::GraniteMoe);
+  gr.norm_topk_prob = true;
+  gr.embedding_multiplier = 12.0;
+  gr.attention_multiplier = 0.05;
+  gr.residual_multiplier = 0.22;
+  gr.logits_scaling = 6.0;
+  v.push_back({"granitemoe multipliers", gr, k, false});
   return v;
 }
 

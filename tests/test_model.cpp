@@ -21,8 +21,15 @@ namespace fs = std::filesystem;
 static const std::vector<int32_t> kTokens = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5};
 
 TEST(routing_invariants_hold_for_every_family) {
-  for (Family f : {Family::Mixtral, Family::Qwen2Moe, Family::Qwen3Moe, Family::Olmoe}) {
+  for (Family f : {Family::Mixtral, Family::Qwen2Moe, Family::Qwen3Moe, Family::Olmoe, Family::GraniteMoe}) {
     ModelConfig c = tiny_config(f);
+    if (f == Family::GraniteMoe) {
+      c.norm_topk_prob = true;
+      c.embedding_multiplier = 12.0;
+      c.attention_multiplier = 0.05;
+      c.residual_multiplier = 0.22;
+      c.logits_scaling = 6.0;
+    }
     if (f == Family::Qwen2Moe) {
       c.qkv_bias = true;
       c.shared_ffn_size = 20;

@@ -3,6 +3,7 @@
 // relative, identical experts; and KV-cached decode equals the full forward.
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -35,6 +36,7 @@ static double rel_err(const std::vector<float>& a, const std::vector<double>& b)
 
 TEST(logits_and_experts_match_pytorch_reference) {
   int n = 0;
+  std::set<std::string> families;
   for (const auto& dir : fixture_dirs()) {
     std::ifstream in(dir + "/expected.json");
     const json e = json::parse(in);
@@ -48,6 +50,8 @@ TEST(logits_and_experts_match_pytorch_reference) {
     CHECK_EQ(logits.size(), want.size());
     const double err = rel_err(logits, want);
     if (!(err <= 1e-4)) check::report(__FILE__, __LINE__, dir + ": logits differ, relative error " + std::to_string(err));
+    std::printf("  %-30s logits max rel err %.1e\n", fs::path(dir).filename().c_str(), err);
+    families.insert(e["family"].get<std::string>());
     const json& routing = e["routing"];
     CHECK_EQ(trace.layers().size(), routing.size());
     for (size_t l = 0; l < std::min(trace.layers().size(), routing.size()); ++l) {
@@ -67,7 +71,8 @@ TEST(logits_and_experts_match_pytorch_reference) {
     }
     ++n;
   }
-  CHECK(n >= 7);
+  CHECK(n >= 10);
+  for (const char* f : {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"}) CHECK(families.count(f) == 1);
 }
 
 TEST(kv_cached_decode_equals_full_forward) {

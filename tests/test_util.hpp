@@ -20,6 +20,11 @@ inline moelab::ModelConfig tiny_config(moelab::Family family = moelab::Family::M
     case moelab::Family::Qwen2Moe: c.architecture = "Qwen2MoeForCausalLM"; c.model_type = "qwen2_moe"; break;
     case moelab::Family::Qwen3Moe: c.architecture = "Qwen3MoeForCausalLM"; c.model_type = "qwen3_moe"; break;
     case moelab::Family::Olmoe: c.architecture = "OlmoeForCausalLM"; c.model_type = "olmoe"; break;
+    case moelab::Family::GraniteMoe:
+      c.architecture = "GraniteMoeForCausalLM";
+      c.model_type = "granitemoe";
+      c.attention_multiplier = 1.0;  // the config class's default: the softmax scale itself
+      break;
     default: break;
   }
   c.vocab_size = 40;

@@ -7,8 +7,9 @@ against transformers (issue 7).
     python3 tests/reference/check_transformers.py DIR --cli MOELAB_CLI [--device cuda|cpu|auto]
     python3 tests/reference/check_transformers.py DIR --cli MOELAB_CLI --device cpu --expected-only
 
-DIR is the output folder of make_fixtures.py. For every DIR/NAME holding an
-expected.json, the checkpoint is loaded with
+DIR is the output folder of make_fixtures.py (Mixtral, Qwen2-MoE, Qwen3-MoE,
+OLMoE and GraniteMoE fixtures). For every DIR/NAME holding an expected.json,
+the checkpoint is loaded with
 
     AutoModelForCausalLM.from_pretrained(DIR/NAME, torch_dtype=torch.float32,
                                          attn_implementation="eager")
@@ -20,7 +21,9 @@ and run on the fixture's tokens with output_router_logits=True. It checks
     probabilities, descending) are identical and the router probabilities
     agree to 1e-4 absolute. Depending on the transformers version the
     recorded "router_logits" are raw logits or already-softmaxed probabilities;
-    both are handled (top-k is the same either way).
+    both are handled (top-k is the same either way). GraniteMoE reports the
+    logits of all experts (GraniteMoeTopKGating chooses the top-k of the
+    logits, the same experts as the top-k of their softmax).
 
 --cli MOELAB_CLI additionally runs, for every fixture,
 

@@ -42,7 +42,7 @@ MIN_GAP = 5e-3
 SEQ_LEN = 12
 
 
-def _base(model_type, arch, dtype, **kw):
+def _base(model_type, arch, dtype, rope=None, **kw):
     cfg = OrderedDict()
     cfg["architectures"] = [arch]
     cfg["model_type"] = model_type
@@ -57,16 +57,19 @@ def _base(model_type, arch, dtype, **kw):
     # transformers >= 5 keeps RoPE settings in rope_parameters; older versions
     # read the top-level rope_theta. Both carry the same value.
     cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg["rope_theta"]}
+    if rope is not None:  # a RoPE scaling, under both keys
+        cfg["rope_scaling"] = OrderedDict(rope)
+        cfg["rope_parameters"] = OrderedDict(rope, rope_theta=cfg["rope_theta"])
     return cfg
 
 
-def mixtral_cfg(dtype):
+def mixtral_cfg(dtype, window=None, rope=None):
     return _base(
-        "mixtral", "MixtralForCausalLM", dtype,
+        "mixtral", "MixtralForCausalLM", dtype, rope=rope,
         vocab_size=96, hidden_size=64, intermediate_size=32, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
         max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=1000000.0,
-        sliding_window=None, num_local_experts=8, num_experts_per_tok=2,
+        sliding_window=window, num_local_experts=8, num_experts_per_tok=2,
         router_aux_loss_coef=0.02, router_jitter_noise=0.0,
         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
 
@@ -85,9 +88,9 @@ def qwen2_moe_cfg(dtype, layers=3, mlp_only=(1,), step=1, experts=6, topk=2, nor
         tie_word_embeddings=False, bos_token_id=None, eos_token_id=None)
 
 
-def qwen3_moe_cfg(dtype):
+def qwen3_moe_cfg(dtype, rope=None):
     return _base(
-        "qwen3_moe", "Qwen3MoeForCausalLM", dtype,
+        "qwen3_moe", "Qwen3MoeForCausalLM", dtype, rope=rope,
         vocab_size=72, hidden_size=48, intermediate_size=64, moe_intermediate_size=32,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
         max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1000000.0,
@@ -109,6 +112,20 @@ def olmoe_cfg(dtype, layers=2, clip=1.5, norm=False):
         tie_word_embeddings=False, pad_token_id=1, bos_token_id=None, eos_token_id=50)
 
 
+def granitemoe_cfg(dtype, bias=False, tie=True, layers=2):
+    # Multipliers of the size granite-3.0-1b-a400m uses (12, 1/64, 0.22, 6), with the attention
+    # scale well away from 1/sqrt(head_dim) = 0.25 so a model that ignored it would fail.
+    return _base(
+        "granitemoe", "GraniteMoeForCausalLM", dtype,
+        vocab_size=88, hidden_size=64, intermediate_size=24, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0, rope_scaling=None,
+        attention_bias=bias, num_local_experts=8, num_experts_per_tok=3,
+        embedding_multiplier=12.0, attention_multiplier=0.0625, residual_multiplier=0.22,
+        logits_scaling=6.0, router_aux_loss_coef=0.001,
+        tie_word_embeddings=tie, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+
+
 # name -> (config, storage dtype, shards, seed, features summary)
 FIXTURES = OrderedDict([
     ("mixtral_f32", (mixtral_cfg("float32"), torch.float32, 1, 1000,
@@ -123,6 +140,17 @@ FIXTURES = OrderedDict([
                    "norm_topk_prob=false")),
     ("mixtral_bf16", (mixtral_cfg("bfloat16"), torch.bfloat16, 1, 5000,
                       "as mixtral_f32, BF16 storage")),
+    ("qwen3_moe_rope_linear_f32", (qwen3_moe_cfg("float32", rope={"rope_type": "linear", "factor": 4.0}),
+                                   torch.float32, 1, 12000, "as qwen3_moe_f32 with linear RoPE scaling, factor 4")),
+    # theta 1e6, D 16: pair 0's wavelength 6.3 < 64 / 4 (kept), pair 1's 35 (interpolated), the
+    # others > 64 (divided by 8): every branch of the llama3 rule.
+    ("mixtral_rope_llama3_f32", (mixtral_cfg("float32", rope={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}), torch.float32, 1, 13000,
+        "Llama-3.1 RoPE scaling: factor 8, low/high freq factors 1/4, original context 64")),
+    ("mixtral_window_f32", (mixtral_cfg("float32", window=SEQ_LEN), torch.float32, 1, 11000,
+                            "sliding_window = %d = the sequence: the window mask is applied and "
+                            "hides nothing" % SEQ_LEN)),
     ("qwen3_moe_f16", (qwen3_moe_cfg("float16"), torch.float16, 1, 6000,
                        "as qwen3_moe_f32, F16 storage")),
     ("olmoe_sharded", (olmoe_cfg("float32", layers=3, clip=2.0, norm=True), torch.float32, 2, 7000,
@@ -131,6 +159,12 @@ FIXTURES = OrderedDict([
                                            norm=True), torch.float32, 1, 8000,
                              "decoder_sparse_step=2 (MoE at layers 1,3; dense 0,2), top-3 of 8, "
                              "norm_topk_prob=true")),
+    ("granitemoe_f32", (granitemoe_cfg("float32"), torch.float32, 1, 9000,
+                        "embedding x12, attention scale 1/16, residual x0.22, logits /6, "
+                        "input_linear [E,2F,H] gate|up, top-3 of 8 (softmax over the top-3 logits), tied")),
+    ("granitemoe_bias_bf16_sharded", (granitemoe_cfg("bfloat16", bias=True, tie=False, layers=3), torch.bfloat16, 2,
+                                      10000, "as granitemoe_f32 with q/k/v/o biases, lm_head, 3 layers, "
+                                      "BF16 in 2 shards")),
 ])
 
 
@@ -145,12 +179,12 @@ def make_weights(cfg, seed, storage):
             t = 0.6 + 0.8 * torch.rand(shape, generator=g)
         elif name == "model.embed_tokens.weight":
             t = torch.randn(shape, generator=g) * (0.5 if spec["tie"] else 1.0)
-        elif name.endswith(".gate.weight"):  # router: logits with std ~2
+        elif name.endswith(".gate.weight") or name.endswith(".router.layer.weight"):  # router: logits std ~2
             t = torch.randn(shape, generator=g) * (2.0 / math.sqrt(H))
         elif name.endswith(".bias"):
             t = torch.randn(shape, generator=g) * 0.3
-        else:  # every other Linear [out, in]; includes shared_expert_gate and lm_head
-            t = torch.randn(shape, generator=g) / math.sqrt(shape[1])
+        else:  # every other Linear [out, in] (or [E, out, in]); includes shared_expert_gate and lm_head
+            t = torch.randn(shape, generator=g) / math.sqrt(shape[-1])
         out[name] = t.to(torch.float32).to(storage)
     return out
 

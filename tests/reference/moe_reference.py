@@ -8,6 +8,7 @@ tensors keyed by their Hugging Face checkpoint names, the forward pass of
   * ``qwen2_moe``  (Qwen2MoeForCausalLM)
   * ``qwen3_moe``  (Qwen3MoeForCausalLM)
   * ``olmoe``      (OlmoeForCausalLM)
+  * ``granitemoe`` (GraniteMoeForCausalLM)
 
 written from a reading of the semantics of the `transformers` modeling code
 (not copied from it).  Everything is computed in float64 by default so the
@@ -33,6 +34,13 @@ attention:
     RoPE (rotate-half / NeoX layout): inv_freq[i] = theta^(-2i/D), i < D/2,
         angle = pos * inv_freq, emb = cat(angle, angle),
         x' = x*cos(emb) + cat(-x[D/2:], x[:D/2])*sin(emb)
+    RoPE scaling (rope_scaling, or rope_parameters in transformers 5; from
+        modeling_rope_utils): "linear": inv_freq / factor; "llama3": with
+        wavelen = 2 pi / inv_freq, L = original_max_position_embeddings:
+        wavelen > L / low_freq_factor -> inv_freq / factor, wavelen <
+        L / high_freq_factor -> inv_freq, else (1 - s) inv_freq / factor +
+        s inv_freq with s = (L / wavelen - low) / (high - low); "dynamic"
+        changes nothing up to max_position_embeddings.
     GQA: query head h reads kv head h // (NH/NKV)
     scores = q.k / sqrt(D), causal mask, softmax, weighted sum of v,
     heads concatenated, o_proj.
@@ -47,6 +55,20 @@ MoE block:
         i not in mlp_only_layers and num_experts > 0 and
         (i + 1) % decoder_sparse_step == 0, otherwise a dense SwiGLU MLP of
         width intermediate_size (names mlp.gate_proj / up_proj / down_proj).
+granitemoe (GraniteMoeModel / GraniteMoeDecoderLayer / GraniteMoeMoE):
+    h = embed_tokens(ids) * embedding_multiplier
+    h = h + residual_multiplier * o_proj(attn(input_layernorm(h)))
+    h = h + residual_multiplier * moe(post_attention_layernorm(h))
+    logits = lm_head(norm(h)) / logits_scaling
+    attention: head_dim = hidden_size // num_attention_heads, q/k/v/o biases
+        iff attention_bias, scores = q.k * attention_multiplier (NOT 1/sqrt(D))
+    router (GraniteMoeTopKGating): logits = x @ router.layer.weight^T; the
+        top-k of the LOGITS, and the gate weights are softmax over those k
+        logits only; (the reported probs are softmax over all experts)
+    experts (GraniteMoeParallelExperts): input_linear.weight [E, 2F, H],
+        y = x @ input_linear[e]^T chunked in two along the last dim:
+        silu(y[:, :F]) * y[:, F:], then @ output_linear[e]^T ([E, H, F]).
+    tie_word_embeddings defaults to False (the config class's default).
 """
 
 import json
@@ -58,7 +80,7 @@ from collections import OrderedDict
 
 import torch
 
-FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe")
 
 # Defaults of the corresponding transformers config classes (used only when a
 # key is absent from config.json; the fixtures always write them explicitly).
@@ -67,6 +89,7 @@ _DEFAULTS = {
     "qwen2_moe": dict(rope_theta=10000.0, rms_norm_eps=1e-6, num_experts=60, num_experts_per_tok=4),
     "qwen3_moe": dict(rope_theta=10000.0, rms_norm_eps=1e-6, num_experts=128, num_experts_per_tok=8),
     "olmoe": dict(rope_theta=10000.0, rms_norm_eps=1e-5, num_experts=64, num_experts_per_tok=8),
+    "granitemoe": dict(rope_theta=10000.0, rms_norm_eps=1e-6, num_experts=8, num_experts_per_tok=2),
 }
 
 
@@ -83,14 +106,14 @@ def model_spec(cfg):
     H = int(cfg["hidden_size"])
     NH = int(cfg["num_attention_heads"])
     NKV = int(cfg.get("num_key_value_heads") or NH)
-    D = int(cfg.get("head_dim") or H // NH)
+    D = H // NH if fam == "granitemoe" else int(cfg.get("head_dim") or H // NH)
     L = int(cfg["num_hidden_layers"])
     theta = cfg.get("rope_theta")
     if theta is None:
         theta = (cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}).get("rope_theta")
     if theta is None:
         theta = d["rope_theta"]
-    if fam == "mixtral":
+    if fam in ("mixtral", "granitemoe"):
         E = cfg.get("num_local_experts", cfg.get("num_experts", d["num_experts"]))
         moe_I = int(cfg["intermediate_size"])
         renorm = True
@@ -111,12 +134,27 @@ def model_spec(cfg):
         sparse = [True] * L
     if fam == "qwen2_moe":
         qkv_bias, o_bias = bool(cfg.get("qkv_bias", True)), False
-    elif fam in ("qwen3_moe", "olmoe"):
+    elif fam in ("qwen3_moe", "olmoe", "granitemoe"):
         qkv_bias = o_bias = bool(cfg.get("attention_bias", False))
     else:
         qkv_bias = o_bias = False
     if cfg.get("hidden_act", "silu") != "silu":
         raise ValueError("only silu experts are supported")
+    rope = {"rope_type": "default"}
+    for key in ("rope_scaling", "rope_parameters"):
+        rs = cfg.get(key) or {}
+        kind = rs.get("rope_type", rs.get("type", "default"))
+        if kind not in ("default", "linear", "llama3", "dynamic"):
+            raise ValueError("RoPE scaling %r (%s) is not implemented here" % (kind, key))
+        if kind in ("linear", "llama3"):
+            rope = dict(rs, rope_type=kind)
+    granite = fam == "granitemoe"
+    if fam == "mixtral":
+        window = cfg.get("sliding_window")
+    elif fam in ("qwen2_moe", "qwen3_moe") and cfg.get("use_sliding_window", False):
+        window = cfg.get("sliding_window", 4096)
+    else:
+        window = None
     if D % 2:
         raise ValueError("head_dim must be even for rotate-half RoPE")
     if NH % NKV:
@@ -135,7 +173,7 @@ def model_spec(cfg):
         topk=int(cfg.get("num_experts_per_tok", d["num_experts_per_tok"])),
         moe_inter=moe_I,
         dense_inter=int(cfg.get("intermediate_size", 0)),
-        shared_inter=int(cfg.get("shared_expert_intermediate_size", 0)) if fam == "qwen2_moe" else 0,
+        shared_inter=int(cfg.get("shared_expert_intermediate_size", 5632)) if fam == "qwen2_moe" else 0,
         renorm=renorm,
         sparse=sparse,
         qkv_bias=qkv_bias,
@@ -143,11 +181,18 @@ def model_spec(cfg):
         qk_norm={"qwen3_moe": "head", "olmoe": "full"}.get(fam),
         clip_qkv=(float(cfg["clip_qkv"]) if fam == "olmoe" and cfg.get("clip_qkv") is not None else None),
         tie=bool(cfg.get("tie_word_embeddings", False)),
+        window=int(window) if window else None,
+        rope=rope,
+        # GraniteMoE's multipliers; neutral for the other families
+        emb_mult=float(cfg.get("embedding_multiplier", 1.0)) if granite else 1.0,
+        attn_scale=float(cfg.get("attention_multiplier", 1.0)) if granite else 1.0 / math.sqrt(D),
+        res_mult=float(cfg.get("residual_multiplier", 1.0)) if granite else 1.0,
+        logits_div=float(cfg.get("logits_scaling", 1.0)) if granite else 1.0,
     )
 
 
 def moe_prefix(spec, i):
-    return "model.layers.%d.%s" % (i, "block_sparse_moe" if spec["family"] == "mixtral" else "mlp")
+    return "model.layers.%d.%s" % (i, "block_sparse_moe" if spec["family"] in ("mixtral", "granitemoe") else "mlp")
 
 
 def expert_names(spec):
@@ -188,11 +233,16 @@ def tensor_shapes(cfg):
             m = moe_prefix(s, i)
             g, u, d = expert_names(s)
             I = s["moe_inter"]
-            out[m + ".gate.weight"] = (s["experts"], H)
-            for e in range(s["experts"]):
-                out["%s.experts.%d.%s.weight" % (m, e, g)] = (I, H)
-                out["%s.experts.%d.%s.weight" % (m, e, u)] = (I, H)
-                out["%s.experts.%d.%s.weight" % (m, e, d)] = (H, I)
+            if s["family"] == "granitemoe":  # all experts in two parameters
+                out[m + ".router.layer.weight"] = (s["experts"], H)
+                out[m + ".input_linear.weight"] = (s["experts"], 2 * I, H)
+                out[m + ".output_linear.weight"] = (s["experts"], H, I)
+            else:
+                out[m + ".gate.weight"] = (s["experts"], H)
+                for e in range(s["experts"]):
+                    out["%s.experts.%d.%s.weight" % (m, e, g)] = (I, H)
+                    out["%s.experts.%d.%s.weight" % (m, e, u)] = (I, H)
+                    out["%s.experts.%d.%s.weight" % (m, e, d)] = (H, I)
             if s["family"] == "qwen2_moe":
                 Is = s["shared_inter"]
                 out[m + ".shared_expert.gate_proj.weight"] = (Is, H)
@@ -243,8 +293,24 @@ def swiglu(x, wg, wu, wd, mm=matmul_t):
     return mm(silu(mm(x, wg)) * mm(x, wu), wd)
 
 
-def rope_tables(positions, dim, theta, dtype=torch.float64):
+def rope_inv_freq(dim, theta, rope=None):
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    kind = (rope or {}).get("rope_type", "default")
+    if kind == "linear":
+        inv_freq = inv_freq / float(rope["factor"])
+    elif kind == "llama3":
+        factor, low, high = float(rope["factor"]), float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
+        old = float(rope["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old / wavelen - low) / (high - low)
+        medium = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = torch.where(wavelen > old / low, inv_freq / factor,
+                               torch.where(wavelen < old / high, inv_freq, medium))
+    return inv_freq
+
+
+def rope_tables(positions, dim, theta, dtype=torch.float64, rope=None):
+    inv_freq = rope_inv_freq(dim, theta, rope)
     ang = positions.to(torch.float64)[:, None] * inv_freq[None, :]
     emb = torch.cat([ang, ang], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -257,18 +323,23 @@ def apply_rope(x, cos, sin):
     return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
-def causal_attention(q, k, v):
+def causal_attention(q, k, v, scale=None, window=None):
     """q: [T, NH, D]; k, v: [S, NKV, D] (S >= T, the last T keys belong to the
-    queries). Query t sits at absolute position S - T + t."""
+    queries). Query t sits at absolute position S - T + t. scale: the softmax
+    scale of q.k (default 1/sqrt(D)); window: sliding window (a query sees the
+    `window` positions up to and including its own), None = full causal."""
     T, NH, D = q.shape
     S, NKV, _ = k.shape
     rep = NH // NKV
     k = k.repeat_interleave(rep, dim=1)  # head h -> kv head h // rep
     v = v.repeat_interleave(rep, dim=1)
-    scores = torch.einsum("thd,shd->hts", q, k) / math.sqrt(D)
+    scores = torch.einsum("thd,shd->hts", q, k) * (1.0 / math.sqrt(D) if scale is None else scale)
     qpos = torch.arange(T)[:, None] + (S - T)
     kpos = torch.arange(S)[None, :]
-    scores = scores.masked_fill((kpos > qpos)[None], float("-inf"))
+    masked = kpos > qpos
+    if window is not None:
+        masked = masked | (kpos <= qpos - window)
+    scores = scores.masked_fill(masked[None], float("-inf"))
     p = torch.softmax(scores, dim=-1)
     return torch.einsum("hts,shd->thd", p, v).reshape(T, NH * D)
 
@@ -278,6 +349,14 @@ def route(x, gate_w, topk, renorm, mm=matmul_t):
     top_p, top_i = torch.topk(probs, topk, dim=-1, largest=True, sorted=True)
     w = top_p / top_p.sum(dim=-1, keepdim=True) if renorm else top_p
     return probs, top_i, w
+
+
+def route_granite(x, router_w, topk, mm=matmul_t):
+    """GraniteMoeTopKGating: top-k of the raw logits, softmax over those k."""
+    logits = mm(x, router_w)
+    top_logits, top_i = torch.topk(logits, topk, dim=-1, largest=True, sorted=True)
+    w = torch.softmax(top_logits, dim=-1)
+    return torch.softmax(logits, dim=-1), top_i, w
 
 
 # --------------------------------------------------------------------------
@@ -345,9 +424,9 @@ def forward(cfg, tensors, tokens, dtype=torch.float64, cache=None, stats=None, b
     T = ids.shape[0]
     past = cache.length() if cache is not None else 0
     NH, NKV, D, eps = s["heads"], s["kv_heads"], s["head_dim"], s["eps"]
-    cos, sin = rope_tables(torch.arange(past, past + T), D, s["theta"], dtype)
+    cos, sin = rope_tables(torch.arange(past, past + T), D, s["theta"], dtype, s["rope"])
 
-    h = W("model.embed_tokens.weight")[ids]
+    h = W("model.embed_tokens.weight")[ids] * s["emb_mult"]
     routing = []
     for i in range(s["layers"]):
         p = "model.layers.%d" % i
@@ -382,13 +461,26 @@ def forward(cfg, tensors, tokens, dtype=torch.float64, cache=None, stats=None, b
         k = apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.append(i, k, v)
-        attn = mm(causal_attention(q, k, v), W(a + ".o_proj.weight"))
+        attn = mm(causal_attention(q, k, v, s["attn_scale"], s["window"]), W(a + ".o_proj.weight"))
         if s["o_bias"]:
             attn = attn + W(a + ".o_proj.bias")
-        h = h + attn
+        h = h + attn * s["res_mult"]
 
         x = rms_norm(h, W(p + ".post_attention_layernorm.weight"), eps)
-        if s["sparse"][i]:
+        if s["sparse"][i] and s["family"] == "granitemoe":
+            m = moe_prefix(s, i)
+            probs, top_i, top_w = route_granite(x, W(m + ".router.layer.weight"), s["topk"], mm)
+            w_in, w_out, F = W(m + ".input_linear.weight"), W(m + ".output_linear.weight"), s["moe_inter"]
+            y = torch.zeros_like(x)
+            for e in range(s["experts"]):
+                rows, slot = torch.nonzero(top_i == e, as_tuple=True)
+                if rows.numel() == 0:
+                    continue
+                both = mm(x[rows], w_in[e])  # [n, 2F]: chunk(2) -> activation(first) * second
+                out = mm(silu(both[:, :F]) * both[:, F:], w_out[e])
+                y.index_add_(0, rows, out * top_w[rows, slot][:, None])
+            routing.append(dict(layer=i, probs=probs, experts=top_i, weights=top_w))
+        elif s["sparse"][i]:
             m = moe_prefix(s, i)
             g, u, dn = expert_names(s)
             probs, top_i, top_w = route(x, W(m + ".gate.weight"), s["topk"], s["renorm"], mm)
@@ -408,11 +500,11 @@ def forward(cfg, tensors, tokens, dtype=torch.float64, cache=None, stats=None, b
         else:
             m = p + ".mlp"
             y = swiglu(x, W(m + ".gate_proj.weight"), W(m + ".up_proj.weight"), W(m + ".down_proj.weight"), mm)
-        h = h + y
+        h = h + y * s["res_mult"]
 
     h = rms_norm(h, W("model.norm.weight"), eps)
     head = W("model.embed_tokens.weight") if s["tie"] else W("lm_head.weight")
-    return mm(h, head), routing
+    return mm(h, head) / s["logits_div"], routing
 
 
 def routing_margin(routing, topk):
