@@ -1,5 +1,6 @@
 // The CPU reference backend: Eigen for matrix products, plain loops for the rest, host memory
-// 64-byte aligned, parallel over heads / experts / rows with OpenMP where there is enough work.
+// 64-byte aligned, parallel over heads / experts / rows with OpenMP where there is enough work,
+// on as many threads as other programs leave cores free (adapt_cpu_threads, cpu_threads.hpp).
 // Templated on the scalar: fp32 for use, fp64 for finite-difference gradient checks.
 #include <malloc.h>
 
@@ -18,6 +19,7 @@
 #endif
 
 #include "backend.hpp"
+#include "cpu_threads.hpp"
 #include "error.hpp"
 #include "lowp.hpp"
 #include "router.hpp"
@@ -178,6 +180,7 @@ class EigenBackend final : public Backend {
   }
 
   void do_linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, bool accumulate) override {
+    adapt_cpu_threads();
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
     MapM Y = mat(out, T, N);
     if (is_stored_lowp(w.type)) {
@@ -287,6 +290,7 @@ class EigenBackend final : public Backend {
 
   void do_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t B, int64_t past, int64_t NH,
                     int64_t NKV, int64_t D, Tensor& out) override {
+    adapt_cpu_threads();
     const int64_t T = q.rows() / B, Skv = k.rows() / B, S_used = past + T, group = NH / NKV;
     const S scale = S(1) / std::sqrt(S(D));
 #pragma omp parallel for collapse(2) schedule(static) if (B * T * S_used * NH > 32768)
@@ -394,6 +398,7 @@ class EigenBackend final : public Backend {
 
   void do_moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
                       Tensor& out) override {
+    adapt_cpu_threads();
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
     const Groups g = group_by_expert(ids, E);
     const int64_t used = g.begin[size_t(E)];
@@ -483,6 +488,7 @@ class EigenBackend final : public Backend {
 
   void do_linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, bool acc, Tensor& dw,
                           Tensor* db) override {
+    adapt_cpu_threads();
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
     std::vector<S> xb, wb, dyb;
     CMapM X(operand(elems(x), T * K, xb), T, K), W(operand(elems(w), N * K, wb), N, K),
@@ -531,6 +537,7 @@ class EigenBackend final : public Backend {
 
   void do_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout, int64_t B,
                              int64_t NH, int64_t NKV, int64_t D, Tensor& dq, Tensor& dk, Tensor& dv) override {
+    adapt_cpu_threads();
     const int64_t T = q.rows() / B, group = NH / NKV;
     const S scale = S(1) / std::sqrt(S(D));
     fill(dk, 0.0f);
@@ -582,6 +589,7 @@ class EigenBackend final : public Backend {
 
   void do_moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
                                const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw) override {
+    adapt_cpu_threads();
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
     const Groups g = group_by_expert(ids, E);
     const int64_t used = g.begin[size_t(E)];
@@ -646,6 +654,7 @@ class EigenBackend final : public Backend {
   }
 
   double do_sum_squares(const Tensor& x) override {
+    adapt_cpu_threads();
     const int64_t n = x.numel();
     const S* p = elems(x);
     double total = 0;
@@ -664,6 +673,7 @@ class EigenBackend final : public Backend {
   }
   void do_adamw(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float b1, float b2, float eps, float wd,
                 int64_t step) override {
+    adapt_cpu_threads();
     // torch.optim.AdamW: p *= 1 − lr·wd, then p −= lr/c1 · m / (sqrt(v)/sqrt(c2) + eps).
     const double c1 = 1.0 - std::pow(double(b1), double(step)), c2 = 1.0 - std::pow(double(b2), double(step));
     const S B1 = S(b1), B2 = S(b2), step_size = S(double(lr) / c1), inv_sqrt_c2 = S(1.0 / std::sqrt(c2)),

@@ -370,6 +370,65 @@ with tempfile.TemporaryDirectory() as tmp:
         check("tokenize real llama2", r.returncode == 0 and json.loads(r.stdout)["ids"] == [1, 22557, 1526, 28705, 30575],
               r.stdout + r.stderr)
 
+# bench --background-load: the busy process runs during the loaded measurement and never outlives
+# the bench, whether it ends normally, fails, is interrupted or is killed outright
+import signal
+import time
+
+
+def busy_alive(pid):
+    try:  # a zombie is dead too; a reused pid is not ours
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/comm") as f:
+            return fields[0] != "Z" and f.read().strip() == "moelab-busy"
+    except OSError:
+        return False
+
+
+def gone_soon(pid):
+    for _ in range(50):
+        if not busy_alive(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def load_pid(stderr_text):
+    for line in stderr_text.splitlines():
+        if "background load: process" in line:
+            return int(line.split("process")[1].split()[0])
+    return None
+
+
+tiny = ["--layers", "1", "--experts", "2", "--expert-hidden", "16", "--prefill", "8", "--decode", "4", "--no-peer"]
+r = run("bench", "--background-load", *tiny, "--hidden", "32", "--json")
+out = json.loads(r.stdout) if r.returncode == 0 else {}
+pid = out.get("loaded", {}).get("background_load_pid")
+check("bench --background-load", r.returncode == 0 and pid and load_pid(r.stderr) == pid
+      and out["idle"]["decode_tokens_per_s"] > 0 and out["loaded"]["decode_tokens_per_s"] > 0, r.stdout + r.stderr)
+check("bench --background-load stops its process", pid and not busy_alive(pid))
+r = run("bench", "--background-load", *tiny, "--hidden", "32", "--train", "--batch", "2", "--seq", "8", "--train-steps", "3")
+check("bench --train --background-load", r.returncode == 0 and "under load moelab keeps" in r.stdout, r.stdout + r.stderr)
+check("bench --train --background-load stops its process", load_pid(r.stderr) and not busy_alive(load_pid(r.stderr)))
+# fails while loaded: a model too large to allocate
+r = run("bench", "--background-load", "--no-peer", "--hidden", "8192", "--experts", "1024", "--expert-hidden", "65536")
+check("bench --background-load failing", r.returncode == 1 and "more than this machine" in r.stderr, r.stderr)
+check("bench --background-load failing stops its process", load_pid(r.stderr) and not busy_alive(load_pid(r.stderr)),
+      r.stderr)
+# interrupted (Ctrl-C, SIGTERM) and killed outright while loaded: a long decode
+for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+    p = subprocess.Popen([cli, "bench", "--background-load", "--no-peer", "--decode", "4096", "--prefill", "4096"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    first = p.stderr.readline()
+    pid = load_pid(first)
+    alive_before = pid is not None and busy_alive(pid)
+    p.send_signal(sig)
+    p.wait(timeout=30)
+    p.stderr.close()
+    check(f"bench --background-load stops its process on {sig.name}",
+          alive_before and p.returncode != 0 and gone_soon(pid), f"{first!r}, exit {p.returncode}")
+
 # usage errors: exit 2
 check("no subcommand", run().returncode == 2)
 check("unknown option", run("params", "--bogus").returncode == 2)

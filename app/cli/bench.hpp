@@ -19,6 +19,7 @@ struct BenchOptions {
   std::string peer = std::string(MOELAB_SOURCE_DIR) + "/tests/reference/bench_peer.py";
   bool no_peer = false, json_out = false;
   bool train = false;
+  bool background_load = false;  // also measure beside a process that keeps one core busy
   int64_t train_batch = 8, train_seq = 64, train_steps = 10;
   std::string device = "cpu";      // cpu | cuda
   std::string sizes = "";          // GPU: comma-separated lab sizes (tiny,small,medium,large); empty = all

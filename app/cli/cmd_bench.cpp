@@ -17,6 +17,7 @@
 #include <Eigen/Dense>
 #include <nlohmann/json.hpp>
 
+#include "background_load.hpp"
 #include "bench.hpp"
 #include "commands.hpp"
 #include "common.hpp"
@@ -119,7 +120,8 @@ nlohmann::json best_peer(const char* key) {
   return best;
 }
 
-void run_train_bench() {
+// One training measurement (ours and the peer's) as JSON.
+nlohmann::json measure_train() {
   const ModelConfig c = bench_config();
   Model m = Model::random(c, 1, make_eigen_backend(), 0.05f);
   const double median = median_train_step_seconds(m, o);
@@ -132,6 +134,7 @@ void run_train_bench() {
                       {"train_step_ms", median * 1e3},
                       {"batch", o.train_batch},
                       {"seq", o.train_seq},
+                      {"threads", omp_get_max_threads()},
                       {"gflop_s", flops / 1e9},
                       {"gemm_peak_gflop_s", peak / 1e9},
                       {"fraction_of_gemm_peak", flops / peak}};
@@ -139,37 +142,26 @@ void run_train_bench() {
     j["pytorch"] = peer;
     j["train_ratio"] = tps / peer["train_tokens_per_s"].get<double>();
   }
-  if (o.json_out) {
-    std::cout << j.dump(2) << "\n";
-    return;
-  }
+  return j;
+}
+
+void print_train(const nlohmann::json& j) {
+  const ModelConfig c = bench_config();
   std::printf("training: %d layers, width %d, %d experts of %d, top-2, batch %d x %d tokens, AdamW, aux loss, clip\n",
               int(c.num_layers), int(c.hidden_size), int(c.num_experts), int(c.expert_ffn_size), int(o.train_batch),
               int(o.train_seq));
-  std::printf("moelab   %8.0f tokens/s  (%.1f ms/step, %.1f GFLOP/s = %.0f%% of the %.0f GFLOP/s GEMM peak)\n", tps,
-              median * 1e3, flops / 1e9, 100 * flops / peak, peak / 1e9);
-  if (!peer.is_null())
-    std::printf("pytorch  %8.0f tokens/s  (%s, %s)\nratio    %8.2fx\n", peer["train_tokens_per_s"].get<double>(),
-                peer["setting"].get<std::string>().c_str(), peer["torch_version"].get<std::string>().c_str(),
+  std::printf("moelab   %8.0f tokens/s  (%.1f ms/step, %.1f GFLOP/s = %.0f%% of the %.0f GFLOP/s GEMM peak, %d threads)\n",
+              j["train_tokens_per_s"].get<double>(), j["train_step_ms"].get<double>(), j["gflop_s"].get<double>(),
+              100 * j["fraction_of_gemm_peak"].get<double>(), j["gemm_peak_gflop_s"].get<double>(),
+              j["threads"].get<int>());
+  if (j.contains("pytorch"))
+    std::printf("pytorch  %8.0f tokens/s  (%s, %s)\nratio    %8.2fx\n", j["pytorch"]["train_tokens_per_s"].get<double>(),
+                j["pytorch"]["setting"].get<std::string>().c_str(), j["pytorch"]["torch_version"].get<std::string>().c_str(),
                 j["train_ratio"].get<double>());
 }
 
-void run_bench() {
-  if (!o.tokenizer.empty()) {
-    run_tokenizer_bench(o);
-    return;
-  }
-  if (o.device == "cuda") {
-    run_cuda_bench();
-    return;
-  }
-  if (o.device != "cpu") fail("bench", "--device " + o.device + ": not a device (cpu or cuda)");
-  if (parse_precision(o.precision) != Precision::FP32)
-    fail("bench", "--precision " + o.precision + " is a GPU mode here (the CPU's bf16 is an emulation for tests, not faster)");
-  if (o.train) {
-    run_train_bench();
-    return;
-  }
+// One inference measurement (prefill and decode, ours and the peer's) as JSON.
+nlohmann::json measure_inference() {
   const ModelConfig c = bench_config();
   Model m = Model::random(c, 1, make_eigen_backend(), 0.05f);
   Rng rng(7);
@@ -262,33 +254,96 @@ void run_bench() {
     j["prefill_ratio"] = prefill_tps / pp;
     j["decode_ratio"] = decode_tps / pd;
   }
-  if (o.json_out) {
-    std::cout << j.dump(2) << "\n";
-    return;
-  }
+  return j;
+}
+
+void print_inference(const nlohmann::json& j) {
+  const ModelConfig c = bench_config();
+  const ParamCount p = count_params(c);
+  const nlohmann::json& peer = j.contains("pytorch") ? j["pytorch"] : nlohmann::json(nullptr);
+  const double dram = j["memory_bandwidth_gb_s"].get<double>() * 1e9, bandwidth = j["bandwidth_at_model_size_gb_s"].get<double>() * 1e9,
+               peak = j["gemm_peak_gflop_s"].get<double>() * 1e9;
   std::printf("model: %d layers, width %d, %d experts of %d, top-%d (%s params, %s active), fp32, %d threads\n",
               int(c.num_layers), int(c.hidden_size), int(c.num_experts), int(c.expert_ffn_size), int(c.top_k),
-              human_count(double(p.total)).c_str(), human_count(double(p.active)).c_str(), omp_get_max_threads());
+              human_count(double(p.total)).c_str(), human_count(double(p.active)).c_str(), j["threads"].get<int>());
   std::printf("machine (measured now): %.1f GB/s main-memory read, %.1f GB/s over a %s working set (the model's\n"
               "  weights, caches included), %.1f GFLOP/s fp32 GEMM peak\n",
               dram / 1e9, bandwidth / 1e9, human_bytes(double(p.total) * 4).c_str(), peak / 1e9);
   std::printf("%-8s %14s %14s %8s  %s\n", "", "moelab tok/s", "pytorch tok/s", "ratio", "fraction of machine limit");
-  auto row = [&](const char* name, double ours, const char* key, double frac, const char* limit) {
+  auto row = [&](const char* name, const char* key, const char* frac, const char* limit) {
+    const double ours = j[key], f = j[frac];
     if (!peer.is_null()) {
-      const double theirs = peer[name][key];
-      std::printf("%-8s %14.0f %14.0f %7.2fx  %.0f%% of %s\n", name, ours, theirs, ours / theirs, 100 * frac, limit);
+      const double theirs = peer[key];
+      std::printf("%-8s %14.0f %14.0f %7.2fx  %.0f%% of %s\n", name, ours, theirs, ours / theirs, 100 * f, limit);
     } else {
-      std::printf("%-8s %14.0f %14s %8s  %.0f%% of %s\n", name, ours, "-", "-", 100 * frac, limit);
+      std::printf("%-8s %14.0f %14s %8s  %.0f%% of %s\n", name, ours, "-", "-", 100 * f, limit);
     }
   };
-  row("prefill", prefill_tps, "prefill_tokens_per_s", prefill_fraction, "GEMM peak");
-  row("decode", decode_tps, "decode_tokens_per_s", decode_fraction, "read bandwidth at model size");
+  row("prefill", "prefill_tokens_per_s", "prefill_fraction_of_gemm_peak", "GEMM peak");
+  row("decode", "decode_tokens_per_s", "decode_fraction_of_bandwidth", "read bandwidth at model size");
   if (!peer.is_null())
     std::printf("pytorch %s, BLAS: %s; best settings: prefill %s, decode %s\n",
-                peer["prefill"]["torch_version"].get<std::string>().c_str(),
-                peer["prefill"]["blas"].value("openblas_config", std::string("generic")).c_str(),
-                peer["prefill"]["setting"].get<std::string>().c_str(),
-                peer["decode"]["setting"].get<std::string>().c_str());
+                peer["torch_version"].get<std::string>().c_str(),
+                peer["blas"].value("openblas_config", std::string("generic")).c_str(),
+                peer["prefill_setting"].get<std::string>().c_str(), peer["decode_setting"].get<std::string>().c_str());
+}
+
+void run_bench() {
+  if (!o.tokenizer.empty()) {
+    run_tokenizer_bench(o);
+    return;
+  }
+  if (o.device == "cuda") {
+    if (o.background_load) fail("bench", "--background-load is for the CPU benchmark");
+    run_cuda_bench();
+    return;
+  }
+  if (o.device != "cpu") fail("bench", "--device " + o.device + ": not a device (cpu or cuda)");
+  if (parse_precision(o.precision) != Precision::FP32)
+    fail("bench", "--precision " + o.precision + " is a GPU mode here (the CPU's bf16 is an emulation for tests, not faster)");
+  const auto measure = o.train ? measure_train : measure_inference;
+  const auto print = o.train ? print_train : print_inference;
+  if (!o.background_load) {
+    const nlohmann::json j = measure();
+    if (o.json_out)
+      std::cout << j.dump(2) << "\n";
+    else
+      print(j);
+    return;
+  }
+  // Under load first (the busy process lives exactly as long as `load`), then idle, both printed.
+  nlohmann::json loaded;
+  {
+    BackgroundLoad load;
+    std::fprintf(stderr, "bench: background load: process %d keeps one core busy\n", int(load.pid()));
+    loaded = measure();
+    loaded["background_load_pid"] = load.pid();
+  }
+  const nlohmann::json idle = measure();
+  if (o.json_out) {
+    std::cout << nlohmann::json{{"idle", idle}, {"loaded", loaded}}.dump(2) << "\n";
+    return;
+  }
+  std::printf("== idle\n");
+  print(idle);
+  std::printf("\n== with one core kept busy by another process (a busy loop), during our run and PyTorch's\n");
+  print(loaded);
+  std::printf("\n");
+  auto summary = [&](const char* name, const char* key, const char* ratio) {
+    std::printf("%-8s under load moelab keeps %.0f%% of its idle speed", name,
+                100 * loaded[key].get<double>() / idle[key].get<double>());
+    if (idle.contains(ratio) && loaded.contains(ratio))
+      std::printf(", PyTorch %.0f%%; ratio %.2fx idle, %.2fx under load",
+                  100 * loaded["pytorch"][key].get<double>() / idle["pytorch"][key].get<double>(),
+                  idle[ratio].get<double>(), loaded[ratio].get<double>());
+    std::printf("\n");
+  };
+  if (o.train) {
+    summary("training", "train_tokens_per_s", "train_ratio");
+  } else {
+    summary("prefill", "prefill_tokens_per_s", "prefill_ratio");
+    summary("decode", "decode_tokens_per_s", "decode_ratio");
+  }
 }
 
 }  // namespace
@@ -365,6 +420,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_flag("--no-peer", o.no_peer, "Skip the PyTorch comparison");
   cmd->add_flag("--json", o.json_out, "JSON on stdout");
   cmd->add_flag("--train", o.train, "Benchmark training steps instead of inference");
+  cmd->add_flag("--background-load", o.background_load,
+                "Also measure (ours and PyTorch's) while another process keeps one core busy");
   cmd->add_option("--batch", o.train_batch, "Training: sequences per step")->check(CLI::Range(1, 1024));
   cmd->add_option("--seq", o.train_seq, "Training: tokens per sequence")->check(CLI::Range(2, 4096));
   cmd->add_option("--train-steps", o.train_steps, "Training: timed steps")->check(CLI::Range(3, 10000));
