@@ -73,7 +73,7 @@ QString choiceText(const TokensSnapshot::Layer::Cell& c, int64_t capacity, bool 
                  : tr("choice %1 RE-ROUTED here (expert %2 was full), gate weight %3")
                        .arg(c.rank).arg(c.from).arg(c.weight, 0, 'f', 3);
   if (c.rank)  // brief: kept on one line in the Why table (no-break spaces)
-    return brief ? tr("#%1, w\u00a0=\u00a0%2").arg(c.rank).arg(c.weight, 0, 'f', 2)
+    return brief ? tr("#%1,\u00a0w\u00a0=\u00a0%2").arg(c.rank).arg(c.weight, 0, 'f', 2)
                  : tr("choice %1, gate weight %2").arg(c.rank).arg(c.weight, 0, 'f', 3);
   return brief ? QStringLiteral("–") : tr("not chosen");
 }
@@ -711,7 +711,8 @@ void drawTokenLayers(QCustomPlot* plot, const TokensSnapshot& s, int token) {
   }
   QVector<int> numbers;
   for (const auto& L : s.layers) numbers << int(L.layer);
-  addMarks(plot, rect, marks, K, s.capacity > 0, s.reroute, nullptr, 1.5);
+  // Small dots where 64+ experts leave the cells only a few pixels wide.
+  addMarks(plot, rect, marks, K, s.capacity > 0, s.reroute, nullptr, E > 32 ? 1.0 : 1.5, E > 32 ? 4.0 : 0.0);
   QCPColorScale* scale = colorScale(plot, QCPRange(0, 1), tr("probability"));
   fittingTicks(rect->axis(QCPAxis::atLeft), nL, [numbers](int i) { return QStringLiteral("L%1").arg(numbers.value(i)); });
   rect->axis(QCPAxis::atBottom)->setLabel(tr("expert (token %1 '%2')").arg(t).arg(axisLabel(s.labels[t])));
