@@ -4,6 +4,7 @@
 #include <QStringList>
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <qcustomplot.h>
 
 #include "theme.hpp"
@@ -80,11 +81,91 @@ QCPColorScale* colorScale(QCustomPlot* plot, const QCPRange& range, const QStrin
   return scale;
 }
 
+namespace {
+// Ticks at whole numbers, every `step` of them, the step chosen at each replot (so after a zoom
+// too) as the smallest of `steps` whose labels keep a gap between them on the axis as drawn:
+// 64, 128 or 256 experts get 0, 16, 32… at a glance, 8 get every one.
+class FittingTicker : public QCPAxisTicker {
+ public:
+  FittingTicker(QCPAxis* axis, int count, std::function<QString(int)> label, QVector<int> steps)
+      : m_axis(axis), m_count(count), m_label(std::move(label)), m_steps(std::move(steps)) {}
+
+  // The axis's length in pixels as last laid out (ticks are made before the layout of a replot).
+  double pixels() const {
+    return m_axis->orientation() == Qt::Vertical ? m_axis->axisRect()->height() : m_axis->axisRect()->width();
+  }
+  double usedPixels = -1;  // what the ticks were fitted to
+
+ protected:
+  double getTickStep(const QCPRange& range) override {
+    const bool vertical = m_axis->orientation() == Qt::Vertical;
+    usedPixels = pixels();
+    const double pixels = usedPixels;
+    const double perUnit = pixels / std::max(1e-9, range.size());
+    const QFontMetricsF fm(m_axis->tickLabelFont());
+    const int lo = std::max(0, int(std::floor(range.lower))), hi = std::min(m_count - 1, int(std::ceil(range.upper)));
+    double widest = 0;
+    for (int i = lo; i <= hi && !vertical; ++i) widest = std::max(widest, fm.horizontalAdvance(labelOf(i)));
+    const double angle = std::abs(m_axis->tickLabelRotation()) * M_PI / 180.0;
+    // The room one label takes along the axis, plus a gap: a fifth of a line between rows of
+    // labels (as a text's line spacing), half a line between labels side by side.
+    const double need = vertical ? fm.height() * 1.2 : (angle > 0.1 ? fm.height() / std::sin(angle) : widest) + fm.height() * 0.5;
+    for (int step : m_steps)
+      if (step * perUnit >= need) return step;
+    return m_steps.isEmpty() ? 1 : m_steps.last();
+  }
+  int getSubTickCount(double) override { return 0; }
+  QString getTickLabel(double tick, const QLocale&, QChar, int) override { return labelOf(int(std::lround(tick))); }
+  QVector<double> createTickVector(double step, const QCPRange& range) override {
+    QVector<double> ticks;
+    const int s = std::max(1, int(std::lround(step)));
+    for (int i = std::max(0, int(std::ceil(range.lower / s)) * s); i <= range.upper && i < m_count; i += s) ticks << i;
+    return ticks;
+  }
+
+ private:
+  QString labelOf(int i) const { return m_label ? m_label(i) : QString::number(i); }
+  QCPAxis* m_axis;  // the axis that owns this ticker
+  int m_count;
+  std::function<QString(int)> m_label;
+  QVector<int> m_steps;
+};
+}  // namespace
+
+namespace {
+// Ticks are made before a replot lays the axes out: when the layout then gives an axis another
+// length than its ticks were fitted to (a new chart, a resize, the other theme), one more replot
+// fits them again. Connected once per axis; it reads whichever ticker the axis has then.
+void setFittingTicker(QCPAxis* axis, QSharedPointer<FittingTicker> ticker) {
+  axis->setTicker(ticker);
+  if (axis->property("fittingTicks").toBool()) return;
+  axis->setProperty("fittingTicks", true);
+  QCustomPlot* plot = axis->parentPlot();
+  QObject::connect(plot, &QCustomPlot::afterReplot, axis, [axis, plot] {
+    auto* t = dynamic_cast<FittingTicker*>(axis->ticker().data());
+    if (t && t->usedPixels >= 0 && std::abs(t->usedPixels - t->pixels()) > 0.5) plot->replot(QCustomPlot::rpQueuedReplot);
+  });
+}
+}  // namespace
+
 void integerTicks(QCPAxis* axis, int count) {
-  if (count > 16) return;
-  QSharedPointer<QCPAxisTickerFixed> fixed(new QCPAxisTickerFixed);
-  fixed->setTickStep(1);
-  axis->setTicker(fixed);
+  setFittingTicker(axis, QSharedPointer<FittingTicker>::create(
+                             axis, count, nullptr, QVector<int>{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096}));
+}
+
+void fittingTicks(QCPAxis* axis, int count, std::function<QString(int)> label) {
+  setFittingTicker(axis, QSharedPointer<FittingTicker>::create(
+                             axis, count, std::move(label), QVector<int>{1, 2, 3, 4, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000}));
+}
+
+void boundedPanZoom(QCPAxis* axis, double lo, double hi) {
+  QObject::connect(axis, qOverload<const QCPRange&>(&QCPAxis::rangeChanged), axis, [axis, lo, hi](const QCPRange& r) {
+    QCPRange b = r;
+    if (b.size() > hi - lo) b = QCPRange(lo, hi);
+    if (b.lower < lo) b = QCPRange(lo, lo + b.size());
+    if (b.upper > hi) b = QCPRange(hi - b.size(), hi);
+    if (b.lower != r.lower || b.upper != r.upper) axis->setRange(b);
+  });
 }
 
 QCPGraph* line(QCustomPlot* plot, QCPAxis* y, const QString& name, const QColor& color, Qt::PenStyle style) {

@@ -9,6 +9,7 @@
 #include <QColor>
 #include <QString>
 #include <QVector>
+#include <functional>
 
 class QCPAxis;
 class QCPAxisRect;
@@ -35,8 +36,15 @@ QCPColorMap* heatmap(QCPAxisRect* rect, int keyCells, int valueCells, const QCPR
 // (row, column): right of the axes by default.
 QCPColorScale* colorScale(QCustomPlot* plot, const QCPRange& range, const QString& label, int row = 0, int column = 1);
 
-// A tick at every whole number (experts 0, 1, 2, …) when there are at most 16, else the default.
+// Ticks at whole numbers 0..count-1 (experts): every one when their labels fit, else every 2nd,
+// 4th, 8th, 16th… (chosen again at every replot, so zooming in brings them back), never two
+// labels closer than half a line.
 void integerTicks(QCPAxis* axis, int count);
+// Likewise with labels of their own (tokens, "L12"), every 1st, 2nd, 3rd, 4th, 5th, 10th… item;
+// the room a label needs is measured in the axis's font (and rotation) as drawn.
+void fittingTicks(QCPAxis* axis, int count, std::function<QString(int)> label);
+// Zoom and pan stay within [lo, hi]: a heatmap never scrolls off its cells.
+void boundedPanZoom(QCPAxis* axis, double lo, double hi);
 // A line graph on the bottom axis and `y`, in the theme's line width.
 QCPGraph* line(QCustomPlot* plot, QCPAxis* y, const QString& name, const QColor& color,
                Qt::PenStyle style = Qt::SolidLine);

@@ -14,6 +14,8 @@
 #include "presets.hpp"
 #include "random.hpp"
 #include "tokenizer.hpp"
+#include "weights_check.hpp"
+#include "chart_kit.hpp"
 
 using namespace moelab;
 
@@ -21,9 +23,30 @@ GenerationWorker::GenerationWorker(QObject* parent) : QObject(parent) {
   qRegisterMetaType<SnapshotPtr>("SnapshotPtr");
   qRegisterMetaType<GenerationSettings>("GenerationSettings");
   qRegisterMetaType<moelab::ModelConfig>("moelab::ModelConfig");
+  qRegisterMetaType<CheckpointSummary>("CheckpointSummary");
+  qRegisterMetaType<LoadTicketPtr>("LoadTicketPtr");
 }
 
-GenerationWorker::~GenerationWorker() = default;
+// A load cannot be interrupted inside Model::load: its thread is joined here (the window has
+// gone by then), the loads still running cancelled so that they install nothing.
+GenerationWorker::~GenerationWorker() {
+  std::vector<std::thread> loaders;
+  {
+    std::lock_guard<std::mutex> lock(m_loadersMutex);
+    loaders.swap(m_loaders);
+  }
+  for (std::thread& t : loaders) t.join();
+}
+
+struct GenerationWorker::Loaded {
+  LoadTicketPtr ticket;
+  std::thread::id thread;
+  QString path, name, error;
+  std::unique_ptr<Model> model;
+  std::shared_ptr<const TextTokenizer> tok;
+  std::string problem, precisionProblem;
+  CheckpointSummary summary;
+};
 
 namespace {
 // "builtin" or a model directory / config.json on `backend`; *name is what the view calls it.
@@ -43,41 +66,105 @@ std::unique_ptr<Model> openModel(const QString& path, std::shared_ptr<Backend> b
   // A bare config.json: the architecture with random weights, so its routing can be explored.
   return std::make_unique<Model>(Model::random(load_config(cfg), 1, std::move(backend), 0.05f));
 }
+
+// The checkpoint's headers (no tensor data read): its dtype, size and files.
+CheckpointSummary readCheckpoint(const QString& path) {
+  CheckpointSummary out;
+  const bool builtin = path.isEmpty() || path == QLatin1String("builtin");
+  const std::string cfg = builtin ? resources_dir() + "/models/builtin/config.json" : config_path_of(path.toStdString());
+  const std::string dir = QFileInfo(QString::fromStdString(cfg)).dir().path().toStdString();
+  if (!has_weights(dir)) return out;
+  const WeightsCheck wc = check_weights(load_config(cfg), dir);
+  out.present = wc.present;
+  out.bytes = wc.bytes;
+  out.tensors = wc.tensors;
+  out.files = int(wc.files.size());
+  int64_t most = 0;
+  for (const auto& [dtype, n] : wc.dtypes)
+    if (n > most) most = n, out.dtype = QString::fromStdString(dtype);
+  return out;
+}
 }  // namespace
 
 void GenerationWorker::setDevice(const QString& device) { m_device = device.toStdString(); }
 
 void GenerationWorker::setPrecision(Precision precision) { m_precision = precision; }
 
-void GenerationWorker::loadModel(const QString& path) {
-  try {
-    QString name;
-    std::string problem, precisionProblem, dir;
-    // The precision is set before the weights load, as the command line does; a refusal (tf32 on
-    // the CPU a GPU fell back to) keeps fp32 and is reported, not taken for the device failing.
-    auto make = [&](std::shared_ptr<Backend> b) {
-      precisionProblem = apply_precision(*b, m_precision);
-      return openModel(path, std::move(b), &name, &dir);
+void GenerationWorker::loadModel(const QString& path, LoadTicketPtr ticket) {
+  auto loaded = std::make_shared<Loaded>();
+  loaded->ticket = ticket ? std::move(ticket) : std::make_shared<LoadTicket>();
+  loaded->path = path;
+  const std::string device = m_device;
+  const Precision precision = m_precision;
+  ++m_loadsRunning;
+  // The weights are read on a thread of their own, so that this worker keeps serving the model
+  // shown (Step, Run) while a multi-gigabyte checkpoint loads; install() takes the result here.
+  std::lock_guard<std::mutex> lock(m_loadersMutex);
+  m_loaders.emplace_back([this, loaded, device, precision] {
+    loaded->thread = std::this_thread::get_id();
+    const auto cancelled = [&] { return loaded->ticket->cancelled.load(); };
+    const auto stage = [&](const QString& text) {
+      if (!cancelled()) emit loadProgress(text);
     };
-    auto m = make_on_device(m_device, make, &problem);
-    // Its tokenizer, before anything is replaced: a broken tokenizer.json fails the open as a
-    // broken model file would (one line naming the file) and the model shown stays.
-    auto tok = TextTokenizer::for_model(dir, m->config());
-    if (!problem.empty()) m_device = "cpu";                        // until the GUI chooses again
-    if (!precisionProblem.empty()) m_precision = Precision::FP32;  // likewise
-    m_decoder.reset();  // it refers to the model it replaces
-    m_model = std::move(m);
-    m_tok = std::move(tok);
-    m_name = name;
-    m_path = path;
-    m_tokens.clear();
-    emit deviceInUse(QString::fromStdString(device_display_name(m_model->backend())), QString::fromStdString(problem),
-                     QString::fromStdString(precisionProblem));
-    emit tokenizerLoaded(m_tok ? QString::fromStdString(m_tok->describe()) : QString());
-    emit modelLoaded(m_name, m_model->config());
-  } catch (const std::exception& e) {
-    emit errorOccurred(QString::fromUtf8(e.what()));
+    try {
+      stage(tr("checking the safetensors headers"));
+      loaded->summary = readCheckpoint(loaded->path);
+      const CheckpointSummary& c = loaded->summary;
+      if (c.present)
+        stage(tr("reading %1 of %2 weights (%n file(s)) into fp32", "", c.files)
+                  .arg(ChartKit::bytesText(double(c.bytes)), c.dtype));
+      else
+        stage(tr("making random weights (the folder has a config.json only)"));
+      if (!cancelled()) {
+        std::string dir;
+        // The precision is set before the weights load, as the command line does; a refusal (tf32
+        // on the CPU a GPU fell back to) keeps fp32 and is reported, not taken for the device failing.
+        auto make = [&](std::shared_ptr<Backend> b) {
+          loaded->precisionProblem = apply_precision(*b, precision);
+          return openModel(loaded->path, std::move(b), &loaded->name, &dir);
+        };
+        loaded->model = make_on_device(device, make, &loaded->problem);
+        stage(tr("reading the tokenizer"));
+        // Its tokenizer, before anything is replaced: a broken tokenizer.json fails the open as a
+        // broken model file would (one line naming the file) and the model shown stays.
+        if (!cancelled()) loaded->tok = TextTokenizer::for_model(dir, loaded->model->config());
+      }
+    } catch (const std::exception& e) {
+      loaded->error = QString::fromUtf8(e.what());
+    }
+    QMetaObject::invokeMethod(this, [this, loaded] { install(loaded); }, Qt::QueuedConnection);
+    --m_loadsRunning;
+  });
+}
+
+void GenerationWorker::install(std::shared_ptr<Loaded> loaded) {
+  {
+    std::lock_guard<std::mutex> lock(m_loadersMutex);
+    auto it = std::find_if(m_loaders.begin(), m_loaders.end(),
+                           [&](const std::thread& t) { return t.get_id() == loaded->thread; });
+    if (it != m_loaders.end()) {
+      it->join();  // it has posted this and is returning
+      m_loaders.erase(it);
+    }
   }
+  if (loaded->ticket->cancelled) return;  // abandoned: the model shown stays, nothing is said
+  if (!loaded->error.isEmpty()) {
+    emit loadFailed(loaded->error);
+    return;
+  }
+  if (!loaded->problem.empty()) m_device = "cpu";                        // until the GUI chooses again
+  if (!loaded->precisionProblem.empty()) m_precision = Precision::FP32;  // likewise
+  m_decoder.reset();  // it refers to the model it replaces
+  m_model = std::move(loaded->model);
+  m_tok = std::move(loaded->tok);
+  m_name = loaded->name;
+  m_path = loaded->path;
+  m_tokens.clear();
+  emit deviceInUse(QString::fromStdString(device_display_name(m_model->backend())), QString::fromStdString(loaded->problem),
+                   QString::fromStdString(loaded->precisionProblem));
+  emit tokenizerLoaded(m_tok ? QString::fromStdString(m_tok->describe()) : QString());
+  emit checkpointRead(loaded->summary);
+  emit modelLoaded(m_name, m_model->config());
 }
 
 void GenerationWorker::runTokens(const std::vector<int32_t>& ids, bool prompt) {

@@ -10,7 +10,11 @@
 #include <QStringList>
 #include <QVector>
 #include <algorithm>
+#include <atomic>
 #include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include "model.hpp"
 #include "random.hpp"
@@ -99,22 +103,45 @@ struct GenerationSettings {
   moelab::RoutingOverrides overrides;
 };
 
+// What the opened checkpoint holds, from its safetensors headers (no weights read): the Model view
+// shows memory in the stored dtype against fp32 from it. present = false for a bare config.json.
+struct CheckpointSummary {
+  bool present = false;
+  QString dtype;          // the dtype most tensors are stored in ("bf16", "f32")
+  qint64 bytes = 0;       // tensor data in the files
+  qint64 tensors = 0;
+  int files = 0;
+};
+
+// One model load, made by the GUI thread and handed to the worker: cancelling it (from any
+// thread) abandons the load. The weights are read on a loader thread of their own, so the model
+// shown keeps generating meanwhile; a cancelled load is dropped when it finishes, unseen.
+struct LoadTicket {
+  std::atomic<bool> cancelled{false};
+};
+using LoadTicketPtr = std::shared_ptr<LoadTicket>;
+Q_DECLARE_METATYPE(LoadTicketPtr)
+
 class GenerationWorker : public QObject {
   Q_OBJECT
  public:
   explicit GenerationWorker(QObject* parent = nullptr);
   ~GenerationWorker() override;
+  // Loads whose thread has not finished yet, cancelled ones included (any thread may ask).
+  int loadsRunning() const { return m_loadsRunning.load(); }
 
  public slots:
   // "builtin" or a model directory / config.json (random weights for a bare config), on the
-  // device set (the CPU when that device fails; deviceInUse says so).
-  void loadModel(const QString& path);
+  // device set (the CPU when that device fails; deviceInUse says so). The load runs on a thread
+  // of its own (loadProgress names its stage); the model shown stays usable until the new one is
+  // in place. A cancelled ticket drops the load: nothing is emitted for it.
+  void loadModel(const QString& path, LoadTicketPtr ticket = nullptr);
   // "cpu" or "cuda", for the loads that follow.
   void setDevice(const QString& device);
   // The precision of matrix products, for the loads that follow (set on each new backend).
   void setPrecision(moelab::Precision precision);
   // The model shown, loaded again (on the device set now).
-  void reloadModel() { loadModel(m_path); }
+  void reloadModel(LoadTicketPtr ticket = nullptr) { loadModel(m_path, std::move(ticket)); }
   // Start over: run the prompt with these settings; then `regenerate` tokens are generated again
   // (used when routing knobs change so the same amount of text is recomputed).
   void reset(const GenerationSettings& settings, int regenerate);
@@ -123,6 +150,11 @@ class GenerationWorker : public QObject {
 
  signals:
   void modelLoaded(const QString& name, const moelab::ModelConfig& config);
+  // Before modelLoaded: what the checkpoint holds (headers only).
+  void checkpointRead(const CheckpointSummary& summary);
+  // While a load runs (emitted from the loader thread): its stage in a few words, e.g.
+  // "reading 13.8 GB of bf16 weights (3 files)".
+  void loadProgress(const QString& stage);
   // Before modelLoaded: how the model reads text, TextTokenizer::describe() ("" when the model has
   // no tokenizer and takes comma-separated token ids).
   void tokenizerLoaded(const QString& description);
@@ -132,6 +164,8 @@ class GenerationWorker : public QObject {
   // (tf32 on the CPU) and fp32 was used instead, precisionProblem does ("" otherwise).
   void deviceInUse(const QString& name, const QString& deviceProblem, const QString& precisionProblem);
   void snapshotReady(SnapshotPtr snapshot);
+  // A load that failed (the model shown stays): one line naming the file.
+  void loadFailed(const QString& message);
   void errorOccurred(const QString& message);
 
  private:
@@ -141,6 +175,13 @@ class GenerationWorker : public QObject {
   // whole text runs again as one batch (capacity is a property of a batch; one token at a time
   // could never overflow).
   void runTokens(const std::vector<int32_t>& ids, bool prompt);
+
+  struct Loaded;  // a finished load, handed from the loader thread to the worker's
+  void install(std::shared_ptr<Loaded> loaded);
+
+  std::mutex m_loadersMutex;
+  std::vector<std::thread> m_loaders;  // loads running or finished; joined on destruction
+  std::atomic<int> m_loadsRunning{0};
 
   std::unique_ptr<moelab::Model> m_model;
   std::shared_ptr<const moelab::TextTokenizer> m_tok;  // nullptr: the model takes token ids only
@@ -159,3 +200,4 @@ class GenerationWorker : public QObject {
 
 Q_DECLARE_METATYPE(GenerationSettings)
 Q_DECLARE_METATYPE(moelab::ModelConfig)
+Q_DECLARE_METATYPE(CheckpointSummary)

@@ -12,6 +12,9 @@
 #include <qcustomplot.h>
 
 #include "chart_panel.hpp"
+#include "demo_models.hpp"
+#include <QDir>
+#include <QTemporaryDir>
 
 #include "export_run.hpp"
 #include "compare_view.hpp"
@@ -79,6 +82,52 @@ int benchFrames(MainWindow& w, int seconds) {
   return 0;
 }
 
+// The routing views on real routing shapes (demo_models.hpp): per shape the Model view and both
+// Tokens pages (one layer; the why panel) and the layers × experts overview, in both themes.
+int shapeScreenshots(MainWindow& w, const QString& dir) {
+  w.resize(1280, 800);
+  w.show();
+  TokensView* t = w.tokensView();
+  t->waitForIdle();
+  QTemporaryDir models;
+  for (const DemoModels::Shape& shape : DemoModels::shapes()) {
+    const QString folder = models.filePath(shape.id);
+    if (const QString err = DemoModels::write(shape, folder); !err.isEmpty()) {
+      std::fprintf(stderr, "moelab: %s\n", qPrintable(err));
+      return 1;
+    }
+    w.openModel(folder);
+    t->waitForIdle(120000);
+    t->setPrompt(QStringLiteral("the quiet river "));
+    t->waitForIdle(120000);
+    for (int i = 0; i < 16; ++i) t->stepOnce();
+    t->waitForIdle(120000);
+    t->selectLayer(int(t->snapshot()->layers.size()) / 2);  // a layer in the middle
+    QString err = w.saveScreenshots(dir, QSize(1280, 800), shape.id);
+    // The overview: every layer's expert load, layers × experts.
+    t->selectLayer(-1);
+    w.tabs()->setCurrentWidget(t);
+    t->pages()->setCurrentIndex(0);
+    for (bool pres : {false, true}) {
+      if (!err.isEmpty()) break;
+      w.setPresentation(pres);
+      QApplication::processEvents();
+      for (ChartPanel* c : t->charts())
+        if (c->plot()) c->plot()->replot(QCustomPlot::rpImmediateRefresh);
+      QApplication::processEvents();
+      const QString file = QDir(dir).filePath(QStringLiteral("tokens-%1-overview-%2.png").arg(shape.id, pres ? "presentation" : "normal"));
+      if (!w.grab().save(file)) err = QStringLiteral("%1: cannot write").arg(file);
+    }
+    w.setPresentation(false);
+    if (!err.isEmpty() || !w.lastError().isEmpty()) {
+      std::fprintf(stderr, "moelab: %s\n", qPrintable(err.isEmpty() ? w.lastError() : err));
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "screenshots written to %s\n", qPrintable(dir));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -106,13 +155,18 @@ int main(int argc, char** argv) {
   QCommandLineOption bench(QStringLiteral("bench-frames"),
                            QStringLiteral("Measure the Training view's frame rate and latency for N seconds."),
                            QStringLiteral("SECONDS"), QStringLiteral("10"));
-  parser.addOptions({shot, pres, bench});
+  QCommandLineOption shapes(QStringLiteral("screenshot-shapes"),
+                            QStringLiteral("Render the Model and Tokens views on models of real routing shapes "
+                                           "(64 experts x 16 layers, 128 x 48, 256 x 61) to PNG files in DIR and exit."),
+                            QStringLiteral("DIR"));
+  parser.addOptions({shot, pres, bench, shapes});
   parser.process(app);
 
   MainWindow w;
   if (parser.isSet(pres)) w.setPresentation(true);
   if (!parser.positionalArguments().isEmpty()) w.openModel(parser.positionalArguments().first());
   if (parser.isSet(bench)) return benchFrames(w, std::clamp(parser.value(bench).toInt(), 2, 600));
+  if (parser.isSet(shapes)) return shapeScreenshots(w, parser.value(shapes));
   if (parser.isSet(shot)) {
     // Headless: a fixed size, a prompt with some generated tokens, then every view to PNG.
     w.resize(1280, 800);

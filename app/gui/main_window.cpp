@@ -16,6 +16,11 @@
 #include <QMessageBox>
 #include <QMenuBar>
 #include <QMimeData>
+#include <QElapsedTimer>
+#include <QHBoxLayout>
+#include <QProgressBar>
+#include <QPushButton>
+#include <QTimer>
 #include <QScreen>
 #include <QSettings>
 #include <QShortcut>
@@ -71,6 +76,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
   m_modelLabel = new QLabel(this);
   m_deviceLabel = new QLabel(this);
   statusBar()->addWidget(m_modelLabel, 1);
+  createLoadIndicator();
   statusBar()->addPermanentWidget(m_deviceLabel);
 
   connect(m_model, &ModelView::errorOccurred, this, &MainWindow::showError);
@@ -91,6 +97,9 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
                               .arg(c.num_experts)
                               .arg(c.top_k));
     m_model->showConfig(c, name);
+  });
+  connect(m_tokens, &TokensView::checkpointRead, this, [this](const CheckpointSummary& c) {
+    m_model->setStorage(c.present ? c.dtype : QString(), double(c.bytes));  // before modelChanged
   });
   connect(m_tokens, &TokensView::deviceInUse, this,
           [this](const QString& name, const QString& deviceProblem, const QString& precisionProblem) {
@@ -114,6 +123,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
     m_pendingRecent.clear();
   });
   connect(m_tokens, &TokensView::errorOccurred, this, [this] { m_pendingRecent.clear(); });
+  connect(m_tokens, &TokensView::modelChanged, this, [this] { m_shownModelPath = m_modelPath; });
 
   // Files dropped anywhere in the window, text fields included (eventFilter).
   setAcceptDrops(true);
@@ -123,6 +133,59 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
   readSettings();
   m_tokens->openModel(QStringLiteral("builtin"));
   updateTitle();
+}
+
+void MainWindow::createLoadIndicator() {
+  // Model::load reports no progress of its own: a busy bar, the stage the loader is at, and the
+  // seconds so far, which tick on while the weights are read (the window never waits for them).
+  m_loadBox = new QWidget(this);
+  auto* row = new QHBoxLayout(m_loadBox);
+  row->setContentsMargins(0, 0, 0, 0);
+  m_loadBar = new QProgressBar(m_loadBox);
+  m_loadBar->setRange(0, 0);
+  m_loadBar->setTextVisible(false);
+  m_loadBar->setMaximumWidth(120);
+  m_loadLabel = new QLabel(m_loadBox);
+  m_cancelLoad = new QPushButton(tr("Cancel"), m_loadBox);
+  m_cancelLoad->setToolTip(tr("Stop opening this model; the model shown stays"));
+  row->addWidget(m_loadBar);
+  row->addWidget(m_loadLabel, 1);
+  row->addWidget(m_cancelLoad);
+  statusBar()->addPermanentWidget(m_loadBox);  // never hidden by a passing message
+  m_loadBox->hide();
+  m_loadClock = std::make_unique<QElapsedTimer>();
+  m_loadTick = new QTimer(this);
+  m_loadTick->setInterval(500);
+  connect(m_loadTick, &QTimer::timeout, this, &MainWindow::updateLoadText);
+  connect(m_cancelLoad, &QPushButton::clicked, m_tokens, &TokensView::cancelLoad);
+  connect(m_tokens, &TokensView::loadStarted, this, [this](const QString& what) {
+    m_loadWhat = what;
+    m_loadStage.clear();
+    m_loadClock->start();
+    m_loadTick->start();
+    updateLoadText();
+    m_loadBox->show();
+  });
+  connect(m_tokens, &TokensView::loadProgress, this, [this](const QString& stage) {
+    m_loadStage = stage;
+    updateLoadText();
+  });
+  connect(m_tokens, &TokensView::loadFinished, this, [this](bool cancelled) {
+    m_loadTick->stop();
+    m_loadBox->hide();
+    if (!cancelled) return;
+    m_pendingRecent.clear();
+    m_modelPath = m_shownModelPath;
+    statusBar()->showMessage(tr("Opening %1 cancelled; the model shown stays").arg(m_loadWhat), 8000);
+  });
+}
+
+QString MainWindow::loadText() const { return m_loadLabel->text(); }
+
+void MainWindow::updateLoadText() {
+  const qint64 s = m_loadClock->isValid() ? m_loadClock->elapsed() / 1000 : 0;
+  m_loadLabel->setText(m_loadStage.isEmpty() ? tr("Opening %1… %2 s").arg(m_loadWhat).arg(s)
+                                             : tr("Opening %1: %2… %3 s").arg(m_loadWhat, m_loadStage).arg(s));
 }
 
 void MainWindow::updateTitle() {
@@ -374,13 +437,14 @@ void MainWindow::exportAll() {
   statusBar()->showMessage(tr("%1 charts exported to %2").arg(charts.size()).arg(dir), 8000);
 }
 
-QString MainWindow::saveScreenshots(const QString& dir, QSize size) {
+QString MainWindow::saveScreenshots(const QString& dir, QSize size, const QString& tag) {
   if (!QDir().mkpath(dir)) return tr("%1: cannot create the folder").arg(dir);
   resize(size);
   const bool was = presentation();
   for (bool pres : {false, true}) {
     setPresentation(pres);
     for (int i = 0; i < m_tabs->count(); ++i) {
+      if (!tag.isEmpty() && m_tabs->widget(i) != m_model && m_tabs->widget(i) != m_tokens) continue;
       m_tabs->setCurrentIndex(i);
       QTabWidget* sub = m_tabs->widget(i) == m_tokens     ? m_tokens->pages()
                         : m_tabs->widget(i) == m_training ? m_training->pages()
@@ -394,7 +458,8 @@ QString MainWindow::saveScreenshots(const QString& dir, QSize size) {
           if (c->plot()) c->plot()->replot(QCustomPlot::rpImmediateRefresh);
         QApplication::processEvents();
         const QString name = QStringLiteral("%1%2-%3.png")
-                                 .arg(m_tabs->tabText(i).toLower(), pages > 1 ? QStringLiteral("-%1").arg(page + 1) : QString(),
+                                 .arg(m_tabs->tabText(i).toLower() + (tag.isEmpty() ? QString() : QLatin1Char('-') + tag),
+                                      pages > 1 ? QStringLiteral("-%1").arg(page + 1) : QString(),
                                       pres ? "presentation" : "normal");
         if (!grab().save(QDir(dir).filePath(name))) return tr("%1: cannot write").arg(QDir(dir).filePath(name));
       }

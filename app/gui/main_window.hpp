@@ -3,6 +3,7 @@
 #pragma once
 
 #include <QMainWindow>
+#include <memory>
 
 class CompareView;
 class ModelView;
@@ -13,6 +14,10 @@ class QMenu;
 class QTabWidget;
 class QAction;
 class QActionGroup;
+class QElapsedTimer;
+class QProgressBar;
+class QPushButton;
+class QTimer;
 
 class MainWindow : public QMainWindow {
   Q_OBJECT
@@ -24,11 +29,17 @@ class MainWindow : public QMainWindow {
   TrainingView* trainingView() const { return m_training; }
   CompareView* compareView() const { return m_compare; }
   QTabWidget* tabs() const { return m_tabs; }
-  // Render every view at `size` in the normal and the presentation theme, as PNGs in dir.
-  QString saveScreenshots(const QString& dir, QSize size);
+  // Render every view at `size` in the normal and the presentation theme, as PNGs in dir
+  // ("tokens-1-normal.png"); with a tag, the Model and Tokens views only ("tokens-TAG-1-normal.png").
+  QString saveScreenshots(const QString& dir, QSize size, const QString& tag = {});
   void setPresentation(bool on);
   bool presentation() const;
   QString lastError() const { return m_lastError; }
+  // The status bar's load indicator (busy bar, what is opened and its stage, seconds, Cancel):
+  // visible while a model loads.
+  QWidget* loadIndicator() const { return m_loadBox; }
+  QString loadText() const;
+  QPushButton* cancelLoadButton() const { return m_cancelLoad; }
   // Lab sessions: the views' settings, the model and the runs. "" on success, else the error.
   QString saveSession(const QString& path);
   QString openSession(const QString& path);
@@ -96,6 +107,16 @@ class MainWindow : public QMainWindow {
   QLabel* m_errorBanner = nullptr;
   QLabel* m_modelLabel = nullptr;
   QLabel* m_deviceLabel = nullptr;
+  QWidget* m_loadBox = nullptr;
+  QProgressBar* m_loadBar = nullptr;
+  QLabel* m_loadLabel = nullptr;
+  QPushButton* m_cancelLoad = nullptr;
+  QTimer* m_loadTick = nullptr;
+  std::unique_ptr<QElapsedTimer> m_loadClock;
+  QString m_loadWhat, m_loadStage;
+  QString m_shownModelPath = QStringLiteral("builtin");  // the model shown, while another loads
+  void createLoadIndicator();
+  void updateLoadText();
   QMenu* m_recentMenu = nullptr;
   QString m_pendingRecent;  // the model asked for, added to the recent list once it has loaded
   QMenu* m_deviceMenu = nullptr;

@@ -136,6 +136,43 @@ QString num(double v) { return QString::number(v, 'f', 0); }
 
 }  // namespace
 
+double tokenReadParams(const ModelSnapshot& m) {
+  const auto embed = m.params.active_by[int(moelab::Component::Embeddings)];
+  if (m.config.tie_word_embeddings) return double(m.params.active);  // the LM head reads the whole matrix
+  return double(m.params.active - embed + std::min<int64_t>(embed, m.config.hidden_size));
+}
+
+namespace {
+// Bytes per element of a dtype as config.json or a safetensors header names it.
+double dtypeBytes(const QString& dtype) {
+  const QString d = dtype.toLower();
+  if (d.contains(QLatin1String("64"))) return 8;
+  if (d.contains(QLatin1String("32"))) return 4;
+  if (d.contains(QLatin1String("16"))) return 2;
+  if (d.contains(QLatin1String("8"))) return 1;
+  return 4;
+}
+QString dtypeShort(const QString& dtype) {
+  const QString d = dtype.toLower();
+  if (d == QLatin1String("bfloat16")) return QStringLiteral("bf16");
+  if (d == QLatin1String("float16")) return QStringLiteral("f16");
+  if (d == QLatin1String("float32") || d == QLatin1String("f32")) return QStringLiteral("fp32");
+  return d;
+}
+}  // namespace
+
+QString storageLine(const ModelSnapshot& m) {
+  const double total = double(m.params.total);
+  if (total <= 0) return {};
+  const QString dtype = dtypeShort(m.storedDtype.isEmpty() ? QStringLiteral("float32") : m.storedDtype);
+  // Bytes per element: the checkpoint's own average (mixed dtypes included), else the dtype's.
+  const double stored = m.storedBytes > 0 ? m.storedBytes : total * dtypeBytes(dtype);
+  const double perElement = stored / total;
+  const QString read = tr("one token reads %1").arg(bytesText(tokenReadParams(m) * perElement));
+  if (dtype == QLatin1String("fp32")) return tr("fp32: %1 · %2").arg(bytesText(stored), read);
+  return tr("%1 as stored: %2 · fp32: %3 · %4").arg(dtype, bytesText(stored), bytesText(total * 4), read);
+}
+
 QString Row::label() const { return (lab ? QStringLiteral("★ ") : compared ? QStringLiteral("▶ ") : QString()) + name; }
 
 QVector<Row> rows(const ModelSnapshot& m) {
@@ -188,9 +225,11 @@ void drawParams(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
     label->setPadding(QMargins(6, 0, 0, 0));
   }
   if (auto* head = qobject_cast<QCPTextElement*>(plot->plotLayout()->element(0, 0))) {
-    head->setText(tr("%1 total / %2 active per token (%3%)")
+    head->setText(tr("%1 total / %2 active per token (%3%)\n%4")
                       .arg(countText(total), countText(active))
-                      .arg(total > 0 ? QString::number(100.0 * active / total, 'f', 0) : QStringLiteral("0")));
+                      .arg(total > 0 ? QString::number(100.0 * active / total, 'f', 0) : QStringLiteral("0"))
+                      .arg(t.presentation ? storageLine(m).replace(QStringLiteral(" · one token"), QStringLiteral("\none token"))
+                                          : storageLine(m)));
     head->setFont(t.axisLabel);
     head->setTextColor(t.foreground);
   }

@@ -37,7 +37,20 @@ struct ModelSnapshot {
   QVector<RealModel> real;                 // the published models beside it
   QString compared;                        // id of the published model marked, "" for none
   QHash<int, QVector<int>> highlights;     // layer → experts the last token chose (block drawing)
+  // How the weights are stored: an opened checkpoint's dtype and tensor bytes (its safetensors
+  // headers), else the dtype config.json names ("float32" for a lab model from the knobs).
+  QString storedDtype;                     // "bf16", "f16", "f32"
+  double storedBytes = 0;                  // the weights in that dtype
+  bool fromCheckpoint = false;
 };
+
+// Weights one token reads in a forward pass: every active parameter (attention, norms, router,
+// shared experts, dense FFNs, its K experts in each MoE layer, the LM head) but only one row of
+// an untied embedding matrix. Times the stored bytes per element, the bytes one token reads.
+double tokenReadParams(const ModelSnapshot& m);
+// One line for the chart headline and the summary: "bf16 as stored 13.8 GB · fp32 27.7 GB · one
+// token reads 2.6 GB".
+QString storageLine(const ModelSnapshot& m);
 
 // One row of the comparison charts (real models and the shown model), sorted by total.
 struct Row {

@@ -388,6 +388,13 @@ void ModelView::setKnobsFromConfig(const moelab::ModelConfig& c) {
   updateKnobStates();
 }
 
+void ModelView::setStorage(const QString& dtype, double bytes) {
+  m_storageDtype = dtype;
+  m_storageBytes = bytes;
+}
+
+QString ModelView::storageText() const { return ModelCharts::storageLine(m_model); }
+
 void ModelView::showConfig(const moelab::ModelConfig& c, const QString& name) {
   setKnobsFromConfig(c);
   m_error->hide();
@@ -412,6 +419,11 @@ void ModelView::setConfig(const moelab::ModelConfig& c, const QString& name) {
   m_model.name = name;
   m_model.params = params;
   m_model.flops = flops;
+  // Stored as the opened checkpoint is (setStorage), else as config.json says (fp32 for the knobs).
+  m_model.fromCheckpoint = m_showingOpened && !m_storageDtype.isEmpty();
+  m_model.storedDtype = m_model.fromCheckpoint ? m_storageDtype : QString::fromStdString(c.dtype);
+  m_model.storedBytes = m_model.fromCheckpoint ? m_storageBytes : 0;
+  if (!m_showingOpened) m_storageDtype.clear();
   const QString family = QString::fromLatin1(moelab::family_name(c.family));
   const QString total = ChartKit::countText(double(params.total)), active = ChartKit::countText(double(params.active));
   m_summary->setText(c.num_experts > 0 ? tr("%1: %2 of %3 layers are MoE, %4 experts of width %5, top-%6. %7 parameters, "
@@ -421,6 +433,8 @@ void ModelView::setConfig(const moelab::ModelConfig& c, const QString& name) {
                                                   QString::number(c.top_k), total, active)
                                        : tr("%1: a dense model, FFN width %2. %3 parameters, all used by every token.")
                                              .arg(family, QString::number(c.dense_ffn_size), total));
+  m_summary->setText(m_summary->text() + QLatin1Char(' ') +
+                     (m_model.fromCheckpoint ? tr("Checkpoint: %1.") : tr("Weights: %1.")).arg(ModelCharts::storageLine(m_model)));
   {
     const QSignalBlocker block(m_blockLayer);
     m_blockLayer->setRange(0, int(std::max<int64_t>(1, c.num_layers)) - 1);

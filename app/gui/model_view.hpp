@@ -39,6 +39,11 @@ class ModelView : public QWidget {
   // Shows a model that did not come from the knobs (e.g. a model opened from disk); the knobs
   // move to match it as far as they can, and moving one builds a lab model from them again.
   void showConfig(const moelab::ModelConfig& c, const QString& name);
+  // How the next model given to showConfig is stored: its checkpoint's dtype ("bf16") and tensor
+  // bytes, from the safetensors headers; "" for a model without weights (config.json's dtype).
+  void setStorage(const QString& dtype, double bytes);
+  // The storage line the charts show ("bf16 as stored: … · fp32: … · one token reads …").
+  QString storageText() const;
 
  public slots:
   // The experts the last token chose in `layer` (from the Tokens view): highlighted in the
@@ -81,6 +86,8 @@ class ModelView : public QWidget {
   std::unique_ptr<nlohmann::json> m_extraSpec;  // preset keys without a knob (vocab, dense_hidden…)
   bool m_settingKnobs = false;   // filling the knobs: their signals must not rebuild the model
   bool m_showingOpened = false;  // the charts show a model given to showConfig
+  QString m_storageDtype;        // setStorage, for the next showConfig
+  double m_storageBytes = 0;
 
   QSplitter* m_splitter = nullptr;
   QScrollArea* m_knobScroll = nullptr;

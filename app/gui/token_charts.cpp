@@ -1,6 +1,7 @@
 #include "token_charts.hpp"
 
 #include <QObject>
+#include <QFontMetricsF>
 #include <QPainterPath>
 #include <algorithm>
 #include <numeric>
@@ -32,17 +33,12 @@ QString axisLabel(const QString& label) {
   return shortLabel(label, Theme::current().presentation ? 6 : 9);
 }
 
-QSharedPointer<QCPAxisTickerText> tokenTicker(const TokensSnapshot& s, int maxLabels, bool* needsRotation = nullptr) {
-  QSharedPointer<QCPAxisTickerText> t(new QCPAxisTickerText);
-  const int every = std::max(1, (s.count() + maxLabels - 1) / maxLabels);
-  bool longLabel = false;
-  for (int i = 0; i < s.count(); i += every) {
-    const QString l = axisLabel(s.labels[i]);
-    longLabel = longLabel || l.size() > 2;
-    t->addTick(i, l);
-  }
-  if (needsRotation) *needsRotation = longLabel;
-  return t;
+// Token labels on a heatmap's x axis, level, as many as fit side by side (fittingTicks): every
+// token for one-character labels, every 2nd, 3rd… where long pieces need the room. (Labels
+// turned 60° would take the height that 64–256 expert rows need.)
+void tokenTicks(QCPAxis* axis, const TokensSnapshot& s) {
+  fittingTicks(axis, s.count(), [labels = s.labels](int i) { return i < labels.size() ? axisLabel(labels[i]) : QString(); });
+  axis->setTickLabelRotation(0);
 }
 
 // The selected token, or the last one.
@@ -76,8 +72,8 @@ QString choiceText(const TokensSnapshot::Layer::Cell& c, int64_t capacity, bool 
     return brief ? tr("#%1 re-routed here, w = %2").arg(c.rank).arg(c.weight, 0, 'f', 2)
                  : tr("choice %1 RE-ROUTED here (expert %2 was full), gate weight %3")
                        .arg(c.rank).arg(c.from).arg(c.weight, 0, 'f', 3);
-  if (c.rank)
-    return brief ? tr("#%1, w = %2").arg(c.rank).arg(c.weight, 0, 'f', 2)
+  if (c.rank)  // brief: kept on one line in the Why table (no-break spaces)
+    return brief ? tr("#%1,\u00a0w\u00a0=\u00a0%2").arg(c.rank).arg(c.weight, 0, 'f', 2)
                  : tr("choice %1, gate weight %2").arg(c.rank).arg(c.weight, 0, 'f', 3);
   return brief ? QStringLiteral("–") : tr("not chosen");
 }
@@ -125,8 +121,9 @@ QPainterPath crossPath() {  // an × for QCPScatterStyle::ssCustom (drawn at siz
 // One graph per kind present (chosen always, so an empty text still has its graph); a graph
 // carries its kind in the "mark" property, for reading the chart back (heatmapMark).
 void addMarks(QCustomPlot* plot, QCPAxisRect* rect, const QVector<Mark>& marks, int K, bool capacity,
-              bool reroute, QCPLegend* legend, double outlineWidth) {
-  const Theme& th = Theme::current();
+              bool reroute, QCPLegend* legend, double outlineWidth, double size = 0) {
+  Theme th = Theme::current();
+  if (size > 0) th.markerSize = int(std::lround(size));  // smaller than the cells, where there are many
   QPen outline(Qt::black, outlineWidth);
   QPen thin(Qt::black, th.presentation ? 2.0 : 1.2);
   thin.setCosmetic(true);
@@ -208,16 +205,19 @@ void drawRoutingHeatmap(QCustomPlot* plot, const TokensSnapshot& s, int layer, i
     plot->plotLayout()->addElement(0, 0, rect);
     scale = colorScale(plot, QCPRange(0, 1), tr("probability"));
     addMap(rect, T, E, L.probs);
+    // Marks that leave the cells visible where the rows are thin: 64–256 experts get small dots
+    // with a thin outline.
+    const bool many = E > 32;
     addMarks(plot, rect, layerMarks(L, int(L.ids.size()) / K, K), K, capacity, s.reroute,
-             capacity ? legendBelow(plot, 0, 1) : nullptr, th.presentation ? 2.5 : 1.5);
-    bool rotate = false;
-    rect->axis(QCPAxis::atBottom)->setTicker(tokenTicker(s, th.presentation ? 24 : 48, &rotate));
-    rect->axis(QCPAxis::atBottom)->setTickLabelRotation(rotate ? 60 : 0);
+             capacity ? legendBelow(plot, 0, 1) : nullptr, many ? 1.0 : th.presentation ? 2.5 : 1.5,
+             many ? 4.0 : E > 16 ? std::max(4.0, th.markerSize - 2.0) : 0.0);
+    tokenTicks(rect->axis(QCPAxis::atBottom), s);
     rect->axis(QCPAxis::atBottom)->setLabel(th.presentation ? QString() : tr("token"));
     rect->axis(QCPAxis::atLeft)->setLabel(tr("expert"));
     rect->axis(QCPAxis::atBottom)->setRange(-0.5, T - 0.5);
     rect->axis(QCPAxis::atLeft)->setRange(-0.5, E - 0.5);
     integerTicks(rect->axis(QCPAxis::atLeft), E);
+    boundedPanZoom(rect->axis(QCPAxis::atLeft), -0.5, E - 0.5);
     if (token >= 0 && token < T) {  // selected token: a frame around its column
       auto* box = new QCPItemRect(plot);
       box->setClipAxisRect(rect);
@@ -240,7 +240,7 @@ void drawRoutingHeatmap(QCustomPlot* plot, const TokensSnapshot& s, int layer, i
       rect->axis(QCPAxis::atLeft)->setLabel(tr("L%1").arg(L.layer));
       rect->axis(QCPAxis::atLeft)->setRange(-0.5, E - 0.5);
       rect->axis(QCPAxis::atBottom)->setRange(-0.5, T - 0.5);
-      rect->axis(QCPAxis::atBottom)->setTicker(tokenTicker(s, 32));
+      tokenTicks(rect->axis(QCPAxis::atBottom), s);
       rect->axis(QCPAxis::atBottom)->setTickLabels(i == nLayers - 1);
       rect->setMargins(QMargins(0, 0, 0, 0));
     }
@@ -267,7 +267,7 @@ void drawRoutingHeatmap(QCustomPlot* plot, const TokensSnapshot& s, int layer, i
       }
     }
     const QCPRange range(0, std::max(mx, 1e-6));
-    scale = colorScale(plot, range, tr("share of the choices"));
+    scale = colorScale(plot, range, th.presentation ? tr("share") : tr("share of the choices"));  // fits the scale's height
     QCPColorMap* map = heatmap(rect, E, nLayers, QCPRange(0, E - 1), QCPRange(0, nLayers - 1), range);
     for (int i = 0; i < nLayers; ++i)
       for (int e = 0; e < E; ++e) map->data()->setCell(e, i, shares[i * E + e]);
@@ -275,9 +275,22 @@ void drawRoutingHeatmap(QCustomPlot* plot, const TokensSnapshot& s, int layer, i
     rect->axis(QCPAxis::atLeft)->setLabel(tr("MoE layer"));
     rect->axis(QCPAxis::atBottom)->setRange(-0.5, E - 0.5);
     rect->axis(QCPAxis::atLeft)->setRange(-0.5, nLayers - 0.5);
+    integerTicks(rect->axis(QCPAxis::atBottom), E);
+    QVector<int> numbers;  // row → the layer's number (DeepSeek-V3's MoE layers start at 3)
+    for (const auto& L : s.layers) numbers << int(L.layer);
+    fittingTicks(rect->axis(QCPAxis::atLeft), nLayers, [numbers](int i) { return QString::number(numbers.value(i)); });
+    boundedPanZoom(rect->axis(QCPAxis::atLeft), -0.5, nLayers - 0.5);
   }
+  // Wheel zooms and dragging pans, within the cells; one layer and the overview in both
+  // directions (experts too), the strips along the tokens. A double click shows everything again.
   plot->setInteractions(QCP::iRangeZoom | QCP::iRangeDrag);
-  for (QCPAxisRect* r : plot->axisRects()) r->setRangeZoom(Qt::Horizontal);
+  const bool both = oneLayer(s, layer) || nLayers > kMaxSmallMultiples;
+  for (QCPAxisRect* r : plot->axisRects()) {
+    r->setRangeZoom(both ? Qt::Horizontal | Qt::Vertical : Qt::Horizontal);
+    r->setRangeDrag(both ? Qt::Horizontal | Qt::Vertical : Qt::Horizontal);
+    const QCPRange x = r->axis(QCPAxis::atBottom)->range();
+    boundedPanZoom(r->axis(QCPAxis::atBottom), x.lower, x.upper);
+  }
   finish(plot, scale);
 }
 
@@ -291,9 +304,16 @@ QString routingHeatmapTitle(const TokensSnapshot& s, int layer) {
 }
 
 QString routingHeatmapCaption(const TokensSnapshot& s, int layer) {
+  // Many experts: how to get closer (the tick labels follow the zoom).
+  const QString zoom = s.experts() > 16 && !Theme::current().presentation
+                           ? QLatin1Char(' ') + tr("The wheel zooms (experts too), dragging pans, a double click shows all.")
+                           : QString();
+  if (!s.layers.isEmpty() && s.capacity <= 0 && !oneLayer(s, layer) && int(s.layers.size()) > kMaxSmallMultiples)
+    return tr("Each row is a MoE layer, each column an expert; colour is the share of the layer's top-k choices "
+              "that went to the expert over the whole text. Pick a layer to see it token by token.") + zoom;
   if (s.layers.isEmpty() || s.capacity <= 0)
     return tr("Each column is a token, each row an expert; colour is the router's probability. "
-              "Circles mark the top-k experts the token was actually sent to.");
+              "Circles mark the top-k experts the token was actually sent to.") + zoom;
   // The legend names the marks; the caption says what capacity means and how much overflowed.
   QVector<const TokensSnapshot::Layer*> statLayers;
   if (oneLayer(s, layer))
@@ -468,6 +488,17 @@ QString loadCsv(const TokensSnapshot& s, int layer) {
 
 // ---- why this expert ----
 
+int whyRowCount(const TokensSnapshot& s, const TokensSnapshot::Layer& L, int t) {
+  const int E = int(s.experts()), K = int(s.topK);
+  int involved = 0;
+  for (int e = 0; e < E; ++e) {
+    const auto c = L.cell(t, e, K);
+    involved += c.rank || c.wantedRank;
+  }
+  const bool pres = Theme::current().presentation;
+  return std::min(E, std::max(pres ? 4 : 6, involved + (pres ? 1 : 2)));
+}
+
 QString whyHtml(const TokensSnapshot& s, int layer, int token) {
   const auto* L = layerAt(s, layer);
   if (!L || s.count() == 0) return tr("Step a token, then click it.");
@@ -489,9 +520,9 @@ QString whyHtml(const TokensSnapshot& s, int layer, int token) {
   double chosenSum = 0;
   for (int k = 0; k < K; ++k)
     if (L->ids[t * K + k] >= 0) chosenSum += L->probs[t * E + L->ids[t * K + k]];
-  // With a capacity, every expert the token was sent to or meant for gets its row.
-  const int involved = int(std::count_if(cells.begin(), cells.end(), [](const auto& c) { return c.rank || c.wantedRank; }));
-  const int shown = int(std::min<int64_t>(E, std::max(Theme::current().presentation ? 4 : 6, s.capacity > 0 ? involved : 0)));
+  // The top experts, not all of them (a real model has 64–256): every expert the token was sent
+  // to or meant for, then the next most probable (two, one on the projector), at least 6 (4).
+  const int shown = whyRowCount(s, *L, t);
   for (int i = 0; i < shown; ++i) {
     const int e = order[i];
     const auto& c = cells[e];
@@ -502,6 +533,13 @@ QString whyHtml(const TokensSnapshot& s, int layer, int token) {
                 .arg(L->logits[t * E + e], 0, 'f', 2)
                 .arg(L->probs[t * E + e], 0, 'f', 3)
                 .arg(choiceText(c, s.capacity, true));
+  }
+  if (shown < E) {  // the rest in one line: how many, and how much probability they hold together
+    double rest = 0;
+    for (int i = shown; i < E; ++i) rest += L->probs[t * E + order[i]];
+    rows += QStringLiteral("<tr style='color:#888888'><td colspan=4>%1</td></tr>")
+                .arg(sigmoid ? tr("… %1 more experts, each scored lower").arg(E - shown)
+                             : tr("… %1 more experts, together %2").arg(E - shown).arg(rest, 0, 'f', 3));
   }
   QString mix;
   for (int k = 0; k < K; ++k)
@@ -620,7 +658,11 @@ void drawNext(QCustomPlot* plot, const TokensSnapshot& s) {
     return;
   }
   // Horizontal bars, most likely on top.
-  const int shown = std::min<int>(int(s.next.size()), Theme::current().presentation ? 5 : 10);
+  // As many as the chart's height has room for, a line each (10, 5 on the projector).
+  const double line = QFontMetricsF(Theme::current().tickLabel).height() * 1.1;
+  const double room = plot->axisRect() ? plot->axisRect()->height() : 0;
+  const int fit = room > 0 ? std::max(3, int(room / line)) : 10;
+  const int shown = std::min<int>({int(s.next.size()), Theme::current().presentation ? 5 : 10, fit});
   QVector<double> keys, values;
   QSharedPointer<QCPAxisTickerText> ticker(new QCPAxisTickerText);
   for (int i = 0; i < shown; ++i) {
@@ -660,18 +702,19 @@ void drawTokenLayers(QCustomPlot* plot, const TokensSnapshot& s, int token) {
   QCPColorMap* map = heatmap(rect, E, nL, QCPRange(0, E - 1), QCPRange(0, nL - 1), QCPRange(0, 1));
   QVector<Mark> marks;  // x = expert, y = layer row
   Mark m;
-  QSharedPointer<QCPAxisTickerText> rows(new QCPAxisTickerText);
   for (int i = 0; i < nL; ++i) {
     const auto& L = s.layers[i];
     for (int e = 0; e < E; ++e) map->data()->setCell(e, i, L.probs[t * E + e]);
     if (nL * E <= 4096)
       for (int k = 0; k < K; ++k)
         if (slotMark(L, t * K + k, true, double(i), &m)) marks.push_back(m);
-    if (nL <= 16 || i % (nL / 12 + 1) == 0) rows->addTick(i, tr("L%1").arg(L.layer));
   }
-  addMarks(plot, rect, marks, K, s.capacity > 0, s.reroute, nullptr, 1.5);
+  QVector<int> numbers;
+  for (const auto& L : s.layers) numbers << int(L.layer);
+  // Small dots where 64+ experts leave the cells only a few pixels wide.
+  addMarks(plot, rect, marks, K, s.capacity > 0, s.reroute, nullptr, E > 32 ? 1.0 : 1.5, E > 32 ? 4.0 : 0.0);
   QCPColorScale* scale = colorScale(plot, QCPRange(0, 1), tr("probability"));
-  rect->axis(QCPAxis::atLeft)->setTicker(rows);
+  fittingTicks(rect->axis(QCPAxis::atLeft), nL, [numbers](int i) { return QStringLiteral("L%1").arg(numbers.value(i)); });
   rect->axis(QCPAxis::atBottom)->setLabel(tr("expert (token %1 '%2')").arg(t).arg(axisLabel(s.labels[t])));
   rect->axis(QCPAxis::atBottom)->setRange(-0.5, E - 0.5);
   rect->axis(QCPAxis::atLeft)->setRange(-0.5, nL - 0.5);

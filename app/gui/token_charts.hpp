@@ -54,7 +54,10 @@ QString loadCsv(const TokensSnapshot& s, int layer);
 void expertLoad(const TokensSnapshot::Layer& L, int E, QVector<double>* ran, QVector<double>* refused);
 
 // The router's arithmetic for one token in one layer, as rich text, and its table as CSV.
+// It lists the top experts only: those the token was sent to (or meant for, under a capacity) and
+// the next most probable (whyRowCount rows), then one line for the rest.
 QString whyHtml(const TokensSnapshot& s, int layer, int token);
+int whyRowCount(const TokensSnapshot& s, const TokensSnapshot::Layer& L, int token);
 QString whyCsv(const TokensSnapshot& s, int layer, int token);
 
 // How often experts i and j were chosen for the same token in one layer.

@@ -27,6 +27,38 @@ void TokenText::setSnapshot(SnapshotPtr s, int layerIndex, int selected) {
   update();
 }
 
+void TokenText::setExpertGroup(const QVector<int>& experts, const QString& why) {
+  m_group = experts.mid(0, kMaxGroup);
+  m_groupWhy = why;
+  update();
+}
+
+int TokenText::groupExpertOf(int i, int* rank) const {
+  if (!m_snap || m_snap->layers.isEmpty() || m_group.isEmpty()) return -1;
+  const auto& L = m_snap->layers[std::clamp(m_layer, 0, int(m_snap->layers.size()) - 1)];
+  const int K = int(m_snap->topK);
+  if (K <= 0 || (i + 1) * K > L.ids.size()) return -1;
+  for (int k = 0; k < K; ++k)  // the slots in rank order: the best-ranked group expert wins
+    if (L.ids[i * K + k] >= 0 && m_group.contains(L.ids[i * K + k])) {
+      if (rank) *rank = k + 1;
+      return L.ids[i * K + k];
+    }
+  return -1;
+}
+
+QColor TokenText::tokenColor(int i) const {
+  if (!m_snap || m_snap->layers.isEmpty() || i < 0 || i >= m_snap->count()) return {};
+  const auto& L = m_snap->layers[std::clamp(m_layer, 0, int(m_snap->layers.size()) - 1)];
+  const int64_t K = std::max<int64_t>(1, m_snap->topK);
+  if (i >= L.ids.size() / K) return {};
+  if (!m_group.isEmpty()) {
+    const int e = groupExpertOf(i);
+    return e >= 0 ? Theme::series(int(m_group.indexOf(e))) : QColor();
+  }
+  const int top = L.ids[i * int(K)];
+  return top >= 0 ? expertColor(top, m_snap->experts()) : kDroppedColor;
+}
+
 void TokenText::paintEvent(QPaintEvent*) {
   QPainter p(this);
   const Theme& t = Theme::current();
@@ -59,15 +91,17 @@ void TokenText::paintEvent(QPaintEvent*) {
     }
     const QRect box(x, y, w, lineH - 4);
     m_boxes.push_back(box);
-    if (i < L.ids.size() / std::max<int64_t>(1, K)) {
-      const int top = L.ids[i * int(K)];
-      QColor c = top >= 0 ? expertColor(top, E) : kDroppedColor;  // first choice dropped (capacity)
-      anyDropped = anyDropped || top < 0;
+    const QColor c = tokenColor(i);
+    if (c.isValid()) {
+      anyDropped = anyDropped || (m_group.isEmpty() && c == kDroppedColor);  // first choice dropped (capacity)
       p.setBrush(c);
       p.setPen(QPen(i == m_selected ? t.foreground : c.darker(130), i == m_selected ? 3 : 1));
       p.drawRoundedRect(box, 4, 4);
       p.setPen(c.lightnessF() < 0.55 ? Qt::white : Qt::black);
-    } else {
+    } else {  // plain: sent to no expert of the group (or not routed yet)
+      p.setBrush(Qt::NoBrush);
+      p.setPen(QPen(i == m_selected ? t.foreground : t.subtle, i == m_selected ? 3 : 1));
+      if (!m_group.isEmpty() && i < L.ids.size() / std::max<int64_t>(1, K)) p.drawRoundedRect(box, 4, 4);
       p.setPen(t.foreground);
     }
     if (i < m_snap->promptLength) {  // prompt tokens underlined
@@ -76,29 +110,47 @@ void TokenText::paintEvent(QPaintEvent*) {
     p.drawText(box, Qt::AlignCenter, label);
     x += w + 3;
   }
-  // Legend: expert colours (top expert in this layer), wrapping onto more lines as needed.
+  // Legend: expert colours (top expert in this layer), wrapping onto more lines as needed; or the
+  // group's experts, each with the number of tokens sent to it.
   p.setFont(t.text);
   const QFontMetrics lf(t.text);
-  const QString head = tr("Layer %1, colour = first-choice expert:").arg(L.layer);
-  int cellW = lf.horizontalAdvance(QString::number(std::max<int64_t>(0, E - 1))) + 10;
+  QVector<int> chips;  // experts in the legend
+  QStringList chipText;
+  if (m_group.isEmpty()) {
+    for (int e = 0; e < E && e < 64; ++e) chips << e, chipText << QString::number(e);
+  } else {
+    for (int e : m_group) {
+      int n = 0;
+      for (int i = 0; i < m_snap->count(); ++i) n += groupExpertOf(i) == e;
+      chips << e, chipText << tr("expert %1: %n token(s)", "", n).arg(e);
+    }
+  }
+  const QString head = m_group.isEmpty() ? tr("Layer %1, colour = first-choice expert:").arg(L.layer)
+                                         : tr("Layer %1, colour = sent to expert (%2); plain: none of these:")
+                                               .arg(L.layer).arg(m_groupWhy);
+  int cellW = 0;
+  for (const QString& c : chipText) cellW = std::max(cellW, lf.horizontalAdvance(c) + 10);
   const int perLine = std::max(1, (width() - 12) / (cellW + 3));
-  const int lines = 1 + int((std::min<int64_t>(E, 64) + (anyDropped ? 3 : 0) + perLine - 1) / perLine);
+  const int headLines = std::max(1, (lf.horizontalAdvance(head) + width() - 13) / std::max(1, width() - 12));
+  const int lines = headLines + int((chips.size() + (anyDropped ? 3 : 0) + perLine - 1) / perLine);
+  const int textBottom = y;
   y = std::max(y + lineH + 6, height() - lines * (lf.height() + 4) - 4);
   x = 6;
   p.setPen(t.foreground);
-  p.drawText(QPoint(x, y + lf.ascent()), head);
-  y += lf.height() + 4;
-  for (int e = 0; e < E && e < 64; ++e) {
+  const QRect headBox(x, y, width() - 12, headLines * (lf.height() + 4));
+  p.drawText(headBox, Qt::AlignLeft | Qt::AlignTop | Qt::TextWordWrap, head);
+  y += headLines * (lf.height() + 4);
+  for (int j = 0; j < chips.size(); ++j) {
     if (x + cellW > width() - 4) {
       x = 6;
       y += lf.height() + 4;
     }
-    const QColor c = expertColor(e, E);
+    const QColor c = m_group.isEmpty() ? expertColor(chips[j], E) : Theme::series(j);
     p.setBrush(c);
     p.setPen(Qt::NoPen);
     p.drawRoundedRect(QRect(x, y, cellW, lf.height()), 3, 3);
     p.setPen(c.lightnessF() < 0.55 ? Qt::white : Qt::black);
-    p.drawText(QRect(x, y, cellW, lf.height()), Qt::AlignCenter, QString::number(e));
+    p.drawText(QRect(x, y, cellW, lf.height()), Qt::AlignCenter, chipText[j]);
     x += cellW + 3;
   }
   if (anyDropped) {  // grey: the first choice was dropped, the token skipped its expert
@@ -114,10 +166,10 @@ void TokenText::paintEvent(QPaintEvent*) {
     p.setPen(Qt::black);
     p.drawText(QRect(x, y, w, lf.height()), Qt::AlignCenter, text);
   }
-  // Ask the layout for room when the text and legend need more than we were given.
-  const int needed = y + lf.height() + 6;
-  if (needed > height() && needed != minimumHeight())
-    QTimer::singleShot(0, this, [this, needed] { setMinimumHeight(needed); });
+  // Ask the layout for the room the text and legend need (at this width, whatever the height),
+  // more or less than before: the projector's fonts need more, the normal theme after it less.
+  const int needed = textBottom + lineH + 6 + lines * (lf.height() + 4) + 6;
+  if (needed != minimumHeight()) QTimer::singleShot(0, this, [this, needed] { setMinimumHeight(std::max(120, needed)); });
 }
 
 void TokenText::mousePressEvent(QMouseEvent* e) {

@@ -4,6 +4,8 @@
 #include <QCoreApplication>
 #include <QDeadlineTimer>
 #include <QDoubleSpinBox>
+#include <QDir>
+#include <QFileInfo>
 #include <QFormLayout>
 #include <QGridLayout>
 #include <QHBoxLayout>
@@ -34,6 +36,19 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   connect(m_worker, &GenerationWorker::modelLoaded, this, &TokensView::onModelLoaded);
   connect(m_worker, &GenerationWorker::deviceInUse, this, &TokensView::deviceInUse);
   connect(m_worker, &GenerationWorker::tokenizerLoaded, this, &TokensView::onTokenizerLoaded);
+  connect(m_worker, &GenerationWorker::loadProgress, this, [this](const QString& stage) {
+    if (m_loading) emit loadProgress(stage);
+  });
+  connect(m_worker, &GenerationWorker::checkpointRead, this, &TokensView::checkpointRead);
+  connect(m_worker, &GenerationWorker::loadFailed, this, [this](const QString& m) {
+    if (m_loading) {
+      m_loading.reset();
+      emit loadFinished(false);
+    }
+    m_pending = std::max(0, m_pending - 1);
+    pause();
+    emit errorOccurred(m);
+  });
   connect(m_worker, &GenerationWorker::errorOccurred, this, [this](const QString& m) {
     m_pending = std::max(0, m_pending - 1);
     pause();
@@ -106,6 +121,12 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
                             "residual only for it) or re-routed to the token's next-best expert with room"));
   m_overflow->setEnabled(false);
   form->addRow(tr("Overflow"), m_overflow);
+  m_textExperts = new QLineEdit(controls);
+  m_textExperts->setPlaceholderText(tr("auto, e.g. 5 or 3,17"));
+  m_textExperts->setToolTip(tr("The experts the text is coloured by (up to 8, one colour each): a token takes the colour "
+                               "of the best-ranked of them it was sent to. Empty: each token's first choice for up to 8 "
+                               "experts, else the 4 busiest of the layer. Click a bar of the expert load to pick it."));
+  form->addRow(tr("Colour text by"), m_textExperts);
   m_status = new QLabel(this);
   m_status->setWordWrap(true);
 
@@ -115,8 +136,9 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
                                 "Circles mark the top-k experts the token was actually sent to."));
   m_tokenText = new TokenText;
   m_text = new ChartPanel(QStringLiteral("token-text"), tr("The text, coloured by expert"),
-                          tr("Each token is coloured by the expert its router ranked first in the selected layer. "
-                             "Click a token to see why."),
+                          tr("Each token is coloured by the expert its router ranked first in the selected layer, "
+                             "or, for more than 8 experts, by the experts under \"Colour text by\" (the 4 busiest "
+                             "unless you pick: type them, or click a bar of the expert load). Click a token to see why."),
                           m_tokenText);
   m_load = new ChartPanel(QStringLiteral("expert-load"), tr("Expert load in this text"),
                           tr("Share of the top-k choices each expert received. The dashed line is a perfectly even "
@@ -155,7 +177,7 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   detailsPage->setRowStretch(0, 3);
   detailsPage->setRowStretch(1, 2);
   m_chartPages = {routingPage, detailsPage};
-  m_heatmap->setMinimumChartHeight(180, 220);
+  m_heatmap->setMinimumChartHeight(180, 300);  // 64–256 expert rows under projector-size labels
   m_coact->setMinimumChartHeight(130, 250);  // eight rows of tick labels at projector size
   m_tokenLayers->setMinimumChartHeight(160, 200);
   m_next->setMinimumChartHeight(160, 200);
@@ -182,7 +204,7 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
 
   m_runTimer = new QTimer(this);
   connect(m_runTimer, &QTimer::timeout, this, [this] {
-    if (m_pending == 0) request(1), QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->step(1); });
+    if (m_pending == 0 && m_hasModel) request(1), QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->step(1); });
   });
   connect(m_speed, &QSlider::valueChanged, this, [this](int v) { m_runTimer->setInterval(1000 / std::max(1, v)); });
   m_runTimer->setInterval(1000 / m_speed->value());
@@ -201,6 +223,13 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   });
   connect(m_overflow, &QComboBox::currentIndexChanged, this, &TokensView::routingKnobsChanged);
   connect(m_ban, &QLineEdit::editingFinished, this, &TokensView::routingKnobsChanged);
+  connect(m_textExperts, &QLineEdit::editingFinished, this, [this] { redraw(); });
+  // A bar of the expert load picks that expert for the text colours.
+  connect(m_load->plot(), &QCustomPlot::plottableClick, this, [this](QCPAbstractPlottable* p, int index, QMouseEvent*) {
+    auto* bars = qobject_cast<QCPBars*>(p);
+    if (!bars || index < 0 || index >= bars->data()->size()) return;
+    setTextExperts(QString::number(int(std::lround((bars->data()->begin() + index)->key))));
+  });
   connect(m_tokenText, &TokenText::tokenClicked, this, [this](int i) {
     m_token = i;
     redraw();
@@ -211,6 +240,7 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
     const QString tip = TokenCharts::heatmapToolTip(snap(), selectedLayer(), token, expert);
     if (!tip.isEmpty()) QToolTip::showText(e->globalPosition().toPoint(), tip, m_heatmap->plot());
   });
+  connect(m_heatmap->plot(), &QCustomPlot::mouseDoubleClick, this, [this] { redraw(); });  // zoomed out again
   connect(m_heatmap->plot(), &QCustomPlot::mousePress, this, [this](QMouseEvent* e) {
     int token = 0, expert = 0;
     if (!TokenCharts::heatmapCellAt(m_heatmap->plot(), QPointF(e->pos()), &token, &expert)) return;
@@ -228,7 +258,19 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   m_coact->setCsvProvider([this] { return TokenCharts::coactivationCsv(snap(), selectedLayer()); });
   m_tokenLayers->setCsvProvider([this] { return TokenCharts::tokenLayersCsv(snap(), m_token); });
   m_next->setCsvProvider([this] { return TokenCharts::nextCsv(snap()); });
+  m_next->plot()->installEventFilter(this);
   applyTheme(Theme::current());
+}
+
+bool TokensView::eventFilter(QObject* watched, QEvent* e) {
+  if (watched == m_next->plot() && e->type() == QEvent::Resize) {
+    QCustomPlot* plot = m_next->plot();
+    QTimer::singleShot(0, plot, [this, plot] {
+      plot->replot(QCustomPlot::rpImmediateRefresh);  // lays the axes out at the new size
+      TokenCharts::drawNext(plot, snap());          // then as many bars as that leaves room for
+    });
+  }
+  return QWidget::eventFilter(watched, e);
 }
 
 TokensView::~TokensView() {
@@ -270,11 +312,36 @@ GenerationSettings TokensView::settings() const {
   return s;
 }
 
-void TokensView::openModel(const QString& path) {
+void TokensView::startLoad(const QString& what, const std::function<void(GenerationWorker*, LoadTicketPtr)>& load) {
+  if (m_loading) {  // the newest request wins: the one before is dropped, without a word
+    m_loading->cancelled = true;
+    m_loading.reset();
+    m_pending = std::max(0, m_pending - 1);
+  }
   pause();
   request(1);
-  QMetaObject::invokeMethod(m_worker, [w = m_worker, path] { w->loadModel(path); });
+  m_loading = std::make_shared<LoadTicket>();
+  emit loadStarted(what);
+  QMetaObject::invokeMethod(m_worker, [w = m_worker, t = m_loading, load] { load(w, t); });
 }
+
+void TokensView::openModel(const QString& path) {
+  // What the status bar calls it: the folder's name (also for its config.json or weights).
+  QFileInfo fi(QDir::cleanPath(path));
+  if (fi.fileName() == QLatin1String("config.json") || fi.suffix() == QLatin1String("safetensors")) fi = QFileInfo(fi.path());
+  startLoad(path == QLatin1String("builtin") ? tr("the built-in model") : fi.fileName(),
+            [path](GenerationWorker* w, LoadTicketPtr t) { w->loadModel(path, std::move(t)); });
+}
+
+void TokensView::cancelLoad() {
+  if (!m_loading) return;
+  m_loading->cancelled = true;
+  m_loading.reset();
+  m_pending = std::max(0, m_pending - 1);  // the worker answers nothing for a cancelled load
+  emit loadFinished(true);
+}
+
+int TokensView::loadsRunning() const { return m_worker->loadsRunning(); }
 
 void TokensView::setDevice(const QString& device) {
   QMetaObject::invokeMethod(m_worker, [w = m_worker, device] { w->setDevice(device); });
@@ -285,13 +352,16 @@ void TokensView::setPrecision(moelab::Precision precision) {
 }
 
 void TokensView::reloadModel() {
-  pause();
-  request(1);
-  QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->reloadModel(); });
+  startLoad(snap().modelName, [](GenerationWorker* w, LoadTicketPtr t) { w->reloadModel(std::move(t)); });
 }
 
 void TokensView::onModelLoaded(const QString& name, const moelab::ModelConfig& config) {
   m_pending = std::max(0, m_pending - 1);
+  m_hasModel = true;
+  if (m_loading) {
+    m_loading.reset();
+    emit loadFinished(false);
+  }
   m_config = config;
   m_layer->blockSignals(true);
   m_layer->clear();
@@ -325,6 +395,7 @@ void TokensView::onTokenizerLoaded(const QString& description) {
 
 void TokensView::resetText() {
   pause();
+  if (!m_hasModel) return;  // the first model's arrival starts the text (onModelLoaded)
   m_token = -1;
   request(1);
   const GenerationSettings s = settings();
@@ -341,6 +412,7 @@ void TokensView::routingKnobsChanged() {
 }
 
 void TokensView::stepOnce() {
+  if (!m_hasModel) return;  // nothing to step yet: the first model is still loading
   request(1);
   QMetaObject::invokeMethod(m_worker, [w = m_worker] { w->step(1); });
 }
@@ -416,6 +488,10 @@ void TokensView::setForcedExpert(int e) { m_force->setValue(e); }
 void TokensView::setRenormalize(int mode) { m_renorm->setCurrentIndex(mode < 0 ? 0 : mode == 0 ? 1 : 2); }
 void TokensView::setCapacityFactor(double factor) { m_capacity->setValue(factor); }
 void TokensView::setOverflowReroute(bool reroute) { m_overflow->setCurrentIndex(reroute ? 1 : 0); }
+void TokensView::setTextExperts(const QString& list) {
+  m_textExperts->setText(list);
+  redraw();
+}
 void TokensView::selectLayer(int index) { m_layer->setCurrentIndex(index < 0 ? 0 : index + 1); }
 
 int TokensView::selectedLayer() const { return m_layer->currentIndex() - 1; }
@@ -447,6 +523,27 @@ void TokensView::redraw() {
   m_heatmap->setTitle(TokenCharts::routingHeatmapTitle(s, layer));
   m_heatmap->setCaption(TokenCharts::routingHeatmapCaption(s, layer));
   m_tokenText->setSnapshot(m_snap, std::max(0, layer), m_token);
+  // The text's colours: the experts typed, else the first choice (up to 8 experts) or the 4
+  // busiest of the layer.
+  QVector<int> group;
+  QString why = tr("picked");
+  for (const QString& part : m_textExperts->text().split(QRegularExpression(QStringLiteral("[,\\s]+")), Qt::SkipEmptyParts)) {
+    bool ok = false;
+    const int e = part.toInt(&ok);
+    if (ok && e >= 0 && e < s.experts() && !group.contains(e) && group.size() < TokenText::kMaxGroup) group << e;
+  }
+  if (group.isEmpty() && s.experts() > 8) {
+    if (const auto* L = TokenCharts::layerAt(s, layer)) {
+      QVector<double> ran, refused;
+      TokenCharts::expertLoad(*L, int(s.experts()), &ran, &refused);
+      QVector<int> order(ran.size());
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return ran[a] > ran[b]; });
+      group = order.mid(0, 4);
+      why = tr("the 4 busiest");
+    }
+  }
+  m_tokenText->setExpertGroup(group, why);
   TokenCharts::drawLoad(m_load->plot(), s, layer);
   m_load->setCaption(TokenCharts::loadCaption(s));
   m_whyLabel->setText(TokenCharts::whyHtml(s, layer, m_token));

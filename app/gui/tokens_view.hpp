@@ -7,6 +7,7 @@
 
 #include <QThread>
 #include <QWidget>
+#include <functional>
 
 #include "generation_worker.hpp"
 
@@ -46,6 +47,10 @@ class TokensView : public QWidget {
   void setCapacityFactor(double factor);  // 0 = no limit
   void setOverflowReroute(bool reroute);  // overflow re-routed to the next-best expert, else dropped
   void selectLayer(int index);    // -1 = all layers
+  // The experts the text is coloured by ("5", "3,17,42"; at most 8), "" for the default: each
+  // token's first choice up to 8 experts, the busiest 4 of the layer beyond.
+  void setTextExperts(const QString& list);
+  TokenText* tokenText() const { return m_tokenText; }
   // Data of the heatmap as drawn (TokenCharts reads it back): value at (token, expert) of the
   // selected layer, and whether the cell is marked as chosen (a slot that ran there: kept or
   // re-routed).
@@ -59,6 +64,11 @@ class TokensView : public QWidget {
   // The chart pages (for screenshots).
   QTabWidget* pages() const { return m_pages; }
   QLineEdit* promptEdit() const { return m_prompt; }
+  // A model load in flight (File ▸ Open Model, a device switch): until the new model is in place
+  // the one shown keeps working. cancelLoad abandons it (its thread finishes unseen).
+  bool loading() const { return bool(m_loading); }
+  int loadsRunning() const;  // loader threads not yet finished, cancelled ones included
+  void cancelLoad();
 
  public slots:
   void openModel(const QString& path);
@@ -78,6 +88,17 @@ class TokensView : public QWidget {
   // GenerationWorker::deviceInUse
   void deviceInUse(const QString& name, const QString& deviceProblem, const QString& precisionProblem);
   void lastTokenRouting(int layer, QVector<int> experts);  // for the Model view's block drawing
+  // A model load: started (what is opened), its stage (GenerationWorker::loadProgress), ended
+  // (loaded, failed, or cancelled by cancelLoad).
+  void loadStarted(const QString& what);
+  void loadProgress(const QString& stage);
+  void loadFinished(bool cancelled);
+  // The opened model's checkpoint (before modelChanged).
+  void checkpointRead(const CheckpointSummary& summary);
+
+ protected:
+  // The next-token chart draws as many bars as its height has room for: drawn again on a resize.
+  bool eventFilter(QObject* watched, QEvent* e) override;
 
  private slots:
   void onSnapshot(SnapshotPtr s);
@@ -88,12 +109,15 @@ class TokensView : public QWidget {
  private:
   GenerationSettings settings() const;
   void request(int pendingDelta);
+  void startLoad(const QString& what, const std::function<void(GenerationWorker*, LoadTicketPtr)>& load);
   void redraw();
   const TokensSnapshot& snap() const;  // the snapshot shown (an empty one before the first)
 
   QThread m_thread;
   GenerationWorker* m_worker = nullptr;
   SnapshotPtr m_snap;
+  bool m_hasModel = false;  // the worker has a model (the first load may still run)
+  LoadTicketPtr m_loading;  // the load in flight, null when none
   int m_pending = 0;
   int m_token = -1;
   bool m_running = false;
@@ -107,6 +131,7 @@ class TokensView : public QWidget {
   QDoubleSpinBox* m_capacity = nullptr;
   QComboBox* m_overflow = nullptr;
   QLineEdit* m_ban = nullptr;
+  QLineEdit* m_textExperts = nullptr;
   QComboBox *m_renorm = nullptr, *m_layer = nullptr;
   QLabel* m_status = nullptr;
   QTimer* m_runTimer = nullptr;

@@ -3,6 +3,7 @@
 // file of its kind.
 #include <QAction>
 #include <QActionGroup>
+#include <QDeadlineTimer>
 #include <QDir>
 #include <QElapsedTimer>
 #include <QImage>
@@ -81,7 +82,10 @@ class TestGui : public QObject {
         connect(&w, &GenerationWorker::modelLoaded, &w, [&](const QString&, const ModelConfig& c) { config = c; });
         connect(&w, &GenerationWorker::errorOccurred, &w, [&](const QString& m) { error = m; });
         w.setDevice(QString::fromStdString(device));
-        w.loadModel(QStringLiteral("builtin"));
+        w.loadModel(QStringLiteral("builtin"));  // on a loader thread: installed by a queued call
+        QDeadlineTimer loading(60000);
+        while (config.num_layers == 0 && error.isEmpty() && !loading.hasExpired())
+          QCoreApplication::processEvents(QEventLoop::AllEvents, 20);
         GenerationSettings s;
         s.prompt = QStringLiteral("12+7=19; ");
         s.temperature = 0;  // greedy
