@@ -390,6 +390,16 @@ KvCache Model::new_cache(int64_t capacity) const {
   KvCache cache;
   cache.capacity = capacity;
   const int64_t kv = config_.num_kv_heads * config_.head_dim;
+  // Refuse before allocating a cache that, with the weights, would not fit in memory.
+  const std::string where = config_.architecture;
+  const int64_t cache_bytes =
+      checked_mul(checked_mul(checked_mul(2 * config_.num_layers, capacity, where), kv, where), backend_->real_bytes(), where);
+  const int64_t weights = stored_bytes_ + (stored_bytes_ > 0 ? 0 : weight_bytes_fp32(config_));
+  const int64_t have = physical_memory_bytes();
+  if (checked_add(cache_bytes, weights, where) > have / 10 * 8)
+    fail(where, "a context of " + std::to_string(capacity) + " tokens needs a KV cache of " + human_bytes(double(cache_bytes)) +
+                    " beside " + human_bytes(double(weights)) + " of weights, more than this machine's " +
+                    human_bytes(double(have)) + " of memory can hold (80% of it)");
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     cache.k.push_back(backend_->alloc({capacity, kv}));
     cache.v.push_back(backend_->alloc({capacity, kv}));

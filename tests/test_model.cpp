@@ -310,6 +310,21 @@ TEST(absurd_size_is_refused_before_allocating) {
   CHECK_THROWS_WITH(Model::load(tmp / "m", make_eigen_backend()), "config.json");
 }
 
+TEST(kv_cache_too_large_for_memory_is_refused_before_allocating) {
+  // The longest context a config may ask (16M positions) of a small model with 16 layers: the
+  // cache alone is 2 x 16 x 16M x (kv heads x head dim) x 4 bytes, tens of GiB: refused with its
+  // size before anything is allocated.
+  ModelConfig c = tiny_config();
+  c.max_positions = int64_t(1) << 24;
+  c.num_layers = 16;
+  Model m = Model::random(c, 1, make_eigen_backend());
+  CHECK(2 * 16 * (int64_t(1) << 24) * c.num_kv_heads * c.head_dim * 4 > physical_memory_bytes());
+  const std::string msg = check::error_of([&] { m.new_cache(int64_t(1) << 24); });
+  CHECK(msg.find("a context of 16777216 tokens needs a KV cache of") != std::string::npos);
+  CHECK(msg.find("more than this machine's") != std::string::npos);
+  CHECK(m.new_cache(64).capacity == 64);  // an ordinary context still works
+}
+
 TEST(checkpoint_errors_name_file_and_tensor) {
   TempDir tmp("ckpt");
   save_tiny(tmp / "good");
