@@ -1,15 +1,19 @@
 #include "safetensors.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <set>
 
 #include <Eigen/Core>
@@ -41,6 +45,80 @@ uint64_t read_le_u64(const uint8_t* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
   return v;
+}
+
+// ---- a weights file changed under its memory map ----
+// Reading a page of a mapped file that has since been truncated raises SIGBUS. The lab cannot
+// go on (the weights are gone), but it can say what happened, in one line naming the file, and
+// stop without touching anything the user made (runs, logs and sessions are written atomically
+// or appended and flushed step by step, so what is on disk is whole). A fixed table of the
+// mapped ranges, read by an async-signal-safe handler.
+struct MappedRange {
+  std::atomic<const char*> begin{nullptr};
+  std::atomic<size_t> size{0};
+  char path[512] = {};
+};
+MappedRange g_ranges[256];
+
+void write_all(const char* s) {
+  size_t n = std::strlen(s);
+  while (n > 0) {
+    const ssize_t w = ::write(2, s, n);
+    if (w <= 0) return;
+    s += w;
+    n -= size_t(w);
+  }
+}
+
+void on_sigbus(int sig, siginfo_t* info, void*) {
+  const char* addr = static_cast<const char*>(info ? info->si_addr : nullptr);
+  for (MappedRange& r : g_ranges) {
+    const char* b = r.begin.load();
+    if (b && addr >= b && addr < b + r.size.load()) {
+      write_all("moelab: ");
+      write_all(r.path);
+      write_all(": the weights file was truncated or replaced while the lab had it open (SIGBUS); "
+                "the lab stops here. Runs, logs and sessions on disk are intact; reopen the model.\n");
+      ::_exit(75);
+    }
+  }
+  ::signal(sig, SIG_DFL);  // not ours: the default action
+  ::raise(sig);
+}
+
+void install_sigbus_guard() {
+  static const bool installed = [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    return ::sigaction(SIGBUS, &sa, nullptr) == 0;
+  }();
+  (void)installed;
+}
+
+std::mutex g_ranges_mu;  // guards writers; the handler only reads (begin is stored last)
+
+void guard_range(const void* begin, size_t size, const std::string& path) {
+  install_sigbus_guard();
+  std::lock_guard<std::mutex> lock(g_ranges_mu);
+  for (MappedRange& r : g_ranges) {
+    if (r.begin.load() != nullptr) continue;
+    std::snprintf(r.path, sizeof r.path, "%s", path.c_str());
+    r.size.store(size);
+    r.begin.store(static_cast<const char*>(begin));
+    return;
+  }
+  // More than 256 files mapped at once: the rest are unguarded (the default SIGBUS then).
+}
+
+void unguard_range(const void* begin) {
+  std::lock_guard<std::mutex> lock(g_ranges_mu);
+  for (MappedRange& r : g_ranges)
+    if (r.begin.load() == begin) {
+      r.begin.store(nullptr);
+      return;
+    }
 }
 
 }  // namespace
@@ -99,6 +177,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     map_ = nullptr;
     fail(path, std::string("cannot map: ") + std::strerror(errno));
   }
+  guard_range(map_, map_size_, path);
   try {
     const auto* bytes = static_cast<const uint8_t*>(map_);
     const uint64_t header_len = read_le_u64(bytes);
@@ -197,6 +276,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
                      (pos > data_size ? " (truncated file)" : " (trailing bytes)"));
     for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
   } catch (...) {
+    unguard_range(map_);
     ::munmap(map_, map_size_);
     map_ = nullptr;
     throw;
@@ -204,7 +284,10 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
 }
 
 SafetensorsFile::~SafetensorsFile() {
-  if (map_) ::munmap(map_, map_size_);
+  if (map_) {
+    unguard_range(map_);
+    ::munmap(map_, map_size_);
+  }
 }
 
 const TensorView* SafetensorsFile::find(const std::string& name) const {
