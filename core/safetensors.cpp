@@ -59,11 +59,12 @@ struct MappedRange {
   char path[512] = {};
 };
 MappedRange g_ranges[256];
+char g_note_file[1024] = {};  // where the handler also writes its line (the GUI shows it next start)
 
-void write_all(const char* s) {
+void write_all(int fd, const char* s) {
   size_t n = std::strlen(s);
   while (n > 0) {
-    const ssize_t w = ::write(2, s, n);
+    const ssize_t w = ::write(fd, s, n);
     if (w <= 0) return;
     s += w;
     n -= size_t(w);
@@ -75,10 +76,20 @@ void on_sigbus(int sig, siginfo_t* info, void*) {
   for (MappedRange& r : g_ranges) {
     const char* b = r.begin.load();
     if (b && addr >= b && addr < b + r.size.load()) {
-      write_all("moelab: ");
-      write_all(r.path);
-      write_all(": the weights file was truncated or replaced while the lab had it open (SIGBUS); "
-                "the lab stops here. Runs, logs and sessions on disk are intact; reopen the model.\n");
+      static const char* const kWhat =
+          ": the weights file was truncated or replaced while the lab had it open (SIGBUS); "
+          "the lab stops here. Runs, logs and sessions on disk are intact; reopen the model.\n";
+      write_all(2, "moelab: ");
+      write_all(2, r.path);
+      write_all(2, kWhat);
+      if (g_note_file[0]) {
+        const int fd = ::open(g_note_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+          write_all(fd, r.path);
+          write_all(fd, kWhat);
+          ::close(fd);
+        }
+      }
       ::_exit(75);
     }
   }
@@ -281,6 +292,11 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     map_ = nullptr;
     throw;
   }
+}
+
+void set_sigbus_note_file(const std::string& path) {
+  std::lock_guard<std::mutex> lock(g_ranges_mu);
+  std::snprintf(g_note_file, sizeof g_note_file, "%s", path.size() < sizeof g_note_file ? path.c_str() : "");
 }
 
 SafetensorsFile::~SafetensorsFile() {

@@ -34,6 +34,11 @@ constexpr int64_t kMaxHeaderBytes = 100 << 20;
 constexpr int64_t kMaxTensors = 1 << 20;
 constexpr int kMaxRank = 8;
 
+// A mapped file truncated or replaced under the lab raises SIGBUS when its pages are read: the
+// lab then prints one line naming the file and exits with status 75. With a note file set, the
+// same line is also written there (the GUI shows it at its next start).
+void set_sigbus_note_file(const std::string& path);
+
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(const std::string& path);  // maps and validates, throws moelab::Error

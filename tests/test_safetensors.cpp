@@ -39,6 +39,7 @@ TEST(truncated_while_mapped_is_reported_not_a_crash) {
 #ifdef _OPENMP
     omp_set_num_threads(1);
 #endif
+    set_sigbus_note_file(tmp / "note.txt");
     Model m = Model::load(tmp / "m", make_eigen_backend());
     if (m.stored_weight_bytes() == 0) ::_exit(3);  // the test needs weights kept in the map
     if (::truncate(file.c_str(), 0) != 0) ::_exit(4);
@@ -56,6 +57,8 @@ TEST(truncated_while_mapped_is_reported_not_a_crash) {
   CHECK_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 75);
   CHECK(out.find(file + ": the weights file was truncated or replaced while the lab had it open") != std::string::npos);
   CHECK(out.find('\n') == out.size() - 1);  // one line
+  // the same line for the GUI's next start, without the "moelab: " prefix
+  CHECK_EQ(testutil::read_file(tmp / "note.txt"), out.substr(std::string("moelab: ").size()));
 #endif
 }
 

@@ -8,6 +8,7 @@
 #include <QDropEvent>
 #include <QDir>
 #include <QFileDialog>
+#include <QFile>
 #include <QFileInfo>
 #include <QKeySequence>
 #include <QJsonArray>
@@ -24,6 +25,7 @@
 #include <QScreen>
 #include <QSettings>
 #include <QShortcut>
+#include <QStandardPaths>
 #include <QStatusBar>
 #include <QTabWidget>
 #include <QUrl>
@@ -36,6 +38,7 @@
 #include "error.hpp"
 #include "lab_session.hpp"
 #include "model_view.hpp"
+#include "safetensors.hpp"
 #include "theme.hpp"
 #include "tokens_view.hpp"
 #include "training_view.hpp"
@@ -133,6 +136,19 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
   readSettings();
   m_tokens->openModel(QStringLiteral("builtin"));
   updateTitle();
+  // A session that stopped because a mapped weights file vanished (SIGBUS) left one line here:
+  // say it once, at this start, so a teacher knows why the window disappeared.
+  const QString notes = QStandardPaths::writableLocation(QStandardPaths::AppDataLocation);
+  QDir().mkpath(notes);
+  const QString note = QDir(notes).filePath(QStringLiteral("last-stop.txt"));
+  moelab::set_sigbus_note_file(note.toStdString());
+  QFile last(note);
+  if (last.open(QIODevice::ReadOnly)) {
+    const QString text = QString::fromUtf8(last.read(4096)).trimmed();
+    last.close();
+    last.remove();
+    if (!text.isEmpty()) showError(tr("The lab stopped last time: %1").arg(text));
+  }
 }
 
 void MainWindow::createLoadIndicator() {

@@ -86,6 +86,24 @@ class TestGuiFiles : public QObject {
   }
   void cleanup() { QSettings().remove(QStringLiteral("recentModels")); }
 
+  // The line a SIGBUS stop leaves (core/safetensors.cpp) is shown once at the next start.
+  void aStopLeftByAVanishedWeightsFileIsShownOnceAtTheNextStart() {
+    const QString dir = QStandardPaths::writableLocation(QStandardPaths::AppDataLocation);
+    QVERIFY(QDir().mkpath(dir));
+    const QString note = QDir(dir).filePath(QStringLiteral("last-stop.txt"));
+    QFile f(note);
+    QVERIFY(f.open(QIODevice::WriteOnly) && f.write("/models/olmoe/model.safetensors: the weights file was truncated\n") > 0);
+    f.close();
+    {
+      MainWindow w;
+      QVERIFY2(w.lastError().contains(QStringLiteral("The lab stopped last time: /models/olmoe/model.safetensors")),
+               qPrintable(w.lastError()));
+      QVERIFY(!QFile::exists(note));
+    }
+    MainWindow again;
+    QVERIFY(again.lastError().isEmpty());
+  }
+
   void recentModelsAreStoredMostRecentFirstAtMostEight() {
     MainWindow w;
     w.show();

@@ -21,6 +21,7 @@ so such characters are left out on purpose.
 """
 import argparse
 import json
+import os
 import random
 import sys
 import unicodedata
@@ -352,6 +353,7 @@ def main():
     if a.output == "-":
         sys.stdout.write(text + "\n")
     else:
+        os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
         with open(a.output, "w", encoding="utf-8", newline="\n") as f:
             f.write(text + "\n")
     print(f"{len(items)} strings", file=sys.stderr)
