@@ -465,17 +465,35 @@ struct Normalizer {
 
 constexpr int kMaxNesting = 8;
 
+// A Sequence component ({"type": "Sequence", key: [items]}): checks its keys and its list, and calls
+// each(item, "where.key[i]") for each item; nested Sequences deeper than kMaxNesting are refused by
+// the caller's depth check.
+template <typename Each>
+void sequence_items(const Ctx& c, const json& j, const std::string& where, const char* key, size_t max_items, Each each) {
+  only_keys(c, j, where, {"type", key});
+  const json* list = field(j, key);
+  if (!list || !list->is_array()) c.bad(where + "." + key + " must be a list");
+  if (list->size() > max_items) {
+    std::string m = where + "." + key + " has more than ";
+    m += std::to_string(max_items);
+    m += " entries";
+    c.bad(m);
+  }
+  for (size_t i = 0; i < list->size(); ++i) {
+    std::string w = where + "." + key + "[";
+    w += std::to_string(i);
+    w += "]";
+    each((*list)[i], w);
+  }
+}
+
 void parse_normalizer(const Ctx& c, const json& j, const std::string& where, std::vector<Normalizer>& out, int depth = 0) {
   if (depth > kMaxNesting) c.bad(where + ": Sequences nested more than 8 deep are not supported");
   const std::string t = type_of(c, j, where);
   Normalizer n{};
   if (t == "Sequence") {
-    only_keys(c, j, where, {"type", "normalizers"});
-    const json* list = field(j, "normalizers");
-    if (!list || !list->is_array()) c.bad(where + ".normalizers must be a list");
-    if (list->size() > 64) c.bad(where + ".normalizers has more than 64 entries");
-    for (size_t i = 0; i < list->size(); ++i)
-      parse_normalizer(c, (*list)[i], where + ".normalizers[" + std::to_string(i) + "]", out, depth + 1);
+    sequence_items(c, j, where, "normalizers", 64,
+                   [&](const json& item, const std::string& w) { parse_normalizer(c, item, w, out, depth + 1); });
     return;
   }
   if (t == "NFC" || t == "NFD" || t == "NFKC" || t == "NFKD") {
@@ -552,12 +570,8 @@ void parse_pre_tokenizer(const Ctx& c, const json& j, const std::string& where, 
   const std::string t = type_of(c, j, where);
   PreTokenizer p{};
   if (t == "Sequence") {
-    only_keys(c, j, where, {"type", "pretokenizers"});
-    const json* list = field(j, "pretokenizers");
-    if (!list || !list->is_array()) c.bad(where + ".pretokenizers must be a list");
-    if (list->size() > 64) c.bad(where + ".pretokenizers has more than 64 entries");
-    for (size_t i = 0; i < list->size(); ++i)
-      parse_pre_tokenizer(c, (*list)[i], where + ".pretokenizers[" + std::to_string(i) + "]", out, depth + 1);
+    sequence_items(c, j, where, "pretokenizers", 64,
+                   [&](const json& item, const std::string& w) { parse_pre_tokenizer(c, item, w, out, depth + 1); });
     return;
   }
   if (t == "Split") {
@@ -658,12 +672,8 @@ void parse_decoder(const Ctx& c, const json& j, const std::string& where, std::v
   const std::string t = type_of(c, j, where);
   Decoder d{};
   if (t == "Sequence") {
-    only_keys(c, j, where, {"type", "decoders"});
-    const json* list = field(j, "decoders");
-    if (!list || !list->is_array()) c.bad(where + ".decoders must be a list");
-    if (list->size() > 64) c.bad(where + ".decoders has more than 64 entries");
-    for (size_t i = 0; i < list->size(); ++i)
-      parse_decoder(c, (*list)[i], where + ".decoders[" + std::to_string(i) + "]", out, depth + 1);
+    sequence_items(c, j, where, "decoders", 64,
+                   [&](const json& item, const std::string& w) { parse_decoder(c, item, w, out, depth + 1); });
     return;
   }
   if (t == "ByteLevel") {
@@ -1435,12 +1445,8 @@ void parse_post_processor(const Ctx& c, const json& j, const std::string& where,
     return int32_t(id);
   };
   if (type == "Sequence") {
-    only_keys(c, j, where, {"type", "processors"});
-    const json* list = field(j, "processors");
-    if (!list || !list->is_array()) c.bad(where + ".processors must be a list");
-    if (list->size() > 16) c.bad(where + ".processors has more than 16 entries");
-    for (size_t i = 0; i < list->size(); ++i)
-      parse_post_processor(c, (*list)[i], where + ".processors[" + std::to_string(i) + "]", t, depth + 1);
+    sequence_items(c, j, where, "processors", 16,
+                   [&](const json& item, const std::string& w) { parse_post_processor(c, item, w, t, depth + 1); });
   } else if (type == "ByteLevel") {
     only_keys(c, j, where, {"type", "add_prefix_space", "trim_offsets", "use_regex"});  // offsets only
   } else if (type == "TemplateProcessing") {
