@@ -825,6 +825,23 @@ struct HfTokenizerImpl {
   std::vector<std::string> decode_chain(std::vector<std::string> tokens, bool display) const;
 };
 
+// Every match of `pattern` in s replaced by `with` (the Replace normalizer and decoder).
+static void replace_all(const Pattern& pattern, const std::string& path, std::string& s, const std::string& with) {
+  thread_local Matcher m;
+  std::vector<std::pair<size_t, size_t>> hits;
+  pattern.find_all(m, path, s, hits);
+  if (hits.empty()) return;
+  std::string r;
+  size_t prev = 0;
+  for (auto [a, b] : hits) {
+    r.append(s, prev, a - prev);
+    r += with;
+    prev = b;
+  }
+  r.append(s, prev, std::string::npos);
+  s.swap(r);
+}
+
 std::string HfTokenizerImpl::normalize(std::string_view s) const {
   std::string cur(s);
   for (const Normalizer& n : normalizers) {
@@ -835,22 +852,9 @@ std::string HfTokenizerImpl::normalize(std::string_view s) const {
       case Normalizer::Prepend:
         if (!cur.empty()) cur = n.text + cur;
         break;
-      case Normalizer::Replace: {
-        thread_local Matcher m;
-        std::vector<std::pair<size_t, size_t>> hits;
-        n.pattern.find_all(m, path, cur, hits);
-        if (hits.empty()) break;
-        std::string r;
-        size_t prev = 0;
-        for (auto [a, b] : hits) {
-          r.append(cur, prev, a - prev);
-          r += n.text;
-          prev = b;
-        }
-        r.append(cur, prev, std::string::npos);
-        cur.swap(r);
+      case Normalizer::Replace:
+        replace_all(n.pattern, path, cur, n.text);
         break;
-      }
       case Normalizer::Strip: {
         size_t a = 0, b = cur.size();
         if (n.left) {
@@ -1225,21 +1229,7 @@ std::vector<std::string> HfTokenizerImpl::decode_chain(std::vector<std::string> 
         }
         break;
       case Decoder::Replace:
-        for (std::string& t : tokens) {
-          thread_local Matcher m;
-          std::vector<std::pair<size_t, size_t>> hits;
-          d.pattern.find_all(m, path, t, hits);
-          if (hits.empty()) continue;
-          std::string r;
-          size_t prev = 0;
-          for (auto [a, b] : hits) {
-            r.append(t, prev, a - prev);
-            r += d.content;
-            prev = b;
-          }
-          r.append(t, prev, std::string::npos);
-          t.swap(r);
-        }
+        for (std::string& t : tokens) replace_all(d.pattern, path, t, d.content);
         break;
       case Decoder::ByteFallback: {
         std::vector<std::string> out;
