@@ -294,13 +294,19 @@ void Backend::set_precision(Precision p) {
 void Backend::begin_recording(const Tensor&, int64_t) {
   fail(name(), "this backend cannot record operations (no graphs); run them directly");
 }
+Tensor Backend::alloc_stored(std::vector<int64_t>, Elem) {
+  fail(name(), "this backend keeps no bf16/f16 weights of its own (it takes fp32 weights)");
+}
+void Backend::upload_stored(Tensor&, const void*, int64_t, int64_t) {
+  fail(name(), "this backend keeps no bf16/f16 weights of its own (it takes fp32 weights)");
+}
 std::unique_ptr<OpGraph> Backend::end_recording() { fail(name(), "end_recording without a recording"); }
 
 Tensor slice(const Backend& b, const Tensor& t, int64_t offset, std::vector<int64_t> shape) {
   Tensor v;
   v.shape = std::move(shape);
   v.type = t.type;
-  const int64_t elem = t.type == Elem::Int32 ? 4 : b.real_bytes();
+  const int64_t elem = t.type == Elem::Int32 ? 4 : is_stored_lowp(t.type) ? 2 : b.real_bytes();
   MOELAB_ASSERT(offset >= 0 && offset + v.numel() <= t.numel(), "slice out of range");
   v.storage = t.storage;
   v.ptr = static_cast<char*>(t.ptr) + offset * elem;

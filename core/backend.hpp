@@ -15,10 +15,10 @@ namespace moelab {
 
 // A tensor's element type. Real: the backend's compute scalar (fp32 on the normal backends, fp64
 // on the gradient-check backend). Int32: token ids and expert ids.
-// Real: the backend's float type (fp32; fp64 in the gradient-check backend). Int32: ids.
-// BF16, F16: weights kept as a checkpoint stores them (read-only, usually in its memory map);
-// only the CPU backend takes them (Backend::maps_stored_weights), as the weight operand of
-// linear, embedding and moe_experts.
+// BF16, F16: weights kept as a checkpoint stores them (read-only): in its memory map on the CPU
+// (Backend::maps_stored_weights), or copied once, still 2 bytes an element, into a device's
+// memory (Backend::keeps_stored_weights, the CUDA backend). They are the weight operand of
+// linear, embedding and moe_experts only (inference; training needs fp32 weights).
 enum class Elem { Real, Int32, BF16, F16 };
 inline bool is_stored_lowp(Elem e) { return e == Elem::BF16 || e == Elem::F16; }
 
@@ -110,9 +110,23 @@ class Backend {
   // The precision of matrix products (see Precision). A backend refuses a mode it lacks with an
   // Error saying so; the default supports FP32 only.
   virtual Precision precision() const { return Precision::FP32; }
-  // Whether linear/embedding/moe_experts take BF16/F16 weights in place (the CPU backend); other
-  // backends get fp32 weights.
+  // Whether linear/embedding/moe_experts take BF16/F16 weights in place (the CPU backend: views
+  // of the checkpoint's memory map).
   virtual bool maps_stored_weights() const { return false; }
+  // Whether the backend keeps BF16/F16 weights in its own memory in their dtype (a GPU: each
+  // uploaded once, half the bytes of fp32; products read them and sum in fp32). Model::load then
+  // makes them with alloc_stored and fills them with upload_stored. A backend that does neither
+  // gets fp32 weights.
+  virtual bool keeps_stored_weights() const { return false; }
+  // An uninitialised BF16/F16 tensor of `shape` in the backend's memory, 2 bytes an element.
+  // Refused (Error) by a backend that does not keep stored weights.
+  virtual Tensor alloc_stored(std::vector<int64_t> shape, Elem type);
+  // Copy `count` raw 2-byte values (bf16 or f16 bit patterns, the tensor's type) from host memory
+  // into elements [offset, offset + count) of a tensor made by alloc_stored.
+  virtual void upload_stored(Tensor& dst, const void* values, int64_t offset, int64_t count);
+  // The bytes of memory the backend's tensors live in when that is not the host's (a GPU's
+  // total), else 0: Model::load and new_cache check what they need against it.
+  virtual int64_t device_memory_bytes() const { return 0; }
   virtual void set_precision(Precision p);
 
   // ---- forward ops ----
@@ -289,7 +303,8 @@ class Backend {
                         float wd, int64_t step) = 0;
 };
 
-// A view of elements [offset, offset + Π shape) of t, sharing its buffer (Real tensors of backend b).
+// A view of elements [offset, offset + Π shape) of t, sharing its buffer (Real, Int32 or stored BF16/F16
+// tensors of backend b).
 Tensor slice(const Backend& b, const Tensor& t, int64_t offset, std::vector<int64_t> shape);
 
 // The CPU reference backend (Eigen, fp32); always available.

@@ -43,14 +43,26 @@ void check_fits(const ModelConfig& c, const std::string& where) {
                     " parameters as fp32, more than this machine's " + human_bytes(double(have)) + " of memory");
 }
 
-// Refuse before mapping or allocating when the weights cannot fit: `mapped` bytes read from the
-// checkpoint's memory map (bf16/f16 as stored) plus `owned` bytes of fp32 copies.
-void check_memory(int64_t mapped, int64_t owned, const std::string& where) {
-  const int64_t need = checked_add(mapped, owned, where), have = physical_memory_bytes();
-  if (need > have / 10 * 8)
-    fail(where, "the model needs " + human_bytes(double(need)) + " (" + human_bytes(double(mapped)) +
-                    " of weights as stored + " + human_bytes(double(owned)) + " as fp32), more than this machine's " +
-                    human_bytes(double(have)) + " of memory can hold (80% of it)");
+// The memory a backend's tensors live in: its device's (a GPU's) when it has one, else this
+// machine's; and how a refusal names it.
+int64_t memory_of(const Backend& b) {
+  const int64_t device = b.device_memory_bytes();
+  return device > 0 ? device : physical_memory_bytes();
+}
+const char* memory_name(const Backend& b) { return b.device_memory_bytes() > 0 ? "the device's " : "this machine's "; }
+
+// Refuse before mapping or allocating when the weights cannot fit: `stored` bytes of bf16/f16 as
+// the checkpoint stores them (its memory map on the CPU, copies in a device's memory) plus `owned`
+// bytes of fp32 copies, against the memory of backend b.
+void check_memory(int64_t stored, int64_t owned, const std::string& where, const Backend& b) {
+  const int64_t need = checked_add(stored, owned, where), have = memory_of(b);
+  if (need > have / 10 * 8) {
+    std::string msg = "the model needs " + human_bytes(double(need)) + " (" + human_bytes(double(stored));
+    msg += " of weights as stored + " + human_bytes(double(owned)) + " as fp32), more than ";
+    msg += memory_name(b);
+    msg += human_bytes(double(have)) + " of memory can hold (80% of it)";
+    fail(where, msg);
+  }
 }
 
 // Allocate every tensor of a ParamSet from the registry (experts stacked per layer).
@@ -204,10 +216,12 @@ void check_finite_stored(const TensorView& t) {
   }
 }
 
+Elem stored_elem(const TensorView& t) { return t.dtype == DType::BF16 ? Elem::BF16 : Elem::F16; }
+
 Tensor stored_view(const TensorView& t, std::vector<int64_t> shape, const std::shared_ptr<Checkpoint>& ckpt) {
   Tensor v;
   v.shape = std::move(shape);
-  v.type = t.dtype == DType::BF16 ? Elem::BF16 : Elem::F16;
+  v.type = stored_elem(t);
   v.ptr = const_cast<uint8_t*>(t.data);
   v.storage = std::shared_ptr<void>(ckpt, v.ptr);  // keeps the files mapped while the view lives
   return v;
@@ -230,9 +244,13 @@ Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool
   if (!config.runnable())
     fail(cfg_file, std::string(config.architecture) + " is supported for parameter counts only, not for running");
   // Before anything is opened: even at 2 bytes a parameter (as stored), or 4 (fp32), must it fit?
+  // Stored weights stay in the memory map (the CPU) or are copied as they are into the backend's
+  // own memory (a GPU); else everything is widened to fp32.
   const bool map = !widen && backend->maps_stored_weights();
-  check_memory(map ? checked_mul(count_params(config).total, 2, cfg_file) : 0,
-               map ? 0 : weight_bytes_fp32(config), cfg_file);
+  const bool copy_stored = !widen && !map && backend->keeps_stored_weights();
+  const bool stored = map || copy_stored;
+  check_memory(stored ? checked_mul(count_params(config).total, 2, cfg_file) : 0,
+               stored ? 0 : weight_bytes_fp32(config), cfg_file, *backend);
   const std::string model_dir = fs::is_directory(dir) ? dir : fs::path(dir).parent_path().string();
   auto ckpt = std::make_shared<Checkpoint>(model_dir);
   const auto specs = tensor_specs(config);
@@ -255,7 +273,7 @@ Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool
   std::vector<int> experts_kept(size_t(config.num_layers), -1);  // -1 undecided, 0 widen, 1 keep
   std::vector<int> experts_dtype(size_t(config.num_layers), -1);
   for (size_t i = 0; i < specs.size(); ++i) {
-    keep[i] = map && keep_as_stored(specs[i], *views[i]);
+    keep[i] = stored && keep_as_stored(specs[i], *views[i]);
     if (specs[i].expert < 0) continue;
     const size_t l = size_t(specs[i].layer);
     const int dt = int(views[i]->dtype);
@@ -265,12 +283,13 @@ Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool
   }
   for (size_t i = 0; i < specs.size(); ++i)
     if (specs[i].expert >= 0) keep[i] = experts_kept[size_t(specs[i].layer)] == 1;
-  // Memory: the stored tensors are read from the map (its pages must fit too), the rest is fp32.
-  int64_t mapped = 0, owned = 0;
+  // Memory: the stored tensors at 2 bytes an element (the map's pages, or the device's copies),
+  // the rest as fp32.
+  int64_t kept = 0, owned = 0;
   for (size_t i = 0; i < specs.size(); ++i)
-    if (keep[i]) mapped = checked_add(mapped, views[i]->nbytes, cfg_file);
+    if (keep[i]) kept = checked_add(kept, views[i]->nbytes, cfg_file);
     else owned = checked_add(owned, checked_mul(specs[i].numel(), backend->real_bytes(), cfg_file), cfg_file);
-  check_memory(mapped, owned, cfg_file);
+  check_memory(kept, owned, cfg_file, *backend);
 
   Model m(config, std::move(backend), NoAlloc{});
   Backend& b = *m.backend_;
@@ -290,15 +309,28 @@ Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool
           X.down_e.resize(size_t(E));
         }
         std::vector<Tensor>& slot = s.role == Role::ExpertGate ? X.gate_e : s.role == Role::ExpertUp ? X.up_e : X.down_e;
-        slot[size_t(s.expert)] = stored_view(t, s.shape, ckpt);
         Tensor& stack = s.role == Role::ExpertGate ? X.gate : s.role == Role::ExpertUp ? X.up : X.down;
+        std::vector<int64_t> stacked = s.role == Role::ExpertDown ? std::vector<int64_t>{E, H, F} : std::vector<int64_t>{E, F, H};
+        if (copy_stored) {  // one stack per matrix in the backend's memory; each expert a view of it
+          if (stack.empty()) stack = b.alloc_stored(stacked, stored_elem(t));
+          b.upload_stored(stack, t.data, s.expert * t.numel(), t.numel());
+          slot[size_t(s.expert)] = slice(b, stack, s.expert * t.numel(), s.shape);
+          continue;
+        }
+        slot[size_t(s.expert)] = stored_view(t, s.shape, ckpt);
         if (stack.empty()) {  // the stacked shape and type; the data are the per-expert views
           stack = slot[size_t(s.expert)];
-          stack.shape = s.role == Role::ExpertDown ? std::vector<int64_t>{E, H, F} : std::vector<int64_t>{E, F, H};
+          stack.shape = std::move(stacked);
         }
       } else {
         int64_t off = 0;
-        *slot_for(m.w_, s, &off) = stored_view(t, s.shape, ckpt);
+        Tensor& dst = *slot_for(m.w_, s, &off);
+        if (copy_stored) {
+          dst = b.alloc_stored(s.shape, stored_elem(t));
+          b.upload_stored(dst, t.data, 0, t.numel());
+        } else {
+          dst = stored_view(t, s.shape, ckpt);
+        }
       }
       continue;
     }
@@ -395,11 +427,14 @@ KvCache Model::new_cache(int64_t capacity) const {
   const int64_t cache_bytes =
       checked_mul(checked_mul(checked_mul(2 * config_.num_layers, capacity, where), kv, where), backend_->real_bytes(), where);
   const int64_t weights = stored_bytes_ + (stored_bytes_ > 0 ? 0 : weight_bytes_fp32(config_));
-  const int64_t have = physical_memory_bytes();
-  if (checked_add(cache_bytes, weights, where) > have / 10 * 8)
-    fail(where, "a context of " + std::to_string(capacity) + " tokens needs a KV cache of " + human_bytes(double(cache_bytes)) +
-                    " beside " + human_bytes(double(weights)) + " of weights, more than this machine's " +
-                    human_bytes(double(have)) + " of memory can hold (80% of it)");
+  const int64_t have = memory_of(*backend_);
+  if (checked_add(cache_bytes, weights, where) > have / 10 * 8) {
+    std::string msg = "a context of " + std::to_string(capacity) + " tokens needs a KV cache of " + human_bytes(double(cache_bytes));
+    msg += " beside " + human_bytes(double(weights)) + " of weights, more than ";
+    msg += memory_name(*backend_);
+    msg += human_bytes(double(have)) + " of memory can hold (80% of it)";
+    fail(where, msg);
+  }
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     cache.k.push_back(backend_->alloc({capacity, kv}));
     cache.v.push_back(backend_->alloc({capacity, kv}));

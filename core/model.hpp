@@ -89,9 +89,10 @@ class Model {
 
   // Load config.json + safetensors from a model directory. Checks memory before allocating,
   // shapes against the config, and values for NaN/Inf; errors name the file and tensor.
-  // On a backend that takes them (the CPU), bf16/f16 matrices stay as stored, read in place from
-  // the memory-mapped checkpoint (no fp32 copy); `widen` converts everything to fp32 instead
-  // (training needs fp32 weights). The memory check counts what is really needed.
+  // On a backend that takes them, bf16/f16 matrices stay as stored: on the CPU read in place from
+  // the memory-mapped checkpoint (no fp32 copy), on a GPU copied once into device memory in their
+  // dtype (Backend::keeps_stored_weights); `widen` converts everything to fp32 instead (training
+  // needs fp32 weights). The memory check counts what is really needed, in the backend's memory.
   static Model load(const std::string& dir, std::shared_ptr<Backend> backend, bool widen = false);
   // A freshly initialised model (normal(0, init_std) weights, unit norms), deterministic in seed.
   static Model random(const ModelConfig& config, uint64_t seed, std::shared_ptr<Backend> backend,
@@ -102,7 +103,8 @@ class Model {
   void save(const std::string& dir, DType dtype, int64_t max_shard_bytes = 0) const;
 
   const ModelConfig& config() const { return config_; }
-  // Bytes of weights kept as stored (bf16/f16 in the checkpoint's memory map); 0 for fp32 models.
+  // Bytes of weights kept as stored (bf16/f16 in the checkpoint's memory map, or their copies in
+  // a device's memory); 0 for fp32 models.
   int64_t stored_weight_bytes() const { return stored_bytes_; }
   Backend& backend() const { return *backend_; }
   std::shared_ptr<Backend> backend_ptr() const { return backend_; }

@@ -24,6 +24,7 @@
 #include "device_memory.cuh"
 #include "error.hpp"
 #include "kernels.hpp"
+#include "lowp.hpp"
 #include "router.hpp"
 
 namespace moelab {
@@ -37,6 +38,8 @@ int as_int(int64_t v, const char* what) {
 float* f32(const Tensor& t) { return static_cast<float*>(t.ptr); }
 int32_t* s32(const Tensor& t) { return static_cast<int32_t*>(t.ptr); }
 cuda::bf16* b16(const Tensor& t) { return static_cast<cuda::bf16*>(t.ptr); }
+// Bytes of one element: 2 for bf16/f16 weights kept as stored, else 4 (fp32 and int32).
+size_t elem_bytes(Elem e) { return is_stored_lowp(e) ? 2 : 4; }
 
 class CudaBackend final : public Backend {
  public:
@@ -59,6 +62,9 @@ class CudaBackend final : public Backend {
  private:
   void setup() {
     MOELAB_CUDA_CHECK(cudaSetDevice(device_));
+    size_t free_b = 0, total_b = 0;
+    MOELAB_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    memory_bytes_ = int64_t(total_b);
     MOELAB_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     MOELAB_CUBLAS_CHECK(cublasCreate(&blas_));
     MOELAB_CUBLAS_CHECK(cublasSetStream(blas_, stream_));
@@ -92,12 +98,30 @@ class CudaBackend final : public Backend {
 
   // ---- memory ----
   Tensor alloc(std::vector<int64_t> shape, Elem type) override { return make_tensor(std::move(shape), type, true); }
+
+  // Weights kept as stored: bf16/f16 device buffers, uploaded once in their dtype.
+  bool keeps_stored_weights() const override { return true; }
+  Tensor alloc_stored(std::vector<int64_t> shape, Elem type) override {
+    if (!is_stored_lowp(type)) fail("cuda", "alloc_stored takes bf16 or f16 tensors");
+    not_recording("allocating stored weights");
+    return make_tensor(std::move(shape), type, false);
+  }
+  void upload_stored(Tensor& dst, const void* values, int64_t offset, int64_t count) override {
+    not_recording("upload");
+    MOELAB_ASSERT(is_stored_lowp(dst.type), "upload_stored: a bf16/f16 tensor");
+    count = checked_range(dst, offset, count, "upload range");
+    if (count == 0) return;
+    MOELAB_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst.ptr) + offset * 2, values, size_t(count) * 2,
+                                      cudaMemcpyHostToDevice, set_device_get_stream()));
+  }
+  int64_t device_memory_bytes() const override { return memory_bytes_; }
   Tensor alloc_uninit(std::vector<int64_t> shape, Elem type) override {
     return make_tensor(std::move(shape), type, false);
   }
 
   void upload(Tensor& dst, const float* host, int64_t offset, int64_t count) override {
     not_recording("upload");
+    if (is_stored_lowp(dst.type)) fail("cuda", "weights kept as stored (bf16/f16) are read-only");
     count = checked_range(dst, offset, count, "upload range");
     if (count == 0) return;
     copies_->touched(f32(dst) + offset, size_t(count) * sizeof(float));
@@ -111,6 +135,14 @@ class CudaBackend final : public Backend {
     count = checked_range(src, offset, count, "download range");
     if (count == 0) return;
     const cudaStream_t s = set_device_get_stream();
+    if (is_stored_lowp(src.type)) {  // weights kept as stored: their 2-byte values, widened here
+      std::vector<uint16_t> raw(static_cast<size_t>(count));
+      MOELAB_CUDA_CHECK(cudaMemcpyAsync(raw.data(), static_cast<const char*>(src.ptr) + offset * 2, size_t(count) * 2,
+                                        cudaMemcpyDeviceToHost, s));
+      MOELAB_CUDA_CHECK(cudaStreamSynchronize(s));
+      lowp_to_f32(raw.data(), src.type == Elem::BF16 ? LowpType::BF16 : LowpType::F16, host, count);
+      return;
+    }
     MOELAB_CUDA_CHECK(cudaMemcpyAsync(host, f32(src) + offset, size_t(count) * sizeof(float), cudaMemcpyDeviceToHost, s));
     MOELAB_CUDA_CHECK(cudaStreamSynchronize(s));
   }
@@ -150,12 +182,16 @@ class CudaBackend final : public Backend {
   void do_copy(const Tensor& src, Tensor& dst) override {
     if (src.numel() == 0 || src.ptr == dst.ptr) return;
     copies_->touched(dst.ptr, size_t(dst.numel()) * 4);
-    MOELAB_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, size_t(src.numel()) * 4, cudaMemcpyDeviceToDevice,
+    MOELAB_CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, size_t(src.numel()) * elem_bytes(src.type), cudaMemcpyDeviceToDevice,
                                       set_device_get_stream()));
   }
 
   // ---- forward ----
   void do_embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
+    if (is_stored_lowp(table.type)) {
+      cuda::stored_embedding(stored_matrix(table), s32(ids), ids.numel(), table.cols(), f32(out), set_device_get_stream());
+      return;
+    }
     cuda::embedding(f32(table), s32(ids), ids.numel(), table.cols(), f32(out), set_device_get_stream());
   }
 
@@ -164,7 +200,9 @@ class CudaBackend final : public Backend {
     const int64_t T = x.rows(), K = x.cols(), N = w.rows();
     const cudaStream_t s = set_device_get_stream();
     if (T == 0 || N == 0) return;
-    if (K == 0) {
+    if (is_stored_lowp(w.type)) {  // bf16/f16 weights read as stored, fp32 sums (kernels_stored.cu)
+      cuda::stored_linear(f32(x), T, K, stored_matrix(w), N, f32(out), accumulate, s);
+    } else if (K == 0) {
       if (!accumulate) cuda::fill(f32(out), out.numel(), 0.0f, s);
     } else {
       const Operand xo = activation_operand(x);
@@ -247,7 +285,8 @@ class CudaBackend final : public Backend {
     Tensor xs = scratch_f({n, H}), g = alloc({n, F}, Elem::Real), u = alloc({n, F}, Elem::Real),
            y = scratch_f({n, H});
     using cuda::WeightLayout;
-    const cuda::ExpertMatrix Wg = expert_matrix(w.gate), Wu = expert_matrix(w.up), Wd = expert_matrix(w.down);
+    const cuda::ExpertMatrix Wg = expert_matrix(w, w.gate, w.gate_e), Wu = expert_matrix(w, w.up, w.up_e),
+                             Wd = expert_matrix(w, w.down, w.down_e);
     cuda::gather_rows(f32(x), grp.g, K, H, nullptr, f32(xs), s);                        // X [N,H] by expert
     cuda::grouped_gemm(f32(xs), H, Wg, WeightLayout::OutIn, F, grp.g, f32(g), false, s);  // G [N,F]
     cuda::grouped_gemm(f32(xs), H, Wu, WeightLayout::OutIn, F, grp.g, f32(u), false, s);  // U [N,F]
@@ -503,7 +542,26 @@ class CudaBackend final : public Backend {
   }
   cuda::ExpertMatrix expert_matrix(const Tensor& w) {  // the same for the grouped expert kernels
     const Operand o = weight_operand(w);
-    return {o.f32, o.b16};
+    return {o.f32, o.b16, nullptr, o.b16 != nullptr};
+  }
+  // One stacked matrix of a layer's experts: fp32 as above, or kept as stored. Stored experts are
+  // one device stack per matrix, each expert a view of it (Model::load on a backend that keeps
+  // stored weights makes them so); the grouped kernels index that stack by expert.
+  cuda::ExpertMatrix expert_matrix(const ExpertWeights& w, const Tensor& stack, const std::vector<Tensor>& views) {
+    if (!w.per_expert()) return expert_matrix(stack);
+    const int64_t per = stack.numel() / stack.shape[0];
+    for (size_t e = 0; e < views.size(); ++e)
+      if (views[e].ptr != static_cast<const char*>(stack.ptr) + int64_t(e) * per * 2)
+        fail("cuda", "experts kept as stored must be one device stack per matrix (load the model on this backend)");
+    cuda::ExpertMatrix m;
+    if (stack.type == Elem::F16) m.h16 = static_cast<const cuda::f16*>(stack.ptr);
+    else m.b16 = static_cast<const cuda::bf16*>(stack.ptr);
+    m.round_bf16 = precision_ == Precision::BF16;
+    return m;
+  }
+  // A weight kept as stored, for kernels_stored.cu (rounding as the precision asks).
+  cuda::StoredMatrix stored_matrix(const Tensor& w) const {
+    return {w.ptr, w.type == Elem::F16, precision_ == Precision::BF16};
   }
   Operand activation_operand(const Tensor& x) {
     Operand o;
@@ -534,7 +592,7 @@ class CudaBackend final : public Backend {
     t.shape = std::move(shape);
     t.type = type;
     for (int64_t d : t.shape) MOELAB_ASSERT(d >= 0, "negative tensor dimension");
-    const size_t bytes = DevicePool::round_bytes(size_t(t.numel()) * 4);  // fp32 and int32 alike
+    const size_t bytes = DevicePool::round_bytes(size_t(t.numel()) * elem_bytes(type));
     const cudaStream_t s = set_device_get_stream();
     t.storage = pooled_buffer(pool_, copies_, bytes);
     t.ptr = t.storage.get();
@@ -621,6 +679,7 @@ class CudaBackend final : public Backend {
   }
 
   int device_ = 0;
+  int64_t memory_bytes_ = 0;  // the device's total memory
   cudaStream_t stream_ = nullptr, side_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   void* blas_workspace_ = nullptr;

@@ -4,10 +4,12 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace moelab::cuda {
 
@@ -25,6 +27,39 @@ inline unsigned blocks_for(int64_t n, int threads = kThreads) {
 __device__ inline float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
 __device__ inline float load_f(const float* p) { return *p; }
 __device__ inline float load_f(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ inline float load_f(const __half* p) { return __half2float(*p); }
+
+// A product's operands under a rounding flag (kRound: Precision::BF16, whose products round both
+// operands to bf16 as they load them). An activation: rounded or not. A weight: bf16 and fp32
+// weights as they are (a bf16 weight is its own rounding); an f16 weight rounded to bf16 in that
+// mode, as the CPU backend rounds it.
+template <bool kRound>
+__device__ inline float operand_r(float v) {
+  if constexpr (kRound)
+    return round_bf16(v);
+  else
+    return v;
+}
+template <bool kRound, class TW>
+__device__ inline float load_w(const TW* p) {
+  return operand_r<kRound && std::is_same_v<TW, __half>>(load_f(p));
+}
+
+// Eight 2-byte weights from one 16-byte load, widened (as load_w would widen each).
+template <bool kRound, class TW>
+__device__ inline void unpack8(const uint4& raw, float* f) {
+  const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (std::is_same_v<TW, __half>) {
+      f[2 * i] = operand_r<kRound>(__half2float(__ushort_as_half((unsigned short)(u[i] & 0xffffu))));
+      f[2 * i + 1] = operand_r<kRound>(__half2float(__ushort_as_half((unsigned short)(u[i] >> 16))));
+    } else {
+      f[2 * i] = __uint_as_float(u[i] << 16);  // bf16 is the top half of an fp32
+      f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+  }
+}
 
 __device__ inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ inline float siluf_(float x) { return x / (1.0f + expf(-x)); }

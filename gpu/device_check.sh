@@ -4,12 +4,15 @@
 #
 #   here:  bash gpu/device_check.sh prepare   copy the header-only dependencies into .deps/include
 #                                             (ignored by git: name ".deps" in the device call's carry)
-#   there: bash gpu/device_check.sh test      build what the GPU checks need (core, gpu, moelab-cli and
-#                                             test_gpu_parity; sm_90 only, no GUI) and run ctest -L gpu
-#                                             (the parity tests and the transformers check)
+#   there: bash gpu/device_check.sh test      build what the GPU checks need (core, gpu, moelab-cli,
+#                                             test_gpu_parity and test_gpu_stored; sm_90 only, no GUI)
+#                                             and run ctest -L gpu (the parity tests, bf16 checkpoints
+#                                             kept as stored on the device, the transformers check)
 #          bash gpu/device_check.sh bench     build if needed, then moelab-cli bench --device cuda size
 #                                             by size (tiny to large), fp32 then bf16 for each size,
-#                                             each with its PyTorch peer in the same mode
+#                                             each with its PyTorch peer in the same mode; then the
+#                                             decode of a bf16 checkpoint kept as bf16 on the device
+#                                             against the same checkpoint widened to fp32
 #          bash gpu/device_check.sh all       test, then bench: one machine start for everything
 #
 # Every step writes its results under $OUT (else build-gpu/results) as it goes, through tee, so a
@@ -18,7 +21,7 @@
 #   device.txt        GPU, nvcc, torch; then one line per step with its exit status and seconds
 #   build.txt         configure and build output
 #   ctest-gpu.txt     ctest -L gpu -V
-#   bench.txt         one summary line per bench run, and the runs' stderr
+#   bench.txt         one summary line per bench run, and the runs' stderr; the stored-bf16 decode line
 #   bench-fp32.jsonl  one compact `bench --json` document per size (as each run ends)
 #   bench-bf16.jsonl  the same in bf16
 # shellcheck disable=SC2317  # the step functions are called through step()
@@ -66,17 +69,20 @@ configure_and_build() {
   lb cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DMOELAB_BUILD_APP=OFF -DMOELAB_WERROR=ON \
      -DCMAKE_CUDA_ARCHITECTURES=90 -DMOELAB_EIGEN_DIR="$PWD/.deps/include" -DMOELAB_EXTRA_INCLUDE="$PWD/.deps/include" \
      -DPython3_EXECUTABLE="$py" -DMOELAB_REFERENCE_PYTHON="$py" 2>&1 | tee -a "$out/build.txt" | tail -3 || return 1
-  # Only what the GPU checks run: moelab-cli (core, gpu, devices) and the parity test.
-  lb cmake --build "$build" -j"$(nproc)" --target moelab-cli test_gpu_parity 2>&1 | tee -a "$out/build.txt" | tail -5
+  # Only what the GPU checks run: moelab-cli (core, gpu, devices) and the GPU tests.
+  lb cmake --build "$build" -j"$(nproc)" --target moelab-cli test_gpu_parity test_gpu_stored 2>&1 |
+    tee -a "$out/build.txt" | tail -5
   local rc="${PIPESTATUS[0]}"
   [ "$rc" -eq 0 ] || grep -E -m 20 "error|Error" "$out/build.txt"
   return "$rc"
 }
 
 gpu_tests() {
-  # -L gpu: test_gpu_parity and check_transformers_cuda (with its fixture, reference_fixtures).
+  # -L gpu: test_gpu_parity, test_gpu_stored and check_transformers_cuda (with its fixture,
+  # reference_fixtures).
   lb ctest --test-dir "$build" -L gpu --output-on-failure -V 2>&1 | tee -a "$out/ctest-gpu.txt" |
-    grep -E "^[0-9]+: |Test +#|tests passed|graph nodes|loss difference|FAILED|[Ss]kipped" | tail -60
+    grep -E "^[0-9]+: |Test +#|tests passed|graph nodes|loss difference|agree closely|within 1e-5|FAILED|[Ss]kipped" |
+    tail -80
   return "${PIPESTATUS[0]}"
 }
 
@@ -105,6 +111,10 @@ EOF
       rm -f "$json"
     done
   done
+  # bf16 weights kept as bf16 on the device vs widened to fp32: graph-recorded decode, one line.
+  echo "-- stored bf16 decode" | tee -a "$out/bench.txt"
+  lb "$build/tests/test_gpu_stored" --bench 2>&1 | grep -E "stored-bf16 decode|FAIL|skipped" | tee -a "$out/bench.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
   return "$rc"
 }
 

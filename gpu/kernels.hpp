@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -13,6 +14,7 @@
 namespace moelab::cuda {
 
 using bf16 = __nv_bfloat16;  // Precision::BF16 operands: weights held in bf16, activations rounded
+using f16 = __half;          // f16 weights kept as a checkpoint stores them
 
 // ---- kernels_basic.cu: element-wise and row-wise ops ----
 void fill(float* p, int64_t n, float value, cudaStream_t s);
@@ -125,11 +127,14 @@ void gather_rows(const float* x, const ExpertGroups& g, int64_t K, int64_t H, co
                  cudaStream_t s);
 // Weight layout of one expert: OutIn = [N, Kd] (nn.Linear, C = A·Wᵀ), InOut = [Kd, N] (C = A·W).
 enum class WeightLayout { OutIn, InOut };
-// Stacked expert weights [E, ...]: fp32, or (Precision::BF16) their bf16 copy, in which case the
-// products also round their other operand to bf16 as they load it (sums stay fp32).
+// Stacked expert weights [E, ...]: fp32, their bf16 copy (Precision::BF16), or bf16/f16 weights
+// kept as the checkpoint stores them. round_bf16 (Precision::BF16): the products round their
+// other operand, and f16 weights, to bf16 as they load them. Sums are fp32 in every case.
 struct ExpertMatrix {
   const float* f32 = nullptr;
   const bf16* b16 = nullptr;  // used instead of f32 when set
+  const f16* h16 = nullptr;   // used instead of both when set
+  bool round_bf16 = false;
 };
 // C [N_rows, N] (+)= A [N_rows, Kd] · W_e for the rows of each expert e; W stacked [E, ...].
 void grouped_gemm(const float* A, int64_t Kd, ExpertMatrix W, WeightLayout layout, int64_t N, const ExpertGroups& g,
@@ -144,5 +149,21 @@ void combine_slots(const float* Y, const ExpertGroups& g, const float* weights, 
 // dweights [T·K] = dout[t] · Y[pos[slot]] (0 for dropped slots).
 void slot_dots(const float* dout, const float* Y, const ExpertGroups& g, int64_t K, int64_t H, float* dweights,
                cudaStream_t s);
+
+// ---- kernels_stored.cu: products with weights kept as stored (bf16/f16, read as they are) ----
+// A [N,K] weight matrix of 2-byte values, and whether the product rounds as Precision::BF16 does
+// (activations, and f16 weights, to bf16 as they are loaded; bf16 weights are their own rounding).
+struct StoredMatrix {
+  const void* p = nullptr;
+  bool f16 = false;  // else bf16
+  bool round_bf16 = false;
+};
+// Y [T,N] (+)= X [T,K] · Wᵀ with fp32 sums. Up to kStoredGemvRows tokens (decode): one warp per
+// output column reads its weight row once, 16 bytes a load, for every token; more: 64×64 tiles.
+constexpr int64_t kStoredGemvRows = 32;
+void stored_linear(const float* X, int64_t T, int64_t K, StoredMatrix W, int64_t N, float* Y, bool accumulate,
+                   cudaStream_t s);
+// out [T,H] = table [V,H] rows ids [T], widened to fp32 (exact).
+void stored_embedding(StoredMatrix table, const int32_t* ids, int64_t T, int64_t H, float* out, cudaStream_t s);
 
 }  // namespace moelab::cuda

@@ -7,6 +7,8 @@
 //
 // In bf16 mode (Precision::BF16) the products read the experts' bf16 weight copy (half the bytes)
 // and round their other operand to bf16 as they load it; the sums stay fp32, as on the CPU.
+// Weights kept as the checkpoint stores them (bf16 or f16, one stack per layer on the device) are
+// read the same way, their activations rounded only in bf16 mode.
 #include <type_traits>
 
 #include "cuda_check.hpp"
@@ -112,7 +114,7 @@ __global__ void gather_rows_kernel(const float* x, const int32_t* order, const i
 
 // C [rows, N] (+)= A [rows, Kd] · B_e where B_e(k, n) = W_e[n, k] (OutIn) or W_e[k, n] (InOut).
 // Block = (row tile of one expert, column tile). Thread (ty, tx) owns rows ty + 16i, cols tx + 16j.
-template <bool kInOut, class TW>
+template <bool kInOut, class TW, bool kRound>
 __global__ void __launch_bounds__(kGemmThreads)
     grouped_gemm_kernel(const float* __restrict__ A, int64_t Kd, const TW* __restrict__ W, int64_t N,
                         const int32_t* begin, const int32_t* tile_expert, const int32_t* tile_row0,
@@ -131,13 +133,13 @@ __global__ void __launch_bounds__(kGemmThreads)
     for (int l = tid; l < BM * BK; l += kGemmThreads) {
       const int i = l / BK, kk = l % BK;
       const int64_t r = r0 + i, k = k0 + kk;
-      As[kk][i] = (r < r1 && k < Kd) ? operand<TW>(A[r * Kd + k]) : 0.0f;
+      As[kk][i] = (r < r1 && k < Kd) ? operand_r<kRound>(A[r * Kd + k]) : 0.0f;
     }
     for (int l = tid; l < BN * BK; l += kGemmThreads) {
       const int j = kInOut ? l % BN : l / BK, kk = kInOut ? l / BN : l % BK;
       const int64_t n = n0 + j, k = k0 + kk;
       float v = 0.0f;
-      if (n < N && k < Kd) v = load_f(kInOut ? We + k * N + n : We + n * Kd + k);
+      if (n < N && k < Kd) v = load_w<kRound>(kInOut ? We + k * N + n : We + n * Kd + k);
       Bs[kk][j] = v;
     }
     __syncthreads();
@@ -259,7 +261,7 @@ unsigned col_tiles(int64_t N, int tile) { return unsigned((N + tile - 1) / tile)
 constexpr int64_t kGemvMaxSlots = 32;
 constexpr int kGemvWarps = 8;  // output columns per block
 
-template <class TW>
+template <class TW, bool kRound>
 __global__ void grouped_gemv_outin_kernel(const float* __restrict__ A, int64_t Kd, const TW* __restrict__ W,
                                           int64_t N, const int32_t* __restrict__ begin, int64_t E,
                                           float* __restrict__ C, bool accumulate) {
@@ -278,7 +280,27 @@ __global__ void grouped_gemv_outin_kernel(const float* __restrict__ A, int64_t K
   const TW* w = W + (lo * N + n) * Kd;
   const float* a = A + r * Kd;
   float acc = 0.0f;
-  for (int64_t k = threadIdx.x & 31; k < Kd; k += 32) acc += operand<TW>(a[k]) * load_f(w + k);
+  const int lane = threadIdx.x & 31;
+  if constexpr (sizeof(TW) == 2) {
+    // 2-byte weights (bf16 copies, weights kept as stored): 16 bytes a load when rows allow it.
+    if (Kd % 8 == 0 && (reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(a)) % 16 == 0) {
+      for (int64_t k = int64_t(lane) * 8; k < Kd; k += 256) {
+        float wf[8];
+        unpack8<kRound, TW>(*reinterpret_cast<const uint4*>(w + k), wf);
+        const float4 a0 = *reinterpret_cast<const float4*>(a + k), a1 = *reinterpret_cast<const float4*>(a + k + 4);
+        acc += operand_r<kRound>(a0.x) * wf[0] + operand_r<kRound>(a0.y) * wf[1] + operand_r<kRound>(a0.z) * wf[2] +
+               operand_r<kRound>(a0.w) * wf[3] + operand_r<kRound>(a1.x) * wf[4] + operand_r<kRound>(a1.y) * wf[5] +
+               operand_r<kRound>(a1.z) * wf[6] + operand_r<kRound>(a1.w) * wf[7];
+      }
+      acc = warp_sum(acc);
+      if (lane == 0) {
+        float* c = C + r * N + n;
+        *c = accumulate ? *c + acc : acc;
+      }
+      return;
+    }
+  }
+  for (int64_t k = lane; k < Kd; k += 32) acc += operand_r<kRound>(a[k]) * load_w<kRound>(w + k);
   acc = warp_sum(acc);
   if ((threadIdx.x & 31) == 0) {
     float* c = C + r * N + n;
@@ -326,23 +348,24 @@ void gather_rows(const float* x, const ExpertGroups& g, int64_t K, int64_t H, co
   MOELAB_CUDA_LAUNCHED("gather_rows_kernel");
 }
 
-template <class TW>
+template <class TW, bool kRound>
 void launch_grouped_gemm(const float* A, int64_t Kd, const TW* W, WeightLayout layout, int64_t N,
                          const ExpertGroups& g, float* C, bool accumulate, cudaStream_t s) {
   if (layout == WeightLayout::OutIn && g.slots <= kGemvMaxSlots) {
     const dim3 rows(unsigned((N + kGemvWarps - 1) / kGemvWarps), unsigned(g.slots));
     MOELAB_ASSERT((N + kGemvWarps - 1) / kGemvWarps < (int64_t(1) << 31), "grouped GEMV grid");
-    grouped_gemv_outin_kernel<TW><<<rows, kGemvWarps * 32, 0, s>>>(A, Kd, W, N, g.begin, g.experts, C, accumulate);
+    grouped_gemv_outin_kernel<TW, kRound>
+        <<<rows, kGemvWarps * 32, 0, s>>>(A, Kd, W, N, g.begin, g.experts, C, accumulate);
     MOELAB_CUDA_LAUNCHED("grouped_gemv_outin_kernel");
     return;
   }
   const dim3 grid(unsigned(g.max_tiles), col_tiles(N, BN));
   if (layout == WeightLayout::InOut) {
-    grouped_gemm_kernel<true, TW><<<grid, kGemmThreads, 0, s>>>(A, Kd, W, N, g.begin, g.tile_expert, g.tile_row0,
-                                                                g.num_tiles, C, accumulate);
+    grouped_gemm_kernel<true, TW, kRound><<<grid, kGemmThreads, 0, s>>>(A, Kd, W, N, g.begin, g.tile_expert,
+                                                                        g.tile_row0, g.num_tiles, C, accumulate);
   } else {
-    grouped_gemm_kernel<false, TW><<<grid, kGemmThreads, 0, s>>>(A, Kd, W, N, g.begin, g.tile_expert, g.tile_row0,
-                                                                 g.num_tiles, C, accumulate);
+    grouped_gemm_kernel<false, TW, kRound><<<grid, kGemmThreads, 0, s>>>(A, Kd, W, N, g.begin, g.tile_expert,
+                                                                         g.tile_row0, g.num_tiles, C, accumulate);
   }
   MOELAB_CUDA_LAUNCHED("grouped_gemm_kernel");
 }
@@ -351,10 +374,16 @@ void grouped_gemm(const float* A, int64_t Kd, ExpertMatrix W, WeightLayout layou
                   float* C, bool accumulate, cudaStream_t s) {
   if (g.slots <= 0 || N <= 0) return;
   MOELAB_ASSERT(g.max_tiles < (int64_t(1) << 31) && col_tiles(N, BN) <= 65535u, "grouped GEMM grid");
-  if (W.b16)
-    launch_grouped_gemm(A, Kd, W.b16, layout, N, g, C, accumulate, s);
+  if (W.h16 && W.round_bf16)  // f16 weights kept as stored
+    launch_grouped_gemm<f16, true>(A, Kd, W.h16, layout, N, g, C, accumulate, s);
+  else if (W.h16)
+    launch_grouped_gemm<f16, false>(A, Kd, W.h16, layout, N, g, C, accumulate, s);
+  else if (W.b16 && W.round_bf16)  // the bf16 copy of Precision::BF16, or bf16 kept as stored
+    launch_grouped_gemm<bf16, true>(A, Kd, W.b16, layout, N, g, C, accumulate, s);
+  else if (W.b16)  // bf16 kept as stored, fp32 activations
+    launch_grouped_gemm<bf16, false>(A, Kd, W.b16, layout, N, g, C, accumulate, s);
   else
-    launch_grouped_gemm(A, Kd, W.f32, layout, N, g, C, accumulate, s);
+    launch_grouped_gemm<float, false>(A, Kd, W.f32, layout, N, g, C, accumulate, s);
 }
 
 void grouped_weight_grad(const float* P, int64_t M, const float* Q, int64_t N, const ExpertGroups& g, float* dW,

@@ -72,6 +72,34 @@ class RecordingBackend final : public moelab::Backend {
     return t;
   }
   Tensor alloc_uninit(std::vector<int64_t> shape, Elem type) override { return in_->alloc_uninit(std::move(shape), type); }
+
+  // When keep_stored is set, it also stands in for a GPU that keeps weights as stored
+  // (Backend::keeps_stored_weights): bf16/f16 copies in buffers of its own, not the checkpoint's
+  // map, checked against a device memory of device_memory bytes (0: the host's). The Eigen
+  // backend inside computes with them as with mapped ones.
+  bool keep_stored = false;
+  int64_t device_memory = 0;
+  int64_t stored_allocs = 0;  // alloc_stored calls
+  bool keeps_stored_weights() const override { return keep_stored; }
+  int64_t device_memory_bytes() const override { return device_memory; }
+  Tensor alloc_stored(std::vector<int64_t> shape, Elem type) override {
+    if (!keep_stored) return Backend::alloc_stored(std::move(shape), type);
+    host("alloc_stored");
+    Tensor t;
+    t.shape = std::move(shape);
+    t.type = type;
+    std::shared_ptr<uint16_t[]> buf(new uint16_t[size_t(t.numel())]());
+    t.ptr = buf.get();
+    t.storage = std::move(buf);
+    ++stored_allocs;
+    return t;
+  }
+  void upload_stored(Tensor& d, const void* values, int64_t offset, int64_t count) override {
+    if (!keep_stored) return Backend::upload_stored(d, values, offset, count);
+    host("upload_stored");
+    if (offset < 0 || count < 0 || offset + count > d.numel()) throw std::logic_error("upload_stored out of range");
+    std::memcpy(static_cast<char*>(d.ptr) + offset * 2, values, size_t(count) * 2);
+  }
   void upload(Tensor& d, const float* h, int64_t o, int64_t c) override { host("upload"), in_->upload(d, h, o, c); }
   void download(const Tensor& s, float* h, int64_t o, int64_t c) override { host("download"), in_->download(s, h, o, c); }
   void upload(Tensor& d, const double* h, int64_t o, int64_t c) override { host("upload"), in_->upload(d, h, o, c); }
