@@ -195,10 +195,17 @@ bool keep_as_stored(const TensorSpec& s, const TensorView& t) {
     case Role::Embed: case Role::LmHead: case Role::Q: case Role::K: case Role::V: case Role::O:
     case Role::ExpertGate: case Role::ExpertUp: case Role::ExpertDown: case Role::SharedGate:
     case Role::SharedUp: case Role::SharedDown: case Role::DenseGate: case Role::DenseUp: case Role::DenseDown:
+    case Role::ExpertsGateUpStacked: case Role::ExpertsDownStacked:
       return true;
     default:
       return false;
   }
+}
+
+// A routed expert's tensor: one expert's matrix, or GraniteMoE's stack of all of them. A layer's
+// routed experts are kept as stored together or not at all.
+bool is_routed_expert(const TensorSpec& s) {
+  return s.expert >= 0 || s.role == Role::ExpertsGateUpStacked || s.role == Role::ExpertsDownStacked;
 }
 
 // NaN/Inf in a bf16/f16 tensor, without widening it (exponent bits all ones).
@@ -207,6 +214,16 @@ void check_finite_stored(const TensorView& t) {
   const uint16_t frac = t.dtype == DType::BF16 ? 0x007F : 0x03FF;
   const int64_t n = t.numel();
   const uint8_t* p = t.data;
+  // A parallel pass over the whole tensor first (at real size this reads gigabytes: it is part of
+  // the time to the first token), then the first bad element's index when there is one.
+  int bad = 0;
+#pragma omp parallel for reduction(| : bad) schedule(static) if (n > (1 << 20))
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t v;
+    std::memcpy(&v, p + 2 * i, 2);
+    bad |= int((v & mask) == mask);
+  }
+  if (!bad) return;
   for (int64_t i = 0; i < n; ++i) {
     uint16_t v;
     std::memcpy(&v, p + 2 * i, 2);
@@ -218,11 +235,13 @@ void check_finite_stored(const TensorView& t) {
 
 Elem stored_elem(const TensorView& t) { return t.dtype == DType::BF16 ? Elem::BF16 : Elem::F16; }
 
-Tensor stored_view(const TensorView& t, std::vector<int64_t> shape, const std::shared_ptr<Checkpoint>& ckpt) {
+// A view of a stored tensor's elements from `offset` on, as `shape`.
+Tensor stored_view(const TensorView& t, std::vector<int64_t> shape, const std::shared_ptr<Checkpoint>& ckpt,
+                   int64_t offset = 0) {
   Tensor v;
   v.shape = std::move(shape);
   v.type = stored_elem(t);
-  v.ptr = const_cast<uint8_t*>(t.data);
+  v.ptr = const_cast<uint8_t*>(t.data + 2 * offset);
   v.storage = std::shared_ptr<void>(ckpt, v.ptr);  // keeps the files mapped while the view lives
   return v;
 }
@@ -274,7 +293,7 @@ Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool
   std::vector<int> experts_dtype(size_t(config.num_layers), -1);
   for (size_t i = 0; i < specs.size(); ++i) {
     keep[i] = stored && keep_as_stored(specs[i], *views[i]);
-    if (specs[i].expert < 0) continue;
+    if (!is_routed_expert(specs[i])) continue;
     const size_t l = size_t(specs[i].layer);
     const int dt = int(views[i]->dtype);
     const bool ok = keep[i] && (experts_dtype[l] < 0 || experts_dtype[l] == dt);
@@ -282,7 +301,7 @@ Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool
     experts_kept[l] = experts_kept[l] != 0 && ok ? 1 : 0;
   }
   for (size_t i = 0; i < specs.size(); ++i)
-    if (specs[i].expert >= 0) keep[i] = experts_kept[size_t(specs[i].layer)] == 1;
+    if (is_routed_expert(specs[i])) keep[i] = experts_kept[size_t(specs[i].layer)] == 1;
   // Memory: the stored tensors at 2 bytes an element (the map's pages, or the device's copies),
   // the rest as fp32.
   int64_t kept = 0, owned = 0;
@@ -301,7 +320,56 @@ Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool
     if (keep[i]) {
       check_finite_stored(t);
       m.stored_bytes_ += t.nbytes;
-      if (s.expert >= 0) {
+      if (s.role == Role::ExpertsGateUpStacked || s.role == Role::ExpertsDownStacked) {
+        // GraniteMoE: input_linear [E,2F,H] holds expert e's gate rows then its up rows,
+        // output_linear [E,H,F] its down projection: each a contiguous run, viewed in place.
+        ExpertWeights& X = m.w_.layers[size_t(s.layer)].experts;
+        const bool in = s.role == Role::ExpertsGateUpStacked;
+        if (in) {
+          X.gate_e.resize(size_t(E));
+          X.up_e.resize(size_t(E));
+        } else {
+          X.down_e.resize(size_t(E));
+        }
+        if (copy_stored) {  // one stack per matrix in the backend's memory, gate and up rows apart
+          const Elem et = stored_elem(t);
+          if (in) {
+            X.gate = b.alloc_stored({E, F, H}, et);
+            X.up = b.alloc_stored({E, F, H}, et);
+          } else {
+            X.down = b.alloc_stored({E, H, F}, et);
+          }
+          for (int64_t e = 0; e < E; ++e) {
+            if (in) {
+              b.upload_stored(X.gate, t.data + 2 * (e * 2 * F * H), e * F * H, F * H);
+              b.upload_stored(X.up, t.data + 2 * (e * 2 * F * H + F * H), e * F * H, F * H);
+              X.gate_e[size_t(e)] = slice(b, X.gate, e * F * H, {F, H});
+              X.up_e[size_t(e)] = slice(b, X.up, e * F * H, {F, H});
+            } else {
+              b.upload_stored(X.down, t.data + 2 * (e * H * F), e * H * F, H * F);
+              X.down_e[size_t(e)] = slice(b, X.down, e * H * F, {H, F});
+            }
+          }
+          continue;
+        }
+        for (int64_t e = 0; e < E; ++e) {
+          if (in) {
+            X.gate_e[size_t(e)] = stored_view(t, {F, H}, ckpt, e * 2 * F * H);
+            X.up_e[size_t(e)] = stored_view(t, {F, H}, ckpt, e * 2 * F * H + F * H);
+          } else {
+            X.down_e[size_t(e)] = stored_view(t, {H, F}, ckpt, e * H * F);
+          }
+        }
+        if (in) {
+          X.gate = X.gate_e[0];
+          X.gate.shape = {E, F, H};
+          X.up = X.up_e[0];
+          X.up.shape = {E, F, H};
+        } else {
+          X.down = X.down_e[0];
+          X.down.shape = {E, H, F};
+        }
+      } else if (s.expert >= 0) {
         ExpertWeights& X = m.w_.layers[size_t(s.layer)].experts;
         if (X.gate_e.empty()) {
           X.gate_e.resize(size_t(E));
@@ -383,10 +451,22 @@ std::vector<std::pair<std::string, std::vector<float>>> Model::export_weights() 
   ParamSet& w = const_cast<ParamSet&>(w_);
   for (const TensorSpec& s : tensor_specs(config_)) {
     std::vector<float> host(size_t(s.numel()));
-    if (s.expert >= 0 && w.layers[size_t(s.layer)].experts.per_expert()) {  // kept as stored: one view each
+    const bool stacked = s.role == Role::ExpertsGateUpStacked || s.role == Role::ExpertsDownStacked;
+    if (s.layer >= 0 && (s.expert >= 0 || stacked) && w.layers[size_t(s.layer)].experts.per_expert()) {
+      // kept as stored: one view each (GraniteMoE's stacked tensors: E views, gate and up interleaved)
       const ExpertWeights& X = w.layers[size_t(s.layer)].experts;
-      const std::vector<Tensor>& v = s.role == Role::ExpertGate ? X.gate_e : s.role == Role::ExpertUp ? X.up_e : X.down_e;
-      backend_->download(v[size_t(s.expert)], host.data(), 0, s.numel());
+      const int64_t F = config_.expert_ffn_size, H = config_.hidden_size;
+      if (s.role == Role::ExpertsGateUpStacked) {
+        for (size_t e = 0; e < X.gate_e.size(); ++e) {
+          backend_->download(X.gate_e[e], host.data() + int64_t(e) * 2 * F * H, 0, F * H);
+          backend_->download(X.up_e[e], host.data() + int64_t(e) * 2 * F * H + F * H, 0, F * H);
+        }
+      } else if (s.role == Role::ExpertsDownStacked) {
+        for (size_t e = 0; e < X.down_e.size(); ++e) backend_->download(X.down_e[e], host.data() + int64_t(e) * H * F, 0, H * F);
+      } else {
+        const std::vector<Tensor>& v = s.role == Role::ExpertGate ? X.gate_e : s.role == Role::ExpertUp ? X.up_e : X.down_e;
+        backend_->download(v[size_t(s.expert)], host.data(), 0, s.numel());
+      }
     } else {
       for (const TensorPiece& p : pieces_for(w, s)) backend_->download(*p.dst, host.data() + p.src_offset, p.dst_offset, p.count);
     }

@@ -429,6 +429,46 @@ for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
     check(f"bench --background-load stops its process on {sig.name}",
           alive_before and p.returncode != 0 and gone_soon(pid), f"{first!r}, exit {p.returncode}")
 
+# bench --shape: a random bf16 checkpoint of a tiny shape, generated into a cache, then measured
+with tempfile.TemporaryDirectory() as shapes:
+    r = run("bench", "--shape", "olmoe-tiny", "--cache", shapes, "--no-peer", "--json")
+    out = json.loads(r.stdout) if r.returncode == 0 else {}
+    lines = r.stdout.strip().splitlines()
+    check("bench --shape --json is one line", r.returncode == 0 and len(lines) == 1, r.stdout + r.stderr)
+    ours = out.get("moelab", {})
+    # Bytes one token reads, by hand: per layer q,k,v,o 4*64*64, q/k norms 2*64, 2 norms 2*64, router 8*64,
+    # 2 of 8 experts of 3*32*64; then lm_head 512*64, one embedding row 64, final norm 64; 2 bytes each.
+    per_layer = 4 * 64 * 64 + 2 * 64 + 2 * 64 + 8 * 64 + 2 * 3 * 32 * 64
+    check("bench --shape bytes per token", out.get("bytes_per_token") == 2 * (2 * per_layer + 512 * 64 + 64 + 64),
+          out.get("bytes_per_token"))
+    bw, bound = out.get("bandwidth_gb_s", 0), out.get("bound_tokens_per_s", 0)
+    check("bench --shape bound", bw > 0.5 and abs(bound - bw * 1e9 / out.get("bytes_per_token", 1)) < 1e-6 * bound, out)
+    check("bench --shape ours", ours.get("decode_tokens_per_s", 0) > 0 and ours.get("prefill_tokens_per_s", 0) > 0
+          and 0 < ours.get("load_s", -1) <= ours.get("first_token_s", 0) < 60 and ours.get("logits_finite") is True, ours)
+    check("bench --shape fraction", abs(out.get("decode_fraction_of_bound", 0) - ours.get("decode_tokens_per_s", 0) / max(bound, 1e-9)) < 1e-9, out)
+    size = os.path.getsize(os.path.join(shapes, "olmoe-tiny", "model.safetensors"))
+    check("bench --shape checkpoint", out.get("checkpoint_bytes") == size and out.get("checkpoint_generated") is True
+          and out.get("prompt") == 32 and out.get("decode") == 64 and out.get("prefill") == 128 and "pytorch" not in out, out)
+    check("bench --shape peak RSS", size < ours.get("peak_rss_bytes", 0) < 4 << 30, ours.get("peak_rss_bytes"))
+    r = run("bench", "--shape", "olmoe-tiny", "--cache", shapes, "--no-peer", "--json")
+    check("bench --shape reuses the cache", r.returncode == 0 and json.loads(r.stdout).get("checkpoint_generated") is False
+          and "reusing" in r.stderr, r.stderr)
+    # The PyTorch peer reads the same files and computes what the lab computes (bf16 weights; its
+    # activations in bf16 too, so agreement to bf16 rounding) for each family.
+    for shape in ("olmoe-tiny", "granite-tiny", "qwen3-tiny"):
+        d = os.path.join(shapes, shape)
+        toks = "5,17,200,3,99,42,7,1"
+        r = run("bench", "--shape", shape, "--cache", shapes, "--no-peer", "--json", "--decode", "2", "--prefill", "4")
+        a = json.loads(run("forward", "--model", d, "--tokens", toks, "--json").stdout)["logits"]
+        p = subprocess.run([sys.executable, os.path.join(src, "tests/reference/bench_shape_peer.py"), "--dir", d,
+                            "--logits", toks], capture_output=True, text=True, timeout=120)
+        b = json.loads(p.stdout) if p.returncode == 0 else [[0.0]]
+        scale = max(abs(v) for row in b for v in row) or 1.0
+        err = max((abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)), default=1.0) / scale
+        check(f"bench --shape peer agrees on {shape}", len(a) == len(b) == 8 and err < 0.05, f"{err} {p.stderr[-300:]}")
+    r = run("bench", "--shape", "olmoe-2b", "--cache", shapes)
+    check_error("bench --shape unknown", r, 1, ["olmoe-2b", "not a known shape"])
+
 # usage errors: exit 2
 check("no subcommand", run().returncode == 2)
 check("unknown option", run("params", "--bogus").returncode == 2)

@@ -26,6 +26,12 @@ struct BenchOptions {
   std::string precision = "fp32";  // GPU: fp32 | tf32 | bf16
   std::string tokenizer;           // bench --tokenizer FILE: the encoder against the Rust library
   double tokenizer_mb = 10;
+  // bench --shape NAME: a real model's shape with random bf16 weights (cmd_bench_shape.cpp)
+  std::string shape;
+  std::string cache;               // the shapes' cache folder; empty = default_shape_cache_dir()
+  uint64_t seed = 0;               // the random weights' seed
+  int64_t shape_prompt = 32;       // prompt tokens before the timed decode (and the first token)
+  std::string shape_peer = std::string(MOELAB_SOURCE_DIR) + "/tests/reference/bench_shape_peer.py";
 };
 BenchOptions& bench_options();
 
@@ -42,6 +48,9 @@ nlohmann::json run_peer_script(const std::string& env, const std::string& args);
 
 // bench --tokenizer FILE: encode a ~10 MB text, MB/s beside the Rust tokenizers library (cmd_tokenize.cpp).
 void run_tokenizer_bench(const BenchOptions& o);
+
+// bench --shape NAME: generate (once) and measure a real shape against the bandwidth bound and PyTorch.
+void run_shape_bench();
 
 // The GPU benchmark (moelab-cli bench --device cuda).
 void run_cuda_bench();

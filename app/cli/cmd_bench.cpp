@@ -293,6 +293,12 @@ void run_bench() {
     run_tokenizer_bench(o);
     return;
   }
+  if (!o.shape.empty()) {
+    if (o.device != "cpu" || o.train || o.background_load)
+      fail("bench", "--shape measures inference on the CPU (no --device cuda, --train or --background-load)");
+    run_shape_bench();
+    return;
+  }
   if (o.device == "cuda") {
     if (o.background_load) fail("bench", "--background-load is for the CPU benchmark");
     run_cuda_bench();
@@ -430,6 +436,12 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--precision", o.precision, "GPU: fp32 (TF32 off), tf32 or bf16; the PyTorch peer runs in the same mode");
   cmd->add_option("--tokenizer", o.tokenizer, "Benchmark this tokenizer.json's encoder against the Rust tokenizers library");
   cmd->add_option("--text-mb", o.tokenizer_mb, "Tokenizer: megabytes of text to encode")->check(CLI::Range(0.01, 512.0));
+  cmd->add_option("--shape", o.shape,
+                  "A real model's shape with random bf16 weights, generated once into the cache: olmoe-1b-7b, "
+                  "granite-3b-a800m, qwen3-30b-a3b (where memory allows), olmoe-tiny, granite-tiny, qwen3-tiny");
+  cmd->add_option("--cache", o.cache, "--shape: the cache folder (default $XDG_CACHE_HOME/moelab/shapes)");
+  cmd->add_option("--seed", o.seed, "--shape: the random weights' seed")->check(kSeed);
+  cmd->add_option("--prompt", o.shape_prompt, "--shape: prompt tokens before decoding")->check(CLI::Range(1, 4096));
   cmd->callback(run_bench);
 }
 
