@@ -1,7 +1,5 @@
 #include "model.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -20,49 +18,12 @@
 namespace moelab {
 namespace fs = std::filesystem;
 
-int64_t weight_bytes_fp32(const ModelConfig& c) { return checked_mul(count_params(c).total, 4, "model size"); }
-
-int64_t physical_memory_bytes() {
-  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && page > 0 ? int64_t(pages) * int64_t(page) : int64_t(1) << 34;
-}
-
 namespace {
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
   return r + "]";
-}
-
-// Refuse before allocating when the weights cannot fit in memory (a config asking 500 GiB).
-void check_fits(const ModelConfig& c, const std::string& where) {
-  const int64_t need = weight_bytes_fp32(c), have = physical_memory_bytes();
-  if (need > have / 10 * 8)
-    fail(where, "the model needs " + human_bytes(double(need)) + " to hold its " + human_count(double(need / 4)) +
-                    " parameters as fp32, more than this machine's " + human_bytes(double(have)) + " of memory");
-}
-
-// The memory a backend's tensors live in: its device's (a GPU's) when it has one, else this
-// machine's; and how a refusal names it.
-int64_t memory_of(const Backend& b) {
-  const int64_t device = b.device_memory_bytes();
-  return device > 0 ? device : physical_memory_bytes();
-}
-const char* memory_name(const Backend& b) { return b.device_memory_bytes() > 0 ? "the device's " : "this machine's "; }
-
-// Refuse before mapping or allocating when the weights cannot fit: `stored` bytes of bf16/f16 as
-// the checkpoint stores them (its memory map on the CPU, copies in a device's memory) plus `owned`
-// bytes of fp32 copies, against the memory of backend b.
-void check_memory(int64_t stored, int64_t owned, const std::string& where, const Backend& b) {
-  const int64_t need = checked_add(stored, owned, where), have = memory_of(b);
-  if (need > have / 10 * 8) {
-    std::string msg = "the model needs " + human_bytes(double(need)) + " (" + human_bytes(double(stored));
-    msg += " of weights as stored + " + human_bytes(double(owned)) + " as fp32), more than ";
-    msg += memory_name(b);
-    msg += human_bytes(double(have)) + " of memory can hold (80% of it)";
-    fail(where, msg);
-  }
 }
 
 // Allocate every tensor of a ParamSet from the registry (experts stacked per layer).
@@ -176,7 +137,9 @@ Model::Model(const ModelConfig& config, std::shared_ptr<Backend> backend)
   if (!config_.runnable())
     fail(config_.architecture, "the lab counts this architecture's parameters but cannot run it");
   validate_config(config_, config_.architecture);
-  check_fits(config_, config_.architecture);
+  // Refuse before allocating weights that cannot fit in memory (a config asking 500 GiB).
+  owned_bytes_ = checked_mul(count_params(config_).total, backend_->real_bytes(), config_.architecture);
+  check_memory_plan(memory_plan(1, 1), config_.architecture, "the model", backend_->device_memory_bytes());
   w_ = alloc_params(config_, *backend_);
 }
 
@@ -184,52 +147,78 @@ ParamSet Model::zeros_like() const { return alloc_params(config_, *backend_); }
 
 namespace {
 
-// Whether a checkpoint tensor is kept as stored (bf16/f16, in the memory map) rather than widened
-// to fp32: the matrices the products read (attention, experts, shared and dense MLPs, the
-// embedding and LM head). Norms, biases and the router stay fp32 (small, and the router's scores
-// decide the routing).
-bool keep_as_stored(const TensorSpec& s, const TensorView& t) {
-  if (t.dtype != DType::BF16 && t.dtype != DType::F16) return false;
-  if (reinterpret_cast<uintptr_t>(t.data) % 2 != 0) return false;  // a hostile layout: widen instead
-  switch (s.role) {
-    case Role::Embed: case Role::LmHead: case Role::Q: case Role::K: case Role::V: case Role::O:
-    case Role::ExpertGate: case Role::ExpertUp: case Role::ExpertDown: case Role::SharedGate:
-    case Role::SharedUp: case Role::SharedDown: case Role::DenseGate: case Role::DenseUp: case Role::DenseDown:
-    case Role::ExpertsGateUpStacked: case Role::ExpertsDownStacked:
-      return true;
-    default:
-      return false;
+// Reports load progress every kProgressBytes of tensor data and between tensors; throws
+// LoadCancelled when the callback says stop (the caller's objects then release what was mapped).
+constexpr int64_t kProgressBytes = int64_t(8) << 20;
+struct LoadTicker {
+  const LoadCallback& callback;
+  LoadProgress at;
+  void operator()() const {
+    if (callback && !callback(at)) throw LoadCancelled();
   }
-}
+  void stage(const std::string& name) {
+    at.stage = name;
+    (*this)();
+  }
+  void advance(int64_t bytes) {
+    at.done += bytes;
+    (*this)();
+  }
+};
 
-// A routed expert's tensor: one expert's matrix, or GraniteMoE's stack of all of them. A layer's
-// routed experts are kept as stored together or not at all.
-bool is_routed_expert(const TensorSpec& s) {
-  return s.expert >= 0 || s.role == Role::ExpertsGateUpStacked || s.role == Role::ExpertsDownStacked;
-}
-
-// NaN/Inf in a bf16/f16 tensor, without widening it (exponent bits all ones).
-void check_finite_stored(const TensorView& t) {
+// NaN/Inf in a bf16/f16 tensor, without widening it (exponent bits all ones), in steps of
+// kProgressBytes with progress (and a chance to cancel) after each.
+void check_finite_stored(const TensorView& t, LoadTicker& tick) {
   const uint16_t mask = t.dtype == DType::BF16 ? 0x7F80 : 0x7C00;
   const uint16_t frac = t.dtype == DType::BF16 ? 0x007F : 0x03FF;
-  const int64_t n = t.numel();
+  const int64_t n = t.numel(), step = kProgressBytes / 2;
   const uint8_t* p = t.data;
-  // A parallel pass over the whole tensor first (at real size this reads gigabytes: it is part of
-  // the time to the first token), then the first bad element's index when there is one.
-  int bad = 0;
-#pragma omp parallel for reduction(| : bad) schedule(static) if (n > (1 << 20))
-  for (int64_t i = 0; i < n; ++i) {
-    uint16_t v;
-    std::memcpy(&v, p + 2 * i, 2);
-    bad |= int((v & mask) == mask);
+  for (int64_t i0 = 0; i0 < n; i0 += step) {
+    const int64_t i1 = std::min(n, i0 + step);
+    // A parallel pass first (at real size this reads gigabytes: it is part of the time to the first
+    // token), then the first bad element's index when there is one.
+    int bad = 0;
+#pragma omp parallel for reduction(| : bad) schedule(static) if (i1 - i0 > (1 << 20))
+    for (int64_t i = i0; i < i1; ++i) {
+      uint16_t v;
+      std::memcpy(&v, p + 2 * i, 2);
+      bad |= int((v & mask) == mask);
+    }
+    for (int64_t i = i0; bad && i < i1; ++i) {
+      uint16_t v;
+      std::memcpy(&v, p + 2 * i, 2);
+      if ((v & mask) == mask)
+        throw Error((t.file ? *t.file : std::string("checkpoint")) + ": tensor '" + t.name + "': holds " +
+                    ((v & frac) ? "NaN" : "Inf") + " at element " + std::to_string(i));
+    }
+    tick.advance(2 * (i1 - i0));
   }
-  if (!bad) return;
-  for (int64_t i = 0; i < n; ++i) {
-    uint16_t v;
-    std::memcpy(&v, p + 2 * i, 2);
-    if ((v & mask) == mask)
-      throw Error((t.file ? *t.file : std::string("checkpoint")) + ": tensor '" + t.name + "': holds " +
-                  ((v & frac) ? "NaN" : "Inf") + " at element " + std::to_string(i));
+}
+
+// tensor_to_float in steps of about kProgressBytes, with progress after each. A step is a view of
+// a run of elements; an error in it names the tensor and the element's index in the whole tensor.
+void widen_tensor(const TensorView& t, float* dst, LoadTicker& tick) {
+  const int64_t n = t.numel(), esize = dtype_size(t.dtype), step = std::max<int64_t>(1, kProgressBytes / esize);
+  if (n <= step) {
+    tensor_to_float(t, dst);
+    tick.advance(t.nbytes);
+    return;
+  }
+  for (int64_t i0 = 0; i0 < n; i0 += step) {
+    TensorView part = t;
+    const int64_t count = std::min(step, n - i0);
+    part.shape = {count};
+    part.data = t.data + i0 * esize;
+    part.nbytes = count * esize;
+    try {
+      tensor_to_float(part, dst + i0);
+    } catch (const Error& e) {  // "... at element j" of the run: j + i0 in the tensor
+      const std::string msg = e.what();
+      const size_t at = msg.rfind(" at element ");
+      if (at == std::string::npos) throw;
+      throw Error(msg.substr(0, at) + " at element " + std::to_string(i0 + std::stoll(msg.substr(at + 12))));
+    }
+    tick.advance(part.nbytes);
   }
 }
 
@@ -257,19 +246,23 @@ Model::Model(const ModelConfig& config, std::shared_ptr<Backend> backend, NoAllo
   for (int64_t l = 0; l < config_.num_layers; ++l) w_.layers[size_t(l)].moe = config_.is_moe_layer(l);
 }
 
-Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool widen) {
+Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool widen, const LoadCallback& progress) {
+  LoadTicker tick{progress, {}};
+  tick.stage("reading config.json");
   const ModelConfig config = load_config(dir);
   const std::string cfg_file = config_path_of(dir);
   if (!config.runnable())
     fail(cfg_file, std::string(config.architecture) + " is supported for parameter counts only, not for running");
-  // Before anything is opened: even at 2 bytes a parameter (as stored), or 4 (fp32), must it fit?
-  // Stored weights stay in the memory map (the CPU) or are copied as they are into the backend's
-  // own memory (a GPU); else everything is widened to fp32.
+  // Before anything is opened: even with the matrices at 2 bytes an element (as stored), or all
+  // fp32, must it fit with a one-token context? Stored weights stay in the memory map (the CPU) or
+  // are copied as they are into the backend's own memory (a GPU, whose memory is then the budget).
   const bool map = !widen && backend->maps_stored_weights();
   const bool copy_stored = !widen && !map && backend->keeps_stored_weights();
   const bool stored = map || copy_stored;
-  check_memory(stored ? checked_mul(count_params(config).total, 2, cfg_file) : 0,
-               stored ? 0 : weight_bytes_fp32(config), cfg_file, *backend);
+  const int64_t device_bytes = backend->device_memory_bytes();
+  check_memory_plan(moelab::memory_plan(config, stored ? DType::BF16 : DType::F32, 1, 1, stored, backend->real_bytes()),
+                    cfg_file, "the model", device_bytes);
+  tick.stage("checking the safetensors headers");
   const std::string model_dir = fs::is_directory(dir) ? dir : fs::path(dir).parent_path().string();
   auto ckpt = std::make_shared<Checkpoint>(model_dir);
   const auto specs = tensor_specs(config);
@@ -287,38 +280,25 @@ Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool
                          ", which the lab cannot compute with (F32, F16 and BF16 are supported)");
     views.push_back(t);
   }
-  // Which tensors stay as stored. A layer's experts are kept together or not at all (one stack).
-  std::vector<bool> keep(specs.size(), false);
-  std::vector<int> experts_kept(size_t(config.num_layers), -1);  // -1 undecided, 0 widen, 1 keep
-  std::vector<int> experts_dtype(size_t(config.num_layers), -1);
-  for (size_t i = 0; i < specs.size(); ++i) {
-    keep[i] = stored && keep_as_stored(specs[i], *views[i]);
-    if (!is_routed_expert(specs[i])) continue;
-    const size_t l = size_t(specs[i].layer);
-    const int dt = int(views[i]->dtype);
-    const bool ok = keep[i] && (experts_dtype[l] < 0 || experts_dtype[l] == dt);
-    experts_dtype[l] = dt;
-    experts_kept[l] = experts_kept[l] != 0 && ok ? 1 : 0;
-  }
-  for (size_t i = 0; i < specs.size(); ++i)
-    if (is_routed_expert(specs[i])) keep[i] = experts_kept[size_t(specs[i].layer)] == 1;
-  // Memory: the stored tensors at 2 bytes an element (the map's pages, or the device's copies),
-  // the rest as fp32.
-  int64_t kept = 0, owned = 0;
-  for (size_t i = 0; i < specs.size(); ++i)
-    if (keep[i]) kept = checked_add(kept, views[i]->nbytes, cfg_file);
-    else owned = checked_add(owned, checked_mul(specs[i].numel(), backend->real_bytes(), cfg_file), cfg_file);
-  check_memory(kept, owned, cfg_file, *backend);
+  // Which tensors stay as stored (read from the map: its pages must fit too; or copied to the
+  // device), the rest as fp32: the same figures `moelab-cli info` prints.
+  const StoredWeights plan = plan_stored_weights(config, specs, views, stored, backend->real_bytes(), cfg_file);
+  const std::vector<bool>& keep = plan.keep;
+  check_memory_plan(moelab::memory_plan(config, plan, 1, 1, backend->real_bytes()), cfg_file, "the model", device_bytes);
 
   Model m(config, std::move(backend), NoAlloc{});
+  m.owned_bytes_ = plan.owned;
+  m.stored_by_dtype_ = plan.mapped_by_dtype;
   Backend& b = *m.backend_;
   std::vector<float> staging;
   const int64_t H = config.hidden_size, E = config.num_experts, F = config.expert_ffn_size;
+  for (const TensorView* t : views) tick.at.total += t->nbytes;
+  tick.stage(map ? "checking the weights for NaN/Inf" : "converting the weights to fp32");
   for (size_t i = 0; i < specs.size(); ++i) {
     const TensorSpec& s = specs[i];
     const TensorView& t = *views[i];
     if (keep[i]) {
-      check_finite_stored(t);
+      check_finite_stored(t, tick);
       m.stored_bytes_ += t.nbytes;
       if (s.role == Role::ExpertsGateUpStacked || s.role == Role::ExpertsDownStacked) {
         // GraniteMoE: input_linear [E,2F,H] holds expert e's gate rows then its up rows,
@@ -420,14 +400,15 @@ Model Model::load(const std::string& dir, std::shared_ptr<Backend> backend, bool
     }
     float* host = pieces.size() == 1 ? b.host_f32(*pieces[0].dst) : nullptr;
     if (host) {
-      tensor_to_float(t, host + pieces[0].dst_offset);  // straight from the memory map into the weights
+      widen_tensor(t, host + pieces[0].dst_offset, tick);  // straight from the memory map into the weights
     } else {
       staging.resize(size_t(t.numel()));
-      tensor_to_float(t, staging.data());
+      widen_tensor(t, staging.data(), tick);
       for (const TensorPiece& p : pieces) b.upload(*p.dst, staging.data() + p.src_offset, p.dst_offset, p.count);
     }
   }
   if (config.tie_word_embeddings) m.w_.lm_head = m.w_.embed;
+  tick.stage("loaded");
   return m;
 }
 
@@ -491,7 +472,15 @@ void Model::save(const std::string& dir, DType dtype, int64_t max_shard_bytes) c
   write_text_atomic((fs::path(dir) / "config.json").string(), config_to_json(c).dump(2) + "\n");
 }
 
-KvCache Model::new_cache(int64_t capacity) const {
+MemoryPlan Model::memory_plan(int64_t context, int64_t tokens) const {
+  StoredWeights w;
+  w.mapped = stored_bytes_;
+  w.mapped_by_dtype = stored_by_dtype_;
+  w.owned = owned_bytes_;
+  return moelab::memory_plan(config_, w, context, tokens > 0 ? tokens : default_plan_tokens(context), backend_->real_bytes());
+}
+
+KvCache Model::new_cache(int64_t capacity, int64_t forward_tokens) const {
   if (capacity < 1 || capacity > config_.max_positions)
     fail(config_.architecture, "a context of " + std::to_string(capacity) + " tokens is outside [1, " +
                                    std::to_string(config_.max_positions) + "] (max_position_embeddings)");
@@ -502,19 +491,9 @@ KvCache Model::new_cache(int64_t capacity) const {
   KvCache cache;
   cache.capacity = capacity;
   const int64_t kv = config_.num_kv_heads * config_.head_dim;
-  // Refuse before allocating a cache that, with the weights, would not fit in memory.
-  const std::string where = config_.architecture;
-  const int64_t cache_bytes =
-      checked_mul(checked_mul(checked_mul(2 * config_.num_layers, capacity, where), kv, where), backend_->real_bytes(), where);
-  const int64_t weights = stored_bytes_ + (stored_bytes_ > 0 ? 0 : weight_bytes_fp32(config_));
-  const int64_t have = memory_of(*backend_);
-  if (checked_add(cache_bytes, weights, where) > have / 10 * 8) {
-    std::string msg = "a context of " + std::to_string(capacity) + " tokens needs a KV cache of " + human_bytes(double(cache_bytes));
-    msg += " beside " + human_bytes(double(weights)) + " of weights, more than ";
-    msg += memory_name(*backend_);
-    msg += human_bytes(double(have)) + " of memory can hold (80% of it)";
-    fail(where, msg);
-  }
+  // Refuse before allocating a cache that, with the weights and a forward, would not fit in memory.
+  check_memory_plan(memory_plan(capacity, forward_tokens), config_.architecture,
+                    "a context of " + std::to_string(capacity) + " tokens", backend_->device_memory_bytes());
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     cache.k.push_back(backend_->alloc({capacity, kv}));
     cache.v.push_back(backend_->alloc({capacity, kv}));
@@ -524,7 +503,8 @@ KvCache Model::new_cache(int64_t capacity) const {
 
 std::vector<float> Model::forward_full(const std::vector<int32_t>& tokens, RoutingObserver* observer,
                                        const RoutingOverrides* overrides) {
-  KvCache cache = new_cache(std::max<int64_t>(1, int64_t(tokens.size())));
+  const int64_t T = std::max<int64_t>(1, int64_t(tokens.size()));
+  KvCache cache = new_cache(T, T);
   return forward(tokens, cache, observer, overrides);
 }
 

@@ -9,12 +9,16 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "backend.hpp"
 #include "config.hpp"
+#include "error.hpp"
+#include "memory_plan.hpp"
 #include "registry.hpp"
 #include "router.hpp"
 #include "routing.hpp"
@@ -83,6 +87,22 @@ struct DeviceTrace {
   static int64_t row_width(int64_t E, int64_t K) { return 1 + 2 * E + K; }
 };
 
+// How far Model::load has come, for a progress bar: the stage, and the bytes of tensor data it has
+// checked or converted out of all it will (0 of 0 while it reads the headers).
+struct LoadProgress {
+  std::string stage;
+  int64_t done = 0, total = 0;
+  double fraction() const { return total > 0 ? double(done) / double(total) : 0.0; }
+};
+// Called between tensors and every few MB inside the long scans; returning false cancels the load.
+using LoadCallback = std::function<bool(const LoadProgress&)>;
+// What Model::load throws when its callback cancels it: everything it mapped or allocated is
+// released by then. Not a failure: callers show no error for it.
+class LoadCancelled : public Error {
+ public:
+  LoadCancelled() : Error("loading cancelled") {}
+};
+
 class Model {
  public:
   Model(const ModelConfig& config, std::shared_ptr<Backend> backend);
@@ -92,8 +112,11 @@ class Model {
   // On a backend that takes them, bf16/f16 matrices stay as stored: on the CPU read in place from
   // the memory-mapped checkpoint (no fp32 copy), on a GPU copied once into device memory in their
   // dtype (Backend::keeps_stored_weights); `widen` converts everything to fp32 instead (training
-  // needs fp32 weights). The memory check counts what is really needed, in the backend's memory.
-  static Model load(const std::string& dir, std::shared_ptr<Backend> backend, bool widen = false);
+  // needs fp32 weights). The memory check counts what is really needed, in the backend's memory
+  // (memory_plan.hpp: the weights as they will be held, with a one-token context and forward).
+  // `progress` reports the stages and may cancel (LoadCancelled).
+  static Model load(const std::string& dir, std::shared_ptr<Backend> backend, bool widen = false,
+                    const LoadCallback& progress = {});
   // A freshly initialised model (normal(0, init_std) weights, unit norms), deterministic in seed.
   static Model random(const ModelConfig& config, uint64_t seed, std::shared_ptr<Backend> backend,
                       float init_std = 0.02f);
@@ -106,13 +129,20 @@ class Model {
   // Bytes of weights kept as stored (bf16/f16 in the checkpoint's memory map, or their copies in
   // a device's memory); 0 for fp32 models.
   int64_t stored_weight_bytes() const { return stored_bytes_; }
+  // Bytes of weights held as fp32 copies (all of them for a random or widened model).
+  int64_t owned_weight_bytes() const { return owned_bytes_; }
+  // What this model needs for a context of `context` tokens and a forward of `tokens`
+  // (default_plan_tokens(context) when 0): the figures new_cache checks.
+  MemoryPlan memory_plan(int64_t context, int64_t tokens = 0) const;
   Backend& backend() const { return *backend_; }
   std::shared_ptr<Backend> backend_ptr() const { return backend_; }
   ParamSet& params() { return w_; }
   // Zero tensors shaped like every weight (gradients, Adam moments).
   ParamSet zeros_like() const;
 
-  KvCache new_cache(int64_t capacity) const;
+  // A KV cache for `capacity` tokens; refused, before allocating, when memory_plan(capacity,
+  // forward_tokens) does not fit in memory.
+  KvCache new_cache(int64_t capacity, int64_t forward_tokens = 0) const;
   // Run tokens at positions cache.length.., append them to the cache, return logits [T,V] (host).
   // Routing of every MoE layer goes to `observer` when given; `overrides` changes routing (an
   // expert capacity applies over these T tokens only).
@@ -145,10 +175,8 @@ class Model {
   std::shared_ptr<Backend> backend_;
   ParamSet w_;
   int64_t stored_bytes_ = 0;
+  std::map<std::string, int64_t> stored_by_dtype_;
+  int64_t owned_bytes_ = 0;
 };
-
-// Bytes needed to hold the weights as fp32, and the memory this machine has.
-int64_t weight_bytes_fp32(const ModelConfig& c);
-int64_t physical_memory_bytes();
 
 }  // namespace moelab

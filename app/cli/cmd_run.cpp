@@ -13,6 +13,7 @@
 #include "files.hpp"
 #include "generate.hpp"
 #include "hf_tokenizer.hpp"
+#include "memory_plan.hpp"
 #include "params.hpp"
 #include "safetensors.hpp"
 #include "tokenizer.hpp"
@@ -38,6 +39,8 @@ struct RunOptions {
   uint64_t seed = 0;
   bool json_out = false;
   bool show_routing = false;
+  int64_t context = 0;      // info: the context the memory is planned for (0: a default)
+  int64_t plan_tokens = 0;  // info: tokens of the forward counted (0: default_plan_tokens)
 };
 RunOptions g;
 
@@ -184,6 +187,64 @@ std::string weights_summary(const WeightsCheck& w) {
   return s + (dtypes.empty() ? "no dtype" : dtypes) + ", " + human_bytes(double(w.bytes));
 }
 
+// The memory plan of a runnable model on the CPU: the checkpoint's own tensors when they match the
+// config (what Model::load will hold), else every tensor in config.json's torch_dtype.
+MemoryPlan info_memory_plan(const ModelConfig& c, const std::string& dir, const WeightsCheck& w, int64_t context,
+                            int64_t tokens, std::string* basis) {
+  if (w.matches()) {
+    const Checkpoint ck(dir);  // headers only
+    const std::vector<TensorSpec> specs = tensor_specs(c);
+    std::vector<const TensorView*> views;
+    for (const TensorSpec& s : specs) views.push_back(ck.find(s.name));
+    *basis = "the checkpoint's tensors";
+    return memory_plan(c, plan_stored_weights(c, specs, views, true, 4, dir), context, tokens, 4);
+  }
+  DType stored = DType::F32;
+  try {
+    stored = dtype_from_torch_name(c.dtype, "config.json");
+  } catch (const Error&) {
+  }
+  if (!dtype_is_float(stored)) stored = DType::F32;
+  *basis = std::string("config.json's torch_dtype, ") + c.dtype;
+  return memory_plan(c, stored, context, tokens, true, 4);
+}
+
+// The memory table: what a model needs for a context, and whether this machine has it.
+void print_memory(const MemoryPlan& p, const std::string& basis) {
+  const MemoryBudget b = memory_budget();
+  const auto hb = [](int64_t v) { return human_bytes(double(v)); };
+  std::printf("memory            for a context of %lld tokens and a forward of %lld (CPU; from %s)\n",
+              static_cast<long long>(p.context), static_cast<long long>(p.tokens), basis.c_str());
+  std::string dtypes;
+  for (const auto& [name, bytes] : p.mapped_by_dtype) dtypes += (dtypes.empty() ? "" : " + ") + name;
+  std::printf("  weights as stored   %10s  %s\n", hb(p.mapped).c_str(),
+              p.mapped > 0 ? (dtypes + ", read in place from the memory map").c_str() : "none (fp32 checkpoint)");
+  std::printf("  weights as fp32     %10s  %s\n", hb(p.owned).c_str(),
+              p.mapped > 0 ? "norms, routers, biases and tensors the CPU does not read as stored"
+                           : "every weight, copied from the checkpoint");
+  std::printf("  KV cache            %10s  keys and values, %lld tokens\n", hb(p.kv_cache).c_str(),
+              static_cast<long long>(p.context));
+  std::printf("  activations         %10s  one forward of %lld tokens, at most\n", hb(p.activations).c_str(),
+              static_cast<long long>(p.tokens));
+  std::printf("  total               %10s\n", hb(p.total()).c_str());
+  std::printf("  all fp32            %10s  every weight widened (training, load with widen)\n",
+              hb(p.widened_total()).c_str());
+  std::string verdict = p.total() <= b.usable ? "fits, with " + hb(b.usable - p.total()) + " to spare"
+                                              : "does not fit: needs " + hb(p.total()) + ", this machine can give " + hb(b.usable);
+  std::printf("  this machine        %10s  %s, less a reserve: %s usable; %s\n", hb(b.total).c_str(), b.source.c_str(),
+              hb(b.usable).c_str(), verdict.c_str());
+}
+
+nlohmann::json memory_json(const MemoryPlan& p, const std::string& basis) {
+  const MemoryBudget b = memory_budget();
+  return {{"context", p.context},   {"tokens", p.tokens},           {"basis", basis},
+          {"mapped", p.mapped},     {"mapped_by_dtype", p.mapped_by_dtype},
+          {"owned", p.owned},       {"kv_cache", p.kv_cache},       {"activations", p.activations},
+          {"total", p.total()},     {"fp32_weights", p.fp32_weights}, {"fp32_total", p.widened_total()},
+          {"budget", {{"total", b.total}, {"usable", b.usable}, {"source", b.source}}},
+          {"fits", p.total() <= b.usable}};
+}
+
 // Describe the config, then compare the checkpoint's safetensors headers with it (no weights are
 // read): only weights that match the config "run in the lab".
 void run_info() {
@@ -203,6 +264,30 @@ void run_info() {
                        : !w.matches()        ? "weights do not match the config: counts only"
                                              : "runs in the lab";
   const ParamCount p = count_params(c);
+  // The context planned for: --context, else 4096 or less when the model's positions (or its
+  // sliding window, which the lab runs no further than) are fewer.
+  int64_t window = c.max_positions;
+  if (c.sliding_window > 0) window = std::min(window, c.sliding_window);
+  const int64_t context = g.context > 0 ? g.context : std::min<int64_t>(4096, window);
+  if (c.runnable() && context > window)
+    fail(config_path_of(model), "--context " + std::to_string(context) + " is more than the " + std::to_string(window) +
+                                    " positions this model runs (" +
+                                    (window == c.max_positions ? "max_position_embeddings" : "sliding_window") + ")");
+  const int64_t tokens = g.plan_tokens > 0 ? std::min(g.plan_tokens, context) : default_plan_tokens(context);
+  MemoryPlan plan;
+  std::string basis;
+  if (c.runnable() && unreadable.empty()) plan = info_memory_plan(c, dir.empty() ? "." : dir, w, context, tokens, &basis);
+  if (g.json_out) {
+    nlohmann::json j = {{"architecture", c.architecture}, {"status", status}, {"total_params", p.total}};
+    if (!unreadable.empty()) j["error"] = unreadable;
+    if (c.runnable() && unreadable.empty()) j["memory"] = memory_json(plan, basis);
+    std::cout << j.dump() << "\n";
+    if (!unreadable.empty()) {
+      std::fprintf(stderr, "moelab-cli: %s\n", unreadable.c_str());
+      set_exit_code(1);
+    }
+    return;
+  }
   std::printf("architecture      %s (%s)\n", c.architecture.c_str(), status);
   std::printf("layers            %d (%d MoE, %d dense)\n", int(c.num_layers), int(c.num_moe_layers()),
               int(c.num_layers - c.num_moe_layers()));
@@ -215,8 +300,11 @@ void run_info() {
   std::printf("dtype             %s\n", c.dtype.c_str());
   std::printf("parameters        %s total, %s active per token (%.1f%%)\n", human_count(double(p.total)).c_str(),
               human_count(double(p.active)).c_str(), 100.0 * double(p.active) / double(p.total));
-  std::printf("memory (weights)  %s as fp32, %s as bf16\n", human_bytes(double(p.total) * 4).c_str(),
-              human_bytes(double(p.total) * 2).c_str());
+  if (!c.runnable())
+    std::printf("memory (weights)  %s as fp32, %s as bf16\n", human_bytes(double(p.total) * 4).c_str(),
+                human_bytes(double(p.total) * 2).c_str());
+  else if (unreadable.empty())
+    print_memory(plan, basis);
   if (!unreadable.empty()) {
     // The description above stands; the unreadable file is an error: one line, exit 1.
     std::printf("weights           unreadable (%s)\n", unreadable.c_str());
@@ -250,6 +338,11 @@ void run_info() {
 void add_run_commands(CLI::App& app) {
   auto* info = app.add_subcommand("info", "Describe a model: architecture, sizes, parameters, memory");
   info->add_option("--model", g.model, "Model directory or config.json")->required();
+  info->add_option("--context", g.context, "Plan the memory for this many tokens of context (default 4096, or the model's maximum)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
+  info->add_option("--forward-tokens", g.plan_tokens, "Count the activations of a forward of this many tokens (default: 512, or the context)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 30));
+  info->add_flag("--json", g.json_out, "JSON on stdout: architecture, status, parameters and the memory plan");
   info->callback(run_info);
 
   auto* fwd = app.add_subcommand("forward", "Run a full forward pass and print logits and routing");
