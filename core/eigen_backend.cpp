@@ -366,6 +366,43 @@ class EigenBackend final : public Backend {
       }
   }
 
+  // Decode (a token or two per active expert): the weights' bytes are the whole cost, so every
+  // active expert's gate and up rows are spread over the threads in one parallel region, then
+  // every down row in a second one (two barriers per layer instead of three per expert, and both
+  // threads stream equal shares of the bytes).
+  void moe_experts_stored_decode(const Tensor& x, const Groups& g, int64_t K, const ExpertWeights& w, int64_t F) {
+    if constexpr (sizeof(S) == 4) {
+      const int64_t H = x.cols(), A = int64_t(g.active.size()), used = g.begin.back();
+      constexpr int64_t kRows = 32;  // rows per work item
+      // Per slot (expert order): its input row [used, H], gate and up outputs [used, F].
+      std::vector<S>& xs = decode_x_;
+      std::vector<S>& gu = decode_gu_;
+      xs.resize(size_t(used * H));
+      gu.resize(size_t(2 * used * F));
+      for (int64_t s = 0; s < used; ++s)
+        std::memcpy(xs.data() + s * H, elems(x) + (g.order[size_t(s)] / K) * H, size_t(H) * sizeof(S));
+      const int64_t fb = (F + kRows - 1) / kRows, hb = (H + kRows - 1) / kRows;
+#pragma omp parallel for schedule(static)
+      for (int64_t item = 0; item < A * 2 * fb; ++item) {
+        const int64_t ai = item / (2 * fb), which = (item / fb) % 2, blk = item % fb;
+        const int64_t e = g.active[size_t(ai)], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
+        const Tensor& W = which == 0 ? w.gate_e[size_t(e)] : w.up_e[size_t(e)];
+        linear_lowp_rows(xs.data() + b * H, n, H, lowp(W), lowp_type(W), blk * kRows, std::min(F, (blk + 1) * kRows),
+                         gu.data() + (which * used + b) * F, F, false);
+      }
+      for (int64_t i = 0; i < used * F; ++i) gu[size_t(i)] = silu(gu[size_t(i)]) * gu[size_t(used * F + i)];
+#pragma omp parallel for schedule(static)
+      for (int64_t item = 0; item < A * hb; ++item) {
+        const int64_t ai = item / hb, blk = item % hb;
+        const int64_t e = g.active[size_t(ai)], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
+        const Tensor& W = w.down_e[size_t(e)];
+        linear_lowp_rows(gu.data() + b * F, n, F, lowp(W), lowp_type(W), blk * kRows, std::min(H, (blk + 1) * kRows),
+                         slot_out_.data() + b * H, H, false);
+      }
+    }
+  }
+  std::vector<S> decode_x_, decode_gu_;
+
   // The experts of weights kept as stored: each active expert's tokens through its own views;
   // few tokens per expert (decode) parallelise inside each product, many across experts.
   void moe_experts_stored(const Tensor& x, const Groups& g, int64_t K, const ExpertWeights& w, int64_t F) {
@@ -387,7 +424,9 @@ class EigenBackend final : public Backend {
         linear_stored(A.data(), n, F, w.down_e[size_t(e)], H, slot_out_.data() + b * H, false);
       };
       const int64_t used = g.begin.back();
-      if (used <= int64_t(2 * g.active.size())) {  // a token or two per expert: threads inside
+      if (used <= int64_t(2 * g.active.size()) && !bf16_) {
+        moe_experts_stored_decode(x, g, K, w, F);
+      } else if (used <= int64_t(2 * g.active.size())) {  // a token or two per expert: threads inside
         for (size_t ai = 0; ai < g.active.size(); ++ai) run(ai);
       } else {
 #pragma omp parallel for schedule(dynamic) if (g.active.size() > 1)

@@ -200,6 +200,11 @@ void lowp_to_f32(const uint16_t* src, LowpType type, float* dst, int64_t n) {
   }
 }
 
+void linear_lowp_rows(const float* X, int64_t T, int64_t K, const uint16_t* W, LowpType type, int64_t n0, int64_t n1,
+                      float* Y, int64_t ldy, bool accumulate) {
+  if (T > 0 && n1 > n0) rows(X, T, K, W, type, n0, n1, Y, ldy, accumulate);
+}
+
 const char* lowp_path() {
   switch (cpu_level()) {
     case 2: return "avx512";

@@ -18,6 +18,11 @@ void lowp_to_f32(const uint16_t* src, LowpType type, float* dst, int64_t n);
 void linear_lowp(const float* X, int64_t T, int64_t K, const uint16_t* W, LowpType type, int64_t N, float* Y,
                  int64_t ldy, bool accumulate);
 
+// Rows [n0, n1) of the same product on the calling thread only (Y is the whole output, as above):
+// for a caller that spreads several products' rows over its own threads in one parallel region.
+void linear_lowp_rows(const float* X, int64_t T, int64_t K, const uint16_t* W, LowpType type, int64_t n0, int64_t n1,
+                      float* Y, int64_t ldy, bool accumulate);
+
 // Which path linear_lowp takes on this CPU: "avx512", "avx2" or "portable".
 const char* lowp_path();
 
