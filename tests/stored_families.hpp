@@ -4,11 +4,33 @@
 // a device; test_gpu_stored runs them on the GPU.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+#include <functional>
 #include <vector>
 
+#include "model.hpp"
+#include "safetensors.hpp"
 #include "test_util.hpp"
 
 namespace testutil {
+
+// A random model of c (seed 11, init 0.2: the same weights in both tests) saved to dir in dtype.
+inline void save_stored_fixture(const moelab::ModelConfig& c, const std::string& dir, moelab::DType dtype) {
+  moelab::Model::random(c, 11, moelab::make_eigen_backend(), 0.2f).save(dir, dtype);
+}
+
+// The prompt both tests run through these models.
+inline const std::vector<int32_t> kStoredTokens = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4};
+
+// The gap between the k-th and the (k+1)-th of one token's E router scores (infinite when K = E):
+// a backend whose scores differ by less than it chooses the same experts.
+inline double topk_margin(const float* probs, int64_t E, int64_t K) {
+  if (K >= E) return INFINITY;
+  std::vector<float> p(probs, probs + E);
+  std::sort(p.begin(), p.end(), std::greater<float>());
+  return double(p[size_t(K - 1)]) - double(p[size_t(K)]);
+}
 
 struct FamilyCase {
   const char* name;
