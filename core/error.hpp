@@ -14,6 +14,13 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& message) : std::runtime_error(message) {}
 };
 
+// What Model::load throws when its progress callback cancels it: everything it mapped or
+// allocated is released by then. Not a failure: callers show no error for it.
+class LoadCancelled : public Error {
+ public:
+  LoadCancelled() : Error("loading cancelled") {}
+};
+
 // "where: what" — where is a file path or a config key, what is the problem.
 [[noreturn]] inline void fail(const std::string& where, const std::string& what) {
   throw Error(where.empty() ? what : where + ": " + what);

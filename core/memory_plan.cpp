@@ -239,7 +239,7 @@ void check_memory_plan(const MemoryPlan& p, const std::string& where, const std:
   if (need <= b.usable) return;
   std::string parts = human_bytes(double(p.mapped)) + " of weights as stored + ";
   parts += human_bytes(double(p.owned)) + " as fp32 + ";
-  parts += human_bytes(double(p.kv_cache)) + " of KV cache for " + std::to_string(p.context) + " tokens + ";
+  parts += human_bytes(double(p.kv_cache)) + " of KV cache for " + std::to_string(p.context) + (p.context == 1 ? " token + " : " tokens + ");
   parts += human_bytes(double(p.activations)) + " of activations";
   std::string msg = what + " needs " + human_bytes(double(need)) + " (" + parts + "), more than the ";
   msg += human_bytes(double(b.usable)) + (device_bytes > 0 ? " the device can give it (" : " this machine can give it (") + human_bytes(double(b.total)) + " of " + b.source;

@@ -96,12 +96,7 @@ struct LoadProgress {
 };
 // Called between tensors and every few MB inside the long scans; returning false cancels the load.
 using LoadCallback = std::function<bool(const LoadProgress&)>;
-// What Model::load throws when its callback cancels it: everything it mapped or allocated is
-// released by then. Not a failure: callers show no error for it.
-class LoadCancelled : public Error {
- public:
-  LoadCancelled() : Error("loading cancelled") {}
-};
+// Model::load throws LoadCancelled (error.hpp) when the callback cancels it.
 
 class Model {
  public:

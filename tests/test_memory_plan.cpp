@@ -137,7 +137,8 @@ TEST(load_reports_progress_to_the_end) {
   CHECK_EQ(seen.front().stage, std::string("reading config.json"));
   CHECK_EQ(seen.back().stage, std::string("loaded"));
   int64_t bytes = 0;
-  for (const TensorView* t : Checkpoint(tmp / "m").all()) bytes += t->nbytes;
+  const Checkpoint ck(tmp / "m");
+  for (const TensorView* t : ck.all()) bytes += t->nbytes;
   CHECK_EQ(seen.back().total, bytes);
   CHECK_EQ(seen.back().done, bytes);
   for (size_t i = 1; i < seen.size(); ++i) CHECK(seen[i].done >= seen[i - 1].done);

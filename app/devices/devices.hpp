@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "error.hpp"
 
 namespace moelab {
 
@@ -52,6 +53,8 @@ auto make_on_device(const std::string& device, Make make, std::string* problem) 
     backend = make_backend(device, problem);
     if (!problem->empty()) *problem = "GPU: " + *problem + "; using the CPU";
     return make(backend);
+  } catch (const LoadCancelled&) {
+    throw;  // cancelled by the user: not a device failure, nothing to retry on the CPU
   } catch (const std::exception& e) {
     if (backend && backend->name() == "cpu") throw;
     *problem = std::string("GPU: ") + e.what() + "; using the CPU";

@@ -27,13 +27,14 @@ GenerationWorker::GenerationWorker(QObject* parent) : QObject(parent) {
   qRegisterMetaType<LoadTicketPtr>("LoadTicketPtr");
 }
 
-// A load cannot be interrupted inside Model::load: its thread is joined here (the window has
-// gone by then), the loads still running cancelled so that they install nothing.
+// The loads still running are cancelled (Model::load stops within a few MB of reading) and their
+// threads joined here (the window has gone by then).
 GenerationWorker::~GenerationWorker() {
   std::vector<std::thread> loaders;
   {
     std::lock_guard<std::mutex> lock(m_loadersMutex);
     loaders.swap(m_loaders);
+    for (const auto& ticket : m_tickets) ticket->cancelled = true;
   }
   for (std::thread& t : loaders) t.join();
 }
@@ -51,18 +52,21 @@ struct GenerationWorker::Loaded {
 namespace {
 // "builtin" or a model directory / config.json on `backend`; *name is what the view calls it.
 // *dir: the model's folder, where its tokenizer.json would be.
-std::unique_ptr<Model> openModel(const QString& path, std::shared_ptr<Backend> backend, QString* name, std::string* dir) {
+// `progress` reports the stages of Model::load and cancels it (LoadCancelled).
+std::unique_ptr<Model> openModel(const QString& path, std::shared_ptr<Backend> backend, QString* name, std::string* dir,
+                                 const LoadCallback& progress) {
   if (path.isEmpty() || path == QLatin1String("builtin")) {
     *name = GenerationWorker::tr("built-in model");
     *dir = resources_dir() + "/models/builtin";
-    return std::make_unique<Model>(Model::load(resources_dir() + "/models/builtin", std::move(backend)));
+    return std::make_unique<Model>(Model::load(resources_dir() + "/models/builtin", std::move(backend), false, progress));
   }
   const std::string cfg = config_path_of(path.toStdString());
   const QFileInfo cfgInfo(QString::fromStdString(cfg));
   const bool hasWeights = has_weights(cfgInfo.dir().path().toStdString());
   *dir = cfgInfo.dir().path().toStdString();
   *name = cfgInfo.dir().dirName() + (hasWeights ? QString() : GenerationWorker::tr(" (random weights)"));
-  if (hasWeights) return std::make_unique<Model>(Model::load(cfgInfo.dir().path().toStdString(), std::move(backend)));
+  if (hasWeights)
+    return std::make_unique<Model>(Model::load(cfgInfo.dir().path().toStdString(), std::move(backend), false, progress));
   // A bare config.json: the architecture with random weights, so its routing can be explored.
   return std::make_unique<Model>(Model::random(load_config(cfg), 1, std::move(backend), 0.05f));
 }
@@ -100,28 +104,43 @@ void GenerationWorker::loadModel(const QString& path, LoadTicketPtr ticket) {
   // The weights are read on a thread of their own, so that this worker keeps serving the model
   // shown (Step, Run) while a multi-gigabyte checkpoint loads; install() takes the result here.
   std::lock_guard<std::mutex> lock(m_loadersMutex);
+  m_tickets.insert(loaded->ticket);
   m_loaders.emplace_back([this, loaded, device, precision] {
     loaded->thread = std::this_thread::get_id();
     const auto cancelled = [&] { return loaded->ticket->cancelled.load(); };
-    const auto stage = [&](const QString& text) {
-      if (!cancelled()) emit loadProgress(text);
+    const auto stage = [&](const QString& text, double fraction = -1) {
+      if (!cancelled()) emit loadProgress(text, fraction);
+    };
+    // Model::load's stages, each with its fraction (emitted when it moves by a percent or more);
+    // returns false, which stops the load, once the ticket is cancelled.
+    QString lastStage;
+    int lastPercent = -1;
+    const LoadCallback progress = [&](const LoadProgress& p) {
+      if (cancelled()) return false;
+      const QString text = QString::fromStdString(p.stage);
+      const int percent = p.total > 0 ? int(100 * p.fraction()) : -1;
+      if (text != lastStage || percent != lastPercent) {
+        lastStage = text;
+        lastPercent = percent;
+        const QString what = p.total > 0 ? tr("%1 (%2 of %3)")
+                                               .arg(text, ChartKit::bytesText(double(p.done)), ChartKit::bytesText(double(p.total)))
+                                         : text;
+        stage(what, p.total > 0 ? p.fraction() : -1);
+      }
+      return true;
     };
     try {
       stage(tr("checking the safetensors headers"));
       loaded->summary = readCheckpoint(loaded->path);
       const CheckpointSummary& c = loaded->summary;
-      if (c.present)
-        stage(tr("reading %1 of %2 weights (%n file(s)) into fp32", "", c.files)
-                  .arg(ChartKit::bytesText(double(c.bytes)), c.dtype));
-      else
-        stage(tr("making random weights (the folder has a config.json only)"));
+      if (!c.present) stage(tr("making random weights (the folder has a config.json only)"));
       if (!cancelled()) {
         std::string dir;
         // The precision is set before the weights load, as the command line does; a refusal (tf32
         // on the CPU a GPU fell back to) keeps fp32 and is reported, not taken for the device failing.
         auto make = [&](std::shared_ptr<Backend> b) {
           loaded->precisionProblem = apply_precision(*b, precision);
-          return openModel(loaded->path, std::move(b), &loaded->name, &dir);
+          return openModel(loaded->path, std::move(b), &loaded->name, &dir, progress);
         };
         loaded->model = make_on_device(device, make, &loaded->problem);
         stage(tr("reading the tokenizer"));
@@ -129,8 +148,14 @@ void GenerationWorker::loadModel(const QString& path, LoadTicketPtr ticket) {
         // broken model file would (one line naming the file) and the model shown stays.
         if (!cancelled()) loaded->tok = TextTokenizer::for_model(dir, loaded->model->config());
       }
+    } catch (const LoadCancelled&) {
+      // Stopped by cancelLoad: the ticket says so, install() drops it without a word.
     } catch (const std::exception& e) {
       loaded->error = QString::fromUtf8(e.what());
+    }
+    if (cancelled() || !loaded->error.isEmpty()) {  // its memory and mappings go back here, not later
+      loaded->model.reset();
+      loaded->tok.reset();
     }
     QMetaObject::invokeMethod(this, [this, loaded] { install(loaded); }, Qt::QueuedConnection);
     --m_loadsRunning;
@@ -146,6 +171,7 @@ void GenerationWorker::install(std::shared_ptr<Loaded> loaded) {
       it->join();  // it has posted this and is returning
       m_loaders.erase(it);
     }
+    m_tickets.erase(loaded->ticket);
   }
   if (loaded->ticket->cancelled) return;  // abandoned: the model shown stays, nothing is said
   if (!loaded->error.isEmpty()) {

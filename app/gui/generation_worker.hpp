@@ -13,6 +13,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -153,8 +154,8 @@ class GenerationWorker : public QObject {
   // Before modelLoaded: what the checkpoint holds (headers only).
   void checkpointRead(const CheckpointSummary& summary);
   // While a load runs (emitted from the loader thread): its stage in a few words, e.g.
-  // "reading 13.8 GB of bf16 weights (3 files)".
-  void loadProgress(const QString& stage);
+  // "checking the weights for NaN/Inf", and the fraction of it done (-1 when not known).
+  void loadProgress(const QString& stage, double fraction);
   // Before modelLoaded: how the model reads text, TextTokenizer::describe() ("" when the model has
   // no tokenizer and takes comma-separated token ids).
   void tokenizerLoaded(const QString& description);
@@ -181,6 +182,7 @@ class GenerationWorker : public QObject {
 
   std::mutex m_loadersMutex;
   std::vector<std::thread> m_loaders;  // loads running or finished; joined on destruction
+  std::set<LoadTicketPtr> m_tickets;   // their tickets, cancelled on destruction
   std::atomic<int> m_loadsRunning{0};
 
   std::unique_ptr<moelab::Model> m_model;

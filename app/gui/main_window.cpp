@@ -152,8 +152,8 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
 }
 
 void MainWindow::createLoadIndicator() {
-  // Model::load reports no progress of its own: a busy bar, the stage the loader is at, and the
-  // seconds so far, which tick on while the weights are read (the window never waits for them).
+  // A bar (busy until Model::load reports how far it has come), the stage the loader is at, and
+  // the seconds so far, which tick on while the weights are read (the window never waits for them).
   m_loadBox = new QWidget(this);
   auto* row = new QHBoxLayout(m_loadBox);
   row->setContentsMargins(0, 0, 0, 0);
@@ -177,13 +177,20 @@ void MainWindow::createLoadIndicator() {
   connect(m_tokens, &TokensView::loadStarted, this, [this](const QString& what) {
     m_loadWhat = what;
     m_loadStage.clear();
+    m_loadBar->setRange(0, 0);
     m_loadClock->start();
     m_loadTick->start();
     updateLoadText();
     m_loadBox->show();
   });
-  connect(m_tokens, &TokensView::loadProgress, this, [this](const QString& stage) {
+  connect(m_tokens, &TokensView::loadProgress, this, [this](const QString& stage, double fraction) {
     m_loadStage = stage;
+    if (fraction >= 0) {
+      m_loadBar->setRange(0, 1000);
+      m_loadBar->setValue(int(fraction * 1000));
+    } else {
+      m_loadBar->setRange(0, 0);
+    }
     updateLoadText();
   });
   connect(m_tokens, &TokensView::loadFinished, this, [this](bool cancelled) {

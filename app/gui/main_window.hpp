@@ -40,6 +40,7 @@ class MainWindow : public QMainWindow {
   QWidget* loadIndicator() const { return m_loadBox; }
   QString loadText() const;
   QPushButton* cancelLoadButton() const { return m_cancelLoad; }
+  QProgressBar* loadBar() const { return m_loadBar; }
   // Lab sessions: the views' settings, the model and the runs. "" on success, else the error.
   QString saveSession(const QString& path);
   QString openSession(const QString& path);

@@ -36,8 +36,8 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   connect(m_worker, &GenerationWorker::modelLoaded, this, &TokensView::onModelLoaded);
   connect(m_worker, &GenerationWorker::deviceInUse, this, &TokensView::deviceInUse);
   connect(m_worker, &GenerationWorker::tokenizerLoaded, this, &TokensView::onTokenizerLoaded);
-  connect(m_worker, &GenerationWorker::loadProgress, this, [this](const QString& stage) {
-    if (m_loading) emit loadProgress(stage);
+  connect(m_worker, &GenerationWorker::loadProgress, this, [this](const QString& stage, double fraction) {
+    if (m_loading) emit loadProgress(stage, fraction);
   });
   connect(m_worker, &GenerationWorker::checkpointRead, this, &TokensView::checkpointRead);
   connect(m_worker, &GenerationWorker::loadFailed, this, [this](const QString& m) {

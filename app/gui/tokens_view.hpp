@@ -65,7 +65,8 @@ class TokensView : public QWidget {
   QTabWidget* pages() const { return m_pages; }
   QLineEdit* promptEdit() const { return m_prompt; }
   // A model load in flight (File ▸ Open Model, a device switch): until the new model is in place
-  // the one shown keeps working. cancelLoad abandons it (its thread finishes unseen).
+  // the one shown keeps working. cancelLoad stops it (Model::load returns within a few MB of
+  // reading, its mappings released) and nothing of it is shown.
   bool loading() const { return bool(m_loading); }
   int loadsRunning() const;  // loader threads not yet finished, cancelled ones included
   void cancelLoad();
@@ -91,7 +92,7 @@ class TokensView : public QWidget {
   // A model load: started (what is opened), its stage (GenerationWorker::loadProgress), ended
   // (loaded, failed, or cancelled by cancelLoad).
   void loadStarted(const QString& what);
-  void loadProgress(const QString& stage);
+  void loadProgress(const QString& stage, double fraction);  // fraction -1: not known
   void loadFinished(bool cancelled);
   // The opened model's checkpoint (before modelChanged).
   void checkpointRead(const CheckpointSummary& summary);

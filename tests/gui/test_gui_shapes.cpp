@@ -15,7 +15,12 @@
 #include <cmath>
 #include <qcustomplot.h>
 
+#include <nlohmann/json.hpp>
+
 #include "chart_kit.hpp"
+#include "files.hpp"
+#include "presets.hpp"
+#include "safetensors.hpp"
 #include "chart_panel.hpp"
 #include "demo_models.hpp"
 #include "main_window.hpp"
@@ -30,6 +35,30 @@
 using namespace moelab;
 
 namespace {
+
+// A 500 MB bf16 checkpoint (10 layers of 16 experts of 512 × 1024), all zeros: written from one
+// zero buffer, quick to make, slow enough to read that a cancel lands in the middle.
+QString writeBigCheckpoint(const QString& dir) {
+  try {
+    const nlohmann::json spec = {{"layers", 10},  {"hidden", 512},         {"heads", 4},
+                                 {"kv_heads", 2}, {"experts", 16},         {"top_k", 2},
+                                 {"expert_hidden", 1024}};
+    const ModelConfig c = lab_model_from_json(spec, "big");
+    const std::vector<TensorSpec> specs = tensor_specs(c);
+    int64_t most = 0;
+    for (const TensorSpec& s : specs) most = std::max(most, s.numel());
+    const std::vector<float> zeros(size_t(most), 0.0f);
+    std::vector<TensorToWrite> tw;
+    for (const TensorSpec& s : specs) tw.push_back({s.name, s.shape, zeros.data(), DType::BF16});
+    write_checkpoint_weights(dir.toStdString(), tw);
+    ModelConfig saved = c;
+    saved.dtype = "bfloat16";
+    write_text_atomic(dir.toStdString() + "/config.json", config_to_json(saved).dump(2));
+    return {};
+  } catch (const std::exception& e) {
+    return QString::fromUtf8(e.what());
+  }
+}
 
 // Every pair of neighbouring tick labels on `axis`, as drawn, keeps a gap: along a vertical axis
 // their centres are at least a line apart, along a horizontal one at least the wider half-widths
@@ -240,6 +269,60 @@ class TestGuiShapes : public QObject {
     QVERIFY(t->waitForIdle(120000));
     QCOMPARE(int(t->snapshot()->experts()), 256);
     QVERIFY(!m_window->loadIndicator()->isVisible());
+  }
+
+  void cancelStopsABigLoadMidway() {
+    TokensView* t = open(DemoModels::shapes()[0]);
+    const QString shown = t->snapshot()->modelName;
+    const QString folder = m_dir.filePath(QStringLiteral("big-bf16"));
+    QCOMPARE(writeBigCheckpoint(folder), QString());
+    // Loaded whole first (which also puts its pages in memory): how long a load takes, and that
+    // the bar shows how far it has come.
+    double lastFraction = -1;
+    bool determinate = false;
+    auto watch = connect(t, &TokensView::loadProgress, this, [&](const QString&, double f) {
+      if (f >= 0) lastFraction = f;
+      determinate = determinate || m_window->loadBar()->maximum() == 1000;
+    });
+    QElapsedTimer clock;
+    clock.start();
+    m_window->openModel(folder);
+    while (t->loading() && clock.elapsed() < 120000) QTest::qWait(2);
+    const qint64 full = clock.elapsed();
+    QVERIFY(t->waitForIdle(120000));
+    QCOMPARE(t->snapshot()->config.num_layers, int64_t(10));
+    QVERIFY(determinate);
+    QCOMPARE(lastFraction, 1.0);
+    disconnect(watch);
+    QTRY_COMPARE_WITH_TIMEOUT(t->loadsRunning(), 0, 10000);
+    // Back to the small model, then the big one again, cancelled as soon as it reads weights:
+    // its thread ends within moments, nothing of it is shown and no error either.
+    t = open(DemoModels::shapes()[0]);
+    bool clicked = false;
+    QElapsedTimer sinceCancel;
+    auto cancelAtFirst = connect(t, &TokensView::loadProgress, this, [&](const QString&, double f) {
+      if (f > 0 && !clicked) {
+        clicked = true;
+        sinceCancel.start();
+        m_window->cancelLoadButton()->click();
+      }
+    });
+    m_window->openModel(folder);
+    QTRY_VERIFY_WITH_TIMEOUT(clicked, 60000);
+    while (t->loadsRunning() > 0 && sinceCancel.elapsed() < 60000) QTest::qWait(1);
+    const qint64 stopped = sinceCancel.elapsed();
+    disconnect(cancelAtFirst);
+    qInfo("whole load %lld ms; stopped %lld ms after Cancel", static_cast<long long>(full), static_cast<long long>(stopped));
+    QCOMPARE(t->loadsRunning(), 0);
+    QVERIFY2(stopped < 1000, "a cancelled load kept reading");
+    if (full >= 200) QVERIFY2(stopped < full / 2, "a cancelled load ran about as long as a whole one");
+    QVERIFY(!t->loading());
+    QVERIFY(!m_window->loadIndicator()->isVisible());
+    QVERIFY(m_window->lastError().isEmpty());
+    t->stepOnce();
+    QVERIFY(t->waitForIdle(60000));
+    QCOMPARE(t->snapshot()->modelName, shown);
+    QDir(folder).removeRecursively();
   }
 
   void theModelViewShowsStoredBytesAndWhatATokenReads() {
