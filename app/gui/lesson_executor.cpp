@@ -34,9 +34,6 @@ class HighlightFrame : public QWidget {
     m_label = new QLabel(text, this);
     m_label->setWordWrap(true);
     m_label->setVisible(!text.isEmpty());
-    QFont f = m_label->font();
-    f.setBold(true);
-    m_label->setFont(f);
     m_label->setStyleSheet(QStringLiteral("QLabel { background: #D55E00; color: white; padding: 6px 10px; border-radius: 6px; }"));
     panel->installEventFilter(this);
     fit();
@@ -61,7 +58,7 @@ class HighlightFrame : public QWidget {
  private:
   void fit() {
     setGeometry(parentWidget()->rect());
-    const int maxW = std::max(120, int(width() * 0.55));
+    const int maxW = std::max(120, int(width() * 0.45));
     m_label->setMaximumWidth(maxW);
     m_label->adjustSize();
     const QSize s = m_label->sizeHint().boundedTo(QSize(maxW, height()));

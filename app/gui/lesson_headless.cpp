@@ -13,6 +13,7 @@
 #include <QSaveFile>
 #include <QTextDocument>
 #include <QTimer>
+#include <cmath>
 #include <cstdio>
 #include <qcustomplot.h>
 
@@ -49,8 +50,50 @@ void settle(MainWindow& w) {
 
 }  // namespace
 
+namespace {
+
+// One handout page: the text on top, the picture below in the rest of the page (at least 40% of
+// it: a long text is set smaller). `page` is the printable rectangle in the device's pixels.
+void paintHandoutPage(QPainter& p, QPaintDevice* device, const QRect& page, const QString& md, const QString& picture) {
+  QTextDocument doc;
+  doc.documentLayout()->setPaintDevice(device);
+  QFont f(QStringLiteral("DejaVu Sans"));
+  f.setPointSizeF(10.5);
+  doc.setDefaultFont(f);
+  doc.setTextWidth(page.width());
+  doc.setMarkdown(md);
+  const int minPicture = page.height() * 40 / 100;
+  for (double pt = 10.5; doc.size().height() > page.height() - minPicture && pt > 6.5; pt -= 0.5) {
+    f.setPointSizeF(pt);
+    doc.setDefaultFont(f);
+    doc.setMarkdown(md);
+  }
+  const int textH = int(std::ceil(doc.size().height()));
+  p.save();
+  p.translate(page.topLeft());
+  doc.drawContents(&p, QRectF(0, 0, page.width(), textH));
+  p.restore();
+  QImage img(picture);
+  if (img.isNull()) return;
+  const QRect room(page.left(), page.top() + textH + 20, page.width(), page.height() - textH - 20);
+  const QSize fit = img.size().scaled(room.size(), Qt::KeepAspectRatio);
+  const QRect target(room.left() + (room.width() - fit.width()) / 2, room.top(), fit.width(), fit.height());
+  p.setRenderHint(QPainter::SmoothPixmapTransform);
+  p.drawImage(target, img);
+  p.setPen(QPen(Qt::gray, 2));
+  p.drawRect(target);
+}
+
+QString pageMarkdown(int i, const QString& lessonTitle, const QString& summary, const HandoutStep& s) {
+  QString md;
+  if (i == 0) md += QStringLiteral("# %1\n\n*%2*\n\n").arg(lessonTitle, summary);
+  return md + QStringLiteral("## %1\n\n%2").arg(s.title, s.markdown);
+}
+
+}  // namespace
+
 QString writeHandout(const QString& path, const QString& lessonTitle, const QString& summary,
-                     const QList<HandoutStep>& steps) {
+                     const QList<HandoutStep>& steps, const QString& previewDir) {
   QSaveFile file(path);
   if (!file.open(QIODevice::WriteOnly)) return QStringLiteral("%1: cannot write (%2)").arg(path, file.errorString());
   {
@@ -64,42 +107,23 @@ QString writeHandout(const QString& path, const QString& lessonTitle, const QStr
     const QRect page = p.viewport();  // device pixels inside the margins
     for (int i = 0; i < steps.size(); ++i) {
       if (i > 0) pdf.newPage();
-      const HandoutStep& s = steps[i];
-      QTextDocument doc;
-      doc.documentLayout()->setPaintDevice(&pdf);
-      QFont f(QStringLiteral("DejaVu Sans"));
-      f.setPointSizeF(10.5);
-      doc.setDefaultFont(f);
-      doc.setTextWidth(page.width());
-      QString md;
-      if (i == 0) md += QStringLiteral("# %1\n\n*%2*\n\n").arg(lessonTitle, summary);
-      md += QStringLiteral("## %1\n\n%2").arg(s.title, s.markdown);
-      doc.setMarkdown(md);
-      // The text first; the picture below it takes the rest of the page (at least 40% of it:
-      // a long text is set smaller).
-      const int minPicture = page.height() * 40 / 100;
-      for (double pt = 10.5; doc.size().height() > page.height() - minPicture && pt > 6.5; pt -= 0.5) {
-        f.setPointSizeF(pt);
-        doc.setDefaultFont(f);
-        doc.setMarkdown(md);
-      }
-      const int textH = int(std::ceil(doc.size().height()));
-      p.save();
-      p.translate(page.topLeft());
-      doc.drawContents(&p, QRectF(0, 0, page.width(), textH));
-      p.restore();
-      QImage img(s.picture);
-      if (img.isNull()) continue;
-      const QRect room(page.left(), page.top() + textH + 20, page.width(), page.height() - textH - 20);
-      const QSize fit = img.size().scaled(room.size(), Qt::KeepAspectRatio);
-      const QRect target(room.left() + (room.width() - fit.width()) / 2, room.top(), fit.width(), fit.height());
-      p.setRenderHint(QPainter::SmoothPixmapTransform);
-      p.drawImage(target, img);
-      p.setPen(QPen(Qt::gray, 2));
-      p.drawRect(target);
+      paintHandoutPage(p, &pdf, page, pageMarkdown(i, lessonTitle, summary, steps[i]), steps[i].picture);
     }
   }
   if (!file.commit()) return QStringLiteral("%1: cannot write (%2)").arg(path, file.errorString());
+  // The same pages as pictures (A4 at 100 dpi), to look at without a PDF viewer.
+  if (!previewDir.isEmpty())
+    for (int i = 0; i < steps.size(); ++i) {
+      QImage img(827, 1170, QImage::Format_RGB32);
+      img.setDotsPerMeterX(3937);
+      img.setDotsPerMeterY(3937);
+      img.fill(Qt::white);
+      QPainter p(&img);
+      paintHandoutPage(p, &img, QRect(59, 59, 827 - 118, 1170 - 118), pageMarkdown(i, lessonTitle, summary, steps[i]),
+                       steps[i].picture);
+      p.end();
+      img.save(QDir(previewDir).filePath(QStringLiteral("handout-%1.png").arg(i + 1, 2, 10, QLatin1Char('0'))));
+    }
   return {};
 }
 
@@ -197,7 +221,8 @@ int lessonMain(const QStringList& args) {
   }
   if (!w.lastError().isEmpty()) std::printf("  the window reported: %s\n", qPrintable(w.lastError()));
   const QString pdf = QDir(dir).filePath(QStringLiteral("handout.pdf"));
-  if (const QString err = writeHandout(pdf, QString::fromStdString(lesson.title), QString::fromStdString(lesson.summary), handout);
+  const QString preview = qEnvironmentVariableIsSet("MOELAB_HANDOUT_PNG") ? dir : QString();
+  if (const QString err = writeHandout(pdf, QString::fromStdString(lesson.title), QString::fromStdString(lesson.summary), handout, preview);
       !err.isEmpty()) {
     std::fprintf(stderr, "moelab lesson: %s\n", qPrintable(err));
     return 1;

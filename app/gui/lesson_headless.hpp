@@ -18,4 +18,6 @@ struct HandoutStep {
   QString picture;          // PNG path
 };
 QString writeHandout(const QString& path, const QString& lessonTitle, const QString& summary,
-                     const QList<HandoutStep>& steps);
+                     const QList<HandoutStep>& steps, const QString& previewDir = {});
+// (previewDir: also handout-NN.png of each page there; `moelab lesson` does so when the
+// environment sets MOELAB_HANDOUT_PNG.)

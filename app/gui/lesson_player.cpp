@@ -287,7 +287,7 @@ void LessonPlayer::openLesson(const moelab::Lesson& lesson) {
     m_dock->show();
     m_dock->raise();
     // About a third of the window, so that the views keep the rest.
-    m_w->resizeDocks({m_dock}, {std::max(320, m_w->width() * 32 / 100)}, Qt::Horizontal);
+    m_w->resizeDocks({m_dock}, {std::max(300, m_w->width() * 27 / 100)}, Qt::Horizontal);
   }
   enter(0, true);
 }
@@ -531,9 +531,9 @@ bool LessonPlayer::eventFilter(QObject* watched, QEvent* e) {
        qobject_cast<QRadioButton*>(f) || qobject_cast<QComboBox*>(f)))
     return false;
   if (f && key == Qt::Key_Space && qobject_cast<QAbstractButton*>(f)) return false;
-  // One press, one step: the event passes the filter once per receiver (the window, then the
-  // focus widget and its parents); act on its first widget receiver only.
-  if (!watched->isWidgetType() || (f ? watched != f : watched != m_w)) return false;
+  // One press, one step: the event passes the filter once per receiver (the window handle, then
+  // the focus widget and its parents); act on its first widget receiver, and keep it.
+  if (!watched->isWidgetType()) return false;
   if (forward) next();
   else back();
   return true;
