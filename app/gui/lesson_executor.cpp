@@ -193,6 +193,14 @@ void LessonExecutor::next() {
     }
     if (const QString err = quick(a); !err.isEmpty()) return finish(err);
   }
+  // A knob of the Tokens view recomputes the text on its worker: the numbers the step quotes
+  // are those of the recomputed text.
+  if (!m_w->tokensView()->idle()) {
+    m_wait = Wait::Settle;
+    m_started = QDateTime::currentMSecsSinceEpoch();
+    m_poll->start();
+    return;
+  }
   finish({});
 }
 
@@ -369,6 +377,10 @@ void LessonExecutor::startLong(const LessonAction& a) {
 void LessonExecutor::poll() {
   const qint64 elapsed = QDateTime::currentMSecsSinceEpoch() - m_started;
   TokensView* tokens = m_w->tokensView();
+  if (m_wait == Wait::Settle) {
+    if (tokens->idle() || elapsed > 120000) finish({});
+    return;
+  }
   if (m_wait == Wait::Generate) {
     if (!tokens->idle()) return;
     const int count = tokens->snapshot() ? tokens->snapshot()->count() : 0;

@@ -62,7 +62,7 @@ class LessonExecutor : public QObject {
   bool m_replay = false;
   QTimer* m_poll = nullptr;
   // The long action in flight.
-  enum class Wait { None, Generate, Train, Model } m_wait = Wait::None;
+  enum class Wait { None, Generate, Train, Model, Settle } m_wait = Wait::None;
   int m_target = 0;  // tokens to reach, steps to train
   qint64 m_started = 0;
   bool m_trainSeen = false;  // the run has started (isRunning was seen)
