@@ -491,9 +491,9 @@ void LessonPlayer::applyTheme() {
   const Theme& t = Theme::current();
   const QFont base = QApplication::font();
   QFont body = base;
-  body.setPointSizeF(base.pointSizeF() * (t.presentation ? 1.25 : 1.15));
+  body.setPointSizeF(base.pointSizeF() * (t.presentation ? 1.1 : 1.15));
   QFont title = base;
-  title.setPointSizeF(base.pointSizeF() * (t.presentation ? 1.6 : 1.45));
+  title.setPointSizeF(base.pointSizeF() * (t.presentation ? 1.35 : 1.45));
   title.setBold(true);
   QFont small = base;
   small.setPointSizeF(base.pointSizeF() * (t.presentation ? 0.95 : 1.0));
