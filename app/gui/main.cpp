@@ -1,6 +1,8 @@
 // moelab: the lab window. `moelab [MODEL]` opens a model folder or config.json (default: the
 // built-in model); `moelab --screenshot DIR` renders every view to PNG, headless, and exits;
 // `moelab export --run DIR --out DIR` writes a run's charts without a window (export_run.hpp);
+// `moelab lesson NAME --out DIR` plays a lesson headless (lesson_headless.hpp); `--lesson NAME`
+// opens the window on a lesson;
 // `moelab --bench-frames` measures the Training view's frame rate and event-loop latency while
 // training a 4-layer, 16-expert model at full speed.
 #include <QApplication>
@@ -17,6 +19,8 @@
 #include <QTemporaryDir>
 
 #include "export_run.hpp"
+#include "lesson_headless.hpp"
+#include "lesson_player.hpp"
 #include "compare_view.hpp"
 #include "main_window.hpp"
 #include "tokens_view.hpp"
@@ -132,7 +136,7 @@ int shapeScreenshots(MainWindow& w, const QString& dir) {
 
 int main(int argc, char** argv) {
   // `moelab export` needs no display: draw offscreen unless told otherwise.
-  const bool exporting = argc > 1 && std::strcmp(argv[1], "export") == 0;
+  const bool exporting = argc > 1 && (std::strcmp(argv[1], "export") == 0 || std::strcmp(argv[1], "lesson") == 0);
   if (exporting && qEnvironmentVariableIsEmpty("QT_QPA_PLATFORM")) qputenv("QT_QPA_PLATFORM", "offscreen");
   QApplication app(argc, argv);
   QApplication::setApplicationName(QStringLiteral("MoE Lab"));
@@ -141,8 +145,9 @@ int main(int argc, char** argv) {
   QApplication::setStyle(QStyleFactory::create(QStringLiteral("Fusion")));
   if (exporting) {
     QStringList args = app.arguments();
+    const bool lesson = args.value(1) == QLatin1String("lesson");
     args.removeAt(1);  // "export": the parser sees the program name, then the options
-    return exportMain(args);
+    return lesson ? lessonMain(args) : exportMain(args);
   }
   QCommandLineParser parser;
   parser.setApplicationDescription(QStringLiteral("See how a Mixture-of-Experts model routes its tokens."));
@@ -159,7 +164,11 @@ int main(int argc, char** argv) {
                             QStringLiteral("Render the Model and Tokens views on models of real routing shapes "
                                            "(64 experts x 16 layers, 128 x 48, 256 x 61) to PNG files in DIR and exit."),
                             QStringLiteral("DIR"));
-  parser.addOptions({shot, pres, bench, shapes});
+  QCommandLineOption lessonOpt(QStringLiteral("lesson"),
+                               QStringLiteral("Open on a lesson (a name in resources/lessons or a file), or on the "
+                                              "list of lessons with \"list\"."),
+                               QStringLiteral("NAME"));
+  parser.addOptions({shot, pres, bench, shapes, lessonOpt});
   parser.process(app);
 
   MainWindow w;
@@ -203,6 +212,11 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr, "screenshots written to %s\n", qPrintable(parser.value(shot)));
     return 0;
+  }
+  if (parser.isSet(lessonOpt)) {
+    auto* player = w.findChild<LessonPlayer*>();
+    if (parser.value(lessonOpt) == QLatin1String("list")) player->showList();
+    else player->openLesson(parser.value(lessonOpt));  // a malformed one: the list, with the error
   }
   w.show();
   return app.exec();

@@ -1,5 +1,7 @@
 #include "main_window.hpp"
 
+#include "lesson_player.hpp"
+
 #include <QAction>
 #include <QActionGroup>
 #include <QApplication>
@@ -133,6 +135,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
   qApp->installEventFilter(this);
 
   createActions();
+  LessonPlayer::install(this);
   readSettings();
   m_tokens->openModel(QStringLiteral("builtin"));
   updateTitle();
@@ -420,6 +423,7 @@ void MainWindow::setPresentation(bool on) {
   m_tokens->applyTheme(Theme::current());
   m_training->applyTheme(Theme::current());
   m_compare->applyTheme(Theme::current());
+  emit themeChanged();
 }
 
 bool MainWindow::presentation() const { return Theme::current().presentation; }

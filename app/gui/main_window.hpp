@@ -35,6 +35,7 @@ class MainWindow : public QMainWindow {
   void setPresentation(bool on);
   bool presentation() const;
   QString lastError() const { return m_lastError; }
+  QString modelPath() const { return m_modelPath; }  // the Tokens view's model: "builtin" or a path
   // The status bar's load indicator (busy bar, what is opened and its stage, seconds, Cancel):
   // visible while a model loads.
   QWidget* loadIndicator() const { return m_loadBox; }
@@ -64,6 +65,9 @@ class MainWindow : public QMainWindow {
   // file) opens as File ▸ Open Model does, a run folder (or its run.json) as Open Run Folder, a
   // *.moelab file as Open Lab Session. "" when it opened, else the one line the status bar shows.
   QString openDropped(const QString& path);
+
+ signals:
+  void themeChanged();  // setPresentation: the views have their new theme
 
  public slots:
   void openModel(const QString& path);

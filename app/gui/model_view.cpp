@@ -271,6 +271,41 @@ void ModelView::loadRealModels() {
   }
 }
 
+QString ModelView::selectPreset(const QString& name) {
+  const int i = m_preset->findText(name);
+  if (i <= 0) return tr("Model view: no preset %1").arg(name);
+  m_preset->setCurrentIndex(i);
+  choosePreset(i);
+  return {};
+}
+
+QString ModelView::setKnob(const QString& key, double number, const QString& text) {
+  if (key == QLatin1String("dense_layers")) {
+    m_denseLayers->setText(text);
+    onKnobChanged();
+    return {};
+  }
+  if (key == QLatin1String("router")) {
+    const int i = m_router->findData(text);
+    if (i < 0) return tr("Model view: no router %1").arg(text);
+    m_router->setCurrentIndex(i);
+    return {};
+  }
+  for (auto [k, box, fallback] : knobTable(0))
+    if (key == QLatin1String(k)) {
+      box->setValue(int(number));  // valueChanged rebuilds the model
+      return {};
+    }
+  return tr("Model view: no knob %1").arg(key);
+}
+
+QString ModelView::setCompared(const QString& id) {
+  const int i = id.isEmpty() ? 0 : m_compare->findData(id);
+  if (i < 0) return tr("Model view: no published model %1").arg(id);
+  m_compare->setCurrentIndex(i);
+  return {};
+}
+
 void ModelView::choosePreset(int index) {
   if (index <= 0) return;  // "(from the knobs)"
   const QString name = m_preset->itemText(index);

@@ -44,6 +44,14 @@ class ModelView : public QWidget {
   void setStorage(const QString& dtype, double bytes);
   // The storage line the charts show ("bf16 as stored: … · fp32: … · one token reads …").
   QString storageText() const;
+  // For lessons (lesson_executor.hpp): what the charts show, a preset by name, one knob by its
+  // key in the model spec ("experts", "top_k", "dense_layers", "router": "softmax"), and the
+  // published model to compare with (an id of resources/real-models, "" for none). setKnob and
+  // selectPreset return "" or the problem.
+  ModelCharts::ModelSnapshot shown() const { return snapshot(); }
+  QString selectPreset(const QString& name);
+  QString setKnob(const QString& key, double number, const QString& text);
+  QString setCompared(const QString& id);
 
  public slots:
   // The experts the last token chose in `layer` (from the Tokens view): highlighted in the

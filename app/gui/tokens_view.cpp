@@ -492,6 +492,11 @@ void TokensView::setTextExperts(const QString& list) {
   m_textExperts->setText(list);
   redraw();
 }
+void TokensView::selectToken(int index) {
+  m_token = snap().count() > 0 ? std::clamp(index, -1, snap().count() - 1) : -1;
+  redraw();
+}
+
 void TokensView::selectLayer(int index) { m_layer->setCurrentIndex(index < 0 ? 0 : index + 1); }
 
 int TokensView::selectedLayer() const { return m_layer->currentIndex() - 1; }

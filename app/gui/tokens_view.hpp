@@ -38,6 +38,7 @@ class TokensView : public QWidget {
   int selectedToken() const { return m_token; }
   // Blocks until the worker has answered every request sent so far (tests, screenshots).
   bool waitForIdle(int timeoutMs = 20000);
+  bool idle() const { return m_pending == 0 && !m_loading; }  // no request nor load in flight
   // Knobs, for tests and the GUI alike.
   void setPrompt(const QString& text);
   void setTopKOverride(int k);  // 0 = the model's
@@ -47,6 +48,7 @@ class TokensView : public QWidget {
   void setCapacityFactor(double factor);  // 0 = no limit
   void setOverflowReroute(bool reroute);  // overflow re-routed to the next-best expert, else dropped
   void selectLayer(int index);    // -1 = all layers
+  void selectToken(int index);    // index into the text (clamped), -1 = none
   // The experts the text is coloured by ("5", "3,17,42"; at most 8), "" for the default: each
   // token's first choice up to 8 experts, the busiest 4 of the layer beyond.
   void setTextExperts(const QString& list);

@@ -373,6 +373,13 @@ void TrainingView::setBalancing(int mode, double coefficient) {
 }
 
 void TrainingView::setSteps(int steps) { m_steps->setValue(steps); }
+void TrainingView::setBalancingMode(int mode) { m_balance->setCurrentIndex(mode); }
+void TrainingView::setBalancingCoefficient(double coefficient) { m_coef->setValue(coefficient); }
+void TrainingView::setRouterChoice(int index) { m_router->setCurrentIndex(index); }
+void TrainingView::setCapacityFactor(double factor) { m_capacity->setValue(factor); }
+void TrainingView::setOverflowReroute(bool reroute) { m_overflow->setCurrentIndex(reroute ? 1 : 0); }
+void TrainingView::setLearningRate(double lr) { m_lr->setValue(lr); }
+void TrainingView::setZLoss(double coefficient) { m_z->setValue(coefficient); }
 
 void TrainingView::selectLayer(int index) { m_layer->setCurrentIndex(index); }
 

@@ -72,6 +72,14 @@ class TrainingView : public QWidget {
   void selectPreset(const QString& name);
   void setBalancing(int mode, double coefficient);  // 0 none, 1 auxiliary loss, 2 bias (sigmoid router)
   void setSteps(int steps);
+  // The other knobs, for lessons: router 0 the preset's, 1 softmax, 2 noisy, 3 sigmoid.
+  void setBalancingMode(int mode);
+  void setBalancingCoefficient(double coefficient);
+  void setRouterChoice(int index);
+  void setCapacityFactor(double factor);
+  void setOverflowReroute(bool reroute);
+  void setLearningRate(double lr);
+  void setZLoss(double coefficient);
   void selectLayer(int index);
   void setShownSteps(int n);                        // replay position (n steps shown)
   void playReplay(bool on);
