@@ -28,36 +28,10 @@ class FormattedTicker : public QCPAxisTicker {
  private:
   std::function<QString(double)> m_format;
 };
-// A log axis with a tick and grid line at every power of ten ("each step is 10×"). Over more
-// than three decades only 1K, 1M, 1B, 1T… carry a label, so narrow charts and projector fonts
-// never crowd the axis with overlapping numbers.
-class DecadeTicker : public QCPAxisTicker {
- public:
-  explicit DecadeTicker(std::function<QString(double)> f) : m_format(std::move(f)) {}
 
- protected:
-  int getSubTickCount(double) override { return 0; }
-  QVector<double> createTickVector(double, const QCPRange& range) override {
-    QVector<double> ticks;
-    if (range.lower <= 0) return ticks;
-    const int lo = int(std::ceil(std::log10(range.lower) - 1e-9)), hi = int(std::floor(std::log10(range.upper) + 1e-9));
-    m_labelEvery = hi - lo > 3 ? 3 : 1;
-    for (int e = lo; e <= hi; ++e) ticks << std::pow(10.0, e);
-    return ticks;
-  }
-  QString getTickLabel(double tick, const QLocale&, QChar, int) override {
-    const int e = int(std::lround(std::log10(tick)));
-    return ((e % m_labelEvery) + m_labelEvery) % m_labelEvery == 0 ? m_format(tick) : QString();
-  }
-
- private:
-  std::function<QString(double)> m_format;
-  int m_labelEvery = 1;
-};
-
+// A log axis with a tick at every power of ten, labels thinned to fit (ChartKit::decadeTicks).
 void setLogAxis(QCPAxis* axis, std::function<QString(double)> format) {
-  axis->setScaleType(QCPAxis::stLogarithmic);
-  axis->setTicker(QSharedPointer<DecadeTicker>::create(std::move(format)));
+  ChartKit::decadeTicks(axis, std::move(format));
 }
 
 // Whole decades around [lo, hi], so the log axis starts and ends on a labelled tick.
@@ -233,7 +207,7 @@ void drawParams(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
     head->setFont(t.axisLabel);
     head->setTextColor(t.foreground);
   }
-  plot->legend->setWrap(2);
+  legendColumns(plot->legend, 2);
   plot->replot(QCustomPlot::rpQueuedReplot);
 }
 
@@ -276,7 +250,7 @@ void drawRealModels(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
   auto* header = rowLabel(plot, plot->axisRect(), rows.size() - 0.4, tr("total / active"), t.tickLabel, t.subtle);
   header->setPositionAlignment(Qt::AlignLeft | Qt::AlignBottom);
   reserveRightMargin(plot->axisRect(), t.tickLabel, numbers);
-  plot->legend->setWrap(2);
+  legendColumns(plot->legend, 2);
   plot->replot(QCustomPlot::rpQueuedReplot);
 }
 
@@ -380,7 +354,7 @@ void drawMemory(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
   for (int i = 0; i < int(rows.size()); ++i)
     if (rows[i].compared)
       for (QCPAxisRect* r : {mem, flop}) outlineRow(plot, r, i, QPen(t.foreground, t.presentation ? 4 : 2.5));
-  plot->legend->setWrap(4);
+  legendColumns(plot->legend, 4);
   plot->replot(QCustomPlot::rpQueuedReplot);
 }
 
