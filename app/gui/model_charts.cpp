@@ -1,5 +1,6 @@
 #include "model_charts.hpp"
 
+#include <QFontMetricsF>
 #include <QObject>
 #include <algorithm>
 #include <cmath>
@@ -267,6 +268,38 @@ void setupMemory(QCustomPlot* plot) {
   for (QCPAxisRect* r : plot->axisRects()) r->setMarginGroup(QCP::msTop | QCP::msBottom, rows);
   plot->plotLayout()->insertRow(0);
   legendBelow(plot, 0, 0);
+  // Side by side when there is room for both axes' titles and ticks; in a narrow chart (the
+  // lesson dock open, projector fonts) compute goes under memory, with the model names again.
+  auto* columns = new QCPMarginGroup(plot);
+  QObject::connect(plot, &QCustomPlot::beforeReplot, plot, [plot, pair, rows, columns] {
+    if (plot->axisRectCount() != 2) return;
+    QCPAxisRect* mem = plot->axisRect(0);
+    QCPAxisRect* flop = plot->axisRect(1);
+    const QFontMetricsF title(mem->axis(QCPAxis::atBottom)->labelFont());
+    const QFontMetricsF ticks(mem->axis(QCPAxis::atLeft)->tickLabelFont());
+    double names = 0;
+    for (const QString& n : mem->axis(QCPAxis::atLeft)->tickVectorLabels()) names = std::max(names, ticks.horizontalAdvance(n));
+    const double titles = std::max(title.horizontalAdvance(QObject::tr("weights in memory")),
+                                   title.horizontalAdvance(QObject::tr("FLOP per token")));
+    const int rowCount = int(mem->axis(QCPAxis::atLeft)->tickVector().size());
+    const bool tall = plot->height() >= 2 * rowCount * ticks.height() * 1.1 + 8 * title.height();
+    const bool stack = tall && plot->width() - names - 40 < 2.6 * (titles + 2 * title.height());
+    // Side by side in a narrow chart: the short titles, so they never run into each other.
+    const bool cramped = !stack && plot->width() - names - 40 < 2.6 * (titles + 2 * title.height());
+    mem->axis(QCPAxis::atBottom)->setLabel(cramped ? QObject::tr("memory") : QObject::tr("weights in memory"));
+    flop->axis(QCPAxis::atBottom)->setLabel(cramped ? QObject::tr("FLOP/token") : QObject::tr("FLOP per token"));
+    if (stack == (pair->rowCount() == 2 && pair->element(1, 0) == flop)) return;
+    pair->take(flop);
+    pair->simplify();
+    pair->addElement(stack ? 1 : 0, stack ? 0 : 1, flop);
+    if (!stack) pair->setColumnStretchFactor(0, 1.6);
+    pair->setRowSpacing(stack ? title.height() : 0);
+    for (QCPAxisRect* r : {mem, flop}) {
+      r->setMarginGroup(QCP::msAll, nullptr);
+      r->setMarginGroup(stack ? QCP::msLeft | QCP::msRight : QCP::msTop | QCP::msBottom, stack ? columns : rows);
+    }
+    flop->axis(QCPAxis::atLeft)->setTickLabels(stack);
+  });
 }
 
 void drawMemory(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
@@ -285,7 +318,9 @@ void drawMemory(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
     y->setRange(-0.6, rows.size() - 0.4);
     y->grid()->setVisible(false);
   }
-  flop->axis(QCPAxis::atLeft)->setTickLabels(false);
+  // Names on the left of memory only, when compute sits beside it (setupMemory's layout).
+  flop->axis(QCPAxis::atLeft)->setTickLabels(flop->layout() && flop->layout()->elementCount() > 0 &&
+                                             static_cast<QCPLayoutGrid*>(flop->layout())->columnCount() == 1);
 
   // Left: one dumbbell per model from int4 to fp32, a marker per precision.
   struct Precision {

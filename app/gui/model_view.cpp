@@ -81,7 +81,7 @@ constexpr int kPanelWidth = 320;  // the least width of a chart in the 2×2 grid
 
 bool ModelView::narrow() const {
   const int charts = width() - m_knobScroll->minimumWidth() - m_splitter->handleWidth();
-  return isVisible() && charts < 2 * kPanelWidth + m_chartScroll->verticalScrollBar()->sizeHint().width() + 16;
+  return charts < 2 * kPanelWidth + m_chartScroll->verticalScrollBar()->sizeHint().width() + 16;
 }
 
 int ModelView::stackedHeight() const {
@@ -91,7 +91,7 @@ int ModelView::stackedHeight() const {
 
 void ModelView::resizeEvent(QResizeEvent* e) {
   QWidget::resizeEvent(e);
-  if (m_stacked != (m_theme.presentation || narrow())) {
+  if (m_stacked != (m_theme.presentation || narrow()) || m_narrow != narrow()) {
     applyMinimumSizes();
     return;
   }
@@ -522,7 +522,8 @@ void ModelView::applyMinimumSizes() {
   // Normal: a 2×2 grid. Presentation: projector fonts need about a screen per chart, so the
   // charts stack in one column, each as high as the visible area, and the column scrolls. Too
   // narrow for two side by side (the lesson dock beside the view): one column, two to a screen.
-  m_stacked = m_theme.presentation || narrow();
+  m_narrow = narrow();
+  m_stacked = m_theme.presentation || m_narrow;
   const QList<QSplitter*> rows{m_chartRows->findChild<QSplitter*>(QStringLiteral("chartRow0")),
                                m_chartRows->findChild<QSplitter*>(QStringLiteral("chartRow1"))};
   const QList<ChartPanel*> panels = charts();
@@ -538,7 +539,7 @@ void ModelView::applyMinimumSizes() {
   }
   m_chartRows->setSizes(QList<int>(m_chartRows->count(), 1000));
   for (ChartPanel* c : panels)
-    c->setMinimumSize(m_stacked ? QSize(m_theme.presentation ? 520 : kPanelWidth, stackedHeight()) : QSize(kPanelWidth, 270));
+    c->setMinimumSize(m_stacked ? QSize(m_theme.presentation && !m_narrow ? 520 : 280, stackedHeight()) : QSize(kPanelWidth, 270));
   m_knobs->adjustSize();
   const int w = m_knobs->minimumSizeHint().width() + m_knobScroll->verticalScrollBar()->sizeHint().width() + 4;
   m_knobScroll->setMinimumWidth(w);

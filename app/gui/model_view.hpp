@@ -94,6 +94,7 @@ class ModelView : public QWidget {
   Theme m_theme;
   ModelCharts::ModelSnapshot m_model;  // all but `compared`, which the combo box holds
   std::unique_ptr<nlohmann::json> m_extraSpec;  // preset keys without a knob (vocab, dense_hidden…)
+  bool m_narrow = false;         // narrow() when the sizes were last set
   bool m_stacked = false;        // the charts in one column (presentation theme, or narrow())
   bool m_settingKnobs = false;   // filling the knobs: their signals must not rebuild the model
   bool m_showingOpened = false;  // the charts show a model given to showConfig
