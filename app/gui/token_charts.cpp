@@ -528,8 +528,9 @@ QString whyHtml(const TokensSnapshot& s, int layer, int token) {
     const auto& c = cells[e];
     const QString style = c.rank ? QStringLiteral(" style='font-weight:bold'")
                           : c.wantedRank ? QStringLiteral(" style='color:#888888'") : QString();
-    // nowrap: a narrow panel (the lesson dock open) must never break "0.850" into "0." and "850".
-    rows += QStringLiteral("<tr%1><td nowrap>%2</td><td align=right nowrap>%3</td><td align=right nowrap>%4</td>"
+    // nowrap: a narrow panel (the lesson dock open) must never break "0.850" into "0." and "850"
+    // (the expert's number, a whole number, cannot break).
+    rows += QStringLiteral("<tr%1><td>%2</td><td align=right nowrap>%3</td><td align=right nowrap>%4</td>"
                            "<td nowrap>%5</td></tr>")
                 .arg(style).arg(e)
                 .arg(L->logits[t * E + e], 0, 'f', 2)
