@@ -43,6 +43,12 @@ void integerTicks(QCPAxis* axis, int count);
 // Likewise with labels of their own (tokens, "L12"), every 1st, 2nd, 3rd, 4th, 5th, 10th… item;
 // the room a label needs is measured in the axis's font (and rotation) as drawn.
 void fittingTicks(QCPAxis* axis, int count, std::function<QString(int)> label);
+// Numbers on a linear axis (training steps) at readable steps, thinned (every 25 → 50 → 100…)
+// until their labels keep apart on the axis as drawn; fitted again at every replot.
+void numberTicks(QCPAxis* axis);
+// A log axis with a tick and grid line at every power of ten, labelled (by `label`) every 1st,
+// 2nd or 3rd decade, or every 3rd, 6th, 9th… over more than three, as the axis's length allows.
+void decadeTicks(QCPAxis* axis, std::function<QString(double)> label);
 // Zoom and pan stay within [lo, hi]: a heatmap never scrolls off its cells.
 void boundedPanZoom(QCPAxis* axis, double lo, double hi);
 // A line graph on the bottom axis and `y`, in the theme's line width.
@@ -53,6 +59,9 @@ QCPGraph* line(QCustomPlot* plot, QCPAxis* y, const QString& name, const QColor&
 // (row 1), or in the row given; `columns` entries wide (0: all in one row). Made when the plot
 // has none (after clearPlot), moved out of the axes' corner when it is there.
 QCPLegend* legendBelow(QCustomPlot* plot, int columns = 0, int row = 1);
+// Its columns, when they fit: legendBelow's legend takes as many of them as fit the plot's
+// width at each replot (fewer: more rows), never cutting an entry.
+void legendColumns(QCPLegend* legend, int columns);
 
 // A horizontal reference line across a plot's axes (the even split 1/E, an expert's capacity),
 // named in the right margin level with its line, where the name never covers a bar. Call after

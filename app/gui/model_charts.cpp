@@ -1,5 +1,6 @@
 #include "model_charts.hpp"
 
+#include <QFontMetricsF>
 #include <QObject>
 #include <algorithm>
 #include <cmath>
@@ -28,36 +29,10 @@ class FormattedTicker : public QCPAxisTicker {
  private:
   std::function<QString(double)> m_format;
 };
-// A log axis with a tick and grid line at every power of ten ("each step is 10×"). Over more
-// than three decades only 1K, 1M, 1B, 1T… carry a label, so narrow charts and projector fonts
-// never crowd the axis with overlapping numbers.
-class DecadeTicker : public QCPAxisTicker {
- public:
-  explicit DecadeTicker(std::function<QString(double)> f) : m_format(std::move(f)) {}
 
- protected:
-  int getSubTickCount(double) override { return 0; }
-  QVector<double> createTickVector(double, const QCPRange& range) override {
-    QVector<double> ticks;
-    if (range.lower <= 0) return ticks;
-    const int lo = int(std::ceil(std::log10(range.lower) - 1e-9)), hi = int(std::floor(std::log10(range.upper) + 1e-9));
-    m_labelEvery = hi - lo > 3 ? 3 : 1;
-    for (int e = lo; e <= hi; ++e) ticks << std::pow(10.0, e);
-    return ticks;
-  }
-  QString getTickLabel(double tick, const QLocale&, QChar, int) override {
-    const int e = int(std::lround(std::log10(tick)));
-    return ((e % m_labelEvery) + m_labelEvery) % m_labelEvery == 0 ? m_format(tick) : QString();
-  }
-
- private:
-  std::function<QString(double)> m_format;
-  int m_labelEvery = 1;
-};
-
+// A log axis with a tick at every power of ten, labels thinned to fit (ChartKit::decadeTicks).
 void setLogAxis(QCPAxis* axis, std::function<QString(double)> format) {
-  axis->setScaleType(QCPAxis::stLogarithmic);
-  axis->setTicker(QSharedPointer<DecadeTicker>::create(std::move(format)));
+  ChartKit::decadeTicks(axis, std::move(format));
 }
 
 // Whole decades around [lo, hi], so the log axis starts and ends on a labelled tick.
@@ -233,7 +208,7 @@ void drawParams(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
     head->setFont(t.axisLabel);
     head->setTextColor(t.foreground);
   }
-  plot->legend->setWrap(2);
+  legendColumns(plot->legend, 2);
   plot->replot(QCustomPlot::rpQueuedReplot);
 }
 
@@ -276,7 +251,7 @@ void drawRealModels(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
   auto* header = rowLabel(plot, plot->axisRect(), rows.size() - 0.4, tr("total / active"), t.tickLabel, t.subtle);
   header->setPositionAlignment(Qt::AlignLeft | Qt::AlignBottom);
   reserveRightMargin(plot->axisRect(), t.tickLabel, numbers);
-  plot->legend->setWrap(2);
+  legendColumns(plot->legend, 2);
   plot->replot(QCustomPlot::rpQueuedReplot);
 }
 
@@ -293,6 +268,38 @@ void setupMemory(QCustomPlot* plot) {
   for (QCPAxisRect* r : plot->axisRects()) r->setMarginGroup(QCP::msTop | QCP::msBottom, rows);
   plot->plotLayout()->insertRow(0);
   legendBelow(plot, 0, 0);
+  // Side by side when there is room for both axes' titles and ticks; in a narrow chart (the
+  // lesson dock open, projector fonts) compute goes under memory, with the model names again.
+  auto* columns = new QCPMarginGroup(plot);
+  QObject::connect(plot, &QCustomPlot::beforeReplot, plot, [plot, pair, rows, columns] {
+    if (plot->axisRectCount() != 2) return;
+    QCPAxisRect* mem = plot->axisRect(0);
+    QCPAxisRect* flop = plot->axisRect(1);
+    const QFontMetricsF title(mem->axis(QCPAxis::atBottom)->labelFont());
+    const QFontMetricsF ticks(mem->axis(QCPAxis::atLeft)->tickLabelFont());
+    double names = 0;
+    for (const QString& n : mem->axis(QCPAxis::atLeft)->tickVectorLabels()) names = std::max(names, ticks.horizontalAdvance(n));
+    const double titles = std::max(title.horizontalAdvance(QObject::tr("weights in memory")),
+                                   title.horizontalAdvance(QObject::tr("FLOP per token")));
+    const int rowCount = int(mem->axis(QCPAxis::atLeft)->tickVector().size());
+    const bool tall = plot->height() >= 2 * rowCount * ticks.height() * 1.1 + 8 * title.height();
+    const bool stack = tall && plot->width() - names - 40 < 2.6 * (titles + 2 * title.height());
+    // Side by side in a narrow chart: the short titles, so they never run into each other.
+    const bool cramped = !stack && plot->width() - names - 40 < 2.6 * (titles + 2 * title.height());
+    mem->axis(QCPAxis::atBottom)->setLabel(cramped ? QObject::tr("memory") : QObject::tr("weights in memory"));
+    flop->axis(QCPAxis::atBottom)->setLabel(cramped ? QObject::tr("FLOP/token") : QObject::tr("FLOP per token"));
+    if (stack == (pair->rowCount() == 2 && pair->element(1, 0) == flop)) return;
+    pair->take(flop);
+    pair->simplify();
+    pair->addElement(stack ? 1 : 0, stack ? 0 : 1, flop);
+    if (!stack) pair->setColumnStretchFactor(0, 1.6);
+    pair->setRowSpacing(stack ? title.height() : 0);
+    for (QCPAxisRect* r : {mem, flop}) {
+      r->setMarginGroup(QCP::msAll, nullptr);
+      r->setMarginGroup(stack ? QCP::msLeft | QCP::msRight : QCP::msTop | QCP::msBottom, stack ? columns : rows);
+    }
+    flop->axis(QCPAxis::atLeft)->setTickLabels(stack);
+  });
 }
 
 void drawMemory(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
@@ -311,7 +318,9 @@ void drawMemory(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
     y->setRange(-0.6, rows.size() - 0.4);
     y->grid()->setVisible(false);
   }
-  flop->axis(QCPAxis::atLeft)->setTickLabels(false);
+  // Names on the left of memory only, when compute sits beside it (setupMemory's layout).
+  flop->axis(QCPAxis::atLeft)->setTickLabels(flop->layout() && flop->layout()->elementCount() > 0 &&
+                                             static_cast<QCPLayoutGrid*>(flop->layout())->columnCount() == 1);
 
   // Left: one dumbbell per model from int4 to fp32, a marker per precision.
   struct Precision {
@@ -380,7 +389,7 @@ void drawMemory(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
   for (int i = 0; i < int(rows.size()); ++i)
     if (rows[i].compared)
       for (QCPAxisRect* r : {mem, flop}) outlineRow(plot, r, i, QPen(t.foreground, t.presentation ? 4 : 2.5));
-  plot->legend->setWrap(4);
+  legendColumns(plot->legend, 4);
   plot->replot(QCustomPlot::rpQueuedReplot);
 }
 

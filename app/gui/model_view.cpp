@@ -75,12 +75,28 @@ ModelView::ModelView(QWidget* parent)
 
 ModelView::~ModelView() = default;
 
+namespace {
+constexpr int kPanelWidth = 320;  // the least width of a chart in the 2×2 grid
+}  // namespace
+
+bool ModelView::narrow() const {
+  const int charts = width() - m_knobScroll->minimumWidth() - m_splitter->handleWidth();
+  return charts < 2 * kPanelWidth + m_chartScroll->verticalScrollBar()->sizeHint().width() + 16;
+}
+
+int ModelView::stackedHeight() const {
+  const int view = m_chartScroll->viewport()->height() - 12;
+  return m_theme.presentation ? std::max(480, view) : std::max(300, view / 2);
+}
+
 void ModelView::resizeEvent(QResizeEvent* e) {
   QWidget::resizeEvent(e);
-  if (m_theme.presentation) {
-    const int high = std::max(480, m_chartScroll->viewport()->height() - 12);
-    for (ChartPanel* c : charts()) c->setMinimumHeight(high);
+  if (m_stacked != (m_theme.presentation || narrow()) || m_narrow != narrow()) {
+    applyMinimumSizes();
+    return;
   }
+  if (m_stacked)
+    for (ChartPanel* c : charts()) c->setMinimumHeight(stackedHeight());
 }
 
 QWidget* ModelView::buildKnobs() {
@@ -504,23 +520,26 @@ void ModelView::updateBlock() {
 
 void ModelView::applyMinimumSizes() {
   // Normal: a 2×2 grid. Presentation: projector fonts need about a screen per chart, so the
-  // charts stack in one column, each as high as the visible area, and the column scrolls.
+  // charts stack in one column, each as high as the visible area, and the column scrolls. Too
+  // narrow for two side by side (the lesson dock beside the view): one column, two to a screen.
+  m_narrow = narrow();
+  m_stacked = m_theme.presentation || m_narrow;
   const QList<QSplitter*> rows{m_chartRows->findChild<QSplitter*>(QStringLiteral("chartRow0")),
                                m_chartRows->findChild<QSplitter*>(QStringLiteral("chartRow1"))};
   const QList<ChartPanel*> panels = charts();
   for (int i = 0; i < int(panels.size()); ++i) {
-    if (m_theme.presentation)
+    if (m_stacked)
       m_chartRows->insertWidget(i, panels[i]);
     else
       rows[i / 2]->insertWidget(i % 2, panels[i]);
   }
   for (QSplitter* r : rows) {
-    r->setVisible(!m_theme.presentation);
+    r->setVisible(!m_stacked);
     r->setSizes({1000, 1000});
   }
   m_chartRows->setSizes(QList<int>(m_chartRows->count(), 1000));
-  const int high = std::max(480, m_chartScroll->viewport()->height() - 12);
-  for (ChartPanel* c : panels) c->setMinimumSize(m_theme.presentation ? QSize(520, high) : QSize(320, 270));
+  for (ChartPanel* c : panels)
+    c->setMinimumSize(m_stacked ? QSize(m_theme.presentation && !m_narrow ? 520 : 280, stackedHeight()) : QSize(kPanelWidth, 270));
   m_knobs->adjustSize();
   const int w = m_knobs->minimumSizeHint().width() + m_knobScroll->verticalScrollBar()->sizeHint().width() + 4;
   m_knobScroll->setMinimumWidth(w);

@@ -86,12 +86,16 @@ class ModelView : public QWidget {
   void updateCharts();
   void updateBlock();
   void applyMinimumSizes();
+  bool narrow() const;
+  int stackedHeight() const;  // each chart's height in one column  // too narrow beside the knobs for two charts side by side (lesson dock open)
   // What the charts show: the model, the published models, the one compared, the highlights.
   ModelCharts::ModelSnapshot snapshot() const;
 
   Theme m_theme;
   ModelCharts::ModelSnapshot m_model;  // all but `compared`, which the combo box holds
   std::unique_ptr<nlohmann::json> m_extraSpec;  // preset keys without a knob (vocab, dense_hidden…)
+  bool m_narrow = false;         // narrow() when the sizes were last set
+  bool m_stacked = false;        // the charts in one column (presentation theme, or narrow())
   bool m_settingKnobs = false;   // filling the knobs: their signals must not rebuild the model
   bool m_showingOpened = false;  // the charts show a model given to showConfig
   QString m_storageDtype;        // setStorage, for the next showConfig

@@ -84,6 +84,7 @@ QCPColorMap* drawCollapse(QCPAxisRect* rect, const RunData& run, int shown, int 
   rect->axis(QCPAxis::atBottom)->setRange(step0 - half, step1 + half);
   rect->axis(QCPAxis::atLeft)->setRange(-0.5, E - 0.5);
   integerTicks(rect->axis(QCPAxis::atLeft), E);
+  numberTicks(rect->axis(QCPAxis::atBottom));
   return map;
 }
 
@@ -433,6 +434,11 @@ QString specialisationCsv(const RunData& run, int shown, int layer) {
 void drawSpecialisationScore(QCustomPlot* plot, const RunData& run, int shown) {
   resetPlot(plot);
   shown = clampShown(run, shown);
+  if (shown == 0) {
+    emptyMessage(plot, tr("No steps yet: press Start, or open a run"));
+    finish(plot);
+    return;
+  }
   if (!run.hasDomains()) {
     emptyMessage(plot, tr("This corpus has no domains (use the built-in domains corpus)"));
     finish(plot);

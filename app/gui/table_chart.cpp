@@ -1,6 +1,7 @@
 #include "table_chart.hpp"
 
 #include <QPainter>
+#include <QRegularExpression>
 
 #include "theme.hpp"
 
@@ -32,8 +33,9 @@ void TableChart::paintTable(QPainter& p, QSize size) const {
   QFont head = t.text;
   head.setBold(true);
   // Columns share the width in proportion to their longest text (header or cell). When that is
-  // wider than the box (projector fonts), the headers break at their spaces onto two lines, and
-  // only then is text elided.
+  // wider than the box (projector fonts, the lesson dock beside the view), the headers break at
+  // their spaces onto two lines; then the font shrinks (to 70 % at least); only then are the
+  // text columns (names) elided, never a number: the number columns keep their whole width.
   bool wrap = false;
   auto headerText = [&](int c) { return wrap ? QString(m_headers[c]).replace(QLatin1Char(' '), QLatin1Char('\n')) : m_headers[c]; };
   QVector<double> widths(cols, 0.0);
@@ -52,20 +54,43 @@ void TableChart::paintTable(QPainter& p, QSize size) const {
     wrap = true;
     measure();
   }
+  const double points = body.pointSizeF();
+  for (int shrink = 0; total > W && shrink < 6 && points > 0; ++shrink) {
+    body.setPointSizeF(points * (1.0 - 0.05 * (shrink + 1)));
+    head.setPointSizeF(body.pointSizeF());
+    measure();
+  }
+  // A number column: every cell a number (digits, sign, point, %, dash for none).
+  auto numeric = [&](int c) {
+    static const QRegularExpression number(QStringLiteral("^[-+–]?[0-9.,]*%?$"));
+    for (const QStringList& r : m_rows)
+      if (!number.match(r.value(c)).hasMatch()) return false;
+    return true;
+  };
+  QVector<double> shares = widths;  // what each column gets of the width, before scaling by k
+  double k = total > 0 ? W / total : 1;
+  if (total > W) {
+    double fixed = 0, text = 0;
+    for (int c = 0; c < cols; ++c) (numeric(c) ? fixed : text) += widths[c];
+    if (text > 0 && fixed < W) {
+      for (int c = 0; c < cols; ++c)
+        if (!numeric(c)) shares[c] = widths[c] * (W - fixed) / text;
+      k = 1;
+    }
+  }
   const double lineH = std::max(QFontMetrics(body).height(), QFontMetrics(head).height());
   const double rowH = lineH * 1.8;
   const double headH = wrap ? rowH + QFontMetrics(head).lineSpacing() : rowH;
-  const double k = total > 0 ? W / total : 1;
   auto drawRow = [&](double y, double h, const QStringList& cells, const QFont& font, const QColor& first) {
     double x = 0;
     p.setFont(font);
     for (int c = 0; c < cols; ++c) {
-      const QRectF box(x + 6, y, widths[c] * k - 12, h);
+      const QRectF box(x + 6, y, shares[c] * k - 12, h);
       p.setPen(c == 0 && first.isValid() ? first : t.foreground);
       const QString text = cells.value(c);
       p.drawText(box, (c == 0 ? Qt::AlignLeft : Qt::AlignRight) | Qt::AlignVCenter,
                  text.contains(QLatin1Char('\n')) ? text : QFontMetrics(font).elidedText(text, Qt::ElideRight, int(box.width())));
-      x += widths[c] * k;
+      x += shares[c] * k;
     }
   };
   QStringList headers;

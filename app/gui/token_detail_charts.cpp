@@ -59,7 +59,10 @@ QString whyHtml(const TokensSnapshot& s, int layer, int token) {
     const auto& c = cells[e];
     const QString style = c.rank ? QStringLiteral(" style='font-weight:bold'")
                           : c.wantedRank ? QStringLiteral(" style='color:#888888'") : QString();
-    rows += QStringLiteral("<tr%1><td>%2</td><td align=right>%3</td><td align=right>%4</td><td>%5</td></tr>")
+    // nowrap: a narrow panel (the lesson dock open) must never break "0.850" into "0." and "850"
+    // (the expert's number, a whole number, cannot break).
+    rows += QStringLiteral("<tr%1><td>%2</td><td align=right nowrap>%3</td><td align=right nowrap>%4</td>"
+                           "<td nowrap>%5</td></tr>")
                 .arg(style).arg(e)
                 .arg(L->logits[t * E + e], 0, 'f', 2)
                 .arg(L->probs[t * E + e], 0, 'f', 3)
@@ -97,8 +100,8 @@ QString whyHtml(const TokensSnapshot& s, int layer, int token) {
                       std::abs(chosenSum - 1.0) > 1e-4;
   return tr("<b>Token %1: %2, layer %3.</b> Its hidden state, RMS-normed (length %11), is scored against each expert "
             "(logit = router row · state); %4 "
-            "The top-%5 are kept%6.<table cellspacing=4><tr><th align=left>expert</th><th>logit</th><th>%7</th>"
-            "<th align=left>chosen</th></tr>%8</table>Output: <b>%9</b>%10")
+            "The top-%5 are kept%6.<table cellspacing=2><tr><th align=left nowrap>expert</th><th nowrap>logit</th>"
+            "<th nowrap>%7</th><th align=left nowrap>chosen</th></tr>%8</table>Output: <b>%9</b>%10")
       .arg(t)
       .arg(tokenDescription(s, t).toHtmlEscaped())
       .arg(L->layer)
