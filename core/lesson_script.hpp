@@ -141,7 +141,8 @@ std::string format_lesson_text(const std::string& text, const LessonMetrics& met
 struct CheckResult {
   bool held = false;
   bool measured = true;  // false: a metric it needs was not measured (counts as not held)
-  std::string message;   // holds/fails text, formatted, or the default sentence
+  std::string message;   // holds/fails text, formatted, or "worst_cv < 0.5 (measured 0.62)" (no verdict:
+                         // the caller says "Held:" / "Did not hold this time:" before it)
 };
 CheckResult evaluate_check(const LessonCheck& check, const LessonMetrics& metrics);
 std::string describe_check(const LessonCheck& check);  // "worst_cv >= 0.8"

@@ -270,7 +270,11 @@ CheckResult evaluate_check(const LessonCheck& c, const LessonMetrics& metrics) {
   } else {
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.3g", a);
-    r.message = (r.held ? "Held: " : "Did not hold this time: ") + describe_check(c) + " (measured " + buf + ")";
+    // The verdict ("Held:", "Did not hold this time:") is the caller's to add, once.
+    r.message = describe_check(c);
+    r.message += " (measured ";
+    r.message += buf;
+    r.message += ")";
   }
   return r;
 }

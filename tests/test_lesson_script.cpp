@@ -201,11 +201,15 @@ TEST(checks_say_whether_they_held_and_never_claim_an_unmeasured_one) {
   r = evaluate_check(c, m);
   CHECK(r.held);
   CHECK_EQ(r.message, std::string("Collapsed (CV 0.62)."));
-  // Without texts, the default sentence names the check and the value measured.
+  // Without texts, the default sentence names the check and the value measured, without a verdict
+  // (the panel and the headless output add "Held:" / "Did not hold this time:" once).
   LessonCheck d{"worst_cv", "<", 0.5, "", 0, "", ""};
   r = evaluate_check(d, m);
   CHECK(!r.held);
-  CHECK_EQ(r.message, std::string("Did not hold this time: worst_cv < 0.5 (measured 0.62)"));
+  CHECK_EQ(r.message, std::string("worst_cv < 0.5 (measured 0.62)"));
+  r = evaluate_check(LessonCheck{"worst_cv", ">", 0.5, "", 0, "", ""}, m);
+  CHECK(r.held);
+  CHECK_EQ(r.message, std::string("worst_cv > 0.5 (measured 0.62)"));
   // Against another metric.
   LessonCheck e{"run.aux.worst_cv", "<", 0, "worst_cv", 0, "", ""};
   CHECK(evaluate_check(e, m).held);

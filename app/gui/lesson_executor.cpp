@@ -1,6 +1,7 @@
 #include "lesson_executor.hpp"
 
 #include <QDateTime>
+#include <QBoxLayout>
 #include <QDir>
 #include <QEvent>
 #include <QLabel>
@@ -26,21 +27,34 @@ using moelab::MetricValue;
 
 namespace {
 
-// A coloured frame and a call-out drawn over a chart panel (mouse events go through).
+// A coloured frame drawn over a chart panel's edge (mouse events go through), and its call-out as a
+// row of the panel's own layout between the title and the chart: it moves the chart down a little
+// rather than covering the title, the axis titles or the caption. Removed with the frame.
 class HighlightFrame : public QWidget {
  public:
   HighlightFrame(QWidget* panel, const QString& text) : QWidget(panel) {
     setAttribute(Qt::WA_TransparentForMouseEvents);
-    m_label = new QLabel(text, this);
-    m_label->setWordWrap(true);
-    m_label->setVisible(!text.isEmpty());
-    m_label->setStyleSheet(QStringLiteral("QLabel { background: #D55E00; color: white; padding: 6px 10px; border-radius: 6px; }"));
+    if (!text.isEmpty()) {
+      m_label = new QLabel(text, panel);
+      m_label->setObjectName(QStringLiteral("lessonHighlightCallout"));
+      m_label->setWordWrap(true);
+      QFont f = Theme::current().text;
+      f.setBold(true);
+      m_label->setFont(f);
+      // White on a dark orange (contrast about 5:1), the same in both themes.
+      m_label->setStyleSheet(QStringLiteral("QLabel { background: #A84A00; color: white; padding: 4px 10px; border-radius: 6px; }"));
+      if (auto* column = qobject_cast<QBoxLayout*>(panel->layout())) column->insertWidget(1, m_label);
+      m_label->show();
+    }
     panel->installEventFilter(this);
     fit();
     raise();
     show();
   }
-  QString text() const { return m_label->text(); }
+  ~HighlightFrame() override {
+    if (m_label) delete m_label.data();
+  }
+  QString text() const { return m_label ? m_label->text() : QString(); }
 
  protected:
   bool eventFilter(QObject*, QEvent* e) override {
@@ -58,15 +72,9 @@ class HighlightFrame : public QWidget {
  private:
   void fit() {
     setGeometry(parentWidget()->rect());
-    const int maxW = std::max(120, int(width() * 0.45));
-    m_label->setMaximumWidth(maxW);
-    m_label->adjustSize();
-    const QSize s = m_label->sizeHint().boundedTo(QSize(maxW, height()));
-    m_label->setGeometry(width() - s.width() - 14, std::max(8, height() - s.height() - 14), s.width(),
-                         m_label->heightForWidth(s.width()) > 0 ? m_label->heightForWidth(s.width()) : s.height());
     raise();
   }
-  QLabel* m_label;
+  QPointer<QLabel> m_label;
 };
 
 void put(LessonMetrics& m, const std::string& name, double v) { m[name] = MetricValue::of(v); }

@@ -5,6 +5,7 @@
 #include <QCommandLineParser>
 #include <QDir>
 #include <QElapsedTimer>
+#include <QFileInfo>
 #include <QEventLoop>
 #include <QImage>
 #include <QPageSize>
@@ -137,7 +138,10 @@ int lessonMain(const QStringList& args) {
                            QStringLiteral("normal"));
   QCommandLineOption size(QStringLiteral("size"), QStringLiteral("Window size WxH (default 1280x800)"), QStringLiteral("WxH"),
                           QStringLiteral("1280x800"));
-  parser.addOptions({out, theme, size});
+  QCommandLineOption model(QStringLiteral("model"),
+                           QStringLiteral("A checkpoint folder to open first, as File > Open Model does (for the real-model steps)"),
+                           QStringLiteral("DIR"));
+  parser.addOptions({out, theme, size, model});
   if (!parser.parse(args)) {
     std::fprintf(stderr, "moelab lesson: %s\n", qPrintable(parser.errorText()));
     return 2;
@@ -147,7 +151,7 @@ int lessonMain(const QStringList& args) {
     return 0;
   }
   if (parser.positionalArguments().size() != 1 || !parser.isSet(out)) {
-    std::fprintf(stderr, "moelab lesson: usage: moelab lesson NAME|FILE --out DIR [--theme normal|presentation] [--size WxH]\n");
+    std::fprintf(stderr, "moelab lesson: usage: moelab lesson NAME|FILE --out DIR [--model DIR] [--theme normal|presentation] [--size WxH]\n");
     return 2;
   }
   const QString themeName = parser.value(theme);
@@ -179,6 +183,28 @@ int lessonMain(const QStringList& args) {
   w.resize(width, height);
   w.show();
   w.tokensView()->waitForIdle(120000);
+  if (parser.isSet(model)) {
+    // As File ▸ Open Model: the load runs in the background; the lesson starts once it is in place.
+    const QString modelDir = parser.value(model);
+    if (!QFileInfo(modelDir).exists()) {
+      std::fprintf(stderr, "moelab lesson: %s: no such model folder\n", qPrintable(modelDir));
+      return 2;
+    }
+    w.openModel(QFileInfo(modelDir).absoluteFilePath());
+    QElapsedTimer loadClock;
+    loadClock.start();
+    while ((w.tokensView()->loading() || w.tokensView()->loadsRunning() > 0) && loadClock.elapsed() < 600000) waitMs(20);
+    w.tokensView()->waitForIdle(120000);
+    if (w.tokensView()->loading()) {
+      std::fprintf(stderr, "moelab lesson: %s: the model did not load within 10 minutes\n", qPrintable(modelDir));
+      return 2;
+    }
+    if (!w.lastError().isEmpty()) {
+      std::fprintf(stderr, "moelab lesson: %s\n", qPrintable(w.lastError()));
+      return 2;
+    }
+    std::printf("model: %s\n", qPrintable(w.modelPath()));
+  }
   auto* player = w.findChild<LessonPlayer*>();
   player->openLesson(lesson);
   std::printf("%s (%zu steps)\n", lesson.title.c_str(), lesson.steps.size());

@@ -23,9 +23,13 @@
 #include <QProgressBar>
 #include <QPushButton>
 #include <QRadioButton>
+#include <QScrollArea>
+#include <QScrollBar>
+#include <QSettings>
 #include <QStackedWidget>
 #include <QTabBar>
 #include <QTextBrowser>
+#include <QTextDocument>
 #include <QVBoxLayout>
 #include <cmath>
 
@@ -166,14 +170,31 @@ LessonPlayer::LessonPlayer(MainWindow* window, QWidget* parent)
   auto* dots = new StepDots(this);
   m_dots = dots;
   v->addWidget(m_dots);
+  // The step's title, text and question scroll together (a long step in the presentation theme);
+  // the dots above and the buttons below stay in view.
+  m_scroll = new QScrollArea;
+  m_scroll->setObjectName(QStringLiteral("lessonScroll"));
+  m_scroll->setWidgetResizable(true);
+  m_scroll->setFrameShape(QFrame::NoFrame);
+  m_scroll->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
+  m_scroll->setFocusPolicy(Qt::NoFocus);
+  auto* content = new QWidget;
+  auto* cv = new QVBoxLayout(content);
+  cv->setContentsMargins(0, 0, 0, 0);
+  m_scroll->setWidget(content);
+  m_scroll->viewport()->installEventFilter(this);
+  v->addWidget(m_scroll, 1);
   m_stepTitle = new QLabel;
   m_stepTitle->setWordWrap(true);
-  v->addWidget(m_stepTitle);
-  m_body = new QTextBrowser;
+  cv->addWidget(m_stepTitle);
+  m_body = new QTextBrowser;  // as tall as its text (fitBody): the scroll area scrolls it
   m_body->setOpenExternalLinks(true);
   m_body->setFrameShape(QFrame::NoFrame);
   m_body->setFocusPolicy(Qt::NoFocus);  // the clicker's keys must reach the player
-  v->addWidget(m_body, 1);
+  m_body->setVerticalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
+  m_body->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
+  m_body->setSizePolicy(QSizePolicy::Preferred, QSizePolicy::Fixed);
+  cv->addWidget(m_body);
   // The question (predict, then watch).
   m_ask = new QWidget;
   auto* av = new QVBoxLayout(m_ask);
@@ -200,7 +221,8 @@ LessonPlayer::LessonPlayer(MainWindow* window, QWidget* parent)
     else if (m_choices->checkedId() >= 0) answerChoice(m_choices->checkedId());
   });
   av->addWidget(m_answerButton);
-  v->addWidget(m_ask);
+  cv->addWidget(m_ask);
+  cv->addStretch(1);
   m_progress = new QProgressBar;
   m_progress->setTextVisible(true);
   m_progress->hide();
@@ -253,6 +275,14 @@ void LessonPlayer::showList() {
     m_dock->show();
     m_dock->raise();
   }
+}
+
+bool LessonPlayer::showListOnFirstStart() {
+  QSettings settings;
+  if (settings.value(QLatin1String(kFirstStartKey)).toBool()) return false;
+  settings.setValue(QLatin1String(kFirstStartKey), true);
+  showList();
+  return true;
 }
 
 void LessonPlayer::showError(const QString& error) {
@@ -400,15 +430,18 @@ void LessonPlayer::onDone(const QString& error) {
     if (!error.isEmpty()) {
       r.checks << tr("Not checked: an action failed (%1)").arg(QString::fromStdString(moelab::describe_check(c)));
       r.held << false;
+      r.judged << false;
       continue;
     }
     try {
       const moelab::CheckResult cr = moelab::evaluate_check(c, metrics);
       r.checks << QString::fromStdString(cr.message);
       r.held << cr.held;
+      r.judged << cr.measured;
     } catch (const std::exception& e) {
       r.checks << QString::fromUtf8(e.what());
       r.held << false;
+      r.judged << false;
     }
   }
   m_results[m_index] = r;
@@ -447,7 +480,10 @@ QString LessonPlayer::markdown() const {
   if (!r.actionError.isEmpty()) after += tr("**The lab could not do this step:** %1\n\n").arg(r.actionError);
   if (!r.then.isEmpty()) after += r.then + QStringLiteral("\n\n");
   for (int i = 0; i < r.checks.size(); ++i)
-    after += (r.held[i] ? tr("✔ **Held:** ") : tr("✘ **Did not hold this time:** ")) + r.checks[i] + QStringLiteral("\n\n");
+    after += (r.held[i]                ? tr("✔ **Held:** ")
+              : r.judged.value(i, true) ? tr("✘ **Did not hold this time:** ")
+                                        : QStringLiteral("✘ ")) +
+             r.checks[i] + QStringLiteral("\n\n");
   if (!after.isEmpty()) md += QStringLiteral("\n\n---\n\n") + after;
   return md;
 }
@@ -458,6 +494,8 @@ void LessonPlayer::render() {
   if (m_index < 0) return;
   const moelab::LessonStep& s = m_lesson.steps[size_t(m_index)];
   m_body->setMarkdown(markdown());
+  fitBody();
+  m_scroll->verticalScrollBar()->setValue(0);
   // The question, while it waits for an answer.
   const bool asking = m_phase == Phase::Asking && s.ask;
   m_ask->setVisible(asking);
@@ -499,6 +537,7 @@ void LessonPlayer::applyTheme() {
   small.setPointSizeF(base.pointSizeF() * (t.presentation ? 0.95 : 1.0));
   m_body->setFont(body);
   m_body->document()->setDefaultFont(body);
+  fitBody();
   m_question->setFont(body);
   m_stepTitle->setFont(title);
   m_listTitle->setFont(title);
@@ -509,7 +548,19 @@ void LessonPlayer::applyTheme() {
   if (m_index >= 0 && hasLesson()) render();
 }
 
+void LessonPlayer::fitBody() {
+  const int w = m_scroll->viewport()->width();
+  if (w <= 0) return;
+  QTextDocument* doc = m_body->document();
+  doc->setTextWidth(w - 2 * m_body->frameWidth());
+  m_body->setFixedHeight(int(std::ceil(doc->size().height())) + 2 * m_body->frameWidth() + 2);
+}
+
 bool LessonPlayer::eventFilter(QObject* watched, QEvent* e) {
+  if (e->type() == QEvent::Resize && m_scroll && watched == m_scroll->viewport()) {
+    fitBody();
+    return false;
+  }
   if (e->type() != QEvent::KeyPress || !hasLesson() || !m_dock || !m_dock->isVisible() || m_stack->currentIndex() != 1)
     return QWidget::eventFilter(watched, e);
   auto* k = static_cast<QKeyEvent*>(e);

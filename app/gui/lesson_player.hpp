@@ -22,6 +22,7 @@ class QLabel;
 class QListWidget;
 class QProgressBar;
 class QPushButton;
+class QScrollArea;
 class QStackedWidget;
 class QTextBrowser;
 class QVBoxLayout;
@@ -54,12 +55,20 @@ class LessonPlayer : public QWidget {
     QString then;           // the closing text, formatted
     QStringList checks;     // one line per check
     QVector<bool> held;     // per check
+    QVector<bool> judged;   // per check: false when it could not be judged (not measured, an action
+                            // failed): its line says why, without "Did not hold this time:"
     QString actionError;    // the first action that failed, "" if none
     bool skipped = false;   // needs a real model and none is open
   };
   StepResult result(int step) const { return m_results.value(step); }
   QString bodyText() const;  // the panel's text as shown (plain)
   QString markdown() const;  // the same, as the markdown it is made from
+
+  // The lab's very first start (QSettings "lessons/firstStartDone" not set): shows the list of
+  // lessons in the panel and sets the flag; true when it did. main() calls it when no --lesson is
+  // given, so a teacher's `moelab --lesson NAME` opens on that lesson instead.
+  static constexpr const char* kFirstStartKey = "lessons/firstStartDone";
+  bool showListOnFirstStart();
 
  public slots:
   void next();
@@ -79,6 +88,7 @@ class LessonPlayer : public QWidget {
 
  protected:
   bool eventFilter(QObject* watched, QEvent* e) override;
+  void fitBody();  // the text's height for the scroll area's width
 
  private:
   void enter(int step, bool forward);
@@ -107,6 +117,7 @@ class LessonPlayer : public QWidget {
   QWidget* m_dots = nullptr;
   QLabel* m_stepTitle = nullptr;
   QTextBrowser* m_body = nullptr;
+  QScrollArea* m_scroll = nullptr;  // the step's title, text and question
   QWidget* m_ask = nullptr;
   QLabel* m_question = nullptr;
   QVBoxLayout* m_choicesBox = nullptr;

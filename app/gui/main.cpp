@@ -2,11 +2,12 @@
 // built-in model); `moelab --screenshot DIR` renders every view to PNG, headless, and exits;
 // `moelab export --run DIR --out DIR` writes a run's charts without a window (export_run.hpp);
 // `moelab lesson NAME --out DIR` plays a lesson headless (lesson_headless.hpp); `--lesson NAME`
-// opens the window on a lesson;
+// opens the window on a lesson (without it, the very first start opens on the list of lessons);
 // `moelab --bench-frames` measures the Training view's frame rate and event-loop latency while
 // training a 4-layer, 16-expert model at full speed.
 #include <QApplication>
 #include <QCommandLineParser>
+#include <QSettings>
 #include <QStyleFactory>
 #include <QTimer>
 #include <cstdio>
@@ -213,10 +214,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "screenshots written to %s\n", qPrintable(parser.value(shot)));
     return 0;
   }
+  auto* player = w.findChild<LessonPlayer*>();
   if (parser.isSet(lessonOpt)) {
-    auto* player = w.findChild<LessonPlayer*>();
+    QSettings().setValue(QLatin1String(LessonPlayer::kFirstStartKey), true);
     if (parser.value(lessonOpt) == QLatin1String("list")) player->showList();
     else player->openLesson(parser.value(lessonOpt));  // a malformed one: the list, with the error
+  } else {
+    player->showListOnFirstStart();  // the very first start: the list of lessons in the panel
   }
   w.show();
   return app.exec();

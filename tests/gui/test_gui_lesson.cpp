@@ -6,10 +6,21 @@
 // (charts, pages, knobs) exists in the views.
 #include <QDockWidget>
 #include <QFile>
+#include <QLabel>
 #include <QLineEdit>
+#include <QListWidget>
+#include <QPushButton>
+#include <QScrollArea>
+#include <QScrollBar>
+#include <QSettings>
+#include <QStackedWidget>
+#include <QStandardPaths>
+#include <QTextBrowser>
+#include <QTextDocument>
 #include <QTabWidget>
 #include <QTemporaryDir>
 #include <QtTest>
+#include <qcustomplot.h>
 
 #include "chart_panel.hpp"
 #include "compare_view.hpp"
@@ -151,7 +162,11 @@ class TestGuiLesson : public QObject {
     QCOMPARE(r.then, QStringLiteral("There are %1 tokens.").arg(tokens));
     const QString shown = player->bodyText();
     QVERIFY2(shown.contains(QStringLiteral("Did not hold this time: Not 99999 but %1.").arg(tokens)), qPrintable(shown));
-    QVERIFY(shown.contains(QStringLiteral("Held:")));
+    // A check without holds/fails texts: the verdict once, then the check and the value measured.
+    QCOMPARE(r.checks[0], QStringLiteral("tokens > 0 (measured %1)").arg(tokens));
+    QVERIFY2(shown.contains(QStringLiteral("✔ Held: tokens > 0 (measured %1)").arg(tokens)), qPrintable(shown));
+    QVERIFY2(!shown.contains(QStringLiteral("Held: Held")), qPrintable(shown));
+    QVERIFY(!shown.contains(QStringLiteral("hold this time: Did not hold")));
   }
 
   void questionTrainUntilAndCompare() {
@@ -177,8 +192,21 @@ class TestGuiLesson : public QObject {
     QVERIFY2(steps >= 8 && steps < 400, qPrintable(QString::number(steps)));
     QCOMPARE(w->compareView()->runs().size(), 1);
     QCOMPARE(w->tabs()->currentWidget(), static_cast<QWidget*>(w->compareView()));
-    QVERIFY(player->executor()->highlighted() == player->executor()->chart(QStringLiteral("compare-loss")));
+    ChartPanel* lit = player->executor()->chart(QStringLiteral("compare-loss"));
+    QVERIFY(player->executor()->highlighted() == lit);
     QCOMPARE(r.then, QStringLiteral("Stopped at %1.").arg(steps));
+    // The call-out is a row of its own between the title and the chart: it covers no text.
+    auto* callout = lit->findChild<QLabel*>(QStringLiteral("lessonHighlightCallout"));
+    QVERIFY(callout);
+    QCOMPARE(callout->text(), QStringLiteral("%1 steps").arg(steps));
+    QTRY_VERIFY(callout->isVisible() && callout->height() > 0);
+    for (QWidget* other : lit->findChildren<QWidget*>(Qt::FindDirectChildrenOnly)) {
+      if (other == callout || !other->isVisible() || other->testAttribute(Qt::WA_TransparentForMouseEvents)) continue;
+      QVERIFY2(!other->geometry().intersects(callout->geometry()), qPrintable(other->metaObject()->className()));
+    }
+    QVERIFY(lit->plot()->geometry().top() >= callout->geometry().bottom());
+    player->executor()->clearHighlight();
+    QVERIFY(!lit->findChild<QLabel*>(QStringLiteral("lessonHighlightCallout")));
   }
 
   void nextDuringATrainingRunStopsItAndMovesOn() {
@@ -221,6 +249,51 @@ class TestGuiLesson : public QObject {
     QCOMPARE(player->openLesson(path), QString());
     QVERIFY(waitDone(player));
     QVERIFY2(player->result(0).actionError.isEmpty(), qPrintable(player->result(0).actionError));
+  }
+
+  void aLongStepScrollsWithTheButtonsInView() {
+    QString longText;
+    for (int i = 0; i < 60; ++i) longText += QStringLiteral("A long paragraph of the lesson, line %1. ").arg(i);
+    const QString path = writeLesson(dir, QStringLiteral("long-text.json"),
+                                     QStringLiteral("{'title': 'Long', 'text': '%1', 'do': [{'action': 'view', 'view': 'model'}]},"
+                                                    "{'title': 'Two', 'text': 'b', 'do': []}").arg(longText));
+    w->setPresentation(true);
+    w->resize(1280, 800);
+    QCOMPARE(player->openLesson(path), QString());
+    QVERIFY(waitDone(player));
+    QApplication::processEvents();
+    auto* scroll = player->findChild<QScrollArea*>(QStringLiteral("lessonScroll"));
+    QVERIFY(scroll);
+    QVERIFY2(scroll->verticalScrollBar()->maximum() > 0, "the long text scrolls");
+    QCOMPARE(scroll->verticalScrollBar()->value(), 0);  // from its top
+    // The whole text is laid out (nothing cut at the body's own edge), and Next stays in view.
+    auto* body = player->findChild<QTextBrowser*>();
+    QVERIFY(body->height() >= int(body->document()->size().height()));
+    QPushButton* next = nullptr;
+    for (QPushButton* b : player->findChildren<QPushButton*>())
+      if (b->text().contains(QStringLiteral("Next"))) next = b;
+    QVERIFY(next && next->isVisible());
+    const QRect nextInPlayer(next->mapTo(player, QPoint(0, 0)), next->size());
+    QVERIFY2(player->rect().contains(nextInPlayer), "Next is inside the panel");
+    QVERIFY(!scroll->geometry().intersects(QRect(next->mapTo(scroll->parentWidget(), QPoint(0, 0)), next->size())));
+    w->setPresentation(false);
+  }
+
+  void theVeryFirstStartShowsTheLessonList() {
+    QStandardPaths::setTestModeEnabled(true);  // QSettings under ~/.qttest, not the user's
+    QSettings().remove(QLatin1String(LessonPlayer::kFirstStartKey));
+    QCOMPARE(player->openLesson(dir.filePath(QStringLiteral("long-text.json"))), QString());
+    QVERIFY(player->showListOnFirstStart());
+    auto* stack = player->findChild<QStackedWidget*>();
+    QCOMPARE(stack->currentIndex(), 0);  // the list
+    QVERIFY(player->dock()->isVisible());
+    QVERIFY(player->findChild<QListWidget*>()->count() >= 12);
+    QVERIFY(QSettings().value(QLatin1String(LessonPlayer::kFirstStartKey)).toBool());
+    // The next start does not.
+    QCOMPARE(player->openLesson(dir.filePath(QStringLiteral("long-text.json"))), QString());
+    QVERIFY(!player->showListOnFirstStart());
+    QCOMPARE(stack->currentIndex(), 1);
+    QSettings().remove(QLatin1String(LessonPlayer::kFirstStartKey));
   }
 
   void cleanupTestCase() { delete w; }
