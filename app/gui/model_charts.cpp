@@ -286,8 +286,15 @@ void setupMemory(QCustomPlot* plot) {
     const bool stack = tall && plot->width() - names - 40 < 2.6 * (titles + 2 * title.height());
     // Side by side in a narrow chart: the short titles, so they never run into each other.
     const bool cramped = !stack && plot->width() - names - 40 < 2.6 * (titles + 2 * title.height());
-    mem->axis(QCPAxis::atBottom)->setLabel(cramped ? QObject::tr("memory") : QObject::tr("weights in memory"));
-    flop->axis(QCPAxis::atBottom)->setLabel(cramped ? QObject::tr("FLOP/token") : QObject::tr("FLOP per token"));
+    // Narrower still (projector fonts beside the lesson dock): a title wider than its half of the
+    // chart is left out rather than run into the other; the caption says which side is which.
+    const double avail = plot->width() - names - 40;
+    const QString memTitle = cramped ? QObject::tr("memory") : QObject::tr("weights in memory");
+    const QString flopTitle = cramped ? QObject::tr("FLOP/token") : QObject::tr("FLOP per token");
+    const bool fitsMem = stack || title.horizontalAdvance(memTitle) < 0.95 * avail * 1.6 / 2.6;
+    const bool fitsFlop = stack || title.horizontalAdvance(flopTitle) < 0.95 * avail / 2.6;
+    mem->axis(QCPAxis::atBottom)->setLabel(fitsMem && fitsFlop ? memTitle : QString());
+    flop->axis(QCPAxis::atBottom)->setLabel(fitsMem && fitsFlop ? flopTitle : QString());
     if (stack == (pair->rowCount() == 2 && pair->element(1, 0) == flop)) return;
     pair->take(flop);
     pair->simplify();

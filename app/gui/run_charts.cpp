@@ -172,7 +172,9 @@ void drawBalance(QCustomPlot* plot, const RunData& run, int shown) {
     }
   }
   plot->yAxis2->setVisible(true);
-  plot->yAxis2->setLabel(tr("dead experts (dotted)"));
+  // Short: it runs along the chart's height, which beside the lesson dock with projector fonts is
+  // less than "dead experts (dotted)" needs; the legend names the dead experts in full.
+  plot->yAxis2->setLabel(tr("dead (dotted)"));
   plot->xAxis->setLabel(tr("training step"));
   plot->yAxis->setLabel(tr("CV of load (solid)"));
   plot->rescaleAxes();

@@ -108,7 +108,7 @@ class TestGuiShapes : public QObject {
     }
     TokensView* t = m_window->tokensView();
     m_window->openModel(folder);
-    if (!t->waitForIdle(120000)) qFatal("the model did not load");
+    if (!t->waitForIdle(240000)) qFatal("the model did not load");
     t->setPrompt(QStringLiteral("the quiet river "));
     t->waitForIdle(60000);
     for (int i = 0; i < 8; ++i) t->stepOnce();
