@@ -16,6 +16,7 @@
 
 #include "chart_kit.hpp"
 #include "chart_panel.hpp"
+#include "knob_drawer.hpp"
 #include "table_chart.hpp"
 #include "theme.hpp"
 #include "training_view.hpp"
@@ -90,23 +91,27 @@ CompareView::CompareView(QWidget* parent) : QWidget(parent) {
   m_figures->setCsvProvider([this] { return tableCsv(); });
   m_figures->setPainter([this](QPainter& p, QSize size) { m_table->paintTable(p, size); });
 
-  // Two pages, so each chart stays readable on a projector.
-  auto* page1 = new QWidget;
-  auto* g1 = new QVBoxLayout(page1);
-  g1->setContentsMargins(0, 0, 0, 0);
-  g1->addWidget(m_collapse, 3);
-  g1->addWidget(m_figures, 2);
-  auto* page2 = new QWidget;
-  auto* g2 = new QHBoxLayout(page2);
-  g2->setContentsMargins(0, 0, 0, 0);
-  g2->addWidget(m_loss);
-  g2->addWidget(m_cv);
+  // Two pages, so each chart stays readable on a projector; a page scrolls rather than squash a
+  // chart below its least height (the side-by-side heatmaps need room for two-line run titles).
+  auto* page1 = new ChartPage(ChartPage::Presentation::Grid);
+  page1->add(m_collapse, 0, 0);
+  page1->add(m_figures, 1, 0);
+  page1->setRowStretch(0, 3);
+  page1->setRowStretch(1, 2);
+  auto* page2 = new ChartPage(ChartPage::Presentation::Grid);
+  page2->add(m_loss, 0, 0);
+  page2->add(m_cv, 0, 1);
+  m_chartPages = {page1, page2};
+  m_collapse->setMinimumChartHeight(200, 400);
+  m_loss->setMinimumChartHeight(200, 380);
+  m_cv->setMinimumChartHeight(200, 380);
   m_pages = new QTabWidget(this);
   m_pages->addTab(page1, tr("Collapse and final figures"));
   m_pages->addTab(page2, tr("Loss and unevenness"));
   auto* charts = m_pages;
   auto* split = new QSplitter(this);
-  split->addWidget(controls);
+  m_drawer = new KnobDrawer(controls);
+  split->addWidget(m_drawer);
   split->addWidget(charts);
   split->setStretchFactor(1, 5);
   auto* outer = new QHBoxLayout(this);
@@ -119,6 +124,7 @@ QList<ChartPanel*> CompareView::charts() const { return {m_collapse, m_loss, m_c
 
 void CompareView::applyTheme(const Theme& t) {
   for (ChartPanel* c : charts()) c->applyTheme(t);
+  for (ChartPage* p : m_chartPages) p->applyTheme(t);
   redraw();
 }
 

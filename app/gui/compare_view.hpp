@@ -9,6 +9,7 @@
 #include "run_charts.hpp"
 #include "run_data.hpp"
 
+class ChartPage;
 class ChartPanel;
 class QComboBox;
 class QListWidget;
@@ -16,10 +17,13 @@ class QTabWidget;
 class TableChart;
 struct Theme;
 
+class KnobDrawer;
+
 class CompareView : public QWidget {
   Q_OBJECT
  public:
   explicit CompareView(QWidget* parent = nullptr);
+  KnobDrawer* knobDrawer() const { return m_drawer; }  // the knob panel (knob_drawer.hpp)
 
   QList<ChartPanel*> charts() const;
   void applyTheme(const Theme& t);
@@ -58,4 +62,6 @@ class CompareView : public QWidget {
   TableChart* m_table = nullptr;
   QTabWidget* m_pages = nullptr;
   ChartPanel *m_loss = nullptr, *m_cv = nullptr, *m_collapse = nullptr, *m_figures = nullptr;
+  KnobDrawer* m_drawer = nullptr;
+  QList<ChartPage*> m_chartPages;
 };

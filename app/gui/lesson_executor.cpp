@@ -7,6 +7,7 @@
 #include <QLabel>
 #include <QPainter>
 #include <QScrollArea>
+#include <QScrollBar>
 #include <QTabWidget>
 #include <QTimer>
 #include <algorithm>
@@ -248,7 +249,13 @@ void LessonExecutor::showChart(ChartPanel* panel) {
   // Scroll it into view where its page scrolls (presentation stacks the panels).
   for (QWidget* p = panel->parentWidget(); p; p = p->parentWidget())
     if (auto* area = qobject_cast<QScrollArea*>(p)) {
-      area->ensureWidgetVisible(panel, 0, 0);
+      // ensureWidgetVisible centres a panel taller than the view, cutting its title off: such a
+      // panel is shown from its top (title and call-out), the rest a scroll away.
+      const int top = panel->mapTo(area->widget(), QPoint(0, 0)).y();
+      if (panel->height() + 8 > area->viewport()->height())
+        area->verticalScrollBar()->setValue(std::max(0, top - 4));
+      else
+        area->ensureWidgetVisible(panel, 0, 4);
       break;
     }
 }
@@ -327,7 +334,9 @@ QString LessonExecutor::quick(const LessonAction& a) {
     for (const std::string& r : a.runs) {
       const QString run = QString::fromStdString(r);
       if (!m_runs.contains(run)) return tr("run %1 has not been trained in this lesson").arg(run);
-      m_w->compareView()->addRunData(m_runs[run]);
+      RunData shown = m_runs[run];
+      shown.preset = run;  // the lesson's name for the run labels it (two runs may share a preset)
+      m_w->compareView()->addRunData(shown);
     }
     m_w->tabs()->setCurrentWidget(m_w->compareView());
   } else if (a.action == "real_model") {

@@ -345,6 +345,10 @@ void LessonPlayer::goTo(int step) {
 
 void LessonPlayer::runAgain() {
   if (!hasLesson() || m_index < 0) return;
+  if (m_results.value(m_index).skipped) {  // waiting for a real model: open now? then run it
+    enter(m_index, true);
+    return;
+  }
   m_exec->cancel();
   m_results[m_index] = StepResult();
   m_answer.clear();
@@ -522,7 +526,8 @@ void LessonPlayer::updateButtons() {
   m_back->setEnabled(m_index > 0);
   m_next->setEnabled(m_index + 1 < int(m_lesson.steps.size()));
   m_next->setText(m_phase == Phase::Asking ? tr("Skip ▸") : m_phase == Phase::Running ? tr("Stop, next ▸") : tr("Next ▸"));
-  m_again->setEnabled(m_phase == Phase::Done && !m_results.value(m_index).skipped);
+  // A step waiting for a real model runs again too: the text says to press it once one is open.
+  m_again->setEnabled(m_phase == Phase::Done);
 }
 
 void LessonPlayer::applyTheme() {

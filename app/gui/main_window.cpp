@@ -1,5 +1,6 @@
 #include "main_window.hpp"
 
+#include "knob_drawer.hpp"
 #include "lesson_player.hpp"
 
 #include <QAction>
@@ -136,6 +137,7 @@ MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
 
   createActions();
   LessonPlayer::install(this);
+  KnobDrawers::install(this);  // after the lesson dock, which it watches
   readSettings();
   m_tokens->openModel(QStringLiteral("builtin"));
   updateTitle();

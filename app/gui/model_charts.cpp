@@ -375,14 +375,16 @@ void drawMemory(QCustomPlot* plot, const ModelSnapshot& m, const Theme& t) {
   gpu->point1->setCoords(80e9, 0);
   gpu->point2->setCoords(80e9, 1);
   gpu->setPen(QPen(t.foreground, t.presentation ? 3 : 2, Qt::DashLine));
-  // The largest models sit at the top, right of the line, so its label goes top left of it.
-  auto* gpuLabel = textItem(plot, tr("80 GB GPU"), t.tickLabel, t.foreground, Qt::AlignRight | Qt::AlignTop);
+  // The largest models sit at the top, right of the line, and the compared model's row may be
+  // outlined there; the smallest (the lab's own, a few MB) at the bottom, far left of the line. So
+  // its label goes bottom left of it.
+  auto* gpuLabel = textItem(plot, tr("80 GB GPU"), t.tickLabel, t.foreground, Qt::AlignRight | Qt::AlignBottom);
   gpuLabel->setClipAxisRect(mem);
   gpuLabel->position->setAxisRect(mem);
   gpuLabel->position->setAxes(memX, memY);
   gpuLabel->position->setTypeY(QCPItemPosition::ptAxisRectRatio);
-  gpuLabel->position->setCoords(80e9, 0.0);
-  gpuLabel->setPadding(QMargins(0, 2, 6, 0));
+  gpuLabel->position->setCoords(80e9, 1.0);
+  gpuLabel->setPadding(QMargins(0, 0, 6, 2));
   gpuLabel->setBrush(QColor(255, 255, 255, 210));
 
   // Right: compute per token, one bar per model.

@@ -24,6 +24,7 @@
 #include "chart_kit.hpp"
 #include "chart_panel.hpp"
 #include "error.hpp"
+#include "knob_drawer.hpp"
 #include "model_charts.hpp"
 #include "presets.hpp"
 #include "registry.hpp"
@@ -50,12 +51,13 @@ ModelView::ModelView(QWidget* parent)
   layout->setContentsMargins(0, 0, 0, 0);
   layout->addWidget(m_splitter);
 
-  m_knobScroll = new QScrollArea(m_splitter);
+  m_knobScroll = new QScrollArea;
   m_knobScroll->setWidgetResizable(true);
   m_knobScroll->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
   m_knobScroll->setWidget(buildKnobs());
   buildCharts();
-  m_splitter->addWidget(m_knobScroll);
+  m_drawer = new KnobDrawer(m_knobScroll);
+  m_splitter->addWidget(m_drawer);
   m_splitter->addWidget(m_chartScroll);
   m_splitter->setStretchFactor(0, 0);
   m_splitter->setStretchFactor(1, 1);
@@ -543,7 +545,8 @@ void ModelView::applyMinimumSizes() {
   m_knobs->adjustSize();
   const int w = m_knobs->minimumSizeHint().width() + m_knobScroll->verticalScrollBar()->sizeHint().width() + 4;
   m_knobScroll->setMinimumWidth(w);
-  m_splitter->setSizes({w, std::max(400, width() - w)});
+  const int drawn = m_drawer->isOpen() ? w + m_drawer->tab()->sizeHint().width() : m_drawer->tab()->sizeHint().width();
+  m_splitter->setSizes({drawn, std::max(400, width() - drawn)});
 }
 
 void ModelView::applyTheme(const Theme& t) {

@@ -26,10 +26,13 @@ class QScrollArea;
 class QSpinBox;
 class QSplitter;
 
+class KnobDrawer;
+
 class ModelView : public QWidget {
   Q_OBJECT
  public:
   explicit ModelView(QWidget* parent = nullptr);
+  KnobDrawer* knobDrawer() const { return m_drawer; }  // the knob panel (knob_drawer.hpp)
   ~ModelView() override;
 
   QList<ChartPanel*> charts() const;
@@ -129,4 +132,5 @@ class ModelView : public QWidget {
   ChartPanel* m_memoryChart = nullptr;
   ChartPanel* m_blockChart = nullptr;
   BlockDiagram* m_block = nullptr;
+  KnobDrawer* m_drawer = nullptr;
 };

@@ -263,7 +263,7 @@ void drawBias(QCustomPlot* plot, const RunData& run, int shown, int layer) {
   zero->point2->setCoords(1, 0);
   zero->setPen(QPen(Theme::current().subtle, 1, Qt::DashLine));
   plot->xAxis->setLabel(tr("training step"));
-  plot->yAxis->setLabel(tr("selection bias (MoE layer %1)").arg(layer));
+  plot->yAxis->setLabel(tr("bias, MoE layer %1").arg(layer));
   plot->rescaleAxes();
   finish(plot);
 }
@@ -407,10 +407,14 @@ QCPColorMap* drawSpecialisation(QCustomPlot* plot, const RunData& run, int shown
   for (int d = 0; d < D; ++d) names->addTick(d, d < s->domains.size() ? s->domains[d] : QString::number(d));
   plot->yAxis->setTicker(names);
   plot->yAxis->setLabel(tr("text domain"));
-  plot->xAxis->setLabel(tr("expert (MoE layer %1, step %2, specialisation %3)")
-                            .arg(layer)
-                            .arg(s->step)
-                            .arg(s->layers[layer].specialisation, 0, 'f', 2));
+  // The score in the label where it fits beside the domain names and the colour scale (about
+  // 300 px together); else it is left to the "Specialisation over training" chart.
+  const QString full = tr("expert (MoE layer %1, step %2, specialisation %3)")
+                           .arg(layer)
+                           .arg(s->step)
+                           .arg(s->layers[layer].specialisation, 0, 'f', 2);
+  const bool fits = QFontMetrics(Theme::current().axisLabel).horizontalAdvance(full) + 300 <= plot->width();
+  plot->xAxis->setLabel(fits ? full : tr("expert (MoE layer %1, step %2)").arg(layer).arg(s->step));
   plot->xAxis->setRange(-0.5, E - 0.5);
   plot->yAxis->setRange(-0.5, D - 0.5);
   integerTicks(plot->xAxis, E);

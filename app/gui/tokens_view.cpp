@@ -24,6 +24,7 @@
 #include <qcustomplot.h>
 
 #include "chart_panel.hpp"
+#include "knob_drawer.hpp"
 #include "theme.hpp"
 #include "token_charts.hpp"
 #include "token_text.hpp"
@@ -106,6 +107,7 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   m_force->setToolTip(tr("An expert every token must use"));
   form->addRow(tr("Force expert"), m_force);
   m_capacity = new QDoubleSpinBox(controls);
+  m_capacity->setObjectName(QStringLiteral("capacity"));
   m_capacity->setRange(0.0, 8.0);
   m_capacity->setSingleStep(0.25);
   m_capacity->setDecimals(2);
@@ -195,7 +197,8 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   leftLayout->addWidget(m_status);  // here, not in the form: a wrapped label gets the height it needs
   leftLayout->addStretch(1);
   auto* split = new QSplitter(this);
-  split->addWidget(left);
+  m_drawer = new KnobDrawer(left);
+  split->addWidget(m_drawer);
   split->addWidget(chartsHost);
   split->setStretchFactor(1, 4);
   auto* outer = new QHBoxLayout(this);

@@ -25,10 +25,13 @@ class QTimer;
 class TokenText;
 struct Theme;
 
+class KnobDrawer;
+
 class TokensView : public QWidget {
   Q_OBJECT
  public:
   explicit TokensView(QWidget* parent = nullptr);
+  KnobDrawer* knobDrawer() const { return m_drawer; }  // the knob panel (knob_drawer.hpp)
   ~TokensView() override;
 
   QList<ChartPanel*> charts() const;
@@ -144,4 +147,5 @@ class TokensView : public QWidget {
   QTabWidget* m_pages = nullptr;
   QList<ChartPage*> m_chartPages;
   QLabel* m_whyLabel = nullptr;
+  KnobDrawer* m_drawer = nullptr;
 };

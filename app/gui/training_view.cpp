@@ -24,6 +24,7 @@
 #include <qcustomplot.h>
 
 #include "chart_panel.hpp"
+#include "knob_drawer.hpp"
 #include "presets.hpp"
 #include "run_charts.hpp"
 #include "runlog.hpp"
@@ -208,7 +209,8 @@ TrainingView::TrainingView(QWidget* parent) : QWidget(parent) {
   rv->addWidget(replayBar);
   rv->addWidget(m_pages, 1);
   auto* split = new QSplitter(this);
-  split->addWidget(scroll);
+  m_drawer = new KnobDrawer(scroll);
+  split->addWidget(m_drawer);
   split->addWidget(right);
   split->setStretchFactor(1, 4);
   auto* outer = new QHBoxLayout(this);

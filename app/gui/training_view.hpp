@@ -26,10 +26,13 @@ class QTabWidget;
 class QTimer;
 struct Theme;
 
+class KnobDrawer;
+
 class TrainingView : public QWidget {
   Q_OBJECT
  public:
   explicit TrainingView(QWidget* parent = nullptr);
+  KnobDrawer* knobDrawer() const { return m_drawer; }  // the knob panel (knob_drawer.hpp)
   ~TrainingView() override;
 
   QList<ChartPanel*> charts() const;
@@ -127,4 +130,5 @@ class TrainingView : public QWidget {
   QScrollArea* m_scroll = nullptr;
   QVector<ChartPanel*> m_charts;  // one per RunCharts::runCharts(), in its order
   QVector<int> m_chartPage;       // the page each is on
+  KnobDrawer* m_drawer = nullptr;
 };

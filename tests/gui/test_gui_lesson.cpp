@@ -3,8 +3,10 @@
 // the student moved a knob; a malformed lesson file is refused in one line naming the file and
 // step; a check that does not hold is reported as not held; questions, a train action with
 // `until`, compare, and Next during a running action; every name of the lessons' vocabulary
-// (charts, pages, knobs) exists in the views.
+// (charts, pages, knobs) exists in the views; the knob panels fold away at a projector's 1280 × 800
+// while a lesson is open (and come back with one key).
 #include <QDockWidget>
+#include <QDoubleSpinBox>
 #include <QFile>
 #include <QLabel>
 #include <QLineEdit>
@@ -25,6 +27,7 @@
 #include "chart_panel.hpp"
 #include "compare_view.hpp"
 #include "gui_test_util.hpp"
+#include "knob_drawer.hpp"
 #include "lesson_executor.hpp"
 #include "lesson_player.hpp"
 #include "model_view.hpp"
@@ -277,6 +280,74 @@ class TestGuiLesson : public QObject {
     QVERIFY2(player->rect().contains(nextInPlayer), "Next is inside the panel");
     QVERIFY(!scroll->geometry().intersects(QRect(next->mapTo(scroll->parentWidget(), QPoint(0, 0)), next->size())));
     w->setPresentation(false);
+  }
+
+  void knobsFoldWhenTheLessonCrampsTheCharts() {
+    auto* drawers = w->findChild<KnobDrawers*>();
+    QVERIFY(drawers);
+    auto allOpen = [&](bool open) {
+      for (KnobDrawer* k : drawers->drawers())
+        if (k->isOpen() != open || k->content()->isVisibleTo(k) != open) return false;
+      return true;
+    };
+    // The Tokens view's visible chart page does not scroll sideways (its heading and legend fit).
+    auto noSidewaysScroll = [&] {
+      for (ChartPage* p : w->tokensView()->findChildren<ChartPage*>())
+        if (p->isVisible() && p->horizontalScrollBar()->maximum() > 0) return false;
+      return true;
+    };
+    const QString path = writeLesson(dir, QStringLiteral("room.json"), QStringLiteral(""
+"      {'title': 'Heatmap', 'text': 'a', 'do': [{'action': 'view', 'view': 'tokens'}]}"));
+    player->dock()->close();
+    w->setPresentation(true);
+    w->resize(1280, 800);
+    QTRY_VERIFY(allOpen(true));  // no lesson: the knobs stay
+    QCOMPARE(player->openLesson(path), QString());
+    QVERIFY(waitDone(player));
+    QTRY_VERIFY(allOpen(false));
+    QVERIFY(drawers->drawers()[1]->width() <= drawers->drawers()[1]->tab()->sizeHint().width());
+    QTRY_VERIFY(noSidewaysScroll());
+    // A lesson's settings reach the folded knobs.
+    w->tokensView()->setCapacityFactor(1.25);
+    auto* capacity = w->tokensView()->findChild<QDoubleSpinBox*>(QStringLiteral("capacity"));
+    QVERIFY(capacity && !capacity->isVisible());
+    QCOMPARE(capacity->value(), 1.25);
+    w->tokensView()->setCapacityFactor(0);
+    // One key brings them back, and the person's choice stands while the situation is the same.
+    drawers->action()->trigger();
+    QTRY_VERIFY(allOpen(true));
+    w->resize(1290, 800);
+    QTest::qWait(50);
+    QVERIFY(allOpen(true));
+    drawers->action()->trigger();
+    QTRY_VERIFY(allOpen(false));
+    // The tab itself unfolds them.
+    QTest::mouseClick(drawers->drawers()[1]->tab(), Qt::LeftButton);
+    QTRY_VERIFY(allOpen(true));
+    drawers->action()->trigger();
+    QTRY_VERIFY(allOpen(false));
+    // Room again (a wide screen): folded by the person, so they stay folded …
+    w->resize(1920, 1080);
+    QTest::qWait(50);
+    QVERIFY(allOpen(false));
+    drawers->action()->trigger();
+    // … and at 1920 × 1080 nothing folds them.
+    w->resize(1280, 800);
+    QTRY_VERIFY(allOpen(false));  // cramped again: folded automatically
+    w->resize(1920, 1080);
+    QTRY_VERIFY(allOpen(true));   // folded by the lab, so unfolded by it
+    // Closing the lesson gives the room back.
+    w->resize(1280, 800);
+    QTRY_VERIFY(allOpen(false));
+    player->dock()->close();
+    QTRY_VERIFY(allOpen(true));
+    // The normal theme at 1280 × 800 leaves the charts room beside the lesson.
+    w->setPresentation(false);
+    QCOMPARE(player->openLesson(path), QString());
+    QVERIFY(waitDone(player));
+    QTest::qWait(50);
+    QVERIFY(allOpen(true));
+    player->dock()->close();
   }
 
   void theVeryFirstStartShowsTheLessonList() {
