@@ -6,6 +6,7 @@
 #include <QEvent>
 #include <QLabel>
 #include <QPainter>
+#include <QMap>
 #include <QScrollArea>
 #include <QScrollBar>
 #include <QTabWidget>
@@ -249,13 +250,13 @@ void LessonExecutor::showChart(ChartPanel* panel) {
   // Scroll it into view where its page scrolls (presentation stacks the panels).
   for (QWidget* p = panel->parentWidget(); p; p = p->parentWidget())
     if (auto* area = qobject_cast<QScrollArea*>(p)) {
-      // ensureWidgetVisible centres a panel taller than the view, cutting its title off: such a
-      // panel is shown from its top (title and call-out), the rest a scroll away.
+      // A panel not wholly in view is scrolled to its top (its title, and the call-out that the
+      // highlight inserts after this, which makes it taller); ensureWidgetVisible would centre a
+      // tall one and cut its title off.
       const int top = panel->mapTo(area->widget(), QPoint(0, 0)).y();
-      if (panel->height() + 8 > area->viewport()->height())
-        area->verticalScrollBar()->setValue(std::max(0, top - 4));
-      else
-        area->ensureWidgetVisible(panel, 0, 4);
+      QScrollBar* bar = area->verticalScrollBar();
+      if (top - 8 < bar->value() || top + panel->height() + 8 > bar->value() + area->viewport()->height())
+        bar->setValue(std::max(0, top - 8));
       break;
     }
 }
@@ -331,11 +332,15 @@ QString LessonExecutor::quick(const LessonAction& a) {
     if (!training->openRun(m_runs[name].dir)) return tr("cannot reopen run %1").arg(name);
   } else if (a.action == "compare") {
     m_w->compareView()->clearRuns();
+    QMap<QString, int> presets;  // runs of the same preset are told apart by their lesson names
     for (const std::string& r : a.runs) {
       const QString run = QString::fromStdString(r);
       if (!m_runs.contains(run)) return tr("run %1 has not been trained in this lesson").arg(run);
-      RunData shown = m_runs[run];
-      shown.preset = run;  // the lesson's name for the run labels it (two runs may share a preset)
+      ++presets[m_runs[run].preset];
+    }
+    for (const std::string& r : a.runs) {
+      RunData shown = m_runs[QString::fromStdString(r)];
+      if (presets[shown.preset] > 1) shown.preset = QString::fromStdString(r);
       m_w->compareView()->addRunData(shown);
     }
     m_w->tabs()->setCurrentWidget(m_w->compareView());
