@@ -1,7 +1,7 @@
 // The model variants the stored-weight tests save as bf16/f16 checkpoints and load again: one per
 // runnable family (and its options that change which tensors exist), each round-tripping through
 // config.json. test_stored_device checks that every one loads and computes on the CPU stand-in for
-// a device; test_gpu_stored runs them on the GPU; test_gpu_parity builds its variants from them.
+// a device; test_gpu_stored runs them on the GPU (the variants themselves: test_util.hpp).
 #pragma once
 
 #include <algorithm>
@@ -30,47 +30,6 @@ inline double topk_margin(const float* probs, int64_t E, int64_t K) {
   std::vector<float> p(probs, probs + E);
   std::sort(p.begin(), p.end(), std::greater<float>());
   return double(p[size_t(K - 1)]) - double(p[size_t(K)]);
-}
-
-// Variants of the families that change which tensors exist or how they combine, shared by the
-// stored-weight tests and test_gpu_parity.
-inline moelab::ModelConfig qwen2_moe_shared_expert_and_dense_layer() {
-  moelab::ModelConfig c = tiny_config(moelab::Family::Qwen2Moe);
-  c.num_layers = 3;
-  c.qkv_bias = true;
-  c.shared_ffn_size = 20;
-  c.shared_expert_gate = true;
-  c.norm_topk_prob = false;
-  c.mlp_only_layers = {1};
-  return c;
-}
-inline moelab::ModelConfig qwen3_moe_qk_norm_per_head() {
-  moelab::ModelConfig c = tiny_config(moelab::Family::Qwen3Moe);
-  c.qk_norm = moelab::QkNorm::PerHead;
-  return c;
-}
-inline moelab::ModelConfig olmoe_qk_norm_and_clip() {
-  moelab::ModelConfig c = tiny_config(moelab::Family::Olmoe);
-  c.qk_norm = moelab::QkNorm::Whole;
-  c.clip_qkv = 0.5;
-  return c;
-}
-inline moelab::ModelConfig granitemoe_multipliers() {
-  moelab::ModelConfig c = tiny_config(moelab::Family::GraniteMoe);
-  c.norm_topk_prob = true;
-  c.embedding_multiplier = 12.0;
-  c.attention_multiplier = 0.05;
-  c.residual_multiplier = 0.22;
-  c.logits_scaling = 6.0;
-  return c;
-}
-// The tiny Mixtral on byte tokens (vocabulary 256, the "bytes" tokenizer): what the tests train
-// on the built-in corpus.
-inline moelab::ModelConfig byte_mixtral() {
-  moelab::ModelConfig c = tiny_config(moelab::Family::Mixtral);
-  c.vocab_size = 256;
-  c.tokenizer = "bytes";
-  return c;
 }
 
 struct FamilyCase {
