@@ -100,6 +100,12 @@ Pattern parse_pattern(const Ctx& c, const json& j, const std::string& where) {
   }
   return p;
 }
+// The required 'pattern' of a Split or Replace component.
+Pattern pattern_field(const Ctx& c, const json& j, const std::string& where) {
+  const json* p = field(j, "pattern");
+  if (!p) c.bad(where + " has no 'pattern'");
+  return parse_pattern(c, *p, where + ".pattern");
+}
 
 constexpr int kMaxNesting = 8;
 
@@ -144,9 +150,7 @@ void parse_normalizer(const Ctx& c, const json& j, const std::string& where, std
   } else if (t == "Replace") {
     only_keys(c, j, where, {"type", "pattern", "content"});
     n.kind = Normalizer::Replace;
-    const json* p = field(j, "pattern");
-    if (!p) c.bad(where + " has no 'pattern'");
-    n.pattern = parse_pattern(c, *p, where + ".pattern");
+    n.pattern = pattern_field(c, j, where);
     n.text = str_field(c, j, where, "content", {}, true);
   } else if (t == "Strip") {
     only_keys(c, j, where, {"type", "strip_left", "strip_right"});
@@ -157,6 +161,22 @@ void parse_normalizer(const Ctx& c, const json& j, const std::string& where, std
     c.bad(where + ": normalizer type '" + t + "' is not supported (supported: Sequence, NFC, NFD, NFKC, NFKD, Prepend, Replace, Strip)");
   }
   out.push_back(std::move(n));
+}
+
+// A Metaspace pre-tokenizer's or decoder's keys, its one-character replacement (default ▁) and its
+// prepend scheme (older files say add_prefix_space instead).
+void metaspace_fields(const Ctx& c, const json& j, const std::string& where, std::string& replacement,
+                      PreTokenizer::Prepend& prepend) {
+  only_keys(c, j, where, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
+  replacement = str_field(c, j, where, "replacement", "\xE2\x96\x81");
+  if (replacement.empty() || utf8_len_at(replacement, 0) != replacement.size())
+    c.bad(where + ".replacement must be one character");
+  std::string scheme = str_field(c, j, where, "prepend_scheme", "");
+  if (scheme.empty()) scheme = bool_field(c, j, where, "add_prefix_space", true) ? "always" : "never";
+  if (scheme == "always") prepend = PreTokenizer::Always;
+  else if (scheme == "first") prepend = PreTokenizer::First;
+  else if (scheme == "never") prepend = PreTokenizer::Never;
+  else c.bad(where + ".prepend_scheme '" + scheme + "' is not always, first or never");
 }
 
 constexpr const char* kGpt2Regex =
@@ -183,9 +203,7 @@ void parse_pre_tokenizer(const Ctx& c, const json& j, const std::string& where, 
   if (t == "Split") {
     only_keys(c, j, where, {"type", "pattern", "behavior", "invert"});
     p.kind = PreTokenizer::Split;
-    const json* pat = field(j, "pattern");
-    if (!pat) c.bad(where + " has no 'pattern'");
-    p.pattern = parse_pattern(c, *pat, where + ".pattern");
+    p.pattern = pattern_field(c, j, where);
     p.behavior = parse_behavior(c, str_field(c, j, where, "behavior", {}, true), where);
     p.invert = bool_field(c, j, where, "invert", false);
   } else if (t == "ByteLevel") {
@@ -195,17 +213,8 @@ void parse_pre_tokenizer(const Ctx& c, const json& j, const std::string& where, 
     p.use_regex = bool_field(c, j, where, "use_regex", true);
     if (p.use_regex) p.pattern.regex = std::make_unique<Regex>(c, where, kGpt2Regex);
   } else if (t == "Metaspace") {
-    only_keys(c, j, where, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
     p.kind = PreTokenizer::Metaspace;
-    p.replacement = str_field(c, j, where, "replacement", "\xE2\x96\x81");
-    if (p.replacement.empty() || utf8_len_at(p.replacement, 0) != p.replacement.size())
-      c.bad(where + ".replacement must be one character");
-    std::string scheme = str_field(c, j, where, "prepend_scheme", "");
-    if (scheme.empty()) scheme = bool_field(c, j, where, "add_prefix_space", true) ? "always" : "never";
-    if (scheme == "always") p.prepend = PreTokenizer::Always;
-    else if (scheme == "first") p.prepend = PreTokenizer::First;
-    else if (scheme == "never") p.prepend = PreTokenizer::Never;
-    else c.bad(where + ".prepend_scheme '" + scheme + "' is not always, first or never");
+    metaspace_fields(c, j, where, p.replacement, p.prepend);
     p.split = bool_field(c, j, where, "split", true);
   } else if (t == "Digits") {
     only_keys(c, j, where, {"type", "individual_digits"});
@@ -230,22 +239,14 @@ void parse_decoder(const Ctx& c, const json& j, const std::string& where, std::v
     only_keys(c, j, where, {"type", "add_prefix_space", "trim_offsets", "use_regex"});
     d.kind = Decoder::ByteLevel;
   } else if (t == "Metaspace") {
-    only_keys(c, j, where, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
     d.kind = Decoder::Metaspace;
-    d.content = str_field(c, j, where, "replacement", "\xE2\x96\x81");
-    if (d.content.empty() || utf8_len_at(d.content, 0) != d.content.size())
-      c.bad(where + ".replacement must be one character");
-    std::string scheme = str_field(c, j, where, "prepend_scheme", "");
-    if (scheme.empty()) scheme = bool_field(c, j, where, "add_prefix_space", true) ? "always" : "never";
-    if (scheme != "always" && scheme != "first" && scheme != "never")
-      c.bad(where + ".prepend_scheme '" + scheme + "' is not always, first or never");
-    d.prepend_never = scheme == "never";
+    PreTokenizer::Prepend prepend = PreTokenizer::Always;
+    metaspace_fields(c, j, where, d.content, prepend);
+    d.prepend_never = prepend == PreTokenizer::Never;
   } else if (t == "Replace") {
     only_keys(c, j, where, {"type", "pattern", "content"});
     d.kind = Decoder::Replace;
-    const json* p = field(j, "pattern");
-    if (!p) c.bad(where + " has no 'pattern'");
-    d.pattern = parse_pattern(c, *p, where + ".pattern");
+    d.pattern = pattern_field(c, j, where);
     d.content = str_field(c, j, where, "content", {}, true);
   } else if (t == "ByteFallback") {
     only_keys(c, j, where, {"type"});

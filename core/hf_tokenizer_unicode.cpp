@@ -14,22 +14,31 @@ namespace hf {
 
 namespace {
 
+// What a lead byte c >= 0x80 says: the length n of its sequence (0: c cannot start one) and the
+// range [lo, hi] its second byte must fall in (narrower after E0, ED, F0 and F4, which rules out
+// overlong forms, surrogates and code points past U+10FFFF); later bytes are 80..BF.
+struct Utf8Lead {
+  size_t n;
+  unsigned char lo, hi;
+};
+Utf8Lead utf8_lead(unsigned char c) {
+  if (c >= 0xC2 && c <= 0xDF) return {2, 0x80, 0xBF};
+  if (c == 0xE0) return {3, 0xA0, 0xBF};
+  if (c >= 0xE1 && c <= 0xEC) return {3, 0x80, 0xBF};
+  if (c == 0xED) return {3, 0x80, 0x9F};
+  if (c >= 0xEE && c <= 0xEF) return {3, 0x80, 0xBF};
+  if (c == 0xF0) return {4, 0x90, 0xBF};
+  if (c >= 0xF1 && c <= 0xF3) return {4, 0x80, 0xBF};
+  if (c == 0xF4) return {4, 0x80, 0x8F};
+  return {0, 0, 0};
+}
+
 // How many bytes at s[i] form the longest prefix of some valid sequence (at least 1): the
 // "maximal subpart" that one U+FFFD replaces, as Rust's String::from_utf8_lossy does.
 size_t utf8_invalid_span(std::string_view s, size_t i) {
   const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = b(i);
-  size_t n = 0;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) n = 2;
-  else if (c == 0xE0) { n = 3; lo = 0xA0; }
-  else if (c >= 0xE1 && c <= 0xEC) n = 3;
-  else if (c == 0xED) { n = 3; hi = 0x9F; }
-  else if (c >= 0xEE && c <= 0xEF) n = 3;
-  else if (c == 0xF0) { n = 4; lo = 0x90; }
-  else if (c >= 0xF1 && c <= 0xF3) n = 4;
-  else if (c == 0xF4) { n = 4; hi = 0x8F; }
-  else return 1;
+  const auto [n, lo, hi] = utf8_lead(b(i));
+  if (n == 0) return 1;
   size_t k = 1;
   if (i + k < s.size() && b(i + k) >= lo && b(i + k) <= hi) {
     ++k;
@@ -74,20 +83,9 @@ constexpr const char* kWhiteSpaceClass =
 
 size_t utf8_len_at(std::string_view s, size_t i) {
   const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = b(i);
-  if (c < 0x80) return 1;
-  size_t n = 0;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) n = 2;
-  else if (c == 0xE0) { n = 3; lo = 0xA0; }
-  else if (c >= 0xE1 && c <= 0xEC) n = 3;
-  else if (c == 0xED) { n = 3; hi = 0x9F; }
-  else if (c >= 0xEE && c <= 0xEF) n = 3;
-  else if (c == 0xF0) { n = 4; lo = 0x90; }
-  else if (c >= 0xF1 && c <= 0xF3) n = 4;
-  else if (c == 0xF4) { n = 4; hi = 0x8F; }
-  else return 0;
-  if (i + n > s.size()) return 0;
+  if (b(i) < 0x80) return 1;
+  const auto [n, lo, hi] = utf8_lead(b(i));
+  if (n == 0 || i + n > s.size()) return 0;
   if (b(i + 1) < lo || b(i + 1) > hi) return 0;
   for (size_t k = 2; k < n; ++k)
     if (b(i + k) < 0x80 || b(i + k) > 0xBF) return 0;
