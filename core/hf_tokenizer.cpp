@@ -5,611 +5,26 @@
 // and the post-processor adds the template's special tokens. Decoding runs the decoder chain
 // over the token strings. Written from the library's documented behaviour and checked against
 // it on thousands of strings (tests/test_hf_tokenizer.cpp); no code is taken from it.
-#include "hf_tokenizer.hpp"
-
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-#include <utf8proc.h>
-
+//
+// This file is that pipeline: added-token matching, normalization, pre-tokenization, BPE and the
+// decoder chain, and the public HfTokenizer queries. Loading is hf_tokenizer_load.cpp, the UTF-8
+// and regex helpers hf_tokenizer_unicode.cpp; hf_tokenizer_internal.hpp is what they share.
 #include <algorithm>
-#include <cstring>
-#include <deque>
-#include <filesystem>
-#include <functional>
-#include <memory>
+#include <cstdio>
 #include <queue>
+#include <tuple>
 #include <unordered_map>
-#include <unordered_set>
 
-#include <nlohmann/json.hpp>
-
-#include "error.hpp"
-#include "files.hpp"
+#include "hf_tokenizer_internal.hpp"
 
 namespace moelab {
 
-using json = nlohmann::json;
-namespace fs = std::filesystem;
+using namespace hf;
 
 namespace {
 
-constexpr int64_t kMaxTokenizerFile = 192LL << 20;   // gpt-oss's is 28 MB
-constexpr size_t kMaxVocab = 4u << 20;               // 4M entries; real ones are <= 262k
-constexpr size_t kMaxMerges = 8u << 20;
-constexpr size_t kMaxAddedTokens = 1u << 20;
-constexpr size_t kMaxAddedTokenBytes = 1024;
 constexpr size_t kMaxCachedWord = 256;               // as the Rust library: longer words are not cached
 constexpr size_t kMaxCacheEntries = 100000;
-
-// ---------------------------------------------------------------------------------------------
-// UTF-8
-
-// Length of the valid UTF-8 sequence at s[i], or 0 if the bytes there are not one.
-size_t utf8_len_at(std::string_view s, size_t i) {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = b(i);
-  if (c < 0x80) return 1;
-  size_t n = 0;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) n = 2;
-  else if (c == 0xE0) { n = 3; lo = 0xA0; }
-  else if (c >= 0xE1 && c <= 0xEC) n = 3;
-  else if (c == 0xED) { n = 3; hi = 0x9F; }
-  else if (c >= 0xEE && c <= 0xEF) n = 3;
-  else if (c == 0xF0) { n = 4; lo = 0x90; }
-  else if (c >= 0xF1 && c <= 0xF3) n = 4;
-  else if (c == 0xF4) { n = 4; hi = 0x8F; }
-  else return 0;
-  if (i + n > s.size()) return 0;
-  if (b(i + 1) < lo || b(i + 1) > hi) return 0;
-  for (size_t k = 2; k < n; ++k)
-    if (b(i + k) < 0x80 || b(i + k) > 0xBF) return 0;
-  return n;
-}
-
-// How many bytes at s[i] form the longest prefix of some valid sequence (at least 1): the
-// "maximal subpart" that one U+FFFD replaces, as Rust's String::from_utf8_lossy does.
-size_t utf8_invalid_span(std::string_view s, size_t i) {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = b(i);
-  size_t n = 0;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) n = 2;
-  else if (c == 0xE0) { n = 3; lo = 0xA0; }
-  else if (c >= 0xE1 && c <= 0xEC) n = 3;
-  else if (c == 0xED) { n = 3; hi = 0x9F; }
-  else if (c >= 0xEE && c <= 0xEF) n = 3;
-  else if (c == 0xF0) { n = 4; lo = 0x90; }
-  else if (c >= 0xF1 && c <= 0xF3) n = 4;
-  else if (c == 0xF4) { n = 4; hi = 0x8F; }
-  else return 1;
-  size_t k = 1;
-  if (i + k < s.size() && b(i + k) >= lo && b(i + k) <= hi) {
-    ++k;
-    while (k < n && i + k < s.size() && b(i + k) >= 0x80 && b(i + k) <= 0xBF) ++k;
-  }
-  return k;
-}
-
-std::string utf8_lossy(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  size_t i = 0;
-  while (i < s.size()) {
-    const size_t n = utf8_len_at(s, i);
-    if (n) {
-      out.append(s.substr(i, n));
-      i += n;
-    } else {
-      out += "\xEF\xBF\xBD";
-      i += utf8_invalid_span(s, i);
-    }
-  }
-  return out;
-}
-
-char32_t decode_cp(std::string_view s, size_t i, size_t n) {
-  const auto b = [&](size_t k) { return char32_t(static_cast<unsigned char>(s[k])); };
-  switch (n) {
-    case 1: return b(i);
-    case 2: return ((b(i) & 0x1F) << 6) | (b(i + 1) & 0x3F);
-    case 3: return ((b(i) & 0x0F) << 12) | ((b(i + 1) & 0x3F) << 6) | (b(i + 2) & 0x3F);
-    default: return ((b(i) & 0x07) << 18) | ((b(i + 1) & 0x3F) << 12) | ((b(i + 2) & 0x3F) << 6) | (b(i + 3) & 0x3F);
-  }
-}
-
-void append_cp(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out.push_back(char(cp));
-  } else if (cp < 0x800) {
-    out.push_back(char(0xC0 | (cp >> 6)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out.push_back(char(0xE0 | (cp >> 12)));
-    out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  } else {
-    out.push_back(char(0xF0 | (cp >> 18)));
-    out.push_back(char(0x80 | ((cp >> 12) & 0x3F)));
-    out.push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out.push_back(char(0x80 | (cp & 0x3F)));
-  }
-}
-
-// Unicode's White_Space property (what Rust's char::is_whitespace, its regex \s and
-// Oniguruma's \s mean).
-bool is_white_space(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
-         c == 0x3000;
-}
-// The same set as a PCRE2 class body.
-constexpr const char* kWhiteSpaceClass =
-    "\\x{09}-\\x{0D}\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}"
-    "\\x{205F}\\x{3000}";
-
-// Rust regex's \w: alphabetic, marks, decimal digits, connector punctuation (and the joiners).
-bool is_word_char(char32_t c) {
-  if (c == 0x200C || c == 0x200D) return true;
-  switch (utf8proc_category(utf8proc_int32_t(c))) {
-    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
-    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_MN:
-    case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME: case UTF8PROC_CATEGORY_ND:
-    case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_PC:
-      return true;
-    default:
-      return false;
-  }
-}
-
-// The code points of a valid UTF-8 string, with their byte offsets.
-template <class F>
-void for_each_cp(std::string_view s, F&& f) {
-  size_t i = 0;
-  while (i < s.size()) {
-    size_t n = utf8_len_at(s, i);
-    if (n == 0) n = 1;  // not reached for validated text
-    f(i, n, decode_cp(s, i, n));
-    i += n;
-  }
-}
-
-bool is_ascii(std::string_view s) {
-  for (unsigned char c : s)
-    if (c >= 0x80) return false;
-  return true;
-}
-
-// GPT-2's reversible map of the 256 byte values to printable characters.
-struct ByteMap {
-  char32_t to_char[256];
-  std::string to_utf8[256];
-  std::unordered_map<char32_t, uint8_t> to_byte;
-  ByteMap() {
-    int n = 0;
-    for (int b = 0; b < 256; ++b) {
-      const bool keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-      to_char[b] = keep ? char32_t(b) : char32_t(256 + n++);
-      append_cp(to_utf8[b], to_char[b]);
-      to_byte[to_char[b]] = uint8_t(b);
-    }
-  }
-};
-const ByteMap& byte_map() {
-  static const ByteMap m;
-  return m;
-}
-
-// ---------------------------------------------------------------------------------------------
-// JSON helpers: every error names the file and the field.
-
-struct Ctx {
-  std::string file;
-  [[noreturn]] void bad(const std::string& what) const { fail(file, what); }
-};
-
-std::string shown(const json& j) {
-  if (j.is_array()) return "a list";      // never dumped: a deeply nested value would recurse
-  if (j.is_object()) return "an object";
-  std::string s = j.is_string() ? j.get<std::string>() : j.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > 60) s = s.substr(0, 57) + "...";
-  return s;
-}
-
-const json* field(const json& o, const char* key) {
-  auto it = o.find(key);
-  return it == o.end() || it->is_null() ? nullptr : &*it;
-}
-std::string str_field(const Ctx& c, const json& o, const std::string& where, const char* key,
-                      const std::string& def = {}, bool required = false) {
-  const json* v = field(o, key);
-  if (!v) {
-    if (required) c.bad(where + " has no '" + key + "'");
-    return def;
-  }
-  if (!v->is_string()) c.bad(where + "." + key + " must be a string, got " + shown(*v));
-  return v->get<std::string>();
-}
-bool bool_field(const Ctx& c, const json& o, const std::string& where, const char* key, bool def) {
-  const json* v = field(o, key);
-  if (!v) return def;
-  if (!v->is_boolean()) c.bad(where + "." + key + " must be true or false, got " + shown(*v));
-  return v->get<bool>();
-}
-int64_t int_field(const Ctx& c, const json& o, const std::string& where, const char* key, int64_t def,
-                  int64_t lo, int64_t hi) {
-  const json* v = field(o, key);
-  if (!v) return def;
-  if (!v->is_number_integer()) c.bad(where + "." + key + " must be an integer, got " + shown(*v));
-  const int64_t x = v->get<int64_t>();
-  if (x < lo || x > hi) c.bad(where + "." + key + " = " + std::to_string(x) + " is out of range");
-  return x;
-}
-// Refuse keys this implementation does not know (a newer file may carry one that matters).
-void only_keys(const Ctx& c, const json& o, const std::string& where, std::initializer_list<const char*> keys) {
-  for (auto it = o.begin(); it != o.end(); ++it) {
-    bool ok = false;
-    for (const char* k : keys) ok = ok || it.key() == k;
-    if (!ok && !it->is_null()) c.bad(where + " has the field '" + it.key() + "', which is not supported");
-  }
-}
-const json& obj(const Ctx& c, const json& j, const std::string& where) {
-  if (!j.is_object()) c.bad(where + " must be an object, got " + shown(j));
-  return j;
-}
-std::string type_of(const Ctx& c, const json& o, const std::string& where) {
-  return str_field(c, obj(c, o, where), where, "type", {}, true);
-}
-
-// ---------------------------------------------------------------------------------------------
-// PCRE2 regexes, with the Rust library's (Oniguruma's) \s: Unicode White_Space.
-
-struct Pcre2CodeDeleter {
-  void operator()(pcre2_code* p) const { pcre2_code_free(p); }
-};
-
-class Regex {
- public:
-  Regex(const Ctx& c, const std::string& where, const std::string& pattern) : where_(where) {
-    const std::string translated = translate(c, where, pattern);
-    int err = 0;
-    PCRE2_SIZE off = 0;
-    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
-                                     PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &err, &off, nullptr);
-    if (!code) {
-      PCRE2_UCHAR msg[256];
-      pcre2_get_error_message(err, msg, sizeof msg);
-      c.bad(where + " regex does not compile at offset " + std::to_string(off) + ": " +
-            reinterpret_cast<const char*>(msg));
-    }
-    code_.reset(code);
-    jit_ = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
-  }
-  const std::string& where() const { return where_; }
-  pcre2_code* code() const { return code_.get(); }
-  bool jit() const { return jit_; }
-
- private:
-  // \s and \S become explicit White_Space classes (PCRE2 10.42's \s leaves out U+0085, which
-  // Oniguruma's includes). \S inside a class cannot be written that way and is refused.
-  static std::string translate(const Ctx& c, const std::string& where, const std::string& p) {
-    std::string out;
-    bool in_class = false;
-    size_t class_start = 0;
-    for (size_t i = 0; i < p.size(); ++i) {
-      const char ch = p[i];
-      if (ch == '\\' && i + 1 < p.size()) {
-        const char e = p[i + 1];
-        if (e == 's') {
-          out += in_class ? std::string(kWhiteSpaceClass) : "[" + std::string(kWhiteSpaceClass) + "]";
-        } else if (e == 'S') {
-          if (in_class) c.bad(where + " regex uses \\S inside a character class, which is not supported");
-          out += "[^" + std::string(kWhiteSpaceClass) + "]";
-        } else {
-          out += ch;
-          out += e;
-        }
-        ++i;
-        continue;
-      }
-      if (!in_class && ch == '[') {
-        in_class = true;
-        out += ch;
-        if (i + 1 < p.size() && p[i + 1] == '^') out += p[++i];
-        class_start = i + 1;
-        if (i + 1 < p.size() && p[i + 1] == ']') out += p[++i];  // a leading ] is literal
-        continue;
-      }
-      if (in_class && ch == '[' && i + 1 < p.size() && p[i + 1] == ':') {  // [:alpha:]
-        const size_t end = p.find(":]", i + 2);
-        if (end != std::string::npos) {
-          out += p.substr(i, end + 2 - i);
-          i = end + 1;
-          continue;
-        }
-      }
-      if (in_class && ch == ']' && i >= class_start) in_class = false;
-      out += ch;
-    }
-    return out;
-  }
-
-  std::string where_;
-  std::unique_ptr<pcre2_code, Pcre2CodeDeleter> code_;
-  bool jit_ = false;
-};
-
-// Per-encode matching state (thread-safe: the compiled regexes are shared, this is not).
-class Matcher {
- public:
-  Matcher() {
-    mctx_ = pcre2_match_context_create(nullptr);
-    pcre2_set_match_limit(mctx_, 20'000'000);
-    pcre2_set_depth_limit(mctx_, 100'000);
-    stack_ = pcre2_jit_stack_create(64 * 1024, 8 * 1024 * 1024, nullptr);
-    if (stack_) pcre2_jit_stack_assign(mctx_, nullptr, stack_);
-  }
-  ~Matcher() {
-    for (auto& [code, md] : data_) pcre2_match_data_free(md);
-    if (stack_) pcre2_jit_stack_free(stack_);
-    pcre2_match_context_free(mctx_);
-  }
-  Matcher(const Matcher&) = delete;
-  Matcher& operator=(const Matcher&) = delete;
-
-  // All non-overlapping matches of re in s, left to right (empty matches are skipped).
-  void find_all(const std::string& file, const Regex& re, std::string_view s,
-                std::vector<std::pair<size_t, size_t>>& out) {
-    out.clear();
-    pcre2_match_data*& md = data_[re.code()];
-    if (!md) md = pcre2_match_data_create_from_pattern(re.code(), nullptr);
-    size_t start = 0;
-    while (start <= s.size()) {
-      const int rc = re.jit()
-          ? pcre2_jit_match(re.code(), reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), start, 0, md, mctx_)
-          : pcre2_match(re.code(), reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), start, PCRE2_NO_UTF_CHECK, md, mctx_);
-      if (rc == PCRE2_ERROR_NOMATCH) break;
-      if (rc < 0) {
-        PCRE2_UCHAR msg[256];
-        pcre2_get_error_message(rc, msg, sizeof msg);
-        fail(file, re.where() + " regex failed on this text: " + reinterpret_cast<const char*>(msg));
-      }
-      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
-      const size_t a = ov[0], b = ov[1];
-      if (b > a) {
-        out.emplace_back(a, b);
-        start = b;
-      } else {  // an empty match: step over one character
-        if (a >= s.size()) break;
-        size_t n = utf8_len_at(s, a);
-        start = a + (n ? n : 1);
-      }
-    }
-  }
-
- private:
-  pcre2_match_context* mctx_ = nullptr;
-  pcre2_jit_stack* stack_ = nullptr;
-  std::unordered_map<const pcre2_code*, pcre2_match_data*> data_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Pieces of text flowing through the pipeline.
-
-struct Piece {
-  std::string_view text;
-  int32_t added_id = -1;   // >= 0: an added token, final
-  bool at_start = false;   // begins at the start of the original text (Metaspace "first")
-  bool byte_level = false; // text is raw bytes still to be mapped by the ByteLevel alphabet
-};
-
-// Storage for the strings pieces point into.
-struct Arena {
-  std::deque<std::string> strings;
-  std::string_view keep(std::string s) {
-    strings.push_back(std::move(s));
-    return strings.back();
-  }
-};
-
-struct SvHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-};
-using StrMap = std::unordered_map<std::string, int32_t, SvHash, std::equal_to<>>;
-
-// ---------------------------------------------------------------------------------------------
-// Pattern (Split, Replace): a literal string or a regex.
-
-struct Pattern {
-  std::string literal;
-  std::unique_ptr<Regex> regex;
-  void find_all(Matcher& m, const std::string& file, std::string_view s,
-                std::vector<std::pair<size_t, size_t>>& out) const {
-    if (regex) return m.find_all(file, *regex, s, out);
-    out.clear();
-    if (literal.empty()) return;
-    size_t pos = 0;
-    while ((pos = s.find(literal, pos)) != std::string_view::npos) {
-      out.emplace_back(pos, pos + literal.size());
-      pos += literal.size();
-    }
-  }
-};
-
-Pattern parse_pattern(const Ctx& c, const json& j, const std::string& where) {
-  obj(c, j, where);
-  Pattern p;
-  if (const json* s = field(j, "String")) {
-    if (!s->is_string()) c.bad(where + ".String must be a string");
-    p.literal = s->get<std::string>();
-    if (p.literal.empty()) c.bad(where + ".String is empty");
-  } else if (const json* r = field(j, "Regex")) {
-    if (!r->is_string()) c.bad(where + ".Regex must be a string");
-    p.regex = std::make_unique<Regex>(c, where, r->get<std::string>());
-  } else {
-    c.bad(where + " must be {\"String\": ...} or {\"Regex\": ...}");
-  }
-  return p;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Normalizers: a string in, a string out.
-
-struct Normalizer {
-  enum Kind { NFC, NFD, NFKC, NFKD, Prepend, Replace, Strip } kind;
-  std::string text;  // Prepend's prefix, Replace's content
-  Pattern pattern;   // Replace
-  bool left = false, right = false;  // Strip
-};
-
-constexpr int kMaxNesting = 8;
-
-// A Sequence component ({"type": "Sequence", key: [items]}): checks its keys and its list, and calls
-// each(item, "where.key[i]") for each item; nested Sequences deeper than kMaxNesting are refused by
-// the caller's depth check.
-template <typename Each>
-void sequence_items(const Ctx& c, const json& j, const std::string& where, const char* key, size_t max_items, Each each) {
-  only_keys(c, j, where, {"type", key});
-  const json* list = field(j, key);
-  if (!list || !list->is_array()) c.bad(where + "." + key + " must be a list");
-  if (list->size() > max_items) {
-    std::string m = where + "." + key + " has more than ";
-    m += std::to_string(max_items);
-    m += " entries";
-    c.bad(m);
-  }
-  for (size_t i = 0; i < list->size(); ++i) {
-    std::string w = where + "." + key + "[";
-    w += std::to_string(i);
-    w += "]";
-    each((*list)[i], w);
-  }
-}
-
-void parse_normalizer(const Ctx& c, const json& j, const std::string& where, std::vector<Normalizer>& out, int depth = 0) {
-  if (depth > kMaxNesting) c.bad(where + ": Sequences nested more than 8 deep are not supported");
-  const std::string t = type_of(c, j, where);
-  Normalizer n{};
-  if (t == "Sequence") {
-    sequence_items(c, j, where, "normalizers", 64,
-                   [&](const json& item, const std::string& w) { parse_normalizer(c, item, w, out, depth + 1); });
-    return;
-  }
-  if (t == "NFC" || t == "NFD" || t == "NFKC" || t == "NFKD") {
-    only_keys(c, j, where, {"type"});
-    n.kind = t == "NFC" ? Normalizer::NFC : t == "NFD" ? Normalizer::NFD : t == "NFKC" ? Normalizer::NFKC : Normalizer::NFKD;
-  } else if (t == "Prepend") {
-    only_keys(c, j, where, {"type", "prepend"});
-    n.kind = Normalizer::Prepend;
-    n.text = str_field(c, j, where, "prepend", {}, true);
-  } else if (t == "Replace") {
-    only_keys(c, j, where, {"type", "pattern", "content"});
-    n.kind = Normalizer::Replace;
-    const json* p = field(j, "pattern");
-    if (!p) c.bad(where + " has no 'pattern'");
-    n.pattern = parse_pattern(c, *p, where + ".pattern");
-    n.text = str_field(c, j, where, "content", {}, true);
-  } else if (t == "Strip") {
-    only_keys(c, j, where, {"type", "strip_left", "strip_right"});
-    n.kind = Normalizer::Strip;
-    n.left = bool_field(c, j, where, "strip_left", true);
-    n.right = bool_field(c, j, where, "strip_right", true);
-  } else {
-    c.bad(where + ": normalizer type '" + t + "' is not supported (supported: Sequence, NFC, NFD, NFKC, NFKD, Prepend, Replace, Strip)");
-  }
-  out.push_back(std::move(n));
-}
-
-std::string unicode_normalize(std::string_view s, Normalizer::Kind k, const std::string& file) {
-  if (is_ascii(s)) return std::string(s);
-  int opts = UTF8PROC_STABLE;
-  if (k == Normalizer::NFC || k == Normalizer::NFKC) opts |= UTF8PROC_COMPOSE;
-  else opts |= UTF8PROC_DECOMPOSE;
-  if (k == Normalizer::NFKC || k == Normalizer::NFKD) opts |= UTF8PROC_COMPAT;
-  utf8proc_uint8_t* out = nullptr;
-  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
-                                          utf8proc_ssize_t(s.size()), &out, utf8proc_option_t(opts));
-  if (n < 0) fail(file, std::string("Unicode normalization failed: ") + utf8proc_errmsg(n));
-  std::string r(reinterpret_cast<const char*>(out), size_t(n));
-  std::free(out);
-  return r;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Pre-tokenizers: pieces in, smaller pieces out.
-
-enum class SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };
-
-struct PreTokenizer {
-  enum Kind { Split, ByteLevel, Metaspace, Digits } kind;
-  Pattern pattern;  // Split
-  SplitBehavior behavior = SplitBehavior::Isolated;
-  bool invert = false;
-  bool add_prefix_space = false, use_regex = true;  // ByteLevel
-  std::string replacement;                          // Metaspace
-  enum Prepend { Always, First, Never } prepend = Always;
-  bool split = true;                                // Metaspace
-  bool individual_digits = false;                   // Digits
-};
-
-constexpr const char* kGpt2Regex =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-
-SplitBehavior parse_behavior(const Ctx& c, const std::string& b, const std::string& where) {
-  if (b == "Removed") return SplitBehavior::Removed;
-  if (b == "Isolated") return SplitBehavior::Isolated;
-  if (b == "MergedWithPrevious") return SplitBehavior::MergedWithPrevious;
-  if (b == "MergedWithNext") return SplitBehavior::MergedWithNext;
-  if (b == "Contiguous") return SplitBehavior::Contiguous;
-  c.bad(where + ".behavior '" + b + "' is not a split behaviour");
-}
-
-void parse_pre_tokenizer(const Ctx& c, const json& j, const std::string& where, std::vector<PreTokenizer>& out, int depth = 0) {
-  if (depth > kMaxNesting) c.bad(where + ": Sequences nested more than 8 deep are not supported");
-  const std::string t = type_of(c, j, where);
-  PreTokenizer p{};
-  if (t == "Sequence") {
-    sequence_items(c, j, where, "pretokenizers", 64,
-                   [&](const json& item, const std::string& w) { parse_pre_tokenizer(c, item, w, out, depth + 1); });
-    return;
-  }
-  if (t == "Split") {
-    only_keys(c, j, where, {"type", "pattern", "behavior", "invert"});
-    p.kind = PreTokenizer::Split;
-    const json* pat = field(j, "pattern");
-    if (!pat) c.bad(where + " has no 'pattern'");
-    p.pattern = parse_pattern(c, *pat, where + ".pattern");
-    p.behavior = parse_behavior(c, str_field(c, j, where, "behavior", {}, true), where);
-    p.invert = bool_field(c, j, where, "invert", false);
-  } else if (t == "ByteLevel") {
-    only_keys(c, j, where, {"type", "add_prefix_space", "trim_offsets", "use_regex"});
-    p.kind = PreTokenizer::ByteLevel;
-    p.add_prefix_space = bool_field(c, j, where, "add_prefix_space", true);
-    p.use_regex = bool_field(c, j, where, "use_regex", true);
-    if (p.use_regex) p.pattern.regex = std::make_unique<Regex>(c, where, kGpt2Regex);
-  } else if (t == "Metaspace") {
-    only_keys(c, j, where, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
-    p.kind = PreTokenizer::Metaspace;
-    p.replacement = str_field(c, j, where, "replacement", "\xE2\x96\x81");
-    if (p.replacement.empty() || utf8_len_at(p.replacement, 0) != p.replacement.size())
-      c.bad(where + ".replacement must be one character");
-    std::string scheme = str_field(c, j, where, "prepend_scheme", "");
-    if (scheme.empty()) scheme = bool_field(c, j, where, "add_prefix_space", true) ? "always" : "never";
-    if (scheme == "always") p.prepend = PreTokenizer::Always;
-    else if (scheme == "first") p.prepend = PreTokenizer::First;
-    else if (scheme == "never") p.prepend = PreTokenizer::Never;
-    else c.bad(where + ".prepend_scheme '" + scheme + "' is not always, first or never");
-    p.split = bool_field(c, j, where, "split", true);
-  } else if (t == "Digits") {
-    only_keys(c, j, where, {"type", "individual_digits"});
-    p.kind = PreTokenizer::Digits;
-    p.individual_digits = bool_field(c, j, where, "individual_digits", false);
-  } else {
-    c.bad(where + ": pre_tokenizer type '" + t + "' is not supported (supported: Sequence, Split, ByteLevel, Metaspace, Digits)");
-  }
-  out.push_back(std::move(p));
-}
 
 // Cut s at the matches (flagged true) following a split behaviour; spans are [a, b).
 void apply_behavior(SplitBehavior beh, std::vector<std::tuple<size_t, size_t, bool>>& spans) {
@@ -656,67 +71,6 @@ void apply_behavior(SplitBehavior beh, std::vector<std::tuple<size_t, size_t, bo
   spans.swap(out);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Decoders: token strings in, strings out.
-
-struct Decoder {
-  enum Kind { ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip } kind;
-  Pattern pattern;
-  std::string content;      // Replace's content, Strip's character, Metaspace's replacement
-  int64_t start = 0, stop = 0;
-  bool prepend_never = false;
-};
-
-void parse_decoder(const Ctx& c, const json& j, const std::string& where, std::vector<Decoder>& out, int depth = 0) {
-  if (depth > kMaxNesting) c.bad(where + ": Sequences nested more than 8 deep are not supported");
-  const std::string t = type_of(c, j, where);
-  Decoder d{};
-  if (t == "Sequence") {
-    sequence_items(c, j, where, "decoders", 64,
-                   [&](const json& item, const std::string& w) { parse_decoder(c, item, w, out, depth + 1); });
-    return;
-  }
-  if (t == "ByteLevel") {
-    only_keys(c, j, where, {"type", "add_prefix_space", "trim_offsets", "use_regex"});
-    d.kind = Decoder::ByteLevel;
-  } else if (t == "Metaspace") {
-    only_keys(c, j, where, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"});
-    d.kind = Decoder::Metaspace;
-    d.content = str_field(c, j, where, "replacement", "\xE2\x96\x81");
-    if (d.content.empty() || utf8_len_at(d.content, 0) != d.content.size())
-      c.bad(where + ".replacement must be one character");
-    std::string scheme = str_field(c, j, where, "prepend_scheme", "");
-    if (scheme.empty()) scheme = bool_field(c, j, where, "add_prefix_space", true) ? "always" : "never";
-    if (scheme != "always" && scheme != "first" && scheme != "never")
-      c.bad(where + ".prepend_scheme '" + scheme + "' is not always, first or never");
-    d.prepend_never = scheme == "never";
-  } else if (t == "Replace") {
-    only_keys(c, j, where, {"type", "pattern", "content"});
-    d.kind = Decoder::Replace;
-    const json* p = field(j, "pattern");
-    if (!p) c.bad(where + " has no 'pattern'");
-    d.pattern = parse_pattern(c, *p, where + ".pattern");
-    d.content = str_field(c, j, where, "content", {}, true);
-  } else if (t == "ByteFallback") {
-    only_keys(c, j, where, {"type"});
-    d.kind = Decoder::ByteFallback;
-  } else if (t == "Fuse") {
-    only_keys(c, j, where, {"type"});
-    d.kind = Decoder::Fuse;
-  } else if (t == "Strip") {
-    only_keys(c, j, where, {"type", "content", "start", "stop"});
-    d.kind = Decoder::Strip;
-    d.content = str_field(c, j, where, "content", " ");
-    if (d.content.empty() || utf8_len_at(d.content, 0) != d.content.size())
-      c.bad(where + ".content must be one character");
-    d.start = int_field(c, j, where, "start", 0, 0, 1 << 20);
-    d.stop = int_field(c, j, where, "stop", 0, 0, 1 << 20);
-  } else {
-    c.bad(where + ": decoder type '" + t + "' is not supported (supported: Sequence, ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip)");
-  }
-  out.push_back(std::move(d));
-}
-
 bool byte_token(std::string_view t, uint8_t& byte) {
   if (t.size() != 6 || t.substr(0, 3) != "<0x" || t[5] != '>') return false;
   int v = 0;
@@ -733,152 +87,41 @@ bool byte_token(std::string_view t, uint8_t& byte) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+// Added-token matching.
 
-struct AddedToken {
-  int32_t id = 0;
-  std::string content;
-  std::string match;  // content as matched (normalized for normalized tokens)
-  bool single_word = false, lstrip = false, rstrip = false, normalized = true, special = false;
-};
-
-// Leftmost-longest matching of a set of strings (what the Rust library's Aho-Corasick does).
-struct TokenTrie {
-  struct Node {
-    std::vector<std::pair<uint8_t, int32_t>> next;  // sorted by byte
-    int32_t token = -1;                             // index into the token list
-  };
-  std::vector<Node> nodes{1};
-  bool first[256] = {};
-  bool empty() const { return nodes.size() == 1; }
-  void add(std::string_view s, int32_t token) {
-    int32_t n = 0;
-    for (unsigned char ch : s) {
-      auto& nx = nodes[size_t(n)].next;
-      auto it = std::lower_bound(nx.begin(), nx.end(), std::make_pair(ch, int32_t(-1)));
-      if (it != nx.end() && it->first == ch) {
-        n = it->second;
-      } else {
-        const int32_t m = int32_t(nodes.size());
-        nx.insert(it, {ch, m});
-        nodes.emplace_back();
-        n = m;
-      }
-    }
-    if (nodes[size_t(n)].token < 0) nodes[size_t(n)].token = token;
-    first[static_cast<unsigned char>(s[0])] = true;
-  }
-  // The longest token starting at s[i]: (token, length) or (-1, 0).
-  std::pair<int32_t, size_t> longest_at(std::string_view s, size_t i) const {
-    int32_t n = 0, best = -1;
-    size_t best_len = 0;
-    for (size_t k = i; k < s.size(); ++k) {
-      const auto& nx = nodes[size_t(n)].next;
-      const unsigned char ch = static_cast<unsigned char>(s[k]);
-      auto it = std::lower_bound(nx.begin(), nx.end(), std::make_pair(ch, int32_t(-1)));
-      if (it == nx.end() || it->first != ch) break;
+void hf::TokenTrie::add(std::string_view s, int32_t token) {
+  int32_t n = 0;
+  for (unsigned char ch : s) {
+    auto& nx = nodes[size_t(n)].next;
+    auto it = std::lower_bound(nx.begin(), nx.end(), std::make_pair(ch, int32_t(-1)));
+    if (it != nx.end() && it->first == ch) {
       n = it->second;
-      if (nodes[size_t(n)].token >= 0) {
-        best = nodes[size_t(n)].token;
-        best_len = k + 1 - i;
-      }
+    } else {
+      const int32_t m = int32_t(nodes.size());
+      nx.insert(it, {ch, m});
+      nodes.emplace_back();
+      n = m;
     }
-    return {best, best_len};
   }
-};
-
-struct HfTokenizerImpl {
-  std::string path;
-  // model
-  StrMap vocab;
-  std::vector<std::string> id_piece;   // by id; "" where none
-  std::vector<uint8_t> has_piece;
-  std::unordered_map<uint64_t, uint64_t> merges;  // (left << 32 | right) -> (rank << 32 | new id)
-  std::optional<int32_t> unk_id;
-  std::string prefix, suffix;  // continuing_subword_prefix, end_of_word_suffix
-  bool fuse_unk = false, byte_fallback = false, ignore_merges = false;
-  int32_t byte_fallback_id[256];
-  int32_t byte_level_id[256];  // the id of each byte's ByteLevel character, -1 if none
-  // added tokens
-  std::vector<AddedToken> added;
-  std::unordered_map<int32_t, size_t> added_by_id;
-  TokenTrie raw_trie, norm_trie;
-  std::vector<int32_t> raw_ids, norm_ids;  // trie token index -> added index
-  // pipeline
-  std::vector<Normalizer> normalizers;
-  std::vector<PreTokenizer> pre_tokenizers;
-  std::vector<Decoder> decoders;
-  bool has_decoder = false;
-  std::vector<std::pair<bool, std::vector<int32_t>>> template_single;  // (is sequence, special ids)
-  bool has_template = false;
-  // tokenizer_config.json
-  std::optional<int32_t> bos, eos;
-  bool add_bos = false, add_eos = false, cleanup_spaces = false;
-  int64_t max_id = -1;
-  bool byte_level_model = false;
-
-  std::string normalize(std::string_view s) const;
-  void pre_tokenize(std::vector<Piece>& pieces, Arena& arena, Matcher& m) const;
-  void bpe(std::string_view word, bool byte_level, std::vector<int32_t>& out,
-           std::unordered_map<std::string, std::vector<int32_t>>& cache) const;
-  void merge_word(std::vector<int32_t>& syms, std::vector<uint32_t>& lens) const;
-  void split_added(std::string_view s, bool at_start, bool normalized_set, std::vector<Piece>& out) const;
-  std::vector<std::string> decode_chain(std::vector<std::string> tokens, bool display) const;
-};
-
-// Every match of `pattern` in s replaced by `with` (the Replace normalizer and decoder).
-static void replace_all(const Pattern& pattern, const std::string& path, std::string& s, const std::string& with) {
-  thread_local Matcher m;
-  std::vector<std::pair<size_t, size_t>> hits;
-  pattern.find_all(m, path, s, hits);
-  if (hits.empty()) return;
-  std::string r;
-  size_t prev = 0;
-  for (auto [a, b] : hits) {
-    r.append(s, prev, a - prev);
-    r += with;
-    prev = b;
-  }
-  r.append(s, prev, std::string::npos);
-  s.swap(r);
+  if (nodes[size_t(n)].token < 0) nodes[size_t(n)].token = token;
+  first[static_cast<unsigned char>(s[0])] = true;
 }
 
-std::string HfTokenizerImpl::normalize(std::string_view s) const {
-  std::string cur(s);
-  for (const Normalizer& n : normalizers) {
-    switch (n.kind) {
-      case Normalizer::NFC: case Normalizer::NFD: case Normalizer::NFKC: case Normalizer::NFKD:
-        cur = unicode_normalize(cur, n.kind, path);
-        break;
-      case Normalizer::Prepend:
-        if (!cur.empty()) cur = n.text + cur;
-        break;
-      case Normalizer::Replace:
-        replace_all(n.pattern, path, cur, n.text);
-        break;
-      case Normalizer::Strip: {
-        size_t a = 0, b = cur.size();
-        if (n.left) {
-          while (a < b) {
-            const size_t len = utf8_len_at(cur, a);
-            if (!len || !is_white_space(decode_cp(cur, a, len))) break;
-            a += len;
-          }
-        }
-        if (n.right) {
-          while (b > a) {
-            size_t k = b - 1;
-            while (k > a && (static_cast<unsigned char>(cur[k]) & 0xC0) == 0x80) --k;
-            const size_t len = utf8_len_at(cur, k);
-            if (!len || !is_white_space(decode_cp(cur, k, len))) break;
-            b = k;
-          }
-        }
-        cur = cur.substr(a, b - a);
-        break;
-      }
+std::pair<int32_t, size_t> hf::TokenTrie::longest_at(std::string_view s, size_t i) const {
+  int32_t n = 0, best = -1;
+  size_t best_len = 0;
+  for (size_t k = i; k < s.size(); ++k) {
+    const auto& nx = nodes[size_t(n)].next;
+    const unsigned char ch = static_cast<unsigned char>(s[k]);
+    auto it = std::lower_bound(nx.begin(), nx.end(), std::make_pair(ch, int32_t(-1)));
+    if (it == nx.end() || it->first != ch) break;
+    n = it->second;
+    if (nodes[size_t(n)].token >= 0) {
+      best = nodes[size_t(n)].token;
+      best_len = k + 1 - i;
     }
   }
-  return cur;
+  return {best, best_len};
 }
 
 void HfTokenizerImpl::split_added(std::string_view s, bool at_start, bool normalized_set,
@@ -943,6 +186,48 @@ void HfTokenizerImpl::split_added(std::string_view s, bool at_start, bool normal
   if (start_offset < s.size()) out.push_back(Piece{s.substr(start_offset), -1, at_start && start_offset == 0, false});
 }
 
+// ---------------------------------------------------------------------------------------------
+// Normalization, pre-tokenization, BPE, decoding.
+
+std::string HfTokenizerImpl::normalize(std::string_view s) const {
+  std::string cur(s);
+  for (const Normalizer& n : normalizers) {
+    switch (n.kind) {
+      case Normalizer::NFC: case Normalizer::NFD: case Normalizer::NFKC: case Normalizer::NFKD:
+        cur = unicode_normalize(cur, n.kind, path);
+        break;
+      case Normalizer::Prepend:
+        if (!cur.empty()) cur = n.text + cur;
+        break;
+      case Normalizer::Replace:
+        replace_all(n.pattern, path, cur, n.text);
+        break;
+      case Normalizer::Strip: {
+        size_t a = 0, b = cur.size();
+        if (n.left) {
+          while (a < b) {
+            const size_t len = utf8_len_at(cur, a);
+            if (!len || !is_white_space(decode_cp(cur, a, len))) break;
+            a += len;
+          }
+        }
+        if (n.right) {
+          while (b > a) {
+            size_t k = b - 1;
+            while (k > a && (static_cast<unsigned char>(cur[k]) & 0xC0) == 0x80) --k;
+            const size_t len = utf8_len_at(cur, k);
+            if (!len || !is_white_space(decode_cp(cur, k, len))) break;
+            b = k;
+          }
+        }
+        cur = cur.substr(a, b - a);
+        break;
+      }
+    }
+  }
+  return cur;
+}
+
 void HfTokenizerImpl::pre_tokenize(std::vector<Piece>& pieces, Arena& arena, Matcher& m) const {
   std::vector<Piece> next;
   std::vector<std::pair<size_t, size_t>> hits;
@@ -985,9 +270,7 @@ void HfTokenizerImpl::pre_tokenize(std::vector<Piece>& pieces, Arena& arena, Mat
           } else {
             hits.clear();
             for_each_cp(s, [&](size_t i, size_t n, char32_t cp) {
-              const auto cat = utf8proc_category(utf8proc_int32_t(cp));
-              if (cat == UTF8PROC_CATEGORY_ND || cat == UTF8PROC_CATEGORY_NL || cat == UTF8PROC_CATEGORY_NO)
-                hits.emplace_back(i, i + n);
+              if (is_numeric_char(cp)) hits.emplace_back(i, i + n);
             });
           }
           spans.clear();
@@ -1284,302 +567,7 @@ std::vector<std::string> HfTokenizerImpl::decode_chain(std::vector<std::string> 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Loading.
-
-namespace {
-
-void parse_model(const Ctx& c, const json& j, HfTokenizerImpl& t) {
-  const std::string where = "model";
-  obj(c, j, where);
-  const std::string type = str_field(c, j, where, "type", "BPE");
-  if (type != "BPE")
-    c.bad("model type '" + type + "' is not supported (only BPE; WordPiece, Unigram and WordLevel are not)");
-  only_keys(c, j, where, {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix",
-                          "fuse_unk", "byte_fallback", "ignore_merges", "vocab", "merges"});
-  if (const json* d = field(j, "dropout")) {
-    if (!d->is_number()) c.bad("model.dropout must be a number or null, got " + shown(*d));
-    if (d->get<double>() != 0.0)
-      c.bad("model.dropout = " + shown(*d) + " (BPE dropout is random; only null or 0 is supported)");
-  }
-  t.prefix = str_field(c, j, where, "continuing_subword_prefix", "");
-  t.suffix = str_field(c, j, where, "end_of_word_suffix", "");
-  t.fuse_unk = bool_field(c, j, where, "fuse_unk", false);
-  t.byte_fallback = bool_field(c, j, where, "byte_fallback", false);
-  t.ignore_merges = bool_field(c, j, where, "ignore_merges", false);
-
-  const json* v = field(j, "vocab");
-  if (!v || !v->is_object()) c.bad("model.vocab must be an object of token: id");
-  if (v->size() > kMaxVocab) c.bad("model.vocab has " + std::to_string(v->size()) + " entries, more than the 4,194,304 supported");
-  t.vocab.reserve(v->size());
-  int64_t max_id = -1;
-  for (auto it = v->begin(); it != v->end(); ++it) {
-    if (!it->is_number_integer()) c.bad("model.vocab['" + shown(it.key()) + "'] must be an integer id, got " + shown(*it));
-    const int64_t id = it->get<int64_t>();
-    if (id < 0 || id > int64_t(2 * kMaxVocab))
-      c.bad("model.vocab['" + shown(it.key()) + "'] = " + std::to_string(id) + " is not a plausible token id");
-    if (invalid_utf8_offset(it.key())) c.bad("model.vocab has a token that is not valid UTF-8");
-    t.vocab.emplace(it.key(), int32_t(id));
-    max_id = std::max(max_id, id);
-  }
-  if (max_id >= int64_t(2 * v->size() + 65536))
-    c.bad("model.vocab ids reach " + std::to_string(max_id) + " for " + std::to_string(v->size()) + " tokens (ids must be dense)");
-  t.id_piece.assign(size_t(max_id + 1), std::string());
-  t.has_piece.assign(size_t(max_id + 1), 0);
-  for (const auto& [s, id] : t.vocab) {
-    t.id_piece[size_t(id)] = s;
-    t.has_piece[size_t(id)] = 1;
-  }
-  t.max_id = max_id;
-
-  const std::string unk = str_field(c, j, where, "unk_token", "");
-  if (!unk.empty()) {
-    auto it = t.vocab.find(unk);
-    if (it == t.vocab.end()) c.bad("model.unk_token '" + shown(unk) + "' is not in the vocabulary");
-    t.unk_id = it->second;
-  }
-  for (int b = 0; b < 256; ++b) {
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "<0x%02X>", b);
-    auto it = t.vocab.find(std::string_view(buf));
-    t.byte_fallback_id[b] = it == t.vocab.end() ? -1 : it->second;
-    auto jt = t.vocab.find(std::string_view(byte_map().to_utf8[b]));
-    t.byte_level_id[b] = jt == t.vocab.end() ? -1 : jt->second;
-  }
-
-  const json* m = field(j, "merges");
-  if (!m) return;
-  if (!m->is_array()) c.bad("model.merges must be a list");
-  if (m->size() > kMaxMerges) c.bad("model.merges has " + std::to_string(m->size()) + " entries, more than supported");
-  t.merges.reserve(m->size());
-  std::string merged;
-  for (size_t i = 0; i < m->size(); ++i) {
-    const json& e = (*m)[i];
-    std::string a, b;
-    if (e.is_string()) {
-      const std::string& s = e.get_ref<const std::string&>();
-      const size_t sp = s.find(' ');
-      if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos)
-        c.bad("model.merges[" + std::to_string(i) + "] '" + shown(s) + "' is not two tokens separated by one space");
-      a = s.substr(0, sp);
-      b = s.substr(sp + 1);
-    } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
-      a = e[0].get<std::string>();
-      b = e[1].get<std::string>();
-    } else {
-      c.bad("model.merges[" + std::to_string(i) + "] must be \"a b\" or [\"a\", \"b\"], got " + shown(e));
-    }
-    auto ia = t.vocab.find(a), ib = t.vocab.find(b);
-    if (ia == t.vocab.end() || ib == t.vocab.end())
-      c.bad("model.merges[" + std::to_string(i) + "] names '" + shown(ia == t.vocab.end() ? a : b) + "', which is not in the vocabulary");
-    if (!t.prefix.empty()) {
-      if (b.size() < t.prefix.size()) c.bad("model.merges[" + std::to_string(i) + "]: '" + shown(b) + "' is shorter than continuing_subword_prefix");
-      merged = a + b.substr(t.prefix.size());
-    } else {
-      merged = a + b;
-    }
-    auto in = t.vocab.find(merged);
-    if (in == t.vocab.end())
-      c.bad("model.merges[" + std::to_string(i) + "] makes '" + shown(merged) + "', which is not in the vocabulary");
-    t.merges[(uint64_t(uint32_t(ia->second)) << 32) | uint32_t(ib->second)] = (uint64_t(i) << 32) | uint32_t(in->second);
-  }
-}
-
-void parse_added(const Ctx& c, const json& j, HfTokenizerImpl& t) {
-  if (!j.is_array()) c.bad("added_tokens must be a list");
-  if (j.size() > kMaxAddedTokens) c.bad("added_tokens has more than 1,048,576 entries");
-  const int64_t model_size = int64_t(t.vocab.size());
-  std::unordered_map<std::string, int32_t> by_content;
-  int64_t max_added = -1;
-  for (size_t i = 0; i < j.size(); ++i) {
-    const std::string where = "added_tokens[" + std::to_string(i) + "]";
-    const json& e = obj(c, j[i], where);
-    only_keys(c, e, where, {"id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"});
-    AddedToken a;
-    a.content = str_field(c, e, where, "content", {}, true);
-    if (a.content.empty()) c.bad(where + " has empty content");
-    if (a.content.size() > kMaxAddedTokenBytes)
-      c.bad(where + " is " + std::to_string(a.content.size()) + " bytes long, more than the 1024 supported");
-    if (invalid_utf8_offset(a.content)) c.bad(where + ".content is not valid UTF-8");
-    a.special = bool_field(c, e, where, "special", false);
-    a.single_word = bool_field(c, e, where, "single_word", false);
-    a.lstrip = bool_field(c, e, where, "lstrip", false);
-    a.rstrip = bool_field(c, e, where, "rstrip", false);
-    a.normalized = bool_field(c, e, where, "normalized", !a.special);
-    const int64_t file_id = int_field(c, e, where, "id", -1, 0, int64_t(4 * kMaxVocab));
-    if (file_id < 0) c.bad(where + " has no 'id'");
-    if (by_content.count(a.content)) continue;  // the Rust library keeps the first
-    // The id the Rust library gives it: its vocabulary id, else the next one after the model's.
-    int64_t id;
-    if (auto it = t.vocab.find(a.content); it != t.vocab.end()) id = it->second;
-    else id = max_added >= model_size || model_size == 0 ? max_added + 1 : model_size;
-    if (id != file_id)
-      c.bad(where + " '" + shown(a.content) + "' has id " + std::to_string(file_id) + " but would get id " +
-            std::to_string(id) + " (ids out of order are not supported)");
-    max_added = std::max(max_added, id);
-    a.id = int32_t(id);
-    by_content.emplace(a.content, a.id);
-    t.added_by_id[a.id] = t.added.size();
-    t.added.push_back(std::move(a));
-    t.max_id = std::max(t.max_id, id);
-  }
-}
-
-void parse_post_processor(const Ctx& c, const json& j, const std::string& where, HfTokenizerImpl& t, int depth = 0) {
-  if (depth > kMaxNesting) c.bad(where + ": Sequences nested more than 8 deep are not supported");
-  const std::string type = type_of(c, j, where);
-  const auto special_of = [&](const json& pair, const std::string& w) -> int32_t {
-    if (!pair.is_array() || pair.size() != 2 || !pair[0].is_string() || !pair[1].is_number_integer())
-      c.bad(w + " must be [\"token\", id]");
-    const int64_t id = pair[1].get<int64_t>();
-    if (id < 0 || id > t.max_id) c.bad(w + " id " + std::to_string(id) + " is not a token id");
-    return int32_t(id);
-  };
-  if (type == "Sequence") {
-    sequence_items(c, j, where, "processors", 16,
-                   [&](const json& item, const std::string& w) { parse_post_processor(c, item, w, t, depth + 1); });
-  } else if (type == "ByteLevel") {
-    only_keys(c, j, where, {"type", "add_prefix_space", "trim_offsets", "use_regex"});  // offsets only
-  } else if (type == "TemplateProcessing") {
-    only_keys(c, j, where, {"type", "single", "pair", "special_tokens"});
-    if (t.has_template) c.bad(where + ": two templates in one post_processor are not supported");
-    t.has_template = true;
-    const json* single = field(j, "single");
-    if (!single || !single->is_array()) c.bad(where + ".single must be a list");
-    const json* specials = field(j, "special_tokens");
-    if (specials && !specials->is_object()) c.bad(where + ".special_tokens must be an object");
-    for (size_t i = 0; i < single->size(); ++i) {
-      const std::string w = where + ".single[" + std::to_string(i) + "]";
-      const json& item = obj(c, (*single)[i], w);
-      if (const json* seq = field(item, "Sequence")) {
-        if (str_field(c, obj(c, *seq, w), w + ".Sequence", "id", "A") != "A")
-          c.bad(w + ": a single-sequence template can only hold sequence A");
-        t.template_single.emplace_back(true, std::vector<int32_t>{});
-      } else if (const json* sp = field(item, "SpecialToken")) {
-        const std::string name = str_field(c, obj(c, *sp, w), w + ".SpecialToken", "id", {}, true);
-        const json* entry = specials ? field(*specials, name.c_str()) : nullptr;
-        if (!entry) c.bad(w + " names special token '" + shown(name) + "', which special_tokens does not define");
-        const json* ids = field(obj(c, *entry, w), "ids");
-        if (!ids || !ids->is_array() || ids->size() > 64) c.bad(where + ".special_tokens['" + shown(name) + "'].ids must be a list of ids");
-        std::vector<int32_t> v;
-        for (const json& x : *ids) {
-          if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() > t.max_id)
-            c.bad(where + ".special_tokens['" + shown(name) + "'] has id " + shown(x) + ", which is not a token id");
-          v.push_back(int32_t(x.get<int64_t>()));
-        }
-        t.template_single.emplace_back(false, std::move(v));
-      } else {
-        c.bad(w + " must be {\"Sequence\": ...} or {\"SpecialToken\": ...}");
-      }
-    }
-  } else if (type == "BertProcessing" || type == "RobertaProcessing") {
-    only_keys(c, j, where, {"type", "sep", "cls", "trim_offsets", "add_prefix_space"});
-    if (t.has_template) c.bad(where + ": two templates in one post_processor are not supported");
-    t.has_template = true;
-    const json* sep = field(j, "sep");
-    const json* cls = field(j, "cls");
-    if (!sep || !cls) c.bad(where + " needs 'sep' and 'cls'");
-    t.template_single.emplace_back(false, std::vector<int32_t>{special_of(*cls, where + ".cls")});
-    t.template_single.emplace_back(true, std::vector<int32_t>{});
-    t.template_single.emplace_back(false, std::vector<int32_t>{special_of(*sep, where + ".sep")});
-  } else {
-    c.bad(where + ": post_processor type '" + type + "' is not supported (supported: TemplateProcessing, ByteLevel, BertProcessing, RobertaProcessing, Sequence)");
-  }
-}
-
-std::optional<std::string> config_token(const Ctx& c, const json& cfg, const char* key) {
-  const json* v = field(cfg, key);
-  if (!v) return std::nullopt;
-  if (v->is_string()) return v->get<std::string>();
-  if (v->is_object()) {
-    const json* content = field(*v, "content");
-    if (content && content->is_string()) return content->get<std::string>();
-  }
-  c.bad(std::string(key) + " must be a token string or {\"content\": ...}, got " + shown(*v));
-}
-
-}  // namespace
-
-HfTokenizer::HfTokenizer() : impl_(std::make_unique<HfTokenizerImpl>()) {}
-HfTokenizer::~HfTokenizer() = default;
-
-std::string tokenizer_json_of(const std::string& path) {
-  std::error_code ec;
-  fs::path p(path);
-  if (fs::is_directory(p, ec)) p /= "tokenizer.json";
-  else if (p.filename() != "tokenizer.json") p = p.parent_path() / "tokenizer.json";
-  return fs::is_regular_file(p, ec) ? p.string() : std::string();
-}
-
-std::shared_ptr<const HfTokenizer> HfTokenizer::load(const std::string& path_in) {
-  std::error_code ec;
-  std::string path = path_in;
-  if (fs::is_directory(path, ec)) {
-    path = (fs::path(path) / "tokenizer.json").string();
-    if (!fs::exists(path, ec)) fail(path_in, "no tokenizer.json in this folder");
-  }
-  const Ctx c{path};
-  const json j = read_json_file(path, kMaxTokenizerFile);
-  if (!j.is_object()) c.bad("a tokenizer.json must hold a JSON object");
-  std::shared_ptr<HfTokenizer> tok(new HfTokenizer());
-  HfTokenizerImpl& t = *tok->impl_;
-  t.path = path;
-  only_keys(c, j, "tokenizer.json", {"version", "truncation", "padding", "added_tokens", "normalizer",
-                                     "pre_tokenizer", "post_processor", "decoder", "model"});
-  if (field(j, "truncation")) c.bad("truncation is set; truncating the encoding is not supported (set it to null)");
-  if (field(j, "padding")) c.bad("padding is set; padding the encoding is not supported (set it to null)");
-  const json* model = field(j, "model");
-  if (!model) c.bad("no 'model'");
-  parse_model(c, *model, t);
-  if (const json* n = field(j, "normalizer")) parse_normalizer(c, *n, "normalizer", t.normalizers);
-  if (const json* p = field(j, "pre_tokenizer")) parse_pre_tokenizer(c, *p, "pre_tokenizer", t.pre_tokenizers);
-  if (const json* d = field(j, "decoder")) {
-    parse_decoder(c, *d, "decoder", t.decoders);
-    t.has_decoder = true;
-  }
-  for (const PreTokenizer& p : t.pre_tokenizers) t.byte_level_model = t.byte_level_model || p.kind == PreTokenizer::ByteLevel;
-  if (const json* a = field(j, "added_tokens")) parse_added(c, *a, t);
-  if (const json* p = field(j, "post_processor")) parse_post_processor(c, *p, "post_processor", t);
-  // The tries: non-normalized tokens match the raw text, normalized ones the normalized text.
-  // Special tokens come first, as in the Rust library (it only matters for equal strings).
-  for (int pass = 0; pass < 2; ++pass)
-    for (size_t i = 0; i < t.added.size(); ++i) {
-      AddedToken& a = t.added[i];
-      if (a.special != (pass == 0)) continue;
-      if (a.normalized) {
-        a.match = t.normalize(a.content);
-        if (a.match.empty()) continue;
-        t.norm_trie.add(a.match, int32_t(t.norm_ids.size()));
-        t.norm_ids.push_back(int32_t(i));
-      } else {
-        a.match = a.content;
-        t.raw_trie.add(a.match, int32_t(t.raw_ids.size()));
-        t.raw_ids.push_back(int32_t(i));
-      }
-    }
-
-  // tokenizer_config.json beside it: BOS/EOS and whether a prompt starts with BOS.
-  const fs::path cfg_path = fs::path(path).parent_path() / "tokenizer_config.json";
-  if (fs::is_regular_file(cfg_path, ec)) {
-    const Ctx cc{cfg_path.string()};
-    const json cfg = read_json_file(cfg_path.string(), 16 << 20);
-    if (!cfg.is_object()) cc.bad("must hold a JSON object");
-    const auto id_of = [&](const std::optional<std::string>& s, const char* key) -> std::optional<int32_t> {
-      if (!s) return std::nullopt;
-      if (auto id = tok->token_id(*s)) return id;
-      cc.bad(std::string(key) + " '" + shown(*s) + "' is not a token of " + path);
-    };
-    t.bos = id_of(config_token(cc, cfg, "bos_token"), "bos_token");
-    t.eos = id_of(config_token(cc, cfg, "eos_token"), "eos_token");
-    const std::string cls = field(cfg, "tokenizer_class") && cfg["tokenizer_class"].is_string()
-                                ? cfg["tokenizer_class"].get<std::string>() : "";
-    const bool llama = cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast" || cls == "CodeLlamaTokenizer" ||
-                       cls == "CodeLlamaTokenizerFast";
-    t.add_bos = bool_field(cc, cfg, "tokenizer_config.json", "add_bos_token", llama) && t.bos;
-    t.add_eos = bool_field(cc, cfg, "tokenizer_config.json", "add_eos_token", false) && t.eos;
-    t.cleanup_spaces = bool_field(cc, cfg, "tokenizer_config.json", "clean_up_tokenization_spaces", false);
-  }
-  return tok;
-}
+// The public API.
 
 std::vector<int32_t> HfTokenizer::encode(std::string_view text, bool add_special_tokens) const {
   const HfTokenizerImpl& t = *impl_;
@@ -1708,48 +696,6 @@ std::string HfTokenizer::summary() const {
   for (const Normalizer& n : t.normalizers)
     if (n.kind == Normalizer::NFC) s += ", NFC";
   return s;
-}
-
-std::optional<size_t> invalid_utf8_offset(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    const size_t n = utf8_len_at(s, i);
-    if (!n) return i;
-    i += n;
-  }
-  return std::nullopt;
-}
-
-std::string visible_token_text(std::string_view bytes) {
-  std::string out;
-  size_t i = 0;
-  char buf[8];
-  while (i < bytes.size()) {
-    const size_t n = utf8_len_at(bytes, i);
-    if (!n) {
-      std::snprintf(buf, sizeof buf, "<0x%02X>", static_cast<unsigned char>(bytes[i]));
-      out += buf;
-      ++i;
-      continue;
-    }
-    const char32_t cp = decode_cp(bytes, i, n);
-    if (cp == ' ') out += "\xE2\x90\xA3";        // ␣
-    else if (cp == '\n') out += "\xE2\x86\xB5";  // ↵
-    else if (cp == '\t') out += "\xE2\x87\xA5";  // ⇥
-    else if (cp < 0x20 || cp == 0x7F) {
-      std::snprintf(buf, sizeof buf, "<0x%02X>", unsigned(cp));
-      out += buf;
-    } else {
-      out.append(bytes.substr(i, n));
-    }
-    i += n;
-  }
-  return out;
 }
 
 }  // namespace moelab

@@ -1,6 +1,6 @@
 // Recording the CUDA backend's decode step as a CUDA graph (Backend::begin_recording /
 // end_recording / abort_recording): the state of one recording, and the graph it produces.
-// Included by cuda_backend.cu only.
+// Included by cuda_backend_impl.cuh only.
 //
 // Stream capture in relaxed mode: the pool may still call cudaMalloc and the rope table may be
 // uploaded on the side stream while the main stream is captured. Every buffer allocated while

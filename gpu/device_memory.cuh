@@ -1,5 +1,5 @@
 // Device memory of the CUDA backend: the cache of cudaMalloc buffers (DevicePool) and the bf16
-// copies of weights kept for Precision::BF16 (Bf16Copies). Included by cuda_backend.cu and
+// copies of weights kept for Precision::BF16 (Bf16Copies). Included by cuda_backend_impl.cuh and
 // cuda_graph.cuh only.
 #pragma once
 

@@ -8,29 +8,10 @@ import subprocess
 import sys
 import tempfile
 
+from cli_check import check, check_error, finish, run, start
+
 cli, src, fixtures = sys.argv[1:4]
-failures = []
-passed = 0
-
-
-def run(*args):
-    return subprocess.run([cli, *args], capture_output=True, text=True, errors="replace", timeout=120)
-
-
-def check(name, cond, detail=""):
-    global passed
-    if cond:
-        passed += 1
-    else:
-        failures.append(f"{name}: {detail}")
-        print(f"FAILED {name}: {detail}", file=sys.stderr)
-
-
-def check_error(name, r, code, needles):
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    ok = r.returncode == code and len(lines) == 1 and all(n in r.stderr for n in needles)
-    check(name, ok, f"exit {r.returncode}, stderr {r.stderr!r}")
-
+start(cli)
 
 params_dir = os.path.join(src, "tests/data/params")
 figures = {f["name"]: f for f in json.load(open(os.path.join(params_dir, "figures.json")))}
@@ -477,5 +458,4 @@ check("help", run("forward", "--help").returncode == 0)
 r = run("demo", "--tokens", "4")
 check("demo", r.returncode == 0 and r.stdout.count(" L0 e") == 4, r.stdout + r.stderr)
 
-print(f"{passed} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()

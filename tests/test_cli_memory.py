@@ -6,35 +6,12 @@ Usage: test_cli_memory.py MOELAB_CLI SOURCE_DIR"""
 import json
 import os
 import struct
-import subprocess
 import sys
 
+from cli_check import check, check_error, finish, run, start
+
 cli, src = sys.argv[1:3]
-failures = []
-passed = 0
-
-
-def run(*args, limit=None):
-    env = dict(os.environ)
-    env.pop("MOELAB_MEMORY_LIMIT", None)
-    if limit:
-        env["MOELAB_MEMORY_LIMIT"] = limit
-    return subprocess.run([cli, *args], capture_output=True, text=True, errors="replace", timeout=120, env=env)
-
-
-def check(name, cond, detail=""):
-    global passed
-    if cond:
-        passed += 1
-    else:
-        failures.append(f"{name}: {detail}")
-        print(f"FAILED {name}: {detail}", file=sys.stderr)
-
-
-def one_line_error(name, r, needles):
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    check(name, r.returncode == 1 and len(lines) == 1 and all(n in r.stderr for n in needles),
-          f"exit {r.returncode}, stderr {r.stderr!r}")
+start(cli)
 
 
 GiB = 1 << 30
@@ -63,8 +40,8 @@ check("12G text verdict", r.returncode == 0 and "does not fit: needs 14.2 GiB" i
       and "KV cache" in r.stdout and "1.0 GiB" in r.stdout, r.stdout)
 r = run("info", "--model", olmoe, "--context", "2048")
 check("context 2048 text", "for a context of 2048 tokens" in r.stdout and "512.0 MiB  keys and values" in r.stdout, r.stdout)
-one_line_error("context over max positions", run("info", "--model", olmoe, "--context", "8192"),
-               ["config.json", "--context 8192", "4096", "max_position_embeddings"])
+check_error("context over max positions", run("info", "--model", olmoe, "--context", "8192"), 1,
+            ["config.json", "--context 8192", "4096", "max_position_embeddings"])
 
 # A folder with weights: the built-in model. Its safetensors header, read here, gives what stays
 # as stored (bf16 matrices) and what is widened (norms, routers) to fp32.
@@ -95,10 +72,9 @@ check("builtin kv", mem.get("kv_cache") == 2 * cfg["num_hidden_layers"] * ctx * 
 
 # A machine too small for the weights: the load is refused in one line naming config.json; with
 # room it generates.
-one_line_error("load refused", run("generate", "--model", builtin, "--prompt", "the ", "--tokens", "2", "--device", "cpu",
-                                   limit="1M"), ["config.json", "the model needs", "this machine can give it"])
+check_error("load refused", run("generate", "--model", builtin, "--prompt", "the ", "--tokens", "2", "--device", "cpu",
+                                limit="1M"), 1, ["config.json", "the model needs", "this machine can give it"])
 r = run("generate", "--model", builtin, "--prompt", "the ", "--tokens", "2", "--device", "cpu", limit="256M")
 check("generate with room", r.returncode == 0, r.stderr)
 
-print(f"{passed} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()

@@ -200,12 +200,7 @@ TEST(granite_fields_are_read_and_written) {
 // A lab-made GraniteMoE saves input_linear [E,2F,H] and output_linear [E,H,F] and loads them back
 // into the same numbers (the gate and up halves split and joined again).
 TEST(granite_checkpoint_round_trips) {
-  ModelConfig c = tiny_config(Family::GraniteMoe);
-  c.norm_topk_prob = true;
-  c.embedding_multiplier = 12.0;
-  c.attention_multiplier = 0.05;
-  c.residual_multiplier = 0.22;
-  c.logits_scaling = 6.0;
+  const ModelConfig c = testutil::granitemoe_multipliers();
   Model m = Model::random(c, 5, make_eigen_backend(), 0.2f);
   testutil::TempDir tmp("granite");
   m.save(tmp.path.string());

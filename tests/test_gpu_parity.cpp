@@ -22,9 +22,10 @@
 #include "check.hpp"
 #include "corpus.hpp"
 #include "cuda_backend.hpp"
-#include "cuda_device.hpp"
 #include "decoder.hpp"
+#include "gpu_test.hpp"
 #include "model.hpp"
+#include "stored_families.hpp"
 #include "test_util.hpp"
 #include "train_step.hpp"
 #include "trainer.hpp"
@@ -35,17 +36,9 @@ namespace {
 
 constexpr double kTol = 1e-4;
 
-std::shared_ptr<Backend> g_cpu, g_gpu;
-std::shared_ptr<Backend> g_cpu16, g_gpu16;  // Precision::BF16
+// ---- helpers (the op table and its comparisons: backend_ops.hpp; the backends: gpu_test.hpp) ----
 
-// ---- helpers (the op table and its comparisons are in backend_ops.hpp) ----
-
-using backend_ops::randn;
-using backend_ops::rel_diff;
-using backend_ops::share_within;
-using backend_ops::Tally;
-
-std::vector<float> host(Backend& b, const Tensor& t) { return backend_ops::values_f32(b, t); }
+using namespace gpu_test;  // the four backends, host(), decoded_logits(), randn, rel_diff, share_within, Tally
 
 void expect_close_vec(const std::string& what, const std::vector<float>& gpu, const std::vector<float>& cpu,
                       double tol = kTol) {
@@ -79,7 +72,7 @@ void expect_near_scalar(const std::string& what, double gpu, double cpu, double 
 
 // ---- whole models ----
 
-const std::vector<int32_t> kTokens = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4};
+const std::vector<int32_t>& kTokens = testutil::kStoredTokens;
 
 struct ModelVariant {
   const char* name;
@@ -113,40 +106,16 @@ std::vector<ModelVariant> model_variants() {
   sig.scoring = RouterScoring::Sigmoid;
   sig.score_correction_bias = true;
   v.push_back({"sigmoid + selection bias", sig, {0.0f, 0.02f, 0.0, false, true}, true});
-  ModelConfig qw = testutil::tiny_config(Family::Qwen2Moe);
-  qw.num_layers = 3;
-  qw.qkv_bias = true;
-  qw.shared_ffn_size = 20;
-  qw.shared_expert_gate = true;
-  qw.norm_topk_prob = false;
-  qw.mlp_only_layers = {1};
-  v.push_back({"qwen2-moe shared expert + dense layer", qw, k, true});
+  v.push_back({"qwen2-moe shared expert + dense layer", testutil::qwen2_moe_shared_expert_and_dense_layer(), k, true});
   v.push_back({"capacity 0.6 dropped", mix, {0.1f, 0.0f, 0.6, false, true}, true});
   v.push_back({"capacity 0.6 re-routed", mix, {0.1f, 0.0f, 0.6, true, true}, true});
-  ModelConfig q3 = testutil::tiny_config(Family::Qwen3Moe);
-  q3.qk_norm = QkNorm::PerHead;
-  v.push_back({"qwen3-moe q/k norm per head", q3, k, false});
-  ModelConfig ol = testutil::tiny_config(Family::Olmoe);
-  ol.qk_norm = QkNorm::Whole;
-  ol.clip_qkv = 0.5;
-  v.push_back({"olmoe q/k norm + clip", ol, k, false});
-  ModelConfig gr = testutil::tiny_config(Family::GraniteMoe);
-  gr.norm_topk_prob = true;
-  gr.embedding_multiplier = 12.0;
-  gr.attention_multiplier = 0.05;
-  gr.residual_multiplier = 0.22;
-  gr.logits_scaling = 6.0;
-  v.push_back({"granitemoe multipliers", gr, k, false});
+  v.push_back({"qwen3-moe q/k norm per head", testutil::qwen3_moe_qk_norm_per_head(), k, false});
+  v.push_back({"olmoe q/k norm + clip", testutil::olmoe_qk_norm_and_clip(), k, false});
+  v.push_back({"granitemoe multipliers", testutil::granitemoe_multipliers(), k, false});
   return v;
 }
 
-// The tiny Mixtral on byte tokens of the built-in corpus, and 50 training steps of it.
-ModelConfig byte_model() {
-  ModelConfig c = testutil::tiny_config(Family::Mixtral);
-  c.vocab_size = 256;
-  c.tokenizer = "bytes";
-  return c;
-}
+// 50 training steps of the tiny byte-token Mixtral (testutil::byte_mixtral) on the built-in corpus.
 TrainConfig fifty_steps() {
   TrainConfig tc;
   tc.steps = 50;
@@ -230,7 +199,7 @@ TEST(every_gradient_of_a_training_step_matches) {
 }
 
 TEST(a_50_step_training_run_follows_the_cpu_loss_curve) {
-  const ModelConfig c = byte_model();
+  const ModelConfig c = testutil::byte_mixtral();
   const TrainConfig tc = fifty_steps();
   const auto corpus = open_corpus("builtin:domains");
   Model mc = Model::random(c, 7, g_cpu), mg = Model::random(c, 7, g_gpu);
@@ -349,7 +318,7 @@ TEST(bf16_weight_copies_follow_uploads_and_frees) {
 // Exact, on the GPU alone: after AdamW steps the bf16 copies it rewrote must equal copies made
 // afresh from the fp32 weights (download and upload every weight: each copy is remade).
 TEST(bf16_copies_after_adamw_equal_fresh_copies) {
-  const ModelConfig c = byte_model();
+  const ModelConfig c = testutil::byte_mixtral();
   TrainConfig tc;
   tc.steps = 5;
   tc.batch = 2;
@@ -431,7 +400,7 @@ TEST(bf16_gradients_match_the_cpu_emulation) {
 }
 
 TEST(a_50_step_bf16_run_follows_the_cpu_emulation) {
-  const ModelConfig c = byte_model();
+  const ModelConfig c = testutil::byte_mixtral();
   const TrainConfig tc = fifty_steps();
   const auto corpus = open_corpus("builtin:domains");
   Model mc = Model::random(c, 7, g_cpu16), mg = Model::random(c, 7, g_gpu16);
@@ -456,11 +425,7 @@ TEST(bf16_recorded_decode_matches_the_cpu_emulation) {
     const int64_t T = int64_t(kTokens.size());
     const std::vector<float> full_cpu = mc.forward_full(kTokens);
     Decoder dec(mg, T);
-    std::vector<float> got = dec.prefill({kTokens.front()});
-    for (int64_t t = 1; t < T; ++t) {
-      const std::vector<float> step = dec.step(kTokens[size_t(t)]);
-      got.insert(got.end(), step.begin(), step.end());
-    }
+    const std::vector<float> got = decoded_logits(dec, kTokens);
     CHECK(dec.graphed());
     expect_bf16_close(tally, std::string(v.name) + ": bf16 recorded decode vs the CPU's bf16 full forward", got,
                       full_cpu);
@@ -496,27 +461,4 @@ TEST(tf32_stays_within_tf32_rounding_of_fp32) {
   }
 }
 
-// The harness's main, renamed: the real main() first asks whether a GPU answers.
-#define main run_parity_cases
-CHECK_MAIN()
-#undef main
-
-int main(int argc, char** argv) {
-  std::string why;
-  if (!cuda_device_available(&why)) {
-    std::printf("test_gpu_parity: skipped: %s\n", why.c_str());
-    return 77;
-  }
-  try {
-    g_cpu = make_eigen_backend();
-    g_gpu = make_cuda_backend();
-    g_cpu16 = make_eigen_backend();
-    g_cpu16->set_precision(Precision::BF16);
-    g_gpu16 = make_cuda_backend();
-    g_gpu16->set_precision(Precision::BF16);
-  } catch (const std::exception& e) {
-    std::printf("test_gpu_parity: the CUDA backend did not start: %s\n", e.what());
-    return 1;
-  }
-  return run_parity_cases(argc, argv);
-}
+GPU_TEST_MAIN("test_gpu_parity")

@@ -27,8 +27,8 @@
 #include "check.hpp"
 #include "corpus.hpp"
 #include "cuda_backend.hpp"
-#include "cuda_device.hpp"
 #include "decoder.hpp"
+#include "gpu_test.hpp"
 #include "model.hpp"
 #include "safetensors.hpp"
 #include "stored_families.hpp"
@@ -36,15 +36,10 @@
 #include "trainer.hpp"
 
 using namespace moelab;
-using backend_ops::randn;
-using backend_ops::rel_diff;
-using backend_ops::share_within;
-using backend_ops::Tally;
+using namespace gpu_test;  // the four backends, host(), decoded_logits(), randn, rel_diff, share_within, Tally
 using testutil::TempDir;
 
 namespace {
-
-std::shared_ptr<Backend> g_cpu, g_gpu, g_cpu16, g_gpu16;  // fp32 and Precision::BF16 modes
 
 float round_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
 uint16_t encode(float v, Elem t) { return t == Elem::BF16 ? float_to_bf16(v) : float_to_half(v); }
@@ -76,7 +71,6 @@ Tensor upload_f32(Backend& b, const std::vector<int64_t>& shape, const std::vect
   b.upload(t, v.data());
   return t;
 }
-std::vector<float> host(Backend& b, const Tensor& t) { return backend_ops::values_f32(b, t); }
 
 // |got − want| <= tol · bound per element (bound: Σ|x·w| of that output, the scale of its sum's error).
 void expect_within_bounds(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
@@ -279,11 +273,7 @@ TEST(bf16_models_on_the_gpu_match_the_cpu_stored_path_for_every_family) {
     // KV-cached decode on the device, graph-recorded, against the CPU's full forward.
     const int64_t T = int64_t(kTokens.size()), V = f.config.vocab_size;
     Decoder dec(mg, T);
-    std::vector<float> got = dec.prefill({kTokens.front()});
-    for (int64_t t = 1; t < T; ++t) {
-      const std::vector<float> step = dec.step(kTokens[size_t(t)]);
-      got.insert(got.end(), step.begin(), step.end());
-    }
+    const std::vector<float> got = decoded_logits(dec, kTokens);
     CHECK(dec.graphed());
     CHECK_EQ(int64_t(got.size()), T * V);
     expect_close(std::string(f.name) + ": stored bf16 recorded decode", got, lc, 1e-4);
@@ -339,9 +329,7 @@ TEST(f16_models_and_bf16_mode_match_the_cpu) {
 
 TEST(training_and_writes_are_refused_for_stored_weights) {
   TempDir tmp("gpu-stored");
-  ModelConfig c = testutil::tiny_config(Family::Mixtral);
-  c.vocab_size = 256;
-  c.tokenizer = "bytes";
+  const ModelConfig c = testutil::byte_mixtral();
   const std::string dir = save_random(tmp, c, DType::BF16, "m");
   Model m = Model::load(dir, g_gpu);
   const auto corpus = open_corpus("builtin:domains");
@@ -391,27 +379,4 @@ TEST(bench_stored_bf16_decode_against_widened_fp32) {
   CHECK(ts > 0 && tw > 0);
 }
 
-// The harness's main, renamed: the real main() first asks whether a GPU answers.
-#define main run_stored_cases
-CHECK_MAIN()
-#undef main
-
-int main(int argc, char** argv) {
-  std::string why;
-  if (!cuda_device_available(&why)) {
-    std::printf("test_gpu_stored: skipped: %s\n", why.c_str());
-    return 77;
-  }
-  try {
-    g_cpu = make_eigen_backend();
-    g_gpu = make_cuda_backend();
-    g_cpu16 = make_eigen_backend();
-    g_cpu16->set_precision(Precision::BF16);
-    g_gpu16 = make_cuda_backend();
-    g_gpu16->set_precision(Precision::BF16);
-  } catch (const std::exception& e) {
-    std::printf("test_gpu_stored: the CUDA backend did not start: %s\n", e.what());
-    return 1;
-  }
-  return run_stored_cases(argc, argv);
-}
+GPU_TEST_MAIN("test_gpu_stored")

@@ -211,9 +211,7 @@ TEST(the_memory_check_counts_two_bytes_per_stored_weight_in_the_device_memory) {
 
 TEST(what_the_stored_copies_cannot_do_is_refused_in_one_line) {
   TempDir tmp("stored-device");
-  ModelConfig c = testutil::tiny_config(Family::Mixtral);
-  c.vocab_size = 256;
-  c.tokenizer = "bytes";
+  const ModelConfig c = testutil::byte_mixtral();
   const std::string dir = saved(tmp, c, DType::BF16, "m");
   Model m = Model::load(dir, device_like());
   const auto corpus = open_corpus("builtin:domains");

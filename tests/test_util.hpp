@@ -41,6 +41,47 @@ inline moelab::ModelConfig tiny_config(moelab::Family family = moelab::Family::M
   return c;
 }
 
+// Variants of the tiny config that change which tensors exist or how they combine (the GPU,
+// stored-weight and config tests build their family tables from them).
+inline moelab::ModelConfig qwen2_moe_shared_expert_and_dense_layer() {
+  moelab::ModelConfig c = tiny_config(moelab::Family::Qwen2Moe);
+  c.num_layers = 3;
+  c.qkv_bias = true;
+  c.shared_ffn_size = 20;
+  c.shared_expert_gate = true;
+  c.norm_topk_prob = false;
+  c.mlp_only_layers = {1};
+  return c;
+}
+inline moelab::ModelConfig qwen3_moe_qk_norm_per_head() {
+  moelab::ModelConfig c = tiny_config(moelab::Family::Qwen3Moe);
+  c.qk_norm = moelab::QkNorm::PerHead;
+  return c;
+}
+inline moelab::ModelConfig olmoe_qk_norm_and_clip() {
+  moelab::ModelConfig c = tiny_config(moelab::Family::Olmoe);
+  c.qk_norm = moelab::QkNorm::Whole;
+  c.clip_qkv = 0.5;
+  return c;
+}
+inline moelab::ModelConfig granitemoe_multipliers() {
+  moelab::ModelConfig c = tiny_config(moelab::Family::GraniteMoe);
+  c.norm_topk_prob = true;
+  c.embedding_multiplier = 12.0;
+  c.attention_multiplier = 0.05;
+  c.residual_multiplier = 0.22;
+  c.logits_scaling = 6.0;
+  return c;
+}
+// The tiny Mixtral on byte tokens (vocabulary 256, the "bytes" tokenizer): what the tests train
+// on the built-in corpus.
+inline moelab::ModelConfig byte_mixtral() {
+  moelab::ModelConfig c = tiny_config(moelab::Family::Mixtral);
+  c.vocab_size = 256;
+  c.tokenizer = "bytes";
+  return c;
+}
+
 // B sequences of T random tokens with random next-token targets; position 3 has none (ignored).
 inline moelab::Batch random_batch(const moelab::ModelConfig& c, int64_t B, int64_t T) {
   moelab::Batch b;

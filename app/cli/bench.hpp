@@ -43,6 +43,11 @@ ModelConfig bench_model_config(int64_t layers, int64_t hidden, int64_t heads, in
 // and sequence length, over train_steps steps after 2 warm-up steps.
 double median_train_step_seconds(Model& m, const BenchOptions& opt);
 
+// Runs `command` in a shell and returns the first line of its stdout as JSON, or null when the
+// command does not start or that line is not JSON: how the benchmarks' peers (PyTorch, the Rust
+// tokenizers library) answer.
+nlohmann::json first_json_line_of(const std::string& command);
+
 // Runs the peer script with `args` (after `env`) and returns its one JSON line, or null.
 nlohmann::json run_peer_script(const std::string& env, const std::string& args);
 

@@ -398,9 +398,8 @@ double median_train_step_seconds(Model& m, const BenchOptions& opt) {
   return times[times.size() / 2];
 }
 
-nlohmann::json run_peer_script(const std::string& env, const std::string& args) {
-  const std::string cmd = env + " " + o.python + " " + o.peer + " " + args + " 2>/dev/null";
-  std::unique_ptr<FILE, int (*)(FILE*)> p(::popen(cmd.c_str(), "r"), ::pclose);
+nlohmann::json first_json_line_of(const std::string& command) {
+  std::unique_ptr<FILE, int (*)(FILE*)> p(::popen(command.c_str(), "r"), ::pclose);
   if (!p) return nullptr;
   std::string out;
   char buf[4096];
@@ -410,6 +409,10 @@ nlohmann::json run_peer_script(const std::string& env, const std::string& args) 
   } catch (...) {
     return nullptr;
   }
+}
+
+nlohmann::json run_peer_script(const std::string& env, const std::string& args) {
+  return first_json_line_of(env + " " + o.python + " " + o.peer + " " + args + " 2>/dev/null");
 }
 
 void add_bench_command(CLI::App& app) {

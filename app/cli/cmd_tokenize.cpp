@@ -127,17 +127,9 @@ json rust_bench(const std::string& tokenizer, const std::string& file, size_t ch
   const std::string cmd = "RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false node '" + script + "' '" + tokenizer +
                           "' --bench '" + file + "' --repeat " + std::to_string(repeat) + " --chunk " +
                           std::to_string(chunk) + " 2>/dev/null";
-  std::unique_ptr<FILE, int (*)(FILE*)> p(::popen(cmd.c_str(), "r"), ::pclose);
-  if (!p) return nullptr;
-  std::string out;
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof buf, p.get())) out.append(buf, n);
-  try {
-    return json::parse(out.substr(0, out.find('\n')));
-  } catch (...) {
-    std::fprintf(stderr, "bench: the Rust reference did not run (is node installed?)\n");
-    return nullptr;
-  }
+  json r = first_json_line_of(cmd);
+  if (r.is_null()) std::fprintf(stderr, "bench: the Rust reference did not run (is node installed?)\n");
+  return r;
 }
 
 }  // namespace
