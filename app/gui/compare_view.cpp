@@ -2,6 +2,7 @@
 
 #include <QComboBox>
 #include <QDir>
+#include <QEvent>
 #include <QFileDialog>
 #include <QGridLayout>
 #include <QHBoxLayout>
@@ -13,6 +14,9 @@
 #include <QTabWidget>
 #include <QVBoxLayout>
 #include <qcustomplot.h>
+
+#include <algorithm>
+#include <cstdlib>
 
 #include "chart_kit.hpp"
 #include "chart_panel.hpp"
@@ -102,6 +106,7 @@ CompareView::CompareView(QWidget* parent) : QWidget(parent) {
   page2->add(m_loss, 0, 0);
   page2->add(m_cv, 0, 1);
   m_chartPages = {page1, page2};
+  m_collapse->plot()->installEventFilter(this);
   m_collapse->setMinimumChartHeight(200, 400);
   m_loss->setMinimumChartHeight(200, 380);
   m_cv->setMinimumChartHeight(200, 380);
@@ -248,8 +253,16 @@ void CompareView::drawCv() {
   ChartKit::finish(plot);
 }
 
+bool CompareView::eventFilter(QObject* watched, QEvent* e) {
+  if (e->type() == QEvent::Resize && watched == m_collapse->plot() && !m_runs.isEmpty() &&
+      std::abs(m_collapse->plot()->width() - m_collapseDrawnWidth) > 40)
+    drawCollapse();
+  return QWidget::eventFilter(watched, e);
+}
+
 void CompareView::drawCollapse() {
   QCustomPlot* plot = m_collapse->plot();
+  m_collapseDrawnWidth = plot->width();
   const int l = selectedLayer(), n = int(m_runs.size());
   if (n == 0) {
     ChartKit::resetPlot(plot);
@@ -261,10 +274,16 @@ void CompareView::drawCollapse() {
   // above it, on one colour scale: the share of the tokens, the same for every run.
   ChartKit::clearPlot(plot);
   auto* group = new QCPMarginGroup(plot);
+  // A long run name is shortened in the middle to its column (the y axis and the colour scale take
+  // about 260 px), and the titles never widen the chart beyond its page: the name is in the table too.
+  const QFontMetrics fm(Theme::current().axisLabel);
+  const int column = plot->width() > 300 ? (plot->width() - 260) / n : 100000;
   for (int i = 0; i < n; ++i) {
     const RunData& r = m_runs[i];
-    auto* title = new QCPTextElement(plot, QStringLiteral("%1\n%2").arg(label(i), balancingText(r.train)),
+    const QString name = fm.elidedText(label(i), Qt::ElideMiddle, std::max(column, fm.horizontalAdvance(QStringLiteral("ab…yz"))));
+    auto* title = new QCPTextElement(plot, QStringLiteral("%1\n%2").arg(name, balancingText(r.train)),
                                      Theme::current().axisLabel);
+    title->setMinimumSize(1, 0);
     title->setTextColor(Theme::series(i).darker(120));
     plot->plotLayout()->addElement(0, i, title);
     auto* rect = new QCPAxisRect(plot);

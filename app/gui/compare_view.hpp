@@ -48,6 +48,9 @@ class CompareView : public QWidget {
   void runsChanged();
   void addCurrentRunRequested();
 
+ protected:
+  bool eventFilter(QObject* watched, QEvent* e) override;  // the collapse titles follow the width
+
  private:
   void drawLoss();
   void drawCv();
@@ -64,4 +67,5 @@ class CompareView : public QWidget {
   ChartPanel *m_loss = nullptr, *m_cv = nullptr, *m_collapse = nullptr, *m_figures = nullptr;
   KnobDrawer* m_drawer = nullptr;
   QList<ChartPage*> m_chartPages;
+  int m_collapseDrawnWidth = -1;
 };

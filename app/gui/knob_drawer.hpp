@@ -68,7 +68,7 @@ class KnobDrawers : public QObject {
   Q_OBJECT
  public:
   // Chart room below which the drawers fold while a lesson is open, per theme (px).
-  static constexpr int kChartRoomNormal = 480;
+  static constexpr int kChartRoomNormal = 600;  // the Why table needs ~280 px in a two-column grid
   static constexpr int kChartRoomPresentation = 760;
 
   // Adds View ▸ Show Knobs and watches the lesson dock, the window's size and the theme. Call
