@@ -63,6 +63,25 @@ class EigenBackend final : public Backend {
   }
 
   static S silu(S x) { return x / (S(1) + std::exp(-x)); }
+  // out = silu(g) ⊙ u over n values, vectorised (Eigen's exp); out may be g or u.
+  static void swiglu_n(const S* g, const S* u, S* out, int64_t n) {
+    using Arr = Eigen::Array<S, Eigen::Dynamic, 1>;
+    Eigen::Map<const Arr> G(g, n), U(u, n);
+    Eigen::Map<Arr>(out, n) = G / (S(1) + (-G).exp()) * U;
+  }
+  // Backward of out = silu(g) ⊙ u: du = d·silu(g), dg = d·u·silu'(g) with silu'(g) = s(1 + g(1−s)),
+  // s = sigmoid(g); in blocks, so that s stays in cache.
+  static void swiglu_backward_n(const S* g, const S* u, const S* d, S* dg, S* du, int64_t n) {
+    using Arr = Eigen::Array<S, Eigen::Dynamic, 1>;
+    Arr s;
+    for (int64_t c = 0; c < n; c += 2048) {
+      const int64_t m = std::min<int64_t>(2048, n - c);
+      Eigen::Map<const Arr> G(g + c, m), U(u + c, m), D(d + c, m);
+      s = S(1) / (S(1) + (-G).exp());
+      Eigen::Map<Arr>(du + c, m) = D * G * s;
+      Eigen::Map<Arr>(dg + c, m) = D * U * s * (S(1) + G * (S(1) - s));
+    }
+  }
   static S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }
   static CMapM cmat(const Tensor& t, int64_t r, int64_t c) { return CMapM(elems(t), r, c); }
   static MapM mat(const Tensor& t, int64_t r, int64_t c) { return MapM(elems(t), r, c); }
@@ -350,9 +369,10 @@ class EigenBackend final : public Backend {
     return g;
   }
 
-  // Add the per-slot rows of slot_out_ into out [T,H], token by token in slot order
+  // Add the per-slot rows [used,H] into out [T,H], token by token in slot order
   // (deterministic, no write races), each scaled by its gate weight when given.
-  void combine_slots(const Groups& g, int64_t T, int64_t K, int64_t H, const S* weights, S* out) const {
+  static void combine_slots(const Groups& g, int64_t T, int64_t K, int64_t H, const S* weights, const S* rows,
+                            S* out) {
     std::vector<int64_t> pos(static_cast<size_t>(T * K), -1);
     for (int64_t i = 0, used = g.begin.back(); i < used; ++i) pos[size_t(g.order[size_t(i)])] = i;
     for (int64_t t = 0; t < T; ++t)
@@ -361,7 +381,7 @@ class EigenBackend final : public Backend {
         if (i < 0) continue;
         const S gw = weights ? weights[t * K + k] : S(1);
         S* o = out + t * H;
-        const S* y = slot_out_.data() + i * H;
+        const S* y = rows + i * H;
         for (int64_t c = 0; c < H; ++c) o[c] += gw * y[c];
       }
   }
@@ -437,15 +457,36 @@ class EigenBackend final : public Backend {
 
   void do_moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
                       Tensor& out) override {
+    run_experts(x, ids, weights, w, out, nullptr);
+  }
+  void do_moe_experts_keep(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                           Tensor& out, ExpertActivations& keep) override {
+    run_experts(x, ids, weights, w, out, w.per_expert() ? nullptr : &keep);  // stored weights: inference only
+  }
+  // With keep, each slot's G, U and Y rows go there (training), else into scratch.
+  void run_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w, Tensor& out,
+                   ExpertActivations* keep) {
     adapt_cpu_threads();
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
     const Groups g = group_by_expert(ids, E);
     const int64_t used = g.begin[size_t(E)];
-    slot_out_.resize(size_t(used * H));
     if (w.per_expert()) {
+      slot_out_.resize(size_t(used * H));
       moe_experts_stored(x, g, K, w, F);
-      combine_slots(g, T, K, H, elems(weights), elems(out));
+      combine_slots(g, T, K, H, elems(weights), slot_out_.data(), elems(out));
       return;
+    }
+    S *G_keep = nullptr, *U_keep = nullptr, *Y = nullptr;  // [used,F] [used,F] [used,H]
+    if (keep) {
+      keep->gate = allocate({used, F}, Elem::Real, false);
+      keep->up = allocate({used, F}, Elem::Real, false);
+      keep->out = allocate({used, H}, Elem::Real, false);
+      G_keep = elems(keep->gate);
+      U_keep = elems(keep->up);
+      Y = elems(keep->out);
+    } else {
+      slot_out_.resize(size_t(used * H));
+      Y = slot_out_.data();
     }
     std::vector<S> gb, ub, db;
     const S *WG = operand(elems(w.gate), E * F * H, gb), *WU = operand(elems(w.up), E * F * H, ub),
@@ -457,27 +498,29 @@ class EigenBackend final : public Backend {
       for (int64_t i = 0; i < n; ++i) Xe.row(i) = CMapM(elems(x) + (g.order[size_t(b + i)] / K) * H, 1, H);
       round_operand(Xe);
       CMapM Wg(WG + e * F * H, F, H), Wu(WU + e * F * H, F, H), Wd(WD + e * H * F, H, F);
-      Mat A(n, F), U(n, F);
-      MapM Ye(slot_out_.data() + b * H, n, H);
+      Mat A(n, F), Ub;  // A: G, then silu(G) ⊙ U
+      if (!keep) Ub.resize(n, F);
+      MapM Gm(keep ? G_keep + b * F : A.data(), n, F), Um(keep ? U_keep + b * F : Ub.data(), n, F),
+          Ye(Y + b * H, n, H);
       if (n == 1) {  // one token: matrix-vector products
-        gemv_serial(Wg.data(), Xe.data(), A.data(), F, H);
-        gemv_serial(Wu.data(), Xe.data(), U.data(), F, H);
-        for (int64_t i = 0; i < F; ++i) A.data()[i] = silu(A.data()[i]) * U.data()[i];
-        round_operand(A);
-        gemv_serial(Wd.data(), A.data(), Ye.data(), H, F);
+        gemv_serial(Wg.data(), Xe.data(), Gm.data(), F, H);
+        gemv_serial(Wu.data(), Xe.data(), Um.data(), F, H);
       } else {
-        A.noalias() = Xe * Wg.transpose();
-        U.noalias() = Xe * Wu.transpose();
-        for (int64_t i = 0; i < n * F; ++i) A.data()[i] = silu(A.data()[i]) * U.data()[i];
-        round_operand(A);
-        Ye.noalias() = A * Wd.transpose();
+        Gm.noalias() = Xe * Wg.transpose();
+        Um.noalias() = Xe * Wu.transpose();
       }
+      swiglu_n(Gm.data(), Um.data(), A.data(), n * F);
+      round_operand(A);
+      if (n == 1)
+        gemv_serial(Wd.data(), A.data(), Ye.data(), H, F);
+      else
+        Ye.noalias() = A * Wd.transpose();
     }
-    combine_slots(g, T, K, H, elems(weights), elems(out));  // out[t] += w[t,k] · y[slot]
+    combine_slots(g, T, K, H, elems(weights), Y, elems(out));  // out[t] += w[t,k] · y[slot]
   }
 
   void do_swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
-    for (int64_t i = 0, n = gate.numel(); i < n; ++i) elems(out)[i] = silu(elems(gate)[i]) * elems(up)[i];
+    swiglu_n(elems(gate), elems(up), elems(out), gate.numel());
   }
   void do_add(Tensor& y, const Tensor& x) override {
     for (int64_t i = 0, n = y.numel(); i < n; ++i) elems(y)[i] += elems(x)[i];
@@ -607,11 +650,7 @@ class EigenBackend final : public Backend {
 
   void do_swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate,
                           Tensor& dup) override {
-    for (int64_t i = 0, n = gate.numel(); i < n; ++i) {
-      const S g = elems(gate)[i], s = sigmoid(g), d = elems(dout)[i];
-      elems(dup)[i] = d * g * s;
-      elems(dgate)[i] = d * elems(up)[i] * s * (S(1) + g * (S(1) - s));  // silu'(g) = s(1 + g(1-s))
-    }
+    swiglu_backward_n(elems(gate), elems(up), elems(dout), elems(dgate), elems(dup), gate.numel());
   }
 
   void do_route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
@@ -628,10 +667,22 @@ class EigenBackend final : public Backend {
 
   void do_moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
                                const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw) override {
+    run_experts_backward(x, ids, weights, w, dout, dx, dweights, dw, nullptr);
+  }
+  void do_moe_experts_backward_kept(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                                    const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw,
+                                    const ExpertActivations& kept) override {
+    run_experts_backward(x, ids, weights, w, dout, dx, dweights, dw, &kept);
+  }
+  // kept: each slot's G, U and Y from the forward pass; null: recomputed here.
+  void run_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                            const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw,
+                            const ExpertActivations* kept) {
     adapt_cpu_threads();
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
     const Groups g = group_by_expert(ids, E);
     const int64_t used = g.begin[size_t(E)];
+    MOELAB_ASSERT(!kept || kept->gate.rows() == used, "moe_experts_backward: kept activations of another routing");
     slot_out_.assign(size_t(used * H), S(0));  // per-slot dx, combined below in a fixed order
     fill(dweights, 0.0f);
     std::vector<S> gb, ub, db;
@@ -649,21 +700,24 @@ class EigenBackend final : public Backend {
       round_operand(Xe);
       round_operand(dY);
       CMapM Wg(WG + e * F * H, F, H), Wu(WU + e * F * H, F, H), Wd(WD + e * H * F, H, F);
-      const Mat G = Xe * Wg.transpose(), U = Xe * Wu.transpose();
+      Mat Gb, Ub, Yb;  // recomputed G, U, Y when nothing was kept
+      if (!kept) {
+        Gb.noalias() = Xe * Wg.transpose();
+        Ub.noalias() = Xe * Wu.transpose();
+      }
+      const S* G = kept ? elems(kept->gate) + b * F : Gb.data();
+      const S* U = kept ? elems(kept->up) + b * F : Ub.data();
       Mat A(n, F), dG(n, F), dU(n, F);
-      for (int64_t i = 0; i < n * F; ++i) A.data()[i] = silu(G.data()[i]) * U.data()[i];
+      swiglu_n(G, U, A.data(), n * F);
       round_operand(A);
-      const Mat Y = A * Wd.transpose();  // unweighted expert output, for dweights
+      if (!kept) Yb.noalias() = A * Wd.transpose();  // unweighted expert output, for dweights
+      CMapM Ym(kept ? elems(kept->out) + b * H : Yb.data(), n, H);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t slot = g.order[size_t(b + i)], t = slot / K;
-        elems(dweights)[slot] = CMapM(elems(dout) + t * H, 1, H).row(0).dot(Y.row(i));
+        elems(dweights)[slot] = CMapM(elems(dout) + t * H, 1, H).row(0).dot(Ym.row(i));
       }
       const Mat dA = dY * Wd;
-      for (int64_t i = 0; i < n * F; ++i) {
-        const S gv = G.data()[i], s = sigmoid(gv);
-        dU.data()[i] = dA.data()[i] * gv * s;
-        dG.data()[i] = dA.data()[i] * U.data()[i] * s * (S(1) + gv * (S(1) - s));
-      }
+      swiglu_backward_n(G, U, dA.data(), dG.data(), dU.data(), n * F);
       round_operand(dG);
       round_operand(dU);
       mat(dw.down, E * H, F).middleRows(e * H, H).noalias() += dY.transpose() * A;
@@ -671,7 +725,7 @@ class EigenBackend final : public Backend {
       mat(dw.up, E * F, H).middleRows(e * F, F).noalias() += dU.transpose() * Xe;
       MapM(slot_out_.data() + b * H, n, H).noalias() = dG * Wg + dU * Wu;
     }
-    combine_slots(g, T, K, H, nullptr, elems(dx));  // dx[t] += dx_slot
+    combine_slots(g, T, K, H, nullptr, slot_out_.data(), elems(dx));  // dx[t] += dx_slot
   }
 
   void do_sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
