@@ -63,10 +63,10 @@ Groups group_by_expert(const int32_t* ids, int64_t n, int64_t E);
 // races), each scaled by its gate weight weights [T,K] when given.
 template <class S>
 void combine_slots(const Groups& g, int64_t T, int64_t K, int64_t H, const S* weights, const S* rows, S* out);
-// out = silu(g) ⊙ u over n values, vectorised (Eigen's exp); out may be g or u.
+// out = silu(g) ⊙ u over n values; out may be g or u.
 template <class S>
 void swiglu_n(const S* g, const S* u, S* out, int64_t n);
-// Its backward given d = ∂L/∂out: du = d·silu(g), dg = d·u·silu'(g).
+// Its backward given d = ∂L/∂out: du = d·silu(g), dg = d·u·silu'(g); vectorised (Eigen's exp).
 template <class S>
 void swiglu_backward_n(const S* g, const S* u, const S* d, S* dg, S* du, int64_t n);
 
