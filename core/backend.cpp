@@ -137,10 +137,15 @@ void Backend::limit_capacity(const Tensor& probs, const RouterSpec& spec, int64_
 }
 
 void Backend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
-                          Tensor& out) {
+                          Tensor& out, ExpertActivations* keep) {
   MOELAB_ASSERT(experts_ok(w, x.cols()) && slots_ok(ids, weights, x.rows()) && same(out, x),
                 "moe_experts shapes: x and out [T,H], ids and weights [T,K], experts [E,F,H] [E,F,H] [E,H,F]");
-  do_moe_experts(x, ids, weights, w, out);
+  if (keep) {
+    *keep = ExpertActivations();
+    do_moe_experts_keep(x, ids, weights, w, out, *keep);
+  } else {
+    do_moe_experts(x, ids, weights, w, out);
+  }
 }
 
 void Backend::swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {
@@ -236,13 +241,21 @@ void Backend::router_losses_add(const Tensor& logits, const Tensor& ids, float a
 
 void Backend::moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights,
                                    const ExpertWeights& w, const Tensor& dout, Tensor& dx, Tensor& dweights,
-                                   ExpertWeights& dw) {
+                                   ExpertWeights& dw, const ExpertActivations* kept) {
   MOELAB_ASSERT(experts_ok(w, x.cols()) && !w.per_expert() && slots_ok(ids, weights, x.rows()) && same(dout, x) &&
                     same(dx, x) && same(dweights, weights) && dw.gate.shape == w.gate.shape &&
                     dw.up.shape == w.up.shape && dw.down.shape == w.down.shape,
                 "moe_experts_backward shapes: x, dout and dx [T,H], ids, weights and dweights [T,K], "
                 "expert gradients like the experts");
-  do_moe_experts_backward(x, ids, weights, w, dout, dx, dweights, dw);
+  if (kept && !kept->empty()) {
+    const int64_t S = kept->gate.rows(), F = w.gate.shape[1], H = x.cols();
+    MOELAB_ASSERT(S <= ids.numel() && kept->gate.shape == std::vector<int64_t>({S, F}) &&
+                      kept->up.shape == kept->gate.shape && kept->out.shape == std::vector<int64_t>({S, H}),
+                  "moe_experts_backward kept activations: gate, up [S,F] and out [S,H], S <= T·K");
+    do_moe_experts_backward_kept(x, ids, weights, w, dout, dx, dweights, dw, *kept);
+  } else {
+    do_moe_experts_backward(x, ids, weights, w, dout, dx, dweights, dw);
+  }
 }
 
 void Backend::sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) {

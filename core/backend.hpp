@@ -53,6 +53,15 @@ struct ExpertWeights {
   bool per_expert() const { return !gate_e.empty(); }
 };
 
+// Training: what the routed experts' forward pass keeps for their backward pass, one row per
+// slot that ran, in the backend's own slot order (grouped by expert): gate and up products
+// G, U [S,F] and the unweighted expert outputs Y [S,H] (S = slots not dropped). Without them the
+// backward pass recomputes G, U and Y from x and the weights (three of its nine products).
+struct ExpertActivations {
+  Tensor gate, up, out;
+  bool empty() const { return gate.empty(); }
+};
+
 // What the router is asked to do (top-k, scores, renormalisation, selection bias, capacity):
 // core/router.hpp, the router's one home.
 struct RouterSpec;
@@ -165,8 +174,10 @@ class Backend {
   // Routed experts: out [T,H] += Σ_k weights[t,k] · down_e(silu(gate_e x_t) ⊙ up_e x_t), e = ids[t,k].
   // Grouped by expert inside the backend (tokens sorted by expert, one GEMM per expert group).
   // An id < 0 means the slot was dropped and contributes nothing.
+  // With keep, a backend that can (the CPU's) also fills *keep for moe_experts_backward; others
+  // leave it empty.
   void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
-                   Tensor& out);
+                   Tensor& out, ExpertActivations* keep = nullptr);
   // out = silu(gate) ⊙ up, all [T,F].
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out);
   // y += x (same shape).
@@ -212,9 +223,10 @@ class Backend {
   void router_losses_add(const Tensor& logits, const Tensor& ids, float aux_coef, float z_coef,
                          Tensor& dlogits, Tensor& sums);
   // Backward of moe_experts: dx += ∂/∂x, dweights [T,K] = ∂/∂weights, expert weight grads +=.
+  // kept: what moe_experts kept for the same x, ids, weights and w (or null / empty: recompute).
   void moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights,
                             const ExpertWeights& w, const Tensor& dout, Tensor& dx, Tensor& dweights,
-                            ExpertWeights& dw);
+                            ExpertWeights& dw, const ExpertActivations* kept = nullptr);
   // Backward of y += sigmoid(g) · x: dx = sigmoid(g) · dy, dg = Σ_c dy · x · σ'(g).
   void sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg);
   // Backward of noisy_logits with respect to raw (the clean part passes dout through).
@@ -264,6 +276,12 @@ class Backend {
                                  Tensor& weights, Tensor& dropped) = 0;
   virtual void do_moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
                               Tensor& out) = 0;
+  // moe_experts keeping its activations: by default it keeps none.
+  virtual void do_moe_experts_keep(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                                   const ExpertWeights& w, Tensor& out, ExpertActivations& keep) {
+    (void)keep;
+    do_moe_experts(x, ids, weights, w, out);
+  }
   virtual void do_swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   virtual void do_add(Tensor& y, const Tensor& x) = 0;
   virtual void do_row_norms(const Tensor& x, Tensor& out) = 0;
@@ -289,6 +307,13 @@ class Backend {
   virtual void do_moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights,
                                        const ExpertWeights& w, const Tensor& dout, Tensor& dx, Tensor& dweights,
                                        ExpertWeights& dw) = 0;
+  // moe_experts_backward given non-empty kept activations: by default they are not used.
+  virtual void do_moe_experts_backward_kept(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                                            const ExpertWeights& w, const Tensor& dout, Tensor& dx,
+                                            Tensor& dweights, ExpertWeights& dw, const ExpertActivations& kept) {
+    (void)kept;
+    do_moe_experts_backward(x, ids, weights, w, dout, dx, dweights, dw);
+  }
   virtual void do_sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx,
                                          Tensor& dg) = 0;
   virtual void do_noisy_logits_backward(const Tensor& raw, const Tensor& noise, const Tensor& dout, Tensor& draw) = 0;

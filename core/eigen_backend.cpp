@@ -1,7 +1,8 @@
 // The CPU reference backend: Eigen for matrix products, plain loops for the rest, host memory
 // 64-byte aligned, parallel over heads / experts / rows with OpenMP where there is enough work,
 // on as many threads as other programs leave cores free (adapt_cpu_threads, cpu_threads.hpp).
-// Templated on the scalar: fp32 for use, fp64 for finite-difference gradient checks.
+// Templated on the scalar: fp32 for use, fp64 for finite-difference gradient checks. Weights kept
+// as stored (bf16/f16 views of a checkpoint) go through eigen_backend_stored.cpp.
 #include <malloc.h>
 
 #include <algorithm>
@@ -13,20 +14,21 @@
 #include <numeric>
 #include <unordered_map>
 
-#include <Eigen/Dense>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "backend.hpp"
 #include "cpu_threads.hpp"
+#include "eigen_backend_internal.hpp"
 #include "error.hpp"
-#include "lowp.hpp"
 #include "router.hpp"
 #include "safetensors.hpp"
 
 namespace moelab {
 namespace {
+
+using eigen_cpu::bf16_round;
+using eigen_cpu::gemv;
+using eigen_cpu::Groups;
+using eigen_cpu::swiglu_backward_n;
+using eigen_cpu::swiglu_n;
 
 template <class S>
 class EigenBackend final : public Backend {
@@ -39,30 +41,14 @@ class EigenBackend final : public Backend {
   using CStrided = Eigen::Map<const Mat, 0, Eigen::OuterStride<>>;
 
   static S* elems(const Tensor& t) { return static_cast<S*>(t.ptr); }  // a Real tensor's elements
-  static const uint16_t* lowp(const Tensor& t) { return static_cast<const uint16_t*>(t.ptr); }
-  static LowpType lowp_type(const Tensor& t) { return t.type == Elem::BF16 ? LowpType::BF16 : LowpType::F16; }
-  // y [T,N] (+)= x [T,K] · wᵀ for a weight kept as stored (bf16/f16); fp32 sums. In bf16 mode the
-  // activations are rounded too, as every product's operands are.
+  // y [T,N] (+)= x [T,K] · wᵀ for a weight kept as stored (bf16/f16); fp32 sums.
   void linear_stored(const S* x, int64_t T, int64_t K, const Tensor& w, int64_t N, S* y, bool accumulate) {
-    if constexpr (sizeof(S) != 4) {
+    if constexpr (sizeof(S) != 4)
       fail(name(), "the gradient-check backend takes fp32/fp64 weights only");
-    } else {
-      std::vector<S> xb;
-      const S* X = operand(x, T * K, xb);
-      if (bf16_ && w.type == Elem::F16) {  // bf16 mode rounds f16 weights to bf16 too: widen, round
-        std::vector<S> wb(size_t(N * K));
-        lowp_to_f32(lowp(w), LowpType::F16, wb.data(), N * K);
-        for (S& v : wb) v = bf16_round(v);
-        if (T == 1) gemv(wb.data(), X, y, N, K, accumulate);
-        else if (accumulate) MapM(y, T, N).noalias() += CMapM(X, T, K) * CMapM(wb.data(), N, K).transpose();
-        else MapM(y, T, N).noalias() = CMapM(X, T, K) * CMapM(wb.data(), N, K).transpose();
-        return;
-      }
-      linear_lowp(X, T, K, lowp(w), lowp_type(w), N, y, N, accumulate);
-    }
+    else
+      eigen_cpu::linear_stored(x, T, K, w, N, y, accumulate, bf16_);
   }
 
-  static S silu(S x) { return x / (S(1) + std::exp(-x)); }
   static S sigmoid(S x) { return S(1) / (S(1) + std::exp(-x)); }
   static CMapM cmat(const Tensor& t, int64_t r, int64_t c) { return CMapM(elems(t), r, c); }
   static MapM mat(const Tensor& t, int64_t r, int64_t c) { return MapM(elems(t), r, c); }
@@ -143,10 +129,7 @@ class EigenBackend final : public Backend {
     if (count < 0) count = src.numel() - offset;
     MOELAB_ASSERT(offset >= 0 && offset + count <= src.numel(), "download range");
     if (is_stored_lowp(src.type)) {  // weights kept as stored: widened
-      for (int64_t i = 0; i < count; ++i) {
-        const uint16_t v = lowp(src)[offset + i];
-        host[i] = H(src.type == Elem::BF16 ? bf16_to_float(v) : half_to_float(v));
-      }
+      eigen_cpu::widen_stored(src, offset, count, host);
       return;
     }
     const S* s = elems(src) + offset;
@@ -169,8 +152,7 @@ class EigenBackend final : public Backend {
     const int64_t T = ids.numel(), H = table.cols();
     if (is_stored_lowp(table.type)) {
       if constexpr (sizeof(S) == 4) {
-        for (int64_t t = 0; t < T; ++t)
-          lowp_to_f32(lowp(table) + int64_t(ids.i32()[t]) * H, lowp_type(table), elems(out) + t * H, H);
+        eigen_cpu::embedding_stored(table, ids.i32(), T, elems(out));
         return;
       }
       fail(name(), "the gradient-check backend takes fp32/fp64 weights only");
@@ -330,154 +312,49 @@ class EigenBackend final : public Backend {
                                ids.i32(), elems(weights), elems(dropped));
   }
 
-  // Slots of each expert: counting sort of the T·K slots by expert id (id < 0 skipped).
-  struct Groups {
-    std::vector<int64_t> begin, order, active;
-  };
-  static Groups group_by_expert(const Tensor& ids, int64_t E) {
-    const int64_t n = ids.numel();
-    Groups g;
-    g.begin.assign(size_t(E + 1), 0);
-    g.order.resize(size_t(n));
-    for (int64_t s = 0; s < n; ++s)
-      if (ids.i32()[s] >= 0) ++g.begin[size_t(ids.i32()[s]) + 1];
-    for (int64_t e = 0; e < E; ++e) g.begin[size_t(e + 1)] += g.begin[size_t(e)];
-    std::vector<int64_t> fill(g.begin.begin(), g.begin.end() - 1);
-    for (int64_t s = 0; s < n; ++s)
-      if (ids.i32()[s] >= 0) g.order[size_t(fill[size_t(ids.i32()[s])]++)] = s;
-    for (int64_t e = 0; e < E; ++e)
-      if (g.begin[size_t(e + 1)] > g.begin[size_t(e)]) g.active.push_back(e);
-    return g;
-  }
-
-  // Add the per-slot rows of slot_out_ into out [T,H], token by token in slot order
-  // (deterministic, no write races), each scaled by its gate weight when given.
-  void combine_slots(const Groups& g, int64_t T, int64_t K, int64_t H, const S* weights, S* out) const {
-    std::vector<int64_t> pos(static_cast<size_t>(T * K), -1);
-    for (int64_t i = 0, used = g.begin.back(); i < used; ++i) pos[size_t(g.order[size_t(i)])] = i;
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t i = pos[size_t(t * K + k)];
-        if (i < 0) continue;
-        const S gw = weights ? weights[t * K + k] : S(1);
-        S* o = out + t * H;
-        const S* y = slot_out_.data() + i * H;
-        for (int64_t c = 0; c < H; ++c) o[c] += gw * y[c];
-      }
-  }
-
-  // Decode (a token or two per active expert): the weights' bytes are the whole cost, so every
-  // active expert's gate and up rows are spread over the threads in one parallel region, then
-  // every down row in a second one (two barriers per layer instead of three per expert, and both
-  // threads stream equal shares of the bytes).
-  void moe_experts_stored_decode(const Tensor& x, const Groups& g, int64_t K, const ExpertWeights& w, int64_t F) {
-    if constexpr (sizeof(S) == 4) {
-      const int64_t H = x.cols(), A = int64_t(g.active.size()), used = g.begin.back();
-      constexpr int64_t kRows = 32;  // rows per work item
-      // Per slot (expert order): its input row [used, H], gate and up outputs [used, F].
-      std::vector<S>& xs = decode_x_;
-      std::vector<S>& gu = decode_gu_;
-      xs.resize(size_t(used * H));
-      gu.resize(size_t(2 * used * F));
-      for (int64_t s = 0; s < used; ++s)
-        std::memcpy(xs.data() + s * H, elems(x) + (g.order[size_t(s)] / K) * H, size_t(H) * sizeof(S));
-      const int64_t fb = (F + kRows - 1) / kRows, hb = (H + kRows - 1) / kRows;
-#pragma omp parallel for schedule(static)
-      for (int64_t item = 0; item < A * 2 * fb; ++item) {
-        const int64_t ai = item / (2 * fb), which = (item / fb) % 2, blk = item % fb;
-        const int64_t e = g.active[size_t(ai)], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
-        const Tensor& W = which == 0 ? w.gate_e[size_t(e)] : w.up_e[size_t(e)];
-        linear_lowp_rows(xs.data() + b * H, n, H, lowp(W), lowp_type(W), blk * kRows, std::min(F, (blk + 1) * kRows),
-                         gu.data() + (which * used + b) * F, F, false);
-      }
-      for (int64_t i = 0; i < used * F; ++i) gu[size_t(i)] = silu(gu[size_t(i)]) * gu[size_t(used * F + i)];
-#pragma omp parallel for schedule(static)
-      for (int64_t item = 0; item < A * hb; ++item) {
-        const int64_t ai = item / hb, blk = item % hb;
-        const int64_t e = g.active[size_t(ai)], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
-        const Tensor& W = w.down_e[size_t(e)];
-        linear_lowp_rows(gu.data() + b * F, n, F, lowp(W), lowp_type(W), blk * kRows, std::min(H, (blk + 1) * kRows),
-                         slot_out_.data() + b * H, H, false);
-      }
-    }
-  }
-  std::vector<S> decode_x_, decode_gu_;
-
-  // The experts of weights kept as stored: each active expert's tokens through its own views;
-  // few tokens per expert (decode) parallelise inside each product, many across experts.
-  void moe_experts_stored(const Tensor& x, const Groups& g, int64_t K, const ExpertWeights& w, int64_t F) {
-    const int64_t H = x.cols();
-    if constexpr (sizeof(S) != 4) {
-      fail(name(), "the gradient-check backend takes fp32/fp64 weights only");
-    } else {
-      const auto run = [&](size_t ai) {
-        const int64_t e = g.active[ai], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
-        Mat Xe(n, H);
-        for (int64_t i = 0; i < n; ++i) Xe.row(i) = CMapM(elems(x) + (g.order[size_t(b + i)] / K) * H, 1, H);
-        round_operand(Xe);
-        Mat A(n, F), U(n, F);
-        // Xe and A are rounded already in bf16 mode; linear_stored's own rounding is then a no-op.
-        linear_stored(Xe.data(), n, H, w.gate_e[size_t(e)], F, A.data(), false);
-        linear_stored(Xe.data(), n, H, w.up_e[size_t(e)], F, U.data(), false);
-        for (int64_t i = 0; i < n * F; ++i) A.data()[i] = silu(A.data()[i]) * U.data()[i];
-        round_operand(A);
-        linear_stored(A.data(), n, F, w.down_e[size_t(e)], H, slot_out_.data() + b * H, false);
-      };
-      const int64_t used = g.begin.back();
-      if (used <= int64_t(2 * g.active.size()) && !bf16_) {
-        moe_experts_stored_decode(x, g, K, w, F);
-      } else if (used <= int64_t(2 * g.active.size())) {  // a token or two per expert: threads inside
-        for (size_t ai = 0; ai < g.active.size(); ++ai) run(ai);
-      } else {
-#pragma omp parallel for schedule(dynamic) if (g.active.size() > 1)
-        for (size_t ai = 0; ai < g.active.size(); ++ai) run(ai);
-      }
-    }
-  }
-
   void do_moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
                       Tensor& out) override {
+    run_experts(x, ids, weights, w, out, nullptr);
+  }
+  void do_moe_experts_keep(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                           Tensor& out, ExpertActivations& keep) override {
+    run_experts(x, ids, weights, w, out, w.per_expert() ? nullptr : &keep);  // stored weights: inference only
+  }
+  // Tokens grouped by expert, one GEMM per expert group (eigen_backend_experts.cpp); with keep,
+  // each slot's G, U and Y rows go there (training), else into scratch.
+  void run_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w, Tensor& out,
+                   ExpertActivations* keep) {
     adapt_cpu_threads();
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
-    const Groups g = group_by_expert(ids, E);
+    const Groups g = eigen_cpu::group_by_expert(ids.i32(), ids.numel(), E);
     const int64_t used = g.begin[size_t(E)];
-    slot_out_.resize(size_t(used * H));
+    S* Y = nullptr;  // [used,H]
+    if (keep) {
+      keep->gate = allocate({used, F}, Elem::Real, false);
+      keep->up = allocate({used, F}, Elem::Real, false);
+      keep->out = allocate({used, H}, Elem::Real, false);
+      Y = elems(keep->out);
+    } else {
+      slot_out_.resize(size_t(used * H));
+      Y = slot_out_.data();
+    }
     if (w.per_expert()) {
-      moe_experts_stored(x, g, K, w, F);
-      combine_slots(g, T, K, H, elems(weights), elems(out));
-      return;
+      if constexpr (sizeof(S) != 4)
+        fail(name(), "the gradient-check backend takes fp32/fp64 weights only");
+      else
+        eigen_cpu::experts_stored(elems(x), H, g, K, w, F, bf16_, stored_scratch_, Y);
+    } else {
+      std::vector<S> gb, ub, db;
+      const eigen_cpu::StackedExperts<S> W{operand(elems(w.gate), E * F * H, gb), operand(elems(w.up), E * F * H, ub),
+                                           operand(elems(w.down), E * H * F, db), E, F};
+      eigen_cpu::experts_forward(elems(x), H, g, K, W, bf16_, keep ? elems(keep->gate) : nullptr,
+                                 keep ? elems(keep->up) : nullptr, Y);
     }
-    std::vector<S> gb, ub, db;
-    const S *WG = operand(elems(w.gate), E * F * H, gb), *WU = operand(elems(w.up), E * F * H, ub),
-            *WD = operand(elems(w.down), E * H * F, db);
-#pragma omp parallel for schedule(dynamic) if (g.active.size() > 1)
-    for (size_t ai = 0; ai < g.active.size(); ++ai) {
-      const int64_t e = g.active[ai], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
-      Mat Xe(n, H);
-      for (int64_t i = 0; i < n; ++i) Xe.row(i) = CMapM(elems(x) + (g.order[size_t(b + i)] / K) * H, 1, H);
-      round_operand(Xe);
-      CMapM Wg(WG + e * F * H, F, H), Wu(WU + e * F * H, F, H), Wd(WD + e * H * F, H, F);
-      Mat A(n, F), U(n, F);
-      MapM Ye(slot_out_.data() + b * H, n, H);
-      if (n == 1) {  // one token: matrix-vector products
-        gemv_serial(Wg.data(), Xe.data(), A.data(), F, H);
-        gemv_serial(Wu.data(), Xe.data(), U.data(), F, H);
-        for (int64_t i = 0; i < F; ++i) A.data()[i] = silu(A.data()[i]) * U.data()[i];
-        round_operand(A);
-        gemv_serial(Wd.data(), A.data(), Ye.data(), H, F);
-      } else {
-        A.noalias() = Xe * Wg.transpose();
-        U.noalias() = Xe * Wu.transpose();
-        for (int64_t i = 0; i < n * F; ++i) A.data()[i] = silu(A.data()[i]) * U.data()[i];
-        round_operand(A);
-        Ye.noalias() = A * Wd.transpose();
-      }
-    }
-    combine_slots(g, T, K, H, elems(weights), elems(out));  // out[t] += w[t,k] · y[slot]
+    eigen_cpu::combine_slots(g, T, K, H, elems(weights), Y, elems(out));  // out[t] += w[t,k] · y[slot]
   }
 
   void do_swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
-    for (int64_t i = 0, n = gate.numel(); i < n; ++i) elems(out)[i] = silu(elems(gate)[i]) * elems(up)[i];
+    swiglu_n(elems(gate), elems(up), elems(out), gate.numel());
   }
   void do_add(Tensor& y, const Tensor& x) override {
     for (int64_t i = 0, n = y.numel(); i < n; ++i) elems(y)[i] += elems(x)[i];
@@ -607,11 +484,7 @@ class EigenBackend final : public Backend {
 
   void do_swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor& dgate,
                           Tensor& dup) override {
-    for (int64_t i = 0, n = gate.numel(); i < n; ++i) {
-      const S g = elems(gate)[i], s = sigmoid(g), d = elems(dout)[i];
-      elems(dup)[i] = d * g * s;
-      elems(dgate)[i] = d * elems(up)[i] * s * (S(1) + g * (S(1) - s));  // silu'(g) = s(1 + g(1-s))
-    }
+    swiglu_backward_n(elems(gate), elems(up), elems(dout), elems(dgate), elems(dup), gate.numel());
   }
 
   void do_route_backward(const Tensor& probs, const Tensor& ids, const Tensor& dweights, const RouterSpec& spec,
@@ -628,50 +501,33 @@ class EigenBackend final : public Backend {
 
   void do_moe_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
                                const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw) override {
+    run_experts_backward(x, ids, weights, w, dout, dx, dweights, dw, nullptr);
+  }
+  void do_moe_experts_backward_kept(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                                    const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw,
+                                    const ExpertActivations& kept) override {
+    run_experts_backward(x, ids, weights, w, dout, dx, dweights, dw, &kept);
+  }
+  // kept: each slot's G, U and Y from the forward pass; null: recomputed.
+  void run_experts_backward(const Tensor& x, const Tensor& ids, const Tensor& weights, const ExpertWeights& w,
+                            const Tensor& dout, Tensor& dx, Tensor& dweights, ExpertWeights& dw,
+                            const ExpertActivations* kept) {
     adapt_cpu_threads();
     const int64_t T = x.rows(), H = x.cols(), K = ids.cols(), E = w.gate.shape[0], F = w.gate.shape[1];
-    const Groups g = group_by_expert(ids, E);
+    const Groups g = eigen_cpu::group_by_expert(ids.i32(), ids.numel(), E);
     const int64_t used = g.begin[size_t(E)];
+    MOELAB_ASSERT(!kept || kept->gate.rows() == used, "moe_experts_backward: kept activations of another routing");
     slot_out_.assign(size_t(used * H), S(0));  // per-slot dx, combined below in a fixed order
     fill(dweights, 0.0f);
     std::vector<S> gb, ub, db;
-    const S *WG = operand(elems(w.gate), E * F * H, gb), *WU = operand(elems(w.up), E * F * H, ub),
-            *WD = operand(elems(w.down), E * H * F, db);
-#pragma omp parallel for schedule(dynamic) if (g.active.size() > 1)
-    for (size_t ai = 0; ai < g.active.size(); ++ai) {
-      const int64_t e = g.active[ai], b = g.begin[size_t(e)], n = g.begin[size_t(e + 1)] - b;
-      Mat Xe(n, H), dY(n, H);
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t slot = g.order[size_t(b + i)], t = slot / K;
-        Xe.row(i) = CMapM(elems(x) + t * H, 1, H);
-        dY.row(i) = CMapM(elems(dout) + t * H, 1, H) * elems(weights)[slot];
-      }
-      round_operand(Xe);
-      round_operand(dY);
-      CMapM Wg(WG + e * F * H, F, H), Wu(WU + e * F * H, F, H), Wd(WD + e * H * F, H, F);
-      const Mat G = Xe * Wg.transpose(), U = Xe * Wu.transpose();
-      Mat A(n, F), dG(n, F), dU(n, F);
-      for (int64_t i = 0; i < n * F; ++i) A.data()[i] = silu(G.data()[i]) * U.data()[i];
-      round_operand(A);
-      const Mat Y = A * Wd.transpose();  // unweighted expert output, for dweights
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t slot = g.order[size_t(b + i)], t = slot / K;
-        elems(dweights)[slot] = CMapM(elems(dout) + t * H, 1, H).row(0).dot(Y.row(i));
-      }
-      const Mat dA = dY * Wd;
-      for (int64_t i = 0; i < n * F; ++i) {
-        const S gv = G.data()[i], s = sigmoid(gv);
-        dU.data()[i] = dA.data()[i] * gv * s;
-        dG.data()[i] = dA.data()[i] * U.data()[i] * s * (S(1) + gv * (S(1) - s));
-      }
-      round_operand(dG);
-      round_operand(dU);
-      mat(dw.down, E * H, F).middleRows(e * H, H).noalias() += dY.transpose() * A;
-      mat(dw.gate, E * F, H).middleRows(e * F, F).noalias() += dG.transpose() * Xe;
-      mat(dw.up, E * F, H).middleRows(e * F, F).noalias() += dU.transpose() * Xe;
-      MapM(slot_out_.data() + b * H, n, H).noalias() = dG * Wg + dU * Wu;
-    }
-    combine_slots(g, T, K, H, nullptr, elems(dx));  // dx[t] += dx_slot
+    const eigen_cpu::StackedExperts<S> W{operand(elems(w.gate), E * F * H, gb), operand(elems(w.up), E * F * H, ub),
+                                         operand(elems(w.down), E * H * F, db), E, F};
+    eigen_cpu::experts_backward(elems(x), elems(dout), elems(weights), H, g, K, W, bf16_,
+                                kept ? elems(kept->gate) : nullptr, kept ? elems(kept->up) : nullptr,
+                                kept ? elems(kept->out) : nullptr, elems(dweights), elems(dw.gate), elems(dw.up),
+                                elems(dw.down), slot_out_.data());
+    const S* no_weights = nullptr;
+    eigen_cpu::combine_slots(g, T, K, H, no_weights, slot_out_.data(), elems(dx));  // dx[t] += dx_slot
   }
 
   void do_sigmoid_gated_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx, Tensor& dg) override {
@@ -741,38 +597,8 @@ class EigenBackend final : public Backend {
     for (int64_t i = 0; i < n; ++i) buf[size_t(i)] = bf16_round(p[i]);
     return buf.data();
   }
-  void round_operand(Mat& m) const {
-    if (!bf16_) return;
-    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = bf16_round(m.data()[i]);
-  }
-  static S bf16_round(S v) { return S(static_cast<float>(Eigen::bfloat16(static_cast<float>(v)))); }
-
-  // y[N] = W[N,K] · x[K], rows split across threads (decode is memory-bound: both cores stream).
-  static void gemv(const S* W, const S* x, S* y, int64_t N, int64_t K, bool accumulate) {
-    Eigen::Map<const Vec> xv(x, K);
-#pragma omp parallel if (N * K >= 65536)
-    {
-      int64_t nt = 1, id = 0;
-#ifdef _OPENMP
-      nt = omp_get_num_threads();
-      id = omp_get_thread_num();
-#endif
-      const int64_t chunk = (N + nt - 1) / nt, r0 = std::min(N, id * chunk), r1 = std::min(N, r0 + chunk);
-      if (r1 > r0) {
-        CMapM Wp(W + r0 * K, r1 - r0, K);
-        Eigen::Map<Vec> yv(y + r0, r1 - r0);
-        if (accumulate)
-          yv.noalias() += Wp * xv;
-        else
-          yv.noalias() = Wp * xv;
-      }
-    }
-  }
-  static void gemv_serial(const S* W, const S* x, S* y, int64_t N, int64_t K) {
-    Eigen::Map<Vec>(y, N).noalias() = CMapM(W, N, K) * Eigen::Map<const Vec>(x, K);
-  }
-
   std::vector<S> slot_out_;  // [used slots, H] per-slot expert outputs (or input gradients)
+  eigen_cpu::StoredScratch stored_scratch_;  // the stored experts' decode buffers
   bool bf16_ = false;        // Precision::BF16 (float backend only)
 };
 

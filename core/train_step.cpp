@@ -23,6 +23,7 @@ struct LayerActs {
   Tensor x_mid;        // [N,H] residual stream after attention
   Tensor ffn_input;    // [N,H] rmsnorm(x_mid), the router's and experts' input
   Routing routing;     // MoE layers: logits, probs, ids, weights, dropped, noise [N,E] / [N,K]
+  ExpertActivations experts;  // MoE layers: each slot's expert gate, up [S,F] and output [S,H] (if kept)
   Tensor mlp_gate, mlp_up, mlp_act;  // [N,F] the dense MLP's or shared expert's gate, up, silu(gate)⊙up
   Tensor shared_out;   // [N,H] shared expert output
   Tensor shared_gate;  // [N,1] shared-expert gate logit (Qwen2-MoE)
@@ -57,41 +58,43 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
     if (id < 0 || id >= V) fail("batch", "token id " + std::to_string(id) + " is out of range");
   const float eps = float(c.rms_norm_eps);
   StepResult res;
+  // Every tensor below but loss_sums is overwritten whole by the op that first writes it, so none
+  // is zero-filled (on the CPU that was a pass over memory per tensor).
 
-  Tensor ids = b.alloc({N}, Elem::Int32), targets = b.alloc({N}, Elem::Int32);
+  Tensor ids = b.alloc_uninit({N}, Elem::Int32), targets = b.alloc_uninit({N}, Elem::Int32);
   b.upload(ids, batch.inputs.data());
   b.upload(targets, batch.targets.data());
-  Tensor x = b.alloc({N, H});  // [N,H] residual stream
+  Tensor x = b.alloc_uninit({N, H});  // [N,H] residual stream
   b.embedding(w.embed, ids, x);
 
   std::vector<LayerActs> acts(size_t(c.num_layers));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& L = w.layers[size_t(l)];
     LayerActs& a = acts[size_t(l)];
-    a.x_in = b.alloc({N, H});
+    a.x_in = b.alloc_uninit({N, H});
     b.copy(x, a.x_in);
-    a.attn_input = b.alloc({N, H});
+    a.attn_input = b.alloc_uninit({N, H});
     b.rmsnorm(x, L.input_norm, eps, a.attn_input);
-    a.q = b.alloc({N, NH * D});
-    a.k = b.alloc({N, NKV * D});
-    a.v = b.alloc({N, NKV * D});
+    a.q = b.alloc_uninit({N, NH * D});
+    a.k = b.alloc_uninit({N, NKV * D});
+    a.v = b.alloc_uninit({N, NKV * D});
     b.linear(a.attn_input, L.q, L.q_bias.empty() ? nullptr : &L.q_bias, a.q);
     b.linear(a.attn_input, L.k, L.k_bias.empty() ? nullptr : &L.k_bias, a.k);
     b.linear(a.attn_input, L.v, L.v_bias.empty() ? nullptr : &L.v_bias, a.v);
     b.rope(a.q, NH, D, 0, T, c.rope());
     b.rope(a.k, NKV, D, 0, T, c.rope());
-    a.att = b.alloc({N, NH * D});
+    a.att = b.alloc_uninit({N, NH * D});
     b.attention(a.q, a.k, a.v, B, 0, NH, NKV, D, a.att);
     b.linear(a.att, L.o, nullptr, x, true);
-    a.x_mid = b.alloc({N, H});
+    a.x_mid = b.alloc_uninit({N, H});
     b.copy(x, a.x_mid);
-    a.ffn_input = b.alloc({N, H});
+    a.ffn_input = b.alloc_uninit({N, H});
     b.rmsnorm(x, L.post_attn_norm, eps, a.ffn_input);
     auto mlp = [&](const Tensor& gw, const Tensor& uw, const Tensor& dw, Tensor& out, bool acc) {
       const int64_t F = gw.rows();
-      a.mlp_gate = b.alloc({N, F});
-      a.mlp_up = b.alloc({N, F});
-      a.mlp_act = b.alloc({N, F});
+      a.mlp_gate = b.alloc_uninit({N, F});
+      a.mlp_up = b.alloc_uninit({N, F});
+      a.mlp_act = b.alloc_uninit({N, F});
       b.linear(a.ffn_input, gw, nullptr, a.mlp_gate);
       b.linear(a.ffn_input, uw, nullptr, a.mlp_up);
       b.swiglu(a.mlp_gate, a.mlp_up, a.mlp_act);
@@ -102,12 +105,12 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
       continue;
     }
     a.routing = route(b, a.ffn_input, L, router_spec(b, c, L, nullptr, &knobs), &noise_rng);  // capacity over the batch
-    b.moe_experts(a.ffn_input, a.routing.ids, a.routing.weights, L.experts, x);
+    b.moe_experts(a.ffn_input, a.routing.ids, a.routing.weights, L.experts, x, &a.experts);
     if (!L.shared_gate.empty()) {
-      a.shared_out = b.alloc({N, H});
+      a.shared_out = b.alloc_uninit({N, H});
       mlp(L.shared_gate, L.shared_up, L.shared_down, a.shared_out, false);
       if (!L.shared_expert_gate.empty()) {
-        a.shared_gate = b.alloc({N, 1});
+        a.shared_gate = b.alloc_uninit({N, 1});
         b.linear(a.ffn_input, L.shared_expert_gate, nullptr, a.shared_gate);
         b.add_sigmoid_gated(x, a.shared_out, a.shared_gate);
       } else {
@@ -123,17 +126,18 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
       res.routing.push_back(std::move(r));  // filled after the backward pass (below)
     }
   }
-  Tensor x_final = b.alloc({N, H}), hf = b.alloc({N, H}), logits = b.alloc({N, V}), dlogits = b.alloc({N, V});
+  Tensor x_final = b.alloc_uninit({N, H}), hf = b.alloc_uninit({N, H}), logits = b.alloc_uninit({N, V}),
+         dlogits = b.alloc_uninit({N, V});
   b.copy(x, x_final);
   b.rmsnorm(x, w.final_norm, eps, hf);
   b.linear(hf, w.lm_head, nullptr, logits);
   res.lm_loss = b.cross_entropy(logits, targets, dlogits, scale);
 
   // ---- backward ----
-  Tensor dhf = b.alloc({N, H}), dx = b.alloc({N, H});
+  Tensor dhf = b.alloc_uninit({N, H}), dx = b.alloc_uninit({N, H});
   b.linear_backward(hf, w.lm_head, dlogits, &dhf, false, grads.lm_head, nullptr);
   b.rmsnorm_backward(x_final, w.final_norm, dhf, eps, dx, false, grads.final_norm);
-  Tensor dh = b.alloc({N, H});
+  Tensor dh = b.alloc_uninit({N, H});
   Tensor loss_sums = b.alloc({2});  // Σ over MoE layers of {aux, z}, read back once below
   for (int64_t l = c.num_layers - 1; l >= 0; --l) {
     const LayerWeights& L = w.layers[size_t(l)];
@@ -143,7 +147,7 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
     auto mlp_backward = [&](const Tensor& gw, const Tensor& uw, const Tensor& dw, const Tensor& dy, Tensor& dgw,
                             Tensor& duw, Tensor& ddw) {
       const int64_t F = gw.rows();
-      Tensor da = b.alloc({N, F}), dg = b.alloc({N, F}), du = b.alloc({N, F});
+      Tensor da = b.alloc_uninit({N, F}), dg = b.alloc_uninit({N, F}), du = b.alloc_uninit({N, F});
       b.linear_backward(a.mlp_act, dw, dy, &da, false, ddw, nullptr);
       b.swiglu_backward(a.mlp_gate, a.mlp_up, da, dg, du);
       b.linear_backward(a.ffn_input, gw, dg, &dh, true, dgw, nullptr);
@@ -155,9 +159,9 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
       const RouterSpec spec = router_spec(b, c, L, nullptr, &knobs);
       const Routing& r = a.routing;
       if (!L.shared_gate.empty()) {
-        Tensor ds = b.alloc({N, H});
+        Tensor ds = b.alloc_uninit({N, H});
         if (!L.shared_expert_gate.empty()) {
-          Tensor dg = b.alloc({N, 1});
+          Tensor dg = b.alloc_uninit({N, 1});
           b.sigmoid_gated_backward(a.shared_out, a.shared_gate, dx, ds, dg);
           b.linear_backward(a.ffn_input, L.shared_expert_gate, dg, &dh, true, G.shared_expert_gate, nullptr);
         } else {
@@ -165,20 +169,21 @@ StepResult forward_backward(Model& model, ParamSet& grads, const Batch& batch, c
         }
         mlp_backward(L.shared_gate, L.shared_up, L.shared_down, ds, G.shared_gate, G.shared_up, G.shared_down);
       }
-      Tensor dweights = b.alloc({N, K}), dlog = b.alloc({N, E});
-      b.moe_experts_backward(a.ffn_input, r.ids, r.weights, L.experts, dx, dh, dweights, G.experts);
+      Tensor dweights = b.alloc_uninit({N, K}), dlog = b.alloc_uninit({N, E});
+      b.moe_experts_backward(a.ffn_input, r.ids, r.weights, L.experts, dx, dh, dweights, G.experts, &a.experts);
+      a.experts = ExpertActivations();  // freed (back to the backend's pool) as soon as used
       b.route_backward(r.probs, r.ids, dweights, spec, dlog, false);
       b.router_losses_add(r.logits, r.ids, knobs.aux_alpha * scale, knobs.z_coef * scale, dlog, loss_sums);
       if (!r.raw.empty()) {
-        Tensor draw = b.alloc({N, E});
+        Tensor draw = b.alloc_uninit({N, E});
         b.noisy_logits_backward(r.raw, r.noise, dlog, draw);
         b.linear_backward(a.ffn_input, L.router_noise, draw, &dh, true, G.router_noise, nullptr);
       }
       b.linear_backward(a.ffn_input, L.router, dlog, &dh, true, G.router, nullptr);
     }
     b.rmsnorm_backward(a.x_mid, L.post_attn_norm, dh, eps, dx, true, G.post_attn_norm);
-    Tensor datt = b.alloc({N, NH * D}), dq = b.alloc({N, NH * D}), dk = b.alloc({N, NKV * D}),
-           dv = b.alloc({N, NKV * D}), dh1 = b.alloc({N, H});
+    Tensor datt = b.alloc_uninit({N, NH * D}), dq = b.alloc_uninit({N, NH * D}), dk = b.alloc_uninit({N, NKV * D}),
+           dv = b.alloc_uninit({N, NKV * D}), dh1 = b.alloc_uninit({N, H});
     b.linear_backward(a.att, L.o, dx, &datt, false, G.o, nullptr);
     b.attention_backward(a.q, a.k, a.v, datt, B, NH, NKV, D, dq, dk, dv);
     b.rope(dq, NH, D, 0, T, c.rope(), /*inverse=*/true);

@@ -149,11 +149,14 @@ double adamw_update(Model& model, ParamSet& grads, ParamSet& m, ParamSet& v, int
 double training_memory_bytes(const ModelConfig& c, const TrainConfig& t, int threads) {
   const double H = double(c.hidden_size), E = double(c.num_experts), K = double(c.top_k),
                qkv = double((2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim),
-               mlp = 3.0 * double(std::max({c.dense_ffn_size, c.shared_ffn_size, c.expert_ffn_size * c.top_k}));
+               mlp = 3.0 * double(std::max({c.dense_ffn_size, c.shared_ffn_size, c.expert_ffn_size * c.top_k})),
+               kept = c.num_experts > 0 ? K * double(2 * c.expert_ffn_size + c.hidden_size) : 0.0;
   // Floats kept per token: per layer the residual copies and norms [4H], q, k, v, attention,
   // router logits, probabilities and noise [6E], top-k ids, weights and drops [3K], SwiGLU
-  // intermediates; then the logits and their gradient [2V].
-  const double per_token = double(c.num_layers) * (4 * H + qkv + 6 * E + 3 * K + mlp) + 2.0 * double(c.vocab_size);
+  // intermediates, the routed experts' gate, up and output per slot kept for the backward pass
+  // [K(2F+H)]; then the logits and their gradient [2V].
+  const double per_token =
+      double(c.num_layers) * (4 * H + qkv + 6 * E + 3 * K + mlp + kept) + 2.0 * double(c.vocab_size);
   const double tokens = double(t.batch) * double(t.seq_len);
   // Attention backward holds P, dP, dS and one temporary, each [T,T], per head in flight.
   const double T = double(t.seq_len), attention_scratch = 4.0 * T * T * double(std::max(1, threads));

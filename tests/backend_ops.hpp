@@ -469,6 +469,23 @@ inline void check_expert_ops(Pair& p, const std::string& name, const OpShape& s,
   expect_experts_close(p, name + " / moe_experts_backward dgate", dw.gate);
   expect_experts_close(p, name + " / moe_experts_backward dup", dw.up);
   expect_experts_close(p, name + " / moe_experts_backward ddown", dw.down);
+  // The same backward from the activations the forward pass kept (training's path on the CPU):
+  // each tested backend against the reference's recomputing backward above.
+  moelab::ExpertActivations kept;
+  Both out2 = random_both(p, r, {T, H});
+  A.moe_experts(x.test, ids.test, w.test, wt, out2.test, &kept);
+  R.moe_experts(x.ref, ids.ref, w.ref, wr, out2.ref);
+  expect_experts_close(p, name + " / moe_experts keeping activations", out2);
+  Both dx2 = random_both(p, r, {T, H});
+  BothExperts dw2{both(p, {E, F, H}, start), both(p, {E, F, H}, start), both(p, {E, H, F}, start)};
+  moelab::ExpertWeights dwr2 = dw2.ref(), dwt2 = dw2.test();
+  R.moe_experts_backward(x.ref, ids.ref, w.ref, wr, dout.ref, dx2.ref, dweights.ref, dwr2);
+  A.moe_experts_backward(x.test, ids.test, w.test, wt, dout.test, dx2.test, dweights.test, dwt2, &kept);
+  expect_experts_close(p, name + " / moe_experts_backward kept dx", dx2);
+  expect_experts_close(p, name + " / moe_experts_backward kept dweights", dweights);
+  expect_experts_close(p, name + " / moe_experts_backward kept dgate", dw2.gate);
+  expect_experts_close(p, name + " / moe_experts_backward kept dup", dw2.up);
+  expect_experts_close(p, name + " / moe_experts_backward kept ddown", dw2.down);
 }
 
 inline void check_router_ops(Pair& p, const OpShape& s, Rng& r) {
