@@ -281,7 +281,8 @@ void CompareView::drawCollapse() {
   for (int i = 0; i < n; ++i) {
     const RunData& r = m_runs[i];
     const QString name = fm.elidedText(label(i), Qt::ElideMiddle, std::max(column, fm.horizontalAdvance(QStringLiteral("ab…yz"))));
-    auto* title = new QCPTextElement(plot, QStringLiteral("%1\n%2").arg(name, balancingText(r.train)),
+    const QString balancing = balancingText(r.train);
+    auto* title = new QCPTextElement(plot, label(i) == balancing ? name : QStringLiteral("%1\n%2").arg(name, balancing),
                                      Theme::current().axisLabel);
     title->setMinimumSize(1, 0);
     title->setTextColor(Theme::series(i).darker(120));

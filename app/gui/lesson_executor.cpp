@@ -6,7 +6,6 @@
 #include <QEvent>
 #include <QLabel>
 #include <QPainter>
-#include <QMap>
 #include <QScrollArea>
 #include <QScrollBar>
 #include <QTabWidget>
@@ -332,15 +331,11 @@ QString LessonExecutor::quick(const LessonAction& a) {
     if (!training->openRun(m_runs[name].dir)) return tr("cannot reopen run %1").arg(name);
   } else if (a.action == "compare") {
     m_w->compareView()->clearRuns();
-    QMap<QString, int> presets;  // runs of the same preset are told apart by their lesson names
-    for (const std::string& r : a.runs) {
-      const QString run = QString::fromStdString(r);
-      if (!m_runs.contains(run)) return tr("run %1 has not been trained in this lesson").arg(run);
-      ++presets[m_runs[run].preset];
-    }
+    for (const std::string& r : a.runs)
+      if (!m_runs.contains(QString::fromStdString(r))) return tr("run %1 has not been trained in this lesson").arg(QString::fromStdString(r));
     for (const std::string& r : a.runs) {
       RunData shown = m_runs[QString::fromStdString(r)];
-      if (presets[shown.preset] > 1) shown.preset = QString::fromStdString(r);
+      shown.preset = QString::fromStdString(r);  // the lesson's name for the run labels it in Compare
       m_w->compareView()->addRunData(shown);
     }
     m_w->tabs()->setCurrentWidget(m_w->compareView());
