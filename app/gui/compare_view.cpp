@@ -188,7 +188,8 @@ void CompareView::refreshList() {
   int64_t layers = 0;
   for (int i = 0; i < m_runs.size(); ++i) {
     const RunData& r = m_runs[i];
-    auto* item = new QListWidgetItem(QStringLiteral("%1\n%2").arg(label(i), balancingText(r.train)));
+    const QString balancing = balancingText(r.train);
+    auto* item = new QListWidgetItem(label(i) == balancing ? label(i) : QStringLiteral("%1\n%2").arg(label(i), balancing));
     item->setForeground(Theme::series(i));
     item->setToolTip(QStringLiteral("%1\n%2").arg(r.title, r.dir));
     m_list->addItem(item);

@@ -55,6 +55,13 @@ void drawLoss(QCustomPlot* plot, const RunData& run, int shown) {
   plot->yAxis->setLabel(tr("loss"));
   plot->rescaleAxes(true);
   plot->yAxis->setRangeLower(0);
+  plot->yAxis->setRangeUpper(plot->yAxis->range().upper * 1.05);  // a dot at the top stays whole
+  if (shown == 1) {  // one step: a line of one point is not drawn, so its points are, at step ± 1
+    for (QCPGraph* g : {total, lm, aux, z})
+      if (g) g->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssDisc, Theme::current().markerSize + 2));
+    const double step = run.history.front()->step;
+    plot->xAxis->setRange(step - 1, step + 1);
+  }
   finish(plot);
 }
 
@@ -77,14 +84,22 @@ QCPColorMap* drawCollapse(QCPAxisRect* rect, const RunData& run, int shown, int 
   const int E = int(run.experts);
   const double step0 = run.history.front()->step, step1 = run.history[shown - 1]->step;
   // One scale for every run and layer: the share of the step's choices.
-  QCPColorMap* map = heatmap(rect, shown, E, QCPRange(step0, step1), QCPRange(0, E - 1), QCPRange(0, 1));
+  // One step: QCustomPlot spreads a single column over the key range, so it gets a step's width.
+  const QCPRange keys = shown > 1 ? QCPRange(step0, step1) : QCPRange(step0 - 0.5, step0 + 0.5);
+  QCPColorMap* map = heatmap(rect, shown, E, keys, QCPRange(0, E - 1), QCPRange(0, 1));
   for (int i = 0; i < shown; ++i)
     for (int e = 0; e < E; ++e) map->data()->setCell(i, e, run.history[i]->layers[layer].load.value(e));
   const double half = shown > 1 ? (step1 - step0) / (shown - 1) / 2 : 0.5;  // half a column each side
   rect->axis(QCPAxis::atBottom)->setRange(step0 - half, step1 + half);
   rect->axis(QCPAxis::atLeft)->setRange(-0.5, E - 0.5);
   integerTicks(rect->axis(QCPAxis::atLeft), E);
-  numberTicks(rect->axis(QCPAxis::atBottom));
+  if (shown > 1) {
+    numberTicks(rect->axis(QCPAxis::atBottom));
+  } else {  // the one step's number, not fractions of a step
+    QSharedPointer<QCPAxisTickerText> one(new QCPAxisTickerText);
+    one->addTick(step0, QString::number(step0));
+    rect->axis(QCPAxis::atBottom)->setTicker(one);
+  }
   return map;
 }
 
