@@ -7,12 +7,12 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <sstream>
 
 #include "files.hpp"
 #include "config.hpp"
 #include "error.hpp"
 #include "safetensors.hpp"
+#include "step_record.hpp"
 
 namespace moelab {
 namespace fs = std::filesystem;
@@ -67,38 +67,6 @@ void for_each_metric_line(const std::string& run_dir, F&& f) {
     }
     bad = number;  // an error unless it is the last line
   }
-}
-
-// The CSV text of the records (objects). Every access is checked: a record from the file may
-// lack any key or hold any type (json::exception, turned into an error naming the file).
-std::string metrics_csv(const std::vector<json>& records) {
-  const char* scalars[] = {"step", "loss", "lm_loss", "aux_loss", "z_loss", "val_loss", "lr", "grad_norm",
-                           "tokens_per_s", "elapsed_s"};
-  const char* per_layer[] = {"cv", "collapse", "dead", "entropy", "max_share", "dropped_rate", "specialisation"};
-  static const json kNoLayers = json::array();
-  auto layers_of = [](const json& r) -> const json& { return r.contains("layers") ? r.at("layers") : kNoLayers; };
-  std::ostringstream csv;
-  csv.precision(8);
-  bool first = true;
-  for (const char* s : scalars) csv << (first ? "" : ",") << s, first = false;
-  for (const auto& L : layers_of(records.front()))
-    for (const char* k : per_layer) csv << ",layer" << L.at("layer").get<int64_t>() << "_" << k;
-  csv << "\n";
-  for (const json& r : records) {
-    first = true;
-    for (const char* s : scalars) {
-      csv << (first ? "" : ",");
-      if (r.contains(s) && !r.at(s).is_null()) csv << r.at(s).get<double>();  // null: a NaN when written
-      first = false;
-    }
-    for (const auto& L : layers_of(r))
-      for (const char* k : per_layer) {
-        csv << ",";
-        if (L.contains(k) && !L.at(k).is_null()) csv << L.at(k).get<double>();
-      }
-    csv << "\n";
-  }
-  return csv.str();
 }
 
 }  // namespace
@@ -187,13 +155,11 @@ json RunLog::read_run_info(const std::string& run_dir) {
 }
 
 void export_metrics_csv(const std::string& run_dir, const std::string& out_path) {
-  const auto records = read_metrics(run_dir);
+  const std::string file = (fs::path(run_dir) / "metrics.jsonl").string();
+  std::vector<StepRecord> records;
+  for_each_metric_line(run_dir, [&](json&& r, const std::string&) { records.push_back(step_record_from_json(r, file)); });
   if (records.empty()) fail(run_dir, "the run has no metrics yet");
-  try {
-    write_text_atomic(out_path, metrics_csv(records));
-  } catch (const json::exception& e) {
-    fail((fs::path(run_dir) / "metrics.jsonl").string(), std::string("malformed step record (") + e.what() + ")");
-  }
+  write_text_atomic(out_path, step_records_csv(records));
 }
 
 }  // namespace moelab

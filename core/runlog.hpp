@@ -40,7 +40,7 @@ class RunLog {
 
 // Read metrics.jsonl (a torn last line from a crash is skipped).
 std::vector<nlohmann::json> read_metrics(const std::string& run_dir);
-// The scalar columns of metrics.jsonl, plus per-layer cv/collapse/dead/entropy, as CSV.
+// metrics.jsonl as CSV (step_records_csv); a malformed record is an error naming the file.
 void export_metrics_csv(const std::string& run_dir, const std::string& out_path);
 
 }  // namespace moelab

@@ -92,34 +92,6 @@ TrainConfig train_config_from_json(const json& j, TrainConfig c, const std::stri
   return c;
 }
 
-json step_record_to_json(const StepRecord& r) {
-  json j = {{"step", r.step},          {"loss", r.loss},
-            {"lm_loss", r.lm_loss},    {"aux_loss", r.aux_loss},
-            {"z_loss", r.z_loss},      {"lr", r.lr},
-            {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
-            {"elapsed_s", r.elapsed_s}};
-  if (!std::isnan(r.val_loss)) j["val_loss"] = r.val_loss;
-  json layers = json::array();
-  for (size_t i = 0; i < r.layers.size(); ++i) {
-    const LayerStats& s = r.layers[i];
-    json l = {{"layer", s.layer},       {"load", s.load},       {"importance", s.importance},
-              {"dropped", s.dropped},   {"entropy", s.entropy}, {"cv", s.cv},
-              {"max_over_mean", s.max_over_mean}, {"max_share", s.max_share}, {"dead", s.dead},
-              {"collapse", s.collapse}, {"dropped_rate", s.dropped_rate}};
-    if (i < r.bias.size()) l["bias"] = r.bias[i];
-    if (i < r.specialisation.size()) {
-      l["specialisation"] = r.specialisation[i];
-      l["domain_matrix"] = r.domain_matrix[i];
-    }
-    if (i < r.probe_ids.size()) l["probe_experts"] = r.probe_ids[i];
-    layers.push_back(l);
-  }
-  j["layers"] = layers;
-  if (!r.domain_names.empty()) j["domains"] = r.domain_names;
-  if (!r.drop_by_position.empty()) j["drop_by_position"] = r.drop_by_position;
-  return j;
-}
-
 // ---- optimizer ----
 
 double adamw_update(Model& model, ParamSet& grads, ParamSet& m, ParamSet& v, int64_t step, float lr,

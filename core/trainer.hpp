@@ -14,6 +14,7 @@
 #include "corpus.hpp"
 #include "metrics.hpp"
 #include "model.hpp"
+#include "step_record.hpp"
 #include "train_step.hpp"
 
 namespace moelab {
@@ -49,23 +50,6 @@ struct TrainConfig {
 nlohmann::json train_config_to_json(const TrainConfig& c);
 // Fields missing from j keep their values in `base`; errors name `source`.
 TrainConfig train_config_from_json(const nlohmann::json& j, TrainConfig base, const std::string& source);
-
-struct StepRecord {
-  int64_t step = 0;  // 1-based: the update just made
-  double loss = 0, lm_loss = 0, aux_loss = 0, z_loss = 0, lr = 0, grad_norm = 0;
-  double tokens_per_s = 0, elapsed_s = 0;
-  double val_loss = NAN;  // when evaluated this step
-  std::vector<LayerStats> layers;
-  std::vector<std::vector<float>> bias;  // per MoE layer, when the router has a selection bias
-  std::vector<std::string> domain_names;
-  std::vector<std::vector<std::vector<double>>> domain_matrix;  // per MoE layer [D][E]
-  std::vector<double> specialisation;                           // per MoE layer
-  std::vector<std::vector<int32_t>> probe_ids;                  // per MoE layer [P·K], probe steps only
-  std::vector<double> drop_by_position;                         // [T], probe steps only
-  std::vector<StepRouting> routing;                             // the step's raw routing (not logged)
-};
-
-nlohmann::json step_record_to_json(const StepRecord& r);
 
 // Host bytes a training run needs, roughly: weights with gradients and Adam moments, one
 // micro-batch's activations kept for the backward pass, the attention scratch of `threads`

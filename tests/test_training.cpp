@@ -5,7 +5,11 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
+
+#include <nlohmann/json.hpp>
 
 #include "check.hpp"
 #include "corpus.hpp"
@@ -302,6 +306,68 @@ TEST(hostile_checkpoints_and_run_logs_are_clear_errors) {
     write_file(run + "/checkpoints/" + step + "/trainer.json", "{}");
   }
   CHECK_EQ(RunLog::latest_checkpoint(run), run + "/checkpoints/step-1000000");
+}
+
+TEST(step_records_read_back_as_written) {
+  // A record with every optional part: bias, probe routing, domains, capacity drops.
+  Preset p = load_preset("lesson-collapse-bias");
+  auto corpus = open_corpus("builtin:domains");
+  Model m = Model::random(p.model, 4, make_eigen_backend());
+  TrainConfig tc = p.train;
+  tc.eval_every = 1;
+  tc.probe_every = 1;
+  tc.bias_gamma = 0.01f;
+  tc.capacity.factor = 1.0f;
+  Trainer t(m, *corpus, tc);
+  const StepRecord r = t.step();
+  CHECK(!r.bias.empty() && !r.specialisation.empty() && !r.probe_ids.empty() && !r.domain_names.empty());
+  CHECK(!r.drop_by_position.empty() && !std::isnan(r.val_loss));
+  // Through the text a run log holds.
+  const StepRecord back =
+      step_record_from_json(nlohmann::json::parse(step_record_to_json(r).dump()), "metrics.jsonl");
+  CHECK_EQ(back.step, r.step);
+  for (auto f : {&StepRecord::loss, &StepRecord::lm_loss, &StepRecord::aux_loss, &StepRecord::z_loss, &StepRecord::lr,
+                 &StepRecord::grad_norm, &StepRecord::tokens_per_s, &StepRecord::elapsed_s, &StepRecord::val_loss})
+    CHECK_EQ(back.*f, r.*f);
+  CHECK_EQ(back.layers.size(), r.layers.size());
+  for (size_t i = 0; i < r.layers.size(); ++i) {
+    const LayerStats &a = back.layers[i], &b = r.layers[i];
+    CHECK(a.layer == b.layer && a.load == b.load && a.importance == b.importance && a.dropped == b.dropped);
+    CHECK(a.entropy == b.entropy && a.cv == b.cv && a.max_over_mean == b.max_over_mean && a.max_share == b.max_share);
+    CHECK(a.collapse == b.collapse && a.dropped_rate == b.dropped_rate && a.dead == b.dead);
+  }
+  CHECK(back.bias == r.bias);
+  CHECK(back.domain_names == r.domain_names && back.domain_matrix == r.domain_matrix);
+  CHECK(back.probe_ids == r.probe_ids && back.drop_by_position == r.drop_by_position);
+  for (size_t i = 0; i < r.specialisation.size(); ++i)  // NaN when the probe saw one domain
+    CHECK(back.specialisation[i] == r.specialisation[i] ||
+          (std::isnan(back.specialisation[i]) && std::isnan(r.specialisation[i])));
+
+  // Missing and null numbers are NaN, an empty CSV cell; the CSV has a column per header name.
+  StepRecord sparse = step_record_from_json(
+      nlohmann::json::parse(R"({"step": 3, "loss": null, "layers": [{"layer": 1, "cv": 0.5, "dead": 2}]})"), "m");
+  CHECK(std::isnan(sparse.loss) && std::isnan(sparse.lr) && sparse.layers[0].cv == 0.5 && sparse.layers[0].dead == 2);
+  const std::string csv = step_records_csv({sparse});
+  const std::string header = csv.substr(0, csv.find('\n')), row = csv.substr(csv.find('\n') + 1);
+  CHECK_EQ(header.substr(0, 25), std::string("step,loss,lm_loss,aux_los"));
+  CHECK(header.find(",layer1_cv,layer1_collapse,layer1_dead,") != std::string::npos);
+  CHECK_EQ(std::count(header.begin(), header.end(), ','), std::count(row.begin(), row.end(), ','));
+  CHECK_EQ(row, std::string("3,,,,,,,,,,0.5,,2,,,,\n"));
+
+  // Malformed records name the file and what is wrong.
+  const auto refuse = [](const char* text, const char* why) {
+    CHECK_THROWS_WITH(step_record_from_json(nlohmann::json::parse(text), "run/metrics.jsonl"), why);
+  };
+  refuse(R"([1])", "run/metrics.jsonl: malformed step record (not a JSON object)");
+  refuse(R"({"loss": 1})", "run/metrics.jsonl: malformed step record (");
+  refuse(R"({"step": "one"})", "malformed step record (");
+  refuse(R"({"step": 1, "layers": {"layer": 0}})", "\"layers\" is not a list");
+  refuse(R"({"step": 1, "layers": [7]})", "a layer is not a JSON object");
+  refuse(R"({"step": 1, "layers": [{"cv": 1}]})", "malformed step record (");
+  refuse(R"({"step": 1, "layers": [{"layer": 0, "load": "x"}]})", "malformed step record (");
+  refuse(R"({"step": 1, "layers": [{"layer": 0}, {"layer": 1, "bias": [0.1]}]})",
+         "layer 1 has a bias but an earlier layer has none");
+  refuse(R"({"step": 1, "layers": [{"layer": 0, "specialisation": 0.5}]})", "malformed step record (");
 }
 
 TEST(nan_loss_stops_before_the_update) {

@@ -15,70 +15,52 @@ using nlohmann::json;
 namespace {
 
 template <class T>
-QVector<T> vec(const json& j, const char* key) {
-  QVector<T> out;
-  if (!j.contains(key)) return out;
-  const json& a = j.at(key);
-  out.reserve(qsizetype(a.size()));
-  for (const json& v : a) out.push_back(v.get<T>());
-  return out;
-}
-
-double num(const json& j, const char* key, double fallback = 0) {
-  auto it = j.find(key);
-  return it == j.end() || it->is_null() ? fallback : it->get<double>();
+QVector<T> qvec(const std::vector<T>& v) {
+  return QVector<T>(v.begin(), v.end());
 }
 
 }  // namespace
 
 StepSummaryPtr summaryFromJson(const json& r, int64_t steps, int64_t topK, const QString& source) {
-  try {
-    auto s = std::make_shared<StepSummary>();
-    s->step = r.at("step").get<int64_t>();
-    s->steps = steps;
-    s->topK = topK;
-    s->loss = num(r, "loss");
-    s->lmLoss = num(r, "lm_loss");
-    s->auxLoss = num(r, "aux_loss");
-    s->zLoss = num(r, "z_loss");
-    s->valLoss = num(r, "val_loss", NAN);
-    s->lr = num(r, "lr");
-    s->gradNorm = num(r, "grad_norm");
-    s->tokensPerS = num(r, "tokens_per_s");
-    for (const json& L : r.at("layers")) {
-      StepSummary::Layer l;
-      l.layer = L.at("layer").get<int64_t>();
-      l.load = vec<double>(L, "load");
-      l.dropped = vec<double>(L, "dropped");
-      l.cv = num(L, "cv");
-      l.entropy = num(L, "entropy");
-      l.maxShare = num(L, "max_share");
-      l.collapse = num(L, "collapse");
-      l.droppedRate = num(L, "dropped_rate");
-      l.dead = int64_t(num(L, "dead"));
-      l.bias = vec<float>(L, "bias");
-      l.specialisation = num(L, "specialisation", NAN);
-      if (L.contains("domain_matrix"))
-        for (const json& row : L.at("domain_matrix")) {
-          QVector<double> v;
-          for (const json& x : row) v.push_back(x.get<double>());
-          l.domainMatrix.push_back(std::move(v));
-        }
-      l.probeExperts = vec<int32_t>(L, "probe_experts");
-      s->layers.push_back(std::move(l));
-    }
-    if (r.contains("domains"))
-      for (const json& d : r.at("domains")) s->domains.push_back(QString::fromStdString(d.get<std::string>()));
-    s->dropByPosition = vec<double>(r, "drop_by_position");
-    return s;
-  } catch (const json::exception& e) {
-    moelab::fail(source.toStdString(), std::string("malformed step record (") + e.what() + ")");
-  }
+  return summaryFromRecord(moelab::step_record_from_json(r, source.toStdString()), steps, topK);
 }
 
 StepSummaryPtr summaryFromRecord(const moelab::StepRecord& r, int64_t steps, int64_t topK) {
-  // Through the very JSON the run log stores: the live view and the log cannot disagree.
-  return summaryFromJson(moelab::step_record_to_json(r), steps, topK, QStringLiteral("training step"));
+  auto s = std::make_shared<StepSummary>();
+  s->step = r.step;
+  s->steps = steps;
+  s->topK = topK;
+  s->loss = r.loss;
+  s->lmLoss = r.lm_loss;
+  s->auxLoss = r.aux_loss;
+  s->zLoss = r.z_loss;
+  s->valLoss = r.val_loss;
+  s->lr = r.lr;
+  s->gradNorm = r.grad_norm;
+  s->tokensPerS = r.tokens_per_s;
+  for (size_t i = 0; i < r.layers.size(); ++i) {
+    const moelab::LayerStats& L = r.layers[i];
+    StepSummary::Layer l;
+    l.layer = L.layer;
+    l.load = qvec(L.load);
+    l.dropped = qvec(L.dropped);
+    l.cv = L.cv;
+    l.entropy = L.entropy;
+    l.maxShare = L.max_share;
+    l.collapse = L.collapse;
+    l.droppedRate = L.dropped_rate;
+    l.dead = L.dead;
+    if (i < r.bias.size()) l.bias = qvec(r.bias[i]);
+    if (i < r.specialisation.size()) {
+      l.specialisation = r.specialisation[i];
+      for (const auto& row : r.domain_matrix[i]) l.domainMatrix.push_back(qvec(row));
+    }
+    if (i < r.probe_ids.size()) l.probeExperts = qvec(r.probe_ids[i]);
+    s->layers.push_back(std::move(l));
+  }
+  for (const std::string& d : r.domain_names) s->domains.push_back(QString::fromStdString(d));
+  s->dropByPosition = qvec(r.drop_by_position);
+  return s;
 }
 
 bool RunData::hasBias() const {

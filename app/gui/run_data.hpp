@@ -1,6 +1,6 @@
 // A training run as the GUI draws it: one small immutable summary per step, made from the same
-// JSON record the run log stores (metrics.jsonl), so a live run, a replayed run, a compared run
-// and a headless export all draw exactly the same numbers.
+// StepRecord the run log stores (metrics.jsonl, read back by moelab::step_record_from_json), so a
+// live run, a replayed run, a compared run and a headless export all draw the same numbers.
 #pragma once
 
 #include <QString>

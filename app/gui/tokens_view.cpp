@@ -124,7 +124,7 @@ TokensView::TokensView(QWidget* parent) : QWidget(parent) {
   m_overflow->setEnabled(false);
   form->addRow(tr("Overflow"), m_overflow);
   m_textExperts = new QLineEdit(controls);
-  m_textExperts->setPlaceholderText(tr("auto, e.g. 5 or 3,17"));
+  m_textExperts->setPlaceholderText(tr("auto, e.g. 3,17"));
   m_textExperts->setToolTip(tr("The experts the text is coloured by (up to 8, one colour each): a token takes the colour "
                                "of the best-ranked of them it was sent to. Empty: each token's first choice for up to 8 "
                                "experts, else the 4 busiest of the layer. Click a bar of the expert load to pick it."));
