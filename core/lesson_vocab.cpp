@@ -42,7 +42,7 @@ const std::vector<KnobSpec>& lesson_knobs() {
       {"training.lr", K::Real, 0.0001, 0.1, {}, "learning rate"},
       {"training.z_loss", K::Real, 0, 1, {}, "router z-loss coefficient"},
       {"training.steps", K::Int, 1, double(kLessonMaxTrainSteps), {}, "steps of the next run"},
-      {"training.layer", K::Int, 0, 4095, {}, "MoE layer the charts show (index among the MoE layers)"},
+      {"training.layer", K::Int, -1, 4095, {}, "MoE layer the charts show (index among the MoE layers; -1 = the most uneven, worst_layer)"},
   };
   return knobs;
 }

@@ -229,6 +229,12 @@ void setFittingTicker(QCPAxis* axis, QSharedPointer<FittedTicker> ticker) {
 
 void numberTicks(QCPAxis* axis) { setFittingTicker(axis, QSharedPointer<NumberTicker>::create(axis)); }
 
+void singleTick(QCPAxis* axis, double at) {
+  QSharedPointer<QCPAxisTickerText> one(new QCPAxisTickerText);
+  one->addTick(at, QString::number(at));
+  axis->setTicker(one);
+}
+
 void decadeTicks(QCPAxis* axis, std::function<QString(double)> label) {
   axis->setScaleType(QCPAxis::stLogarithmic);
   setFittingTicker(axis, QSharedPointer<DecadeTicker>::create(axis, std::move(label)));

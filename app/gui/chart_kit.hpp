@@ -46,6 +46,8 @@ void fittingTicks(QCPAxis* axis, int count, std::function<QString(int)> label);
 // Numbers on a linear axis (training steps) at readable steps, thinned (every 25 → 50 → 100…)
 // until their labels keep apart on the axis as drawn; fitted again at every replot.
 void numberTicks(QCPAxis* axis);
+// One tick at `at`, labelled with its number (a chart of a single training step).
+void singleTick(QCPAxis* axis, double at);
 // A log axis with a tick and grid line at every power of ten, labelled (by `label`) every 1st,
 // 2nd or 3rd decade, or every 3rd, 6th, 9th… over more than three, as the axis's length allows.
 void decadeTicks(QCPAxis* axis, std::function<QString(double)> label);

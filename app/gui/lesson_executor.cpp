@@ -319,7 +319,16 @@ QString LessonExecutor::quick(const LessonAction& a) {
     else if (name == QLatin1String("training.lr")) training->setLearningRate(v);
     else if (name == QLatin1String("training.z_loss")) training->setZLoss(v);
     else if (name == QLatin1String("training.steps")) training->setSteps(int(v));
-    else if (name == QLatin1String("training.layer")) training->selectLayer(int(v));
+    else if (name == QLatin1String("training.layer")) {
+      int layer = int(v);
+      if (layer < 0) {  // the most uneven layer of the run shown (the worst_layer metric)
+        const LessonMetrics m = trainingMetrics(training->run());
+        const auto it = m.find("worst_layer");
+        if (it == m.end()) return tr("training.layer -1 needs a trained run to find its most uneven layer");
+        layer = int(it->second.number);
+      }
+      training->selectLayer(layer);
+    }
     else return tr("the lab has no knob %1").arg(name);
   } else if (a.action == "prompt") {
     tokens->setPrompt(QString::fromStdString(a.text));

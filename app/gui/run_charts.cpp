@@ -61,6 +61,7 @@ void drawLoss(QCustomPlot* plot, const RunData& run, int shown) {
       if (g) g->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssDisc, Theme::current().markerSize + 2));
     const double step = run.history.front()->step;
     plot->xAxis->setRange(step - 1, step + 1);
+    singleTick(plot->xAxis, step);
   }
   finish(plot);
 }
@@ -96,9 +97,7 @@ QCPColorMap* drawCollapse(QCPAxisRect* rect, const RunData& run, int shown, int 
   if (shown > 1) {
     numberTicks(rect->axis(QCPAxis::atBottom));
   } else {  // the one step's number, not fractions of a step
-    QSharedPointer<QCPAxisTickerText> one(new QCPAxisTickerText);
-    one->addTick(step0, QString::number(step0));
-    rect->axis(QCPAxis::atBottom)->setTicker(one);
+    singleTick(rect->axis(QCPAxis::atBottom), step0);
   }
   return map;
 }
