@@ -16,6 +16,13 @@
 namespace moelab {
 namespace {
 
+// From kTileMinTokens to kTileMaxTokens rows of activations, linear_lowp's AVX-512 path multiplies
+// 4 × 4 tiles straight from the stored weights; below, it streams each weight row once per 4
+// tokens; above, it widens blocks of weights to fp32 and runs Eigen's GEMM. Measured (2 threads,
+// K = 2048, N = 1024, GFLOP/s, tiles vs the other path): T = 6: 151 vs 127, 8: 170 vs 136,
+// 16: 170 vs 102, 32: 183 vs 159, 40: 171 vs 163, 48: 175 vs 179, 64: 171 vs 207; T = 4: 160 vs 172.
+constexpr int64_t kTileMinTokens = 5, kTileMaxTokens = 40;
+
 int cpu_level() {
   static const int level = [] {
     __builtin_cpu_init();
@@ -181,6 +188,55 @@ __attribute__((target("avx512f,avx512bw"))) void rows_avx512(const float* X, int
   }
 }
 
+// A few tokens against many weight rows (an expert's share of a prompt): tiles of 4 weight rows
+// × 4 tokens, 16 sums in registers; each 16-element piece of a weight row is widened once per 4
+// tokens and each piece of a token once per 4 rows. No fp32 copy of the weights (which the
+// GEMM path below makes, and Eigen then packs again), so it wins while the tokens are few.
+template <LowpType type>
+__attribute__((target("avx512f,avx512bw"))) void tiles_avx512(const float* X, int64_t T, int64_t K, const uint16_t* W,
+                                                              int64_t n0, int64_t n1, float* Y, int64_t ldy, bool acc) {
+  const int64_t K16 = K & ~int64_t(15);
+  const __mmask16 tail = __mmask16((1u << (K - K16)) - 1);
+  const int64_t n4 = n0 + ((n1 - n0) & ~int64_t(3)), T4 = T & ~int64_t(3);
+  for (int64_t n = n0; n < n4; n += 4) {
+    const uint16_t* w0 = W + n * K;
+    const uint16_t *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+    for (int64_t t = 0; t < T4; t += 4) {
+      const float* x0 = X + t * K;
+      const float *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;
+      __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
+             a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+      const auto step = [&](int64_t k, __mmask16 m) __attribute__((always_inline)) {
+        const __m512 v0 = load16(w0 + k, type, m), v1 = load16(w1 + k, type, m), v2 = load16(w2 + k, type, m),
+                     v3 = load16(w3 + k, type, m);
+        __m512 x = _mm512_maskz_loadu_ps(m, x0 + k);
+        a00 = _mm512_fmadd_ps(v0, x, a00), a10 = _mm512_fmadd_ps(v1, x, a10);
+        a20 = _mm512_fmadd_ps(v2, x, a20), a30 = _mm512_fmadd_ps(v3, x, a30);
+        x = _mm512_maskz_loadu_ps(m, x1 + k);
+        a01 = _mm512_fmadd_ps(v0, x, a01), a11 = _mm512_fmadd_ps(v1, x, a11);
+        a21 = _mm512_fmadd_ps(v2, x, a21), a31 = _mm512_fmadd_ps(v3, x, a31);
+        x = _mm512_maskz_loadu_ps(m, x2 + k);
+        a02 = _mm512_fmadd_ps(v0, x, a02), a12 = _mm512_fmadd_ps(v1, x, a12);
+        a22 = _mm512_fmadd_ps(v2, x, a22), a32 = _mm512_fmadd_ps(v3, x, a32);
+        x = _mm512_maskz_loadu_ps(m, x3 + k);
+        a03 = _mm512_fmadd_ps(v0, x, a03), a13 = _mm512_fmadd_ps(v1, x, a13);
+        a23 = _mm512_fmadd_ps(v2, x, a23), a33 = _mm512_fmadd_ps(v3, x, a33);
+      };
+      for (int64_t k = 0; k < K16; k += 16) step(k, 0xFFFF);
+      if (tail) step(K16, tail);
+      const __m512 sums[4][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
+      for (int r = 0; r < 4; ++r)
+        for (int j = 0; j < 4; ++j) {
+          const float s = hsum16(sums[r][j]);
+          float& y = Y[(t + j) * ldy + n + r];
+          y = acc ? y + s : s;
+        }
+    }
+    if (T4 < T) rows_avx512(X + T4 * K, T - T4, K, W, type, n, n + 4, Y + T4 * ldy, ldy, acc);
+  }
+  if (n4 < n1) rows_avx512(X, T, K, W, type, n4, n1, Y, ldy, acc);
+}
+
 void rows(const float* X, int64_t T, int64_t K, const uint16_t* W, LowpType type, int64_t n0, int64_t n1, float* Y,
           int64_t ldy, bool acc) {
   switch (cpu_level()) {
@@ -216,6 +272,19 @@ const char* lowp_path() {
 void linear_lowp(const float* X, int64_t T, int64_t K, const uint16_t* W, LowpType type, int64_t N, float* Y,
                  int64_t ldy, bool accumulate) {
   if (T <= 0 || N <= 0) return;
+  if (T >= kTileMinTokens && T <= kTileMaxTokens && cpu_level() == 2) {
+    // A few dozen rows (an expert's tokens in a prompt, a short prompt): 4 × 4 tiles.
+    constexpr int64_t kBlock = 64;
+    const int64_t blocks = (N + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (T * N * K >= (1 << 18) && blocks > 1)
+    for (int64_t b = 0; b < blocks; ++b) {
+      if (type == LowpType::BF16)
+        tiles_avx512<LowpType::BF16>(X, T, K, W, b * kBlock, std::min(N, (b + 1) * kBlock), Y, ldy, accumulate);
+      else
+        tiles_avx512<LowpType::F16>(X, T, K, W, b * kBlock, std::min(N, (b + 1) * kBlock), Y, ldy, accumulate);
+    }
+    return;
+  }
   if (T <= 8) {
     // Few rows of activations (decode, a handful of tokens per expert): stream each weight row
     // once through the vector units; the weights' bytes are the cost.

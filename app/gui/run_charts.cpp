@@ -106,7 +106,7 @@ QCPColorMap* drawCollapse(QCustomPlot* plot, const RunData& run, int shown, int 
   QCPAxisRect* rect = resetPlot(plot);
   QCPColorMap* map = drawCollapse(rect, run, shown, layer);
   if (!map) {
-    emptyMessage(plot, tr("No steps yet: press Start, or open a run"));
+    emptyMessage(plot, tr("No steps yet: press Start in the knobs, or open a run"));
     finish(plot);
     return nullptr;
   }
@@ -455,7 +455,7 @@ void drawSpecialisationScore(QCustomPlot* plot, const RunData& run, int shown) {
   resetPlot(plot);
   shown = clampShown(run, shown);
   if (shown == 0) {
-    emptyMessage(plot, tr("No steps yet: press Start, or open a run"));
+    emptyMessage(plot, tr("No steps yet: press Start in the knobs, or open a run"));
     finish(plot);
     return;
   }
