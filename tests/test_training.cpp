@@ -57,15 +57,22 @@ TEST(capacity_drops_exactly_the_overflow) {
   }
 }
 
-TEST(bias_update_moves_load_toward_the_mean) {
+// One training step of the collapse lesson's bias-balanced model (bias speed 0.01), with the
+// training settings changed by `adjust` first.
+template <class Adjust>
+StepRecord bias_step(Adjust adjust) {
   Preset p = load_preset("lesson-collapse-bias");
   auto corpus = open_corpus("builtin:domains");
   Model m = Model::random(p.model, 4, make_eigen_backend());
   TrainConfig tc = p.train;
-  tc.eval_every = 0;
   tc.bias_gamma = 0.01f;
+  adjust(tc);
   Trainer t(m, *corpus, tc);
-  const StepRecord r = t.step();
+  return t.step();
+}
+
+TEST(bias_update_moves_load_toward_the_mean) {
+  const StepRecord r = bias_step([](TrainConfig& tc) { tc.eval_every = 0; });
   // After one step: experts loaded above the mean got bias -gamma, below the mean +gamma.
   for (size_t l = 0; l < r.layers.size(); ++l) {
     const double mean = 1.0 / double(r.layers[l].load.size());
@@ -310,16 +317,11 @@ TEST(hostile_checkpoints_and_run_logs_are_clear_errors) {
 
 TEST(step_records_read_back_as_written) {
   // A record with every optional part: bias, probe routing, domains, capacity drops.
-  Preset p = load_preset("lesson-collapse-bias");
-  auto corpus = open_corpus("builtin:domains");
-  Model m = Model::random(p.model, 4, make_eigen_backend());
-  TrainConfig tc = p.train;
-  tc.eval_every = 1;
-  tc.probe_every = 1;
-  tc.bias_gamma = 0.01f;
-  tc.capacity.factor = 1.0f;
-  Trainer t(m, *corpus, tc);
-  const StepRecord r = t.step();
+  const StepRecord r = bias_step([](TrainConfig& tc) {
+    tc.eval_every = 1;
+    tc.probe_every = 1;
+    tc.capacity.factor = 1.0f;
+  });
   CHECK(!r.bias.empty() && !r.specialisation.empty() && !r.probe_ids.empty() && !r.domain_names.empty());
   CHECK(!r.drop_by_position.empty() && !std::isnan(r.val_loss));
   // Through the text a run log holds.
